@@ -1,0 +1,160 @@
+//! Benchmarks: each stage run several times on real data, reported as a Markdown table of median and minimum
+//! wall time (medians, because these machines are noisy), with the process's peak memory.
+
+use std::fmt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::cloud::{self, pointcloud2};
+use crate::geometry::{self, Neighborhood, NormalOrientation};
+
+pub struct Stage {
+    pub name: String,
+    pub detail: String,
+    pub samples: Vec<Duration>,
+}
+
+impl Stage {
+    pub fn median(&self) -> Duration {
+        let mut s = self.samples.clone();
+        s.sort();
+        s.get(s.len() / 2).copied().unwrap_or_default()
+    }
+    pub fn min(&self) -> Duration {
+        self.samples.iter().min().copied().unwrap_or_default()
+    }
+}
+
+pub struct Table {
+    pub title: String,
+    pub stages: Vec<Stage>,
+    pub notes: Vec<String>,
+}
+
+impl Table {
+    fn new(title: impl Into<String>) -> Self {
+        Self { title: title.into(), stages: Vec::new(), notes: Vec::new() }
+    }
+
+    /// Runs `f` `repeats` times, records the stage, returns the last result.
+    fn stage<T>(&mut self, name: &str, detail: String, repeats: usize, mut f: impl FnMut() -> T) -> T {
+        let mut samples = Vec::with_capacity(repeats);
+        let mut last = None;
+        for _ in 0..repeats.max(1) {
+            let t = Instant::now();
+            let out = f();
+            samples.push(t.elapsed());
+            last = Some(out);
+        }
+        tracing::info!(stage = name, median_ms = ms(samples[samples.len() / 2]), "bench");
+        self.stages.push(Stage { name: name.into(), detail, samples });
+        last.expect("at least one run")
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "### {}\n", self.title)?;
+        writeln!(f, "| stage | work | median ms | min ms | runs |")?;
+        writeln!(f, "|---|---|---:|---:|---:|")?;
+        for s in &self.stages {
+            writeln!(f, "| {} | {} | {:.2} | {:.2} | {} |", s.name, s.detail, ms(s.median()), ms(s.min()), s.samples.len())?;
+        }
+        let total: Duration = self.stages.iter().map(Stage::median).sum();
+        writeln!(f, "| **sum of medians** | | **{:.2}** | | |", ms(total))?;
+        for note in &self.notes {
+            writeln!(f, "\n{note}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), in MiB.
+pub fn peak_memory_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+#[derive(Clone, Debug)]
+pub struct GeometryBench {
+    pub voxel: f32,
+    pub centres: usize,
+    pub group_size: usize,
+    pub normal_radius: f32,
+    pub normal_max_nn: usize,
+    pub fpfh_radius: f32,
+    pub median_radius: f32,
+    pub repeats: usize,
+}
+
+impl GeometryBench {
+    /// Sizes for a depth-camera frame in metres: 5 mm voxels, the method's n = 1024 patches of k = 32.
+    pub fn for_voxel(voxel: f32, repeats: usize) -> Self {
+        Self {
+            voxel,
+            centres: 1024,
+            group_size: 32,
+            normal_radius: 4.0 * voxel,
+            normal_max_nn: 30,
+            fpfh_radius: 5.0 * voxel,
+            median_radius: 3.0 * voxel,
+            repeats,
+        }
+    }
+}
+
+/// Per-stage timings of the geometry every scan goes through, on a real cloud file.
+pub fn geometry(input: &Path, cfg: &GeometryBench) -> Result<Table> {
+    let r = cfg.repeats;
+    let mut table = Table::new(format!("Geometry stages on {}", input.display()));
+    let cloud = table.stage("PCD read", "file → cloud".into(), r, || cloud::read_cloud(input));
+    let cloud = cloud.with_context(|| format!("reading {}", input.display()))?;
+    let n_in = cloud.len();
+    let layout = table.stage("PointCloud2 encode", format!("{}×{} points", cloud.width, cloud.height), r, || {
+        pointcloud2::encode(&cloud)
+    });
+    table.stage("PointCloud2 decode", format!("{} bytes", layout.data.len()), r, || pointcloud2::decode(&layout))?;
+    let finite = table.stage("drop non-finite", format!("{n_in} points"), r, || cloud.finite_points())?;
+    let grid = table.stage("voxel grid", format!("{} → ? points, {} m", finite.points.len(), cfg.voxel), r, || {
+        geometry::voxel_downsample(&finite.points, cfg.voxel)
+    })?;
+    let points = &grid.points;
+    if let Some(stage) = table.stages.last_mut() {
+        stage.detail = format!("{} → {} points, {} m", finite.points.len(), points.len(), cfg.voxel);
+    }
+    let index = table.stage("k-d tree", format!("{} points", points.len()), r, || geometry::NeighborIndex::new(points))?;
+    let centres = table.stage("FPS", format!("{} centres", cfg.centres), r, || {
+        geometry::farthest_point_sampling(points, cfg.centres, 0)
+    });
+    let centre_points: Vec<_> = centres.iter().map(|&i| points[i as usize]).collect();
+    table.stage("kNN grouping", format!("{} × {}", centre_points.len(), cfg.group_size), r, || {
+        index.group(&centre_points, cfg.group_size)
+    });
+    let neighborhood = Neighborhood::Hybrid { radius: cfg.normal_radius, max_nn: cfg.normal_max_nn };
+    let normals = table.stage(
+        "normals (PCA)",
+        format!("{} points, r {:.3} m, ≤ {} nn", points.len(), cfg.normal_radius, cfg.normal_max_nn),
+        r,
+        || geometry::estimate_normals(points, &index, neighborhood, NormalOrientation::TowardsViewpoint([0.0; 3])),
+    );
+    table.stage("FPFH at centres", format!("{} centres, r {:.3} m", centres.len(), cfg.fpfh_radius), r, || {
+        geometry::fpfh_at(points, &normals, &index, cfg.fpfh_radius, &centres)
+    })?;
+    let scores: Vec<f32> = (0..points.len()).map(|i| (i % 97) as f32).collect();
+    table.stage("median filter", format!("{} points, r {:.3} m", points.len(), cfg.median_radius), r, || {
+        geometry::median_filter(points, &scores, &index, cfg.median_radius)
+    })?;
+    table.notes.push(format!(
+        "Peak memory (VmHWM): {:.0} MiB. One thread.",
+        peak_memory_mib().unwrap_or(f64::NAN)
+    ));
+    Ok(table)
+}

@@ -1,0 +1,41 @@
+//! A 3D median filter over per-point values (the detector's last smoothing of point scores): each point takes
+//! the median of the finite values within a radius of it, itself included.
+
+use super::neighbors::NeighborIndex;
+use super::{Point, Result, positive};
+
+pub fn median_filter(points: &[Point], values: &[f32], index: &NeighborIndex, radius: f32) -> Result<Vec<f32>> {
+    let radius = positive("median filter radius", radius)?;
+    let mut window = Vec::new();
+    Ok(points
+        .iter()
+        .zip(values)
+        .map(|(p, &own)| {
+            window.clear();
+            window.extend(index.within(p, radius).iter().map(|n| values[n.index as usize]).filter(|v| v.is_finite()));
+            if window.is_empty() {
+                return own;
+            }
+            window.sort_unstable_by(f32::total_cmp);
+            let mid = window.len() / 2;
+            if window.len() % 2 == 1 { window[mid] } else { 0.5 * (window[mid - 1] + window[mid]) }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removes_a_lone_spike_and_keeps_an_edge() {
+        let pts: Vec<Point> = (0..20).map(|i| [i as f32, 0.0, 0.0]).collect();
+        let mut values: Vec<f32> = (0..20).map(|i| if i < 10 { 0.0 } else { 1.0 }).collect();
+        values[4] = 9.0;
+        let index = NeighborIndex::new(&pts).unwrap();
+        let out = median_filter(&pts, &values, &index, 1.5).unwrap();
+        assert_eq!(out[4], 0.0, "spike removed");
+        assert_eq!((out[8], out[11]), (0.0, 1.0), "step edge kept");
+        assert!(median_filter(&pts, &values, &index, -1.0).is_err());
+    }
+}

@@ -1,0 +1,55 @@
+//! Geometry core: the point-set operations every stage of the detector needs — voxel downsampling that remembers
+//! where each input point went, centring and unit-radius scaling, farthest-point sampling, k-nearest and radius
+//! neighbourhoods (kiddo), PCA normals, FPFH descriptors (PCL's definition) and a median filter over point
+//! scores. Pure Rust on nalgebra and kiddo; points are `[f32; 3]`.
+
+pub mod fpfh;
+pub mod median;
+pub mod neighbors;
+pub mod normalize;
+pub mod normals;
+pub mod sampling;
+pub mod voxel;
+
+pub use fpfh::{FPFH_BINS, Fpfh, fpfh, fpfh_at, spfh_at};
+pub use median::median_filter;
+pub use neighbors::{NeighborIndex, Neighborhood};
+pub use normalize::UnitSphere;
+pub use normals::{NormalOrientation, SurfaceEstimate, estimate_normals, estimate_surface};
+pub use sampling::farthest_point_sampling;
+pub use voxel::{VoxelGrid, voxel_downsample};
+
+use thiserror::Error;
+
+pub type Point = [f32; 3];
+
+#[derive(Debug, Error)]
+pub enum GeometryError {
+    #[error("no points to work on")]
+    Empty,
+    #[error("{what} must be a finite number > 0, got {value}")]
+    BadParameter { what: &'static str, value: f64 },
+    #[error("point {index} is not finite ({point:?}); drop non-finite points first")]
+    NonFinite { index: usize, point: Point },
+    #[error("building the k-d tree: {0}")]
+    KdTree(String),
+}
+
+pub type Result<T, E = GeometryError> = std::result::Result<T, E>;
+
+pub(crate) fn positive(what: &'static str, value: f32) -> Result<f32> {
+    if value.is_finite() && value > 0.0 { Ok(value) } else { Err(GeometryError::BadParameter { what, value: value.into() }) }
+}
+
+pub(crate) fn sub(a: Point, b: Point) -> Point {
+    [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
+}
+
+pub(crate) fn dot(a: Point, b: Point) -> f32 {
+    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+
+pub(crate) fn squared_distance(a: Point, b: Point) -> f32 {
+    let d = sub(a, b);
+    dot(d, d)
+}

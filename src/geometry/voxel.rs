@@ -1,0 +1,74 @@
+//! Voxel-grid downsampling (PCL's VoxelGrid: one point per occupied voxel, the centroid of the points in it),
+//! keeping for every input point the index of the voxel point that represents it, so that scores computed on the
+//! downsampled cloud go back to every input point.
+
+use std::collections::HashMap;
+
+use super::{GeometryError, Point, Result, positive};
+
+#[derive(Clone, Debug)]
+pub struct VoxelGrid {
+    /// One centroid per occupied voxel, in order of first occurrence in the input (deterministic).
+    pub points: Vec<Point>,
+    /// For each input point, the index into `points` of its voxel.
+    pub representative: Vec<u32>,
+}
+
+impl VoxelGrid {
+    /// Spreads one value per voxel point back to every input point.
+    pub fn spread<T: Copy>(&self, values: &[T]) -> Vec<T> {
+        self.representative.iter().map(|&r| values[r as usize]).collect()
+    }
+}
+
+pub fn voxel_downsample(points: &[Point], voxel_size: f32) -> Result<VoxelGrid> {
+    let size = positive("voxel size", voxel_size)?;
+    if points.is_empty() {
+        return Err(GeometryError::Empty);
+    }
+    let inverse = 1.0 / f64::from(size);
+    let mut index_of: HashMap<[i64; 3], u32> = HashMap::with_capacity(points.len() / 4);
+    let mut sums: Vec<[f64; 4]> = Vec::new();
+    let mut representative = Vec::with_capacity(points.len());
+    for (i, p) in points.iter().enumerate() {
+        if !p.iter().all(|c| c.is_finite()) {
+            return Err(GeometryError::NonFinite { index: i, point: *p });
+        }
+        let key = p.map(|c| (f64::from(c) * inverse).floor() as i64);
+        let slot = *index_of.entry(key).or_insert_with(|| {
+            sums.push([0.0; 4]);
+            (sums.len() - 1) as u32
+        });
+        let s = &mut sums[slot as usize];
+        for a in 0..3 {
+            s[a] += f64::from(p[a]);
+        }
+        s[3] += 1.0;
+        representative.push(slot);
+    }
+    let points = sums.iter().map(|s| [(s[0] / s[3]) as f32, (s[1] / s[3]) as f32, (s[2] / s[3]) as f32]).collect();
+    Ok(VoxelGrid { points, representative })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn centroids_and_back_references() {
+        let pts = [[0.1, 0.1, 0.1], [0.3, 0.3, 0.3], [1.5, 0.0, 0.0], [-0.1, 0.0, 0.0]];
+        let grid = voxel_downsample(&pts, 1.0).unwrap();
+        assert_eq!(grid.points.len(), 3);
+        assert_eq!(grid.representative, vec![0, 0, 1, 2]);
+        assert!((grid.points[0][0] - 0.2).abs() < 1e-6);
+        assert_eq!(grid.spread(&[10, 20, 30]), vec![10, 10, 20, 30]);
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
+        assert!(voxel_downsample(&[[0.0; 3]], 0.0).is_err());
+        assert!(voxel_downsample(&[[0.0; 3]], f32::NAN).is_err());
+        assert!(voxel_downsample(&[], 1.0).is_err());
+        assert!(matches!(voxel_downsample(&[[f32::NAN, 0.0, 0.0]], 1.0), Err(GeometryError::NonFinite { index: 0, .. })));
+    }
+}

@@ -1,0 +1,20 @@
+//! inspect3d: unsupervised surface-defect detection on 3D point clouds for robotic inspection cells.
+//!
+//! The crate is laid out by pipeline stage:
+//! - [`cloud`]: point clouds and their encodings (PointCloud2 byte layouts, PCD, PLY);
+//! - [`geometry`]: voxel grid, normalisation, sampling, neighbourhoods, normals, FPFH, median filter;
+//! - [`bench`]: the benchmark tables printed by `inspect3d bench`;
+//! - [`ros`] (feature `ros`): the thin ROS 2 layer (r2r message conversion); nothing below it knows about ROS.
+
+pub mod bench;
+pub mod cloud;
+pub mod geometry;
+#[cfg(feature = "ros")]
+pub mod ros;
+
+/// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

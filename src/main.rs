@@ -1,0 +1,203 @@
+//! `inspect3d`: the command line. Each subcommand is a thin edge over the library: parse arguments, call it,
+//! print the result, add context to errors.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use inspect3d::cloud::{self, pcd, ply};
+use inspect3d::geometry::{self, Neighborhood, NormalOrientation};
+
+#[derive(Parser)]
+#[command(name = "inspect3d", version, about = "Surface-defect detection on 3D point clouds")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Converts a cloud between PCD and PLY (all fields kept).
+    Convert {
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long, value_enum, default_value_t = Encoding::Binary)]
+        encoding: Encoding,
+    },
+    /// Loads a cloud, runs the geometry stages on it and prints a JSON summary; optionally writes a PLY coloured
+    /// by surface variation (flat = blue, edges and noise = red).
+    Describe {
+        #[arg(long)]
+        input: PathBuf,
+        /// Voxel size in the cloud's unit.
+        #[arg(long, default_value_t = 0.005)]
+        voxel: f32,
+        #[arg(long)]
+        heatmap: Option<PathBuf>,
+    },
+    /// Prints a per-stage timing table.
+    Bench {
+        #[arg(value_enum, default_value_t = Suite::Geometry)]
+        suite: Suite,
+        /// A cloud file; default: the bundled 640×480 depth-camera frame.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        #[arg(long, default_value_t = 0.005)]
+        voxel: f32,
+        #[arg(long, default_value_t = 7)]
+        repeats: usize,
+    },
+    /// Publishes a cloud file as sensor_msgs/PointCloud2 (for replaying recorded scans and for tests).
+    #[cfg(feature = "ros")]
+    Publish {
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long, default_value = "/points")]
+        topic: String,
+        #[arg(long, default_value = "camera")]
+        frame_id: String,
+        /// Messages to send; 0 sends until interrupted.
+        #[arg(long, default_value_t = 10)]
+        count: u32,
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+        /// Wait until this many subscribers are matched before sending.
+        #[arg(long, default_value_t = 0)]
+        wait_for_subscribers: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Encoding {
+    Ascii,
+    Binary,
+    Compressed,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Suite {
+    Geometry,
+}
+
+/// The 640×480 depth-camera frame shipped with the project.
+const BUNDLED_FRAME: &str = "tests/data/scans/frame_20121214T142255.814212.pcd";
+
+fn main() -> Result<()> {
+    inspect3d::init_logging();
+    match Cli::parse().command {
+        Command::Convert { input, output, encoding } => convert(&input, &output, encoding),
+        Command::Describe { input, voxel, heatmap } => describe(&input, voxel, heatmap.as_deref()),
+        Command::Bench { suite: Suite::Geometry, input, voxel, repeats } => {
+            let input = input.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(BUNDLED_FRAME));
+            let table = inspect3d::bench::geometry(&input, &inspect3d::bench::GeometryBench::for_voxel(voxel, repeats))?;
+            println!("{table}");
+            Ok(())
+        }
+        #[cfg(feature = "ros")]
+        Command::Publish { input, topic, frame_id, count, rate, wait_for_subscribers } => {
+            publish(&input, &topic, &frame_id, count, rate, wait_for_subscribers)
+        }
+    }
+}
+
+fn convert(input: &Path, output: &Path, encoding: Encoding) -> Result<()> {
+    let cloud = cloud::read_cloud(input)?;
+    match cloud::extension(output).as_str() {
+        "pcd" => pcd::write(output, &cloud, match encoding {
+            Encoding::Ascii => pcd::PcdEncoding::Ascii,
+            Encoding::Binary => pcd::PcdEncoding::Binary,
+            Encoding::Compressed => pcd::PcdEncoding::BinaryCompressed,
+        })?,
+        "ply" => ply::write(output, &cloud, match encoding {
+            Encoding::Ascii => ply::PlyEncoding::Ascii,
+            Encoding::Binary | Encoding::Compressed => ply::PlyEncoding::BinaryLittleEndian,
+        })?,
+        other => bail!("{}: unknown output extension '{other}' (pcd, ply)", output.display()),
+    }
+    tracing::info!(points = cloud.len(), output = %output.display(), "converted");
+    Ok(())
+}
+
+fn describe(input: &Path, voxel: f32, heatmap: Option<&Path>) -> Result<()> {
+    let start = Instant::now();
+    let cloud = cloud::read_cloud(input)?;
+    let finite = cloud.finite_points().with_context(|| format!("{}", input.display()))?;
+    let grid = geometry::voxel_downsample(&finite.points, voxel)?;
+    let index = geometry::NeighborIndex::new(&grid.points)?;
+    let surface = geometry::estimate_surface(
+        &grid.points,
+        &index,
+        Neighborhood::Hybrid { radius: 4.0 * voxel, max_nn: 30 },
+        NormalOrientation::TowardsViewpoint([0.0; 3]),
+    );
+    let (mut low, mut high) = ([f32::INFINITY; 3], [f32::NEG_INFINITY; 3]);
+    for p in &finite.points {
+        for a in 0..3 {
+            low[a] = low[a].min(p[a]);
+            high[a] = high[a].max(p[a]);
+        }
+    }
+    let mut sorted = surface.variation.clone();
+    sorted.sort_unstable_by(f32::total_cmp);
+    let p95 = sorted[(sorted.len() * 95 / 100).min(sorted.len() - 1)];
+    if let Some(path) = heatmap {
+        let per_point = grid.spread(&surface.variation);
+        ply::write(path, &ply::heatmap_cloud(&finite.points, "surface_variation", &per_point, 0.0, p95)?, ply::PlyEncoding::BinaryLittleEndian)?;
+    }
+    let summary = serde_json::json!({
+        "input": input.display().to_string(),
+        "points": cloud.len(),
+        "width": cloud.width,
+        "height": cloud.height,
+        "fields": cloud.fields().iter().map(|f| format!("{}:{:?}x{}", f.name, f.scalar, f.count)).collect::<Vec<_>>(),
+        "finite_points": finite.points.len(),
+        "bounding_box": { "min": low, "max": high },
+        "voxel": voxel,
+        "voxel_points": grid.points.len(),
+        "surface_variation_p95": p95,
+        "heatmap": heatmap.map(|p| p.display().to_string()),
+        "seconds": start.elapsed().as_secs_f64(),
+    });
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
+
+#[cfg(feature = "ros")]
+fn publish(input: &Path, topic: &str, frame_id: &str, count: u32, rate: f64, wait_for: usize) -> Result<()> {
+    use inspect3d::cloud::pointcloud2;
+    use r2r::QosProfile;
+
+    if !(rate.is_finite() && rate > 0.0) {
+        bail!("--rate must be > 0, got {rate}");
+    }
+    let cloud = cloud::read_cloud(input)?;
+    let layout = pointcloud2::encode(&cloud);
+    let ctx = r2r::Context::create().context("creating the ROS context (is the ROS environment sourced?)")?;
+    let mut node = r2r::Node::create(ctx, "inspect3d_publisher", "").context("creating the node")?;
+    let publisher = node
+        .create_publisher::<r2r::sensor_msgs::msg::PointCloud2>(topic, QosProfile::sensor_data())
+        .with_context(|| format!("advertising {topic}"))?;
+    let period = std::time::Duration::from_secs_f64(1.0 / rate);
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while publisher.get_inter_process_subscription_count().unwrap_or(0) < wait_for {
+        if Instant::now() > deadline {
+            bail!("no {wait_for} subscriber(s) on {topic} within 30 s");
+        }
+        node.spin_once(std::time::Duration::from_millis(50));
+    }
+    let mut sent = 0u32;
+    while count == 0 || sent < count {
+        let mut header = r2r::std_msgs::msg::Header { frame_id: frame_id.into(), ..Default::default() };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        header.stamp.sec = now.as_secs() as i32;
+        header.stamp.nanosec = now.subsec_nanos();
+        publisher.publish(&inspect3d::ros::msg_from_layout(header, layout.clone())).context("publishing")?;
+        sent += 1;
+        node.spin_once(period);
+    }
+    tracing::info!(sent, topic, points = cloud.len(), "published");
+    Ok(())
+}

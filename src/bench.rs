@@ -153,8 +153,9 @@ pub fn geometry(input: &Path, cfg: &GeometryBench) -> Result<Table> {
         geometry::median_filter(points, &scores, &index, cfg.median_radius)
     })?;
     table.notes.push(format!(
-        "Peak memory (VmHWM): {:.0} MiB. One thread.",
-        peak_memory_mib().unwrap_or(f64::NAN)
+        "Peak memory (VmHWM): {:.0} MiB. Normals, FPFH and the median filter run on {} threads.",
+        peak_memory_mib().unwrap_or(f64::NAN),
+        rayon::current_num_threads()
     ));
     Ok(table)
 }

@@ -129,7 +129,7 @@ impl Field {
         if count == 0 {
             return Err(CloudError::BadField { name, problem: "count is 0".into() });
         }
-        if data.len() % stride != 0 {
+        if !data.len().is_multiple_of(stride) {
             return Err(CloudError::BadField {
                 name,
                 problem: format!("{} bytes is not a whole number of {stride}-byte values", data.len()),

@@ -6,6 +6,8 @@
 
 use std::f64::consts::PI;
 
+use rayon::prelude::*;
+
 use super::neighbors::{Neighbor, NeighborIndex};
 use super::{Point, Result, positive};
 
@@ -89,30 +91,11 @@ fn spfh(points: &[Point], normals: &[Point], i: usize, neighbors: &[Neighbor]) -
     hist
 }
 
-/// SPFHs computed on demand and kept, so neighbouring queries share them.
-struct SpfhCache<'a> {
-    points: &'a [Point],
-    normals: &'a [Point],
-    index: &'a NeighborIndex,
-    radius: f32,
-    cache: Vec<Option<Box<Fpfh>>>,
-}
-
-impl SpfhCache<'_> {
-    fn get(&mut self, i: usize) -> &Fpfh {
-        if self.cache[i].is_none() {
-            let neighbors = self.index.within(&self.points[i], self.radius);
-            self.cache[i] = Some(Box::new(spfh(self.points, self.normals, i, &neighbors)));
-        }
-        self.cache[i].as_deref().expect("filled above")
-    }
-}
-
 /// The SPFH of each queried point (mainly to compare with implementations that add it to the FPFH).
 pub fn spfh_at(points: &[Point], normals: &[Point], index: &NeighborIndex, radius: f32, queries: &[u32]) -> Result<Vec<Fpfh>> {
     let radius = positive("FPFH radius", radius)?;
     Ok(queries
-        .iter()
+        .par_iter()
         .map(|&q| spfh(points, normals, q as usize, &index.within(&points[q as usize], radius)))
         .collect())
 }
@@ -120,33 +103,43 @@ pub fn spfh_at(points: &[Point], normals: &[Point], index: &NeighborIndex, radiu
 /// FPFH of each queried point over the whole cloud (`points` and `normals` are the indexed cloud).
 pub fn fpfh_at(points: &[Point], normals: &[Point], index: &NeighborIndex, radius: f32, queries: &[u32]) -> Result<Vec<Fpfh>> {
     let radius = positive("FPFH radius", radius)?;
-    let mut cache = SpfhCache { points, normals, index, radius, cache: vec![None; points.len()] };
-    let mut out = Vec::with_capacity(queries.len());
-    for &q in queries {
-        let neighbors = index.within(&points[q as usize], radius);
-        let mut hist = [0f32; FPFH_BINS];
-        let mut sums = [0f32; 3];
-        for n in &neighbors {
-            if n.squared_distance == 0.0 {
-                continue;
-            }
-            let weight = 1.0 / n.squared_distance;
-            let neighbour = cache.get(n.index as usize);
-            for (b, value) in neighbour.iter().enumerate() {
-                let v = value * weight;
-                hist[b] += v;
-                sums[b / BINS_PER_ANGLE] += v;
-            }
+    let neighborhoods: Vec<Vec<Neighbor>> =
+        queries.par_iter().map(|&q| index.within(&points[q as usize], radius)).collect();
+    // Each neighbour's SPFH once, however many queries share it.
+    let mut slot = vec![u32::MAX; points.len()];
+    let mut needed = Vec::new();
+    for n in neighborhoods.iter().flatten() {
+        if slot[n.index as usize] == u32::MAX {
+            slot[n.index as usize] = needed.len() as u32;
+            needed.push(n.index);
         }
-        for (b, h) in hist.iter_mut().enumerate() {
-            let s = sums[b / BINS_PER_ANGLE];
-            if s != 0.0 {
-                *h *= 100.0 / s;
-            }
-        }
-        out.push(hist);
     }
-    Ok(out)
+    let spfhs = spfh_at(points, normals, index, radius, &needed)?;
+    Ok(neighborhoods
+        .par_iter()
+        .map(|neighbors| {
+            let mut hist = [0f32; FPFH_BINS];
+            let mut sums = [0f32; 3];
+            for n in neighbors {
+                if n.squared_distance == 0.0 {
+                    continue;
+                }
+                let weight = 1.0 / n.squared_distance;
+                for (b, value) in spfhs[slot[n.index as usize] as usize].iter().enumerate() {
+                    let v = value * weight;
+                    hist[b] += v;
+                    sums[b / BINS_PER_ANGLE] += v;
+                }
+            }
+            for (b, h) in hist.iter_mut().enumerate() {
+                let s = sums[b / BINS_PER_ANGLE];
+                if s != 0.0 {
+                    *h *= 100.0 / s;
+                }
+            }
+            hist
+        })
+        .collect())
 }
 
 /// FPFH of every point.

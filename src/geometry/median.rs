@@ -1,18 +1,19 @@
 //! A 3D median filter over per-point values (the detector's last smoothing of point scores): each point takes
 //! the median of the finite values within a radius of it, itself included.
 
+use rayon::prelude::*;
+
 use super::neighbors::NeighborIndex;
 use super::{Point, Result, positive};
 
 pub fn median_filter(points: &[Point], values: &[f32], index: &NeighborIndex, radius: f32) -> Result<Vec<f32>> {
     let radius = positive("median filter radius", radius)?;
-    let mut window = Vec::new();
     Ok(points
-        .iter()
+        .par_iter()
         .zip(values)
         .map(|(p, &own)| {
-            window.clear();
-            window.extend(index.within(p, radius).iter().map(|n| values[n.index as usize]).filter(|v| v.is_finite()));
+            let mut window: Vec<f32> =
+                index.within(p, radius).iter().map(|n| values[n.index as usize]).filter(|v| v.is_finite()).collect();
             if window.is_empty() {
                 return own;
             }

@@ -2,6 +2,7 @@
 //! neighbourhood's covariance), flipped to a consistent side.
 
 use nalgebra::{Matrix3, Vector3};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::neighbors::{NeighborIndex, Neighborhood};
@@ -47,23 +48,23 @@ pub fn estimate_surface(
         let s = points.iter().fold([0f32; 3], |a, p| [a[0] + p[0], a[1] + p[1], a[2] + p[2]]);
         s.map(|c| c / n)
     };
-    let mut out = SurfaceEstimate { normals: Vec::with_capacity(points.len()), variation: Vec::with_capacity(points.len()) };
-    for p in points {
-        let neighbors = index.neighborhood(p, neighborhood);
-        let (normal, variation) = match pca(neighbors.iter().map(|n| points[n.index as usize])) {
-            Some((normal, variation)) => {
-                let towards = match orientation {
-                    NormalOrientation::TowardsViewpoint(v) => sub(v, *p),
-                    NormalOrientation::AwayFromCentroid => sub(*p, centroid),
-                };
-                (if dot(normal, towards) < 0.0 { normal.map(|c| -c) } else { normal }, variation)
+    let (normals, variation) = points
+        .par_iter()
+        .map(|p| {
+            let neighbors = index.neighborhood(p, neighborhood);
+            match pca(neighbors.iter().map(|n| points[n.index as usize])) {
+                Some((normal, variation)) => {
+                    let towards = match orientation {
+                        NormalOrientation::TowardsViewpoint(v) => sub(v, *p),
+                        NormalOrientation::AwayFromCentroid => sub(*p, centroid),
+                    };
+                    (if dot(normal, towards) < 0.0 { normal.map(|c| -c) } else { normal }, variation)
+                }
+                None => ([0.0; 3], 0.0),
             }
-            None => ([0.0; 3], 0.0),
-        };
-        out.normals.push(normal);
-        out.variation.push(variation);
-    }
-    out
+        })
+        .unzip();
+    SurfaceEstimate { normals, variation }
 }
 
 /// The direction of least variance of a point set (≥ 3 points) and its surface variation, computed in f64.

@@ -45,6 +45,9 @@ impl PointCloud2Layout {
         if point_step == 0 {
             return Err(CloudError::BadLayout("point_step is 0".into()));
         }
+        if self.fields.is_empty() {
+            return Err(CloudError::BadLayout("the message declares no fields".into()));
+        }
         let min_row = width
             .checked_mul(point_step)
             .ok_or_else(|| CloudError::BadLayout("width × point_step overflows".into()))?;
@@ -216,6 +219,7 @@ pub fn with_f32_fields(msg: &PointCloud2Layout, extra: &[(&str, &[f32])]) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn field(name: &str, offset: u32, datatype: u8, count: u32) -> PointFieldLayout {
         PointFieldLayout { name: name.into(), offset, datatype, count }
@@ -323,5 +327,31 @@ mod tests {
     fn all_nan_cloud_is_an_error() {
         let cloud = PointCloud::from_xyz(&[[f32::NAN, 0.0, 0.0], [1.0, f32::INFINITY, 0.0]]);
         assert!(matches!(cloud.finite_points(), Err(CloudError::NoFinitePoints(2))));
+    }
+
+    proptest! {
+        /// Arbitrary layouts and bytes: decoding returns a cloud or an error, never panics, and whatever decodes
+        /// re-encodes to the same values.
+        #[test]
+        fn decoder_never_panics(
+            width in 0u32..6, height in 0u32..4, point_step in 0u32..40, row_pad in 0u32..9,
+            fields in proptest::collection::vec((0u32..44, 0u8..11, 0u32..4), 0..5),
+            is_bigendian in any::<bool>(), data in proptest::collection::vec(any::<u8>(), 0..800),
+        ) {
+            let names = ["x", "y", "z", "i", "x"];
+            let msg = PointCloud2Layout {
+                height, width, is_bigendian, point_step, data, is_dense: false,
+                row_step: width * point_step + row_pad,
+                fields: fields.iter().enumerate().map(|(k, &(offset, datatype, count))| field(names[k], offset, datatype, count)).collect(),
+            };
+            if let Ok(cloud) = decode(&msg) {
+                prop_assert_eq!(cloud.len(), (width * height) as usize);
+                let again = decode(&encode(&cloud)).unwrap();
+                for (a, b) in again.fields().iter().zip(cloud.fields()) {
+                    prop_assert_eq!(a.bytes(), b.bytes());
+                }
+                let _ = cloud.finite_points();
+            }
+        }
     }
 }

@@ -9,6 +9,8 @@ use anyhow::{Context, Result};
 
 use crate::cloud::{self, pointcloud2};
 use crate::geometry::{self, Neighborhood, NormalOrientation};
+use crate::model::config::{BackboneConfig, DetectorConfig, NormalSide};
+use crate::model::{Detector, centre_tensor, sca, scoring};
 
 pub struct Stage {
     pub name: String,
@@ -155,6 +157,64 @@ pub fn geometry(input: &Path, cfg: &GeometryBench) -> Result<Table> {
     table.notes.push(format!(
         "Peak memory (VmHWM): {:.0} MiB. Normals, FPFH and the median filter run on {} threads.",
         peak_memory_mib().unwrap_or(f64::NAN),
+        rayon::current_num_threads()
+    ));
+    Ok(table)
+}
+
+/// Per-stage latency of the detector on one real cloud (CPU unless LibTorch sees a GPU), peak memory, and the
+/// training step. Weights are untrained (timing does not depend on their values); the Point-MAE row uses the
+/// public release's size (C = 384, 12 blocks, 6 heads) with random weights.
+pub fn detector(input: &Path, voxel: f32, repeats: usize) -> Result<Table> {
+    let r = repeats;
+    let device = tch::Device::cuda_if_available();
+    let cloud = cloud::read_cloud(input).with_context(|| format!("reading {}", input.display()))?;
+    let finite = cloud.finite_points()?;
+    let mut cfg = DetectorConfig::default();
+    cfg.preprocess.voxel_size = voxel;
+    cfg.preprocess.normals_face = NormalSide::Sensor;
+    let det = Detector::new(cfg.clone(), device)?;
+    let (n, k) = (cfg.patches.count, cfg.patches.size);
+    let mut table = Table::new(format!("Detector stages on {} (n = {n}, k = {k}, device {device:?})", input.display()));
+    let patched = table.stage("pre-processing", format!("{} points → voxel, FPS, kNN, normals, FPFH", finite.points.len()), r, || det.patch(&finite.points, None))?;
+    let tokens = table.stage("backbone: FPFH tokens", format!("{} patches → C = 256", patched.patch_count()), r, || det.backbone.tokens(&patched))?;
+    let mae_cfg = DetectorConfig { backbone: BackboneConfig::RandomPointMae { width: 384, depth: 12, heads: 6, seed: 1 }, ..cfg.clone() };
+    let mae = Detector::new(mae_cfg, device)?;
+    let _ = table.stage("backbone: Point-MAE", "C = 384, 12 blocks, 6 heads".into(), r, || mae.backbone.tokens(&patched))?;
+    let centres = patched.centre_points();
+    let refined = table.stage("SCA", format!("{} prototypes, {} Sinkhorn iterations", (0.1 * n as f32).round(), cfg.sca.sinkhorn_iterations), r, || {
+        sca::aggregate(&cfg.sca, &tokens, &centres, &patched.descriptors)
+    });
+    let centre_t = centre_tensor(&patched, device);
+    let x = refined.unsqueeze(0);
+    let adapted = table.stage("adaptor", "C → C/2 → C".into(), r, || {
+        let _g = tch::no_grad_guard();
+        det.heads.adaptor.forward(&x)
+    });
+    let scores = table.stage("discriminator", "attention (4 heads) + MLP head".into(), r, || det.heads.discriminator.scores(&adapted, &centre_t));
+    let scores: Vec<f32> = scores.squeeze_dim(0).to_device(tch::Device::Cpu).try_into()?;
+    let radius = cfg.scoring.median_radius_voxels * voxel / patched.frame.scale;
+    table.stage("projection + median filter", format!("{} voxel points → {} input points", patched.points.len(), finite.points.len()), r, || {
+        scoring::project_to_points(&patched, &scores, radius).map(|s| patched.grid.spread(&s))
+    })?;
+    table.stage("whole inspection", "cloud → point scores + verdict".into(), r, || det.inspect(&cloud))?;
+    // One optimiser step on a batch of 8 clouds' cached features.
+    let batch = cfg.training.batch_size as i64;
+    let xb = refined.unsqueeze(0).repeat([batch, 1, 1]);
+    let cb = centre_t.repeat([batch, 1, 1]);
+    let mut opt = tch::nn::OptimizerConfig::build(tch::nn::AdamW::default(), &det.heads.vs, 1e-4)?;
+    table.stage("training step", format!("batch {batch}, forward + backward + AdamW"), r, || {
+        let q = det.heads.adaptor.forward(&xb);
+        let (corrupted, labels) = det.heads.generator.corrupt(&q);
+        let logits = det.heads.discriminator.forward_t(&corrupted, &cb, true);
+        let loss = logits.binary_cross_entropy_with_logits::<tch::Tensor>(&labels, None, None, tch::Reduction::Mean);
+        opt.backward_step_clip_norm(&loss, 1.0);
+    });
+    table.notes.push(format!(
+        "Peak memory (VmHWM): {:.0} MiB. LibTorch threads: {}; geometry on {} rayon threads. The whole-inspection \
+         row uses the FPFH token source (the default).",
+        peak_memory_mib().unwrap_or(f64::NAN),
+        tch::get_num_threads(),
         rayon::current_num_threads()
     ));
     Ok(table)

@@ -3,14 +3,20 @@
 //! The crate is laid out by pipeline stage:
 //! - [`cloud`]: point clouds and their encodings (PointCloud2 byte layouts, PCD, PLY);
 //! - [`geometry`]: voxel grid, normalisation, sampling, neighbourhoods, normals, FPFH, median filter;
+//! - [`model`]: the detector's stages (backbone, SCA, adaptor, generator, discriminator, scoring) and model files;
+//! - [`train`]: learning from good clouds and calibrating thresholds;
+//! - [`synth`]: simulated scans of real parts (meshes, surface sampling, labelled defects);
 //! - [`bench`]: the benchmark tables printed by `inspect3d bench`;
 //! - [`ros`] (feature `ros`): the thin ROS 2 layer (r2r message conversion); nothing below it knows about ROS.
 
 pub mod bench;
 pub mod cloud;
 pub mod geometry;
+pub mod model;
 #[cfg(feature = "ros")]
 pub mod ros;
+pub mod synth;
+pub mod train;
 
 /// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {

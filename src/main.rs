@@ -8,6 +8,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use inspect3d::cloud::{self, pcd, ply};
 use inspect3d::geometry::{self, Neighborhood, NormalOrientation};
+use inspect3d::model::config::DetectorConfig;
+use inspect3d::model::{DeviceChoice, store};
+use inspect3d::train;
 
 #[derive(Parser)]
 #[command(name = "inspect3d", version, about = "Surface-defect detection on 3D point clouds")]
@@ -37,6 +40,42 @@ enum Command {
         voxel: f32,
         #[arg(long)]
         heatmap: Option<PathBuf>,
+    },
+    /// Learns a model from a folder of good clouds (.pcd/.ply) and calibrates its thresholds.
+    Train {
+        /// Folder of point clouds of defect-free parts.
+        #[arg(long)]
+        data: PathBuf,
+        /// Model folder to write (replaced atomically if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        /// JSON configuration (see docs/detector.md); absent keys keep the method's defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Voxel size in the clouds' unit.
+        #[arg(long)]
+        voxel: Option<f32>,
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+    },
+    /// Scores a cloud with a model and prints the verdict as JSON.
+    Infer {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        /// Writes a PLY heatmap of the point scores.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+    },
+    /// Prints a model's manifest.
+    Info {
+        #[arg(long)]
+        model: PathBuf,
     },
     /// Prints a per-stage timing table.
     Bench {
@@ -79,7 +118,10 @@ enum Encoding {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Suite {
+    /// Point-cloud decoding and the geometry stages.
     Geometry,
+    /// The detector's stages, peak memory and the training step.
+    Detector,
 }
 
 /// The 640×480 depth-camera frame shipped with the project.
@@ -90,9 +132,19 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Convert { input, output, encoding } => convert(&input, &output, encoding),
         Command::Describe { input, voxel, heatmap } => describe(&input, voxel, heatmap.as_deref()),
-        Command::Bench { suite: Suite::Geometry, input, voxel, repeats } => {
+        Command::Train { data, out, config, epochs, voxel, device } => train_model(&data, &out, config.as_deref(), epochs, voxel, device),
+        Command::Infer { model, input, out, device } => infer(&model, &input, out.as_deref(), device),
+        Command::Info { model } => {
+            let manifest = store::read_manifest(&model)?;
+            println!("{}", serde_json::to_string_pretty(&manifest)?);
+            Ok(())
+        }
+        Command::Bench { suite, input, voxel, repeats } => {
             let input = input.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(BUNDLED_FRAME));
-            let table = inspect3d::bench::geometry(&input, &inspect3d::bench::GeometryBench::for_voxel(voxel, repeats))?;
+            let table = match suite {
+                Suite::Geometry => inspect3d::bench::geometry(&input, &inspect3d::bench::GeometryBench::for_voxel(voxel, repeats))?,
+                Suite::Detector => inspect3d::bench::detector(&input, voxel, repeats)?,
+            };
             println!("{table}");
             Ok(())
         }
@@ -101,6 +153,60 @@ fn main() -> Result<()> {
             publish(&input, &topic, &frame_id, count, rate, wait_for_subscribers)
         }
     }
+}
+
+fn train_model(data: &Path, out: &Path, config: Option<&Path>, epochs: Option<usize>, voxel: Option<f32>, device: DeviceChoice) -> Result<()> {
+    let mut cfg = match config {
+        Some(path) => DetectorConfig::from_json(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
+            .with_context(|| format!("{}", path.display()))?,
+        None => DetectorConfig::default(),
+    };
+    if let Some(e) = epochs {
+        cfg.training.epochs = e;
+    }
+    if let Some(v) = voxel {
+        cfg.preprocess.voxel_size = v;
+    }
+    let clouds = train::load_cloud_dir(data)?;
+    tracing::info!(clouds = clouds.len(), data = %data.display(), "loaded good clouds");
+    let (detector, summary) = train::train(cfg, clouds, device.resolve()?, &mut train::LogMonitor::default())?;
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("model");
+    let manifest = store::save(&detector, out, name, summary)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "model_id": manifest.model_id,
+            "model_path": out.display().to_string(),
+            "cloud_threshold": manifest.thresholds.cloud,
+            "point_threshold": manifest.thresholds.point,
+            "clouds_trained": manifest.training.clouds_trained,
+            "clouds_held_out": manifest.training.clouds_held_out,
+            "final_loss": manifest.training.final_loss,
+            "seconds": manifest.training.seconds,
+        }))?
+    );
+    Ok(())
+}
+
+fn infer(model: &Path, input: &Path, heatmap: Option<&Path>, device: DeviceChoice) -> Result<()> {
+    let (detector, manifest) = store::load(model, device.resolve()?)?;
+    let cloud = cloud::read_cloud(input)?;
+    let start = Instant::now();
+    let inspection = detector.inspect(&cloud).with_context(|| format!("inspecting {}", input.display()))?;
+    let latency_ms = start.elapsed().as_secs_f64() * 1e3;
+    if let Some(path) = heatmap {
+        let points = cloud.positions()?;
+        let (keep, scores): (Vec<_>, Vec<_>) =
+            points.iter().zip(&inspection.point_scores).filter(|(p, _)| p.iter().all(|c| c.is_finite())).map(|(p, s)| (*p, *s)).unzip();
+        let high = inspection.thresholds.point.max(inspection.cloud_score);
+        ply::write(path, &ply::heatmap_cloud(&keep, "anomaly_score", &scores, 0.0, high)?, ply::PlyEncoding::BinaryLittleEndian)?;
+    }
+    let mut verdict = serde_json::to_value(&inspection)?;
+    verdict["input"] = input.display().to_string().into();
+    verdict["model_id"] = manifest.model_id.into();
+    verdict["latency_ms"] = latency_ms.into();
+    println!("{}", serde_json::to_string_pretty(&verdict)?);
+    Ok(())
 }
 
 fn convert(input: &Path, output: &Path, encoding: Encoding) -> Result<()> {

@@ -1,0 +1,290 @@
+//! Method step 1 (learned half): patch tokens Z ∈ R^{n×C}. Two sources:
+//! - Point-MAE's encoder (mini-PointNet per patch, positional MLP of the centre, pre-LN Transformer blocks,
+//!   final LayerNorm) with the public release's parameter names and shapes, so its ShapeNet checkpoint loads
+//!   once converted to safetensors (scripts/convert_pointmae.py). Frozen: it never trains here.
+//! - Training-free FPFH tokens: FPFH at each centre at two radii, projected to C by a fixed seeded map.
+//!
+//! Either way the backbone's tensors are saved inside each model folder, so a model is self-contained.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor, nn, nn::Module, nn::ModuleT};
+
+use super::config::BackboneConfig;
+use super::preprocess::PatchedCloud;
+use super::{ModelError, Result};
+use crate::geometry::FPFH_BINS;
+
+/// What a model's tokens came from; stored in the manifest and checked on load.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackboneIdentity {
+    /// `point_mae`, `fpfh` or `random_point_mae`.
+    pub kind: String,
+    pub width: usize,
+    pub depth: usize,
+    pub heads: usize,
+    /// The checkpoint it was loaded from, if any.
+    pub source: Option<String>,
+}
+
+const PREFIX: &str = "MAE_encoder";
+/// Official Point-MAE: 6 heads. A checkpoint's shapes do not tell the head count, so the converter records it.
+const DEFAULT_HEADS: usize = 6;
+
+/// Point-MAE's `MaskTransformer` as used for feature extraction (no masking).
+struct PointMae {
+    first_conv: (nn::Conv1D, nn::BatchNorm, nn::Conv1D),
+    second_conv: (nn::Conv1D, nn::BatchNorm, nn::Conv1D),
+    pos_embed: (nn::Linear, nn::Linear),
+    blocks: Vec<Block>,
+    norm: nn::LayerNorm,
+    heads: usize,
+}
+
+struct Block {
+    norm1: nn::LayerNorm,
+    qkv: nn::Linear,
+    proj: nn::Linear,
+    norm2: nn::LayerNorm,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+}
+
+impl PointMae {
+    fn new(root: &nn::Path, width: usize, depth: usize, heads: usize) -> Self {
+        let p = root / PREFIX;
+        let enc = &p / "encoder";
+        let conv = |path: nn::Path, i: i64, o: i64| nn::conv1d(path, i, o, 1, Default::default());
+        let first = &enc / "first_conv";
+        let second = &enc / "second_conv";
+        let c = width as i64;
+        let first_conv = (conv(&first / "0", 3, 128), nn::batch_norm1d(&first / "1", 128, Default::default()), conv(&first / "3", 128, 256));
+        let second_conv = (conv(&second / "0", 512, 512), nn::batch_norm1d(&second / "1", 512, Default::default()), conv(&second / "3", 512, c));
+        let pe = &p / "pos_embed";
+        let pos_embed = (nn::linear(&pe / "0", 3, 128, Default::default()), nn::linear(&pe / "2", 128, c, Default::default()));
+        let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
+        let blocks = (0..depth)
+            .map(|i| {
+                let b = &p / "blocks" / "blocks" / i;
+                Block {
+                    norm1: nn::layer_norm(&b / "norm1", vec![c], Default::default()),
+                    qkv: nn::linear(&b / "attn" / "qkv", c, 3 * c, no_bias),
+                    proj: nn::linear(&b / "attn" / "proj", c, c, Default::default()),
+                    norm2: nn::layer_norm(&b / "norm2", vec![c], Default::default()),
+                    fc1: nn::linear(&b / "mlp" / "fc1", c, 4 * c, Default::default()),
+                    fc2: nn::linear(&b / "mlp" / "fc2", 4 * c, c, Default::default()),
+                }
+            })
+            .collect();
+        let norm = nn::layer_norm(&p / "norm", vec![c], Default::default());
+        Self { first_conv, second_conv, pos_embed, blocks, norm, heads }
+    }
+
+    /// `groups`: (B, n, k, 3) relative to centres; `centres`: (B, n, 3) → (B, n, C).
+    fn forward(&self, groups: &Tensor, centres: &Tensor) -> Tensor {
+        let (b, n, k, _) = groups.size4().expect("groups are 4-D");
+        let x = groups.reshape([b * n, k, 3]).transpose(1, 2);
+        let f = self.first_conv.0.forward(&x);
+        let f = self.first_conv.1.forward_t(&f, false).relu();
+        let f = self.first_conv.2.forward(&f); // (bn, 256, k)
+        let global = f.amax([2], true).expand([b * n, 256, k], false);
+        let f = Tensor::cat(&[global, f], 1);
+        let f = self.second_conv.0.forward(&f);
+        let f = self.second_conv.1.forward_t(&f, false).relu();
+        let f = self.second_conv.2.forward(&f);
+        let c = f.size()[1];
+        let tokens = f.amax([2], false).reshape([b, n, c]);
+        let pos = self.pos_embed.1.forward(&self.pos_embed.0.forward(centres).gelu("none"));
+        let mut x = tokens;
+        for block in &self.blocks {
+            x = block.forward(&(x + &pos), self.heads);
+        }
+        self.norm.forward(&x)
+    }
+}
+
+impl Block {
+    fn forward(&self, x: &Tensor, heads: usize) -> Tensor {
+        let (b, n, c) = x.size3().expect("tokens are 3-D");
+        let h = heads as i64;
+        let qkv = self.qkv.forward(&self.norm1.forward(x)).reshape([b, n, 3, h, c / h]).permute([2, 0, 3, 1, 4]);
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        let a = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
+        let a = self.proj.forward(&a.transpose(1, 2).reshape([b, n, c]));
+        let x = x + a;
+        let m = self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&x)).gelu("none"));
+        x + m
+    }
+}
+
+enum Source {
+    PointMae(PointMae),
+    /// (2·33) → C projection.
+    /// Scales of the SCA descriptor radius the two FPFHs use.
+    Fpfh { projection: Tensor, radius_scales: [f32; 2] },
+}
+
+pub struct Backbone {
+    vs: nn::VarStore,
+    source: Source,
+    pub identity: BackboneIdentity,
+}
+
+impl Backbone {
+    /// Builds the configured backbone (loading a checkpoint for `point_mae`).
+    pub fn from_config(cfg: &BackboneConfig, device: Device) -> Result<Self> {
+        match cfg {
+            BackboneConfig::PointMae { checkpoint } => Self::load_point_mae(Path::new(checkpoint), device),
+            BackboneConfig::Fpfh { width, seed } => Ok(Self::fpfh(*width, *seed, device)),
+            BackboneConfig::RandomPointMae { width, depth, heads, seed } => {
+                tracing::warn!(width, depth, heads, seed, "backbone: Point-MAE with RANDOM weights (explicit choice)");
+                tch::manual_seed(*seed as i64);
+                let mut vs = nn::VarStore::new(device);
+                let model = PointMae::new(&vs.root(), *width, *depth, *heads);
+                vs.freeze();
+                let identity = BackboneIdentity { kind: "random_point_mae".into(), width: *width, depth: *depth, heads: *heads, source: None };
+                Ok(Self { vs, source: Source::PointMae(model), identity })
+            }
+        }
+    }
+
+    fn fpfh(width: usize, seed: u64, device: Device) -> Self {
+        let mut vs = nn::VarStore::new(device);
+        tch::manual_seed(seed as i64);
+        let input = 2 * FPFH_BINS as i64;
+        let projection = vs.root().var("projection", &[input, width as i64], nn::Init::Randn { mean: 0.0, stdev: 1.0 / (input as f64).sqrt() });
+        vs.freeze();
+        let identity = BackboneIdentity { kind: "fpfh".into(), width, depth: 0, heads: 0, source: None };
+        Self { vs, source: Source::Fpfh { projection, radius_scales: [1.0, 2.0] }, identity }
+    }
+
+    /// A converted Point-MAE checkpoint (safetensors). Width and depth are read from the tensors.
+    pub fn load_point_mae(path: &Path, device: Device) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| ModelError::Io { path: path.display().to_string(), source: e })?;
+        let (heads, tensors) = read_checkpoint(&bytes, path)?;
+        let bad = |problem: String| ModelError::Checkpoint { path: path.display().to_string(), problem };
+        let width = tensors
+            .get(&format!("{PREFIX}.norm.weight"))
+            .map(|t| t.size()[0] as usize)
+            .ok_or_else(|| bad(format!("no tensor {PREFIX}.norm.weight: not a Point-MAE encoder")))?;
+        let depth = (0..)
+            .take_while(|i| tensors.contains_key(&format!("{PREFIX}.blocks.blocks.{i}.norm1.weight")))
+            .count();
+        if depth == 0 {
+            return Err(bad("no transformer blocks".into()));
+        }
+        if width % heads != 0 {
+            return Err(bad(format!("width {width} is not divisible by {heads} heads")));
+        }
+        let mut vs = nn::VarStore::new(device);
+        let model = PointMae::new(&vs.root(), width, depth, heads);
+        copy_into(&mut vs, &tensors).map_err(bad)?;
+        vs.freeze();
+        let identity = BackboneIdentity { kind: "point_mae".into(), width, depth, heads, source: Some(path.display().to_string()) };
+        tracing::info!(width, depth, heads, checkpoint = %path.display(), "backbone: Point-MAE loaded");
+        Ok(Self { vs, source: Source::PointMae(model), identity })
+    }
+
+    /// Rebuilds a backbone saved in a model folder.
+    pub fn load_saved(identity: &BackboneIdentity, path: &Path, device: Device) -> Result<Self> {
+        let bad = |problem: String| ModelError::Checkpoint { path: path.display().to_string(), problem };
+        let tensors: HashMap<String, Tensor> =
+            Tensor::read_safetensors(path).map_err(|e| bad(e.to_string()))?.into_iter().collect();
+        let mut backbone = match identity.kind.as_str() {
+            "fpfh" => Self::fpfh(identity.width, 0, device),
+            "point_mae" | "random_point_mae" => {
+                let mut vs = nn::VarStore::new(device);
+                let model = PointMae::new(&vs.root(), identity.width, identity.depth, identity.heads);
+                vs.freeze();
+                Self { vs, source: Source::PointMae(model), identity: identity.clone() }
+            }
+            other => return Err(bad(format!("unknown backbone kind '{other}'"))),
+        };
+        copy_into(&mut backbone.vs, &tensors).map_err(bad)?;
+        backbone.identity = identity.clone();
+        Ok(backbone)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.vs
+            .save(path)
+            .map_err(|e| ModelError::Checkpoint { path: path.display().to_string(), problem: e.to_string() })
+    }
+
+    pub fn width(&self) -> usize {
+        self.identity.width
+    }
+
+    /// Tokens of one patched cloud: (n, C), no gradient.
+    pub fn tokens(&self, cloud: &PatchedCloud) -> Result<Tensor> {
+        let device = self.vs.device();
+        let n = cloud.patch_count() as i64;
+        let _guard = tch::no_grad_guard();
+        match &self.source {
+            Source::PointMae(model) => {
+                let groups = Tensor::from_slice(&cloud.relative_groups())
+                    .reshape([1, n, cloud.patch_size as i64, 3])
+                    .to_device(device);
+                let centres: Vec<f32> = cloud.centre_points().into_iter().flatten().collect();
+                let centres = Tensor::from_slice(&centres).reshape([1, n, 3]).to_device(device);
+                Ok(model.forward(&groups, &centres).squeeze_dim(0))
+            }
+            Source::Fpfh { projection, radius_scales } => {
+                let mut rows: Vec<f32> = Vec::with_capacity(cloud.patch_count() * 2 * FPFH_BINS);
+                let base = cloud.descriptors.clone();
+                let wide = cloud.descriptors_at_radius(radius_scales[1] * cloud.fpfh_radius)?;
+                for (a, b) in base.iter().zip(&wide) {
+                    // Hellinger (square-root) scaling: histograms compare better than raw counts.
+                    rows.extend(a.iter().chain(b.iter()).map(|v| (v / 100.0).sqrt()));
+                }
+                let x = Tensor::from_slice(&rows).reshape([n, 2 * FPFH_BINS as i64]).to_device(device);
+                Ok(x.matmul(projection))
+            }
+        }
+    }
+}
+
+/// Copies named tensors into a VarStore, checking that every variable is present with its shape.
+fn copy_into(vs: &mut nn::VarStore, tensors: &HashMap<String, Tensor>) -> std::result::Result<(), String> {
+    let _guard = tch::no_grad_guard();
+    let mut variables = vs.variables();
+    let mut names: Vec<&String> = variables.keys().collect();
+    names.sort();
+    let mut missing = Vec::new();
+    for name in names.clone() {
+        match tensors.get(name) {
+            None => missing.push(name.clone()),
+            Some(src) => {
+                let dst = &variables[name];
+                if src.size() != dst.size() {
+                    return Err(format!("tensor {name} has shape {:?}, expected {:?}", src.size(), dst.size()));
+                }
+            }
+        }
+    }
+    if !missing.is_empty() {
+        let shown: Vec<_> = missing.iter().take(5).cloned().collect();
+        return Err(format!("{} tensors missing, e.g. {}", missing.len(), shown.join(", ")));
+    }
+    for (name, dst) in variables.iter_mut() {
+        dst.copy_(&tensors[name].to_kind(Kind::Float).to_device(dst.device()));
+    }
+    Ok(())
+}
+
+/// Reads a converted Point-MAE checkpoint: its tensors and the head count recorded in its metadata.
+fn read_checkpoint(bytes: &[u8], path: &Path) -> Result<(usize, HashMap<String, Tensor>)> {
+    let bad = |problem: String| ModelError::Checkpoint { path: path.display().to_string(), problem };
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not safetensors: {e:?}")))?;
+    let heads = match metadata.metadata().as_ref().and_then(|m| m.get("num_heads")) {
+        Some(h) => h.parse().map_err(|_| bad(format!("num_heads metadata '{h}' is not a number")))?,
+        None => {
+            tracing::warn!("checkpoint records no num_heads; assuming Point-MAE's {DEFAULT_HEADS}");
+            DEFAULT_HEADS
+        }
+    };
+    let tensors = Tensor::read_safetensors(path).map_err(|e| bad(e.to_string()))?;
+    Ok((heads, tensors.into_iter().collect()))
+}

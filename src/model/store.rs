@@ -1,0 +1,198 @@
+//! A model on disk is a folder: `heads.safetensors` (the trained weights), `backbone.safetensors` (the frozen
+//! token source, so the folder is self-contained) and `manifest.json` (configuration, thresholds, backbone
+//! identity and hashes, training summary, format version, creation time). It is written under a temporary
+//! name and renamed into place, so a crash never leaves half a model; loading checks everything and names
+//! what is wrong.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tch::{Device, Tensor};
+
+use super::backbone::{Backbone, BackboneIdentity};
+use super::config::DetectorConfig;
+use super::{Detector, Heads, ModelError, Result, Thresholds};
+
+pub const FORMAT_VERSION: u32 = 1;
+const MANIFEST: &str = "manifest.json";
+const HEADS: &str = "heads.safetensors";
+const BACKBONE: &str = "backbone.safetensors";
+
+/// What the training saw; recorded for the people who will wonder later.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainingSummary {
+    pub clouds_trained: usize,
+    pub clouds_held_out: usize,
+    pub views_per_cloud: usize,
+    pub epochs: usize,
+    pub final_loss: f32,
+    pub seconds: f64,
+    /// Where the clouds came from (files or bag topics), at most a few.
+    pub sources: Vec<String>,
+    /// Held-out good clouds' scores, from which the thresholds were set.
+    pub held_out_cloud_scores: Vec<f32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub model_id: String,
+    pub created_unix: u64,
+    pub created_utc: String,
+    pub config: DetectorConfig,
+    pub thresholds: Thresholds,
+    pub backbone: BackboneIdentity,
+    pub backbone_sha256: String,
+    pub heads_sha256: String,
+    pub training: TrainingSummary,
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::Io { path: path.display().to_string(), source: e })?;
+    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time (civil-from-days, proleptic Gregorian).
+fn utc_string(unix: u64) -> String {
+    let (days, secs) = ((unix / 86_400) as i64, unix % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
+    move |source| ModelError::Io { path: path.display().to_string(), source }
+}
+
+/// Writes the detector to `dir` atomically; returns its manifest. An existing model at `dir` is replaced only
+/// once the new one is complete.
+pub fn save(detector: &Detector, dir: &Path, name: &str, training: TrainingSummary) -> Result<Manifest> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let leaf = dir.file_name().and_then(|n| n.to_str()).unwrap_or("model");
+    let staging = parent.join(format!(".{leaf}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    let written = (|| -> Result<Manifest> {
+        detector.backbone.save(&staging.join(BACKBONE))?;
+        detector
+            .heads
+            .vs
+            .save(staging.join(HEADS))
+            .map_err(|e| ModelError::Model { path: staging.display().to_string(), problem: e.to_string() })?;
+        let created_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let heads_sha256 = sha256_file(&staging.join(HEADS))?;
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            model_id: format!("{name}-{}", &heads_sha256[..8]),
+            created_unix,
+            created_utc: utc_string(created_unix),
+            config: detector.config.clone(),
+            thresholds: detector.thresholds,
+            backbone: detector.backbone.identity.clone(),
+            backbone_sha256: sha256_file(&staging.join(BACKBONE))?,
+            heads_sha256,
+            training,
+        };
+        let text = serde_json::to_string_pretty(&manifest).map_err(|e| ModelError::Model { path: MANIFEST.into(), problem: e.to_string() })?;
+        std::fs::write(staging.join(MANIFEST), text).map_err(io(&staging))?;
+        Ok(manifest)
+    })();
+    let manifest = match written {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    // Swap in: the old model (if any) moves aside first, so at every moment `dir` is absent or complete.
+    let retired = parent.join(format!(".{leaf}.old-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::rename(dir, &retired).map_err(io(dir))?;
+    }
+    std::fs::rename(&staging, dir).map_err(io(dir))?;
+    let _ = std::fs::remove_dir_all(&retired);
+    Ok(manifest)
+}
+
+pub fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let bad = |problem: String| ModelError::Model { path: dir.display().to_string(), problem };
+    let path = dir.join(MANIFEST);
+    let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read {MANIFEST}: {e}")))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("{MANIFEST} is not JSON: {e}")))?;
+    match value.get("format_version").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(FORMAT_VERSION) => {}
+        Some(v) => return Err(bad(format!("format version {v} is not supported (this build reads {FORMAT_VERSION})"))),
+        None => return Err(bad(format!("{MANIFEST} has no format_version"))),
+    }
+    serde_json::from_value(value).map_err(|e| bad(format!("{MANIFEST}: {e}")))
+}
+
+/// Loads a model folder, checking hashes, backbone identity, tensor names and shapes.
+pub fn load(dir: &Path, device: Device) -> Result<(Detector, Manifest)> {
+    let bad = |problem: String| ModelError::Model { path: dir.display().to_string(), problem };
+    let manifest = read_manifest(dir)?;
+    manifest.config.validate().map_err(|e| bad(format!("manifest configuration: {e}")))?;
+    for (file, expected) in [(BACKBONE, &manifest.backbone_sha256), (HEADS, &manifest.heads_sha256)] {
+        let actual = sha256_file(&dir.join(file)).map_err(|e| bad(format!("{file}: {e}")))?;
+        if &actual != expected {
+            return Err(bad(format!("{file} does not match the manifest's hash (changed or corrupt)")));
+        }
+    }
+    let backbone = Backbone::load_saved(&manifest.backbone, &dir.join(BACKBONE), device).map_err(|e| bad(format!("backbone: {e}")))?;
+    let heads = Heads::new(&manifest.config, backbone.width(), device)?;
+    let tensors: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(dir.join(HEADS))
+        .map_err(|e| bad(format!("{HEADS}: {e}")))?
+        .into_iter()
+        .collect();
+    {
+        let _guard = tch::no_grad_guard();
+        let mut variables = heads.vs.variables();
+        let mut names: Vec<String> = variables.keys().cloned().collect();
+        names.sort();
+        for name in names {
+            let src = tensors.get(&name).ok_or_else(|| bad(format!("{HEADS} lacks tensor {name}")))?;
+            let dst = variables.get_mut(&name).expect("name from the same map");
+            if src.size() != dst.size() {
+                return Err(bad(format!("tensor {name} has shape {:?}, the configuration needs {:?}", src.size(), dst.size())));
+            }
+            dst.copy_(&src.to_device(device));
+        }
+    }
+    let detector = Detector { config: manifest.config.clone(), backbone, heads, thresholds: manifest.thresholds, device };
+    Ok((detector, manifest))
+}
+
+/// The model folders under `root` (those with a manifest), sorted by name.
+pub fn list(root: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join(MANIFEST).is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_strings() {
+        assert_eq!(utc_string(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_string(1_796_000_000), "2026-11-30T00:53:20Z");
+        assert_eq!(utc_string(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

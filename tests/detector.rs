@@ -1,0 +1,181 @@
+//! The detector end to end on a real part: simulated scans of a CAD mesh from tests/data/meshes train a model;
+//! a scan with a bulge scores higher where the bulge is; the model folder round-trips and refuses tampering;
+//! the CLI trains, infers and describes a model.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use inspect3d::cloud::{PointCloud, pcd, read_cloud};
+use inspect3d::geometry::Point;
+use inspect3d::model::config::{BackboneConfig, DetectorConfig, NormalSide};
+use inspect3d::model::{Detector, Inspection, store};
+use inspect3d::synth::{defects, mesh::Mesh, sample};
+use inspect3d::train::{self, TrainingCloud};
+use rand::SeedableRng;
+
+const PART: &str = "tests/data/meshes/featuretype.STL";
+
+fn part() -> Mesh {
+    Mesh::read(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(PART)).unwrap().normalised(100.0)
+}
+
+/// A scan of the part (100 mm across): 12k surface points with 0.05 mm noise; optionally a 2 mm bulge of
+/// radius 8 mm in the middle of the top face. Returns the points and the defect mask.
+fn scan(mesh: &Mesh, seed: u64, bulge: bool) -> (Vec<Point>, Vec<bool>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut s = sample::sample_surface(mesh, 12_000, 0.05, &mut rng);
+    let mask = if bulge {
+        let centre = *s.points.iter().filter(|p| p[2] > 0.0).min_by(|a, b| (a[0].abs() + a[1].abs()).total_cmp(&(b[0].abs() + b[1].abs()))).unwrap();
+        defects::bump(&mut s.points, &s.normals, centre, 8.0, 2.0)
+    } else {
+        vec![false; s.points.len()]
+    };
+    (s.points, mask)
+}
+
+/// Small enough to train in seconds on two cores. Tokens 64 wide: with the FPFH token source (66 numbers per
+/// patch) a wider projection leaves most dimensions empty, where the generator's isotropic noise is recognised
+/// without learning anything about the part (see docs/detector.md).
+fn small_config() -> DetectorConfig {
+    let mut c = DetectorConfig::default();
+    c.preprocess.voxel_size = 1.0;
+    c.preprocess.normals_face = NormalSide::Outward;
+    c.preprocess.augment.views_per_cloud = 8;
+    c.patches.count = 256;
+    c.backbone = BackboneConfig::Fpfh { width: 64, seed: 3 };
+    c.training.epochs = 100;
+    c.training.learning_rate = 1e-3;
+    c.scoring.holdout_fraction = 0.34;
+    c
+}
+
+fn good_clouds(mesh: &Mesh) -> Vec<TrainingCloud> {
+    (0..6).map(|i| TrainingCloud { name: format!("good{i}"), points: scan(mesh, i, false).0 }).collect()
+}
+
+fn mean(v: impl Iterator<Item = f32>) -> f32 {
+    let (s, n) = v.fold((0.0, 0), |(s, n), x| (s + x, n + 1));
+    s / n as f32
+}
+
+/// (mean score on the defect, mean elsewhere, enrichment: the share of defect points among the top 1 % of
+/// scores over their share of the cloud).
+fn localisation(inspection: &Inspection, mask: &[bool]) -> (f32, f32, f32) {
+    let s = &inspection.point_scores;
+    let inside = mean(s.iter().zip(mask).filter(|(_, m)| **m).map(|(s, _)| *s));
+    let outside = mean(s.iter().zip(mask).filter(|(_, m)| !**m).map(|(s, _)| *s));
+    let mut order: Vec<usize> = (0..s.len()).collect();
+    order.sort_unstable_by(|&a, &b| s[b].total_cmp(&s[a]));
+    let top = &order[..s.len() / 100];
+    let top_share = top.iter().filter(|&&i| mask[i]).count() as f32 / top.len() as f32;
+    let base_share = mask.iter().filter(|m| **m).count() as f32 / mask.len() as f32;
+    (inside, outside, top_share / base_share)
+}
+
+#[test]
+fn a_bulge_scores_higher_and_the_model_folder_round_trips() {
+    inspect3d::init_logging();
+    let mesh = part();
+    let (detector, summary) = train::train(small_config(), good_clouds(&mesh), tch::Device::Cpu, &mut train::LogMonitor::default()).unwrap();
+    assert!(summary.final_loss.is_finite() && summary.clouds_held_out == 2 && summary.clouds_trained == 4);
+    let (points, mask) = scan(&mesh, 100, true);
+    let defective = detector.inspect(&PointCloud::from_xyz(&points)).unwrap();
+    let clean = detector.inspect(&PointCloud::from_xyz(&scan(&mesh, 101, false).0)).unwrap();
+    let (inside, outside, enrichment) = localisation(&defective, &mask);
+    println!(
+        "defect mean {inside:.4}, elsewhere {outside:.4}, top-1% enrichment {enrichment:.1}×; cloud scores defective {:.4}, clean {:.4}; {:?}",
+        defective.cloud_score, clean.cloud_score, defective.thresholds
+    );
+    // Measured here: the defect's mean is ~1.7× the rest, but the very highest scores sit on the part's sharp
+    // edges (enrichment ~0): localisation is weak with FPFH tokens; docs/detector.md has the numbers.
+    assert!(inside > 1.3 * outside, "defect {inside} vs elsewhere {outside}");
+    assert!(defective.cloud_score > clean.cloud_score, "defective {} vs clean {}", defective.cloud_score, clean.cloud_score);
+    assert!(defective.point_scores.iter().all(|s| (0.0..=1.0).contains(s)));
+
+    // The model folder: save, load, same scores bit for bit.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("featuretype");
+    let manifest = store::save(&detector, &path, "featuretype", summary).unwrap();
+    let (loaded, read) = store::load(&path, tch::Device::Cpu).unwrap();
+    assert_eq!(read, manifest);
+    assert!(manifest.model_id.starts_with("featuretype-"));
+    let again = loaded.inspect(&PointCloud::from_xyz(&points)).unwrap();
+    assert_eq!(again.point_scores, defective.point_scores);
+    assert_eq!(again.thresholds, defective.thresholds);
+    // Saving over an existing model replaces it whole; no staging folders are left behind.
+    store::save(&loaded, &path, "featuretype", Default::default()).unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+
+    // Tampering and damage are named.
+    let check = |what: &str, expect: &str| {
+        let err = store::load(&path, tch::Device::Cpu).err().unwrap_or_else(|| panic!("{what} loaded")).to_string();
+        assert!(err.contains(expect), "{what}: {err}");
+    };
+    let heads = path.join("heads.safetensors");
+    let original = std::fs::read(&heads).unwrap();
+    let mut changed = original.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 0x55;
+    std::fs::write(&heads, &changed).unwrap();
+    check("changed weights", "does not match the manifest's hash");
+    std::fs::write(&heads, &original).unwrap();
+    let manifest_path = path.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest_path).unwrap();
+    std::fs::write(&manifest_path, text.replace("\"format_version\": 1", "\"format_version\": 99")).unwrap();
+    check("future format", "format version 99");
+    std::fs::write(&manifest_path, text.replace("\"kind\": \"fpfh\"", "\"kind\": \"pointnet9\"")).unwrap();
+    check("unknown backbone", "pointnet9");
+    std::fs::remove_file(&manifest_path).unwrap();
+    check("no manifest", "manifest.json");
+}
+
+fn run(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_inspect3d")).args(args).output().expect("run inspect3d");
+    assert!(out.status.success(), "inspect3d {args:?}:\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("inspect3d {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn write_pcd(path: &Path, points: &[Point]) {
+    pcd::write(path, &PointCloud::from_xyz(points), pcd::PcdEncoding::BinaryCompressed).unwrap();
+}
+
+#[test]
+fn the_cli_trains_infers_and_describes() {
+    let mesh = part();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("good");
+    std::fs::create_dir(&data).unwrap();
+    for (i, cloud) in good_clouds(&mesh).iter().enumerate() {
+        write_pcd(&data.join(format!("scan{i}.pcd")), &cloud.points);
+    }
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, serde_json::to_string(&small_config()).unwrap()).unwrap();
+    let model = dir.path().join("models/featuretype");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let trained = run(&["train", "--data", &s(&data), "--out", &s(&model), "--config", &s(&config), "--device", "cpu"]);
+    assert!(trained["cloud_threshold"].as_f64().unwrap().is_finite());
+
+    let (defective, clean) = (dir.path().join("defective.pcd"), dir.path().join("clean.pcd"));
+    write_pcd(&defective, &scan(&mesh, 100, true).0);
+    write_pcd(&clean, &scan(&mesh, 101, false).0);
+    let heatmap = dir.path().join("heat.ply");
+    let bad = run(&["infer", "--model", &s(&model), "--input", &s(&defective), "--out", &s(&heatmap), "--device", "cpu"]);
+    let good = run(&["infer", "--model", &s(&model), "--input", &s(&clean), "--device", "cpu"]);
+    for verdict in [&bad, &good] {
+        assert!(verdict["passed"].is_boolean() && verdict["cloud_score"].is_number() && verdict["latency_ms"].is_number());
+        assert_eq!(verdict["model_id"], trained["model_id"]);
+    }
+    assert!(bad["cloud_score"].as_f64() > good["cloud_score"].as_f64(), "defective {bad} vs clean {good}");
+    let heat = read_cloud(&heatmap).unwrap();
+    assert_eq!(heat.len(), 12_000);
+    assert!(heat.field("anomaly_score").is_some() && heat.field("red").is_some());
+
+    let info = run(&["info", "--model", &s(&model)]);
+    assert_eq!(info["model_id"], trained["model_id"]);
+    assert_eq!(info["config"]["patches"]["count"], 256);
+
+    let missing = Command::new(env!("CARGO_BIN_EXE_inspect3d")).args(["infer", "--model", &s(&dir.path().join("nope")), "--input", &s(&clean)]).output().unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("manifest.json"));
+}

@@ -162,20 +162,36 @@ pub fn geometry(input: &Path, cfg: &GeometryBench) -> Result<Table> {
     Ok(table)
 }
 
-/// Per-stage latency of the detector on one real cloud (CPU unless LibTorch sees a GPU), peak memory, and the
+/// What the detector benchmark scores.
+pub enum DetectorInput<'a> {
+    /// A cloud file.
+    File(&'a Path),
+    /// A simulated scan of a CAD part: `points` surface points of the mesh scaled to 100 mm across.
+    SimulatedPart { mesh: &'a Path, points: usize },
+}
+
+/// Per-stage latency of the detector on one cloud (CPU unless LibTorch sees a GPU), peak memory, and the
 /// training step. Weights are untrained (timing does not depend on their values); the Point-MAE row uses the
 /// public release's size (C = 384, 12 blocks, 6 heads) with random weights.
-pub fn detector(input: &Path, voxel: f32, repeats: usize) -> Result<Table> {
+pub fn detector(input: DetectorInput, voxel: f32, repeats: usize) -> Result<Table> {
     let r = repeats;
     let device = tch::Device::cuda_if_available();
-    let cloud = cloud::read_cloud(input).with_context(|| format!("reading {}", input.display()))?;
+    let (cloud, name) = match input {
+        DetectorInput::File(path) => (cloud::read_cloud(path).with_context(|| format!("reading {}", path.display()))?, path.display().to_string()),
+        DetectorInput::SimulatedPart { mesh, points } => {
+            let part = crate::synth::mesh::Mesh::read(mesh)?.normalised(100.0);
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+            let scan = crate::synth::sample::sample_surface(&part, points, 0.05, &mut rng);
+            (cloud::PointCloud::from_xyz(&scan.points), format!("a simulated {points}-point scan of {} (100 mm)", mesh.display()))
+        }
+    };
     let finite = cloud.finite_points()?;
     let mut cfg = DetectorConfig::default();
     cfg.preprocess.voxel_size = voxel;
-    cfg.preprocess.normals_face = NormalSide::Sensor;
+    cfg.preprocess.normals_face = NormalSide::Outward;
     let det = Detector::new(cfg.clone(), device)?;
     let (n, k) = (cfg.patches.count, cfg.patches.size);
-    let mut table = Table::new(format!("Detector stages on {} (n = {n}, k = {k}, device {device:?})", input.display()));
+    let mut table = Table::new(format!("Detector stages on {name} (n = {n}, k = {k}, voxel {voxel}, device {device:?})"));
     let patched = table.stage("pre-processing", format!("{} points → voxel, FPS, kNN, normals, FPFH", finite.points.len()), r, || det.patch(&finite.points, None))?;
     let tokens = table.stage("backbone: FPFH tokens", format!("{} patches → C = 256", patched.patch_count()), r, || det.backbone.tokens(&patched))?;
     let mae_cfg = DetectorConfig { backbone: BackboneConfig::RandomPointMae { width: 384, depth: 12, heads: 6, seed: 1 }, ..cfg.clone() };

@@ -81,11 +81,13 @@ enum Command {
     Bench {
         #[arg(value_enum, default_value_t = Suite::Geometry)]
         suite: Suite,
-        /// A cloud file; default: the bundled 640×480 depth-camera frame.
+        /// A cloud file. Default: geometry, the bundled 640×480 depth-camera frame; detector, a simulated 60k-point
+        /// scan of a bundled CAD part (a cell crops its frames to the part).
         #[arg(long)]
         input: Option<PathBuf>,
-        #[arg(long, default_value_t = 0.005)]
-        voxel: f32,
+        /// Voxel size in the cloud's unit. Default: 0.005 (metres) for geometry, 0.75 (mm) for detector.
+        #[arg(long)]
+        voxel: Option<f32>,
         #[arg(long, default_value_t = 7)]
         repeats: usize,
     },
@@ -126,6 +128,8 @@ enum Suite {
 
 /// The 640×480 depth-camera frame shipped with the project.
 const BUNDLED_FRAME: &str = "tests/data/scans/frame_20121214T142255.814212.pcd";
+/// A real CAD part shipped with the project.
+const BUNDLED_PART: &str = "tests/data/meshes/featuretype.STL";
 
 fn main() -> Result<()> {
     inspect3d::init_logging();
@@ -140,10 +144,20 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Bench { suite, input, voxel, repeats } => {
-            let input = input.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(BUNDLED_FRAME));
+            let bundled = |file: &str| Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
             let table = match suite {
-                Suite::Geometry => inspect3d::bench::geometry(&input, &inspect3d::bench::GeometryBench::for_voxel(voxel, repeats))?,
-                Suite::Detector => inspect3d::bench::detector(&input, voxel, repeats)?,
+                Suite::Geometry => {
+                    let input = input.unwrap_or_else(|| bundled(BUNDLED_FRAME));
+                    inspect3d::bench::geometry(&input, &inspect3d::bench::GeometryBench::for_voxel(voxel.unwrap_or(0.005), repeats))?
+                }
+                Suite::Detector => {
+                    let mesh = bundled(BUNDLED_PART);
+                    let source = match &input {
+                        Some(path) => inspect3d::bench::DetectorInput::File(path),
+                        None => inspect3d::bench::DetectorInput::SimulatedPart { mesh: &mesh, points: 60_000 },
+                    };
+                    inspect3d::bench::detector(source, voxel.unwrap_or(0.75), repeats)?
+                }
             };
             println!("{table}");
             Ok(())

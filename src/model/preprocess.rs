@@ -51,9 +51,19 @@ impl PatchedCloud {
         out
     }
 
-    /// FPFH at each centre over another radius (normalised frame); the FPFH token source uses two scales.
-    pub fn descriptors_at_radius(&self, radius: f32) -> Result<Vec<Fpfh>> {
-        Ok(geometry::fpfh_at(&self.points, &self.normals, &self.index, radius, &self.centres)?)
+    /// FPFH at each centre over a wider radius (normalised frame), computed over every `stride`-th point and
+    /// the centres: histograms are normalised, so thinning keeps their shape while the cost, which grows with
+    /// the square of the neighbours per radius, drops by about stride².
+    pub fn descriptors_at_radius(&self, radius: f32, stride: usize) -> Result<Vec<Fpfh>> {
+        let mut keep: Vec<u32> = (0..self.points.len() as u32).step_by(stride.max(1)).collect();
+        keep.extend(&self.centres);
+        keep.sort_unstable();
+        keep.dedup();
+        let points: Vec<Point> = keep.iter().map(|&i| self.points[i as usize]).collect();
+        let normals: Vec<Point> = keep.iter().map(|&i| self.normals[i as usize]).collect();
+        let queries: Vec<u32> = self.centres.iter().map(|c| keep.binary_search(c).map_or(0, |k| k as u32)).collect();
+        let index = NeighborIndex::new(&points)?;
+        Ok(geometry::fpfh_at(&points, &normals, &index, radius, &queries)?)
     }
 }
 

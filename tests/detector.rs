@@ -8,7 +8,7 @@ use std::process::Command;
 use inspect3d::cloud::{PointCloud, pcd, read_cloud};
 use inspect3d::geometry::Point;
 use inspect3d::model::config::{BackboneConfig, DetectorConfig, NormalSide};
-use inspect3d::model::{Detector, Inspection, store};
+use inspect3d::model::{Inspection, store};
 use inspect3d::synth::{defects, mesh::Mesh, sample};
 use inspect3d::train::{self, TrainingCloud};
 use rand::SeedableRng;

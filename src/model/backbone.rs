@@ -122,7 +122,7 @@ impl Block {
 }
 
 enum Source {
-    PointMae(PointMae),
+    PointMae(Box<PointMae>),
     /// (2·33) → C projection.
     /// Scales of the SCA descriptor radius the two FPFHs use.
     Fpfh { projection: Tensor, radius_scales: [f32; 2] },
@@ -147,7 +147,7 @@ impl Backbone {
                 let model = PointMae::new(&vs.root(), *width, *depth, *heads);
                 vs.freeze();
                 let identity = BackboneIdentity { kind: "random_point_mae".into(), width: *width, depth: *depth, heads: *heads, source: None };
-                Ok(Self { vs, source: Source::PointMae(model), identity })
+                Ok(Self { vs, source: Source::PointMae(Box::new(model)), identity })
             }
         }
     }
@@ -186,7 +186,7 @@ impl Backbone {
         vs.freeze();
         let identity = BackboneIdentity { kind: "point_mae".into(), width, depth, heads, source: Some(path.display().to_string()) };
         tracing::info!(width, depth, heads, checkpoint = %path.display(), "backbone: Point-MAE loaded");
-        Ok(Self { vs, source: Source::PointMae(model), identity })
+        Ok(Self { vs, source: Source::PointMae(Box::new(model)), identity })
     }
 
     /// Rebuilds a backbone saved in a model folder.
@@ -200,7 +200,7 @@ impl Backbone {
                 let mut vs = nn::VarStore::new(device);
                 let model = PointMae::new(&vs.root(), identity.width, identity.depth, identity.heads);
                 vs.freeze();
-                Self { vs, source: Source::PointMae(model), identity: identity.clone() }
+                Self { vs, source: Source::PointMae(Box::new(model)), identity: identity.clone() }
             }
             other => return Err(bad(format!("unknown backbone kind '{other}'"))),
         };

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DetectorConfig {
     pub preprocess: PreprocessConfig,
@@ -15,22 +15,6 @@ pub struct DetectorConfig {
     pub discriminator: DiscriminatorConfig,
     pub training: TrainingConfig,
     pub scoring: ScoringConfig,
-}
-
-impl Default for DetectorConfig {
-    fn default() -> Self {
-        Self {
-            preprocess: PreprocessConfig::default(),
-            patches: PatchConfig::default(),
-            backbone: BackboneConfig::default(),
-            sca: ScaConfig::default(),
-            adaptor: AdaptorConfig::default(),
-            generator: GeneratorConfig::default(),
-            discriminator: DiscriminatorConfig::default(),
-            training: TrainingConfig::default(),
-            scoring: ScoringConfig::default(),
-        }
-    }
 }
 
 impl DetectorConfig {

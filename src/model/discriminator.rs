@@ -89,7 +89,7 @@ mod tests {
             assert_eq!(d.forward_t(&q, &centres, false).size(), vec![2, 12]);
         }
         // Changing patch 0 changes patch 5's score only through attention.
-        let mut q2 = q.copy();
+        let q2 = q.copy();
         let _ = q2.get(0).get(0).fill_(3.0);
         let delta = |d: &Discriminator| (d.scores(&q, &centres) - d.scores(&q2, &centres)).get(0).get(5).abs().double_value(&[]);
         assert!(delta(&attn) > 1e-6);

@@ -1,13 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything (idempotent) and runs every test. .ci/run calls exactly this.
-set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-bash scripts/setup.sh
-set +u
 # shellcheck disable=SC1091
-source .deps/env.sh
-set -u
+source "$(dirname "${BASH_SOURCE[0]}")/prepare.sh"
 # A domain of its own, so tests running beside another ROS 2 system on this host do not cross-talk.
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$((RANDOM % 100 + 1))}"
 echo "[test] ROS_DOMAIN_ID=$ROS_DOMAIN_ID"

@@ -57,6 +57,9 @@ enum Command {
         /// Voxel size in the clouds' unit.
         #[arg(long)]
         voxel: Option<f32>,
+        /// Folder of clouds with defects and a per-point `label` field: sets the point threshold by best F1.
+        #[arg(long)]
+        validation: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
     },
@@ -136,7 +139,9 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Convert { input, output, encoding } => convert(&input, &output, encoding),
         Command::Describe { input, voxel, heatmap } => describe(&input, voxel, heatmap.as_deref()),
-        Command::Train { data, out, config, epochs, voxel, device } => train_model(&data, &out, config.as_deref(), epochs, voxel, device),
+        Command::Train { data, out, config, epochs, voxel, validation, device } => {
+            train_model(&data, &out, config.as_deref(), epochs, voxel, validation.as_deref(), device)
+        }
         Command::Infer { model, input, out, device } => infer(&model, &input, out.as_deref(), device),
         Command::Info { model } => {
             let manifest = store::read_manifest(&model)?;
@@ -169,7 +174,15 @@ fn main() -> Result<()> {
     }
 }
 
-fn train_model(data: &Path, out: &Path, config: Option<&Path>, epochs: Option<usize>, voxel: Option<f32>, device: DeviceChoice) -> Result<()> {
+fn train_model(
+    data: &Path,
+    out: &Path,
+    config: Option<&Path>,
+    epochs: Option<usize>,
+    voxel: Option<f32>,
+    validation: Option<&Path>,
+    device: DeviceChoice,
+) -> Result<()> {
     let mut cfg = match config {
         Some(path) => DetectorConfig::from_json(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
             .with_context(|| format!("{}", path.display()))?,
@@ -183,7 +196,11 @@ fn train_model(data: &Path, out: &Path, config: Option<&Path>, epochs: Option<us
     }
     let clouds = train::load_cloud_dir(data)?;
     tracing::info!(clouds = clouds.len(), data = %data.display(), "loaded good clouds");
-    let (detector, summary) = train::train(cfg, clouds, device.resolve()?, &mut train::LogMonitor::default())?;
+    let labelled = match validation {
+        Some(dir) => train::load_labelled_dir(dir)?,
+        None => Vec::new(),
+    };
+    let (detector, summary) = train::train(cfg, clouds, &labelled, device.resolve()?, &mut train::LogMonitor::default())?;
     let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("model");
     let manifest = store::save(&detector, out, name, summary)?;
     println!(

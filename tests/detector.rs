@@ -76,7 +76,11 @@ fn localisation(inspection: &Inspection, mask: &[bool]) -> (f32, f32, f32) {
 fn a_bulge_scores_higher_and_the_model_folder_round_trips() {
     inspect3d::init_logging();
     let mesh = part();
-    let (detector, summary) = train::train(small_config(), good_clouds(&mesh), tch::Device::Cpu, &mut train::LogMonitor::default()).unwrap();
+    // A labelled scan (another sampling with the same bulge) sets the point threshold by best F1.
+    let (vpoints, vmask) = scan(&mesh, 50, true);
+    let validation = [train::LabelledCloud { name: "validation".into(), points: vpoints, labels: vmask }];
+    let (detector, summary) =
+        train::train(small_config(), good_clouds(&mesh), &validation, tch::Device::Cpu, &mut train::LogMonitor::default()).unwrap();
     assert!(summary.final_loss.is_finite() && summary.clouds_held_out == 2 && summary.clouds_trained == 4);
     let (points, mask) = scan(&mesh, 100, true);
     let defective = detector.inspect(&PointCloud::from_xyz(&points)).unwrap();
@@ -153,7 +157,16 @@ fn the_cli_trains_infers_and_describes() {
     std::fs::write(&config, serde_json::to_string(&small_config()).unwrap()).unwrap();
     let model = dir.path().join("models/featuretype");
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    let trained = run(&["train", "--data", &s(&data), "--out", &s(&model), "--config", &s(&config), "--device", "cpu"]);
+    // A validation folder of scans with a per-point label field.
+    let validation = dir.path().join("validation");
+    std::fs::create_dir(&validation).unwrap();
+    let (vpoints, vmask) = scan(&mesh, 50, true);
+    let mut labelled = PointCloud::from_xyz(&vpoints);
+    labelled.set_field(inspect3d::cloud::Field::from_u8("label", &vmask.iter().map(|&m| u8::from(m)).collect::<Vec<_>>())).unwrap();
+    pcd::write(&validation.join("bulge.pcd"), &labelled, pcd::PcdEncoding::Binary).unwrap();
+    let trained = run(&[
+        "train", "--data", &s(&data), "--out", &s(&model), "--config", &s(&config), "--validation", &s(&validation), "--device", "cpu",
+    ]);
     assert!(trained["cloud_threshold"].as_f64().unwrap().is_finite());
 
     let (defective, clean) = (dir.path().join("defective.pcd"), dir.path().join("clean.pcd"));

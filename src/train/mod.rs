@@ -24,6 +24,14 @@ pub struct TrainingCloud {
     pub points: Vec<Point>,
 }
 
+/// A cloud whose defect points are known (`labels[i]` for `points[i]`): with such clouds the point threshold
+/// is the one with the best F1 instead of a quantile of good clouds' scores.
+pub struct LabelledCloud {
+    pub name: String,
+    pub points: Vec<Point>,
+    pub labels: Vec<bool>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
     Reading,
@@ -101,8 +109,15 @@ struct Sample {
     centres: Tensor,
 }
 
-/// Trains and calibrates a detector on good clouds.
-pub fn train(config: DetectorConfig, clouds: Vec<TrainingCloud>, device: Device, monitor: &mut dyn Monitor) -> Result<(Detector, TrainingSummary)> {
+/// Trains and calibrates a detector on good clouds; `validation` (clouds with labelled defects, may be empty)
+/// sets the point threshold by F1.
+pub fn train(
+    config: DetectorConfig,
+    clouds: Vec<TrainingCloud>,
+    validation: &[LabelledCloud],
+    device: Device,
+    monitor: &mut dyn Monitor,
+) -> Result<(Detector, TrainingSummary)> {
     config.validate().map_err(ModelError::Config)?;
     if clouds.len() < 2 {
         return Err(ModelError::Training(format!(
@@ -204,7 +219,13 @@ pub fn train(config: DetectorConfig, clouds: Vec<TrainingCloud>, device: Device,
             });
         }
         epoch_loss = (sum / count.max(1) as f64) as f32;
-        tracing::debug!(epoch = epoch + 1, loss = epoch_loss, lr, gamma = heads.generator.scale().double_value(&[0]), "epoch");
+        tracing::info!(
+            epoch = format!("{}/{}", epoch + 1, tc.epochs),
+            loss = format!("{epoch_loss:.4}"),
+            lr = format!("{lr:.2e}"),
+            gamma = format!("{:.3}", heads.generator.scale().double_value(&[0])),
+            "epoch"
+        );
     }
     if !epoch_loss.is_finite() {
         return Err(ModelError::Training(format!("the loss diverged ({epoch_loss})")));
@@ -231,6 +252,24 @@ pub fn train(config: DetectorConfig, clouds: Vec<TrainingCloud>, device: Device,
     }
     let s = &config.scoring;
     detector.thresholds = scoring::calibrate(&cloud_scores, &point_scores, s.target_false_reject_rate, s.point_false_positive_rate);
+    if !validation.is_empty() {
+        let (mut scores, mut labels) = (Vec::new(), Vec::new());
+        for cloud in validation {
+            if cloud.labels.len() != cloud.points.len() {
+                return Err(ModelError::Training(format!("{}: {} labels for {} points", cloud.name, cloud.labels.len(), cloud.points.len())));
+            }
+            let (point_scores, _, _) = detector.score_points(&cloud.points).map_err(|e| ModelError::Training(format!("{}: {e}", cloud.name)))?;
+            scores.extend(point_scores);
+            labels.extend(&cloud.labels);
+        }
+        match scoring::best_f1_threshold(&scores, &labels) {
+            Some((threshold, f1)) => {
+                tracing::info!(threshold, f1, clouds = validation.len(), "point threshold set by F1 on labelled clouds");
+                detector.thresholds.point = threshold;
+            }
+            None => tracing::warn!("the labelled validation clouds contain no defect points; point threshold left at its quantile"),
+        }
+    }
     tracing::info!(cloud = detector.thresholds.cloud, point = detector.thresholds.point, held_out = calibration.len(), "thresholds");
     if calibration.len() as f64 * s.target_false_reject_rate < 1.0 {
         tracing::warn!(
@@ -270,6 +309,30 @@ pub fn load_cloud_dir(dir: &std::path::Path) -> Result<Vec<TrainingCloud>> {
             let cloud = crate::cloud::read_cloud(path)?;
             let finite = cloud.finite_points().map_err(|e| e.in_file(path))?;
             Ok(TrainingCloud { name: path.display().to_string(), points: finite.points })
+        })
+        .collect()
+}
+
+/// Reads every `.pcd`/`.ply` file in a folder as a labelled cloud: a per-point field `label` (non-zero = defect)
+/// is required.
+pub fn load_labelled_dir(dir: &std::path::Path) -> Result<Vec<LabelledCloud>> {
+    let io = |e: std::io::Error| ModelError::Io { path: dir.display().to_string(), source: e };
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(crate::cloud::extension(p).as_str(), "pcd" | "ply"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|path| {
+            let cloud = crate::cloud::read_cloud(path)?;
+            let label = cloud
+                .field("label")
+                .ok_or_else(|| ModelError::Training(format!("{}: no per-point 'label' field", path.display())))?;
+            let finite = cloud.finite_points().map_err(|e| e.in_file(path))?;
+            let labels = finite.source_index.iter().map(|&i| label.value(i as usize, 0) != 0.0).collect();
+            Ok(LabelledCloud { name: path.display().to_string(), points: finite.points, labels })
         })
         .collect()
 }

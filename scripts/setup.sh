@@ -44,6 +44,8 @@ fi
 SYSTEM_ROS_SETUP=""
 if [ "${ROS_DISTRO:-}" = jazzy ] && [ -z "${INSPECT3D_WHEEL_ROS:-}" ]; then
   for prefix in ${AMENT_PREFIX_PATH//:/ }; do
+    # Our own venv and overlay (a shell that sourced .deps/env.sh) are not a system install.
+    case "$prefix" in "$DEPS"/*) continue ;; esac
     if [ -f "$prefix/setup.bash" ] && [ -f "$prefix/share/rcl/package.xml" ]; then SYSTEM_ROS_SETUP="$prefix/setup.bash"; fi
   done
 fi
@@ -58,7 +60,9 @@ make_venv() {
   if [ -n "$SYSTEM_ROS_SETUP" ]; then "$PY" -m venv --system-site-packages "$VENV"; else "$PY" -m venv "$VENV"; fi
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
 }
-step venv "$(hash_of "$ROOT/scripts/setup.sh")-$PY-$SYSTEM_ROS_SETUP" make_venv
+step venv "$("$PY" --version 2>&1)-$SYSTEM_ROS_SETUP" make_venv
+# Every later step is keyed on the venv too: a new venv must be filled again.
+VENV_KEY="$(cat "$STAMPS/venv")"
 PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 
@@ -67,11 +71,11 @@ install_ros_wheels() {
   bash "$ROOT/scripts/fixup_ros_wheels.sh" "$VENV"
 }
 if [ -z "$SYSTEM_ROS_SETUP" ]; then
-  step ros-wheels "$(hash_of "$ROOT/scripts/requirements-ros.txt" "$ROOT/scripts/fixup_ros_wheels.sh")" install_ros_wheels
+  step ros-wheels "$(hash_of "$ROOT/scripts/requirements-ros.txt" "$ROOT/scripts/fixup_ros_wheels.sh")-$VENV_KEY" install_ros_wheels
 fi
 
 install_tools() { "${PIP[@]}" -r "$ROOT/scripts/requirements-tools.txt"; }
-step tools "$(hash_of "$ROOT/scripts/requirements-tools.txt")" install_tools
+step tools "$(hash_of "$ROOT/scripts/requirements-tools.txt")-$VENV_KEY" install_tools
 
 # --- 3. LibTorch 2.13 (what tch 0.26 needs) from the PyPI torch wheel ---------------------------------
 install_torch() {
@@ -83,7 +87,7 @@ install_torch() {
   esac
   test -f "$SITE/torch/lib/libtorch_cpu.so"
 }
-step torch "torch-2.13.0-$TORCH_MODE" install_torch
+step torch "torch-2.13.0-$TORCH_MODE-$VENV_KEY" install_torch
 ln -sfn "$SITE/torch" "$DEPS/libtorch"
 
 # --- 4. the environment file -----------------------------------------------------------------------------
@@ -95,7 +99,7 @@ write_env() {
     cat "$ROOT/scripts/env.template.sh"
   } >"$DEPS/env.sh"
 }
-step env "$(hash_of "$ROOT/scripts/env.template.sh" "$ROOT/scripts/setup.sh")-$SYSTEM_ROS_SETUP" write_env
+step env "$(hash_of "$ROOT/scripts/env.template.sh")-$SYSTEM_ROS_SETUP-$VENV_KEY" write_env
 
 # --- 5. the interface package, built like a colcon workspace overlay -----------------------------------
 build_msgs() (

@@ -5,12 +5,14 @@
 //! - [`geometry`]: voxel grid, normalisation, sampling, neighbourhoods, normals, FPFH, median filter;
 //! - [`model`]: the detector's stages (backbone, SCA, adaptor, generator, discriminator, scoring) and model files;
 //! - [`train`]: learning from good clouds and calibrating thresholds;
+//! - [`eval`]: Real3D-AD's evaluation protocol, metrics and baselines;
 //! - [`synth`]: simulated scans of real parts (meshes, surface sampling, labelled defects);
 //! - [`bench`]: the benchmark tables printed by `inspect3d bench`;
 //! - [`ros`] (feature `ros`): the thin ROS 2 layer (r2r message conversion); nothing below it knows about ROS.
 
 pub mod bench;
 pub mod cloud;
+pub mod eval;
 pub mod geometry;
 pub mod model;
 #[cfg(feature = "ros")]

@@ -75,6 +75,40 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
     },
+    /// Writes a benchmark in Real3D-AD's layout from CAD meshes: good training scans, good and defective test
+    /// scans (bulges and sinks, every point labelled). Full 360° scans.
+    Synth {
+        /// Mesh files or folders of them (STL, OBJ). Default: the bundled real parts.
+        #[arg(long)]
+        meshes: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// JSON benchmark configuration (counts, points, noise, defect sizes, seed).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Evaluates methods on a dataset in Real3D-AD's layout and prints per-class tables (object and point
+    /// AUROC/AUPR, clouds per second).
+    Eval {
+        #[arg(long)]
+        data: PathBuf,
+        /// Comma-separated: ours, btf-raw, btf-fpfh.
+        #[arg(long, default_value = "ours,btf-raw,btf-fpfh")]
+        methods: String,
+        /// Detector configuration for `ours` (JSON).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Voxel size of the baselines (the detector's comes from its configuration).
+        #[arg(long, default_value_t = 1.0)]
+        voxel: f32,
+        /// Folder for report.md and report.json.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+    },
     /// Prints a model's manifest.
     Info {
         #[arg(long)]
@@ -143,6 +177,8 @@ fn main() -> Result<()> {
             train_model(&data, &out, config.as_deref(), epochs, voxel, validation.as_deref(), device)
         }
         Command::Infer { model, input, out, device } => infer(&model, &input, out.as_deref(), device),
+        Command::Synth { meshes, out, config, seed } => synth(meshes, &out, config.as_deref(), seed),
+        Command::Eval { data, methods, config, voxel, report, device } => evaluate(&data, &methods, config.as_deref(), voxel, report.as_deref(), device),
         Command::Info { model } => {
             let manifest = store::read_manifest(&model)?;
             println!("{}", serde_json::to_string_pretty(&manifest)?);
@@ -183,11 +219,7 @@ fn train_model(
     validation: Option<&Path>,
     device: DeviceChoice,
 ) -> Result<()> {
-    let mut cfg = match config {
-        Some(path) => DetectorConfig::from_json(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
-            .with_context(|| format!("{}", path.display()))?,
-        None => DetectorConfig::default(),
-    };
+    let mut cfg = read_detector_config(config)?;
     if let Some(e) = epochs {
         cfg.training.epochs = e;
     }
@@ -216,6 +248,78 @@ fn train_model(
             "seconds": manifest.training.seconds,
         }))?
     );
+    Ok(())
+}
+
+fn read_detector_config(path: Option<&Path>) -> Result<DetectorConfig> {
+    match path {
+        Some(path) => Ok(DetectorConfig::from_json(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
+            .with_context(|| format!("{}", path.display()))?),
+        None => Ok(DetectorConfig::default()),
+    }
+}
+
+fn synth(meshes: Vec<PathBuf>, out: &Path, config: Option<&Path>, seed: Option<u64>) -> Result<()> {
+    use inspect3d::synth::benchmark::{BenchmarkConfig, generate};
+    let mut cfg: BenchmarkConfig = match config {
+        Some(path) => serde_json::from_str(&std::fs::read_to_string(path)?).with_context(|| format!("{}", path.display()))?,
+        None => BenchmarkConfig::default(),
+    };
+    if let Some(s) = seed {
+        cfg.seed = s;
+    }
+    let sources = if meshes.is_empty() { vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/meshes")] } else { meshes };
+    let mut files = Vec::new();
+    for source in sources {
+        if source.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(&source)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| matches!(cloud::extension(p).as_str(), "stl" | "obj"))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(source);
+        }
+    }
+    if files.is_empty() {
+        bail!("no STL or OBJ meshes found");
+    }
+    let classes = generate(&files, out, &cfg)?;
+    println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "out": out.display().to_string(), "classes": classes.len(), "config": cfg }))?);
+    Ok(())
+}
+
+fn evaluate(data: &Path, methods: &str, config: Option<&Path>, voxel: f32, report: Option<&Path>, device: DeviceChoice) -> Result<()> {
+    use inspect3d::eval::{self, Method, baselines};
+    let detector_config = read_detector_config(config)?;
+    let baseline = baselines::BaselineConfig { voxel, ..Default::default() };
+    let methods: Vec<Method> = methods
+        .split(',')
+        .map(|m| match m.trim() {
+            "ours" => Ok(Method::Ours(Box::new(detector_config.clone()))),
+            "btf-raw" => Ok(Method::Baseline(baselines::Baseline::BtfRaw, baseline.clone())),
+            "btf-fpfh" => Ok(Method::Baseline(baselines::Baseline::BtfFpfh, baseline.clone())),
+            other => Err(anyhow::anyhow!("unknown method '{other}' (ours, btf-raw, btf-fpfh)")),
+        })
+        .collect::<Result<_>>()?;
+    let device = device.resolve()?;
+    let mut results = Vec::new();
+    let dirs = eval::dataset::class_dirs(data)?;
+    for (k, dir) in dirs.iter().enumerate() {
+        let class = eval::dataset::load_class(dir)?;
+        for method in &methods {
+            tracing::info!(class = class.name, method = method.name(), progress = format!("{}/{}", k + 1, dirs.len()), "evaluating");
+            results.push(eval::evaluate_class(&class, method, device, &mut train::LogMonitor::default())?);
+        }
+    }
+    let table = eval::markdown(&results);
+    println!("{table}");
+    if let Some(dir) = report {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("report.md"), &table)?;
+        std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&results)?)?;
+    }
     Ok(())
 }
 

@@ -1,0 +1,116 @@
+//! Baselines in the project, run on the same data as ours: BTF (Horwitz & Hoshen, "Back to the Feature") with
+//! raw coordinates or FPFH as per-point features, a memory bank of the training clouds' features, and each test
+//! point scored by its distance to the nearest bank entry (PatchCore-style scoring without coreset reweighting).
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::geometry::{self, NeighborIndex, Neighborhood, NormalOrientation, Point};
+use crate::model::Result;
+use crate::train::TrainingCloud;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Baseline {
+    /// BTF(Raw): the point's coordinates.
+    BtfRaw,
+    /// BTF(FPFH): the point's FPFH.
+    BtfFpfh,
+}
+
+impl Baseline {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BtfRaw => "BTF(Raw)",
+            Self::BtfFpfh => "BTF(FPFH)",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BaselineConfig {
+    /// Voxel size in the clouds' unit.
+    pub voxel: f32,
+    /// FPFH radius in voxels.
+    pub fpfh_radius_voxels: f32,
+    pub normal_neighbors: usize,
+    /// Bank entries kept (a seeded random subset beyond that).
+    pub bank_size: usize,
+    pub seed: u64,
+}
+
+impl Default for BaselineConfig {
+    fn default() -> Self {
+        Self { voxel: 1.0, fpfh_radius_voxels: 5.0, normal_neighbors: 16, bank_size: 30_000, seed: 5 }
+    }
+}
+
+/// Per-voxel-point features of a cloud, and the voxel grid to spread scores back.
+fn features(kind: Baseline, cfg: &BaselineConfig, points: &[Point]) -> Result<(geometry::VoxelGrid, Vec<f32>, usize)> {
+    let grid = geometry::voxel_downsample(points, cfg.voxel)?;
+    match kind {
+        Baseline::BtfRaw => {
+            let flat = grid.points.iter().flatten().copied().collect();
+            Ok((grid, flat, 3))
+        }
+        Baseline::BtfFpfh => {
+            let index = NeighborIndex::new(&grid.points)?;
+            let normals = geometry::estimate_normals(&grid.points, &index, Neighborhood::Knn(cfg.normal_neighbors), NormalOrientation::AwayFromCentroid);
+            let fpfh = geometry::fpfh(&grid.points, &normals, &index, cfg.fpfh_radius_voxels * cfg.voxel)?;
+            let flat = fpfh.iter().flatten().copied().collect();
+            Ok((grid, flat, geometry::FPFH_BINS))
+        }
+    }
+}
+
+pub struct MemoryBank {
+    kind: Baseline,
+    cfg: BaselineConfig,
+    bank: Tensor,
+    /// Raw coordinates are searched with a k-d tree; FPFH (33-D) by chunked distance matrices.
+    raw_index: Option<NeighborIndex>,
+}
+
+impl MemoryBank {
+    pub fn fit(kind: Baseline, cfg: &BaselineConfig, train: &[TrainingCloud]) -> Result<Self> {
+        let mut rows = Vec::new();
+        let mut dim = 3;
+        for cloud in train {
+            let (_, f, d) = features(kind, cfg, &cloud.points)?;
+            rows.extend(f.chunks(d).map(<[f32]>::to_vec));
+            dim = d;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+        rows.shuffle(&mut rng);
+        rows.truncate(cfg.bank_size);
+        let raw_index = match kind {
+            Baseline::BtfRaw => Some(NeighborIndex::new(&rows.iter().map(|r| [r[0], r[1], r[2]]).collect::<Vec<Point>>())?),
+            Baseline::BtfFpfh => None,
+        };
+        let flat: Vec<f32> = rows.concat();
+        let bank = Tensor::from_slice(&flat).reshape([-1, dim as i64]);
+        Ok(Self { kind, cfg: cfg.clone(), bank, raw_index })
+    }
+
+    /// One score per input point: distance of its voxel's feature to the nearest bank feature.
+    pub fn score(&self, points: &[Point]) -> Result<Vec<f32>> {
+        let (grid, f, d) = features(self.kind, &self.cfg, points)?;
+        if let Some(index) = &self.raw_index {
+            let nearest: Vec<f32> = grid.points.iter().map(|p| index.nearest(p).squared_distance.sqrt()).collect();
+            return Ok(grid.spread(&nearest));
+        }
+        let queries = Tensor::from_slice(&f).reshape([-1, d as i64]);
+        let bank_sq = self.bank.square().sum_dim_intlist(1, false, Kind::Float);
+        let mut nearest = Vec::with_capacity(grid.points.len());
+        // 512 queries × 30k bank entries: a 60 MB distance block at a time.
+        for chunk in queries.split(512, 0) {
+            let q_sq = chunk.square().sum_dim_intlist(1, true, Kind::Float);
+            let d2 = (q_sq + &bank_sq - chunk.matmul(&self.bank.transpose(0, 1)) * 2.0).clamp_min(0.0);
+            let best: Vec<f32> = d2.min_dim(1, false).0.sqrt().to_device(Device::Cpu).try_into()?;
+            nearest.extend(best);
+        }
+        Ok(grid.spread(&nearest))
+    }
+}

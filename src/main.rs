@@ -13,7 +13,11 @@ use inspect3d::model::{DeviceChoice, store};
 use inspect3d::train;
 
 #[derive(Parser)]
-#[command(name = "inspect3d", version, about = "Surface-defect detection on 3D point clouds")]
+#[command(
+    name = "inspect3d",
+    version,
+    about = "Surface-defect detection on 3D point clouds"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -106,6 +110,9 @@ enum Command {
         /// Folder for report.md and report.json.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Instead of --methods: the method's ablations (method.md's switches, the paper's Table 3).
+        #[arg(long)]
+        ablations: bool,
         #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
     },
@@ -171,31 +178,93 @@ const BUNDLED_PART: &str = "tests/data/meshes/featuretype.STL";
 fn main() -> Result<()> {
     inspect3d::init_logging();
     match Cli::parse().command {
-        Command::Convert { input, output, encoding } => convert(&input, &output, encoding),
-        Command::Describe { input, voxel, heatmap } => describe(&input, voxel, heatmap.as_deref()),
-        Command::Train { data, out, config, epochs, voxel, validation, device } => {
-            train_model(&data, &out, config.as_deref(), epochs, voxel, validation.as_deref(), device)
-        }
-        Command::Infer { model, input, out, device } => infer(&model, &input, out.as_deref(), device),
-        Command::Synth { meshes, out, config, seed } => synth(meshes, &out, config.as_deref(), seed),
-        Command::Eval { data, methods, config, voxel, report, device } => evaluate(&data, &methods, config.as_deref(), voxel, report.as_deref(), device),
+        Command::Convert {
+            input,
+            output,
+            encoding,
+        } => convert(&input, &output, encoding),
+        Command::Describe {
+            input,
+            voxel,
+            heatmap,
+        } => describe(&input, voxel, heatmap.as_deref()),
+        Command::Train {
+            data,
+            out,
+            config,
+            epochs,
+            voxel,
+            validation,
+            device,
+        } => train_model(
+            &data,
+            &out,
+            config.as_deref(),
+            epochs,
+            voxel,
+            validation.as_deref(),
+            device,
+        ),
+        Command::Infer {
+            model,
+            input,
+            out,
+            device,
+        } => infer(&model, &input, out.as_deref(), device),
+        Command::Synth {
+            meshes,
+            out,
+            config,
+            seed,
+        } => synth(meshes, &out, config.as_deref(), seed),
+        Command::Eval {
+            data,
+            methods,
+            config,
+            voxel,
+            report,
+            ablations,
+            device,
+        } => evaluate(
+            &data,
+            &methods,
+            config.as_deref(),
+            voxel,
+            report.as_deref(),
+            ablations,
+            device,
+        ),
         Command::Info { model } => {
             let manifest = store::read_manifest(&model)?;
             println!("{}", serde_json::to_string_pretty(&manifest)?);
             Ok(())
         }
-        Command::Bench { suite, input, voxel, repeats } => {
+        Command::Bench {
+            suite,
+            input,
+            voxel,
+            repeats,
+        } => {
             let bundled = |file: &str| Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
             let table = match suite {
                 Suite::Geometry => {
                     let input = input.unwrap_or_else(|| bundled(BUNDLED_FRAME));
-                    inspect3d::bench::geometry(&input, &inspect3d::bench::GeometryBench::for_voxel(voxel.unwrap_or(0.005), repeats))?
+                    inspect3d::bench::geometry(
+                        &input,
+                        &inspect3d::bench::GeometryBench::for_voxel(
+                            voxel.unwrap_or(0.005),
+                            repeats,
+                        ),
+                    )?
                 }
                 Suite::Detector => {
                     let mesh = bundled(BUNDLED_PART);
                     let source = match &input {
                         Some(path) => inspect3d::bench::DetectorInput::File(path),
-                        None => inspect3d::bench::DetectorInput::SimulatedPart { mesh: &mesh, points: 60_000 },
+                        None => inspect3d::bench::DetectorInput::SimulatedPart {
+                            mesh: &mesh,
+                            points: 60_000,
+                        },
                     };
                     inspect3d::bench::detector(source, voxel.unwrap_or(0.75), repeats)?
                 }
@@ -204,9 +273,14 @@ fn main() -> Result<()> {
             Ok(())
         }
         #[cfg(feature = "ros")]
-        Command::Publish { input, topic, frame_id, count, rate, wait_for_subscribers } => {
-            publish(&input, &topic, &frame_id, count, rate, wait_for_subscribers)
-        }
+        Command::Publish {
+            input,
+            topic,
+            frame_id,
+            count,
+            rate,
+            wait_for_subscribers,
+        } => publish(&input, &topic, &frame_id, count, rate, wait_for_subscribers),
     }
 }
 
@@ -232,7 +306,13 @@ fn train_model(
         Some(dir) => train::load_labelled_dir(dir)?,
         None => Vec::new(),
     };
-    let (detector, summary) = train::train(cfg, clouds, &labelled, device.resolve()?, &mut train::LogMonitor::default())?;
+    let (detector, summary) = train::train(
+        cfg,
+        clouds,
+        &labelled,
+        device.resolve()?,
+        &mut train::LogMonitor::default(),
+    )?;
     let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("model");
     let manifest = store::save(&detector, out, name, summary)?;
     println!(
@@ -253,8 +333,11 @@ fn train_model(
 
 fn read_detector_config(path: Option<&Path>) -> Result<DetectorConfig> {
     match path {
-        Some(path) => Ok(DetectorConfig::from_json(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
-            .with_context(|| format!("{}", path.display()))?),
+        Some(path) => Ok(DetectorConfig::from_json(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("{}", path.display()))?),
         None => Ok(DetectorConfig::default()),
     }
 }
@@ -262,13 +345,18 @@ fn read_detector_config(path: Option<&Path>) -> Result<DetectorConfig> {
 fn synth(meshes: Vec<PathBuf>, out: &Path, config: Option<&Path>, seed: Option<u64>) -> Result<()> {
     use inspect3d::synth::benchmark::{BenchmarkConfig, generate};
     let mut cfg: BenchmarkConfig = match config {
-        Some(path) => serde_json::from_str(&std::fs::read_to_string(path)?).with_context(|| format!("{}", path.display()))?,
+        Some(path) => serde_json::from_str(&std::fs::read_to_string(path)?)
+            .with_context(|| format!("{}", path.display()))?,
         None => BenchmarkConfig::default(),
     };
     if let Some(s) = seed {
         cfg.seed = s;
     }
-    let sources = if meshes.is_empty() { vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/meshes")] } else { meshes };
+    let sources = if meshes.is_empty() {
+        vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/meshes")]
+    } else {
+        meshes
+    };
     let mut files = Vec::new();
     for source in sources {
         if source.is_dir() {
@@ -286,39 +374,89 @@ fn synth(meshes: Vec<PathBuf>, out: &Path, config: Option<&Path>, seed: Option<u
         bail!("no STL or OBJ meshes found");
     }
     let classes = generate(&files, out, &cfg)?;
-    println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "out": out.display().to_string(), "classes": classes.len(), "config": cfg }))?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(
+            &serde_json::json!({ "out": out.display().to_string(), "classes": classes.len(), "config": cfg })
+        )?
+    );
     Ok(())
 }
 
-fn evaluate(data: &Path, methods: &str, config: Option<&Path>, voxel: f32, report: Option<&Path>, device: DeviceChoice) -> Result<()> {
+fn evaluate(
+    data: &Path,
+    methods: &str,
+    config: Option<&Path>,
+    voxel: f32,
+    report: Option<&Path>,
+    ablations: bool,
+    device: DeviceChoice,
+) -> Result<()> {
     use inspect3d::eval::{self, Method, baselines};
     let detector_config = read_detector_config(config)?;
-    let baseline = baselines::BaselineConfig { voxel, ..Default::default() };
-    let methods: Vec<Method> = methods
-        .split(',')
-        .map(|m| match m.trim() {
-            "ours" => Ok(Method::Ours(Box::new(detector_config.clone()))),
-            "btf-raw" => Ok(Method::Baseline(baselines::Baseline::BtfRaw, baseline.clone())),
-            "btf-fpfh" => Ok(Method::Baseline(baselines::Baseline::BtfFpfh, baseline.clone())),
-            other => Err(anyhow::anyhow!("unknown method '{other}' (ours, btf-raw, btf-fpfh)")),
-        })
-        .collect::<Result<_>>()?;
+    let baseline = baselines::BaselineConfig {
+        voxel,
+        ..Default::default()
+    };
+    let methods: Vec<Method> = if ablations {
+        eval::ablations(&detector_config)
+    } else {
+        methods
+            .split(',')
+            .map(|m| match m.trim() {
+                "ours" => Ok(Method::Ours(
+                    "Ours".into(),
+                    Box::new(detector_config.clone()),
+                )),
+                "btf-raw" => Ok(Method::Baseline(
+                    baselines::Baseline::BtfRaw,
+                    baseline.clone(),
+                )),
+                "btf-fpfh" => Ok(Method::Baseline(
+                    baselines::Baseline::BtfFpfh,
+                    baseline.clone(),
+                )),
+                other => Err(anyhow::anyhow!(
+                    "unknown method '{other}' (ours, btf-raw, btf-fpfh)"
+                )),
+            })
+            .collect::<Result<_>>()?
+    };
     let device = device.resolve()?;
     let mut results = Vec::new();
     let dirs = eval::dataset::class_dirs(data)?;
     for (k, dir) in dirs.iter().enumerate() {
         let class = eval::dataset::load_class(dir)?;
         for method in &methods {
-            tracing::info!(class = class.name, method = method.name(), progress = format!("{}/{}", k + 1, dirs.len()), "evaluating");
-            results.push(eval::evaluate_class(&class, method, device, &mut train::LogMonitor::default())?);
+            tracing::info!(
+                class = class.name,
+                method = method.name(),
+                progress = format!("{}/{}", k + 1, dirs.len()),
+                "evaluating"
+            );
+            results.push(eval::evaluate_class(
+                &class,
+                method,
+                device,
+                &mut train::LogMonitor::default(),
+            )?);
         }
     }
-    let table = eval::markdown(&results);
+    let mut table = eval::markdown(&results);
+    if ablations {
+        table = format!(
+            "#### Ablations (means over classes)\n\n{}\n{table}",
+            eval::ablation_table(&results)
+        );
+    }
     println!("{table}");
     if let Some(dir) = report {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("report.md"), &table)?;
-        std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&results)?)?;
+        std::fs::write(
+            dir.join("report.json"),
+            serde_json::to_string_pretty(&results)?,
+        )?;
     }
     Ok(())
 }
@@ -327,14 +465,24 @@ fn infer(model: &Path, input: &Path, heatmap: Option<&Path>, device: DeviceChoic
     let (detector, manifest) = store::load(model, device.resolve()?)?;
     let cloud = cloud::read_cloud(input)?;
     let start = Instant::now();
-    let inspection = detector.inspect(&cloud).with_context(|| format!("inspecting {}", input.display()))?;
+    let inspection = detector
+        .inspect(&cloud)
+        .with_context(|| format!("inspecting {}", input.display()))?;
     let latency_ms = start.elapsed().as_secs_f64() * 1e3;
     if let Some(path) = heatmap {
         let points = cloud.positions()?;
-        let (keep, scores): (Vec<_>, Vec<_>) =
-            points.iter().zip(&inspection.point_scores).filter(|(p, _)| p.iter().all(|c| c.is_finite())).map(|(p, s)| (*p, *s)).unzip();
+        let (keep, scores): (Vec<_>, Vec<_>) = points
+            .iter()
+            .zip(&inspection.point_scores)
+            .filter(|(p, _)| p.iter().all(|c| c.is_finite()))
+            .map(|(p, s)| (*p, *s))
+            .unzip();
         let high = inspection.thresholds.point.max(inspection.cloud_score);
-        ply::write(path, &ply::heatmap_cloud(&keep, "anomaly_score", &scores, 0.0, high)?, ply::PlyEncoding::BinaryLittleEndian)?;
+        ply::write(
+            path,
+            &ply::heatmap_cloud(&keep, "anomaly_score", &scores, 0.0, high)?,
+            ply::PlyEncoding::BinaryLittleEndian,
+        )?;
     }
     let mut verdict = serde_json::to_value(&inspection)?;
     verdict["input"] = input.display().to_string().into();
@@ -347,16 +495,27 @@ fn infer(model: &Path, input: &Path, heatmap: Option<&Path>, device: DeviceChoic
 fn convert(input: &Path, output: &Path, encoding: Encoding) -> Result<()> {
     let cloud = cloud::read_cloud(input)?;
     match cloud::extension(output).as_str() {
-        "pcd" => pcd::write(output, &cloud, match encoding {
-            Encoding::Ascii => pcd::PcdEncoding::Ascii,
-            Encoding::Binary => pcd::PcdEncoding::Binary,
-            Encoding::Compressed => pcd::PcdEncoding::BinaryCompressed,
-        })?,
-        "ply" => ply::write(output, &cloud, match encoding {
-            Encoding::Ascii => ply::PlyEncoding::Ascii,
-            Encoding::Binary | Encoding::Compressed => ply::PlyEncoding::BinaryLittleEndian,
-        })?,
-        other => bail!("{}: unknown output extension '{other}' (pcd, ply)", output.display()),
+        "pcd" => pcd::write(
+            output,
+            &cloud,
+            match encoding {
+                Encoding::Ascii => pcd::PcdEncoding::Ascii,
+                Encoding::Binary => pcd::PcdEncoding::Binary,
+                Encoding::Compressed => pcd::PcdEncoding::BinaryCompressed,
+            },
+        )?,
+        "ply" => ply::write(
+            output,
+            &cloud,
+            match encoding {
+                Encoding::Ascii => ply::PlyEncoding::Ascii,
+                Encoding::Binary | Encoding::Compressed => ply::PlyEncoding::BinaryLittleEndian,
+            },
+        )?,
+        other => bail!(
+            "{}: unknown output extension '{other}' (pcd, ply)",
+            output.display()
+        ),
     }
     tracing::info!(points = cloud.len(), output = %output.display(), "converted");
     Ok(())
@@ -365,13 +524,18 @@ fn convert(input: &Path, output: &Path, encoding: Encoding) -> Result<()> {
 fn describe(input: &Path, voxel: f32, heatmap: Option<&Path>) -> Result<()> {
     let start = Instant::now();
     let cloud = cloud::read_cloud(input)?;
-    let finite = cloud.finite_points().with_context(|| format!("{}", input.display()))?;
+    let finite = cloud
+        .finite_points()
+        .with_context(|| format!("{}", input.display()))?;
     let grid = geometry::voxel_downsample(&finite.points, voxel)?;
     let index = geometry::NeighborIndex::new(&grid.points)?;
     let surface = geometry::estimate_surface(
         &grid.points,
         &index,
-        Neighborhood::Hybrid { radius: 4.0 * voxel, max_nn: 30 },
+        Neighborhood::Hybrid {
+            radius: 4.0 * voxel,
+            max_nn: 30,
+        },
         NormalOrientation::TowardsViewpoint([0.0; 3]),
     );
     let (mut low, mut high) = ([f32::INFINITY; 3], [f32::NEG_INFINITY; 3]);
@@ -386,7 +550,11 @@ fn describe(input: &Path, voxel: f32, heatmap: Option<&Path>) -> Result<()> {
     let p95 = sorted[(sorted.len() * 95 / 100).min(sorted.len() - 1)];
     if let Some(path) = heatmap {
         let per_point = grid.spread(&surface.variation);
-        ply::write(path, &ply::heatmap_cloud(&finite.points, "surface_variation", &per_point, 0.0, p95)?, ply::PlyEncoding::BinaryLittleEndian)?;
+        ply::write(
+            path,
+            &ply::heatmap_cloud(&finite.points, "surface_variation", &per_point, 0.0, p95)?,
+            ply::PlyEncoding::BinaryLittleEndian,
+        )?;
     }
     let summary = serde_json::json!({
         "input": input.display().to_string(),
@@ -407,7 +575,14 @@ fn describe(input: &Path, voxel: f32, heatmap: Option<&Path>) -> Result<()> {
 }
 
 #[cfg(feature = "ros")]
-fn publish(input: &Path, topic: &str, frame_id: &str, count: u32, rate: f64, wait_for: usize) -> Result<()> {
+fn publish(
+    input: &Path,
+    topic: &str,
+    frame_id: &str,
+    count: u32,
+    rate: f64,
+    wait_for: usize,
+) -> Result<()> {
     use inspect3d::cloud::pointcloud2;
     use r2r::QosProfile;
 
@@ -416,14 +591,20 @@ fn publish(input: &Path, topic: &str, frame_id: &str, count: u32, rate: f64, wai
     }
     let cloud = cloud::read_cloud(input)?;
     let layout = pointcloud2::encode(&cloud);
-    let ctx = r2r::Context::create().context("creating the ROS context (is the ROS environment sourced?)")?;
-    let mut node = r2r::Node::create(ctx, "inspect3d_publisher", "").context("creating the node")?;
+    let ctx = r2r::Context::create()
+        .context("creating the ROS context (is the ROS environment sourced?)")?;
+    let mut node =
+        r2r::Node::create(ctx, "inspect3d_publisher", "").context("creating the node")?;
     let publisher = node
         .create_publisher::<r2r::sensor_msgs::msg::PointCloud2>(topic, QosProfile::sensor_data())
         .with_context(|| format!("advertising {topic}"))?;
     let period = std::time::Duration::from_secs_f64(1.0 / rate);
     let deadline = Instant::now() + std::time::Duration::from_secs(30);
-    while publisher.get_inter_process_subscription_count().unwrap_or(0) < wait_for {
+    while publisher
+        .get_inter_process_subscription_count()
+        .unwrap_or(0)
+        < wait_for
+    {
         if Instant::now() > deadline {
             bail!("no {wait_for} subscriber(s) on {topic} within 30 s");
         }
@@ -431,11 +612,18 @@ fn publish(input: &Path, topic: &str, frame_id: &str, count: u32, rate: f64, wai
     }
     let mut sent = 0u32;
     while count == 0 || sent < count {
-        let mut header = r2r::std_msgs::msg::Header { frame_id: frame_id.into(), ..Default::default() };
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let mut header = r2r::std_msgs::msg::Header {
+            frame_id: frame_id.into(),
+            ..Default::default()
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         header.stamp.sec = now.as_secs() as i32;
         header.stamp.nanosec = now.subsec_nanos();
-        publisher.publish(&inspect3d::ros::msg_from_layout(header, layout.clone())).context("publishing")?;
+        publisher
+            .publish(&inspect3d::ros::msg_from_layout(header, layout.clone()))
+            .context("publishing")?;
         sent += 1;
         node.spin_once(period);
     }

@@ -7,8 +7,15 @@ use std::process::Command;
 use inspect3d::eval::dataset;
 
 fn inspect3d(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_inspect3d")).args(args).output().expect("run inspect3d");
-    assert!(out.status.success(), "inspect3d {args:?}:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_inspect3d"))
+        .args(args)
+        .output()
+        .expect("run inspect3d");
+    assert!(
+        out.status.success(),
+        "inspect3d {args:?}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -17,16 +24,33 @@ fn synth_writes_real3d_ad_layout_and_eval_compares_methods() {
     let dir = tempfile::tempdir().unwrap();
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let bench_cfg = dir.path().join("bench.json");
-    std::fs::write(&bench_cfg, r#"{"train": 3, "test_good": 2, "test_defective": 4, "points": 10000, "seed": 3}"#).unwrap();
+    std::fs::write(
+        &bench_cfg,
+        r#"{"train": 3, "test_good": 2, "test_defective": 4, "points": 10000, "seed": 3}"#,
+    )
+    .unwrap();
     let root = dir.path().join("bench");
     let mesh = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/meshes/angle_block.STL");
-    inspect3d(&["synth", "--meshes", &s(&mesh), "--out", &s(&root), "--config", &s(&bench_cfg)]);
+    inspect3d(&[
+        "synth",
+        "--meshes",
+        &s(&mesh),
+        "--out",
+        &s(&root),
+        "--config",
+        &s(&bench_cfg),
+    ]);
 
     let class = dataset::load_class(&root.join("angle_block")).unwrap();
     assert_eq!((class.train.len(), class.test.len()), (3, 6));
     let defective = class.test.iter().filter(|c| c.is_defective()).count();
     assert_eq!(defective, 4, "every defective scan has labelled points");
-    assert!(class.test.iter().all(|c| c.points.len() == c.labels.len() && c.points.len() == 10_000));
+    assert!(
+        class
+            .test
+            .iter()
+            .all(|c| c.points.len() == c.labels.len() && c.points.len() == 10_000)
+    );
 
     let detector_cfg = dir.path().join("detector.json");
     std::fs::write(
@@ -37,19 +61,41 @@ fn synth_writes_real3d_ad_layout_and_eval_compares_methods() {
     )
     .unwrap();
     let report = dir.path().join("report");
-    let table = inspect3d(&["eval", "--data", &s(&root), "--config", &s(&detector_cfg), "--report", &s(&report), "--device", "cpu"]);
-    assert!(table.contains("| angle_block |") && table.contains("BTF(FPFH)") && table.contains("**mean**"), "{table}");
-    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap()).unwrap();
+    let table = inspect3d(&[
+        "eval",
+        "--data",
+        &s(&root),
+        "--config",
+        &s(&detector_cfg),
+        "--report",
+        &s(&report),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        table.contains("| angle_block |")
+            && table.contains("BTF(FPFH)")
+            && table.contains("**mean**"),
+        "{table}"
+    );
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
     let results = results.as_array().unwrap();
     assert_eq!(results.len(), 3);
     for r in results {
         for key in ["object_auroc", "object_ap", "point_auroc", "point_ap"] {
-            let v = r[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {r}"));
+            let v = r[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{key} missing in {r}"));
             assert!((0.0..=1.0).contains(&v), "{key} = {v}");
         }
     }
     let fpfh = results.iter().find(|r| r["method"] == "BTF(FPFH)").unwrap();
-    assert!(fpfh["point_auroc"].as_f64().unwrap() > 0.75, "BTF(FPFH) should localise simulated bulges and sinks: {fpfh}");
+    assert!(
+        fpfh["point_auroc"].as_f64().unwrap() > 0.75,
+        "BTF(FPFH) should localise simulated bulges and sinks: {fpfh}"
+    );
 }
 
 #[test]
@@ -60,10 +106,39 @@ fn malformed_ground_truth_is_named() {
     let err = dataset::read_ground_truth(&gt).err().unwrap().to_string();
     assert!(err.contains("line 2") && err.contains("3 numbers"), "{err}");
     std::fs::write(&gt, "1 2 3 zero\n").unwrap();
-    assert!(dataset::read_ground_truth(&gt).err().unwrap().to_string().contains("line 1"));
+    assert!(
+        dataset::read_ground_truth(&gt)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("line 1")
+    );
     let (points, labels) = {
         std::fs::write(&gt, "1 2 3 0\n4 5 6 1\n").unwrap();
         dataset::read_ground_truth(&gt).unwrap()
     };
     assert_eq!((points[1], labels), ([4.0, 5.0, 6.0], vec![false, true]));
+}
+
+#[test]
+fn ablation_mode_runs_every_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let bench_cfg = dir.path().join("bench.json");
+    std::fs::write(&bench_cfg, r#"{"train": 2, "test_good": 1, "test_defective": 2, "points": 5000, "seed": 4}"#).unwrap();
+    let root = dir.path().join("bench");
+    let mesh = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/meshes/round.stl");
+    inspect3d(&["synth", "--meshes", &s(&mesh), "--out", &s(&root), "--config", &s(&bench_cfg)]);
+    let detector_cfg = dir.path().join("detector.json");
+    std::fs::write(
+        &detector_cfg,
+        r#"{"preprocess": {"voxel_size": 1.5, "normals_face": "outward", "augment": {"views_per_cloud": 1}},
+            "patches": {"count": 64, "size": 16}, "backbone": {"kind": "fpfh", "width": 32, "seed": 3},
+            "training": {"epochs": 3}, "scoring": {"holdout_fraction": 0.5}}"#,
+    )
+    .unwrap();
+    let table = inspect3d(&["eval", "--data", &s(&root), "--config", &s(&detector_cfg), "--ablations", "--device", "cpu"]);
+    for variant in ["Ours (full)", "−SCA", "−FA", "AFG (SimpleNet)", "Discriminator (SimpleNet)", "No global step", "Geometry only", "Feature only", "Random Point-MAE backbone"] {
+        assert!(table.contains(&format!("| {variant} |")), "{variant} missing:\n{table}");
+    }
 }

@@ -43,12 +43,22 @@ pub struct BaselineConfig {
 
 impl Default for BaselineConfig {
     fn default() -> Self {
-        Self { voxel: 1.0, fpfh_radius_voxels: 5.0, normal_neighbors: 16, bank_size: 30_000, seed: 5 }
+        Self {
+            voxel: 1.0,
+            fpfh_radius_voxels: 5.0,
+            normal_neighbors: 16,
+            bank_size: 30_000,
+            seed: 5,
+        }
     }
 }
 
 /// Per-voxel-point features of a cloud, and the voxel grid to spread scores back.
-fn features(kind: Baseline, cfg: &BaselineConfig, points: &[Point]) -> Result<(geometry::VoxelGrid, Vec<f32>, usize)> {
+fn features(
+    kind: Baseline,
+    cfg: &BaselineConfig,
+    points: &[Point],
+) -> Result<(geometry::VoxelGrid, Vec<f32>, usize)> {
     let grid = geometry::voxel_downsample(points, cfg.voxel)?;
     match kind {
         Baseline::BtfRaw => {
@@ -57,8 +67,18 @@ fn features(kind: Baseline, cfg: &BaselineConfig, points: &[Point]) -> Result<(g
         }
         Baseline::BtfFpfh => {
             let index = NeighborIndex::new(&grid.points)?;
-            let normals = geometry::estimate_normals(&grid.points, &index, Neighborhood::Knn(cfg.normal_neighbors), NormalOrientation::AwayFromCentroid);
-            let fpfh = geometry::fpfh(&grid.points, &normals, &index, cfg.fpfh_radius_voxels * cfg.voxel)?;
+            let normals = geometry::estimate_normals(
+                &grid.points,
+                &index,
+                Neighborhood::Knn(cfg.normal_neighbors),
+                NormalOrientation::AwayFromCentroid,
+            );
+            let fpfh = geometry::fpfh(
+                &grid.points,
+                &normals,
+                &index,
+                cfg.fpfh_radius_voxels * cfg.voxel,
+            )?;
             let flat = fpfh.iter().flatten().copied().collect();
             Ok((grid, flat, geometry::FPFH_BINS))
         }
@@ -86,19 +106,33 @@ impl MemoryBank {
         rows.shuffle(&mut rng);
         rows.truncate(cfg.bank_size);
         let raw_index = match kind {
-            Baseline::BtfRaw => Some(NeighborIndex::new(&rows.iter().map(|r| [r[0], r[1], r[2]]).collect::<Vec<Point>>())?),
+            Baseline::BtfRaw => Some(NeighborIndex::new(
+                &rows
+                    .iter()
+                    .map(|r| [r[0], r[1], r[2]])
+                    .collect::<Vec<Point>>(),
+            )?),
             Baseline::BtfFpfh => None,
         };
         let flat: Vec<f32> = rows.concat();
         let bank = Tensor::from_slice(&flat).reshape([-1, dim as i64]);
-        Ok(Self { kind, cfg: cfg.clone(), bank, raw_index })
+        Ok(Self {
+            kind,
+            cfg: cfg.clone(),
+            bank,
+            raw_index,
+        })
     }
 
     /// One score per input point: distance of its voxel's feature to the nearest bank feature.
     pub fn score(&self, points: &[Point]) -> Result<Vec<f32>> {
         let (grid, f, d) = features(self.kind, &self.cfg, points)?;
         if let Some(index) = &self.raw_index {
-            let nearest: Vec<f32> = grid.points.iter().map(|p| index.nearest(p).squared_distance.sqrt()).collect();
+            let nearest: Vec<f32> = grid
+                .points
+                .iter()
+                .map(|p| index.nearest(p).squared_distance.sqrt())
+                .collect();
             return Ok(grid.spread(&nearest));
         }
         let queries = Tensor::from_slice(&f).reshape([-1, d as i64]);
@@ -107,8 +141,14 @@ impl MemoryBank {
         // 512 queries × 30k bank entries: a 60 MB distance block at a time.
         for chunk in queries.split(512, 0) {
             let q_sq = chunk.square().sum_dim_intlist(1, true, Kind::Float);
-            let d2 = (q_sq + &bank_sq - chunk.matmul(&self.bank.transpose(0, 1)) * 2.0).clamp_min(0.0);
-            let best: Vec<f32> = d2.min_dim(1, false).0.sqrt().to_device(Device::Cpu).try_into()?;
+            let d2 =
+                (q_sq + &bank_sq - chunk.matmul(&self.bank.transpose(0, 1)) * 2.0).clamp_min(0.0);
+            let best: Vec<f32> = d2
+                .min_dim(1, false)
+                .0
+                .sqrt()
+                .to_device(Device::Cpu)
+                .try_into()?;
             nearest.extend(best);
         }
         Ok(grid.spread(&nearest))

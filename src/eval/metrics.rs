@@ -41,7 +41,11 @@ pub fn average_precision(scores: &[f32], labels: &[bool]) -> Option<f64> {
         // All samples sharing a score enter together.
         let mut j = i;
         while j < order.len() && scores[order[j]] == scores[order[i]] {
-            if labels[order[j]] { tp += 1 } else { fp += 1 }
+            if labels[order[j]] {
+                tp += 1
+            } else {
+                fp += 1
+            }
             j += 1;
         }
         let recall = tp as f64 / positives as f64;
@@ -55,7 +59,12 @@ pub fn average_precision(scores: &[f32], labels: &[bool]) -> Option<f64> {
 
 /// Min–max normalisation over a class's pooled point scores (as the official code does before point metrics).
 pub fn min_max_normalise(scores: &mut [f32]) {
-    let (lo, hi) = scores.iter().filter(|s| s.is_finite()).fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &s| (l.min(s), h.max(s)));
+    let (lo, hi) = scores
+        .iter()
+        .filter(|s| s.is_finite())
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &s| {
+            (l.min(s), h.max(s))
+        });
     let span = hi - lo;
     for s in scores.iter_mut() {
         *s = if span > 0.0 { (*s - lo) / span } else { 0.0 };
@@ -68,7 +77,10 @@ mod tests {
 
     #[test]
     fn textbook_cases() {
-        assert_eq!(auroc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]), Some(0.75));
+        assert_eq!(
+            auroc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]),
+            Some(0.75)
+        );
         assert_eq!(auroc(&[0.5, 0.5], &[false, true]), Some(0.5));
         assert_eq!(auroc(&[0.1, 0.2], &[true, true]), None);
         let ap = average_precision(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]).unwrap();

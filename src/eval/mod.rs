@@ -10,24 +10,91 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::Device;
 
-use crate::model::config::DetectorConfig;
 use crate::model::Result;
+use crate::model::config::DetectorConfig;
 use crate::train::{self, Monitor};
 use baselines::{Baseline, BaselineConfig, MemoryBank};
 use dataset::ClassData;
 
 pub enum Method {
-    Ours(Box<DetectorConfig>),
+    /// The detector under a name ("Ours", or an ablation's label).
+    Ours(String, Box<DetectorConfig>),
     Baseline(Baseline, BaselineConfig),
 }
 
 impl Method {
     pub fn name(&self) -> String {
         match self {
-            Self::Ours(_) => "Ours".into(),
+            Self::Ours(name, _) => name.clone(),
             Self::Baseline(b, _) => b.name().into(),
         }
     }
+}
+
+/// The variants of the paper's Table 3 (method.md's switches), each a copy of `base` with one thing changed.
+pub fn ablations(base: &DetectorConfig) -> Vec<Method> {
+    use crate::model::config::{BackboneConfig, DiscriminatorKind, Fusion, GeneratorKind};
+    let variant = |name: &str, change: &dyn Fn(&mut DetectorConfig)| {
+        let mut c = base.clone();
+        change(&mut c);
+        Method::Ours(name.into(), Box::new(c))
+    };
+    let width = match &base.backbone {
+        BackboneConfig::Fpfh { width, .. } | BackboneConfig::RandomPointMae { width, .. } => *width,
+        BackboneConfig::PointMae { .. } => 384,
+    };
+    vec![
+        Method::Ours("Ours (full)".into(), Box::new(base.clone())),
+        variant("−SCA", &|c| c.sca.enabled = false),
+        variant("−FA", &|c| c.adaptor.enabled = false),
+        variant("AFG (SimpleNet)", &|c| {
+            c.generator.kind = GeneratorKind::SimpleNet
+        }),
+        variant("Discriminator (SimpleNet)", &|c| {
+            c.discriminator.kind = DiscriminatorKind::Mlp
+        }),
+        variant("No global step", &|c| c.sca.global_step = false),
+        variant("With snapping (β = 0.5)", &|c| c.sca.snapping = 0.5),
+        variant("Geometry only", &|c| c.sca.fusion = Fusion::GeometryOnly),
+        variant("Feature only", &|c| c.sca.fusion = Fusion::FeatureOnly),
+        variant("Random Point-MAE backbone", &|c| {
+            c.backbone = BackboneConfig::RandomPointMae {
+                width,
+                depth: 12,
+                heads: 4,
+                seed: 1,
+            }
+        }),
+    ]
+}
+
+/// The paper's Table 3 layout: one row per variant, means over classes.
+pub fn ablation_table(results: &[ClassResult]) -> String {
+    let mut out = String::from(
+        "| variant | point AUROC | point AUPR | object AUROC | object AUPR | clouds/s |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    let mut seen: Vec<&str> = Vec::new();
+    for r in results {
+        if seen.contains(&r.method.as_str()) {
+            continue;
+        }
+        seen.push(&r.method);
+        let of = |get: fn(&ClassResult) -> Option<f64>| {
+            cell(mean(
+                results.iter().filter(|x| x.method == r.method).map(get),
+            ))
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            r.method,
+            of(|x| x.point_auroc),
+            of(|x| x.point_ap),
+            of(|x| x.object_auroc),
+            of(|x| x.object_ap),
+            of(|x| Some(x.clouds_per_second)),
+        ));
+    }
+    out
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -42,11 +109,26 @@ pub struct ClassResult {
     pub test_clouds: usize,
 }
 
+/// Scores every point of a cloud.
+type Scorer = dyn Fn(&[crate::geometry::Point]) -> Result<Vec<f32>>;
+
 /// Fits `method` on a class's training clouds and scores its test clouds.
-pub fn evaluate_class(class: &ClassData, method: &Method, device: Device, monitor: &mut dyn Monitor) -> Result<ClassResult> {
-    let scorer: Box<dyn Fn(&[crate::geometry::Point]) -> Result<Vec<f32>>> = match method {
-        Method::Ours(cfg) => {
-            let clouds = class.train.iter().map(|c| train::TrainingCloud { name: c.name.clone(), points: c.points.clone() }).collect();
+pub fn evaluate_class(
+    class: &ClassData,
+    method: &Method,
+    device: Device,
+    monitor: &mut dyn Monitor,
+) -> Result<ClassResult> {
+    let scorer: Box<Scorer> = match method {
+        Method::Ours(_, cfg) => {
+            let clouds = class
+                .train
+                .iter()
+                .map(|c| train::TrainingCloud {
+                    name: c.name.clone(),
+                    points: c.points.clone(),
+                })
+                .collect();
             let (detector, _) = train::train((**cfg).clone(), clouds, &[], device, monitor)?;
             Box::new(move |points| Ok(detector.score_points(points)?.0))
         }
@@ -61,11 +143,22 @@ pub fn evaluate_class(class: &ClassData, method: &Method, device: Device, monito
         all_scores.push(scorer(&cloud.points)?);
     }
     let clouds_per_second = class.test.len() as f64 / start.elapsed().as_secs_f64();
-    let cloud_scores: Vec<f32> = all_scores.iter().map(|s| s.iter().copied().fold(f32::NEG_INFINITY, f32::max)).collect();
-    let cloud_labels: Vec<bool> = class.test.iter().map(dataset::TestCloud::is_defective).collect();
+    let cloud_scores: Vec<f32> = all_scores
+        .iter()
+        .map(|s| s.iter().copied().fold(f32::NEG_INFINITY, f32::max))
+        .collect();
+    let cloud_labels: Vec<bool> = class
+        .test
+        .iter()
+        .map(dataset::TestCloud::is_defective)
+        .collect();
     let mut pooled: Vec<f32> = all_scores.concat();
     metrics::min_max_normalise(&mut pooled);
-    let pooled_labels: Vec<bool> = class.test.iter().flat_map(|c| c.labels.iter().copied()).collect();
+    let pooled_labels: Vec<bool> = class
+        .test
+        .iter()
+        .flat_map(|c| c.labels.iter().copied())
+        .collect();
     Ok(ClassResult {
         method: method.name(),
         class: class.name.clone(),
@@ -110,9 +203,16 @@ pub fn markdown(results: &[ClassResult]) -> String {
         ("Clouds per second", |r| Some(r.clouds_per_second)),
     ];
     for (title, get) in tables {
-        out.push_str(&format!("#### {title}\n\n| class | {} |\n|---|{}\n", methods.join(" | "), "---:|".repeat(methods.len())));
+        out.push_str(&format!(
+            "#### {title}\n\n| class | {} |\n|---|{}\n",
+            methods.join(" | "),
+            "---:|".repeat(methods.len())
+        ));
         for c in &classes {
-            let row: Vec<String> = methods.iter().map(|m| cell(find(m, c).and_then(get))).collect();
+            let row: Vec<String> = methods
+                .iter()
+                .map(|m| cell(find(m, c).and_then(get)))
+                .collect();
             out.push_str(&format!("| {c} | {} |\n", row.join(" | ")));
         }
         let means: Vec<String> = methods

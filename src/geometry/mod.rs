@@ -38,7 +38,14 @@ pub enum GeometryError {
 pub type Result<T, E = GeometryError> = std::result::Result<T, E>;
 
 pub(crate) fn positive(what: &'static str, value: f32) -> Result<f32> {
-    if value.is_finite() && value > 0.0 { Ok(value) } else { Err(GeometryError::BadParameter { what, value: value.into() }) }
+    if value.is_finite() && value > 0.0 {
+        Ok(value)
+    } else {
+        Err(GeometryError::BadParameter {
+            what,
+            value: value.into(),
+        })
+    }
 }
 
 pub(crate) fn sub(a: Point, b: Point) -> Point {

@@ -5,7 +5,13 @@ use crate::geometry::{Point, squared_distance};
 
 /// Displaces points within `radius` of `centre` along their normals by `height·(1 − (d/r)²)²`; returns the mask
 /// of points moved by more than `height · 0.05` (the visible part of the bump).
-pub fn bump(points: &mut [Point], normals: &[Point], centre: Point, radius: f32, height: f32) -> Vec<bool> {
+pub fn bump(
+    points: &mut [Point],
+    normals: &[Point],
+    centre: Point,
+    radius: f32,
+    height: f32,
+) -> Vec<bool> {
     let r2 = radius * radius;
     points
         .iter_mut()

@@ -127,10 +127,6 @@ impl ScalarType {
         }
     }
 
-    pub fn is_float(self) -> bool {
-        matches!(self, Self::F32 | Self::F64)
-    }
-
     /// Reads one little-endian value of this type (`bytes.len() == self.size()`) as f64, which holds every
     /// value of every type exactly.
     pub fn read_le(self, b: &[u8]) -> f64 {

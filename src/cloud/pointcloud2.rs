@@ -111,10 +111,6 @@ impl PointCloud2Layout {
         (i / w) * self.row_step as usize + (i % w) * self.point_step as usize
     }
 
-    /// Checks the layout without decoding it.
-    pub fn check(&self) -> Result<()> {
-        self.validate().map(drop)
-    }
 }
 
 /// Decodes every field of a message into a [`PointCloud`] (little-endian, organised layout kept).

@@ -4,7 +4,7 @@
 //! name and renamed into place, so a crash never leaves half a model; loading checks everything and names
 //! what is wrong.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -234,19 +234,6 @@ pub fn load(dir: &Path, device: Device) -> Result<(Detector, Manifest)> {
         device,
     };
     Ok((detector, manifest))
-}
-
-/// The model folders under `root` (those with a manifest), sorted by name.
-pub fn list(root: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join(MANIFEST).is_file())
-        .collect();
-    dirs.sort();
-    dirs
 }
 
 #[cfg(test)]

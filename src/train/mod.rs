@@ -34,21 +34,17 @@ pub struct LabelledCloud {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
-    Reading,
     Preparing,
     Training,
     Calibrating,
-    Saving,
 }
 
 impl Stage {
     pub fn name(self) -> &'static str {
         match self {
-            Self::Reading => "reading",
             Self::Preparing => "preparing",
             Self::Training => "training",
             Self::Calibrating => "calibrating",
-            Self::Saving => "saving",
         }
     }
 }

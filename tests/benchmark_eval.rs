@@ -82,7 +82,7 @@ fn synth_writes_real3d_ad_layout_and_eval_compares_methods() {
         serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
             .unwrap();
     let results = results.as_array().unwrap();
-    assert_eq!(results.len(), 3);
+    assert_eq!(results.len(), 6, "3 methods × 2 classes");
     for r in results {
         for key in ["object_auroc", "object_ap", "point_auroc", "point_ap"] {
             let v = r[key]
@@ -125,7 +125,7 @@ fn ablation_mode_runs_every_switch() {
     let dir = tempfile::tempdir().unwrap();
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let bench_cfg = dir.path().join("bench.json");
-    std::fs::write(&bench_cfg, r#"{"train": 2, "test_good": 1, "test_defective": 2, "points": 5000, "seed": 4}"#).unwrap();
+    std::fs::write(&bench_cfg, r#"{"train": 2, "test_good": 1, "test_defective": 2, "points": 5000, "seed": 4, "modes": ["full_scan"]}"#).unwrap();
     let root = dir.path().join("bench");
     let mesh = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/meshes/round.stl");
     inspect3d(&["synth", "--meshes", &s(&mesh), "--out", &s(&root), "--config", &s(&bench_cfg)]);

@@ -1,13 +1,18 @@
-//! A benchmark in Real3D-AD's layout from real CAD meshes: for each part, good training scans and test scans,
-//! some with a bulge or sink whose every point is labelled. Full 360° scans (a turntable scanner: dense,
-//! precise); each part is scaled to `diagonal` millimetres. Deterministic for a seed.
+//! A benchmark in Real3D-AD's layout from real CAD meshes: for each part and capture mode, good training scans
+//! and test scans, some with a bulge or sink whose every point is labelled. Capture modes: full 360° scans (a
+//! turntable scanner: dense, precise; class `<part>`) and single frames of a cell's depth camera (organised,
+//! noisy, with holes; class `<part>_camera`). Each part is scaled to `diagonal` millimetres. Deterministic for
+//! a seed.
 
 use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::{defects, mesh::Mesh, sample};
+use super::camera::{self, CameraConfig};
+use super::defects::{self, DefectKind};
+use super::{mesh::Mesh, sample};
+use crate::geometry::{NeighborIndex, Point, dot};
 use crate::cloud::{PointCloud, pcd};
 use crate::eval::dataset::write_ground_truth;
 
@@ -26,7 +31,19 @@ pub struct BenchmarkConfig {
     pub radius: [f32; 2],
     /// Defect height range, mm (bulges outward, sinks inward).
     pub height: [f32; 2],
+    /// Defect kinds, used in turn for the defective test scans.
+    pub defects: Vec<DefectKind>,
     pub seed: u64,
+    /// Which capture modes to write.
+    pub modes: Vec<CaptureMode>,
+    pub camera: CameraConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureMode {
+    FullScan,
+    Camera,
 }
 
 impl Default for BenchmarkConfig {
@@ -40,72 +57,137 @@ impl Default for BenchmarkConfig {
             diagonal: 100.0,
             radius: [4.0, 10.0],
             height: [1.0, 3.0],
+            defects: DefectKind::ALL.to_vec(),
             seed: 1,
+            modes: vec![CaptureMode::FullScan, CaptureMode::Camera],
+            camera: CameraConfig::default(),
         }
     }
 }
 
-/// Writes one class per mesh under `out`; returns the class folders.
-pub fn generate(
-    meshes: &[PathBuf],
-    out: &Path,
-    cfg: &BenchmarkConfig,
-) -> anyhow::Result<Vec<PathBuf>> {
-    let mut classes = Vec::new();
-    for (m, mesh_path) in meshes.iter().enumerate() {
-        let class = mesh_path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("part")
-            .to_lowercase();
-        let dir = out.join(&class);
-        for sub in ["train", "test", "gt"] {
-            std::fs::create_dir_all(dir.join(sub))?;
+/// Puts one defect of `kind` on the visible surface of a scan; returns the mask.
+fn apply_defect(kind: DefectKind, s: &mut Scan, cfg: &BenchmarkConfig, rng: &mut impl Rng) -> anyhow::Result<Vec<bool>> {
+    let visible: Vec<usize> = (0..s.points.len()).filter(|&j| s.points[j][0].is_finite()).collect();
+    anyhow::ensure!(!visible.is_empty(), "the scan has no points to put a defect on");
+    let pick = |rng: &mut dyn rand::RngCore| visible[rng.gen_range(0..visible.len())];
+    let range = |r: [f32; 2], scale: f32, rng: &mut dyn rand::RngCore| scale * rng.gen_range(r[0]..=r[1]);
+    let at = pick(rng);
+    let (centre, normal) = (s.points[at], s.normals[at]);
+    Ok(match kind {
+        DefectKind::Bulge | DefectKind::Sink => {
+            let sign = if kind == DefectKind::Bulge { 1.0 } else { -1.0 };
+            let (r, h) = (range(cfg.radius, 1.0, rng), range(cfg.height, sign, rng));
+            defects::bump(&mut s.points, &s.normals, centre, r, h)
         }
-        let mesh = Mesh::read(mesh_path)?.normalised(cfg.diagonal);
-        let mut rng =
-            rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_mul(1000).wrapping_add(m as u64));
-        let write = |path: PathBuf, points: &[[f32; 3]]| {
-            pcd::write(
-                &path,
-                &PointCloud::from_xyz(points),
-                pcd::PcdEncoding::BinaryCompressed,
-            )
-        };
-        for i in 0..cfg.train {
-            write(
-                dir.join(format!("train/{i:03}_template.pcd")),
-                &sample::sample_surface(&mesh, cfg.points, cfg.noise, &mut rng).points,
-            )?;
+        DefectKind::Dent => {
+            let (r, d) = (range(cfg.radius, 1.2, rng), range(cfg.height, 0.4, rng));
+            defects::dent(&mut s.points, &s.normals, centre, r, d)
         }
-        for i in 0..cfg.test_good {
-            write(
-                dir.join(format!("test/{i:03}_good.pcd")),
-                &sample::sample_surface(&mesh, cfg.points, cfg.noise, &mut rng).points,
-            )?;
+        DefectKind::Pit => {
+            let (r, d) = (range([1.0, 2.5], 1.0, rng), range([1.5, 3.0], 1.0, rng));
+            defects::pit(&mut s.points, &s.normals, centre, r, d)
         }
-        for i in 0..cfg.test_defective {
-            let mut s = sample::sample_surface(&mesh, cfg.points, cfg.noise, &mut rng);
-            let (kind, sign) = if i % 2 == 0 {
-                ("bulge", 1.0)
-            } else {
-                ("sink", -1.0)
+        DefectKind::Scratch => {
+            let t = defects::tangent(normal, rng);
+            let half = 0.5 * range([15.0, 30.0], 1.0, rng);
+            let (a, b) = ([0, 1, 2].map(|k| centre[k] - half * t[k]), [0, 1, 2].map(|k| centre[k] + half * t[k]));
+            let (w, d) = (range([0.8, 1.5], 1.0, rng), range([0.3, 0.8], 1.0, rng));
+            defects::groove(&mut s.points, &s.normals, a, b, w, d)
+        }
+        DefectKind::Burr => {
+            // Along a sharp edge: a point whose close neighbours face more than 45° away; the edge runs along
+            // the cross product of the two normals.
+            let pts: Vec<Point> = visible.iter().map(|&j| s.points[j]).collect();
+            let index = NeighborIndex::new(&pts)?;
+            let mut candidates = Vec::new();
+            for (k, &j) in visible.iter().enumerate().step_by(7) {
+                if let Some(m) = index.within(&pts[k], 1.5).iter().find(|m| dot(s.normals[visible[m.index as usize]], s.normals[j]) < 0.7) {
+                    candidates.push((j, visible[m.index as usize]));
+                }
+            }
+            let Some(&(j, other)) = candidates.get(rng.gen_range(0..candidates.len().max(1))) else {
+                anyhow::bail!("no sharp edge visible for a burr");
             };
-            let centre = s.points[rng.gen_range(0..s.points.len())];
-            let radius = rng.gen_range(cfg.radius[0]..=cfg.radius[1]);
-            let height = sign * rng.gen_range(cfg.height[0]..=cfg.height[1]);
-            let mask = defects::bump(&mut s.points, &s.normals, centre, radius, height);
-            let name = format!("{i:03}_{kind}");
-            write(dir.join(format!("test/{name}.pcd")), &s.points)?;
-            write_ground_truth(&dir.join(format!("gt/{name}.txt")), &s.points, &mask)?;
+            let (n1, n2) = (s.normals[j], s.normals[other]);
+            let dir = [n1[1] * n2[2] - n1[2] * n2[1], n1[2] * n2[0] - n1[0] * n2[2], n1[0] * n2[1] - n1[1] * n2[0]];
+            let len = dot(dir, dir).sqrt().max(1e-9);
+            let half = 0.5 * range([10.0, 20.0], 1.0, rng);
+            let c = s.points[j];
+            let (a, b) = ([0, 1, 2].map(|k| c[k] - half * dir[k] / len), [0, 1, 2].map(|k| c[k] + half * dir[k] / len));
+            let (w, h) = (range([0.8, 1.2], 1.0, rng), range([0.4, 0.8], 1.0, rng));
+            defects::groove(&mut s.points, &s.normals, a, b, w, -h)
         }
-        tracing::info!(
-            class,
-            part = m + 1,
-            parts = meshes.len(),
-            "benchmark class written"
-        );
-        classes.push(dir);
+        DefectKind::MissingChunk => {
+            let r = range([3.0, 6.0], 1.0, rng);
+            defects::missing_chunk(&mut s.points, centre, r, 1.5)
+        }
+    })
+}
+
+/// One scan: its points (organised W × H for camera frames, NaN without a return) and their surface normals.
+struct Scan {
+    width: usize,
+    height: usize,
+    points: Vec<[f32; 3]>,
+    normals: Vec<[f32; 3]>,
+}
+
+fn scan(mesh: &Mesh, mode: CaptureMode, cfg: &BenchmarkConfig, rng: &mut impl Rng) -> Scan {
+    match mode {
+        CaptureMode::FullScan => {
+            let s = sample::sample_surface(mesh, cfg.points, cfg.noise, rng);
+            Scan { width: s.points.len(), height: 1, points: s.points, normals: s.normals }
+        }
+        CaptureMode::Camera => {
+            let f = camera::capture(mesh, &cfg.camera, rng);
+            Scan { width: f.width, height: f.height, points: f.points, normals: f.normals }
+        }
+    }
+}
+
+fn write_scan(path: &Path, s: &Scan) -> crate::cloud::Result<()> {
+    let cloud = PointCloud::from_xyz(&s.points);
+    let organised = PointCloud::new(s.width, s.height, cloud.fields().to_vec())?;
+    pcd::write(path, &organised, pcd::PcdEncoding::BinaryCompressed)
+}
+
+/// Writes one class per mesh and capture mode under `out`; returns the class folders.
+pub fn generate(meshes: &[PathBuf], out: &Path, cfg: &BenchmarkConfig) -> anyhow::Result<Vec<PathBuf>> {
+    let mut classes = Vec::new();
+    let total = meshes.len() * cfg.modes.len();
+    for (m, mesh_path) in meshes.iter().enumerate() {
+        let part = mesh_path.file_stem().and_then(|s| s.to_str()).unwrap_or("part").to_lowercase();
+        let mesh = Mesh::read(mesh_path)?.normalised(cfg.diagonal);
+        for (k, &mode) in cfg.modes.iter().enumerate() {
+            let class = match mode {
+                CaptureMode::FullScan => part.clone(),
+                CaptureMode::Camera => format!("{part}_camera"),
+            };
+            let dir = out.join(&class);
+            for sub in ["train", "test", "gt"] {
+                std::fs::create_dir_all(dir.join(sub))?;
+            }
+            let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_mul(1000).wrapping_add((m * 10 + k) as u64));
+            for i in 0..cfg.train {
+                write_scan(&dir.join(format!("train/{i:03}_template.pcd")), &scan(&mesh, mode, cfg, &mut rng))?;
+            }
+            for i in 0..cfg.test_good {
+                write_scan(&dir.join(format!("test/{i:03}_good.pcd")), &scan(&mesh, mode, cfg, &mut rng))?;
+            }
+            for i in 0..cfg.test_defective {
+                let mut s = scan(&mesh, mode, cfg, &mut rng);
+                anyhow::ensure!(!cfg.defects.is_empty(), "the benchmark configuration lists no defect kinds");
+                let kind = cfg.defects[i % cfg.defects.len()];
+                let mask = apply_defect(kind, &mut s, cfg, &mut rng)?;
+                let name = format!("{i:03}_{}", kind.name());
+                write_scan(&dir.join(format!("test/{name}.pcd")), &s)?;
+                let (points, labels): (Vec<_>, Vec<_>) =
+                    s.points.iter().zip(&mask).filter(|(p, _)| p[0].is_finite()).map(|(p, m)| (*p, *m)).unzip();
+                write_ground_truth(&dir.join(format!("gt/{name}.txt")), &points, &labels)?;
+            }
+            tracing::info!(class, progress = format!("{}/{total}", classes.len() + 1), "benchmark class written");
+            classes.push(dir);
+        }
     }
     Ok(classes)
 }

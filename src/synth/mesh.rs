@@ -168,6 +168,31 @@ impl Mesh {
         Self { triangles }
     }
 
+    /// Edges shared by two triangles whose normals differ by more than `min_angle_degrees` (the part's sharp
+    /// edges, where burrs form).
+    pub fn sharp_edges(&self, min_angle_degrees: f32) -> Vec<(Point, Point)> {
+        use std::collections::HashMap;
+        let key = |p: Point| p.map(|c| (c * 1e4).round() as i64);
+        let mut first: HashMap<([i64; 3], [i64; 3]), usize> = HashMap::new();
+        let cos_limit = min_angle_degrees.to_radians().cos();
+        let mut edges = Vec::new();
+        for (k, t) in self.triangles.iter().enumerate() {
+            for e in 0..3 {
+                let (a, b) = (t[e], t[(e + 1) % 3]);
+                let (ka, kb) = (key(a), key(b));
+                let id = if ka < kb { (ka, kb) } else { (kb, ka) };
+                match first.get(&id) {
+                    Some(&other) if dot(Self::normal(t), Self::normal(&self.triangles[other])) < cos_limit => edges.push((a, b)),
+                    Some(_) => {}
+                    None => {
+                        first.insert(id, k);
+                    }
+                }
+            }
+        }
+        edges
+    }
+
     pub fn bounds(&self) -> (Point, Point) {
         let mut lo = [f32::INFINITY; 3];
         let mut hi = [f32::NEG_INFINITY; 3];

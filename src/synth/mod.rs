@@ -2,6 +2,7 @@
 //! is labelled ([`defects`]), and a benchmark in Real3D-AD's layout built from them ([`benchmark`]).
 
 pub mod benchmark;
+pub mod camera;
 pub mod defects;
 pub mod mesh;
 pub mod sample;

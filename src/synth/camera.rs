@@ -1,0 +1,218 @@
+//! A single-view industrial depth camera: a pinhole camera fixed in the cell looks at the part, which is placed
+//! with a small random misalignment each time. The part is rasterised with a z-buffer (nearest surface per pixel,
+//! exact ray–triangle point), then the sensor's faults are applied: depth noise and quantisation growing with
+//! the square of the distance (structured light and stereo behave so), no return at grazing angles or on random
+//! "specular" patches, and a clamp occluding a band of the image. The result is an organised cloud in the
+//! camera's frame with NaN where there was no return — like the real frames in tests/data/scans.
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::mesh::Mesh;
+use crate::geometry::{Point, dot, squared_distance};
+use crate::model::preprocess::standard_normal;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CameraConfig {
+    pub width: usize,
+    pub height: usize,
+    /// Horizontal field of view, degrees.
+    pub fov_degrees: f32,
+    /// Camera distance from the part's centre, mm.
+    pub distance: f32,
+    /// Elevation of the camera above the part's xy plane, degrees.
+    pub elevation_degrees: f32,
+    /// Depth noise σ at 1 m, mm (σ grows with z²).
+    pub noise_at_1m: f32,
+    /// Depth quantisation step at 1 m, mm (grows with z²).
+    pub quantisation_at_1m: f32,
+    /// No return when the surface turns further than this from the viewing ray, degrees.
+    pub grazing_limit_degrees: f32,
+    /// Random surface patches with no return (specular reflections).
+    pub specular_patches: usize,
+    /// Radius of a specular patch, mm.
+    pub specular_radius: f32,
+    /// Misalignment of the part per scan: rotation (degrees) and translation (mm), uniform in ±.
+    pub misalignment: [f32; 2],
+    /// Share of image rows hidden by a clamp, 0 for none.
+    pub occlusion: f32,
+}
+
+impl Default for CameraConfig {
+    fn default() -> Self {
+        Self {
+            width: 640,
+            height: 480,
+            fov_degrees: 58.0,
+            distance: 180.0,
+            elevation_degrees: 50.0,
+            noise_at_1m: 1.5,
+            quantisation_at_1m: 2.0,
+            grazing_limit_degrees: 78.0,
+            specular_patches: 2,
+            specular_radius: 4.0,
+            misalignment: [2.0, 1.0],
+            occlusion: 0.1,
+        }
+    }
+}
+
+/// One captured frame: `width × height` points (NaN without a return) in the camera frame, with each pixel's
+/// surface normal (zero without a return).
+pub struct Frame {
+    pub width: usize,
+    pub height: usize,
+    pub points: Vec<Point>,
+    pub normals: Vec<Point>,
+}
+
+type Rotation = [[f32; 3]; 3];
+
+fn rotate(r: &Rotation, p: Point) -> Point {
+    [dot(r[0], p), dot(r[1], p), dot(r[2], p)]
+}
+
+fn rotation_about(axis: usize, angle: f32) -> Rotation {
+    let (s, c) = angle.sin_cos();
+    match axis {
+        0 => [[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]],
+        1 => [[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]],
+        _ => [[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]],
+    }
+}
+
+fn compose(a: &Rotation, b: &Rotation) -> Rotation {
+    let col = |j: usize| [b[0][j], b[1][j], b[2][j]];
+    [0, 1, 2].map(|i| [0, 1, 2].map(|j| dot(a[i], col(j))))
+}
+
+/// Captures the (normalised, centred) part from the cell camera.
+pub fn capture(mesh: &Mesh, cfg: &CameraConfig, rng: &mut impl Rng) -> Frame {
+    let (w, h) = (cfg.width, cfg.height);
+    let f = 0.5 * w as f32 / (0.5 * cfg.fov_degrees.to_radians()).tan();
+    let (cx, cy) = (0.5 * w as f32 - 0.5, 0.5 * h as f32 - 0.5);
+    // Part pose: a small random misalignment; then the world seen from a camera above the part, looking at it.
+    let [rot_deg, shift] = cfg.misalignment;
+    let jitter = [0, 1, 2].map(|a| rotation_about(a, rot_deg.to_radians() * rng.gen_range(-1.0f32..=1.0)));
+    let part_rotation = compose(&jitter[0], &compose(&jitter[1], &jitter[2]));
+    let part_shift = [0, 1, 2].map(|_| shift * rng.gen_range(-1.0f32..=1.0));
+    // Camera looks down at the elevation angle: world z up becomes the camera's −y, depth along +z.
+    let view = rotation_about(0, -(90.0 + cfg.elevation_degrees).to_radians());
+    let to_camera = |p: Point| {
+        let q = rotate(&part_rotation, p);
+        let q = [q[0] + part_shift[0], q[1] + part_shift[1], q[2] + part_shift[2]];
+        let v = rotate(&view, q);
+        [v[0], v[1], v[2] + cfg.distance]
+    };
+    let mut depth = vec![f32::INFINITY; w * h];
+    let mut face = vec![u32::MAX; w * h];
+    let triangles: Vec<[Point; 3]> = mesh.triangles.iter().map(|t| t.map(to_camera)).collect();
+    for (k, t) in triangles.iter().enumerate() {
+        if t.iter().any(|v| v[2] <= 1.0) {
+            continue;
+        }
+        let proj = t.map(|v| [f * v[0] / v[2] + cx, f * v[1] / v[2] + cy, v[2]]);
+        let (x0, x1) = (proj.iter().map(|p| p[0]).fold(f32::INFINITY, f32::min), proj.iter().map(|p| p[0]).fold(f32::NEG_INFINITY, f32::max));
+        let (y0, y1) = (proj.iter().map(|p| p[1]).fold(f32::INFINITY, f32::min), proj.iter().map(|p| p[1]).fold(f32::NEG_INFINITY, f32::max));
+        let area = (proj[1][0] - proj[0][0]) * (proj[2][1] - proj[0][1]) - (proj[2][0] - proj[0][0]) * (proj[1][1] - proj[0][1]);
+        if area.abs() < 1e-12 {
+            continue;
+        }
+        for py in (y0.ceil().max(0.0) as usize)..=(y1.floor().min(h as f32 - 1.0).max(-1.0) as usize).min(h - 1) {
+            for px in (x0.ceil().max(0.0) as usize)..=(x1.floor().min(w as f32 - 1.0).max(-1.0) as usize).min(w - 1) {
+                let (fx, fy) = (px as f32, py as f32);
+                let e = |a: [f32; 3], b: [f32; 3]| (b[0] - a[0]) * (fy - a[1]) - (fx - a[0]) * (b[1] - a[1]);
+                let (w0, w1, w2) = (e(proj[1], proj[2]) / area, e(proj[2], proj[0]) / area, e(proj[0], proj[1]) / area);
+                if w0 < 0.0 || w1 < 0.0 || w2 < 0.0 {
+                    continue;
+                }
+                // Perspective-correct depth: interpolate 1/z.
+                let z = 1.0 / (w0 / proj[0][2] + w1 / proj[1][2] + w2 / proj[2][2]);
+                let i = py * w + px;
+                if z < depth[i] {
+                    depth[i] = z;
+                    face[i] = k as u32;
+                }
+            }
+        }
+    }
+    let specular: Vec<Point> = (0..cfg.specular_patches)
+        .filter_map(|_| triangles.get(rng.gen_range(0..triangles.len().max(1))).map(|t| t[0]))
+        .collect();
+    let occluded_rows = (cfg.occlusion.clamp(0.0, 1.0) * h as f32) as usize;
+    let occlusion_start = if occluded_rows > 0 { rng.gen_range(0..=h - occluded_rows) } else { h };
+    let cos_limit = cfg.grazing_limit_degrees.to_radians().cos();
+    let mut frame = Frame { width: w, height: h, points: vec![[f32::NAN; 3]; w * h], normals: vec![[0.0; 3]; w * h] };
+    for i in 0..w * h {
+        if face[i] == u32::MAX || (i / w >= occlusion_start && i / w < occlusion_start + occluded_rows) {
+            continue;
+        }
+        let t = &triangles[face[i] as usize];
+        let mut n = Mesh::normal(t);
+        let ray = [(i % w) as f32 - cx, (i / w) as f32 - cy, f].map(|v| v / f);
+        // Exact intersection of the pixel's ray with the triangle's plane.
+        let denom = dot(n, ray);
+        if denom.abs() < 1e-9 {
+            continue;
+        }
+        let s = dot(n, t[0]) / denom;
+        let p = ray.map(|v| v * s);
+        if denom > 0.0 {
+            n = n.map(|v| -v); // face the camera
+        }
+        let cos = -dot(n, ray) / dot(ray, ray).sqrt();
+        if cos < cos_limit || specular.iter().any(|c| squared_distance(*c, p) < cfg.specular_radius * cfg.specular_radius) {
+            continue;
+        }
+        let z_m = p[2] / 1000.0;
+        let sigma = cfg.noise_at_1m * z_m * z_m;
+        let step = cfg.quantisation_at_1m * z_m * z_m;
+        let mut z = p[2] + sigma * standard_normal(rng);
+        if step > 0.0 {
+            z = (z / step).round() * step;
+        }
+        let scale = z / p[2];
+        frame.points[i] = p.map(|v| v * scale);
+        frame.normals[i] = n;
+    }
+    frame
+}
+
+/// The pixels with a return, with their points.
+pub fn visible_points(frame: &Frame) -> impl Iterator<Item = (usize, Point)> + '_ {
+    frame.points.iter().copied().enumerate().filter(|(_, p)| p[0].is_finite())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn cube() -> Mesh {
+        let v = |x: f32, y: f32, z: f32| [x * 40.0, y * 40.0, z * 40.0];
+        let quads = [
+            [v(-1., -1., -1.), v(1., -1., -1.), v(1., 1., -1.), v(-1., 1., -1.)],
+            [v(-1., -1., 1.), v(-1., 1., 1.), v(1., 1., 1.), v(1., -1., 1.)],
+            [v(-1., -1., -1.), v(-1., -1., 1.), v(1., -1., 1.), v(1., -1., -1.)],
+            [v(-1., 1., -1.), v(1., 1., -1.), v(1., 1., 1.), v(-1., 1., 1.)],
+            [v(-1., -1., -1.), v(-1., 1., -1.), v(-1., 1., 1.), v(-1., -1., 1.)],
+            [v(1., -1., -1.), v(1., -1., 1.), v(1., 1., 1.), v(1., 1., -1.)],
+        ];
+        Mesh { triangles: quads.iter().flat_map(|q| [[q[0], q[1], q[2]], [q[0], q[2], q[3]]]).collect() }
+    }
+
+    #[test]
+    fn a_frame_sees_the_front_with_holes_and_noise() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let cfg = CameraConfig { occlusion: 0.0, specular_patches: 0, ..Default::default() };
+        let frame = capture(&cube(), &cfg, &mut rng);
+        let valid: Vec<Point> = visible_points(&frame).map(|(_, p)| p).collect();
+        assert!(valid.len() > 2000, "{}", valid.len());
+        assert!(valid.len() < frame.points.len(), "the background has no return");
+        // Every return lies on the cube's near side, roughly `distance` away.
+        assert!(valid.iter().all(|p| p[2] > 180.0 - 80.0 && p[2] < 180.0 + 80.0));
+        let occluded = capture(&cube(), &CameraConfig { occlusion: 0.5, ..cfg.clone() }, &mut rng);
+        assert!(visible_points(&occluded).count() < valid.len());
+    }
+}

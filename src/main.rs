@@ -423,24 +423,34 @@ fn evaluate(
             .collect::<Result<_>>()?
     };
     let device = device.resolve()?;
+    if let Some(dir) = report {
+        std::fs::create_dir_all(dir)?;
+    }
     let mut results = Vec::new();
+    let mut figures = String::new();
     let dirs = eval::dataset::class_dirs(data)?;
     for (k, dir) in dirs.iter().enumerate() {
         let class = eval::dataset::load_class(dir)?;
+        let mut evaluations = Vec::new();
         for method in &methods {
+            let progress = format!("{}/{}", k + 1, dirs.len());
             tracing::info!(
                 class = class.name,
                 method = method.name(),
-                progress = format!("{}/{}", k + 1, dirs.len()),
+                progress,
                 "evaluating"
             );
-            results.push(eval::evaluate_class(
+            evaluations.push(eval::evaluate_class(
                 &class,
                 method,
                 device,
                 &mut train::LogMonitor::default(),
             )?);
         }
+        if let Some(dir) = report {
+            figures.push_str(&eval::write_figures(dir, &class, &evaluations)?);
+        }
+        results.extend(evaluations.into_iter().map(|e| e.result));
     }
     let mut table = eval::markdown(&results);
     if ablations {
@@ -451,8 +461,10 @@ fn evaluate(
     }
     println!("{table}");
     if let Some(dir) = report {
-        std::fs::create_dir_all(dir)?;
-        std::fs::write(dir.join("report.md"), &table)?;
+        std::fs::write(
+            dir.join("report.md"),
+            format!("{table}\n### Figures\n\n{figures}"),
+        )?;
         std::fs::write(
             dir.join("report.json"),
             serde_json::to_string_pretty(&results)?,

@@ -128,7 +128,15 @@ fn ablation_mode_runs_every_switch() {
     std::fs::write(&bench_cfg, r#"{"train": 2, "test_good": 1, "test_defective": 2, "points": 5000, "seed": 4, "modes": ["full_scan"]}"#).unwrap();
     let root = dir.path().join("bench");
     let mesh = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/meshes/round.stl");
-    inspect3d(&["synth", "--meshes", &s(&mesh), "--out", &s(&root), "--config", &s(&bench_cfg)]);
+    inspect3d(&[
+        "synth",
+        "--meshes",
+        &s(&mesh),
+        "--out",
+        &s(&root),
+        "--config",
+        &s(&bench_cfg),
+    ]);
     let detector_cfg = dir.path().join("detector.json");
     std::fs::write(
         &detector_cfg,
@@ -137,8 +145,30 @@ fn ablation_mode_runs_every_switch() {
             "training": {"epochs": 3}, "scoring": {"holdout_fraction": 0.5}}"#,
     )
     .unwrap();
-    let table = inspect3d(&["eval", "--data", &s(&root), "--config", &s(&detector_cfg), "--ablations", "--device", "cpu"]);
-    for variant in ["Ours (full)", "−SCA", "−FA", "AFG (SimpleNet)", "Discriminator (SimpleNet)", "No global step", "Geometry only", "Feature only", "Random Point-MAE backbone"] {
-        assert!(table.contains(&format!("| {variant} |")), "{variant} missing:\n{table}");
+    let table = inspect3d(&[
+        "eval",
+        "--data",
+        &s(&root),
+        "--config",
+        &s(&detector_cfg),
+        "--ablations",
+        "--device",
+        "cpu",
+    ]);
+    for variant in [
+        "Ours (full)",
+        "−SCA",
+        "−FA",
+        "AFG (SimpleNet)",
+        "Discriminator (SimpleNet)",
+        "No global step",
+        "Geometry only",
+        "Feature only",
+        "Random Point-MAE backbone",
+    ] {
+        assert!(
+            table.contains(&format!("| {variant} |")),
+            "{variant} missing:\n{table}"
+        );
     }
 }

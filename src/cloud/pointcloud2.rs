@@ -110,7 +110,6 @@ impl PointCloud2Layout {
         let w = self.width as usize;
         (i / w) * self.row_step as usize + (i % w) * self.point_step as usize
     }
-
 }
 
 /// Decodes every field of a message into a [`PointCloud`] (little-endian, organised layout kept).

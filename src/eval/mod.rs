@@ -4,6 +4,7 @@
 pub mod baselines;
 pub mod dataset;
 pub mod metrics;
+pub mod plot;
 
 use std::time::Instant;
 
@@ -112,13 +113,19 @@ pub struct ClassResult {
 /// Scores every point of a cloud.
 type Scorer = dyn Fn(&[crate::geometry::Point]) -> Result<Vec<f32>>;
 
+/// One method on one class: the numbers, and every test point's score (for figures).
+pub struct ClassEvaluation {
+    pub result: ClassResult,
+    pub scores: Vec<Vec<f32>>,
+}
+
 /// Fits `method` on a class's training clouds and scores its test clouds.
 pub fn evaluate_class(
     class: &ClassData,
     method: &Method,
     device: Device,
     monitor: &mut dyn Monitor,
-) -> Result<ClassResult> {
+) -> Result<ClassEvaluation> {
     let scorer: Box<Scorer> = match method {
         Method::Ours(_, cfg) => {
             let clouds = class
@@ -159,7 +166,7 @@ pub fn evaluate_class(
         .iter()
         .flat_map(|c| c.labels.iter().copied())
         .collect();
-    Ok(ClassResult {
+    let result = ClassResult {
         method: method.name(),
         class: class.name.clone(),
         object_auroc: metrics::auroc(&cloud_scores, &cloud_labels),
@@ -168,7 +175,71 @@ pub fn evaluate_class(
         point_ap: metrics::average_precision(&pooled, &pooled_labels),
         clouds_per_second,
         test_clouds: class.test.len(),
+    };
+    Ok(ClassEvaluation {
+        result,
+        scores: all_scores,
     })
+}
+
+/// Writes a class's figures into `dir` (point-level ROC and PR curves of every method; the first two defective
+/// test clouds rendered per method next to their ground truth) and returns their Markdown.
+pub fn write_figures(
+    dir: &std::path::Path,
+    class: &ClassData,
+    evaluations: &[ClassEvaluation],
+) -> std::io::Result<String> {
+    let labels: Vec<bool> = class
+        .test
+        .iter()
+        .flat_map(|c| c.labels.iter().copied())
+        .collect();
+    let pooled = |e: &ClassEvaluation| {
+        let mut s: Vec<f32> = e.scores.concat();
+        metrics::min_max_normalise(&mut s);
+        s
+    };
+    let roc: Vec<_> = evaluations
+        .iter()
+        .map(|e| plot::roc_curve(&pooled(e), &labels))
+        .collect();
+    let pr: Vec<_> = evaluations
+        .iter()
+        .map(|e| plot::pr_curve(&pooled(e), &labels))
+        .collect();
+    let name = &class.name;
+    plot::curves(&roc, true).write_png(&dir.join(format!("roc_{name}.png")))?;
+    plot::curves(&pr, false).write_png(&dir.join(format!("pr_{name}.png")))?;
+    let legend: Vec<String> = evaluations
+        .iter()
+        .enumerate()
+        .map(|(k, e)| {
+            let [r, g, b] = plot::PALETTE[k % plot::PALETTE.len()];
+            format!("{} = rgb({r}, {g}, {b})", e.result.method)
+        })
+        .collect();
+    let mut md = format!(
+        "#### {name}\n\nPoint-level ROC (left) and PR (right); {}.\n\n![ROC {name}](roc_{name}.png) ![PR {name}](pr_{name}.png)\n\n",
+        legend.join(", ")
+    );
+    for (i, cloud) in class
+        .test
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.is_defective())
+        .take(2)
+    {
+        for (k, e) in evaluations.iter().enumerate() {
+            let file = format!("heat_{name}_{}_{k}.png", cloud.name);
+            plot::heatmap_render(&cloud.points, &e.scores[i], &cloud.labels)
+                .write_png(&dir.join(&file))?;
+            md.push_str(&format!(
+                "{} on {} (scores left, ground truth right):\n\n![{}]({file})\n\n",
+                e.result.method, cloud.name, cloud.name
+            ));
+        }
+    }
+    Ok(md)
 }
 
 fn cell(v: Option<f64>) -> String {

@@ -182,7 +182,12 @@ impl Mesh {
                 let (ka, kb) = (key(a), key(b));
                 let id = if ka < kb { (ka, kb) } else { (kb, ka) };
                 match first.get(&id) {
-                    Some(&other) if dot(Self::normal(t), Self::normal(&self.triangles[other])) < cos_limit => edges.push((a, b)),
+                    Some(&other)
+                        if dot(Self::normal(t), Self::normal(&self.triangles[other]))
+                            < cos_limit =>
+                    {
+                        edges.push((a, b))
+                    }
                     Some(_) => {}
                     None => {
                         first.insert(id, k);

@@ -98,8 +98,8 @@ enum Command {
     Eval {
         #[arg(long)]
         data: PathBuf,
-        /// Comma-separated: ours, btf-raw, btf-fpfh.
-        #[arg(long, default_value = "ours,btf-raw,btf-fpfh")]
+        /// Comma-separated: ours, btf-raw, btf-fpfh, patchcore (PatchCore(FPFH+Raw)).
+        #[arg(long, default_value = "ours,btf-raw,btf-fpfh,patchcore")]
         methods: String,
         /// Detector configuration for `ours` (JSON).
         #[arg(long)]
@@ -416,8 +416,12 @@ fn evaluate(
                     baselines::Baseline::BtfFpfh,
                     baseline.clone(),
                 )),
+                "patchcore" => Ok(Method::Baseline(
+                    baselines::Baseline::PatchCoreFpfhRaw,
+                    baseline.clone(),
+                )),
                 other => Err(anyhow::anyhow!(
-                    "unknown method '{other}' (ours, btf-raw, btf-fpfh)"
+                    "unknown method '{other}' (ours, btf-raw, btf-fpfh, patchcore)"
                 )),
             })
             .collect::<Result<_>>()?

@@ -1,6 +1,7 @@
 //! Baselines in the project, run on the same data as ours: BTF (Horwitz & Hoshen, "Back to the Feature") with
 //! raw coordinates or FPFH as per-point features, a memory bank of the training clouds' features, and each test
-//! point scored by its distance to the nearest bank entry (PatchCore-style scoring without coreset reweighting).
+//! point scored by its distance to the nearest bank entry; and PatchCore(FPFH+Raw): both features standardised
+//! and concatenated, the bank reduced to a greedy k-center coreset as PatchCore does.
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -17,6 +18,8 @@ pub enum Baseline {
     BtfRaw,
     /// BTF(FPFH): the point's FPFH.
     BtfFpfh,
+    /// PatchCore(FPFH+Raw): standardised FPFH and coordinates, coreset memory bank.
+    PatchCoreFpfhRaw,
 }
 
 impl Baseline {
@@ -24,6 +27,7 @@ impl Baseline {
         match self {
             Self::BtfRaw => "BTF(Raw)",
             Self::BtfFpfh => "BTF(FPFH)",
+            Self::PatchCoreFpfhRaw => "PatchCore(FPFH+Raw)",
         }
     }
 }
@@ -38,6 +42,8 @@ pub struct BaselineConfig {
     pub normal_neighbors: usize,
     /// Bank entries kept (a seeded random subset beyond that).
     pub bank_size: usize,
+    /// PatchCore's coreset size.
+    pub coreset_size: usize,
     pub seed: u64,
 }
 
@@ -48,9 +54,31 @@ impl Default for BaselineConfig {
             fpfh_radius_voxels: 5.0,
             normal_neighbors: 16,
             bank_size: 30_000,
+            coreset_size: 5_000,
             seed: 5,
         }
     }
+}
+
+/// Greedy k-center coreset (PatchCore): repeatedly keep the row farthest from those kept, starting from row 0.
+fn coreset(bank: &Tensor, size: usize) -> Tensor {
+    let n = bank.size()[0];
+    if n as usize <= size {
+        return bank.shallow_clone();
+    }
+    let mut chosen = vec![0i64];
+    let mut nearest = (bank - bank.get(0))
+        .square()
+        .sum_dim_intlist(1, false, Kind::Float);
+    for _ in 1..size {
+        let next = nearest.argmax(0, false).int64_value(&[]);
+        chosen.push(next);
+        let d = (bank - bank.get(next))
+            .square()
+            .sum_dim_intlist(1, false, Kind::Float);
+        nearest = nearest.minimum(&d);
+    }
+    bank.index_select(0, &Tensor::from_slice(&chosen))
 }
 
 /// Per-voxel-point features of a cloud, and the voxel grid to spread scores back.
@@ -65,7 +93,7 @@ fn features(
             let flat = grid.points.iter().flatten().copied().collect();
             Ok((grid, flat, 3))
         }
-        Baseline::BtfFpfh => {
+        Baseline::BtfFpfh | Baseline::PatchCoreFpfhRaw => {
             let index = NeighborIndex::new(&grid.points)?;
             let normals = geometry::estimate_normals(
                 &grid.points,
@@ -89,6 +117,9 @@ pub struct MemoryBank {
     kind: Baseline,
     cfg: BaselineConfig,
     bank: Tensor,
+    /// Per-dimension mean and standard deviation of the training features (PatchCore(FPFH+Raw) only), so that
+    /// histograms and coordinates weigh alike.
+    standardise: Option<(Tensor, Tensor)>,
     /// Raw coordinates are searched with a k-d tree; FPFH (33-D) by chunked distance matrices.
     raw_index: Option<NeighborIndex>,
 }
@@ -112,14 +143,22 @@ impl MemoryBank {
                     .map(|r| [r[0], r[1], r[2]])
                     .collect::<Vec<Point>>(),
             )?),
-            Baseline::BtfFpfh => None,
+            Baseline::BtfFpfh | Baseline::PatchCoreFpfhRaw => None,
         };
         let flat: Vec<f32> = rows.concat();
-        let bank = Tensor::from_slice(&flat).reshape([-1, dim as i64]);
+        let mut bank = Tensor::from_slice(&flat).reshape([-1, dim as i64]);
+        let mut standardise = None;
+        if kind == Baseline::PatchCoreFpfhRaw {
+            let mean = bank.mean_dim(0, true, Kind::Float);
+            let std = bank.std_dim(0, true, true).clamp_min(1e-6);
+            bank = coreset(&((&bank - &mean) / &std), cfg.coreset_size);
+            standardise = Some((mean, std));
+        }
         Ok(Self {
             kind,
             cfg: cfg.clone(),
             bank,
+            standardise,
             raw_index,
         })
     }
@@ -135,7 +174,10 @@ impl MemoryBank {
                 .collect();
             return Ok(grid.spread(&nearest));
         }
-        let queries = Tensor::from_slice(&f).reshape([-1, d as i64]);
+        let mut queries = Tensor::from_slice(&f).reshape([-1, d as i64]);
+        if let Some((mean, std)) = &self.standardise {
+            queries = (queries - mean) / std;
+        }
         let bank_sq = self.bank.square().sum_dim_intlist(1, false, Kind::Float);
         let mut nearest = Vec::with_capacity(grid.points.len());
         // 512 queries × 30k bank entries: a 60 MB distance block at a time.

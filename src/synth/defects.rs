@@ -213,7 +213,8 @@ mod tests {
     #[test]
     fn every_kind_changes_only_what_it_labels() {
         let (base, n) = plane();
-        let cases: Vec<(&str, Box<dyn Fn(&mut Vec<Point>) -> Vec<bool>>)> = vec![
+        type Apply<'a> = Box<dyn Fn(&mut Vec<Point>) -> Vec<bool> + 'a>;
+        let cases: Vec<(&str, Apply)> = vec![
             ("dent", Box::new(|p| dent(p, &n, [0.0; 3], 4.0, 1.0))),
             ("pit", Box::new(|p| pit(p, &n, [0.0; 3], 1.5, 2.0))),
             (

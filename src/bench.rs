@@ -37,21 +37,11 @@ pub struct Table {
 
 impl Table {
     fn new(title: impl Into<String>) -> Self {
-        Self {
-            title: title.into(),
-            stages: Vec::new(),
-            notes: Vec::new(),
-        }
+        Self { title: title.into(), stages: Vec::new(), notes: Vec::new() }
     }
 
     /// Runs `f` `repeats` times, records the stage, returns the last result.
-    fn stage<T>(
-        &mut self,
-        name: &str,
-        detail: String,
-        repeats: usize,
-        mut f: impl FnMut() -> T,
-    ) -> T {
+    fn stage<T>(&mut self, name: &str, detail: String, repeats: usize, mut f: impl FnMut() -> T) -> T {
         let mut samples = Vec::with_capacity(repeats);
         let mut last = None;
         for _ in 0..repeats.max(1) {
@@ -60,16 +50,8 @@ impl Table {
             samples.push(t.elapsed());
             last = Some(out);
         }
-        tracing::info!(
-            stage = name,
-            median_ms = ms(samples[samples.len() / 2]),
-            "bench"
-        );
-        self.stages.push(Stage {
-            name: name.into(),
-            detail,
-            samples,
-        });
+        tracing::info!(stage = name, median_ms = ms(samples[samples.len() / 2]), "bench");
+        self.stages.push(Stage { name: name.into(), detail, samples });
         last.expect("at least one run")
     }
 }
@@ -143,89 +125,45 @@ impl GeometryBench {
 pub fn geometry(input: &Path, cfg: &GeometryBench) -> Result<Table> {
     let r = cfg.repeats;
     let mut table = Table::new(format!("Geometry stages on {}", input.display()));
-    let cloud = table.stage("PCD read", "file → cloud".into(), r, || {
-        cloud::read_cloud(input)
-    });
+    let cloud = table.stage("PCD read", "file → cloud".into(), r, || cloud::read_cloud(input));
     let cloud = cloud.with_context(|| format!("reading {}", input.display()))?;
     let n_in = cloud.len();
-    let layout = table.stage(
-        "PointCloud2 encode",
-        format!("{}×{} points", cloud.width, cloud.height),
-        r,
-        || pointcloud2::encode(&cloud),
-    );
-    table.stage(
-        "PointCloud2 decode",
-        format!("{} bytes", layout.data.len()),
-        r,
-        || pointcloud2::decode(&layout),
-    )?;
-    let finite = table.stage("drop non-finite", format!("{n_in} points"), r, || {
-        cloud.finite_points()
-    })?;
-    let grid = table.stage(
-        "voxel grid",
-        format!("{} → ? points, {} m", finite.points.len(), cfg.voxel),
-        r,
-        || geometry::voxel_downsample(&finite.points, cfg.voxel),
-    )?;
+    let layout = table.stage("PointCloud2 encode", format!("{}×{} points", cloud.width, cloud.height), r, || {
+        pointcloud2::encode(&cloud)
+    });
+    table.stage("PointCloud2 decode", format!("{} bytes", layout.data.len()), r, || pointcloud2::decode(&layout))?;
+    let finite = table.stage("drop non-finite", format!("{n_in} points"), r, || cloud.finite_points())?;
+    let grid =
+        table.stage("voxel grid", format!("{} → ? points, {} m", finite.points.len(), cfg.voxel), r, || {
+            geometry::voxel_downsample(&finite.points, cfg.voxel)
+        })?;
     let points = &grid.points;
     if let Some(stage) = table.stages.last_mut() {
-        stage.detail = format!(
-            "{} → {} points, {} m",
-            finite.points.len(),
-            points.len(),
-            cfg.voxel
-        );
+        stage.detail = format!("{} → {} points, {} m", finite.points.len(), points.len(), cfg.voxel);
     }
-    let index = table.stage("k-d tree", format!("{} points", points.len()), r, || {
-        geometry::NeighborIndex::new(points)
-    })?;
+    let index =
+        table.stage("k-d tree", format!("{} points", points.len()), r, || geometry::NeighborIndex::new(points))?;
     let centres = table.stage("FPS", format!("{} centres", cfg.centres), r, || {
         geometry::farthest_point_sampling(points, cfg.centres, 0)
     });
     let centre_points: Vec<_> = centres.iter().map(|&i| points[i as usize]).collect();
-    table.stage(
-        "kNN grouping",
-        format!("{} × {}", centre_points.len(), cfg.group_size),
-        r,
-        || index.group(&centre_points, cfg.group_size),
-    );
-    let neighborhood = Neighborhood::Hybrid {
-        radius: cfg.normal_radius,
-        max_nn: cfg.normal_max_nn,
-    };
+    table.stage("kNN grouping", format!("{} × {}", centre_points.len(), cfg.group_size), r, || {
+        index.group(&centre_points, cfg.group_size)
+    });
+    let neighborhood = Neighborhood::Hybrid { radius: cfg.normal_radius, max_nn: cfg.normal_max_nn };
     let normals = table.stage(
         "normals (PCA)",
-        format!(
-            "{} points, r {:.3} m, ≤ {} nn",
-            points.len(),
-            cfg.normal_radius,
-            cfg.normal_max_nn
-        ),
+        format!("{} points, r {:.3} m, ≤ {} nn", points.len(), cfg.normal_radius, cfg.normal_max_nn),
         r,
-        || {
-            geometry::estimate_normals(
-                points,
-                &index,
-                neighborhood,
-                NormalOrientation::TowardsViewpoint([0.0; 3]),
-            )
-        },
+        || geometry::estimate_normals(points, &index, neighborhood, NormalOrientation::TowardsViewpoint([0.0; 3])),
     );
-    table.stage(
-        "FPFH at centres",
-        format!("{} centres, r {:.3} m", centres.len(), cfg.fpfh_radius),
-        r,
-        || geometry::fpfh_at(points, &normals, &index, cfg.fpfh_radius, &centres),
-    )?;
+    table.stage("FPFH at centres", format!("{} centres, r {:.3} m", centres.len(), cfg.fpfh_radius), r, || {
+        geometry::fpfh_at(points, &normals, &index, cfg.fpfh_radius, &centres)
+    })?;
     let scores: Vec<f32> = (0..points.len()).map(|i| (i % 97) as f32).collect();
-    table.stage(
-        "median filter",
-        format!("{} points, r {:.3} m", points.len(), cfg.median_radius),
-        r,
-        || geometry::median_filter(points, &scores, &index, cfg.median_radius),
-    )?;
+    table.stage("median filter", format!("{} points, r {:.3} m", points.len(), cfg.median_radius), r, || {
+        geometry::median_filter(points, &scores, &index, cfg.median_radius)
+    })?;
     table.notes.push(format!(
         "Peak memory (VmHWM): {:.0} MiB. Normals, FPFH and the median filter run on {} threads.",
         peak_memory_mib().unwrap_or(f64::NAN),
@@ -259,10 +197,7 @@ pub fn detector(input: DetectorInput, voxel: f32, repeats: usize) -> Result<Tabl
             let scan = crate::synth::sample::sample_surface(&part, points, 0.05, &mut rng);
             (
                 cloud::PointCloud::from_xyz(&scan.points),
-                format!(
-                    "a simulated {points}-point scan of {} (100 mm)",
-                    mesh.display()
-                ),
+                format!("a simulated {points}-point scan of {} (100 mm)", mesh.display()),
             )
         }
     };
@@ -272,48 +207,29 @@ pub fn detector(input: DetectorInput, voxel: f32, repeats: usize) -> Result<Tabl
     cfg.preprocess.normals_face = NormalSide::Outward;
     let det = Detector::new(cfg.clone(), device)?;
     let (n, k) = (cfg.patches.count, cfg.patches.size);
-    let mut table = Table::new(format!(
-        "Detector stages on {name} (n = {n}, k = {k}, voxel {voxel}, device {device:?})"
-    ));
+    let mut table =
+        Table::new(format!("Detector stages on {name} (n = {n}, k = {k}, voxel {voxel}, device {device:?})"));
     let patched = table.stage(
         "pre-processing",
-        format!(
-            "{} points → voxel, FPS, kNN, normals, FPFH",
-            finite.points.len()
-        ),
+        format!("{} points → voxel, FPS, kNN, normals, FPFH", finite.points.len()),
         r,
         || det.patch(&finite.points, None),
     )?;
-    let tokens = table.stage(
-        "backbone: FPFH tokens",
-        format!("{} patches → C = 256", patched.patch_count()),
-        r,
-        || det.backbone.tokens(&patched),
-    )?;
+    let tokens =
+        table.stage("backbone: FPFH tokens", format!("{} patches → C = 256", patched.patch_count()), r, || {
+            det.backbone.tokens(&patched)
+        })?;
     let mae_cfg = DetectorConfig {
-        backbone: BackboneConfig::RandomPointMae {
-            width: 384,
-            depth: 12,
-            heads: 6,
-            seed: 1,
-        },
+        backbone: BackboneConfig::RandomPointMae { width: 384, depth: 12, heads: 6, seed: 1 },
         ..cfg.clone()
     };
     let mae = Detector::new(mae_cfg, device)?;
-    let _ = table.stage(
-        "backbone: Point-MAE",
-        "C = 384, 12 blocks, 6 heads".into(),
-        r,
-        || mae.backbone.tokens(&patched),
-    )?;
+    let _ = table
+        .stage("backbone: Point-MAE", "C = 384, 12 blocks, 6 heads".into(), r, || mae.backbone.tokens(&patched))?;
     let centres = patched.centre_points();
     let refined = table.stage(
         "SCA",
-        format!(
-            "{} prototypes, {} Sinkhorn iterations",
-            (0.1 * n as f32).round(),
-            cfg.sca.sinkhorn_iterations
-        ),
+        format!("{} prototypes, {} Sinkhorn iterations", (0.1 * n as f32).round(), cfg.sca.sinkhorn_iterations),
         r,
         || sca::aggregate(&cfg.sca, &tokens, &centres, &patched.descriptors),
     );
@@ -323,55 +239,30 @@ pub fn detector(input: DetectorInput, voxel: f32, repeats: usize) -> Result<Tabl
         let _g = tch::no_grad_guard();
         det.heads.adaptor.forward(&x)
     });
-    let scores = table.stage(
-        "discriminator",
-        "attention (4 heads) + MLP head".into(),
-        r,
-        || det.heads.discriminator.scores(&adapted, &centre_t),
-    );
-    let scores: Vec<f32> = scores
-        .squeeze_dim(0)
-        .to_device(tch::Device::Cpu)
-        .try_into()?;
+    let scores = table.stage("discriminator", "attention (4 heads) + MLP head".into(), r, || {
+        det.heads.discriminator.scores(&adapted, &centre_t)
+    });
+    let scores: Vec<f32> = scores.squeeze_dim(0).to_device(tch::Device::Cpu).try_into()?;
     let radius = cfg.scoring.median_radius_voxels * voxel / patched.frame.scale;
     table.stage(
         "projection + median filter",
-        format!(
-            "{} voxel points → {} input points",
-            patched.points.len(),
-            finite.points.len()
-        ),
+        format!("{} voxel points → {} input points", patched.points.len(), finite.points.len()),
         r,
         || scoring::project_to_points(&patched, &scores, radius).map(|s| patched.grid.spread(&s)),
     )?;
-    table.stage(
-        "whole inspection",
-        "cloud → point scores + verdict".into(),
-        r,
-        || det.inspect(&cloud),
-    )?;
+    table.stage("whole inspection", "cloud → point scores + verdict".into(), r, || det.inspect(&cloud))?;
     // One optimiser step on a batch of 8 clouds' cached features.
     let batch = cfg.training.batch_size as i64;
     let xb = refined.unsqueeze(0).repeat([batch, 1, 1]);
     let cb = centre_t.repeat([batch, 1, 1]);
     let mut opt = tch::nn::OptimizerConfig::build(tch::nn::AdamW::default(), &det.heads.vs, 1e-4)?;
-    table.stage(
-        "training step",
-        format!("batch {batch}, forward + backward + AdamW"),
-        r,
-        || {
-            let q = det.heads.adaptor.forward(&xb);
-            let (corrupted, labels) = det.heads.generator.corrupt(&q);
-            let logits = det.heads.discriminator.forward_t(&corrupted, &cb, true);
-            let loss = logits.binary_cross_entropy_with_logits::<tch::Tensor>(
-                &labels,
-                None,
-                None,
-                tch::Reduction::Mean,
-            );
-            opt.backward_step_clip_norm(&loss, 1.0);
-        },
-    );
+    table.stage("training step", format!("batch {batch}, forward + backward + AdamW"), r, || {
+        let q = det.heads.adaptor.forward(&xb);
+        let (corrupted, labels) = det.heads.generator.corrupt(&q);
+        let logits = det.heads.discriminator.forward_t(&corrupted, &cb, true);
+        let loss = logits.binary_cross_entropy_with_logits::<tch::Tensor>(&labels, None, None, tch::Reduction::Mean);
+        opt.backward_step_clip_norm(&loss, 1.0);
+    });
     table.notes.push(format!(
         "Peak memory (VmHWM): {:.0} MiB. LibTorch threads: {}; geometry on {} rayon threads. The whole-inspection \
          row uses the FPFH token source (the default).",

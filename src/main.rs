@@ -13,11 +13,7 @@ use inspect3d::model::{DeviceChoice, store};
 use inspect3d::train;
 
 #[derive(Parser)]
-#[command(
-    name = "inspect3d",
-    version,
-    about = "Surface-defect detection on 3D point clouds"
-)]
+#[command(name = "inspect3d", version, about = "Surface-defect detection on 3D point clouds")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -178,93 +174,36 @@ const BUNDLED_PART: &str = "tests/data/meshes/featuretype.STL";
 fn main() -> Result<()> {
     inspect3d::init_logging();
     match Cli::parse().command {
-        Command::Convert {
-            input,
-            output,
-            encoding,
-        } => convert(&input, &output, encoding),
-        Command::Describe {
-            input,
-            voxel,
-            heatmap,
-        } => describe(&input, voxel, heatmap.as_deref()),
-        Command::Train {
-            data,
-            out,
-            config,
-            epochs,
-            voxel,
-            validation,
-            device,
-        } => train_model(
-            &data,
-            &out,
-            config.as_deref(),
-            epochs,
-            voxel,
-            validation.as_deref(),
-            device,
-        ),
-        Command::Infer {
-            model,
-            input,
-            out,
-            device,
-        } => infer(&model, &input, out.as_deref(), device),
-        Command::Synth {
-            meshes,
-            out,
-            config,
-            seed,
-        } => synth(meshes, &out, config.as_deref(), seed),
-        Command::Eval {
-            data,
-            methods,
-            config,
-            voxel,
-            report,
-            ablations,
-            device,
-        } => evaluate(
-            &data,
-            &methods,
-            config.as_deref(),
-            voxel,
-            report.as_deref(),
-            ablations,
-            device,
-        ),
+        Command::Convert { input, output, encoding } => convert(&input, &output, encoding),
+        Command::Describe { input, voxel, heatmap } => describe(&input, voxel, heatmap.as_deref()),
+        Command::Train { data, out, config, epochs, voxel, validation, device } => {
+            train_model(&data, &out, config.as_deref(), epochs, voxel, validation.as_deref(), device)
+        }
+        Command::Infer { model, input, out, device } => infer(&model, &input, out.as_deref(), device),
+        Command::Synth { meshes, out, config, seed } => synth(meshes, &out, config.as_deref(), seed),
+        Command::Eval { data, methods, config, voxel, report, ablations, device } => {
+            evaluate(&data, &methods, config.as_deref(), voxel, report.as_deref(), ablations, device)
+        }
         Command::Info { model } => {
             let manifest = store::read_manifest(&model)?;
             println!("{}", serde_json::to_string_pretty(&manifest)?);
             Ok(())
         }
-        Command::Bench {
-            suite,
-            input,
-            voxel,
-            repeats,
-        } => {
+        Command::Bench { suite, input, voxel, repeats } => {
             let bundled = |file: &str| Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
             let table = match suite {
                 Suite::Geometry => {
                     let input = input.unwrap_or_else(|| bundled(BUNDLED_FRAME));
                     inspect3d::bench::geometry(
                         &input,
-                        &inspect3d::bench::GeometryBench::for_voxel(
-                            voxel.unwrap_or(0.005),
-                            repeats,
-                        ),
+                        &inspect3d::bench::GeometryBench::for_voxel(voxel.unwrap_or(0.005), repeats),
                     )?
                 }
                 Suite::Detector => {
                     let mesh = bundled(BUNDLED_PART);
                     let source = match &input {
                         Some(path) => inspect3d::bench::DetectorInput::File(path),
-                        None => inspect3d::bench::DetectorInput::SimulatedPart {
-                            mesh: &mesh,
-                            points: 60_000,
-                        },
+                        None => inspect3d::bench::DetectorInput::SimulatedPart { mesh: &mesh, points: 60_000 },
                     };
                     inspect3d::bench::detector(source, voxel.unwrap_or(0.75), repeats)?
                 }
@@ -273,14 +212,9 @@ fn main() -> Result<()> {
             Ok(())
         }
         #[cfg(feature = "ros")]
-        Command::Publish {
-            input,
-            topic,
-            frame_id,
-            count,
-            rate,
-            wait_for_subscribers,
-        } => publish(&input, &topic, &frame_id, count, rate, wait_for_subscribers),
+        Command::Publish { input, topic, frame_id, count, rate, wait_for_subscribers } => {
+            publish(&input, &topic, &frame_id, count, rate, wait_for_subscribers)
+        }
     }
 }
 
@@ -306,13 +240,8 @@ fn train_model(
         Some(dir) => train::load_labelled_dir(dir)?,
         None => Vec::new(),
     };
-    let (detector, summary) = train::train(
-        cfg,
-        clouds,
-        &labelled,
-        device.resolve()?,
-        &mut train::LogMonitor::default(),
-    )?;
+    let (detector, summary) =
+        train::train(cfg, clouds, &labelled, device.resolve()?, &mut train::LogMonitor::default())?;
     let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("model");
     let manifest = store::save(&detector, out, name, summary)?;
     println!(
@@ -334,8 +263,7 @@ fn train_model(
 fn read_detector_config(path: Option<&Path>) -> Result<DetectorConfig> {
     match path {
         Some(path) => Ok(DetectorConfig::from_json(
-            &std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?,
+            &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
         )
         .with_context(|| format!("{}", path.display()))?),
         None => Ok(DetectorConfig::default()),
@@ -345,18 +273,16 @@ fn read_detector_config(path: Option<&Path>) -> Result<DetectorConfig> {
 fn synth(meshes: Vec<PathBuf>, out: &Path, config: Option<&Path>, seed: Option<u64>) -> Result<()> {
     use inspect3d::synth::benchmark::{BenchmarkConfig, generate};
     let mut cfg: BenchmarkConfig = match config {
-        Some(path) => serde_json::from_str(&std::fs::read_to_string(path)?)
-            .with_context(|| format!("{}", path.display()))?,
+        Some(path) => {
+            serde_json::from_str(&std::fs::read_to_string(path)?).with_context(|| format!("{}", path.display()))?
+        }
         None => BenchmarkConfig::default(),
     };
     if let Some(s) = seed {
         cfg.seed = s;
     }
-    let sources = if meshes.is_empty() {
-        vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/meshes")]
-    } else {
-        meshes
-    };
+    let sources =
+        if meshes.is_empty() { vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/meshes")] } else { meshes };
     let mut files = Vec::new();
     for source in sources {
         if source.is_dir() {
@@ -394,35 +320,18 @@ fn evaluate(
 ) -> Result<()> {
     use inspect3d::eval::{self, Method, baselines};
     let detector_config = read_detector_config(config)?;
-    let baseline = baselines::BaselineConfig {
-        voxel,
-        ..Default::default()
-    };
+    let baseline = baselines::BaselineConfig { voxel, ..Default::default() };
     let methods: Vec<Method> = if ablations {
         eval::ablations(&detector_config)
     } else {
         methods
             .split(',')
             .map(|m| match m.trim() {
-                "ours" => Ok(Method::Ours(
-                    "Ours".into(),
-                    Box::new(detector_config.clone()),
-                )),
-                "btf-raw" => Ok(Method::Baseline(
-                    baselines::Baseline::BtfRaw,
-                    baseline.clone(),
-                )),
-                "btf-fpfh" => Ok(Method::Baseline(
-                    baselines::Baseline::BtfFpfh,
-                    baseline.clone(),
-                )),
-                "patchcore" => Ok(Method::Baseline(
-                    baselines::Baseline::PatchCoreFpfhRaw,
-                    baseline.clone(),
-                )),
-                other => Err(anyhow::anyhow!(
-                    "unknown method '{other}' (ours, btf-raw, btf-fpfh, patchcore)"
-                )),
+                "ours" => Ok(Method::Ours("Ours".into(), Box::new(detector_config.clone()))),
+                "btf-raw" => Ok(Method::Baseline(baselines::Baseline::BtfRaw, baseline.clone())),
+                "btf-fpfh" => Ok(Method::Baseline(baselines::Baseline::BtfFpfh, baseline.clone())),
+                "patchcore" => Ok(Method::Baseline(baselines::Baseline::PatchCoreFpfhRaw, baseline.clone())),
+                other => Err(anyhow::anyhow!("unknown method '{other}' (ours, btf-raw, btf-fpfh, patchcore)")),
             })
             .collect::<Result<_>>()?
     };
@@ -438,18 +347,8 @@ fn evaluate(
         let mut evaluations = Vec::new();
         for method in &methods {
             let progress = format!("{}/{}", k + 1, dirs.len());
-            tracing::info!(
-                class = class.name,
-                method = method.name(),
-                progress,
-                "evaluating"
-            );
-            evaluations.push(eval::evaluate_class(
-                &class,
-                method,
-                device,
-                &mut train::LogMonitor::default(),
-            )?);
+            tracing::info!(class = class.name, method = method.name(), progress, "evaluating");
+            evaluations.push(eval::evaluate_class(&class, method, device, &mut train::LogMonitor::default())?);
         }
         if let Some(dir) = report {
             figures.push_str(&eval::write_figures(dir, &class, &evaluations)?);
@@ -458,21 +357,12 @@ fn evaluate(
     }
     let mut table = eval::markdown(&results);
     if ablations {
-        table = format!(
-            "#### Ablations (means over classes)\n\n{}\n{table}",
-            eval::ablation_table(&results)
-        );
+        table = format!("#### Ablations (means over classes)\n\n{}\n{table}", eval::ablation_table(&results));
     }
     println!("{table}");
     if let Some(dir) = report {
-        std::fs::write(
-            dir.join("report.md"),
-            format!("{table}\n### Figures\n\n{figures}"),
-        )?;
-        std::fs::write(
-            dir.join("report.json"),
-            serde_json::to_string_pretty(&results)?,
-        )?;
+        std::fs::write(dir.join("report.md"), format!("{table}\n### Figures\n\n{figures}"))?;
+        std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&results)?)?;
     }
     Ok(())
 }
@@ -481,9 +371,7 @@ fn infer(model: &Path, input: &Path, heatmap: Option<&Path>, device: DeviceChoic
     let (detector, manifest) = store::load(model, device.resolve()?)?;
     let cloud = cloud::read_cloud(input)?;
     let start = Instant::now();
-    let inspection = detector
-        .inspect(&cloud)
-        .with_context(|| format!("inspecting {}", input.display()))?;
+    let inspection = detector.inspect(&cloud).with_context(|| format!("inspecting {}", input.display()))?;
     let latency_ms = start.elapsed().as_secs_f64() * 1e3;
     if let Some(path) = heatmap {
         let points = cloud.positions()?;
@@ -528,10 +416,7 @@ fn convert(input: &Path, output: &Path, encoding: Encoding) -> Result<()> {
                 Encoding::Binary | Encoding::Compressed => ply::PlyEncoding::BinaryLittleEndian,
             },
         )?,
-        other => bail!(
-            "{}: unknown output extension '{other}' (pcd, ply)",
-            output.display()
-        ),
+        other => bail!("{}: unknown output extension '{other}' (pcd, ply)", output.display()),
     }
     tracing::info!(points = cloud.len(), output = %output.display(), "converted");
     Ok(())
@@ -540,18 +425,13 @@ fn convert(input: &Path, output: &Path, encoding: Encoding) -> Result<()> {
 fn describe(input: &Path, voxel: f32, heatmap: Option<&Path>) -> Result<()> {
     let start = Instant::now();
     let cloud = cloud::read_cloud(input)?;
-    let finite = cloud
-        .finite_points()
-        .with_context(|| format!("{}", input.display()))?;
+    let finite = cloud.finite_points().with_context(|| format!("{}", input.display()))?;
     let grid = geometry::voxel_downsample(&finite.points, voxel)?;
     let index = geometry::NeighborIndex::new(&grid.points)?;
     let surface = geometry::estimate_surface(
         &grid.points,
         &index,
-        Neighborhood::Hybrid {
-            radius: 4.0 * voxel,
-            max_nn: 30,
-        },
+        Neighborhood::Hybrid { radius: 4.0 * voxel, max_nn: 30 },
         NormalOrientation::TowardsViewpoint([0.0; 3]),
     );
     let (mut low, mut high) = ([f32::INFINITY; 3], [f32::NEG_INFINITY; 3]);
@@ -591,14 +471,7 @@ fn describe(input: &Path, voxel: f32, heatmap: Option<&Path>) -> Result<()> {
 }
 
 #[cfg(feature = "ros")]
-fn publish(
-    input: &Path,
-    topic: &str,
-    frame_id: &str,
-    count: u32,
-    rate: f64,
-    wait_for: usize,
-) -> Result<()> {
+fn publish(input: &Path, topic: &str, frame_id: &str, count: u32, rate: f64, wait_for: usize) -> Result<()> {
     use inspect3d::cloud::pointcloud2;
     use r2r::QosProfile;
 
@@ -607,20 +480,14 @@ fn publish(
     }
     let cloud = cloud::read_cloud(input)?;
     let layout = pointcloud2::encode(&cloud);
-    let ctx = r2r::Context::create()
-        .context("creating the ROS context (is the ROS environment sourced?)")?;
-    let mut node =
-        r2r::Node::create(ctx, "inspect3d_publisher", "").context("creating the node")?;
+    let ctx = r2r::Context::create().context("creating the ROS context (is the ROS environment sourced?)")?;
+    let mut node = r2r::Node::create(ctx, "inspect3d_publisher", "").context("creating the node")?;
     let publisher = node
         .create_publisher::<r2r::sensor_msgs::msg::PointCloud2>(topic, QosProfile::sensor_data())
         .with_context(|| format!("advertising {topic}"))?;
     let period = std::time::Duration::from_secs_f64(1.0 / rate);
     let deadline = Instant::now() + std::time::Duration::from_secs(30);
-    while publisher
-        .get_inter_process_subscription_count()
-        .unwrap_or(0)
-        < wait_for
-    {
+    while publisher.get_inter_process_subscription_count().unwrap_or(0) < wait_for {
         if Instant::now() > deadline {
             bail!("no {wait_for} subscriber(s) on {topic} within 30 s");
         }
@@ -628,18 +495,11 @@ fn publish(
     }
     let mut sent = 0u32;
     while count == 0 || sent < count {
-        let mut header = r2r::std_msgs::msg::Header {
-            frame_id: frame_id.into(),
-            ..Default::default()
-        };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let mut header = r2r::std_msgs::msg::Header { frame_id: frame_id.into(), ..Default::default() };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         header.stamp.sec = now.as_secs() as i32;
         header.stamp.nanosec = now.subsec_nanos();
-        publisher
-            .publish(&inspect3d::ros::msg_from_layout(header, layout.clone()))
-            .context("publishing")?;
+        publisher.publish(&inspect3d::ros::msg_from_layout(header, layout.clone())).context("publishing")?;
         sent += 1;
         node.spin_once(period);
     }

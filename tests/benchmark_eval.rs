@@ -7,15 +7,8 @@ use std::process::Command;
 use inspect3d::eval::dataset;
 
 fn inspect3d(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_inspect3d"))
-        .args(args)
-        .output()
-        .expect("run inspect3d");
-    assert!(
-        out.status.success(),
-        "inspect3d {args:?}:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(env!("CARGO_BIN_EXE_inspect3d")).args(args).output().expect("run inspect3d");
+    assert!(out.status.success(), "inspect3d {args:?}:\n{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -24,33 +17,17 @@ fn synth_writes_real3d_ad_layout_and_eval_compares_methods() {
     let dir = tempfile::tempdir().unwrap();
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let bench_cfg = dir.path().join("bench.json");
-    std::fs::write(
-        &bench_cfg,
-        r#"{"train": 3, "test_good": 2, "test_defective": 4, "points": 10000, "seed": 3}"#,
-    )
-    .unwrap();
+    std::fs::write(&bench_cfg, r#"{"train": 3, "test_good": 2, "test_defective": 4, "points": 10000, "seed": 3}"#)
+        .unwrap();
     let root = dir.path().join("bench");
     let mesh = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/meshes/angle_block.STL");
-    inspect3d(&[
-        "synth",
-        "--meshes",
-        &s(&mesh),
-        "--out",
-        &s(&root),
-        "--config",
-        &s(&bench_cfg),
-    ]);
+    inspect3d(&["synth", "--meshes", &s(&mesh), "--out", &s(&root), "--config", &s(&bench_cfg)]);
 
     let class = dataset::load_class(&root.join("angle_block")).unwrap();
     assert_eq!((class.train.len(), class.test.len()), (3, 6));
     let defective = class.test.iter().filter(|c| c.is_defective()).count();
     assert_eq!(defective, 4, "every defective scan has labelled points");
-    assert!(
-        class
-            .test
-            .iter()
-            .all(|c| c.points.len() == c.labels.len() && c.points.len() == 10_000)
-    );
+    assert!(class.test.iter().all(|c| c.points.len() == c.labels.len() && c.points.len() == 10_000));
 
     let detector_cfg = dir.path().join("detector.json");
     std::fs::write(
@@ -72,22 +49,14 @@ fn synth_writes_real3d_ad_layout_and_eval_compares_methods() {
         "--device",
         "cpu",
     ]);
-    assert!(
-        table.contains("| angle_block |")
-            && table.contains("BTF(FPFH)")
-            && table.contains("**mean**"),
-        "{table}"
-    );
+    assert!(table.contains("| angle_block |") && table.contains("BTF(FPFH)") && table.contains("**mean**"), "{table}");
     let results: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap()).unwrap();
     let results = results.as_array().unwrap();
     assert_eq!(results.len(), 6, "3 methods × 2 classes");
     for r in results {
         for key in ["object_auroc", "object_ap", "point_auroc", "point_ap"] {
-            let v = r[key]
-                .as_f64()
-                .unwrap_or_else(|| panic!("{key} missing in {r}"));
+            let v = r[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {r}"));
             assert!((0.0..=1.0).contains(&v), "{key} = {v}");
         }
     }
@@ -106,13 +75,7 @@ fn malformed_ground_truth_is_named() {
     let err = dataset::read_ground_truth(&gt).err().unwrap().to_string();
     assert!(err.contains("line 2") && err.contains("3 numbers"), "{err}");
     std::fs::write(&gt, "1 2 3 zero\n").unwrap();
-    assert!(
-        dataset::read_ground_truth(&gt)
-            .err()
-            .unwrap()
-            .to_string()
-            .contains("line 1")
-    );
+    assert!(dataset::read_ground_truth(&gt).err().unwrap().to_string().contains("line 1"));
     let (points, labels) = {
         std::fs::write(&gt, "1 2 3 0\n4 5 6 1\n").unwrap();
         dataset::read_ground_truth(&gt).unwrap()
@@ -125,18 +88,14 @@ fn ablation_mode_runs_every_switch() {
     let dir = tempfile::tempdir().unwrap();
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let bench_cfg = dir.path().join("bench.json");
-    std::fs::write(&bench_cfg, r#"{"train": 2, "test_good": 1, "test_defective": 2, "points": 5000, "seed": 4, "modes": ["full_scan"]}"#).unwrap();
+    std::fs::write(
+        &bench_cfg,
+        r#"{"train": 2, "test_good": 1, "test_defective": 2, "points": 5000, "seed": 4, "modes": ["full_scan"]}"#,
+    )
+    .unwrap();
     let root = dir.path().join("bench");
     let mesh = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/meshes/round.stl");
-    inspect3d(&[
-        "synth",
-        "--meshes",
-        &s(&mesh),
-        "--out",
-        &s(&root),
-        "--config",
-        &s(&bench_cfg),
-    ]);
+    inspect3d(&["synth", "--meshes", &s(&mesh), "--out", &s(&root), "--config", &s(&bench_cfg)]);
     let detector_cfg = dir.path().join("detector.json");
     std::fs::write(
         &detector_cfg,
@@ -145,16 +104,8 @@ fn ablation_mode_runs_every_switch() {
             "training": {"epochs": 3}, "scoring": {"holdout_fraction": 0.5}}"#,
     )
     .unwrap();
-    let table = inspect3d(&[
-        "eval",
-        "--data",
-        &s(&root),
-        "--config",
-        &s(&detector_cfg),
-        "--ablations",
-        "--device",
-        "cpu",
-    ]);
+    let table =
+        inspect3d(&["eval", "--data", &s(&root), "--config", &s(&detector_cfg), "--ablations", "--device", "cpu"]);
     for variant in [
         "Ours (full)",
         "−SCA",
@@ -166,9 +117,6 @@ fn ablation_mode_runs_every_switch() {
         "Feature only",
         "Random Point-MAE backbone",
     ] {
-        assert!(
-            table.contains(&format!("| {variant} |")),
-            "{variant} missing:\n{table}"
-        );
+        assert!(table.contains(&format!("| {variant} |")), "{variant} missing:\n{table}");
     }
 }

@@ -50,9 +50,7 @@ async fn first_message(topic: &str, sender: Child) -> PointCloud2 {
     let _sender = Running(sender);
     let ctx = r2r::Context::create().expect("ROS context (source .deps/env.sh)");
     let mut node = r2r::Node::create(ctx, &format!("dds_test_{}", std::process::id()), "").unwrap();
-    let mut sub = node
-        .subscribe::<PointCloud2>(topic, QosProfile::sensor_data())
-        .unwrap();
+    let mut sub = node.subscribe::<PointCloud2>(topic, QosProfile::sensor_data()).unwrap();
     let _spin = Spinning::start(node);
     tokio::time::timeout(Duration::from_secs(60), sub.next())
         .await
@@ -62,22 +60,12 @@ async fn first_message(topic: &str, sender: Child) -> PointCloud2 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_frame_published_by_another_process_decodes_unchanged() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/scans/frame_20121214T142255.814212.pcd");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/scans/frame_20121214T142255.814212.pcd");
     let topic = format!("/inspect3d_test_{}/points", std::process::id());
     let publisher = Command::new(env!("CARGO_BIN_EXE_inspect3d"))
         .args(["publish", "--input"])
         .arg(&path)
-        .args([
-            "--topic",
-            &topic,
-            "--frame-id",
-            "test_camera",
-            "--count",
-            "0",
-            "--rate",
-            "4",
-        ])
+        .args(["--topic", &topic, "--frame-id", "test_camera", "--count", "0", "--rate", "4"])
         .spawn()
         .expect("start inspect3d publish");
     let msg = first_message(&topic, publisher).await;
@@ -89,11 +77,7 @@ async fn a_real_frame_published_by_another_process_decodes_unchanged() {
     assert_eq!(received.fields().len(), expected.fields().len());
     for (a, b) in received.fields().iter().zip(expected.fields()) {
         assert_eq!(a.name, b.name);
-        assert!(
-            a.bytes() == b.bytes(),
-            "field {} changed on the way",
-            a.name
-        );
+        assert!(a.bytes() == b.bytes(), "field {} changed on the way", a.name);
     }
 }
 
@@ -101,11 +85,7 @@ async fn a_real_frame_published_by_another_process_decodes_unchanged() {
 async fn a_big_endian_padded_cloud_from_rclpy_decodes() {
     let topic = format!("/inspect3d_test_{}/foreign", std::process::id());
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/publish_cloud.py");
-    let peer = Command::new("python3")
-        .arg(script)
-        .arg(&topic)
-        .spawn()
-        .expect("start the rclpy peer");
+    let peer = Command::new("python3").arg(script).arg(&topic).spawn().expect("start the rclpy peer");
     let msg = first_message(&topic, peer).await;
     let (_, layout) = inspect3d::ros::layout_from_msg(msg);
     assert!(layout.is_bigendian && layout.row_step > layout.width * layout.point_step);

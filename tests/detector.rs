@@ -16,9 +16,7 @@ use rand::SeedableRng;
 const PART: &str = "tests/data/meshes/featuretype.STL";
 
 fn part() -> Mesh {
-    Mesh::read(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(PART))
-        .unwrap()
-        .normalised(100.0)
+    Mesh::read(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(PART)).unwrap().normalised(100.0)
 }
 
 /// A scan of the part (100 mm across): 12k surface points with 0.05 mm noise; optionally a 2 mm bulge of
@@ -57,12 +55,7 @@ fn small_config() -> DetectorConfig {
 }
 
 fn good_clouds(mesh: &Mesh) -> Vec<TrainingCloud> {
-    (0..6)
-        .map(|i| TrainingCloud {
-            name: format!("good{i}"),
-            points: scan(mesh, i, false).0,
-        })
-        .collect()
+    (0..6).map(|i| TrainingCloud { name: format!("good{i}"), points: scan(mesh, i, false).0 }).collect()
 }
 
 fn mean(v: impl Iterator<Item = f32>) -> f32 {
@@ -90,11 +83,7 @@ fn a_bulge_scores_higher_and_the_model_folder_round_trips() {
     let mesh = part();
     // A labelled scan (another sampling with the same bulge) sets the point threshold by best F1.
     let (vpoints, vmask) = scan(&mesh, 50, true);
-    let validation = [train::LabelledCloud {
-        name: "validation".into(),
-        points: vpoints,
-        labels: vmask,
-    }];
+    let validation = [train::LabelledCloud { name: "validation".into(), points: vpoints, labels: vmask }];
     let (detector, summary) = train::train(
         small_config(),
         good_clouds(&mesh),
@@ -103,16 +92,10 @@ fn a_bulge_scores_higher_and_the_model_folder_round_trips() {
         &mut train::LogMonitor::default(),
     )
     .unwrap();
-    assert!(
-        summary.final_loss.is_finite()
-            && summary.clouds_held_out == 2
-            && summary.clouds_trained == 4
-    );
+    assert!(summary.final_loss.is_finite() && summary.clouds_held_out == 2 && summary.clouds_trained == 4);
     let (points, mask) = scan(&mesh, 100, true);
     let defective = detector.inspect(&PointCloud::from_xyz(&points)).unwrap();
-    let clean = detector
-        .inspect(&PointCloud::from_xyz(&scan(&mesh, 101, false).0))
-        .unwrap();
+    let clean = detector.inspect(&PointCloud::from_xyz(&scan(&mesh, 101, false).0)).unwrap();
     let (inside, outside, enrichment) = localisation(&defective, &mask);
     println!(
         "defect mean {inside:.4}, elsewhere {outside:.4}, top-1% enrichment {enrichment:.1}×; cloud scores defective {:.4}, clean {:.4}; {:?}",
@@ -120,22 +103,14 @@ fn a_bulge_scores_higher_and_the_model_folder_round_trips() {
     );
     // Measured here: the defect's mean is ~1.7× the rest, but the very highest scores sit on the part's sharp
     // edges (enrichment ~0): localisation is weak with FPFH tokens; docs/detector.md has the numbers.
-    assert!(
-        inside > 1.3 * outside,
-        "defect {inside} vs elsewhere {outside}"
-    );
+    assert!(inside > 1.3 * outside, "defect {inside} vs elsewhere {outside}");
     assert!(
         defective.cloud_score > clean.cloud_score,
         "defective {} vs clean {}",
         defective.cloud_score,
         clean.cloud_score
     );
-    assert!(
-        defective
-            .point_scores
-            .iter()
-            .all(|s| (0.0..=1.0).contains(s))
-    );
+    assert!(defective.point_scores.iter().all(|s| (0.0..=1.0).contains(s)));
 
     // The model folder: save, load, same scores bit for bit.
     let dir = tempfile::tempdir().unwrap();
@@ -149,18 +124,12 @@ fn a_bulge_scores_higher_and_the_model_folder_round_trips() {
     assert_eq!(again.thresholds, defective.thresholds);
     // Saving over an existing model replaces it whole; no staging folders are left behind.
     store::save(&loaded, &path, "featuretype", Default::default()).unwrap();
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
 
     // Tampering and damage are named.
     let check = |what: &str, expect: &str| {
-        let err = store::load(&path, tch::Device::Cpu)
-            .err()
-            .unwrap_or_else(|| panic!("{what} loaded"))
-            .to_string();
+        let err = store::load(&path, tch::Device::Cpu).err().unwrap_or_else(|| panic!("{what} loaded")).to_string();
         assert!(err.contains(expect), "{what}: {err}");
     };
     let heads = path.join("heads.safetensors");
@@ -173,47 +142,24 @@ fn a_bulge_scores_higher_and_the_model_folder_round_trips() {
     std::fs::write(&heads, &original).unwrap();
     let manifest_path = path.join("manifest.json");
     let text = std::fs::read_to_string(&manifest_path).unwrap();
-    std::fs::write(
-        &manifest_path,
-        text.replace("\"format_version\": 1", "\"format_version\": 99"),
-    )
-    .unwrap();
+    std::fs::write(&manifest_path, text.replace("\"format_version\": 1", "\"format_version\": 99")).unwrap();
     check("future format", "format version 99");
-    std::fs::write(
-        &manifest_path,
-        text.replace("\"kind\": \"fpfh\"", "\"kind\": \"pointnet9\""),
-    )
-    .unwrap();
+    std::fs::write(&manifest_path, text.replace("\"kind\": \"fpfh\"", "\"kind\": \"pointnet9\"")).unwrap();
     check("unknown backbone", "pointnet9");
     std::fs::remove_file(&manifest_path).unwrap();
     check("no manifest", "manifest.json");
 }
 
 fn run(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_inspect3d"))
-        .args(args)
-        .output()
-        .expect("run inspect3d");
-    assert!(
-        out.status.success(),
-        "inspect3d {args:?}:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(env!("CARGO_BIN_EXE_inspect3d")).args(args).output().expect("run inspect3d");
+    assert!(out.status.success(), "inspect3d {args:?}:\n{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "inspect3d {args:?} printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
+        panic!("inspect3d {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
     })
 }
 
 fn write_pcd(path: &Path, points: &[Point]) {
-    pcd::write(
-        path,
-        &PointCloud::from_xyz(points),
-        pcd::PcdEncoding::BinaryCompressed,
-    )
-    .unwrap();
+    pcd::write(path, &PointCloud::from_xyz(points), pcd::PcdEncoding::BinaryCompressed).unwrap();
 }
 
 #[test]
@@ -235,17 +181,9 @@ fn the_cli_trains_infers_and_describes() {
     let (vpoints, vmask) = scan(&mesh, 50, true);
     let mut labelled = PointCloud::from_xyz(&vpoints);
     labelled
-        .set_field(inspect3d::cloud::Field::from_u8(
-            "label",
-            &vmask.iter().map(|&m| u8::from(m)).collect::<Vec<_>>(),
-        ))
+        .set_field(inspect3d::cloud::Field::from_u8("label", &vmask.iter().map(|&m| u8::from(m)).collect::<Vec<_>>()))
         .unwrap();
-    pcd::write(
-        &validation.join("bulge.pcd"),
-        &labelled,
-        pcd::PcdEncoding::Binary,
-    )
-    .unwrap();
+    pcd::write(&validation.join("bulge.pcd"), &labelled, pcd::PcdEncoding::Binary).unwrap();
     let trained = run(&[
         "train",
         "--data",
@@ -261,45 +199,20 @@ fn the_cli_trains_infers_and_describes() {
     ]);
     assert!(trained["cloud_threshold"].as_f64().unwrap().is_finite());
 
-    let (defective, clean) = (
-        dir.path().join("defective.pcd"),
-        dir.path().join("clean.pcd"),
-    );
+    let (defective, clean) = (dir.path().join("defective.pcd"), dir.path().join("clean.pcd"));
     write_pcd(&defective, &scan(&mesh, 100, true).0);
     write_pcd(&clean, &scan(&mesh, 101, false).0);
     let heatmap = dir.path().join("heat.ply");
-    let bad = run(&[
-        "infer",
-        "--model",
-        &s(&model),
-        "--input",
-        &s(&defective),
-        "--out",
-        &s(&heatmap),
-        "--device",
-        "cpu",
-    ]);
-    let good = run(&[
-        "infer",
-        "--model",
-        &s(&model),
-        "--input",
-        &s(&clean),
-        "--device",
-        "cpu",
-    ]);
+    let bad =
+        run(&["infer", "--model", &s(&model), "--input", &s(&defective), "--out", &s(&heatmap), "--device", "cpu"]);
+    let good = run(&["infer", "--model", &s(&model), "--input", &s(&clean), "--device", "cpu"]);
     for verdict in [&bad, &good] {
         assert!(
-            verdict["passed"].is_boolean()
-                && verdict["cloud_score"].is_number()
-                && verdict["latency_ms"].is_number()
+            verdict["passed"].is_boolean() && verdict["cloud_score"].is_number() && verdict["latency_ms"].is_number()
         );
         assert_eq!(verdict["model_id"], trained["model_id"]);
     }
-    assert!(
-        bad["cloud_score"].as_f64() > good["cloud_score"].as_f64(),
-        "defective {bad} vs clean {good}"
-    );
+    assert!(bad["cloud_score"].as_f64() > good["cloud_score"].as_f64(), "defective {bad} vs clean {good}");
     let heat = read_cloud(&heatmap).unwrap();
     assert_eq!(heat.len(), 12_000);
     assert!(heat.field("anomaly_score").is_some() && heat.field("red").is_some());
@@ -309,13 +222,7 @@ fn the_cli_trains_infers_and_describes() {
     assert_eq!(info["config"]["patches"]["count"], 256);
 
     let missing = Command::new(env!("CARGO_BIN_EXE_inspect3d"))
-        .args([
-            "infer",
-            "--model",
-            &s(&dir.path().join("nope")),
-            "--input",
-            &s(&clean),
-        ])
+        .args(["infer", "--model", &s(&dir.path().join("nope")), "--input", &s(&clean)])
         .output()
         .unwrap();
     assert!(!missing.status.success());

@@ -9,11 +9,7 @@ use inspect3d::cloud::read_cloud;
 use inspect3d::geometry::{self, Neighborhood, NormalOrientation};
 
 fn write_f32(path: &Path, rows: impl IntoIterator<Item = impl IntoIterator<Item = f32>>) {
-    let bytes: Vec<u8> = rows
-        .into_iter()
-        .flatten()
-        .flat_map(f32::to_le_bytes)
-        .collect();
+    let bytes: Vec<u8> = rows.into_iter().flatten().flat_map(f32::to_le_bytes).collect();
     std::fs::write(path, bytes).unwrap();
 }
 
@@ -21,8 +17,7 @@ fn write_f32(path: &Path, rows: impl IntoIterator<Item = impl IntoIterator<Item 
 fn normals_and_fpfh_match_open3d_on_a_real_scan() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     // A depth-camera frame: real noise, real edges. Voxelised as the detector would.
-    let cloud =
-        read_cloud(&root.join("tests/data/scans/frame_20121214T142256.068683.pcd")).unwrap();
+    let cloud = read_cloud(&root.join("tests/data/scans/frame_20121214T142256.068683.pcd")).unwrap();
     let finite = cloud.finite_points().unwrap();
     let voxel = 0.01;
     let grid = geometry::voxel_downsample(&finite.points, voxel).unwrap();
@@ -32,10 +27,7 @@ fn normals_and_fpfh_match_open3d_on_a_real_scan() {
     let normals = geometry::estimate_normals(
         &points,
         &index,
-        Neighborhood::Hybrid {
-            radius: normal_radius,
-            max_nn,
-        },
+        Neighborhood::Hybrid { radius: normal_radius, max_nn },
         NormalOrientation::TowardsViewpoint([0.0; 3]),
     );
     let all: Vec<u32> = (0..points.len() as u32).collect();
@@ -50,22 +42,11 @@ fn normals_and_fpfh_match_open3d_on_a_real_scan() {
     let out = Command::new("python3")
         .arg(root.join("tests/peers/open3d_reference.py"))
         .arg(dir.path())
-        .args([
-            normal_radius.to_string(),
-            max_nn.to_string(),
-            fpfh_radius.to_string(),
-        ])
+        .args([normal_radius.to_string(), max_nn.to_string(), fpfh_radius.to_string()])
         .output()
         .expect("python3 with open3d (run scripts/setup.sh and source .deps/env.sh)");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("{report}");
     assert!(out.status.success(), "Open3D disagrees:\n{report}");
-    assert!(
-        report.contains("points compared"),
-        "the reference script did not run its comparison:\n{report}"
-    );
+    assert!(report.contains("points compared"), "the reference script did not run its comparison:\n{report}");
 }

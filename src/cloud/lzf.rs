@@ -17,34 +17,23 @@ pub fn decompress(input: &[u8], expected_len: usize) -> Result<Vec<u8>> {
         ip += 1;
         if ctrl < 32 {
             let len = ctrl + 1;
-            let lit = input
-                .get(ip..ip + len)
-                .ok_or_else(|| err(format!("literal run past end of input at {ip}")))?;
+            let lit = input.get(ip..ip + len).ok_or_else(|| err(format!("literal run past end of input at {ip}")))?;
             out.extend_from_slice(lit);
             ip += len;
         } else {
             let mut len = ctrl >> 5;
             if len == 7 {
-                len += usize::from(
-                    *input
-                        .get(ip)
-                        .ok_or_else(|| err("truncated match length".into()))?,
-                );
+                len += usize::from(*input.get(ip).ok_or_else(|| err("truncated match length".into()))?);
                 ip += 1;
             }
             len += 2;
-            let low = usize::from(
-                *input
-                    .get(ip)
-                    .ok_or_else(|| err("truncated match offset".into()))?,
-            );
+            let low = usize::from(*input.get(ip).ok_or_else(|| err("truncated match offset".into()))?);
             ip += 1;
             let distance = ((ctrl & 0x1f) << 8) + low + 1;
-            let start = out.len().checked_sub(distance).ok_or_else(|| {
-                err(format!(
-                    "back-reference {distance} bytes before the start of the output"
-                ))
-            })?;
+            let start = out
+                .len()
+                .checked_sub(distance)
+                .ok_or_else(|| err(format!("back-reference {distance} bytes before the start of the output")))?;
             // Overlapping copies repeat a short pattern, so copy byte by byte.
             for k in 0..len {
                 let b = out[start + k];
@@ -52,16 +41,11 @@ pub fn decompress(input: &[u8], expected_len: usize) -> Result<Vec<u8>> {
             }
         }
         if out.len() > expected_len {
-            return Err(err(format!(
-                "output exceeds the declared {expected_len} bytes"
-            )));
+            return Err(err(format!("output exceeds the declared {expected_len} bytes")));
         }
     }
     if out.len() != expected_len {
-        return Err(err(format!(
-            "decompressed to {} bytes, the header declares {expected_len}",
-            out.len()
-        )));
+        return Err(err(format!("decompressed to {} bytes, the header declares {expected_len}", out.len())));
     }
     Ok(out)
 }
@@ -131,10 +115,7 @@ mod tests {
 
     #[test]
     fn corrupt_input_is_an_error() {
-        assert!(
-            decompress(&[0x20, 0x05], 10).is_err(),
-            "back-reference before start"
-        );
+        assert!(decompress(&[0x20, 0x05], 10).is_err(), "back-reference before start");
         assert!(decompress(&[0x05, 1, 2], 6).is_err(), "truncated literal");
         assert!(decompress(&[0x00, 1], 2).is_err(), "wrong declared size");
     }

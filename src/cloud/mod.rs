@@ -29,39 +29,20 @@ pub enum CloudError {
     UnknownDatatype { name: String, datatype: u8 },
     #[error("point cloud layout: {0}")]
     BadLayout(String),
-    #[error(
-        "data is {actual} bytes but the layout needs {expected} (row_step {row_step} x height {height})"
-    )]
-    DataTooShort {
-        actual: usize,
-        expected: usize,
-        row_step: usize,
-        height: usize,
-    },
+    #[error("data is {actual} bytes but the layout needs {expected} (row_step {row_step} x height {height})")]
+    DataTooShort { actual: usize, expected: usize, row_step: usize, height: usize },
     #[error("{format} header: {problem}")]
-    BadHeader {
-        format: &'static str,
-        problem: String,
-    },
+    BadHeader { format: &'static str, problem: String },
     #[error("{format} data: {problem}")]
-    BadData {
-        format: &'static str,
-        problem: String,
-    },
+    BadData { format: &'static str, problem: String },
     #[error("compressed data: {0}")]
     Compression(String),
     #[error("unsupported: {0}")]
     Unsupported(String),
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("{path}: {source}")]
-    InFile {
-        path: String,
-        source: Box<CloudError>,
-    },
+    InFile { path: String, source: Box<CloudError> },
 }
 
 impl CloudError {
@@ -69,10 +50,7 @@ impl CloudError {
     pub fn in_file(self, path: &Path) -> Self {
         match self {
             Self::Io { .. } | Self::InFile { .. } => self,
-            other => Self::InFile {
-                path: path.display().to_string(),
-                source: Box::new(other),
-            },
+            other => Self::InFile { path: path.display().to_string(), source: Box::new(other) },
         }
     }
 }
@@ -93,29 +71,16 @@ pub enum ScalarType {
 }
 
 impl ScalarType {
-    pub const ALL: [ScalarType; 8] = [
-        Self::I8,
-        Self::U8,
-        Self::I16,
-        Self::U16,
-        Self::I32,
-        Self::U32,
-        Self::F32,
-        Self::F64,
-    ];
+    pub const ALL: [ScalarType; 8] =
+        [Self::I8, Self::U8, Self::I16, Self::U16, Self::I32, Self::U32, Self::F32, Self::F64];
 
     /// From `sensor_msgs/PointField.datatype` (INT8 = 1 … FLOAT64 = 8).
     pub fn from_datatype(datatype: u8) -> Option<Self> {
-        Self::ALL
-            .get(usize::from(datatype).checked_sub(1)?)
-            .copied()
+        Self::ALL.get(usize::from(datatype).checked_sub(1)?).copied()
     }
 
     pub fn datatype(self) -> u8 {
-        Self::ALL
-            .iter()
-            .position(|&t| t == self)
-            .map_or(0, |i| i as u8 + 1)
+        Self::ALL.iter().position(|&t| t == self).map_or(0, |i| i as u8 + 1)
     }
 
     pub fn size(self) -> usize {
@@ -155,54 +120,28 @@ pub struct Field {
 
 impl Field {
     /// `data` holds `count` little-endian values per point.
-    pub fn from_le_bytes(
-        name: impl Into<String>,
-        scalar: ScalarType,
-        count: usize,
-        data: Vec<u8>,
-    ) -> Result<Self> {
+    pub fn from_le_bytes(name: impl Into<String>, scalar: ScalarType, count: usize, data: Vec<u8>) -> Result<Self> {
         let name = name.into();
         let stride = scalar.size() * count;
         if count == 0 {
-            return Err(CloudError::BadField {
-                name,
-                problem: "count is 0".into(),
-            });
+            return Err(CloudError::BadField { name, problem: "count is 0".into() });
         }
         if !data.len().is_multiple_of(stride) {
             return Err(CloudError::BadField {
                 name,
-                problem: format!(
-                    "{} bytes is not a whole number of {stride}-byte values",
-                    data.len()
-                ),
+                problem: format!("{} bytes is not a whole number of {stride}-byte values", data.len()),
             });
         }
-        Ok(Self {
-            name,
-            scalar,
-            count,
-            data,
-        })
+        Ok(Self { name, scalar, count, data })
     }
 
     pub fn from_f32(name: impl Into<String>, values: &[f32]) -> Self {
         let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Self {
-            name: name.into(),
-            scalar: ScalarType::F32,
-            count: 1,
-            data,
-        }
+        Self { name: name.into(), scalar: ScalarType::F32, count: 1, data }
     }
 
     pub fn from_u8(name: impl Into<String>, values: &[u8]) -> Self {
-        Self {
-            name: name.into(),
-            scalar: ScalarType::U8,
-            count: 1,
-            data: values.to_vec(),
-        }
+        Self { name: name.into(), scalar: ScalarType::U8, count: 1, data: values.to_vec() }
     }
 
     /// Bytes one point occupies.
@@ -247,9 +186,7 @@ pub struct PointCloud {
 impl PointCloud {
     /// Fields must all hold `width × height` points and have distinct names.
     pub fn new(width: usize, height: usize, fields: Vec<Field>) -> Result<Self> {
-        let n = width
-            .checked_mul(height)
-            .ok_or_else(|| CloudError::BadLayout("width × height overflows".into()))?;
+        let n = width.checked_mul(height).ok_or_else(|| CloudError::BadLayout("width × height overflows".into()))?;
         for (i, f) in fields.iter().enumerate() {
             if f.len() != n {
                 return Err(CloudError::BadField {
@@ -258,29 +195,16 @@ impl PointCloud {
                 });
             }
             if fields[..i].iter().any(|g| g.name == f.name) {
-                return Err(CloudError::BadField {
-                    name: f.name.clone(),
-                    problem: "appears twice".into(),
-                });
+                return Err(CloudError::BadField { name: f.name.clone(), problem: "appears twice".into() });
             }
         }
-        Ok(Self {
-            width,
-            height,
-            fields,
-        })
+        Ok(Self { width, height, fields })
     }
 
     /// An unorganised cloud with FLOAT32 x, y, z.
     pub fn from_xyz(points: &[[f32; 3]]) -> Self {
-        let axis = |a: usize, name: &str| {
-            Field::from_f32(name, &points.iter().map(|p| p[a]).collect::<Vec<_>>())
-        };
-        Self {
-            width: points.len(),
-            height: 1,
-            fields: vec![axis(0, "x"), axis(1, "y"), axis(2, "z")],
-        }
+        let axis = |a: usize, name: &str| Field::from_f32(name, &points.iter().map(|p| p[a]).collect::<Vec<_>>());
+        Self { width: points.len(), height: 1, fields: vec![axis(0, "x"), axis(1, "y"), axis(2, "z")] }
     }
 
     pub fn len(&self) -> usize {
@@ -327,22 +251,10 @@ impl PointCloud {
         }
         let fast = |f: &Field| f.scalar == ScalarType::F32 && f.count == 1;
         if fast(x) && fast(y) && fast(z) {
-            let f = |d: &[u8], i: usize| {
-                f32::from_le_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]])
-            };
-            return Ok((0..self.len())
-                .map(|i| [f(x.bytes(), i), f(y.bytes(), i), f(z.bytes(), i)])
-                .collect());
+            let f = |d: &[u8], i: usize| f32::from_le_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]]);
+            return Ok((0..self.len()).map(|i| [f(x.bytes(), i), f(y.bytes(), i), f(z.bytes(), i)]).collect());
         }
-        Ok((0..self.len())
-            .map(|i| {
-                [
-                    x.value(i, 0) as f32,
-                    y.value(i, 0) as f32,
-                    z.value(i, 0) as f32,
-                ]
-            })
-            .collect())
+        Ok((0..self.len()).map(|i| [x.value(i, 0) as f32, y.value(i, 0) as f32, z.value(i, 0) as f32]).collect())
     }
 
     /// The points with finite coordinates, and for each the index of the point it came from.
@@ -359,18 +271,12 @@ impl PointCloud {
         if points.is_empty() {
             return Err(CloudError::NoFinitePoints(all.len()));
         }
-        Ok(FinitePoints {
-            points,
-            source_index,
-            total: all.len(),
-        })
+        Ok(FinitePoints { points, source_index, total: all.len() })
     }
 
     /// True when every point has finite x, y, z (`is_dense` in PointCloud2 and PCL terms).
     pub fn is_dense(&self) -> bool {
-        self.positions()
-            .map(|p| p.iter().all(|q| q.iter().all(|c| c.is_finite())))
-            .unwrap_or(false)
+        self.positions().map(|p| p.iter().all(|q| q.iter().all(|c| c.is_finite()))).unwrap_or(false)
     }
 }
 
@@ -400,23 +306,16 @@ pub fn read_cloud(path: &Path) -> Result<PointCloud> {
     match extension(path).as_str() {
         "pcd" => pcd::read(path),
         "ply" => ply::read(path),
-        other => Err(CloudError::Unsupported(format!(
-            "{}: unknown cloud extension '{other}' (pcd, ply)",
-            path.display()
-        ))),
+        other => {
+            Err(CloudError::Unsupported(format!("{}: unknown cloud extension '{other}' (pcd, ply)", path.display())))
+        }
     }
 }
 
 pub fn extension(path: &Path) -> String {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase()
+    path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase()
 }
 
 pub(crate) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CloudError + '_ {
-    move |source| CloudError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    move |source| CloudError::Io { path: path.display().to_string(), source }
 }

@@ -39,17 +39,11 @@ struct Header {
 }
 
 fn header_error(problem: impl Into<String>) -> CloudError {
-    CloudError::BadHeader {
-        format: FORMAT,
-        problem: problem.into(),
-    }
+    CloudError::BadHeader { format: FORMAT, problem: problem.into() }
 }
 
 fn data_error(problem: impl Into<String>) -> CloudError {
-    CloudError::BadData {
-        format: FORMAT,
-        problem: problem.into(),
-    }
+    CloudError::BadData { format: FORMAT, problem: problem.into() }
 }
 
 fn scalar_from_pcd(kind: &str, size: &str) -> Result<ScalarType> {
@@ -96,29 +90,16 @@ fn parse_header(bytes: &[u8]) -> Result<(Header, &[u8])> {
         let key = words.next().unwrap_or_default().to_ascii_uppercase();
         let values: Vec<&str> = words.collect();
         let number = |what: &str| -> Result<usize> {
-            values
-                .first()
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| header_error(format!("bad {what} line '{line}'")))
+            values.first().and_then(|v| v.parse().ok()).ok_or_else(|| header_error(format!("bad {what} line '{line}'")))
         };
         match key.as_str() {
             "VERSION" | "VIEWPOINT" => {}
-            "FIELDS" | "COLUMNS" => {
-                names = Some(values.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            }
+            "FIELDS" | "COLUMNS" => names = Some(values.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
             "SIZE" => sizes = Some(values.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
-            "TYPE" => {
-                types = Some(
-                    values
-                        .iter()
-                        .map(|s| s.to_ascii_uppercase())
-                        .collect::<Vec<_>>(),
-                )
-            }
+            "TYPE" => types = Some(values.iter().map(|s| s.to_ascii_uppercase()).collect::<Vec<_>>()),
             "COUNT" => {
                 let parsed: Option<Vec<usize>> = values.iter().map(|v| v.parse().ok()).collect();
-                counts =
-                    Some(parsed.ok_or_else(|| header_error(format!("bad COUNT line '{line}'")))?);
+                counts = Some(parsed.ok_or_else(|| header_error(format!("bad COUNT line '{line}'")))?);
             }
             "WIDTH" => width = Some(number("WIDTH")?),
             "HEIGHT" => height = Some(number("HEIGHT")?),
@@ -134,10 +115,7 @@ fn parse_header(bytes: &[u8]) -> Result<(Header, &[u8])> {
                 let sizes = sizes.ok_or_else(|| header_error("no SIZE line"))?;
                 let types = types.ok_or_else(|| header_error("no TYPE line"))?;
                 let counts = counts.unwrap_or_else(|| vec![1; names.len()]);
-                if sizes.len() != names.len()
-                    || types.len() != names.len()
-                    || counts.len() != names.len()
-                {
+                if sizes.len() != names.len() || types.len() != names.len() || counts.len() != names.len() {
                     return Err(header_error(format!(
                         "{} FIELDS but {} SIZE, {} TYPE and {} COUNT entries",
                         names.len(),
@@ -147,17 +125,11 @@ fn parse_header(bytes: &[u8]) -> Result<(Header, &[u8])> {
                     )));
                 }
                 let mut columns = Vec::with_capacity(names.len());
-                for (((name, size), kind), count) in
-                    names.into_iter().zip(&sizes).zip(&types).zip(&counts)
-                {
+                for (((name, size), kind), count) in names.into_iter().zip(&sizes).zip(&types).zip(&counts) {
                     if *count == 0 {
                         return Err(header_error(format!("field '{name}' has COUNT 0")));
                     }
-                    columns.push(Column {
-                        scalar: scalar_from_pcd(kind, size)?,
-                        count: *count,
-                        name,
-                    });
+                    columns.push(Column { scalar: scalar_from_pcd(kind, size)?, count: *count, name });
                 }
                 let height = height.unwrap_or(1);
                 let width = match (width, points) {
@@ -165,25 +137,13 @@ fn parse_header(bytes: &[u8]) -> Result<(Header, &[u8])> {
                     (None, Some(p)) if height == 1 => p,
                     _ => return Err(header_error("no WIDTH line")),
                 };
-                let n = width
-                    .checked_mul(height)
-                    .ok_or_else(|| header_error("WIDTH × HEIGHT overflows"))?;
+                let n = width.checked_mul(height).ok_or_else(|| header_error("WIDTH × HEIGHT overflows"))?;
                 if let Some(p) = points
                     && p != n
                 {
-                    return Err(header_error(format!(
-                        "POINTS {p} differs from WIDTH {width} × HEIGHT {height}"
-                    )));
+                    return Err(header_error(format!("POINTS {p} differs from WIDTH {width} × HEIGHT {height}")));
                 }
-                return Ok((
-                    Header {
-                        columns,
-                        width,
-                        height,
-                        encoding,
-                    },
-                    &bytes[pos..],
-                ));
+                return Ok((Header { columns, width, height, encoding }, &bytes[pos..]));
             }
             _ => return Err(header_error(format!("unknown line '{line}'"))),
         }
@@ -211,26 +171,19 @@ pub fn decode(bytes: &[u8]) -> Result<PointCloud> {
         return Err(CloudError::Empty);
     }
     let record: usize = header.columns.iter().map(Column::stride).sum();
-    let mut buffers: Vec<Vec<u8>> = header
-        .columns
-        .iter()
-        .map(|c| Vec::with_capacity(n * c.stride()))
-        .collect();
+    let mut buffers: Vec<Vec<u8>> = header.columns.iter().map(|c| Vec::with_capacity(n * c.stride())).collect();
     match header.encoding {
         PcdEncoding::Ascii => {
-            let text =
-                std::str::from_utf8(body).map_err(|_| data_error("ascii data is not text"))?;
+            let text = std::str::from_utf8(body).map_err(|_| data_error("ascii data is not text"))?;
             let mut lines = text.lines().filter(|l| !l.trim().is_empty());
             for i in 0..n {
-                let line = lines.next().ok_or_else(|| {
-                    data_error(format!("{i} point lines, the header declares {n}"))
-                })?;
+                let line =
+                    lines.next().ok_or_else(|| data_error(format!("{i} point lines, the header declares {n}")))?;
                 let mut tokens = line.split_whitespace();
                 for (col, buf) in header.columns.iter().zip(&mut buffers) {
                     for _ in 0..col.count {
-                        let token = tokens.next().ok_or_else(|| {
-                            data_error(format!("line {} has too few values", i + 1))
-                        })?;
+                        let token =
+                            tokens.next().ok_or_else(|| data_error(format!("line {} has too few values", i + 1)))?;
                         parse_ascii_value(token, col.scalar, buf).ok_or_else(|| {
                             data_error(format!(
                                 "line {}: '{token}' is not a {:?} for '{}'",
@@ -246,10 +199,7 @@ pub fn decode(bytes: &[u8]) -> Result<PointCloud> {
         PcdEncoding::Binary => {
             let needed = n * record;
             if body.len() < needed {
-                return Err(data_error(format!(
-                    "{} bytes of binary data, {n} points need {needed}",
-                    body.len()
-                )));
+                return Err(data_error(format!("{} bytes of binary data, {n} points need {needed}", body.len())));
             }
             for point in body[..needed].chunks_exact(record) {
                 let mut at = 0;
@@ -261,23 +211,16 @@ pub fn decode(bytes: &[u8]) -> Result<PointCloud> {
         }
         PcdEncoding::BinaryCompressed => {
             let size = |at: usize| -> Result<usize> {
-                let b = body
-                    .get(at..at + 4)
-                    .ok_or_else(|| data_error("truncated compressed-size words"))?;
+                let b = body.get(at..at + 4).ok_or_else(|| data_error("truncated compressed-size words"))?;
                 Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
             };
             let (packed, unpacked) = (size(0)?, size(4)?);
             if unpacked != n * record {
-                return Err(data_error(format!(
-                    "uncompressed size {unpacked}, {n} points need {}",
-                    n * record
-                )));
+                return Err(data_error(format!("uncompressed size {unpacked}, {n} points need {}", n * record)));
             }
-            let payload = body.get(8..8 + packed).ok_or_else(|| {
-                data_error(format!(
-                    "compressed size {packed} runs past the end of the file"
-                ))
-            })?;
+            let payload = body
+                .get(8..8 + packed)
+                .ok_or_else(|| data_error(format!("compressed size {packed} runs past the end of the file")))?;
             let raw = lzf::decompress(payload, unpacked)?;
             // Field-major: all points' values of the first field, then the second, ...
             let mut at = 0;
@@ -365,10 +308,7 @@ pub fn encode(cloud: &PointCloud, encoding: PcdEncoding) -> Vec<u8> {
             }
         }
         PcdEncoding::BinaryCompressed => {
-            let raw: Vec<u8> = fields
-                .iter()
-                .flat_map(|f| f.bytes().iter().copied())
-                .collect();
+            let raw: Vec<u8> = fields.iter().flat_map(|f| f.bytes().iter().copied()).collect();
             let packed = lzf::compress(&raw);
             out.extend_from_slice(&(packed.len() as u32).to_le_bytes());
             out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
@@ -388,37 +328,19 @@ mod tests {
     use proptest::prelude::*;
 
     fn sample() -> PointCloud {
-        let xyz = [
-            [0.5f32, -1.25, 3.0],
-            [f32::NAN, f32::NAN, f32::NAN],
-            [1e-7, 2e9, -0.0],
-            [7.0, 8.0, 9.0],
-        ];
+        let xyz = [[0.5f32, -1.25, 3.0], [f32::NAN, f32::NAN, f32::NAN], [1e-7, 2e9, -0.0], [7.0, 8.0, 9.0]];
         let mut cloud = PointCloud::from_xyz(&xyz);
-        let rgba: Vec<u8> = [0xff00_80ffu32, 0, 1, u32::MAX]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        cloud
-            .set_field(Field::from_le_bytes("rgba", ScalarType::U32, 1, rgba).unwrap())
-            .unwrap();
-        let hist: Vec<u8> = (0..4 * 3)
-            .flat_map(|v| (v as i16 - 5).to_le_bytes())
-            .collect();
-        cloud
-            .set_field(Field::from_le_bytes("hist", ScalarType::I16, 3, hist).unwrap())
-            .unwrap();
+        let rgba: Vec<u8> = [0xff00_80ffu32, 0, 1, u32::MAX].iter().flat_map(|v| v.to_le_bytes()).collect();
+        cloud.set_field(Field::from_le_bytes("rgba", ScalarType::U32, 1, rgba).unwrap()).unwrap();
+        let hist: Vec<u8> = (0..4 * 3).flat_map(|v| (v as i16 - 5).to_le_bytes()).collect();
+        cloud.set_field(Field::from_le_bytes("hist", ScalarType::I16, 3, hist).unwrap()).unwrap();
         PointCloud::new(2, 2, cloud.fields().to_vec()).unwrap()
     }
 
     #[test]
     fn every_encoding_round_trips_bit_exact() {
         let cloud = sample();
-        for enc in [
-            PcdEncoding::Ascii,
-            PcdEncoding::Binary,
-            PcdEncoding::BinaryCompressed,
-        ] {
+        for enc in [PcdEncoding::Ascii, PcdEncoding::Binary, PcdEncoding::BinaryCompressed] {
             let back = decode(&encode(&cloud, enc)).unwrap();
             assert_eq!((back.width, back.height), (2, 2), "{enc:?}");
             for (a, b) in back.fields().iter().zip(cloud.fields()) {
@@ -430,7 +352,8 @@ mod tests {
 
     #[test]
     fn padding_fields_are_skipped() {
-        let text = "FIELDS x y z _\nSIZE 4 4 4 1\nTYPE F F F U\nCOUNT 1 1 1 4\nWIDTH 1\nPOINTS 1\nDATA ascii\n1 2 3 0 0 0 0\n";
+        let text =
+            "FIELDS x y z _\nSIZE 4 4 4 1\nTYPE F F F U\nCOUNT 1 1 1 4\nWIDTH 1\nPOINTS 1\nDATA ascii\n1 2 3 0 0 0 0\n";
         let cloud = decode(text.as_bytes()).unwrap();
         assert_eq!(cloud.fields().len(), 3);
         assert_eq!(cloud.positions().unwrap(), vec![[1.0, 2.0, 3.0]]);
@@ -439,38 +362,15 @@ mod tests {
     #[test]
     fn bad_files_name_the_problem() {
         let base = "FIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nWIDTH 2\nPOINTS 2\nDATA ascii\n1 2 3\n";
-        assert!(
-            decode(base.as_bytes())
-                .unwrap_err()
-                .to_string()
-                .contains("1 point lines")
-        );
+        assert!(decode(base.as_bytes()).unwrap_err().to_string().contains("1 point lines"));
         let mismatch = base.replace("POINTS 2", "POINTS 3");
-        assert!(
-            decode(mismatch.as_bytes())
-                .unwrap_err()
-                .to_string()
-                .contains("POINTS 3")
-        );
+        assert!(decode(mismatch.as_bytes()).unwrap_err().to_string().contains("POINTS 3"));
         let bad_type = base.replace("TYPE F F F", "TYPE F F Q");
-        assert!(
-            decode(bad_type.as_bytes())
-                .unwrap_err()
-                .to_string()
-                .contains("TYPE Q")
-        );
+        assert!(decode(bad_type.as_bytes()).unwrap_err().to_string().contains("TYPE Q"));
         let not_a_number = "FIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nWIDTH 1\nDATA ascii\n1 2 pear\n";
-        assert!(
-            decode(not_a_number.as_bytes())
-                .unwrap_err()
-                .to_string()
-                .contains("'pear'")
-        );
+        assert!(decode(not_a_number.as_bytes()).unwrap_err().to_string().contains("'pear'"));
         let short_binary = "FIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nWIDTH 10\nDATA binary\nabc";
-        assert!(matches!(
-            decode(short_binary.as_bytes()),
-            Err(CloudError::BadData { .. })
-        ));
+        assert!(matches!(decode(short_binary.as_bytes()), Err(CloudError::BadData { .. })));
         assert!(decode(b"FIELDS x\n").is_err());
     }
 

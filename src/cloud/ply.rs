@@ -28,17 +28,11 @@ struct Element {
 }
 
 fn header_error(problem: impl Into<String>) -> CloudError {
-    CloudError::BadHeader {
-        format: FORMAT,
-        problem: problem.into(),
-    }
+    CloudError::BadHeader { format: FORMAT, problem: problem.into() }
 }
 
 fn data_error(problem: impl Into<String>) -> CloudError {
-    CloudError::BadData {
-        format: FORMAT,
-        problem: problem.into(),
-    }
+    CloudError::BadData { format: FORMAT, problem: problem.into() }
 }
 
 fn scalar_from_ply(name: &str) -> Result<ScalarType> {
@@ -75,13 +69,8 @@ fn parse_header(bytes: &[u8]) -> Result<(PlyEncoding, Vec<Element>, &[u8])> {
     let mut first = true;
     loop {
         let rest = &bytes[pos..];
-        let end = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or_else(|| header_error("no end_header line"))?;
-        let line = std::str::from_utf8(&rest[..end])
-            .map_err(|_| header_error("is not text"))?
-            .trim();
+        let end = rest.iter().position(|&b| b == b'\n').ok_or_else(|| header_error("no end_header line"))?;
+        let line = std::str::from_utf8(&rest[..end]).map_err(|_| header_error("is not text"))?.trim();
         pos += end + 1;
         if first {
             if line != "ply" {
@@ -103,27 +92,19 @@ fn parse_header(bytes: &[u8]) -> Result<(PlyEncoding, Vec<Element>, &[u8])> {
             }
             ["element", name, count] => elements.push(Element {
                 name: name.to_string(),
-                count: count
-                    .parse()
-                    .map_err(|_| header_error(format!("bad element count in '{line}'")))?,
+                count: count.parse().map_err(|_| header_error(format!("bad element count in '{line}'")))?,
                 properties: Vec::new(),
             }),
             ["property", "list", count, item, _name] => elements
                 .last_mut()
                 .ok_or_else(|| header_error("property before any element"))?
                 .properties
-                .push(Property::List {
-                    count: scalar_from_ply(count)?,
-                    item: scalar_from_ply(item)?,
-                }),
+                .push(Property::List { count: scalar_from_ply(count)?, item: scalar_from_ply(item)? }),
             ["property", kind, name] => elements
                 .last_mut()
                 .ok_or_else(|| header_error("property before any element"))?
                 .properties
-                .push(Property::Scalar {
-                    name: name.to_string(),
-                    scalar: scalar_from_ply(kind)?,
-                }),
+                .push(Property::Scalar { name: name.to_string(), scalar: scalar_from_ply(kind)? }),
             ["end_header"] => {
                 let encoding = encoding.ok_or_else(|| header_error("no format line"))?;
                 return Ok((encoding, elements, &bytes[pos..]));
@@ -148,29 +129,17 @@ impl<'a> Reader<'a> {
         } else {
             ""
         };
-        Ok(Self {
-            body,
-            pos: 0,
-            encoding,
-            tokens: text.split_ascii_whitespace(),
-        })
+        Ok(Self { body, pos: 0, encoding, tokens: text.split_ascii_whitespace() })
     }
 
     /// One value, appended little-endian to `out`.
     fn read_into(&mut self, scalar: ScalarType, out: &mut Vec<u8>) -> Result<()> {
         if self.encoding == PlyEncoding::Ascii {
-            let token = self
-                .tokens
-                .next()
-                .ok_or_else(|| data_error("ascii data ends early"))?;
+            let token = self.tokens.next().ok_or_else(|| data_error("ascii data ends early"))?;
             let bad = || data_error(format!("'{token}' is not a {scalar:?}"));
             match scalar {
-                ScalarType::F32 => {
-                    out.extend(token.parse::<f32>().map_err(|_| bad())?.to_le_bytes())
-                }
-                ScalarType::F64 => {
-                    out.extend(token.parse::<f64>().map_err(|_| bad())?.to_le_bytes())
-                }
+                ScalarType::F32 => out.extend(token.parse::<f32>().map_err(|_| bad())?.to_le_bytes()),
+                ScalarType::F64 => out.extend(token.parse::<f64>().map_err(|_| bad())?.to_le_bytes()),
                 _ => {
                     let v: i64 = token.parse().map_err(|_| bad())?;
                     let le = v.to_le_bytes();
@@ -223,20 +192,13 @@ pub fn decode(bytes: &[u8]) -> Result<PointCloud> {
             for (k, property) in element.properties.iter().enumerate() {
                 match property {
                     Property::Scalar { scalar, .. } => {
-                        let out = if is_vertex {
-                            &mut buffers[k]
-                        } else {
-                            &mut scratch
-                        };
+                        let out = if is_vertex { &mut buffers[k] } else { &mut scratch };
                         reader.read_into(*scalar, out)?;
                     }
                     Property::List { count, item } => {
                         let len = reader.read_f64(*count)?;
                         if !(0.0..=1e6).contains(&len) {
-                            return Err(data_error(format!(
-                                "list length {len} in element '{}'",
-                                element.name
-                            )));
+                            return Err(data_error(format!("list length {len} in element '{}'", element.name)));
                         }
                         for _ in 0..len as usize {
                             reader.read_into(*item, &mut scratch)?;
@@ -255,9 +217,7 @@ pub fn decode(bytes: &[u8]) -> Result<PointCloud> {
                 .iter()
                 .zip(buffers)
                 .filter_map(|(p, data)| match p {
-                    Property::Scalar { name, scalar } => {
-                        Some(Field::from_le_bytes(name.clone(), *scalar, 1, data))
-                    }
+                    Property::Scalar { name, scalar } => Some(Field::from_le_bytes(name.clone(), *scalar, 1, data)),
                     Property::List { .. } => None,
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -280,17 +240,11 @@ pub fn encode(cloud: &PointCloud, encoding: PlyEncoding) -> Vec<u8> {
         PlyEncoding::BinaryLittleEndian => "binary_little_endian",
         PlyEncoding::BinaryBigEndian => "binary_big_endian",
     };
-    let mut header = format!(
-        "ply\nformat {format} 1.0\ncomment written by inspect3d\nelement vertex {}\n",
-        cloud.len()
-    );
+    let mut header =
+        format!("ply\nformat {format} 1.0\ncomment written by inspect3d\nelement vertex {}\n", cloud.len());
     for f in cloud.fields() {
         for e in 0..f.count {
-            let name = if f.count == 1 {
-                f.name.clone()
-            } else {
-                format!("{}_{e}", f.name)
-            };
+            let name = if f.count == 1 { f.name.clone() } else { format!("{}_{e}", f.name) };
             let _ = writeln!(header, "property {} {name}", scalar_to_ply(f.scalar));
         }
     }
@@ -333,19 +287,11 @@ pub fn write(path: &Path, cloud: &PointCloud, encoding: PlyEncoding) -> Result<(
 
 /// A blue → green → yellow → red ramp over `[low, high]`; non-finite scores are grey.
 pub fn heatmap_colours(scores: &[f32], low: f32, high: f32) -> [Vec<u8>; 3] {
-    const STOPS: [[f32; 3]; 5] = [
-        [0.19, 0.21, 0.58],
-        [0.13, 0.57, 0.55],
-        [0.36, 0.78, 0.38],
-        [0.99, 0.91, 0.15],
-        [0.85, 0.10, 0.10],
-    ];
+    const STOPS: [[f32; 3]; 5] =
+        [[0.19, 0.21, 0.58], [0.13, 0.57, 0.55], [0.36, 0.78, 0.38], [0.99, 0.91, 0.15], [0.85, 0.10, 0.10]];
     let span = (high - low).max(f32::EPSILON);
-    let mut rgb = [
-        Vec::with_capacity(scores.len()),
-        Vec::with_capacity(scores.len()),
-        Vec::with_capacity(scores.len()),
-    ];
+    let mut rgb =
+        [Vec::with_capacity(scores.len()), Vec::with_capacity(scores.len()), Vec::with_capacity(scores.len())];
     for &s in scores {
         let c = if s.is_finite() {
             let t = ((s - low) / span).clamp(0.0, 1.0) * (STOPS.len() - 1) as f32;
@@ -364,13 +310,7 @@ pub fn heatmap_colours(scores: &[f32], low: f32, high: f32) -> [Vec<u8>; 3] {
 
 /// The cloud's x, y, z, the score as a FLOAT32 property and its heatmap as red/green/blue: opens coloured in
 /// MeshLab, CloudCompare or Open3D.
-pub fn heatmap_cloud(
-    points: &[[f32; 3]],
-    score_name: &str,
-    scores: &[f32],
-    low: f32,
-    high: f32,
-) -> Result<PointCloud> {
+pub fn heatmap_cloud(points: &[[f32; 3]], score_name: &str, scores: &[f32], low: f32, high: f32) -> Result<PointCloud> {
     let mut cloud = PointCloud::from_xyz(points);
     cloud.set_field(Field::from_f32(score_name, scores))?;
     let [r, g, b] = heatmap_colours(scores, low, high);
@@ -389,11 +329,7 @@ mod tests {
     fn heatmap_round_trips_in_every_encoding() {
         let points = [[0.0f32, 1.0, 2.0], [3.5, -4.0, 5.25], [1e-3, 0.0, -7.0]];
         let cloud = heatmap_cloud(&points, "anomaly_score", &[0.0, 0.5, 1.0], 0.0, 1.0).unwrap();
-        for enc in [
-            PlyEncoding::Ascii,
-            PlyEncoding::BinaryLittleEndian,
-            PlyEncoding::BinaryBigEndian,
-        ] {
+        for enc in [PlyEncoding::Ascii, PlyEncoding::BinaryLittleEndian, PlyEncoding::BinaryBigEndian] {
             let back = decode(&encode(&cloud, enc)).unwrap();
             assert_eq!(back, cloud, "{enc:?}");
         }
@@ -424,10 +360,7 @@ mod tests {
                 .contains("quad")
         );
         assert!(decode(b"PLY\n").is_err());
-        assert!(
-            decode(b"ply\nformat ascii 1.0\nelement vertex 1\nproperty uchar x\nend_header\n300\n")
-                .is_err()
-        );
+        assert!(decode(b"ply\nformat ascii 1.0\nelement vertex 1\nproperty uchar x\nend_header\n300\n").is_err());
     }
 
     proptest! {

@@ -46,9 +46,7 @@ impl PointCloud2Layout {
             return Err(CloudError::BadLayout("point_step is 0".into()));
         }
         if self.fields.is_empty() {
-            return Err(CloudError::BadLayout(
-                "the message declares no fields".into(),
-            ));
+            return Err(CloudError::BadLayout("the message declares no fields".into()));
         }
         let min_row = width
             .checked_mul(point_step)
@@ -58,29 +56,16 @@ impl PointCloud2Layout {
                 "row_step {row_step} is less than width {width} × point_step {point_step}"
             )));
         }
-        let expected = row_step
-            .checked_mul(height)
-            .ok_or_else(|| CloudError::BadLayout("row_step × height overflows".into()))?;
+        let expected =
+            row_step.checked_mul(height).ok_or_else(|| CloudError::BadLayout("row_step × height overflows".into()))?;
         if self.data.len() < expected {
-            return Err(CloudError::DataTooShort {
-                actual: self.data.len(),
-                expected,
-                row_step,
-                height,
-            });
+            return Err(CloudError::DataTooShort { actual: self.data.len(), expected, row_step, height });
         }
         let mut slots = Vec::with_capacity(self.fields.len());
         for (i, f) in self.fields.iter().enumerate() {
-            let bad = |problem: String| CloudError::BadField {
-                name: f.name.clone(),
-                problem,
-            };
-            let scalar = ScalarType::from_datatype(f.datatype).ok_or_else(|| {
-                CloudError::UnknownDatatype {
-                    name: f.name.clone(),
-                    datatype: f.datatype,
-                }
-            })?;
+            let bad = |problem: String| CloudError::BadField { name: f.name.clone(), problem };
+            let scalar = ScalarType::from_datatype(f.datatype)
+                .ok_or_else(|| CloudError::UnknownDatatype { name: f.name.clone(), datatype: f.datatype })?;
             if f.count == 0 {
                 return Err(bad("count is 0".into()));
             }
@@ -96,11 +81,7 @@ impl PointCloud2Layout {
                     scalar.size()
                 )));
             }
-            slots.push(Slot {
-                scalar,
-                count: f.count as usize,
-                offset: f.offset as usize,
-            });
+            slots.push(Slot { scalar, count: f.count as usize, offset: f.offset as usize });
         }
         Ok(slots)
     }
@@ -132,12 +113,7 @@ pub fn decode(msg: &PointCloud2Layout) -> Result<PointCloud> {
                 out.extend_from_slice(src);
             }
         }
-        fields.push(Field::from_le_bytes(
-            f.name.clone(),
-            slot.scalar,
-            slot.count,
-            out,
-        )?);
+        fields.push(Field::from_le_bytes(f.name.clone(), slot.scalar, slot.count, out)?);
     }
     PointCloud::new(msg.width as usize, msg.height as usize, fields)
 }
@@ -177,10 +153,7 @@ pub fn encode(cloud: &PointCloud) -> PointCloud2Layout {
 /// The input message with extra FLOAT32 fields (e.g. `anomaly_score`): every original field keeps its offset,
 /// type and endianness, the new ones go after the old point record (4-byte aligned), rows lose their padding.
 /// A field of the same name that is already FLOAT32 × 1 is overwritten in place instead.
-pub fn with_f32_fields(
-    msg: &PointCloud2Layout,
-    extra: &[(&str, &[f32])],
-) -> Result<PointCloud2Layout> {
+pub fn with_f32_fields(msg: &PointCloud2Layout, extra: &[(&str, &[f32])]) -> Result<PointCloud2Layout> {
     msg.validate()?;
     let n = msg.width as usize * msg.height as usize;
     let mut fields = msg.fields.clone();
@@ -194,9 +167,7 @@ pub fn with_f32_fields(
             });
         }
         match fields.iter().find(|f| f.name == *name) {
-            Some(f) if f.datatype == ScalarType::F32.datatype() && f.count == 1 => {
-                targets.push(f.offset as usize)
-            }
+            Some(f) if f.datatype == ScalarType::F32.datatype() && f.count == 1 => targets.push(f.offset as usize),
             Some(_) => {
                 return Err(CloudError::BadField {
                     name: name.to_string(),
@@ -223,11 +194,7 @@ pub fn with_f32_fields(
         let dst = &mut data[i * point_step..(i + 1) * point_step];
         dst[..old_step].copy_from_slice(&msg.data[src..src + old_step]);
         for ((_, values), &offset) in extra.iter().zip(&targets) {
-            let bytes = if msg.is_bigendian {
-                values[i].to_be_bytes()
-            } else {
-                values[i].to_le_bytes()
-            };
+            let bytes = if msg.is_bigendian { values[i].to_be_bytes() } else { values[i].to_le_bytes() };
             dst[offset..offset + 4].copy_from_slice(&bytes);
         }
     }
@@ -249,12 +216,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn field(name: &str, offset: u32, datatype: u8, count: u32) -> PointFieldLayout {
-        PointFieldLayout {
-            name: name.into(),
-            offset,
-            datatype,
-            count,
-        }
+        PointFieldLayout { name: name.into(), offset, datatype, count }
     }
 
     /// A 2×2 organised, big-endian cloud with padding inside points and after rows, FLOAT64 x/y/z, an INT16
@@ -275,12 +237,7 @@ mod tests {
         PointCloud2Layout {
             height: 2,
             width: 2,
-            fields: vec![
-                field("x", 0, 8, 1),
-                field("y", 8, 8, 1),
-                field("z", 16, 8, 1),
-                field("pair", 24, 3, 2),
-            ],
+            fields: vec![field("x", 0, 8, 1), field("y", 8, 8, 1), field("z", 16, 8, 1), field("pair", 24, 3, 2)],
             is_bigendian: true,
             point_step: point_step as u32,
             row_step: row_step as u32,
@@ -334,14 +291,7 @@ mod tests {
         // Writing it again overwrites in place rather than adding a second field.
         let again = with_f32_fields(&out, &[("anomaly_score", &[1.0; 4])]).unwrap();
         assert_eq!(again.fields.len(), 5);
-        assert_eq!(
-            decode(&again)
-                .unwrap()
-                .field("anomaly_score")
-                .unwrap()
-                .value(0, 0),
-            1.0
-        );
+        assert_eq!(decode(&again).unwrap().field("anomaly_score").unwrap().value(0, 0), 1.0);
     }
 
     #[test]
@@ -349,33 +299,19 @@ mod tests {
         let good = awkward_message();
         let mut short = good.clone();
         short.data.truncate(10);
-        assert!(matches!(
-            decode(&short),
-            Err(CloudError::DataTooShort { .. })
-        ));
+        assert!(matches!(decode(&short), Err(CloudError::DataTooShort { .. })));
         let mut bad_type = good.clone();
         bad_type.fields[1].datatype = 9;
-        assert!(matches!(
-            decode(&bad_type),
-            Err(CloudError::UnknownDatatype { .. })
-        ));
+        assert!(matches!(decode(&bad_type), Err(CloudError::UnknownDatatype { .. })));
         let mut past_end = good.clone();
         past_end.fields[3].offset = 30;
-        assert!(
-            decode(&past_end)
-                .unwrap_err()
-                .to_string()
-                .contains("runs past point_step")
-        );
+        assert!(decode(&past_end).unwrap_err().to_string().contains("runs past point_step"));
         let mut empty = good.clone();
         empty.width = 0;
         assert!(matches!(decode(&empty), Err(CloudError::Empty)));
         let mut no_z = good.clone();
         no_z.fields.retain(|f| f.name != "z");
-        assert!(matches!(
-            decode(&no_z).unwrap().positions(),
-            Err(CloudError::MissingCoordinate("z"))
-        ));
+        assert!(matches!(decode(&no_z).unwrap().positions(), Err(CloudError::MissingCoordinate("z"))));
         let mut small_row = good;
         small_row.row_step = 10;
         assert!(matches!(decode(&small_row), Err(CloudError::BadLayout(_))));
@@ -384,10 +320,7 @@ mod tests {
     #[test]
     fn all_nan_cloud_is_an_error() {
         let cloud = PointCloud::from_xyz(&[[f32::NAN, 0.0, 0.0], [1.0, f32::INFINITY, 0.0]]);
-        assert!(matches!(
-            cloud.finite_points(),
-            Err(CloudError::NoFinitePoints(2))
-        ));
+        assert!(matches!(cloud.finite_points(), Err(CloudError::NoFinitePoints(2))));
     }
 
     proptest! {

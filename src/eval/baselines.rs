@@ -67,26 +67,18 @@ fn coreset(bank: &Tensor, size: usize) -> Tensor {
         return bank.shallow_clone();
     }
     let mut chosen = vec![0i64];
-    let mut nearest = (bank - bank.get(0))
-        .square()
-        .sum_dim_intlist(1, false, Kind::Float);
+    let mut nearest = (bank - bank.get(0)).square().sum_dim_intlist(1, false, Kind::Float);
     for _ in 1..size {
         let next = nearest.argmax(0, false).int64_value(&[]);
         chosen.push(next);
-        let d = (bank - bank.get(next))
-            .square()
-            .sum_dim_intlist(1, false, Kind::Float);
+        let d = (bank - bank.get(next)).square().sum_dim_intlist(1, false, Kind::Float);
         nearest = nearest.minimum(&d);
     }
     bank.index_select(0, &Tensor::from_slice(&chosen))
 }
 
 /// Per-voxel-point features of a cloud, and the voxel grid to spread scores back.
-fn features(
-    kind: Baseline,
-    cfg: &BaselineConfig,
-    points: &[Point],
-) -> Result<(geometry::VoxelGrid, Vec<f32>, usize)> {
+fn features(kind: Baseline, cfg: &BaselineConfig, points: &[Point]) -> Result<(geometry::VoxelGrid, Vec<f32>, usize)> {
     let grid = geometry::voxel_downsample(points, cfg.voxel)?;
     match kind {
         Baseline::BtfRaw => {
@@ -101,12 +93,7 @@ fn features(
                 Neighborhood::Knn(cfg.normal_neighbors),
                 NormalOrientation::AwayFromCentroid,
             );
-            let fpfh = geometry::fpfh(
-                &grid.points,
-                &normals,
-                &index,
-                cfg.fpfh_radius_voxels * cfg.voxel,
-            )?;
+            let fpfh = geometry::fpfh(&grid.points, &normals, &index, cfg.fpfh_radius_voxels * cfg.voxel)?;
             let flat = fpfh.iter().flatten().copied().collect();
             Ok((grid, flat, geometry::FPFH_BINS))
         }
@@ -137,12 +124,9 @@ impl MemoryBank {
         rows.shuffle(&mut rng);
         rows.truncate(cfg.bank_size);
         let raw_index = match kind {
-            Baseline::BtfRaw => Some(NeighborIndex::new(
-                &rows
-                    .iter()
-                    .map(|r| [r[0], r[1], r[2]])
-                    .collect::<Vec<Point>>(),
-            )?),
+            Baseline::BtfRaw => {
+                Some(NeighborIndex::new(&rows.iter().map(|r| [r[0], r[1], r[2]]).collect::<Vec<Point>>())?)
+            }
             Baseline::BtfFpfh | Baseline::PatchCoreFpfhRaw => None,
         };
         let flat: Vec<f32> = rows.concat();
@@ -154,24 +138,14 @@ impl MemoryBank {
             bank = coreset(&((&bank - &mean) / &std), cfg.coreset_size);
             standardise = Some((mean, std));
         }
-        Ok(Self {
-            kind,
-            cfg: cfg.clone(),
-            bank,
-            standardise,
-            raw_index,
-        })
+        Ok(Self { kind, cfg: cfg.clone(), bank, standardise, raw_index })
     }
 
     /// One score per input point: distance of its voxel's feature to the nearest bank feature.
     pub fn score(&self, points: &[Point]) -> Result<Vec<f32>> {
         let (grid, f, d) = features(self.kind, &self.cfg, points)?;
         if let Some(index) = &self.raw_index {
-            let nearest: Vec<f32> = grid
-                .points
-                .iter()
-                .map(|p| index.nearest(p).squared_distance.sqrt())
-                .collect();
+            let nearest: Vec<f32> = grid.points.iter().map(|p| index.nearest(p).squared_distance.sqrt()).collect();
             return Ok(grid.spread(&nearest));
         }
         let mut queries = Tensor::from_slice(&f).reshape([-1, d as i64]);
@@ -183,14 +157,8 @@ impl MemoryBank {
         // 512 queries × 30k bank entries: a 60 MB distance block at a time.
         for chunk in queries.split(512, 0) {
             let q_sq = chunk.square().sum_dim_intlist(1, true, Kind::Float);
-            let d2 =
-                (q_sq + &bank_sq - chunk.matmul(&self.bank.transpose(0, 1)) * 2.0).clamp_min(0.0);
-            let best: Vec<f32> = d2
-                .min_dim(1, false)
-                .0
-                .sqrt()
-                .to_device(Device::Cpu)
-                .try_into()?;
+            let d2 = (q_sq + &bank_sq - chunk.matmul(&self.bank.transpose(0, 1)) * 2.0).clamp_min(0.0);
+            let best: Vec<f32> = d2.min_dim(1, false).0.sqrt().to_device(Device::Cpu).try_into()?;
             nearest.extend(best);
         }
         Ok(grid.spread(&nearest))

@@ -29,10 +29,7 @@ pub struct ClassData {
 
 fn clouds_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| ModelError::Io {
-            path: dir.display().to_string(),
-            source: e,
-        })?
+        .map_err(|e| ModelError::Io { path: dir.display().to_string(), source: e })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| matches!(crate::cloud::extension(p).as_str(), "pcd" | "ply"))
         .collect();
@@ -42,21 +39,12 @@ fn clouds_in(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Reads `x y z label` rows.
 pub fn read_ground_truth(path: &Path) -> Result<(Vec<Point>, Vec<bool>)> {
-    let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io {
-        path: path.display().to_string(),
-        source: e,
-    })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ModelError::Io { path: path.display().to_string(), source: e })?;
     let (mut points, mut labels) = (Vec::new(), Vec::new());
-    for (n, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let v: Vec<f32> = line
-            .split_whitespace()
-            .map(str::parse)
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|_| {
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: Vec<f32> =
+            line.split_whitespace().map(str::parse).collect::<std::result::Result<_, _>>().map_err(|_| {
                 ModelError::Cloud(CloudError::BadData {
                     format: "ground truth",
                     problem: format!("{}: line {}: '{line}'", path.display(), n + 1),
@@ -65,12 +53,7 @@ pub fn read_ground_truth(path: &Path) -> Result<(Vec<Point>, Vec<bool>)> {
         if v.len() != 4 {
             return Err(ModelError::Cloud(CloudError::BadData {
                 format: "ground truth",
-                problem: format!(
-                    "{}: line {} has {} numbers, expected x y z label",
-                    path.display(),
-                    n + 1,
-                    v.len()
-                ),
+                problem: format!("{}: line {} has {} numbers, expected x y z label", path.display(), n + 1, v.len()),
             }));
         }
         points.push([v[0], v[1], v[2]]);
@@ -88,32 +71,17 @@ pub fn write_ground_truth(path: &Path, points: &[Point], labels: &[bool]) -> std
 }
 
 pub fn load_class(dir: &Path) -> Result<ClassData> {
-    let name = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("class")
-        .to_string();
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("class").to_string();
     let finite = |path: &Path| -> Result<Vec<Point>> {
-        Ok(read_cloud(path)?
-            .finite_points()
-            .map_err(|e| e.in_file(path))?
-            .points)
+        Ok(read_cloud(path)?.finite_points().map_err(|e| e.in_file(path))?.points)
     };
     let train = clouds_in(&dir.join("train"))?
         .iter()
-        .map(|p| {
-            Ok(TrainingCloud {
-                name: p.display().to_string(),
-                points: finite(p)?,
-            })
-        })
+        .map(|p| Ok(TrainingCloud { name: p.display().to_string(), points: finite(p)? }))
         .collect::<Result<Vec<_>>>()?;
     let mut test = Vec::new();
     for path in clouds_in(&dir.join("test"))? {
-        let stem = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default();
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
         let gt = dir.join("gt").join(format!("{stem}.txt"));
         let (points, labels) = if gt.is_file() {
             read_ground_truth(&gt)?
@@ -122,17 +90,10 @@ pub fn load_class(dir: &Path) -> Result<ClassData> {
             let labels = vec![false; points.len()];
             (points, labels)
         };
-        test.push(TestCloud {
-            name: stem.to_string(),
-            points,
-            labels,
-        });
+        test.push(TestCloud { name: stem.to_string(), points, labels });
     }
     if train.is_empty() || test.is_empty() {
-        return Err(ModelError::Training(format!(
-            "{}: needs clouds in both train/ and test/",
-            dir.display()
-        )));
+        return Err(ModelError::Training(format!("{}: needs clouds in both train/ and test/", dir.display())));
     }
     Ok(ClassData { name, train, test })
 }
@@ -140,10 +101,7 @@ pub fn load_class(dir: &Path) -> Result<ClassData> {
 /// The class folders (those with `train/` and `test/`) under a dataset root, sorted.
 pub fn class_dirs(root: &Path) -> Result<Vec<PathBuf>> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
-        .map_err(|e| ModelError::Io {
-            path: root.display().to_string(),
-            source: e,
-        })?
+        .map_err(|e| ModelError::Io { path: root.display().to_string(), source: e })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("train").is_dir() && p.join("test").is_dir())
         .collect();

@@ -62,9 +62,7 @@ pub fn min_max_normalise(scores: &mut [f32]) {
     let (lo, hi) = scores
         .iter()
         .filter(|s| s.is_finite())
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &s| {
-            (l.min(s), h.max(s))
-        });
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &s| (l.min(s), h.max(s)));
     let span = hi - lo;
     for s in scores.iter_mut() {
         *s = if span > 0.0 { (*s - lo) / span } else { 0.0 };
@@ -77,10 +75,7 @@ mod tests {
 
     #[test]
     fn textbook_cases() {
-        assert_eq!(
-            auroc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]),
-            Some(0.75)
-        );
+        assert_eq!(auroc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]), Some(0.75));
         assert_eq!(auroc(&[0.5, 0.5], &[false, true]), Some(0.5));
         assert_eq!(auroc(&[0.1, 0.2], &[true, true]), None);
         let ap = average_precision(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]).unwrap();

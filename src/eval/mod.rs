@@ -48,23 +48,14 @@ pub fn ablations(base: &DetectorConfig) -> Vec<Method> {
         Method::Ours("Ours (full)".into(), Box::new(base.clone())),
         variant("−SCA", &|c| c.sca.enabled = false),
         variant("−FA", &|c| c.adaptor.enabled = false),
-        variant("AFG (SimpleNet)", &|c| {
-            c.generator.kind = GeneratorKind::SimpleNet
-        }),
-        variant("Discriminator (SimpleNet)", &|c| {
-            c.discriminator.kind = DiscriminatorKind::Mlp
-        }),
+        variant("AFG (SimpleNet)", &|c| c.generator.kind = GeneratorKind::SimpleNet),
+        variant("Discriminator (SimpleNet)", &|c| c.discriminator.kind = DiscriminatorKind::Mlp),
         variant("No global step", &|c| c.sca.global_step = false),
         variant("With snapping (β = 0.5)", &|c| c.sca.snapping = 0.5),
         variant("Geometry only", &|c| c.sca.fusion = Fusion::GeometryOnly),
         variant("Feature only", &|c| c.sca.fusion = Fusion::FeatureOnly),
         variant("Random Point-MAE backbone", &|c| {
-            c.backbone = BackboneConfig::RandomPointMae {
-                width,
-                depth: 12,
-                heads: 4,
-                seed: 1,
-            }
+            c.backbone = BackboneConfig::RandomPointMae { width, depth: 12, heads: 4, seed: 1 }
         }),
     ]
 }
@@ -80,11 +71,8 @@ pub fn ablation_table(results: &[ClassResult]) -> String {
             continue;
         }
         seen.push(&r.method);
-        let of = |get: fn(&ClassResult) -> Option<f64>| {
-            cell(mean(
-                results.iter().filter(|x| x.method == r.method).map(get),
-            ))
-        };
+        let of =
+            |get: fn(&ClassResult) -> Option<f64>| cell(mean(results.iter().filter(|x| x.method == r.method).map(get)));
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} |\n",
             r.method,
@@ -131,10 +119,7 @@ pub fn evaluate_class(
             let clouds = class
                 .train
                 .iter()
-                .map(|c| train::TrainingCloud {
-                    name: c.name.clone(),
-                    points: c.points.clone(),
-                })
+                .map(|c| train::TrainingCloud { name: c.name.clone(), points: c.points.clone() })
                 .collect();
             let (detector, _) = train::train((**cfg).clone(), clouds, &[], device, monitor)?;
             Box::new(move |points| Ok(detector.score_points(points)?.0))
@@ -150,22 +135,12 @@ pub fn evaluate_class(
         all_scores.push(scorer(&cloud.points)?);
     }
     let clouds_per_second = class.test.len() as f64 / start.elapsed().as_secs_f64();
-    let cloud_scores: Vec<f32> = all_scores
-        .iter()
-        .map(|s| s.iter().copied().fold(f32::NEG_INFINITY, f32::max))
-        .collect();
-    let cloud_labels: Vec<bool> = class
-        .test
-        .iter()
-        .map(dataset::TestCloud::is_defective)
-        .collect();
+    let cloud_scores: Vec<f32> =
+        all_scores.iter().map(|s| s.iter().copied().fold(f32::NEG_INFINITY, f32::max)).collect();
+    let cloud_labels: Vec<bool> = class.test.iter().map(dataset::TestCloud::is_defective).collect();
     let mut pooled: Vec<f32> = all_scores.concat();
     metrics::min_max_normalise(&mut pooled);
-    let pooled_labels: Vec<bool> = class
-        .test
-        .iter()
-        .flat_map(|c| c.labels.iter().copied())
-        .collect();
+    let pooled_labels: Vec<bool> = class.test.iter().flat_map(|c| c.labels.iter().copied()).collect();
     let result = ClassResult {
         method: method.name(),
         class: class.name.clone(),
@@ -176,10 +151,7 @@ pub fn evaluate_class(
         clouds_per_second,
         test_clouds: class.test.len(),
     };
-    Ok(ClassEvaluation {
-        result,
-        scores: all_scores,
-    })
+    Ok(ClassEvaluation { result, scores: all_scores })
 }
 
 /// Writes a class's figures into `dir` (point-level ROC and PR curves of every method; the first two defective
@@ -189,24 +161,14 @@ pub fn write_figures(
     class: &ClassData,
     evaluations: &[ClassEvaluation],
 ) -> std::io::Result<String> {
-    let labels: Vec<bool> = class
-        .test
-        .iter()
-        .flat_map(|c| c.labels.iter().copied())
-        .collect();
+    let labels: Vec<bool> = class.test.iter().flat_map(|c| c.labels.iter().copied()).collect();
     let pooled = |e: &ClassEvaluation| {
         let mut s: Vec<f32> = e.scores.concat();
         metrics::min_max_normalise(&mut s);
         s
     };
-    let roc: Vec<_> = evaluations
-        .iter()
-        .map(|e| plot::roc_curve(&pooled(e), &labels))
-        .collect();
-    let pr: Vec<_> = evaluations
-        .iter()
-        .map(|e| plot::pr_curve(&pooled(e), &labels))
-        .collect();
+    let roc: Vec<_> = evaluations.iter().map(|e| plot::roc_curve(&pooled(e), &labels)).collect();
+    let pr: Vec<_> = evaluations.iter().map(|e| plot::pr_curve(&pooled(e), &labels)).collect();
     let name = &class.name;
     plot::curves(&roc, true).write_png(&dir.join(format!("roc_{name}.png")))?;
     plot::curves(&pr, false).write_png(&dir.join(format!("pr_{name}.png")))?;
@@ -222,17 +184,10 @@ pub fn write_figures(
         "#### {name}\n\nPoint-level ROC (left) and PR (right); {}.\n\n![ROC {name}](roc_{name}.png) ![PR {name}](pr_{name}.png)\n\n",
         legend.join(", ")
     );
-    for (i, cloud) in class
-        .test
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.is_defective())
-        .take(2)
-    {
+    for (i, cloud) in class.test.iter().enumerate().filter(|(_, c)| c.is_defective()).take(2) {
         for (k, e) in evaluations.iter().enumerate() {
             let file = format!("heat_{name}_{}_{k}.png", cloud.name);
-            plot::heatmap_render(&cloud.points, &e.scores[i], &cloud.labels)
-                .write_png(&dir.join(&file))?;
+            plot::heatmap_render(&cloud.points, &e.scores[i], &cloud.labels).write_png(&dir.join(&file))?;
             md.push_str(&format!(
                 "{} on {} (scores left, ground truth right):\n\n![{}]({file})\n\n",
                 e.result.method, cloud.name, cloud.name
@@ -280,10 +235,7 @@ pub fn markdown(results: &[ClassResult]) -> String {
             "---:|".repeat(methods.len())
         ));
         for c in &classes {
-            let row: Vec<String> = methods
-                .iter()
-                .map(|m| cell(find(m, c).and_then(get)))
-                .collect();
+            let row: Vec<String> = methods.iter().map(|m| cell(find(m, c).and_then(get))).collect();
             out.push_str(&format!("| {c} | {} |\n", row.join(" | ")));
         }
         let means: Vec<String> = methods

@@ -27,11 +27,7 @@ pub struct Canvas {
 
 impl Canvas {
     pub fn new(width: usize, height: usize, background: [u8; 3]) -> Self {
-        Self {
-            width,
-            height,
-            pixels: vec![background; width * height],
-        }
+        Self { width, height, pixels: vec![background; width * height] }
     }
 
     pub fn set(&mut self, x: i64, y: i64, c: [u8; 3]) {
@@ -45,10 +41,7 @@ impl Canvas {
         let steps = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
         for s in 0..=steps {
             let t = s as f32 / steps as f32;
-            let (x, y) = (
-                (x0 + t * (x1 - x0)).round() as i64,
-                (y0 + t * (y1 - y0)).round() as i64,
-            );
+            let (x, y) = ((x0 + t * (x1 - x0)).round() as i64, (y0 + t * (y1 - y0)).round() as i64);
             for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
                 self.set(x + dx, y + dy, c);
             }
@@ -76,11 +69,7 @@ impl Canvas {
         header.extend((self.height as u32).to_be_bytes());
         header.extend([8, 2, 0, 0, 0]); // 8-bit RGB
         chunk(&mut png, b"IHDR", &header);
-        chunk(
-            &mut png,
-            b"IDAT",
-            &miniz_oxide::deflate::compress_to_vec_zlib(&raw, 6),
-        );
+        chunk(&mut png, b"IDAT", &miniz_oxide::deflate::compress_to_vec_zlib(&raw, 6));
         chunk(&mut png, b"IEND", &[]);
         std::fs::write(path, png)
     }
@@ -88,26 +77,15 @@ impl Canvas {
 
 /// ROC curve points (false positive rate, true positive rate), thresholds at every distinct score.
 pub fn roc_curve(scores: &[f32], labels: &[bool]) -> Vec<(f32, f32)> {
-    curve(scores, labels, |tp, fp, p, n| {
-        (fp as f32 / n.max(1) as f32, tp as f32 / p.max(1) as f32)
-    })
+    curve(scores, labels, |tp, fp, p, n| (fp as f32 / n.max(1) as f32, tp as f32 / p.max(1) as f32))
 }
 
 /// Precision–recall curve points (recall, precision).
 pub fn pr_curve(scores: &[f32], labels: &[bool]) -> Vec<(f32, f32)> {
-    curve(scores, labels, |tp, fp, p, _| {
-        (
-            tp as f32 / p.max(1) as f32,
-            tp as f32 / (tp + fp).max(1) as f32,
-        )
-    })
+    curve(scores, labels, |tp, fp, p, _| (tp as f32 / p.max(1) as f32, tp as f32 / (tp + fp).max(1) as f32))
 }
 
-fn curve(
-    scores: &[f32],
-    labels: &[bool],
-    point: impl Fn(usize, usize, usize, usize) -> (f32, f32),
-) -> Vec<(f32, f32)> {
+fn curve(scores: &[f32], labels: &[bool], point: impl Fn(usize, usize, usize, usize) -> (f32, f32)) -> Vec<(f32, f32)> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_unstable_by(|&a, &b| scores[b].total_cmp(&scores[a]));
     let p = labels.iter().filter(|l| **l).count();
@@ -160,17 +138,11 @@ pub fn heatmap_render(points: &[Point], scores: &[f32], labels: &[bool]) -> Canv
     let n = points.len().max(1) as f64;
     let mean = points
         .iter()
-        .fold([0f64; 3], |a, p| {
-            [a[0] + p[0] as f64, a[1] + p[1] as f64, a[2] + p[2] as f64]
-        })
+        .fold([0f64; 3], |a, p| [a[0] + p[0] as f64, a[1] + p[1] as f64, a[2] + p[2] as f64])
         .map(|v| v / n);
     let mut cov = nalgebra::Matrix3::<f64>::zeros();
     for p in points {
-        let d = nalgebra::Vector3::new(
-            p[0] as f64 - mean[0],
-            p[1] as f64 - mean[1],
-            p[2] as f64 - mean[2],
-        );
+        let d = nalgebra::Vector3::new(p[0] as f64 - mean[0], p[1] as f64 - mean[1], p[2] as f64 - mean[2]);
         cov += d * d.transpose();
     }
     let eig = cov.symmetric_eigen();
@@ -179,41 +151,25 @@ pub fn heatmap_render(points: &[Point], scores: &[f32], labels: &[bool]) -> Canv
     let axis = |k: usize| eig.eigenvectors.column(axes[k]).into_owned();
     let (u, v, w) = (axis(0), axis(1), axis(2));
     let project = |p: &Point| {
-        let d = nalgebra::Vector3::new(
-            p[0] as f64 - mean[0],
-            p[1] as f64 - mean[1],
-            p[2] as f64 - mean[2],
-        );
+        let d = nalgebra::Vector3::new(p[0] as f64 - mean[0], p[1] as f64 - mean[1], p[2] as f64 - mean[2]);
         (d.dot(&u), d.dot(&v), d.dot(&w))
     };
     let projected: Vec<(f64, f64, f64)> = points.iter().map(project).collect();
-    let extent = projected
-        .iter()
-        .fold(1e-9f64, |m, (a, b, _)| m.max(a.abs()).max(b.abs()));
+    let extent = projected.iter().fold(1e-9f64, |m, (a, b, _)| m.max(a.abs()).max(b.abs()));
     let half = 240usize;
     let mut canvas = Canvas::new(4 * half, 2 * half, [255, 255, 255]);
     let mut depth = vec![f64::NEG_INFINITY; 4 * half * 2 * half];
     let (low, high) = scores
         .iter()
         .filter(|s| s.is_finite())
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &s| {
-            (l.min(s), h.max(s))
-        });
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &s| (l.min(s), h.max(s)));
     let [r, g, b] = heatmap_colours(scores, low, high);
     for (i, (a, bb, z)) in projected.iter().enumerate() {
         let x = (half as f64 + a / extent * (half as f64 - 8.0)) as i64;
         let y = (half as f64 - bb / extent * (half as f64 - 8.0)) as i64;
-        for (offset, colour) in [
-            (0i64, [r[i], g[i], b[i]]),
-            (
-                2 * half as i64,
-                if labels[i] {
-                    [220, 30, 30]
-                } else {
-                    [170, 170, 170]
-                },
-            ),
-        ] {
+        for (offset, colour) in
+            [(0i64, [r[i], g[i], b[i]]), (2 * half as i64, if labels[i] { [220, 30, 30] } else { [170, 170, 170] })]
+        {
             for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
                 let (px, py) = (x + offset + dx, y + dy);
                 if px >= 0 && py >= 0 && (px as usize) < 4 * half && (py as usize) < 2 * half {
@@ -249,8 +205,7 @@ mod tests {
         // The image data inflates to the right size (rows of 1 filter byte + RGB).
         let idat = bytes.windows(4).position(|w| w == b"IDAT").unwrap();
         let len = u32::from_be_bytes(bytes[idat - 4..idat].try_into().unwrap()) as usize;
-        let raw =
-            miniz_oxide::inflate::decompress_to_vec_zlib(&bytes[idat + 4..idat + 4 + len]).unwrap();
+        let raw = miniz_oxide::inflate::decompress_to_vec_zlib(&bytes[idat + 4..idat + 4 + len]).unwrap();
         assert_eq!(raw.len(), 480 * (480 * 3 + 1));
     }
 }

@@ -29,11 +29,7 @@ fn dot64(a: [f64; 3], b: [f64; 3]) -> f64 {
 }
 
 fn cross64(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [
-        a[1] * b[2] - a[2] * b[1],
-        a[2] * b[0] - a[0] * b[2],
-        a[0] * b[1] - a[1] * b[0],
-    ]
+    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
 }
 
 /// PCL's `computePairFeatures`: (θ, α, φ) of the pair, the source chosen so the frame is the same whichever point
@@ -86,9 +82,7 @@ fn spfh(points: &[Point], normals: &[Point], i: usize, neighbors: &[Neighbor]) -
         if j == i {
             continue;
         }
-        if let Some([theta, alpha, phi]) =
-            pair_features(points[i], normals[i], points[j], normals[j])
-        {
+        if let Some([theta, alpha, phi]) = pair_features(points[i], normals[i], points[j], normals[j]) {
             hist[bin(theta, -PI, PI)] += increment;
             hist[BINS_PER_ANGLE + bin(alpha, -1.0, 1.0)] += increment;
             hist[2 * BINS_PER_ANGLE + bin(phi, -1.0, 1.0)] += increment;
@@ -108,14 +102,7 @@ pub fn spfh_at(
     let radius = positive("FPFH radius", radius)?;
     Ok(queries
         .par_iter()
-        .map(|&q| {
-            spfh(
-                points,
-                normals,
-                q as usize,
-                &index.within(&points[q as usize], radius),
-            )
-        })
+        .map(|&q| spfh(points, normals, q as usize, &index.within(&points[q as usize], radius)))
         .collect())
 }
 
@@ -128,10 +115,8 @@ pub fn fpfh_at(
     queries: &[u32],
 ) -> Result<Vec<Fpfh>> {
     let radius = positive("FPFH radius", radius)?;
-    let neighborhoods: Vec<Vec<Neighbor>> = queries
-        .par_iter()
-        .map(|&q| index.within(&points[q as usize], radius))
-        .collect();
+    let neighborhoods: Vec<Vec<Neighbor>> =
+        queries.par_iter().map(|&q| index.within(&points[q as usize], radius)).collect();
     // Each neighbour's SPFH once, however many queries share it.
     let mut slot = vec![u32::MAX; points.len()];
     let mut needed = Vec::new();
@@ -170,12 +155,7 @@ pub fn fpfh_at(
 }
 
 /// FPFH of every point.
-pub fn fpfh(
-    points: &[Point],
-    normals: &[Point],
-    index: &NeighborIndex,
-    radius: f32,
-) -> Result<Vec<Fpfh>> {
+pub fn fpfh(points: &[Point], normals: &[Point], index: &NeighborIndex, radius: f32) -> Result<Vec<Fpfh>> {
     let all: Vec<u32> = (0..points.len() as u32).collect();
     fpfh_at(points, normals, index, radius, &all)
 }
@@ -188,10 +168,7 @@ mod tests {
     fn sphere(n: usize) -> Vec<Point> {
         (0..n)
             .map(|i| {
-                let (t, z) = (
-                    i as f32 * 2.399_963,
-                    1.0 - 2.0 * (i as f32 + 0.5) / n as f32,
-                );
+                let (t, z) = (i as f32 * 2.399_963, 1.0 - 2.0 * (i as f32 + 0.5) / n as f32);
                 let r = (1.0 - z * z).sqrt();
                 [r * t.cos(), r * t.sin(), z]
             })
@@ -202,12 +179,7 @@ mod tests {
     fn histograms_sum_to_100_and_subsets_agree() {
         let pts = sphere(1500);
         let index = NeighborIndex::new(&pts).unwrap();
-        let normals = estimate_normals(
-            &pts,
-            &index,
-            Neighborhood::Knn(12),
-            NormalOrientation::AwayFromCentroid,
-        );
+        let normals = estimate_normals(&pts, &index, Neighborhood::Knn(12), NormalOrientation::AwayFromCentroid);
         let all = fpfh(&pts, &normals, &index, 0.25).unwrap();
         for h in &all {
             for part in h.chunks(BINS_PER_ANGLE) {
@@ -217,22 +189,13 @@ mod tests {
         let some = fpfh_at(&pts, &normals, &index, 0.25, &[3, 700]).unwrap();
         assert_eq!(some, vec![all[3], all[700]]);
         // A sphere looks the same everywhere: descriptors of distant points are close.
-        let l1: f32 = all[100]
-            .iter()
-            .zip(&all[1200])
-            .map(|(a, b)| (a - b).abs())
-            .sum();
+        let l1: f32 = all[100].iter().zip(&all[1200]).map(|(a, b)| (a - b).abs()).sum();
         assert!(l1 < 60.0, "{l1}");
     }
 
     #[test]
     fn pair_features_are_symmetric_in_the_frame_choice() {
-        let (p1, n1, p2, n2) = (
-            [0.0, 0.0, 0.0],
-            [0.0, 0.0, 1.0],
-            [1.0, 0.0, 0.2],
-            [0.3, 0.0, 0.95],
-        );
+        let (p1, n1, p2, n2) = ([0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.2], [0.3, 0.0, 0.95]);
         let a = pair_features(p1, n1, p2, n2).unwrap();
         let b = pair_features(p2, n2, p1, n1).unwrap();
         for k in 0..3 {

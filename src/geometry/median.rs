@@ -6,33 +6,20 @@ use rayon::prelude::*;
 use super::neighbors::NeighborIndex;
 use super::{Point, Result, positive};
 
-pub fn median_filter(
-    points: &[Point],
-    values: &[f32],
-    index: &NeighborIndex,
-    radius: f32,
-) -> Result<Vec<f32>> {
+pub fn median_filter(points: &[Point], values: &[f32], index: &NeighborIndex, radius: f32) -> Result<Vec<f32>> {
     let radius = positive("median filter radius", radius)?;
     Ok(points
         .par_iter()
         .zip(values)
         .map(|(p, &own)| {
-            let mut window: Vec<f32> = index
-                .within(p, radius)
-                .iter()
-                .map(|n| values[n.index as usize])
-                .filter(|v| v.is_finite())
-                .collect();
+            let mut window: Vec<f32> =
+                index.within(p, radius).iter().map(|n| values[n.index as usize]).filter(|v| v.is_finite()).collect();
             if window.is_empty() {
                 return own;
             }
             window.sort_unstable_by(f32::total_cmp);
             let mid = window.len() / 2;
-            if window.len() % 2 == 1 {
-                window[mid]
-            } else {
-                0.5 * (window[mid - 1] + window[mid])
-            }
+            if window.len() % 2 == 1 { window[mid] } else { 0.5 * (window[mid - 1] + window[mid]) }
         })
         .collect())
 }

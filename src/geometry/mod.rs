@@ -41,10 +41,7 @@ pub(crate) fn positive(what: &'static str, value: f32) -> Result<f32> {
     if value.is_finite() && value > 0.0 {
         Ok(value)
     } else {
-        Err(GeometryError::BadParameter {
-            what,
-            value: value.into(),
-        })
+        Err(GeometryError::BadParameter { what, value: value.into() })
     }
 }
 

@@ -37,17 +37,10 @@ impl NeighborIndex {
             return Err(GeometryError::Empty);
         }
         if let Some(index) = points.iter().position(|p| !p.iter().all(|c| c.is_finite())) {
-            return Err(GeometryError::NonFinite {
-                index,
-                point: points[index],
-            });
+            return Err(GeometryError::NonFinite { index, point: points[index] });
         }
-        let tree = ImmutableKdTree::new_from_slice(points)
-            .map_err(|e| GeometryError::KdTree(format!("{e:?}")))?;
-        Ok(Self {
-            tree,
-            len: points.len(),
-        })
+        let tree = ImmutableKdTree::new_from_slice(points).map_err(|e| GeometryError::KdTree(format!("{e:?}")))?;
+        Ok(Self { tree, len: points.len() })
     }
 
     pub fn len(&self) -> usize {
@@ -68,10 +61,7 @@ impl NeighborIndex {
             .nearest_n::<SquaredEuclidean<f32>>(k)
             .execute()
             .into_iter()
-            .map(|r| Neighbor {
-                index: r.item,
-                squared_distance: r.distance,
-            })
+            .map(|r| Neighbor { index: r.item, squared_distance: r.distance })
             .collect()
     }
 
@@ -82,10 +72,7 @@ impl NeighborIndex {
             .within::<SquaredEuclidean<f32>>(radius * radius)
             .execute()
             .into_iter()
-            .map(|r| Neighbor {
-                index: r.item,
-                squared_distance: r.distance,
-            })
+            .map(|r| Neighbor { index: r.item, squared_distance: r.distance })
             .collect()
     }
 
@@ -103,24 +90,14 @@ impl NeighborIndex {
 
     /// The nearest point.
     pub fn nearest(&self, query: &Point) -> Neighbor {
-        let r = self
-            .tree
-            .query(query)
-            .nearest_one::<SquaredEuclidean<f32>>()
-            .execute();
-        Neighbor {
-            index: r.item,
-            squared_distance: r.distance,
-        }
+        let r = self.tree.query(query).nearest_one::<SquaredEuclidean<f32>>().execute();
+        Neighbor { index: r.item, squared_distance: r.distance }
     }
 
     /// Indices of the `k` nearest points of each centre, row after row (`centres.len() × min(k, len)`): the
     /// patch grouping of the backbone.
     pub fn group(&self, centres: &[Point], k: usize) -> Vec<u32> {
-        centres
-            .iter()
-            .flat_map(|c| self.knn(c, k).into_iter().map(|n| n.index))
-            .collect()
+        centres.iter().flat_map(|c| self.knn(c, k).into_iter().map(|n| n.index)).collect()
     }
 }
 
@@ -129,9 +106,7 @@ mod tests {
     use super::*;
 
     fn grid() -> Vec<Point> {
-        (0..1000)
-            .map(|i| [(i % 10) as f32, ((i / 10) % 10) as f32, (i / 100) as f32])
-            .collect()
+        (0..1000).map(|i| [(i % 10) as f32, ((i / 10) % 10) as f32, (i / 100) as f32]).collect()
     }
 
     #[test]
@@ -139,24 +114,14 @@ mod tests {
         let pts = grid();
         let index = NeighborIndex::new(&pts).unwrap();
         let q = [4.2, 5.1, 3.3];
-        let mut brute: Vec<(f32, u32)> = pts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (super::super::squared_distance(*p, q), i as u32))
-            .collect();
+        let mut brute: Vec<(f32, u32)> =
+            pts.iter().enumerate().map(|(i, p)| (super::super::squared_distance(*p, q), i as u32)).collect();
         brute.sort_by(|a, b| a.0.total_cmp(&b.0));
         let knn = index.knn(&q, 7);
-        assert_eq!(
-            knn.iter().map(|n| n.index).collect::<Vec<_>>(),
-            brute[..7].iter().map(|b| b.1).collect::<Vec<_>>()
-        );
+        assert_eq!(knn.iter().map(|n| n.index).collect::<Vec<_>>(), brute[..7].iter().map(|b| b.1).collect::<Vec<_>>());
         let within = index.within(&q, 1.5);
         assert_eq!(within.len(), brute.iter().filter(|b| b.0 <= 2.25).count());
-        assert!(
-            within
-                .windows(2)
-                .all(|w| w[0].squared_distance <= w[1].squared_distance)
-        );
+        assert!(within.windows(2).all(|w| w[0].squared_distance <= w[1].squared_distance));
         assert_eq!(index.nearest(&q).index, brute[0].1);
         assert_eq!(index.group(&[q, [0.0; 3]], 4).len(), 8);
     }

@@ -24,17 +24,9 @@ impl UnitSphere {
             }
         }
         let centre = sum.map(|s| (s / points.len() as f64) as f32);
-        let radius = points
-            .iter()
-            .map(|p| super::squared_distance(*p, centre))
-            .fold(0f32, f32::max)
-            .sqrt();
+        let radius = points.iter().map(|p| super::squared_distance(*p, centre)).fold(0f32, f32::max).sqrt();
         // A single point, or all points identical: nothing to scale, and dividing by 0 would make NaNs.
-        let scale = if radius.is_finite() && radius > f32::MIN_POSITIVE {
-            radius
-        } else {
-            1.0
-        };
+        let scale = if radius.is_finite() && radius > f32::MIN_POSITIVE { radius } else { 1.0 };
         Ok(Self { centre, scale })
     }
 
@@ -60,10 +52,7 @@ mod tests {
         let pts = [[1.0, 2.0, 3.0], [3.0, 2.0, 3.0], [2.0, 4.0, 3.0]];
         let t = UnitSphere::fit(&pts).unwrap();
         let n = t.apply_all(&pts);
-        let max = n
-            .iter()
-            .map(|p| super::super::dot(*p, *p).sqrt())
-            .fold(0f32, f32::max);
+        let max = n.iter().map(|p| super::super::dot(*p, *p).sqrt()).fold(0f32, f32::max);
         assert!((max - 1.0).abs() < 1e-6);
         for (a, b) in pts.iter().zip(&n) {
             let back = t.invert(*b);

@@ -45,9 +45,7 @@ pub fn estimate_surface(
 ) -> SurfaceEstimate {
     let centroid = {
         let n = points.len().max(1) as f32;
-        let s = points
-            .iter()
-            .fold([0f32; 3], |a, p| [a[0] + p[0], a[1] + p[1], a[2] + p[2]]);
+        let s = points.iter().fold([0f32; 3], |a, p| [a[0] + p[0], a[1] + p[1], a[2] + p[2]]);
         s.map(|c| c / n)
     };
     let (normals, variation) = points
@@ -60,14 +58,7 @@ pub fn estimate_surface(
                         NormalOrientation::TowardsViewpoint(v) => sub(v, *p),
                         NormalOrientation::AwayFromCentroid => sub(*p, centroid),
                     };
-                    (
-                        if dot(normal, towards) < 0.0 {
-                            normal.map(|c| -c)
-                        } else {
-                            normal
-                        },
-                        variation,
-                    )
+                    (if dot(normal, towards) < 0.0 { normal.map(|c| -c) } else { normal }, variation)
                 }
                 None => ([0.0; 3], 0.0),
             }
@@ -101,19 +92,8 @@ fn pca(points: impl Iterator<Item = Point> + Clone) -> Option<(Point, f32)> {
         return None;
     }
     let total = eigen.eigenvalues.sum();
-    let variation = if total > 0.0 {
-        (eigen.eigenvalues[smallest].max(0.0) / total) as f32
-    } else {
-        0.0
-    };
-    Some((
-        [
-            (v[0] / norm) as f32,
-            (v[1] / norm) as f32,
-            (v[2] / norm) as f32,
-        ],
-        variation,
-    ))
+    let variation = if total > 0.0 { (eigen.eigenvalues[smallest].max(0.0) / total) as f32 } else { 0.0 };
+    Some(([(v[0] / norm) as f32, (v[1] / norm) as f32, (v[2] / norm) as f32], variation))
 }
 
 #[cfg(test)]
@@ -122,16 +102,9 @@ mod tests {
 
     #[test]
     fn plane_normals_face_the_viewpoint() {
-        let pts: Vec<Point> = (0..400)
-            .map(|i| [(i % 20) as f32 * 0.1, (i / 20) as f32 * 0.1, 2.0])
-            .collect();
+        let pts: Vec<Point> = (0..400).map(|i| [(i % 20) as f32 * 0.1, (i / 20) as f32 * 0.1, 2.0]).collect();
         let index = NeighborIndex::new(&pts).unwrap();
-        let s = estimate_surface(
-            &pts,
-            &index,
-            Neighborhood::Knn(10),
-            NormalOrientation::TowardsViewpoint([0.0; 3]),
-        );
+        let s = estimate_surface(&pts, &index, Neighborhood::Knn(10), NormalOrientation::TowardsViewpoint([0.0; 3]));
         for (n, v) in s.normals.iter().zip(&s.variation) {
             assert!((n[2] + 1.0).abs() < 1e-5, "{n:?}");
             assert!(*v < 1e-6, "a plane has no surface variation");
@@ -148,12 +121,7 @@ mod tests {
             })
             .collect();
         let index = NeighborIndex::new(&pts).unwrap();
-        let normals = estimate_normals(
-            &pts,
-            &index,
-            Neighborhood::Knn(12),
-            NormalOrientation::AwayFromCentroid,
-        );
+        let normals = estimate_normals(&pts, &index, Neighborhood::Knn(12), NormalOrientation::AwayFromCentroid);
         for (p, n) in pts.iter().zip(&normals) {
             assert!(dot(*p, *n) > 0.99, "{p:?} {n:?}");
         }
@@ -163,12 +131,7 @@ mod tests {
     fn too_few_neighbours_give_a_zero_normal() {
         let pts = [[0.0; 3], [1.0, 0.0, 0.0]];
         let index = NeighborIndex::new(&pts).unwrap();
-        let normals = estimate_normals(
-            &pts,
-            &index,
-            Neighborhood::Knn(5),
-            NormalOrientation::AwayFromCentroid,
-        );
+        let normals = estimate_normals(&pts, &index, Neighborhood::Knn(5), NormalOrientation::AwayFromCentroid);
         assert_eq!(normals, vec![[0.0; 3]; 2]);
     }
 }

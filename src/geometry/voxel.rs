@@ -17,10 +17,7 @@ pub struct VoxelGrid {
 impl VoxelGrid {
     /// Spreads one value per voxel point back to every input point.
     pub fn spread<T: Copy>(&self, values: &[T]) -> Vec<T> {
-        self.representative
-            .iter()
-            .map(|&r| values[r as usize])
-            .collect()
+        self.representative.iter().map(|&r| values[r as usize]).collect()
     }
 }
 
@@ -35,10 +32,7 @@ pub fn voxel_downsample(points: &[Point], voxel_size: f32) -> Result<VoxelGrid> 
     let mut representative = Vec::with_capacity(points.len());
     for (i, p) in points.iter().enumerate() {
         if !p.iter().all(|c| c.is_finite()) {
-            return Err(GeometryError::NonFinite {
-                index: i,
-                point: *p,
-            });
+            return Err(GeometryError::NonFinite { index: i, point: *p });
         }
         let key = p.map(|c| (f64::from(c) * inverse).floor() as i64);
         let slot = *index_of.entry(key).or_insert_with(|| {
@@ -52,20 +46,8 @@ pub fn voxel_downsample(points: &[Point], voxel_size: f32) -> Result<VoxelGrid> 
         s[3] += 1.0;
         representative.push(slot);
     }
-    let points = sums
-        .iter()
-        .map(|s| {
-            [
-                (s[0] / s[3]) as f32,
-                (s[1] / s[3]) as f32,
-                (s[2] / s[3]) as f32,
-            ]
-        })
-        .collect();
-    Ok(VoxelGrid {
-        points,
-        representative,
-    })
+    let points = sums.iter().map(|s| [(s[0] / s[3]) as f32, (s[1] / s[3]) as f32, (s[2] / s[3]) as f32]).collect();
+    Ok(VoxelGrid { points, representative })
 }
 
 #[cfg(test)]
@@ -74,12 +56,7 @@ mod tests {
 
     #[test]
     fn centroids_and_back_references() {
-        let pts = [
-            [0.1, 0.1, 0.1],
-            [0.3, 0.3, 0.3],
-            [1.5, 0.0, 0.0],
-            [-0.1, 0.0, 0.0],
-        ];
+        let pts = [[0.1, 0.1, 0.1], [0.3, 0.3, 0.3], [1.5, 0.0, 0.0], [-0.1, 0.0, 0.0]];
         let grid = voxel_downsample(&pts, 1.0).unwrap();
         assert_eq!(grid.points.len(), 3);
         assert_eq!(grid.representative, vec![0, 0, 1, 2]);

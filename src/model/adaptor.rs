@@ -26,10 +26,7 @@ impl Adaptor {
                 nn::layer_norm(path / "norm2", vec![c], Default::default()),
             )
         });
-        Self {
-            layers,
-            alpha: cfg.alpha,
-        }
+        Self { layers, alpha: cfg.alpha }
     }
 
     pub fn forward(&self, z: &Tensor) -> Tensor {
@@ -54,27 +51,10 @@ mod tests {
         let z = Tensor::randn([2, 10, 16], (Kind::Float, Device::Cpu));
         let on = Adaptor::new(&(vs.root() / "a"), 16, &AdaptorConfig::default());
         assert_eq!(on.forward(&z).size(), vec![2, 10, 16]);
-        let pure_residual = Adaptor::new(
-            &(vs.root() / "b"),
-            16,
-            &AdaptorConfig {
-                enabled: true,
-                alpha: 1.0,
-            },
-        );
+        let pure_residual = Adaptor::new(&(vs.root() / "b"), 16, &AdaptorConfig { enabled: true, alpha: 1.0 });
         assert!(pure_residual.forward(&z).allclose(&z, 1e-6, 1e-6, false));
-        let off = Adaptor::new(
-            &(vs.root() / "c"),
-            16,
-            &AdaptorConfig {
-                enabled: false,
-                alpha: 0.5,
-            },
-        );
+        let off = Adaptor::new(&(vs.root() / "c"), 16, &AdaptorConfig { enabled: false, alpha: 0.5 });
         assert!(off.forward(&z).equal(&z));
-        assert_eq!(
-            leaky_relu(&Tensor::from_slice(&[-1.0f32, 2.0]), 0.1),
-            Tensor::from_slice(&[-0.1f32, 2.0])
-        );
+        assert_eq!(leaky_relu(&Tensor::from_slice(&[-1.0f32, 2.0]), 0.1), Tensor::from_slice(&[-0.1f32, 2.0]));
     }
 }

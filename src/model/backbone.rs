@@ -73,14 +73,9 @@ impl PointMae {
             conv(&second / "3", 512, c),
         );
         let pe = &p / "pos_embed";
-        let pos_embed = (
-            nn::linear(&pe / "0", 3, 128, Default::default()),
-            nn::linear(&pe / "2", 128, c, Default::default()),
-        );
-        let no_bias = nn::LinearConfig {
-            bias: false,
-            ..Default::default()
-        };
+        let pos_embed =
+            (nn::linear(&pe / "0", 3, 128, Default::default()), nn::linear(&pe / "2", 128, c, Default::default()));
+        let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
         let blocks = (0..depth)
             .map(|i| {
                 let b = &p / "blocks" / "blocks" / i;
@@ -95,14 +90,7 @@ impl PointMae {
             })
             .collect();
         let norm = nn::layer_norm(&p / "norm", vec![c], Default::default());
-        Self {
-            first_conv,
-            second_conv,
-            pos_embed,
-            blocks,
-            norm,
-            heads,
-        }
+        Self { first_conv, second_conv, pos_embed, blocks, norm, heads }
     }
 
     /// `groups`: (B, n, k, 3) relative to centres; `centres`: (B, n, 3) → (B, n, C).
@@ -119,10 +107,7 @@ impl PointMae {
         let f = self.second_conv.2.forward(&f);
         let c = f.size()[1];
         let tokens = f.amax([2], false).reshape([b, n, c]);
-        let pos = self
-            .pos_embed
-            .1
-            .forward(&self.pos_embed.0.forward(centres).gelu("none"));
+        let pos = self.pos_embed.1.forward(&self.pos_embed.0.forward(centres).gelu("none"));
         let mut x = tokens;
         for block in &self.blocks {
             x = block.forward(&(x + &pos), self.heads);
@@ -135,27 +120,12 @@ impl Block {
     fn forward(&self, x: &Tensor, heads: usize) -> Tensor {
         let (b, n, c) = x.size3().expect("tokens are 3-D");
         let h = heads as i64;
-        let qkv = self
-            .qkv
-            .forward(&self.norm1.forward(x))
-            .reshape([b, n, 3, h, c / h])
-            .permute([2, 0, 3, 1, 4]);
+        let qkv = self.qkv.forward(&self.norm1.forward(x)).reshape([b, n, 3, h, c / h]).permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let a = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
-            false,
-        );
+        let a = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
         let a = self.proj.forward(&a.transpose(1, 2).reshape([b, n, c]));
         let x = x + a;
-        let m = self
-            .fc2
-            .forward(&self.fc1.forward(&self.norm2.forward(&x)).gelu("none"));
+        let m = self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&x)).gelu("none"));
         x + m
     }
 }
@@ -180,23 +150,10 @@ impl Backbone {
     /// Builds the configured backbone (loading a checkpoint for `point_mae`).
     pub fn from_config(cfg: &BackboneConfig, device: Device) -> Result<Self> {
         match cfg {
-            BackboneConfig::PointMae { checkpoint } => {
-                Self::load_point_mae(Path::new(checkpoint), device)
-            }
+            BackboneConfig::PointMae { checkpoint } => Self::load_point_mae(Path::new(checkpoint), device),
             BackboneConfig::Fpfh { width, seed } => Ok(Self::fpfh(*width, *seed, device)),
-            BackboneConfig::RandomPointMae {
-                width,
-                depth,
-                heads,
-                seed,
-            } => {
-                tracing::warn!(
-                    width,
-                    depth,
-                    heads,
-                    seed,
-                    "backbone: Point-MAE with RANDOM weights (explicit choice)"
-                );
+            BackboneConfig::RandomPointMae { width, depth, heads, seed } => {
+                tracing::warn!(width, depth, heads, seed, "backbone: Point-MAE with RANDOM weights (explicit choice)");
                 tch::manual_seed(*seed as i64);
                 let mut vs = nn::VarStore::new(device);
                 let model = PointMae::new(&vs.root(), *width, *depth, *heads);
@@ -208,11 +165,7 @@ impl Backbone {
                     heads: *heads,
                     source: None,
                 };
-                Ok(Self {
-                    vs,
-                    source: Source::PointMae(Box::new(model)),
-                    identity,
-                })
+                Ok(Self { vs, source: Source::PointMae(Box::new(model)), identity })
             }
         }
     }
@@ -224,60 +177,29 @@ impl Backbone {
         let projection = vs.root().var(
             "projection",
             &[input, width as i64],
-            nn::Init::Randn {
-                mean: 0.0,
-                stdev: 1.0 / (input as f64).sqrt(),
-            },
+            nn::Init::Randn { mean: 0.0, stdev: 1.0 / (input as f64).sqrt() },
         );
         vs.freeze();
-        let identity = BackboneIdentity {
-            kind: "fpfh".into(),
-            width,
-            depth: 0,
-            heads: 0,
-            source: None,
-        };
-        Self {
-            vs,
-            source: Source::Fpfh {
-                projection,
-                radius_scales: [1.0, 2.0],
-            },
-            identity,
-        }
+        let identity = BackboneIdentity { kind: "fpfh".into(), width, depth: 0, heads: 0, source: None };
+        Self { vs, source: Source::Fpfh { projection, radius_scales: [1.0, 2.0] }, identity }
     }
 
     /// A converted Point-MAE checkpoint (safetensors). Width and depth are read from the tensors.
     pub fn load_point_mae(path: &Path, device: Device) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| ModelError::Io {
-            path: path.display().to_string(),
-            source: e,
-        })?;
+        let bytes = std::fs::read(path).map_err(|e| ModelError::Io { path: path.display().to_string(), source: e })?;
         let (heads, tensors) = read_checkpoint(&bytes, path)?;
-        let bad = |problem: String| ModelError::Checkpoint {
-            path: path.display().to_string(),
-            problem,
-        };
+        let bad = |problem: String| ModelError::Checkpoint { path: path.display().to_string(), problem };
         let width = tensors
             .get(&format!("{PREFIX}.norm.weight"))
             .map(|t| t.size()[0] as usize)
-            .ok_or_else(|| {
-                bad(format!(
-                    "no tensor {PREFIX}.norm.weight: not a Point-MAE encoder"
-                ))
-            })?;
-        let depth = (0..)
-            .take_while(|i| {
-                tensors.contains_key(&format!("{PREFIX}.blocks.blocks.{i}.norm1.weight"))
-            })
-            .count();
+            .ok_or_else(|| bad(format!("no tensor {PREFIX}.norm.weight: not a Point-MAE encoder")))?;
+        let depth =
+            (0..).take_while(|i| tensors.contains_key(&format!("{PREFIX}.blocks.blocks.{i}.norm1.weight"))).count();
         if depth == 0 {
             return Err(bad("no transformer blocks".into()));
         }
         if width % heads != 0 {
-            return Err(bad(format!(
-                "width {width} is not divisible by {heads} heads"
-            )));
+            return Err(bad(format!("width {width} is not divisible by {heads} heads")));
         }
         let mut vs = nn::VarStore::new(device);
         let model = PointMae::new(&vs.root(), width, depth, heads);
@@ -291,35 +213,21 @@ impl Backbone {
             source: Some(path.display().to_string()),
         };
         tracing::info!(width, depth, heads, checkpoint = %path.display(), "backbone: Point-MAE loaded");
-        Ok(Self {
-            vs,
-            source: Source::PointMae(Box::new(model)),
-            identity,
-        })
+        Ok(Self { vs, source: Source::PointMae(Box::new(model)), identity })
     }
 
     /// Rebuilds a backbone saved in a model folder.
     pub fn load_saved(identity: &BackboneIdentity, path: &Path, device: Device) -> Result<Self> {
-        let bad = |problem: String| ModelError::Checkpoint {
-            path: path.display().to_string(),
-            problem,
-        };
-        let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path)
-            .map_err(|e| bad(e.to_string()))?
-            .into_iter()
-            .collect();
+        let bad = |problem: String| ModelError::Checkpoint { path: path.display().to_string(), problem };
+        let tensors: HashMap<String, Tensor> =
+            Tensor::read_safetensors(path).map_err(|e| bad(e.to_string()))?.into_iter().collect();
         let mut backbone = match identity.kind.as_str() {
             "fpfh" => Self::fpfh(identity.width, 0, device),
             "point_mae" | "random_point_mae" => {
                 let mut vs = nn::VarStore::new(device);
-                let model =
-                    PointMae::new(&vs.root(), identity.width, identity.depth, identity.heads);
+                let model = PointMae::new(&vs.root(), identity.width, identity.depth, identity.heads);
                 vs.freeze();
-                Self {
-                    vs,
-                    source: Source::PointMae(Box::new(model)),
-                    identity: identity.clone(),
-                }
+                Self { vs, source: Source::PointMae(Box::new(model)), identity: identity.clone() }
             }
             other => return Err(bad(format!("unknown backbone kind '{other}'"))),
         };
@@ -329,10 +237,9 @@ impl Backbone {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        self.vs.save(path).map_err(|e| ModelError::Checkpoint {
-            path: path.display().to_string(),
-            problem: e.to_string(),
-        })
+        self.vs
+            .save(path)
+            .map_err(|e| ModelError::Checkpoint { path: path.display().to_string(), problem: e.to_string() })
     }
 
     pub fn width(&self) -> usize {
@@ -350,28 +257,18 @@ impl Backbone {
                     .reshape([1, n, cloud.patch_size as i64, 3])
                     .to_device(device);
                 let centres: Vec<f32> = cloud.centre_points().into_iter().flatten().collect();
-                let centres = Tensor::from_slice(&centres)
-                    .reshape([1, n, 3])
-                    .to_device(device);
+                let centres = Tensor::from_slice(&centres).reshape([1, n, 3]).to_device(device);
                 Ok(model.forward(&groups, &centres).squeeze_dim(0))
             }
-            Source::Fpfh {
-                projection,
-                radius_scales,
-            } => {
+            Source::Fpfh { projection, radius_scales } => {
                 let mut rows: Vec<f32> = Vec::with_capacity(cloud.patch_count() * 2 * FPFH_BINS);
                 let base = cloud.descriptors.clone();
-                let wide = cloud.descriptors_at_radius(
-                    radius_scales[1] * cloud.fpfh_radius,
-                    WIDE_FPFH_STRIDE,
-                )?;
+                let wide = cloud.descriptors_at_radius(radius_scales[1] * cloud.fpfh_radius, WIDE_FPFH_STRIDE)?;
                 for (a, b) in base.iter().zip(&wide) {
                     // Hellinger (square-root) scaling: histograms compare better than raw counts.
                     rows.extend(a.iter().chain(b.iter()).map(|v| (v / 100.0).sqrt()));
                 }
-                let x = Tensor::from_slice(&rows)
-                    .reshape([n, 2 * FPFH_BINS as i64])
-                    .to_device(device);
+                let x = Tensor::from_slice(&rows).reshape([n, 2 * FPFH_BINS as i64]).to_device(device);
                 Ok(x.matmul(projection))
             }
         }
@@ -379,10 +276,7 @@ impl Backbone {
 }
 
 /// Copies named tensors into a VarStore, checking that every variable is present with its shape.
-fn copy_into(
-    vs: &mut nn::VarStore,
-    tensors: &HashMap<String, Tensor>,
-) -> std::result::Result<(), String> {
+fn copy_into(vs: &mut nn::VarStore, tensors: &HashMap<String, Tensor>) -> std::result::Result<(), String> {
     let _guard = tch::no_grad_guard();
     let mut variables = vs.variables();
     let mut names: Vec<&String> = variables.keys().collect();
@@ -394,22 +288,14 @@ fn copy_into(
             Some(src) => {
                 let dst = &variables[name];
                 if src.size() != dst.size() {
-                    return Err(format!(
-                        "tensor {name} has shape {:?}, expected {:?}",
-                        src.size(),
-                        dst.size()
-                    ));
+                    return Err(format!("tensor {name} has shape {:?}, expected {:?}", src.size(), dst.size()));
                 }
             }
         }
     }
     if !missing.is_empty() {
         let shown: Vec<_> = missing.iter().take(5).cloned().collect();
-        return Err(format!(
-            "{} tensors missing, e.g. {}",
-            missing.len(),
-            shown.join(", ")
-        ));
+        return Err(format!("{} tensors missing, e.g. {}", missing.len(), shown.join(", ")));
     }
     for (name, dst) in variables.iter_mut() {
         dst.copy_(&tensors[name].to_kind(Kind::Float).to_device(dst.device()));
@@ -419,20 +305,11 @@ fn copy_into(
 
 /// Reads a converted Point-MAE checkpoint: its tensors and the head count recorded in its metadata.
 fn read_checkpoint(bytes: &[u8], path: &Path) -> Result<(usize, HashMap<String, Tensor>)> {
-    let bad = |problem: String| ModelError::Checkpoint {
-        path: path.display().to_string(),
-        problem,
-    };
-    let (_, metadata) = safetensors::SafeTensors::read_metadata(bytes)
-        .map_err(|e| bad(format!("not safetensors: {e:?}")))?;
-    let heads = match metadata
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("num_heads"))
-    {
-        Some(h) => h
-            .parse()
-            .map_err(|_| bad(format!("num_heads metadata '{h}' is not a number")))?,
+    let bad = |problem: String| ModelError::Checkpoint { path: path.display().to_string(), problem };
+    let (_, metadata) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not safetensors: {e:?}")))?;
+    let heads = match metadata.metadata().as_ref().and_then(|m| m.get("num_heads")) {
+        Some(h) => h.parse().map_err(|_| bad(format!("num_heads metadata '{h}' is not a number")))?,
         None => {
             tracing::warn!("checkpoint records no num_heads; assuming Point-MAE's {DEFAULT_HEADS}");
             DEFAULT_HEADS

@@ -32,42 +32,20 @@ impl DetectorConfig {
             ),
             (self.patches.count >= 8, "patches.count must be at least 8"),
             (self.patches.size >= 4, "patches.size must be at least 4"),
-            (
-                self.preprocess.fpfh_radius > 0.0,
-                "preprocess.fpfh_radius must be > 0",
-            ),
+            (self.preprocess.fpfh_radius > 0.0, "preprocess.fpfh_radius must be > 0"),
             (
                 self.sca.prototype_ratio > 0.0 && self.sca.prototype_ratio <= 1.0,
                 "sca.prototype_ratio must be in (0, 1]",
             ),
             (self.sca.temperature > 0.0, "sca.temperature must be > 0"),
+            (self.sca.sinkhorn_iterations >= 1, "sca.sinkhorn_iterations must be at least 1"),
+            ((0.0..=1.0).contains(&self.sca.snapping), "sca.snapping must be in [0, 1]"),
+            ((0.0..=1.0).contains(&self.adaptor.alpha), "adaptor.alpha must be in [0, 1]"),
+            ((0.0..=1.0).contains(&self.generator.probability), "generator.probability must be in [0, 1]"),
+            (self.training.batch_size >= 1, "training.batch_size must be at least 1"),
+            (self.training.learning_rate > 0.0, "training.learning_rate must be > 0"),
             (
-                self.sca.sinkhorn_iterations >= 1,
-                "sca.sinkhorn_iterations must be at least 1",
-            ),
-            (
-                (0.0..=1.0).contains(&self.sca.snapping),
-                "sca.snapping must be in [0, 1]",
-            ),
-            (
-                (0.0..=1.0).contains(&self.adaptor.alpha),
-                "adaptor.alpha must be in [0, 1]",
-            ),
-            (
-                (0.0..=1.0).contains(&self.generator.probability),
-                "generator.probability must be in [0, 1]",
-            ),
-            (
-                self.training.batch_size >= 1,
-                "training.batch_size must be at least 1",
-            ),
-            (
-                self.training.learning_rate > 0.0,
-                "training.learning_rate must be > 0",
-            ),
-            (
-                self.scoring.target_false_reject_rate > 0.0
-                    && self.scoring.target_false_reject_rate <= 0.5,
+                self.scoring.target_false_reject_rate > 0.0 && self.scoring.target_false_reject_rate <= 0.5,
                 "scoring.target_false_reject_rate must be in (0, 0.5]",
             ),
             (
@@ -135,12 +113,7 @@ pub struct AugmentConfig {
 
 impl Default for AugmentConfig {
     fn default() -> Self {
-        Self {
-            yaw_degrees: 180.0,
-            jitter: 0.005,
-            scale: 0.05,
-            views_per_cloud: 4,
-        }
+        Self { yaw_degrees: 180.0, jitter: 0.005, scale: 0.05, views_per_cloud: 4 }
     }
 }
 
@@ -156,10 +129,7 @@ pub struct PatchConfig {
 
 impl Default for PatchConfig {
     fn default() -> Self {
-        Self {
-            count: 1024,
-            size: 32,
-        }
+        Self { count: 1024, size: 32 }
     }
 }
 
@@ -174,20 +144,12 @@ pub enum BackboneConfig {
     /// `width` by a fixed map drawn from `seed`. The default while no pretrained checkpoint is at hand.
     Fpfh { width: usize, seed: u64 },
     /// Point-MAE's encoder with seeded random weights: only as an explicit choice (ablation "no pretraining").
-    RandomPointMae {
-        width: usize,
-        depth: usize,
-        heads: usize,
-        seed: u64,
-    },
+    RandomPointMae { width: usize, depth: usize, heads: usize, seed: u64 },
 }
 
 impl Default for BackboneConfig {
     fn default() -> Self {
-        Self::Fpfh {
-            width: 256,
-            seed: 7,
-        }
+        Self::Fpfh { width: 256, seed: 7 }
     }
 }
 
@@ -255,10 +217,7 @@ pub struct AdaptorConfig {
 
 impl Default for AdaptorConfig {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            alpha: 0.5,
-        }
+        Self { enabled: true, alpha: 0.5 }
     }
 }
 
@@ -284,11 +243,7 @@ pub struct GeneratorConfig {
 
 impl Default for GeneratorConfig {
     fn default() -> Self {
-        Self {
-            kind: GeneratorKind::Selective,
-            probability: 0.5,
-            sigma: 0.1,
-        }
+        Self { kind: GeneratorKind::Selective, probability: 0.5, sigma: 0.1 }
     }
 }
 
@@ -314,21 +269,14 @@ pub struct DiscriminatorConfig {
 
 impl Default for DiscriminatorConfig {
     fn default() -> Self {
-        Self {
-            kind: DiscriminatorKind::Attention,
-            heads: 4,
-            hidden_ratio: 4,
-            dropout: 0.1,
-        }
+        Self { kind: DiscriminatorKind::Attention, heads: 4, hidden_ratio: 4, dropout: 0.1 }
     }
 }
 
 impl DiscriminatorConfig {
     fn validate(&self) -> Result<(), String> {
         if self.heads == 0 || self.hidden_ratio == 0 {
-            return Err(
-                "discriminator.heads and discriminator.hidden_ratio must be at least 1".into(),
-            );
+            return Err("discriminator.heads and discriminator.hidden_ratio must be at least 1".into());
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err("discriminator.dropout must be in [0, 1)".into());
@@ -352,14 +300,7 @@ pub struct TrainingConfig {
 
 impl Default for TrainingConfig {
     fn default() -> Self {
-        Self {
-            epochs: 100,
-            batch_size: 8,
-            learning_rate: 1e-4,
-            weight_decay: 1e-4,
-            gradient_clip: 1.0,
-            seed: 42,
-        }
+        Self { epochs: 100, batch_size: 8, learning_rate: 1e-4, weight_decay: 1e-4, gradient_clip: 1.0, seed: 42 }
     }
 }
 
@@ -396,26 +337,9 @@ mod tests {
     fn defaults_are_the_method_numbers_and_round_trip() {
         let c = DetectorConfig::default();
         assert_eq!((c.patches.count, c.patches.size), (1024, 32));
-        assert_eq!(
-            (
-                c.sca.sinkhorn_iterations,
-                c.sca.temperature,
-                c.sca.local_neighbors
-            ),
-            (20, 0.05, 10)
-        );
-        assert_eq!(
-            (c.generator.probability, c.generator.sigma, c.adaptor.alpha),
-            (0.5, 0.1, 0.5)
-        );
-        assert_eq!(
-            (
-                c.training.batch_size,
-                c.training.learning_rate,
-                c.training.epochs
-            ),
-            (8, 1e-4, 100)
-        );
+        assert_eq!((c.sca.sinkhorn_iterations, c.sca.temperature, c.sca.local_neighbors), (20, 0.05, 10));
+        assert_eq!((c.generator.probability, c.generator.sigma, c.adaptor.alpha), (0.5, 0.1, 0.5));
+        assert_eq!((c.training.batch_size, c.training.learning_rate, c.training.epochs), (8, 1e-4, 100));
         c.validate().unwrap();
         let text = serde_json::to_string(&c).unwrap();
         assert_eq!(DetectorConfig::from_json(&text).unwrap(), c);
@@ -430,13 +354,7 @@ mod tests {
         assert!(!c.sca.enabled);
         assert_eq!(c.sca.temperature, 0.05);
         assert!(DetectorConfig::from_json(r#"{"sca": {"enabeld": false}}"#).is_err());
-        let bad = DetectorConfig {
-            adaptor: AdaptorConfig {
-                alpha: 2.0,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let bad = DetectorConfig { adaptor: AdaptorConfig { alpha: 2.0, ..Default::default() }, ..Default::default() };
         assert!(bad.validate().unwrap_err().contains("adaptor.alpha"));
     }
 }

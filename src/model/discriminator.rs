@@ -27,18 +27,12 @@ impl Discriminator {
     pub fn new(path: &nn::Path, width: usize, cfg: &DiscriminatorConfig) -> Result<Self, String> {
         let c = width as i64;
         if cfg.kind == DiscriminatorKind::Attention && c % cfg.heads as i64 != 0 {
-            return Err(format!(
-                "token width {c} is not divisible by discriminator.heads {}",
-                cfg.heads
-            ));
+            return Err(format!("token width {c} is not divisible by discriminator.heads {}", cfg.heads));
         }
         let pos1 = nn::linear(path / "pos" / "0", 3, c, Default::default());
         // Small last layer: the embedding starts as a nudge, not as noise over the tokens.
         let small = nn::LinearConfig {
-            ws_init: nn::Init::Randn {
-                mean: 0.0,
-                stdev: 0.02,
-            },
+            ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
             bs_init: Some(nn::Init::Const(0.0)),
             bias: true,
         };
@@ -67,11 +61,7 @@ impl Discriminator {
             None => q,
             Some(a) => {
                 let (b, n, c) = q.size3().expect("tokens are 3-D");
-                let qkv = a
-                    .in_proj
-                    .forward(&q)
-                    .reshape([b, n, 3, a.heads, c / a.heads])
-                    .permute([2, 0, 3, 1, 4]);
+                let qkv = a.in_proj.forward(&q).reshape([b, n, 3, a.heads, c / a.heads]).permute([2, 0, 3, 1, 4]);
                 let mixed = Tensor::scaled_dot_product_attention(
                     &qkv.get(0),
                     &qkv.get(1),
@@ -82,24 +72,16 @@ impl Discriminator {
                     None,
                     false,
                 );
-                let mixed = a
-                    .out_proj
-                    .forward(&mixed.transpose(1, 2).reshape([b, n, c]));
+                let mixed = a.out_proj.forward(&mixed.transpose(1, 2).reshape([b, n, c]));
                 a.norm.forward(&(q + mixed.dropout(self.dropout, train)))
             }
         };
-        let hidden = self
-            .head1
-            .forward(&h)
-            .gelu("none")
-            .dropout(self.dropout, train);
+        let hidden = self.head1.forward(&h).gelu("none").dropout(self.dropout, train);
         self.head2.forward(&hidden).squeeze_dim(-1)
     }
 
     pub fn scores(&self, q: &Tensor, centres: &Tensor) -> Tensor {
-        self.forward_t(q, centres, false)
-            .sigmoid()
-            .to_kind(Kind::Float)
+        self.forward_t(q, centres, false).sigmoid().to_kind(Kind::Float)
     }
 }
 
@@ -114,15 +96,11 @@ mod tests {
         tch::manual_seed(1);
         let q = Tensor::randn([2, 12, 16], (Kind::Float, Device::Cpu));
         let centres = Tensor::randn([2, 12, 3], (Kind::Float, Device::Cpu));
-        let attn =
-            Discriminator::new(&(vs.root() / "a"), 16, &DiscriminatorConfig::default()).unwrap();
+        let attn = Discriminator::new(&(vs.root() / "a"), 16, &DiscriminatorConfig::default()).unwrap();
         let mlp = Discriminator::new(
             &(vs.root() / "m"),
             16,
-            &DiscriminatorConfig {
-                kind: DiscriminatorKind::Mlp,
-                ..Default::default()
-            },
+            &DiscriminatorConfig { kind: DiscriminatorKind::Mlp, ..Default::default() },
         )
         .unwrap();
         for d in [&attn, &mlp] {
@@ -132,16 +110,10 @@ mod tests {
         let q2 = q.copy();
         let _ = q2.get(0).get(0).fill_(3.0);
         let delta = |d: &Discriminator| {
-            (d.scores(&q, &centres) - d.scores(&q2, &centres))
-                .get(0)
-                .get(5)
-                .abs()
-                .double_value(&[])
+            (d.scores(&q, &centres) - d.scores(&q2, &centres)).get(0).get(5).abs().double_value(&[])
         };
         assert!(delta(&attn) > 1e-6);
         assert_eq!(delta(&mlp), 0.0);
-        assert!(
-            Discriminator::new(&(vs.root() / "x"), 18, &DiscriminatorConfig::default()).is_err()
-        );
+        assert!(Discriminator::new(&(vs.root() / "x"), 18, &DiscriminatorConfig::default()).is_err());
     }
 }

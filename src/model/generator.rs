@@ -17,10 +17,7 @@ const RAW_SCALE_FOR_ONE: f64 = 0.541_324_854_612_918_1;
 impl Generator {
     pub fn new(path: &nn::Path, cfg: &GeneratorConfig) -> Self {
         let raw_scale = path.var("raw_scale", &[1], nn::Init::Const(RAW_SCALE_FOR_ONE));
-        Self {
-            raw_scale,
-            cfg: cfg.clone(),
-        }
+        Self { raw_scale, cfg: cfg.clone() }
     }
 
     /// γ, kept positive.
@@ -35,9 +32,7 @@ impl Generator {
         let size = q.size();
         match self.cfg.kind {
             GeneratorKind::Selective => {
-                let mask =
-                    Tensor::full(&size[..2], self.cfg.probability, (Kind::Float, q.device()))
-                        .bernoulli();
+                let mask = Tensor::full(&size[..2], self.cfg.probability, (Kind::Float, q.device())).bernoulli();
                 (q + noise * mask.unsqueeze(-1), mask)
             }
             GeneratorKind::SimpleNet => {
@@ -74,11 +69,7 @@ mod tests {
         assert!((g.scale().double_value(&[0]) - 1.0).abs() < 1e-6);
         let q = Tensor::zeros([4, 200, 8], (Kind::Float, Device::Cpu));
         let (noisy, labels) = g.corrupt(&q);
-        let changed = noisy
-            .abs()
-            .sum_dim_intlist(-1, false, Kind::Float)
-            .gt(0.0)
-            .to_kind(Kind::Float);
+        let changed = noisy.abs().sum_dim_intlist(-1, false, Kind::Float).gt(0.0).to_kind(Kind::Float);
         assert!(changed.equal(&labels));
         let share = labels.mean(Kind::Float).double_value(&[]);
         assert!((share - 0.5).abs() < 0.05, "{share}");
@@ -87,19 +78,10 @@ mod tests {
     #[test]
     fn simplenet_pairs_clean_and_noisy_copies() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let g = Generator::new(
-            &vs.root(),
-            &GeneratorConfig {
-                kind: GeneratorKind::SimpleNet,
-                ..Default::default()
-            },
-        );
+        let g = Generator::new(&vs.root(), &GeneratorConfig { kind: GeneratorKind::SimpleNet, ..Default::default() });
         let q = Tensor::ones([3, 5, 8], (Kind::Float, Device::Cpu));
         let (x, y) = g.corrupt(&q);
-        assert_eq!(
-            (x.size(), y.size(), g.batch_factor()),
-            (vec![6, 5, 8], vec![6, 5], 2)
-        );
+        assert_eq!((x.size(), y.size(), g.batch_factor()), (vec![6, 5, 8], vec![6, 5], 2));
         assert!(x.narrow(0, 0, 3).equal(&q));
         assert_eq!(y.sum(Kind::Float).double_value(&[]), 15.0);
     }

@@ -34,14 +34,8 @@ pub enum ModelError {
     Cloud(#[from] CloudError),
     #[error(transparent)]
     Geometry(#[from] GeometryError),
-    #[error(
-        "only {points} points remain after {voxel}-unit voxels; a patch needs {needed}: use a smaller voxel size"
-    )]
-    TooFewPoints {
-        points: usize,
-        needed: usize,
-        voxel: f32,
-    },
+    #[error("only {points} points remain after {voxel}-unit voxels; a patch needs {needed}: use a smaller voxel size")]
+    TooFewPoints { points: usize, needed: usize, voxel: f32 },
     #[error("configuration: {0}")]
     Config(String),
     #[error("checkpoint {path}: {problem}")]
@@ -53,10 +47,7 @@ pub enum ModelError {
     #[error("cancelled")]
     Cancelled,
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("LibTorch: {0}")]
     Torch(#[from] tch::TchError),
 }
@@ -81,7 +72,8 @@ impl DeviceChoice {
             Self::Auto => Ok(Device::cuda_if_available()),
             Self::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
             Self::Cuda => Err(ModelError::Config(
-                "device cuda requested but LibTorch sees no GPU (build with --features cuda and the full torch wheel)".into(),
+                "device cuda requested but LibTorch sees no GPU (build with --features cuda and the full torch wheel)"
+                    .into(),
             )),
         }
     }
@@ -110,25 +102,15 @@ impl Heads {
         // Group 0 carries the adaptor (weight decay), group 1 the rest.
         let adaptor = Adaptor::new(&(vs.root().set_group(0) / "adaptor"), width, &cfg.adaptor);
         let generator = Generator::new(&(vs.root().set_group(1) / "generator"), &cfg.generator);
-        let discriminator = Discriminator::new(
-            &(vs.root().set_group(1) / "discriminator"),
-            width,
-            &cfg.discriminator,
-        )
-        .map_err(ModelError::Config)?;
-        Ok(Self {
-            vs,
-            adaptor,
-            generator,
-            discriminator,
-        })
+        let discriminator = Discriminator::new(&(vs.root().set_group(1) / "discriminator"), width, &cfg.discriminator)
+            .map_err(ModelError::Config)?;
+        Ok(Self { vs, adaptor, generator, discriminator })
     }
 
     /// Patch scores in (0, 1) for features (B, n, C) with centres (B, n, 3).
     pub fn scores(&self, features: &Tensor, centres: &Tensor) -> Tensor {
         let _guard = tch::no_grad_guard();
-        self.discriminator
-            .scores(&self.adaptor.forward(features), centres)
+        self.discriminator.scores(&self.adaptor.forward(features), centres)
     }
 }
 
@@ -174,9 +156,7 @@ fn ms(t: Instant) -> f64 {
 /// Centres of a patched cloud as a (1, n, 3) tensor.
 pub fn centre_tensor(cloud: &PatchedCloud, device: Device) -> Tensor {
     let flat: Vec<f32> = cloud.centre_points().into_iter().flatten().collect();
-    Tensor::from_slice(&flat)
-        .reshape([1, cloud.patch_count() as i64, 3])
-        .to_device(device)
+    Tensor::from_slice(&flat).reshape([1, cloud.patch_count() as i64, 3]).to_device(device)
 }
 
 impl Detector {
@@ -185,16 +165,7 @@ impl Detector {
         config.validate().map_err(ModelError::Config)?;
         let backbone = Backbone::from_config(&config.backbone, device)?;
         let heads = Heads::new(&config, backbone.width(), device)?;
-        Ok(Self {
-            config,
-            backbone,
-            heads,
-            thresholds: Thresholds {
-                cloud: f32::NAN,
-                point: f32::NAN,
-            },
-            device,
-        })
+        Ok(Self { config, backbone, heads, thresholds: Thresholds { cloud: f32::NAN, point: f32::NAN }, device })
     }
 
     /// Steps 0–1 on the finite points of a cloud, optionally augmented (training).
@@ -204,13 +175,7 @@ impl Detector {
         augment: Option<(&preprocess::Augmentation, &mut dyn rand::RngCore)>,
     ) -> Result<PatchedCloud> {
         let c = &self.config;
-        preprocess::patch_cloud(
-            points,
-            &c.preprocess,
-            c.patches.count,
-            c.patches.size,
-            augment,
-        )
+        preprocess::patch_cloud(points, &c.preprocess, c.patches.count, c.patches.size, augment)
     }
 
     /// Backbone tokens refined by SCA: (n, C), no gradient.
@@ -219,12 +184,7 @@ impl Detector {
         let tokens = self.backbone.tokens(cloud)?;
         let backbone_ms = ms(t);
         let t = Instant::now();
-        let refined = sca::aggregate(
-            &self.config.sca,
-            &tokens,
-            &cloud.centre_points(),
-            &cloud.descriptors,
-        );
+        let refined = sca::aggregate(&self.config.sca, &tokens, &cloud.centre_points(), &cloud.descriptors);
         Ok((refined, backbone_ms, ms(t)))
     }
 
@@ -237,27 +197,17 @@ impl Detector {
         let t = Instant::now();
         let patch_scores: Vec<f32> = self
             .heads
-            .scores(
-                &features.unsqueeze(0),
-                &centre_tensor(&patched, self.device),
-            )
+            .scores(&features.unsqueeze(0), &centre_tensor(&patched, self.device))
             .squeeze_dim(0)
             .to_device(Device::Cpu)
             .to_kind(Kind::Float)
             .try_into()?;
         let heads_ms = ms(t);
         let t = Instant::now();
-        let radius = self.config.scoring.median_radius_voxels * self.config.preprocess.voxel_size
-            / patched.frame.scale;
+        let radius = self.config.scoring.median_radius_voxels * self.config.preprocess.voxel_size / patched.frame.scale;
         let voxel_scores = scoring::project_to_points(&patched, &patch_scores, radius)?;
         let scores = patched.grid.spread(&voxel_scores);
-        let times = StageTimes {
-            preprocess_ms,
-            backbone_ms,
-            sca_ms,
-            heads_ms,
-            projection_ms: ms(t),
-        };
+        let times = StageTimes { preprocess_ms, backbone_ms, sca_ms, heads_ms, projection_ms: ms(t) };
         Ok((scores, patched.patch_count(), times))
     }
 

@@ -6,9 +6,7 @@ use rand::Rng;
 
 use super::config::{AugmentConfig, NormalSide, PreprocessConfig};
 use super::{ModelError, Result};
-use crate::geometry::{
-    self, Fpfh, NeighborIndex, Neighborhood, NormalOrientation, Point, UnitSphere, VoxelGrid,
-};
+use crate::geometry::{self, Fpfh, NeighborIndex, Neighborhood, NormalOrientation, Point, UnitSphere, VoxelGrid};
 
 pub struct PatchedCloud {
     /// Voxel grid of the finite input points (sensor frame), with each input point's voxel.
@@ -35,10 +33,7 @@ impl PatchedCloud {
     }
 
     pub fn centre_points(&self) -> Vec<Point> {
-        self.centres
-            .iter()
-            .map(|&c| self.points[c as usize])
-            .collect()
+        self.centres.iter().map(|&c| self.points[c as usize]).collect()
     }
 
     /// Patch members relative to their centre: `patch_count × patch_size × 3`, the backbone's input.
@@ -58,23 +53,15 @@ impl PatchedCloud {
     /// the centres: histograms are normalised, so thinning keeps their shape while the cost, which grows with
     /// the square of the neighbours per radius, drops by about stride².
     pub fn descriptors_at_radius(&self, radius: f32, stride: usize) -> Result<Vec<Fpfh>> {
-        let mut keep: Vec<u32> = (0..self.points.len() as u32)
-            .step_by(stride.max(1))
-            .collect();
+        let mut keep: Vec<u32> = (0..self.points.len() as u32).step_by(stride.max(1)).collect();
         keep.extend(&self.centres);
         keep.sort_unstable();
         keep.dedup();
         let points: Vec<Point> = keep.iter().map(|&i| self.points[i as usize]).collect();
         let normals: Vec<Point> = keep.iter().map(|&i| self.normals[i as usize]).collect();
-        let queries: Vec<u32> = self
-            .centres
-            .iter()
-            .map(|c| keep.binary_search(c).map_or(0, |k| k as u32))
-            .collect();
+        let queries: Vec<u32> = self.centres.iter().map(|c| keep.binary_search(c).map_or(0, |k| k as u32)).collect();
         let index = NeighborIndex::new(&points)?;
-        Ok(geometry::fpfh_at(
-            &points, &normals, &index, radius, &queries,
-        )?)
+        Ok(geometry::fpfh_at(&points, &normals, &index, radius, &queries)?)
     }
 }
 
@@ -89,20 +76,12 @@ impl Augmentation {
     pub fn draw(cfg: &AugmentConfig, rng: &mut impl Rng) -> Self {
         let yaw = cfg.yaw_degrees.to_radians() * rng.gen_range(-1.0f32..=1.0);
         let scale = 1.0 + cfg.scale * rng.gen_range(-1.0f32..=1.0);
-        Self {
-            yaw,
-            scale,
-            jitter: cfg.jitter,
-        }
+        Self { yaw, scale, jitter: cfg.jitter }
     }
 
     fn transform(&self, p: Point) -> Point {
         let (s, c) = self.yaw.sin_cos();
-        [
-            (c * p[0] - s * p[1]) * self.scale,
-            (s * p[0] + c * p[1]) * self.scale,
-            p[2] * self.scale,
-        ]
+        [(c * p[0] - s * p[1]) * self.scale, (s * p[0] + c * p[1]) * self.scale, p[2] * self.scale]
     }
 
     fn apply(&self, points: &mut [Point], rng: &mut impl Rng) {
@@ -134,11 +113,7 @@ pub fn patch_cloud(
 ) -> Result<PatchedCloud> {
     let grid = geometry::voxel_downsample(finite_points, cfg.voxel_size)?;
     if grid.points.len() < patch_size {
-        return Err(ModelError::TooFewPoints {
-            points: grid.points.len(),
-            needed: patch_size,
-            voxel: cfg.voxel_size,
-        });
+        return Err(ModelError::TooFewPoints { points: grid.points.len(), needed: patch_size, voxel: cfg.voxel_size });
     }
     let frame = UnitSphere::fit(&grid.points)?;
     let mut points = frame.apply_all(&grid.points);
@@ -163,12 +138,7 @@ pub fn patch_cloud(
         NormalSide::Sensor => NormalOrientation::TowardsViewpoint(viewpoint),
         NormalSide::Outward => NormalOrientation::AwayFromCentroid,
     };
-    let normals = geometry::estimate_normals(
-        &points,
-        &index,
-        Neighborhood::Knn(cfg.normal_neighbors),
-        orientation,
-    );
+    let normals = geometry::estimate_normals(&points, &index, Neighborhood::Knn(cfg.normal_neighbors), orientation);
     let descriptors = geometry::fpfh_at(&points, &normals, &index, cfg.fpfh_radius, &centres)?;
     Ok(PatchedCloud {
         grid,
@@ -217,45 +187,27 @@ mod tests {
     #[test]
     fn patches_cover_the_cloud_and_are_order_independent() {
         let pts = box_surface();
-        let cfg = PreprocessConfig {
-            voxel_size: 0.9,
-            ..Default::default()
-        };
+        let cfg = PreprocessConfig { voxel_size: 0.9, ..Default::default() };
         let a = patch_cloud(&pts, &cfg, 64, 16, None).unwrap();
         assert_eq!((a.patch_count(), a.groups.len()), (64, 64 * 16));
-        let max_r = a
-            .points
-            .iter()
-            .map(|p| geometry::dot(*p, *p).sqrt())
-            .fold(0f32, f32::max);
+        let max_r = a.points.iter().map(|p| geometry::dot(*p, *p).sqrt()).fold(0f32, f32::max);
         assert!((max_r - 1.0).abs() < 1e-4);
         let mut reversed = pts.clone();
         reversed.reverse();
         let b = patch_cloud(&reversed, &cfg, 64, 16, None).unwrap();
         let key = |c: &PatchedCloud| {
-            let mut v: Vec<[i32; 3]> = c
-                .centre_points()
-                .iter()
-                .map(|p| p.map(|x| (x * 1e4) as i32))
-                .collect();
+            let mut v: Vec<[i32; 3]> = c.centre_points().iter().map(|p| p.map(|x| (x * 1e4) as i32)).collect();
             v.sort();
             v
         };
-        assert_eq!(
-            key(&a),
-            key(&b),
-            "the same centres whatever the input order"
-        );
+        assert_eq!(key(&a), key(&b), "the same centres whatever the input order");
         assert_eq!(a.relative_groups().len(), 64 * 16 * 3);
     }
 
     #[test]
     fn augmentation_keeps_shape_and_too_few_points_is_named() {
         let pts = box_surface();
-        let cfg = PreprocessConfig {
-            voxel_size: 0.9,
-            ..Default::default()
-        };
+        let cfg = PreprocessConfig { voxel_size: 0.9, ..Default::default() };
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let aug = Augmentation::draw(&cfg.augment, &mut rng);
         let a = patch_cloud(&pts, &cfg, 32, 16, Some((&aug, &mut rng))).unwrap();

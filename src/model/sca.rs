@@ -37,11 +37,7 @@ fn squared_distances(a: &Tensor, b: &Tensor) -> Tensor {
 fn doubly_stochastic(similarity: &Tensor, temperature: f64, iterations: usize) -> Tensor {
     let size = similarity.size();
     let m = size[size.len() - 1];
-    let uniform = Tensor::full(
-        &size[..size.len() - 1],
-        1.0 / m as f64,
-        (Kind::Float, similarity.device()),
-    );
+    let uniform = Tensor::full(&size[..size.len() - 1], 1.0 / m as f64, (Kind::Float, similarity.device()));
     sinkhorn(&(similarity / temperature), &uniform, &uniform, iterations) * m as f64
 }
 
@@ -68,100 +64,59 @@ pub fn aggregate(cfg: &ScaConfig, z: &Tensor, centres: &[Point], descriptors: &[
     // 1. Prototypes: FPS over the centres from the centre farthest from their mean, so the choice does not
     //    depend on patch order.
     let m = ((cfg.prototype_ratio * n as f32).round() as usize).clamp(1, n as usize);
-    let mean = centres
-        .iter()
-        .fold([0f32; 3], |s, p| [s[0] + p[0], s[1] + p[1], s[2] + p[2]])
-        .map(|v| v / n as f32);
+    let mean = centres.iter().fold([0f32; 3], |s, p| [s[0] + p[0], s[1] + p[1], s[2] + p[2]]).map(|v| v / n as f32);
     let start = centres
         .iter()
         .enumerate()
-        .max_by(|x, y| {
-            geometry::squared_distance(*x.1, mean)
-                .total_cmp(&geometry::squared_distance(*y.1, mean))
-        })
+        .max_by(|x, y| geometry::squared_distance(*x.1, mean).total_cmp(&geometry::squared_distance(*y.1, mean)))
         .map_or(0, |(i, _)| i);
-    let prototypes: Vec<i64> = geometry::farthest_point_sampling(centres, m, start)
-        .into_iter()
-        .map(i64::from)
-        .collect();
+    let prototypes: Vec<i64> =
+        geometry::farthest_point_sampling(centres, m, start).into_iter().map(i64::from).collect();
     let m = prototypes.len() as i64;
     let proto_index = Tensor::from_slice(&prototypes).to_device(device);
-    let centres_t = to_tensor(
-        centres.iter().flat_map(|p| p.iter().copied()),
-        [n, 3],
-        device,
-    );
-    let g = to_tensor(
-        descriptors.iter().flat_map(|h| h.iter().copied()),
-        [n, FPFH_BINS as i64],
-        device,
-    );
+    let centres_t = to_tensor(centres.iter().flat_map(|p| p.iter().copied()), [n, 3], device);
+    let g = to_tensor(descriptors.iter().flat_map(|h| h.iter().copied()), [n, FPFH_BINS as i64], device);
     let positions = centres_t.index_select(0, &proto_index);
     let mut proto_g = g.index_select(0, &proto_index);
     let mut proto_z = z.index_select(0, &proto_index);
     let nearest = squared_distances(&centres_t, &positions).argmin(1, false);
-    let mu = nearest
-        .bincount::<Tensor>(None, m)
-        .to_kind(Kind::Float)
-        .clamp_min(1.0);
+    let mu = nearest.bincount::<Tensor>(None, m).to_kind(Kind::Float).clamp_min(1.0);
     let mu = &mu / mu.sum(Kind::Float);
 
     // 2. Assignment of patches to prototypes by transport, then centroid updates.
     let (g_hat, z_hat) = (l2_normalise(&g), l2_normalise(z));
     let uniform_patches = Tensor::full([n], 1.0 / n as f64, (Kind::Float, device));
     for _ in 0..cfg.assignment_rounds {
-        let cost = squared_distances(&g_hat, &l2_normalise(&proto_g))
-            + squared_distances(&z_hat, &l2_normalise(&proto_z));
+        let cost =
+            squared_distances(&g_hat, &l2_normalise(&proto_g)) + squared_distances(&z_hat, &l2_normalise(&proto_z));
         let plan = sinkhorn(&(-cost / t), &uniform_patches, &mu, iterations);
-        let mass = plan
-            .sum_dim_intlist(0, false, Kind::Float)
-            .clamp_min(1e-12)
-            .unsqueeze(1);
+        let mass = plan.sum_dim_intlist(0, false, Kind::Float).clamp_min(1e-12).unsqueeze(1);
         proto_g = plan.transpose(0, 1).matmul(&g) / &mass;
         proto_z = plan.transpose(0, 1).matmul(z) / &mass;
     }
 
     // 3. Local aggregation over each prototype's K nearest patches.
     let k = (cfg.local_neighbors as i64).min(n);
-    let local = squared_distances(&positions, &centres_t)
-        .topk(k, 1, false, true)
-        .1; // (m, K)
+    let local = squared_distances(&positions, &centres_t).topk(k, 1, false, true).1; // (m, K)
     let flat = local.reshape([-1]);
     let z_local = z.index_select(0, &flat).reshape([m, k, c]);
-    let g_local = g_hat
-        .index_select(0, &flat)
-        .reshape([m, k, FPFH_BINS as i64]);
+    let g_local = g_hat.index_select(0, &flat).reshape([m, k, FPFH_BINS as i64]);
     let z_local_hat = z_hat.index_select(0, &flat).reshape([m, k, c]);
-    let w_g = doubly_stochastic(
-        &(g_local.matmul(&g_local.transpose(1, 2)) / d.sqrt()),
-        t,
-        iterations,
-    );
-    let w_z = doubly_stochastic(
-        &(z_local_hat.matmul(&z_local_hat.transpose(1, 2)) / (c as f64).sqrt()),
-        t,
-        iterations,
-    );
+    let w_g = doubly_stochastic(&(g_local.matmul(&g_local.transpose(1, 2)) / d.sqrt()), t, iterations);
+    let w_z = doubly_stochastic(&(z_local_hat.matmul(&z_local_hat.transpose(1, 2)) / (c as f64).sqrt()), t, iterations);
     let w = fuse(cfg, &w_g, &w_z).softmax(-1, Kind::Float);
     let gathered = w.matmul(&z_local).mean_dim(1, false, Kind::Float); // (m, C)
     proto_z = (proto_z + gathered) * 0.5;
 
     // 4. Global aggregation among prototypes closer than τ.
     if cfg.global_step {
-        let far =
-            squared_distances(&positions, &positions).gt(f64::from(cfg.global_radius).powi(2));
+        let far = squared_distances(&positions, &positions).gt(f64::from(cfg.global_radius).powi(2));
         let masked = |s: Tensor| s.masked_fill(&far, f64::NEG_INFINITY);
         let (pg, pz) = (l2_normalise(&proto_g), l2_normalise(&proto_z));
         let s_g = masked(pg.matmul(&pg.transpose(0, 1)) / d.sqrt());
         let s_z = masked(pz.matmul(&pz.transpose(0, 1)) / (c as f64).sqrt());
-        let fused = fuse(
-            cfg,
-            &doubly_stochastic(&s_g, t, iterations),
-            &doubly_stochastic(&s_z, t, iterations),
-        );
-        let w = fused
-            .masked_fill(&far, f64::NEG_INFINITY)
-            .softmax(-1, Kind::Float);
+        let fused = fuse(cfg, &doubly_stochastic(&s_g, t, iterations), &doubly_stochastic(&s_z, t, iterations));
+        let w = fused.masked_fill(&far, f64::NEG_INFINITY).softmax(-1, Kind::Float);
         proto_z = (&proto_z + w.matmul(&proto_z)) * 0.5;
     }
 
@@ -180,9 +135,7 @@ pub fn aggregate(cfg: &ScaConfig, z: &Tensor, centres: &[Point], descriptors: &[
 
     // 6. Optional snapping to the most similar prototype.
     if cfg.snapping > 0.0 {
-        let best = l2_normalise(&out)
-            .matmul(&proto_z_hat.transpose(0, 1))
-            .argmax(1, false);
+        let best = l2_normalise(&out).matmul(&proto_z_hat.transpose(0, 1)).argmax(1, false);
         let beta = f64::from(cfg.snapping);
         out = &out * (1.0 - beta) + proto_z.index_select(0, &best) * beta;
     }
@@ -190,9 +143,7 @@ pub fn aggregate(cfg: &ScaConfig, z: &Tensor, centres: &[Point], descriptors: &[
 }
 
 fn to_tensor(values: impl Iterator<Item = f32>, shape: [i64; 2], device: Device) -> Tensor {
-    Tensor::from_slice(&values.collect::<Vec<f32>>())
-        .reshape(shape)
-        .to_device(device)
+    Tensor::from_slice(&values.collect::<Vec<f32>>()).reshape(shape).to_device(device)
 }
 
 #[cfg(test)]
@@ -221,11 +172,7 @@ mod tests {
         let centres: Vec<Point> = (0..n)
             .map(|i| {
                 let a = i as f32 * 0.7;
-                [
-                    a.cos() * (1.0 + 0.01 * i as f32),
-                    a.sin(),
-                    (i as f32 / n as f32) - 0.5,
-                ]
+                [a.cos() * (1.0 + 0.01 * i as f32), a.sin(), (i as f32 / n as f32) - 0.5]
             })
             .collect();
         let descriptors: Vec<Fpfh> = (0..n)
@@ -243,10 +190,7 @@ mod tests {
     #[test]
     fn permuting_patches_permutes_the_output() {
         let (z, centres, descriptors) = cloud(60, 1);
-        let cfg = ScaConfig {
-            snapping: 0.3,
-            ..Default::default()
-        };
+        let cfg = ScaConfig { snapping: 0.3, ..Default::default() };
         let out = aggregate(&cfg, &z, &centres, &descriptors);
         let perm: Vec<usize> = (0..60).map(|i| (i * 17 + 5) % 60).collect();
         let perm_t = Tensor::from_slice(&perm.iter().map(|&p| p as i64).collect::<Vec<_>>());
@@ -264,42 +208,18 @@ mod tests {
         let (z, centres, descriptors) = cloud(50, 2);
         let switches = [
             ScaConfig::default(),
-            ScaConfig {
-                global_step: false,
-                ..Default::default()
-            },
-            ScaConfig {
-                fusion: Fusion::GeometryOnly,
-                ..Default::default()
-            },
-            ScaConfig {
-                fusion: Fusion::FeatureOnly,
-                ..Default::default()
-            },
-            ScaConfig {
-                snapping: 1.0,
-                assignment_rounds: 3,
-                ..Default::default()
-            },
+            ScaConfig { global_step: false, ..Default::default() },
+            ScaConfig { fusion: Fusion::GeometryOnly, ..Default::default() },
+            ScaConfig { fusion: Fusion::FeatureOnly, ..Default::default() },
+            ScaConfig { snapping: 1.0, assignment_rounds: 3, ..Default::default() },
         ];
         for cfg in &switches {
             let out = aggregate(cfg, &z, &centres, &descriptors);
             assert_eq!(out.size(), z.size());
             assert!(bool::try_from(out.isfinite().all()).unwrap(), "{cfg:?}");
-            assert!(
-                max_abs(&(&out - &z)) > 1e-3,
-                "SCA changed nothing under {cfg:?}"
-            );
+            assert!(max_abs(&(&out - &z)) > 1e-3, "SCA changed nothing under {cfg:?}");
         }
-        let off = aggregate(
-            &ScaConfig {
-                enabled: false,
-                ..Default::default()
-            },
-            &z,
-            &centres,
-            &descriptors,
-        );
+        let off = aggregate(&ScaConfig { enabled: false, ..Default::default() }, &z, &centres, &descriptors);
         assert!(max_abs(&(off - &z)) == 0.0);
     }
 
@@ -313,12 +233,7 @@ mod tests {
             let out = aggregate(&ScaConfig::default(), &z, centres, &zero);
             assert!(bool::try_from(out.isfinite().all()).unwrap());
         }
-        let one = aggregate(
-            &ScaConfig::default(),
-            &z.narrow(0, 0, 1),
-            &flat[..1],
-            &zero[..1],
-        );
+        let one = aggregate(&ScaConfig::default(), &z.narrow(0, 0, 1), &flat[..1], &zero[..1]);
         assert!(bool::try_from(one.isfinite().all()).unwrap());
     }
 }

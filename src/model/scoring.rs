@@ -47,37 +47,20 @@ pub struct Verdict {
 /// Cloud score, decision and defect region of scored points (any frame; the region is in the same frame).
 pub fn decide(points: &[Point], scores: &[f32], thresholds: Thresholds) -> Verdict {
     let cloud_score = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let anomalous: Vec<Point> = points
-        .iter()
-        .zip(scores)
-        .filter(|(_, s)| **s > thresholds.point)
-        .map(|(p, _)| *p)
-        .collect();
+    let anomalous: Vec<Point> =
+        points.iter().zip(scores).filter(|(_, s)| **s > thresholds.point).map(|(p, _)| *p).collect();
     let defect = (!anomalous.is_empty()).then(|| {
         let n = anomalous.len() as f64;
-        let sum = anomalous.iter().fold([0f64; 3], |a, p| {
-            [
-                a[0] + f64::from(p[0]),
-                a[1] + f64::from(p[1]),
-                a[2] + f64::from(p[2]),
-            ]
-        });
-        let centroid = sum.map(|v| (v / n) as f32);
-        let extent = anomalous
+        let sum = anomalous
             .iter()
-            .map(|p| geometry::squared_distance(*p, centroid))
-            .fold(0f32, f32::max)
-            .sqrt();
+            .fold([0f64; 3], |a, p| [a[0] + f64::from(p[0]), a[1] + f64::from(p[1]), a[2] + f64::from(p[2])]);
+        let centroid = sum.map(|v| (v / n) as f32);
+        let extent = anomalous.iter().map(|p| geometry::squared_distance(*p, centroid)).fold(0f32, f32::max).sqrt();
         DefectRegion { centroid, extent }
     });
     // NaN thresholds (an uncalibrated model) never pass a part.
     let passed = cloud_score <= thresholds.cloud;
-    Verdict {
-        cloud_score,
-        passed,
-        anomalous_points: anomalous.len(),
-        defect,
-    }
+    Verdict { cloud_score, passed, anomalous_points: anomalous.len(), defect }
 }
 
 /// The value below which a share `keep` of `values` lies (linear interpolation between order statistics).
@@ -96,12 +79,7 @@ pub fn quantile(values: &[f32], keep: f64) -> f32 {
 /// Thresholds from held-out good clouds: τ_pc rejects about `false_reject_rate` of them, τ_seg flags about
 /// `point_rate` of their points. With few clouds the quantile is coarse: with m clouds the cloud threshold can
 /// only resolve rates in steps of 1/m, so the worst held-out cloud sets it when m·rate < 1.
-pub fn calibrate(
-    cloud_scores: &[f32],
-    point_scores: &[f32],
-    false_reject_rate: f64,
-    point_rate: f64,
-) -> Thresholds {
+pub fn calibrate(cloud_scores: &[f32], point_scores: &[f32], false_reject_rate: f64, point_rate: f64) -> Thresholds {
     Thresholds {
         cloud: quantile(cloud_scores, 1.0 - false_reject_rate),
         point: quantile(point_scores, 1.0 - point_rate),
@@ -110,12 +88,8 @@ pub fn calibrate(
 
 /// The point threshold with the best F1 against labelled points (for validation sets with defects).
 pub fn best_f1_threshold(scores: &[f32], labels: &[bool]) -> Option<(f32, f64)> {
-    let mut pairs: Vec<(f32, bool)> = scores
-        .iter()
-        .copied()
-        .zip(labels.iter().copied())
-        .filter(|(s, _)| s.is_finite())
-        .collect();
+    let mut pairs: Vec<(f32, bool)> =
+        scores.iter().copied().zip(labels.iter().copied()).filter(|(s, _)| s.is_finite()).collect();
     let positives = pairs.iter().filter(|(_, l)| *l).count();
     if positives == 0 {
         return None;
@@ -147,44 +121,15 @@ mod tests {
 
     #[test]
     fn decision_and_defect_region() {
-        let pts = [
-            [0.0, 0.0, 0.0],
-            [10.0, 0.0, 0.0],
-            [12.0, 0.0, 0.0],
-            [5.0, 5.0, 5.0],
-        ];
-        let v = decide(
-            &pts,
-            &[0.1, 0.9, 0.8, 0.2],
-            Thresholds {
-                cloud: 0.5,
-                point: 0.5,
-            },
-        );
+        let pts = [[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [12.0, 0.0, 0.0], [5.0, 5.0, 5.0]];
+        let v = decide(&pts, &[0.1, 0.9, 0.8, 0.2], Thresholds { cloud: 0.5, point: 0.5 });
         assert!(!v.passed);
         assert_eq!((v.cloud_score, v.anomalous_points), (0.9, 2));
         let d = v.defect.unwrap();
         assert_eq!((d.centroid, d.extent), ([11.0, 0.0, 0.0], 1.0));
-        let ok = decide(
-            &pts,
-            &[0.1, 0.2, 0.3, 0.2],
-            Thresholds {
-                cloud: 0.5,
-                point: 0.5,
-            },
-        );
+        let ok = decide(&pts, &[0.1, 0.2, 0.3, 0.2], Thresholds { cloud: 0.5, point: 0.5 });
         assert!(ok.passed && ok.defect.is_none());
-        assert!(
-            !decide(
-                &pts,
-                &[0.1; 4],
-                Thresholds {
-                    cloud: f32::NAN,
-                    point: f32::NAN
-                }
-            )
-            .passed
-        );
+        assert!(!decide(&pts, &[0.1; 4], Thresholds { cloud: f32::NAN, point: f32::NAN }).passed);
     }
 
     #[test]
@@ -193,8 +138,7 @@ mod tests {
         assert_eq!(quantile(&[0.0, 10.0], 0.25), 2.5);
         let t = calibrate(&[0.1, 0.2, 0.3, 0.4], &[0.0; 10], 0.25, 0.0);
         assert!((t.cloud - 0.325).abs() < 1e-6);
-        let (th, f1) =
-            best_f1_threshold(&[0.9, 0.8, 0.3, 0.2], &[true, true, false, false]).unwrap();
+        let (th, f1) = best_f1_threshold(&[0.9, 0.8, 0.3, 0.2], &[true, true, false, false]).unwrap();
         assert!((th - 0.55).abs() < 1e-6 && (f1 - 1.0).abs() < 1e-12);
         assert!(best_f1_threshold(&[0.5], &[false]).is_none());
     }

@@ -50,14 +50,8 @@ pub struct Manifest {
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| ModelError::Io {
-        path: path.display().to_string(),
-        source: e,
-    })?;
-    Ok(Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    let bytes = std::fs::read(path).map_err(|e| ModelError::Io { path: path.display().to_string(), source: e })?;
+    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time (civil-from-days, proleptic Gregorian).
@@ -72,33 +66,17 @@ fn utc_string(unix: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
-    move |source| ModelError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    move |source| ModelError::Io { path: path.display().to_string(), source }
 }
 
 /// Writes the detector to `dir` atomically; returns its manifest. An existing model at `dir` is replaced only
 /// once the new one is complete.
-pub fn save(
-    detector: &Detector,
-    dir: &Path,
-    name: &str,
-    training: TrainingSummary,
-) -> Result<Manifest> {
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+pub fn save(detector: &Detector, dir: &Path, name: &str, training: TrainingSummary) -> Result<Manifest> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io(parent))?;
     let leaf = dir.file_name().and_then(|n| n.to_str()).unwrap_or("model");
     let staging = parent.join(format!(".{leaf}.partial-{}", std::process::id()));
@@ -110,13 +88,8 @@ pub fn save(
             .heads
             .vs
             .save(staging.join(HEADS))
-            .map_err(|e| ModelError::Model {
-                path: staging.display().to_string(),
-                problem: e.to_string(),
-            })?;
-        let created_unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+            .map_err(|e| ModelError::Model { path: staging.display().to_string(), problem: e.to_string() })?;
+        let created_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let heads_sha256 = sha256_file(&staging.join(HEADS))?;
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
@@ -130,10 +103,8 @@ pub fn save(
             heads_sha256,
             training,
         };
-        let text = serde_json::to_string_pretty(&manifest).map_err(|e| ModelError::Model {
-            path: MANIFEST.into(),
-            problem: e.to_string(),
-        })?;
+        let text = serde_json::to_string_pretty(&manifest)
+            .map_err(|e| ModelError::Model { path: MANIFEST.into(), problem: e.to_string() })?;
         std::fs::write(staging.join(MANIFEST), text).map_err(io(&staging))?;
         Ok(manifest)
     })();
@@ -155,21 +126,15 @@ pub fn save(
 }
 
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
-    let bad = |problem: String| ModelError::Model {
-        path: dir.display().to_string(),
-        problem,
-    };
+    let bad = |problem: String| ModelError::Model { path: dir.display().to_string(), problem };
     let path = dir.join(MANIFEST);
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read {MANIFEST}: {e}")))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read {MANIFEST}: {e}")))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("{MANIFEST} is not JSON: {e}")))?;
     match value.get("format_version").and_then(|v| v.as_u64()) {
         Some(v) if v == u64::from(FORMAT_VERSION) => {}
         Some(v) => {
-            return Err(bad(format!(
-                "format version {v} is not supported (this build reads {FORMAT_VERSION})"
-            )));
+            return Err(bad(format!("format version {v} is not supported (this build reads {FORMAT_VERSION})")));
         }
         None => return Err(bad(format!("{MANIFEST} has no format_version"))),
     }
@@ -178,43 +143,27 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
 
 /// Loads a model folder, checking hashes, backbone identity, tensor names and shapes.
 pub fn load(dir: &Path, device: Device) -> Result<(Detector, Manifest)> {
-    let bad = |problem: String| ModelError::Model {
-        path: dir.display().to_string(),
-        problem,
-    };
+    let bad = |problem: String| ModelError::Model { path: dir.display().to_string(), problem };
     let manifest = read_manifest(dir)?;
-    manifest
-        .config
-        .validate()
-        .map_err(|e| bad(format!("manifest configuration: {e}")))?;
-    for (file, expected) in [
-        (BACKBONE, &manifest.backbone_sha256),
-        (HEADS, &manifest.heads_sha256),
-    ] {
+    manifest.config.validate().map_err(|e| bad(format!("manifest configuration: {e}")))?;
+    for (file, expected) in [(BACKBONE, &manifest.backbone_sha256), (HEADS, &manifest.heads_sha256)] {
         let actual = sha256_file(&dir.join(file)).map_err(|e| bad(format!("{file}: {e}")))?;
         if &actual != expected {
-            return Err(bad(format!(
-                "{file} does not match the manifest's hash (changed or corrupt)"
-            )));
+            return Err(bad(format!("{file} does not match the manifest's hash (changed or corrupt)")));
         }
     }
     let backbone = Backbone::load_saved(&manifest.backbone, &dir.join(BACKBONE), device)
         .map_err(|e| bad(format!("backbone: {e}")))?;
     let heads = Heads::new(&manifest.config, backbone.width(), device)?;
     let tensors: std::collections::HashMap<String, Tensor> =
-        Tensor::read_safetensors(dir.join(HEADS))
-            .map_err(|e| bad(format!("{HEADS}: {e}")))?
-            .into_iter()
-            .collect();
+        Tensor::read_safetensors(dir.join(HEADS)).map_err(|e| bad(format!("{HEADS}: {e}")))?.into_iter().collect();
     {
         let _guard = tch::no_grad_guard();
         let mut variables = heads.vs.variables();
         let mut names: Vec<String> = variables.keys().cloned().collect();
         names.sort();
         for name in names {
-            let src = tensors
-                .get(&name)
-                .ok_or_else(|| bad(format!("{HEADS} lacks tensor {name}")))?;
+            let src = tensors.get(&name).ok_or_else(|| bad(format!("{HEADS} lacks tensor {name}")))?;
             let dst = variables.get_mut(&name).expect("name from the same map");
             if src.size() != dst.size() {
                 return Err(bad(format!(
@@ -226,13 +175,8 @@ pub fn load(dir: &Path, device: Device) -> Result<(Detector, Manifest)> {
             dst.copy_(&src.to_device(device));
         }
     }
-    let detector = Detector {
-        config: manifest.config.clone(),
-        backbone,
-        heads,
-        thresholds: manifest.thresholds,
-        device,
-    };
+    let detector =
+        Detector { config: manifest.config.clone(), backbone, heads, thresholds: manifest.thresholds, device };
     Ok((detector, manifest))
 }
 

@@ -11,12 +11,7 @@ pub fn layout_from_msg(msg: PointCloud2) -> (Header, PointCloud2Layout) {
     let fields = msg
         .fields
         .into_iter()
-        .map(|f| PointFieldLayout {
-            name: f.name,
-            offset: f.offset,
-            datatype: f.datatype,
-            count: f.count,
-        })
+        .map(|f| PointFieldLayout { name: f.name, offset: f.offset, datatype: f.datatype, count: f.count })
         .collect();
     let layout = PointCloud2Layout {
         height: msg.height,
@@ -35,12 +30,7 @@ pub fn msg_from_layout(header: Header, layout: PointCloud2Layout) -> PointCloud2
     let fields = layout
         .fields
         .into_iter()
-        .map(|f| PointField {
-            name: f.name,
-            offset: f.offset,
-            datatype: f.datatype,
-            count: f.count,
-        })
+        .map(|f| PointField { name: f.name, offset: f.offset, datatype: f.datatype, count: f.count })
         .collect();
     PointCloud2 {
         header,

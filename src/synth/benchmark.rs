@@ -72,16 +72,10 @@ fn apply_defect(
     cfg: &BenchmarkConfig,
     rng: &mut impl Rng,
 ) -> anyhow::Result<Vec<bool>> {
-    let visible: Vec<usize> = (0..s.points.len())
-        .filter(|&j| s.points[j][0].is_finite())
-        .collect();
-    anyhow::ensure!(
-        !visible.is_empty(),
-        "the scan has no points to put a defect on"
-    );
+    let visible: Vec<usize> = (0..s.points.len()).filter(|&j| s.points[j][0].is_finite()).collect();
+    anyhow::ensure!(!visible.is_empty(), "the scan has no points to put a defect on");
     let pick = |rng: &mut dyn rand::RngCore| visible[rng.gen_range(0..visible.len())];
-    let range =
-        |r: [f32; 2], scale: f32, rng: &mut dyn rand::RngCore| scale * rng.gen_range(r[0]..=r[1]);
+    let range = |r: [f32; 2], scale: f32, rng: &mut dyn rand::RngCore| scale * rng.gen_range(r[0]..=r[1]);
     let at = pick(rng);
     let (centre, normal) = (s.points[at], s.normals[at]);
     Ok(match kind {
@@ -101,10 +95,7 @@ fn apply_defect(
         DefectKind::Scratch => {
             let t = defects::tangent(normal, rng);
             let half = 0.5 * range([15.0, 30.0], 1.0, rng);
-            let (a, b) = (
-                [0, 1, 2].map(|k| centre[k] - half * t[k]),
-                [0, 1, 2].map(|k| centre[k] + half * t[k]),
-            );
+            let (a, b) = ([0, 1, 2].map(|k| centre[k] - half * t[k]), [0, 1, 2].map(|k| centre[k] + half * t[k]));
             let (w, d) = (range([0.8, 1.5], 1.0, rng), range([0.3, 0.8], 1.0, rng));
             defects::groove(&mut s.points, &s.normals, a, b, w, d)
         }
@@ -123,23 +114,15 @@ fn apply_defect(
                     candidates.push((j, visible[m.index as usize]));
                 }
             }
-            let Some(&(j, other)) = candidates.get(rng.gen_range(0..candidates.len().max(1)))
-            else {
+            let Some(&(j, other)) = candidates.get(rng.gen_range(0..candidates.len().max(1))) else {
                 anyhow::bail!("no sharp edge visible for a burr");
             };
             let (n1, n2) = (s.normals[j], s.normals[other]);
-            let dir = [
-                n1[1] * n2[2] - n1[2] * n2[1],
-                n1[2] * n2[0] - n1[0] * n2[2],
-                n1[0] * n2[1] - n1[1] * n2[0],
-            ];
+            let dir = [n1[1] * n2[2] - n1[2] * n2[1], n1[2] * n2[0] - n1[0] * n2[2], n1[0] * n2[1] - n1[1] * n2[0]];
             let len = dot(dir, dir).sqrt().max(1e-9);
             let half = 0.5 * range([10.0, 20.0], 1.0, rng);
             let c = s.points[j];
-            let (a, b) = (
-                [0, 1, 2].map(|k| c[k] - half * dir[k] / len),
-                [0, 1, 2].map(|k| c[k] + half * dir[k] / len),
-            );
+            let (a, b) = ([0, 1, 2].map(|k| c[k] - half * dir[k] / len), [0, 1, 2].map(|k| c[k] + half * dir[k] / len));
             let (w, h) = (range([0.8, 1.2], 1.0, rng), range([0.4, 0.8], 1.0, rng));
             defects::groove(&mut s.points, &s.normals, a, b, w, -h)
         }
@@ -162,21 +145,11 @@ fn scan(mesh: &Mesh, mode: CaptureMode, cfg: &BenchmarkConfig, rng: &mut impl Rn
     match mode {
         CaptureMode::FullScan => {
             let s = sample::sample_surface(mesh, cfg.points, cfg.noise, rng);
-            Scan {
-                width: s.points.len(),
-                height: 1,
-                points: s.points,
-                normals: s.normals,
-            }
+            Scan { width: s.points.len(), height: 1, points: s.points, normals: s.normals }
         }
         CaptureMode::Camera => {
             let f = camera::capture(mesh, &cfg.camera, rng);
-            Scan {
-                width: f.width,
-                height: f.height,
-                points: f.points,
-                normals: f.normals,
-            }
+            Scan { width: f.width, height: f.height, points: f.points, normals: f.normals }
         }
     }
 }
@@ -188,19 +161,11 @@ fn write_scan(path: &Path, s: &Scan) -> crate::cloud::Result<()> {
 }
 
 /// Writes one class per mesh and capture mode under `out`; returns the class folders.
-pub fn generate(
-    meshes: &[PathBuf],
-    out: &Path,
-    cfg: &BenchmarkConfig,
-) -> anyhow::Result<Vec<PathBuf>> {
+pub fn generate(meshes: &[PathBuf], out: &Path, cfg: &BenchmarkConfig) -> anyhow::Result<Vec<PathBuf>> {
     let mut classes = Vec::new();
     let total = meshes.len() * cfg.modes.len();
     for (m, mesh_path) in meshes.iter().enumerate() {
-        let part = mesh_path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("part")
-            .to_lowercase();
+        let part = mesh_path.file_stem().and_then(|s| s.to_str()).unwrap_or("part").to_lowercase();
         let mesh = Mesh::read(mesh_path)?.normalised(cfg.diagonal);
         for (k, &mode) in cfg.modes.iter().enumerate() {
             let class = match mode {
@@ -211,47 +176,26 @@ pub fn generate(
             for sub in ["train", "test", "gt"] {
                 std::fs::create_dir_all(dir.join(sub))?;
             }
-            let mut rng = rand::rngs::StdRng::seed_from_u64(
-                cfg.seed
-                    .wrapping_mul(1000)
-                    .wrapping_add((m * 10 + k) as u64),
-            );
+            let mut rng =
+                rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_mul(1000).wrapping_add((m * 10 + k) as u64));
             for i in 0..cfg.train {
-                write_scan(
-                    &dir.join(format!("train/{i:03}_template.pcd")),
-                    &scan(&mesh, mode, cfg, &mut rng),
-                )?;
+                write_scan(&dir.join(format!("train/{i:03}_template.pcd")), &scan(&mesh, mode, cfg, &mut rng))?;
             }
             for i in 0..cfg.test_good {
-                write_scan(
-                    &dir.join(format!("test/{i:03}_good.pcd")),
-                    &scan(&mesh, mode, cfg, &mut rng),
-                )?;
+                write_scan(&dir.join(format!("test/{i:03}_good.pcd")), &scan(&mesh, mode, cfg, &mut rng))?;
             }
             for i in 0..cfg.test_defective {
                 let mut s = scan(&mesh, mode, cfg, &mut rng);
-                anyhow::ensure!(
-                    !cfg.defects.is_empty(),
-                    "the benchmark configuration lists no defect kinds"
-                );
+                anyhow::ensure!(!cfg.defects.is_empty(), "the benchmark configuration lists no defect kinds");
                 let kind = cfg.defects[i % cfg.defects.len()];
                 let mask = apply_defect(kind, &mut s, cfg, &mut rng)?;
                 let name = format!("{i:03}_{}", kind.name());
                 write_scan(&dir.join(format!("test/{name}.pcd")), &s)?;
-                let (points, labels): (Vec<_>, Vec<_>) = s
-                    .points
-                    .iter()
-                    .zip(&mask)
-                    .filter(|(p, _)| p[0].is_finite())
-                    .map(|(p, m)| (*p, *m))
-                    .unzip();
+                let (points, labels): (Vec<_>, Vec<_>) =
+                    s.points.iter().zip(&mask).filter(|(p, _)| p[0].is_finite()).map(|(p, m)| (*p, *m)).unzip();
                 write_ground_truth(&dir.join(format!("gt/{name}.txt")), &points, &labels)?;
             }
-            tracing::info!(
-                class,
-                progress = format!("{}/{total}", classes.len() + 1),
-                "benchmark class written"
-            );
+            tracing::info!(class, progress = format!("{}/{total}", classes.len() + 1), "benchmark class written");
             classes.push(dir);
         }
     }

@@ -94,19 +94,14 @@ pub fn capture(mesh: &Mesh, cfg: &CameraConfig, rng: &mut impl Rng) -> Frame {
     let (cx, cy) = (0.5 * w as f32 - 0.5, 0.5 * h as f32 - 0.5);
     // Part pose: a small random misalignment; then the world seen from a camera above the part, looking at it.
     let [rot_deg, shift] = cfg.misalignment;
-    let jitter =
-        [0, 1, 2].map(|a| rotation_about(a, rot_deg.to_radians() * rng.gen_range(-1.0f32..=1.0)));
+    let jitter = [0, 1, 2].map(|a| rotation_about(a, rot_deg.to_radians() * rng.gen_range(-1.0f32..=1.0)));
     let part_rotation = compose(&jitter[0], &compose(&jitter[1], &jitter[2]));
     let part_shift = [0, 1, 2].map(|_| shift * rng.gen_range(-1.0f32..=1.0));
     // Camera looks down at the elevation angle: world z up becomes the camera's −y, depth along +z.
     let view = rotation_about(0, -(90.0 + cfg.elevation_degrees).to_radians());
     let to_camera = |p: Point| {
         let q = rotate(&part_rotation, p);
-        let q = [
-            q[0] + part_shift[0],
-            q[1] + part_shift[1],
-            q[2] + part_shift[2],
-        ];
+        let q = [q[0] + part_shift[0], q[1] + part_shift[1], q[2] + part_shift[2]];
         let v = rotate(&view, q);
         [v[0], v[1], v[2] + cfg.distance]
     };
@@ -131,21 +126,11 @@ pub fn capture(mesh: &Mesh, cfg: &CameraConfig, rng: &mut impl Rng) -> Frame {
         if area.abs() < 1e-12 {
             continue;
         }
-        for py in (y0.ceil().max(0.0) as usize)
-            ..=(y1.floor().min(h as f32 - 1.0).max(-1.0) as usize).min(h - 1)
-        {
-            for px in (x0.ceil().max(0.0) as usize)
-                ..=(x1.floor().min(w as f32 - 1.0).max(-1.0) as usize).min(w - 1)
-            {
+        for py in (y0.ceil().max(0.0) as usize)..=(y1.floor().min(h as f32 - 1.0).max(-1.0) as usize).min(h - 1) {
+            for px in (x0.ceil().max(0.0) as usize)..=(x1.floor().min(w as f32 - 1.0).max(-1.0) as usize).min(w - 1) {
                 let (fx, fy) = (px as f32, py as f32);
-                let e = |a: [f32; 3], b: [f32; 3]| {
-                    (b[0] - a[0]) * (fy - a[1]) - (fx - a[0]) * (b[1] - a[1])
-                };
-                let (w0, w1, w2) = (
-                    e(proj[1], proj[2]) / area,
-                    e(proj[2], proj[0]) / area,
-                    e(proj[0], proj[1]) / area,
-                );
+                let e = |a: [f32; 3], b: [f32; 3]| (b[0] - a[0]) * (fy - a[1]) - (fx - a[0]) * (b[1] - a[1]);
+                let (w0, w1, w2) = (e(proj[1], proj[2]) / area, e(proj[2], proj[0]) / area, e(proj[0], proj[1]) / area);
                 if w0 < 0.0 || w1 < 0.0 || w2 < 0.0 {
                     continue;
                 }
@@ -160,29 +145,14 @@ pub fn capture(mesh: &Mesh, cfg: &CameraConfig, rng: &mut impl Rng) -> Frame {
         }
     }
     let specular: Vec<Point> = (0..cfg.specular_patches)
-        .filter_map(|_| {
-            triangles
-                .get(rng.gen_range(0..triangles.len().max(1)))
-                .map(|t| t[0])
-        })
+        .filter_map(|_| triangles.get(rng.gen_range(0..triangles.len().max(1))).map(|t| t[0]))
         .collect();
     let occluded_rows = (cfg.occlusion.clamp(0.0, 1.0) * h as f32) as usize;
-    let occlusion_start = if occluded_rows > 0 {
-        rng.gen_range(0..=h - occluded_rows)
-    } else {
-        h
-    };
+    let occlusion_start = if occluded_rows > 0 { rng.gen_range(0..=h - occluded_rows) } else { h };
     let cos_limit = cfg.grazing_limit_degrees.to_radians().cos();
-    let mut frame = Frame {
-        width: w,
-        height: h,
-        points: vec![[f32::NAN; 3]; w * h],
-        normals: vec![[0.0; 3]; w * h],
-    };
+    let mut frame = Frame { width: w, height: h, points: vec![[f32::NAN; 3]; w * h], normals: vec![[0.0; 3]; w * h] };
     for i in 0..w * h {
-        if face[i] == u32::MAX
-            || (i / w >= occlusion_start && i / w < occlusion_start + occluded_rows)
-        {
+        if face[i] == u32::MAX || (i / w >= occlusion_start && i / w < occlusion_start + occluded_rows) {
             continue;
         }
         let t = &triangles[face[i] as usize];
@@ -200,9 +170,7 @@ pub fn capture(mesh: &Mesh, cfg: &CameraConfig, rng: &mut impl Rng) -> Frame {
         }
         let cos = -dot(n, ray) / dot(ray, ray).sqrt();
         if cos < cos_limit
-            || specular
-                .iter()
-                .any(|c| squared_distance(*c, p) < cfg.specular_radius * cfg.specular_radius)
+            || specular.iter().any(|c| squared_distance(*c, p) < cfg.specular_radius * cfg.specular_radius)
         {
             continue;
         }
@@ -222,12 +190,7 @@ pub fn capture(mesh: &Mesh, cfg: &CameraConfig, rng: &mut impl Rng) -> Frame {
 
 /// The pixels with a return, with their points.
 pub fn visible_points(frame: &Frame) -> impl Iterator<Item = (usize, Point)> + '_ {
-    frame
-        .points
-        .iter()
-        .copied()
-        .enumerate()
-        .filter(|(_, p)| p[0].is_finite())
+    frame.points.iter().copied().enumerate().filter(|(_, p)| p[0].is_finite())
 }
 
 #[cfg(test)]
@@ -238,80 +201,27 @@ mod tests {
     fn cube() -> Mesh {
         let v = |x: f32, y: f32, z: f32| [x * 40.0, y * 40.0, z * 40.0];
         let quads = [
-            [
-                v(-1., -1., -1.),
-                v(1., -1., -1.),
-                v(1., 1., -1.),
-                v(-1., 1., -1.),
-            ],
-            [
-                v(-1., -1., 1.),
-                v(-1., 1., 1.),
-                v(1., 1., 1.),
-                v(1., -1., 1.),
-            ],
-            [
-                v(-1., -1., -1.),
-                v(-1., -1., 1.),
-                v(1., -1., 1.),
-                v(1., -1., -1.),
-            ],
-            [
-                v(-1., 1., -1.),
-                v(1., 1., -1.),
-                v(1., 1., 1.),
-                v(-1., 1., 1.),
-            ],
-            [
-                v(-1., -1., -1.),
-                v(-1., 1., -1.),
-                v(-1., 1., 1.),
-                v(-1., -1., 1.),
-            ],
-            [
-                v(1., -1., -1.),
-                v(1., -1., 1.),
-                v(1., 1., 1.),
-                v(1., 1., -1.),
-            ],
+            [v(-1., -1., -1.), v(1., -1., -1.), v(1., 1., -1.), v(-1., 1., -1.)],
+            [v(-1., -1., 1.), v(-1., 1., 1.), v(1., 1., 1.), v(1., -1., 1.)],
+            [v(-1., -1., -1.), v(-1., -1., 1.), v(1., -1., 1.), v(1., -1., -1.)],
+            [v(-1., 1., -1.), v(1., 1., -1.), v(1., 1., 1.), v(-1., 1., 1.)],
+            [v(-1., -1., -1.), v(-1., 1., -1.), v(-1., 1., 1.), v(-1., -1., 1.)],
+            [v(1., -1., -1.), v(1., -1., 1.), v(1., 1., 1.), v(1., 1., -1.)],
         ];
-        Mesh {
-            triangles: quads
-                .iter()
-                .flat_map(|q| [[q[0], q[1], q[2]], [q[0], q[2], q[3]]])
-                .collect(),
-        }
+        Mesh { triangles: quads.iter().flat_map(|q| [[q[0], q[1], q[2]], [q[0], q[2], q[3]]]).collect() }
     }
 
     #[test]
     fn a_frame_sees_the_front_with_holes_and_noise() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-        let cfg = CameraConfig {
-            occlusion: 0.0,
-            specular_patches: 0,
-            ..Default::default()
-        };
+        let cfg = CameraConfig { occlusion: 0.0, specular_patches: 0, ..Default::default() };
         let frame = capture(&cube(), &cfg, &mut rng);
         let valid: Vec<Point> = visible_points(&frame).map(|(_, p)| p).collect();
         assert!(valid.len() > 2000, "{}", valid.len());
-        assert!(
-            valid.len() < frame.points.len(),
-            "the background has no return"
-        );
+        assert!(valid.len() < frame.points.len(), "the background has no return");
         // Every return lies on the cube's near side, roughly `distance` away.
-        assert!(
-            valid
-                .iter()
-                .all(|p| p[2] > 180.0 - 80.0 && p[2] < 180.0 + 80.0)
-        );
-        let occluded = capture(
-            &cube(),
-            &CameraConfig {
-                occlusion: 0.5,
-                ..cfg.clone()
-            },
-            &mut rng,
-        );
+        assert!(valid.iter().all(|p| p[2] > 180.0 - 80.0 && p[2] < 180.0 + 80.0));
+        let occluded = capture(&cube(), &CameraConfig { occlusion: 0.5, ..cfg.clone() }, &mut rng);
         assert!(visible_points(&occluded).count() < valid.len());
     }
 }

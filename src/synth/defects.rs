@@ -21,15 +21,8 @@ pub enum DefectKind {
 }
 
 impl DefectKind {
-    pub const ALL: [DefectKind; 7] = [
-        Self::Bulge,
-        Self::Sink,
-        Self::Scratch,
-        Self::Pit,
-        Self::Burr,
-        Self::Dent,
-        Self::MissingChunk,
-    ];
+    pub const ALL: [DefectKind; 7] =
+        [Self::Bulge, Self::Sink, Self::Scratch, Self::Pit, Self::Burr, Self::Dent, Self::MissingChunk];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -47,13 +40,7 @@ impl DefectKind {
 /// Displaces points within `radius` of `centre` along their normals by `height·(1 − (d/r)²)²`; returns the mask
 /// of points moved by more than `height · 0.05` (the visible part of the bump). Points without a return (NaN)
 /// are never inside.
-pub fn bump(
-    points: &mut [Point],
-    normals: &[Point],
-    centre: Point,
-    radius: f32,
-    height: f32,
-) -> Vec<bool> {
+pub fn bump(points: &mut [Point], normals: &[Point], centre: Point, radius: f32, height: f32) -> Vec<bool> {
     displace(points, normals, height, |p| {
         let d2 = squared_distance(p, centre) / (radius * radius);
         if d2 < 1.0 { (1.0 - d2).powi(2) } else { 0.0 }
@@ -61,12 +48,7 @@ pub fn bump(
 }
 
 /// Moves each point by `amount · profile(point)` along its normal; the mask is where the profile exceeds 5 %.
-fn displace(
-    points: &mut [Point],
-    normals: &[Point],
-    amount: f32,
-    profile: impl Fn(Point) -> f32,
-) -> Vec<bool> {
+fn displace(points: &mut [Point], normals: &[Point], amount: f32, profile: impl Fn(Point) -> f32) -> Vec<bool> {
     points
         .iter_mut()
         .zip(normals)
@@ -99,40 +81,17 @@ fn segment_distance(p: Point, a: Point, b: Point) -> f32 {
 }
 
 /// A shallow depression with a flat bottom: full depth inside 60 % of the radius, easing out to the rim.
-pub fn dent(
-    points: &mut [Point],
-    normals: &[Point],
-    centre: Point,
-    radius: f32,
-    depth: f32,
-) -> Vec<bool> {
-    displace(points, normals, -depth, |p| {
-        1.0 - smoothstep(0.6 * radius, radius, squared_distance(p, centre).sqrt())
-    })
+pub fn dent(points: &mut [Point], normals: &[Point], centre: Point, radius: f32, depth: f32) -> Vec<bool> {
+    displace(points, normals, -depth, |p| 1.0 - smoothstep(0.6 * radius, radius, squared_distance(p, centre).sqrt()))
 }
 
 /// A small, deep hole with steep walls.
-pub fn pit(
-    points: &mut [Point],
-    normals: &[Point],
-    centre: Point,
-    radius: f32,
-    depth: f32,
-) -> Vec<bool> {
-    displace(points, normals, -depth, |p| {
-        1.0 - smoothstep(0.85 * radius, radius, squared_distance(p, centre).sqrt())
-    })
+pub fn pit(points: &mut [Point], normals: &[Point], centre: Point, radius: f32, depth: f32) -> Vec<bool> {
+    displace(points, normals, -depth, |p| 1.0 - smoothstep(0.85 * radius, radius, squared_distance(p, centre).sqrt()))
 }
 
 /// A groove of `width` along the segment a–b (negative `depth` makes a ridge: a burr).
-pub fn groove(
-    points: &mut [Point],
-    normals: &[Point],
-    a: Point,
-    b: Point,
-    width: f32,
-    depth: f32,
-) -> Vec<bool> {
+pub fn groove(points: &mut [Point], normals: &[Point], a: Point, b: Point, width: f32, depth: f32) -> Vec<bool> {
     displace(points, normals, -depth, |p| {
         let d = segment_distance(p, a, b) / width;
         if d < 1.0 { (1.0 - d * d).powi(2) } else { 0.0 }
@@ -161,11 +120,7 @@ pub fn missing_chunk(points: &mut [Point], centre: Point, radius: f32, rim: f32)
 
 /// A random direction perpendicular to `n` (a scratch's course along the surface).
 pub fn tangent(n: Point, rng: &mut impl Rng) -> Point {
-    let helper = if n[0].abs() < 0.9 {
-        [1.0, 0.0, 0.0]
-    } else {
-        [0.0, 1.0, 0.0]
-    };
+    let helper = if n[0].abs() < 0.9 { [1.0, 0.0, 0.0] } else { [0.0, 1.0, 0.0] };
     let u = cross(n, helper);
     let v = cross(n, u);
     let angle: f32 = rng.gen_range(0.0..std::f32::consts::TAU);
@@ -175,11 +130,7 @@ pub fn tangent(n: Point, rng: &mut impl Rng) -> Point {
 }
 
 fn cross(a: Point, b: Point) -> Point {
-    [
-        a[1] * b[2] - a[2] * b[1],
-        a[2] * b[0] - a[0] * b[2],
-        a[0] * b[1] - a[1] * b[0],
-    ]
+    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
 }
 
 #[cfg(test)]
@@ -187,15 +138,8 @@ mod tests {
     use super::*;
 
     fn plane() -> (Vec<Point>, Vec<Point>) {
-        let pts: Vec<Point> = (0..41 * 41)
-            .map(|i| {
-                [
-                    (i % 41) as f32 * 0.5 - 10.0,
-                    (i / 41) as f32 * 0.5 - 10.0,
-                    0.0,
-                ]
-            })
-            .collect();
+        let pts: Vec<Point> =
+            (0..41 * 41).map(|i| [(i % 41) as f32 * 0.5 - 10.0, (i / 41) as f32 * 0.5 - 10.0, 0.0]).collect();
         let n = vec![[0.0, 0.0, 1.0]; pts.len()];
         (pts, n)
     }
@@ -217,39 +161,23 @@ mod tests {
         let cases: Vec<(&str, Apply)> = vec![
             ("dent", Box::new(|p| dent(p, &n, [0.0; 3], 4.0, 1.0))),
             ("pit", Box::new(|p| pit(p, &n, [0.0; 3], 1.5, 2.0))),
-            (
-                "scratch",
-                Box::new(|p| groove(p, &n, [-6.0, 0.0, 0.0], [6.0, 0.0, 0.0], 0.8, 0.5)),
-            ),
-            (
-                "burr",
-                Box::new(|p| groove(p, &n, [-6.0, 0.0, 0.0], [6.0, 0.0, 0.0], 0.8, -0.5)),
-            ),
+            ("scratch", Box::new(|p| groove(p, &n, [-6.0, 0.0, 0.0], [6.0, 0.0, 0.0], 0.8, 0.5))),
+            ("burr", Box::new(|p| groove(p, &n, [-6.0, 0.0, 0.0], [6.0, 0.0, 0.0], 0.8, -0.5))),
         ];
         for (name, apply) in cases {
             let mut pts = base.clone();
             let mask = apply(&mut pts);
-            let changed: Vec<bool> = pts
-                .iter()
-                .zip(&base)
-                .map(|(a, b)| (a[2] - b[2]).abs() > 1e-6)
-                .collect();
+            let changed: Vec<bool> = pts.iter().zip(&base).map(|(a, b)| (a[2] - b[2]).abs() > 1e-6).collect();
             let labelled = mask.iter().filter(|m| **m).count();
             assert!(labelled > 5, "{name}: {labelled}");
-            assert!(
-                mask.iter().zip(&changed).all(|(m, c)| !m || *c),
-                "{name}: a labelled point did not move"
-            );
+            assert!(mask.iter().zip(&changed).all(|(m, c)| !m || *c), "{name}: a labelled point did not move");
         }
         let mut pts = base.clone();
         let mask = missing_chunk(&mut pts, [0.0; 3], 3.0, 1.0);
         assert!(pts.iter().filter(|p| p[0].is_nan()).count() > 100);
         assert!(mask.iter().zip(&pts).all(|(m, p)| !m || p[0].is_finite()));
         assert!(mask.iter().any(|m| *m));
-        let t = tangent(
-            [0.0, 0.0, 1.0],
-            &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1),
-        );
+        let t = tangent([0.0, 0.0, 1.0], &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1));
         assert!(t[2].abs() < 1e-6 && (dot(t, t) - 1.0).abs() < 1e-5);
     }
 }

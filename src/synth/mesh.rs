@@ -11,11 +11,7 @@ pub struct Mesh {
 }
 
 fn cross(a: Point, b: Point) -> Point {
-    [
-        a[1] * b[2] - a[2] * b[1],
-        a[2] * b[0] - a[0] * b[2],
-        a[0] * b[1] - a[1] * b[0],
-    ]
+    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
 }
 
 impl Mesh {
@@ -24,9 +20,7 @@ impl Mesh {
         let mesh = match extension(path).as_str() {
             "stl" => Self::from_stl(&bytes),
             "obj" => Self::from_obj(&bytes),
-            other => Err(CloudError::Unsupported(format!(
-                "mesh extension '{other}' (stl, obj)"
-            ))),
+            other => Err(CloudError::Unsupported(format!("mesh extension '{other}' (stl, obj)"))),
         }
         .map_err(|e| e.in_file(path))?;
         if mesh.triangles.is_empty() {
@@ -36,10 +30,7 @@ impl Mesh {
     }
 
     pub fn from_stl(bytes: &[u8]) -> Result<Self> {
-        let bad = |problem: String| CloudError::BadData {
-            format: "STL",
-            problem,
-        };
+        let bad = |problem: String| CloudError::BadData { format: "STL", problem };
         // A binary STL's size is fixed by its triangle count; ascii files start with "solid" (binary ones may too).
         if bytes.len() >= 84 {
             let count = u32::from_le_bytes([bytes[80], bytes[81], bytes[82], bytes[83]]) as usize;
@@ -54,17 +45,14 @@ impl Mesh {
                 return Ok(Self { triangles });
             }
         }
-        let text = std::str::from_utf8(bytes)
-            .map_err(|_| bad("neither a binary STL of consistent size nor text".into()))?;
+        let text =
+            std::str::from_utf8(bytes).map_err(|_| bad("neither a binary STL of consistent size nor text".into()))?;
         let mut vertices = Vec::new();
         for line in text.lines() {
             let mut words = line.split_whitespace();
             if words.next() == Some("vertex") {
                 let v: Vec<f32> = words
-                    .map(|w| {
-                        w.parse()
-                            .map_err(|_| bad(format!("bad vertex line '{line}'")))
-                    })
+                    .map(|w| w.parse().map_err(|_| bad(format!("bad vertex line '{line}'"))))
                     .collect::<Result<_>>()?;
                 if v.len() != 3 {
                     return Err(bad(format!("bad vertex line '{line}'")));
@@ -73,24 +61,13 @@ impl Mesh {
             }
         }
         if vertices.len() % 3 != 0 {
-            return Err(bad(format!(
-                "{} vertices is not a whole number of triangles",
-                vertices.len()
-            )));
+            return Err(bad(format!("{} vertices is not a whole number of triangles", vertices.len())));
         }
-        Ok(Self {
-            triangles: vertices
-                .chunks_exact(3)
-                .map(|t| [t[0], t[1], t[2]])
-                .collect(),
-        })
+        Ok(Self { triangles: vertices.chunks_exact(3).map(|t| [t[0], t[1], t[2]]).collect() })
     }
 
     pub fn from_obj(bytes: &[u8]) -> Result<Self> {
-        let bad = |problem: String| CloudError::BadData {
-            format: "OBJ",
-            problem,
-        };
+        let bad = |problem: String| CloudError::BadData { format: "OBJ", problem };
         let text = std::str::from_utf8(bytes).map_err(|_| bad("not text".into()))?;
         let (mut vertices, mut triangles) = (Vec::new(), Vec::new());
         for line in text.lines() {
@@ -116,11 +93,7 @@ impl Mesh {
                                 .unwrap_or("")
                                 .parse()
                                 .map_err(|_| bad(format!("bad face '{line}'")))?;
-                            let resolved = if i < 0 {
-                                vertices.len() as i64 + i
-                            } else {
-                                i - 1
-                            };
+                            let resolved = if i < 0 { vertices.len() as i64 + i } else { i - 1 };
                             usize::try_from(resolved)
                                 .ok()
                                 .filter(|&r| r < vertices.len())
@@ -155,16 +128,8 @@ impl Mesh {
         let (lo, hi) = self.bounds();
         let centre = [0, 1, 2].map(|a| 0.5 * (lo[a] + hi[a]));
         let current = dot(sub(hi, lo), sub(hi, lo)).sqrt();
-        let s = if current > 0.0 {
-            diagonal / current
-        } else {
-            1.0
-        };
-        let triangles = self
-            .triangles
-            .iter()
-            .map(|t| t.map(|v| [0, 1, 2].map(|a| (v[a] - centre[a]) * s)))
-            .collect();
+        let s = if current > 0.0 { diagonal / current } else { 1.0 };
+        let triangles = self.triangles.iter().map(|t| t.map(|v| [0, 1, 2].map(|a| (v[a] - centre[a]) * s))).collect();
         Self { triangles }
     }
 
@@ -182,10 +147,7 @@ impl Mesh {
                 let (ka, kb) = (key(a), key(b));
                 let id = if ka < kb { (ka, kb) } else { (kb, ka) };
                 match first.get(&id) {
-                    Some(&other)
-                        if dot(Self::normal(t), Self::normal(&self.triangles[other]))
-                            < cos_limit =>
-                    {
+                    Some(&other) if dot(Self::normal(t), Self::normal(&self.triangles[other])) < cos_limit => {
                         edges.push((a, b))
                     }
                     Some(_) => {}

@@ -21,29 +21,20 @@ pub fn sample_surface(mesh: &Mesh, count: usize, noise: f32, rng: &mut impl Rng)
         total += f64::from(Mesh::area(t));
         cumulative.push(total);
     }
-    let mut out = SurfaceSample {
-        points: Vec::with_capacity(count),
-        normals: Vec::with_capacity(count),
-    };
+    let mut out = SurfaceSample { points: Vec::with_capacity(count), normals: Vec::with_capacity(count) };
     if total <= 0.0 {
         return out;
     }
     for _ in 0..count {
         let pick = rng.r#gen::<f64>() * total;
-        let t = &mesh.triangles[cumulative
-            .partition_point(|&c| c < pick)
-            .min(mesh.triangles.len() - 1)];
+        let t = &mesh.triangles[cumulative.partition_point(|&c| c < pick).min(mesh.triangles.len() - 1)];
         let (mut u, mut v): (f32, f32) = (rng.r#gen(), rng.r#gen());
         if u + v > 1.0 {
             (u, v) = (1.0 - u, 1.0 - v);
         }
         let n = Mesh::normal(t);
         let offset = noise * standard_normal(rng);
-        out.points.push(
-            [0, 1, 2].map(|a| {
-                t[0][a] + u * (t[1][a] - t[0][a]) + v * (t[2][a] - t[0][a]) + offset * n[a]
-            }),
-        );
+        out.points.push([0, 1, 2].map(|a| t[0][a] + u * (t[1][a] - t[0][a]) + v * (t[2][a] - t[0][a]) + offset * n[a]));
         out.normals.push(n);
     }
     out

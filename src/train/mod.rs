@@ -80,9 +80,7 @@ impl Monitor for LogMonitor {
     fn report(&mut self, p: &Progress) {
         let due = match self.last {
             None => true,
-            Some((t, stage, epoch)) => {
-                stage != p.stage || epoch != p.epoch || t.elapsed().as_secs_f32() > 2.0
-            }
+            Some((t, stage, epoch)) => stage != p.stage || epoch != p.epoch || t.elapsed().as_secs_f32() > 2.0,
         };
         if due {
             self.last = Some((Instant::now(), p.stage, p.epoch));
@@ -131,8 +129,8 @@ pub fn train(
 
     let mut order: Vec<usize> = (0..clouds.len()).collect();
     order.shuffle(&mut rng);
-    let held_out = ((clouds.len() as f64 * config.scoring.holdout_fraction).round() as usize)
-        .clamp(1, clouds.len() - 1);
+    let held_out =
+        ((clouds.len() as f64 * config.scoring.holdout_fraction).round() as usize).clamp(1, clouds.len() - 1);
     let (calibration, training) = order.split_at(held_out);
     let views = config.preprocess.augment.views_per_cloud.max(1);
     tracing::info!(training = training.len(), held_out, views, backbone = %detector.backbone.identity.kind, "training set");
@@ -153,10 +151,7 @@ pub fn train(
             }
             .map_err(|e| ModelError::Training(format!("{}: {e}", clouds[i].name)))?;
             let (features, _, _) = detector.features(&patched)?;
-            samples.push(Sample {
-                features,
-                centres: centre_tensor(&patched, device).squeeze_dim(0),
-            });
+            samples.push(Sample { features, centres: centre_tensor(&patched, device).squeeze_dim(0) });
             let done = samples.len();
             let elapsed = start.elapsed().as_secs_f32();
             monitor.report(&Progress {
@@ -177,26 +172,15 @@ pub fn train(
         buckets.entry(s.features.size()[0]).or_default().push(i);
     }
     let heads = &detector.heads;
-    let mut opt = nn::AdamW {
-        beta1: 0.9,
-        beta2: 0.999,
-        wd: 0.0,
-        eps: 1e-8,
-        amsgrad: false,
-    }
-    .build(&heads.vs, tc.learning_rate)?;
+    let mut opt = nn::AdamW { beta1: 0.9, beta2: 0.999, wd: 0.0, eps: 1e-8, amsgrad: false }
+        .build(&heads.vs, tc.learning_rate)?;
     opt.set_weight_decay_group(0, tc.weight_decay);
     opt.set_weight_decay_group(1, 0.0);
-    let steps_per_epoch: usize = buckets
-        .values()
-        .map(|b| b.len().div_ceil(tc.batch_size))
-        .sum();
+    let steps_per_epoch: usize = buckets.values().map(|b| b.len().div_ceil(tc.batch_size)).sum();
     let train_start = Instant::now();
     let mut epoch_loss = f32::NAN;
     for epoch in 0..tc.epochs {
-        let lr = tc.learning_rate
-            * 0.5
-            * (1.0 + (std::f64::consts::PI * epoch as f64 / tc.epochs as f64).cos());
+        let lr = tc.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / tc.epochs as f64).cos());
         opt.set_lr(lr);
         let mut batches: Vec<Vec<usize>> = Vec::new();
         for members in buckets.values() {
@@ -210,34 +194,13 @@ pub fn train(
             if monitor.cancelled() {
                 return Err(ModelError::Cancelled);
             }
-            let x = Tensor::stack(
-                &batch
-                    .iter()
-                    .map(|&i| samples[i].features.shallow_clone())
-                    .collect::<Vec<_>>(),
-                0,
-            );
-            let c = Tensor::stack(
-                &batch
-                    .iter()
-                    .map(|&i| samples[i].centres.shallow_clone())
-                    .collect::<Vec<_>>(),
-                0,
-            );
+            let x = Tensor::stack(&batch.iter().map(|&i| samples[i].features.shallow_clone()).collect::<Vec<_>>(), 0);
+            let c = Tensor::stack(&batch.iter().map(|&i| samples[i].centres.shallow_clone()).collect::<Vec<_>>(), 0);
             let q = heads.adaptor.forward(&x);
             let (corrupted, labels) = heads.generator.corrupt(&q);
-            let c = if heads.generator.batch_factor() == 2 {
-                Tensor::cat(&[&c, &c], 0)
-            } else {
-                c
-            };
+            let c = if heads.generator.batch_factor() == 2 { Tensor::cat(&[&c, &c], 0) } else { c };
             let logits = heads.discriminator.forward_t(&corrupted, &c, true);
-            let loss = logits.binary_cross_entropy_with_logits::<Tensor>(
-                &labels,
-                None,
-                None,
-                Reduction::Mean,
-            );
+            let loss = logits.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Mean);
             opt.backward_step_clip_norm(&loss, tc.gradient_clip);
             sum += loss.double_value(&[]);
             count += 1;
@@ -245,8 +208,7 @@ pub fn train(
             let per_step = train_start.elapsed().as_secs_f32() / steps_done as f32;
             monitor.report(&Progress {
                 stage: Stage::Training,
-                fraction: PREPARE_SHARE
-                    + TRAIN_SHARE * steps_done as f32 / (tc.epochs * steps_per_epoch) as f32,
+                fraction: PREPARE_SHARE + TRAIN_SHARE * steps_done as f32 / (tc.epochs * steps_per_epoch) as f32,
                 epoch: epoch + 1,
                 epochs: tc.epochs,
                 loss: (sum / count as f64) as f32,
@@ -264,9 +226,7 @@ pub fn train(
         );
     }
     if !epoch_loss.is_finite() {
-        return Err(ModelError::Training(format!(
-            "the loss diverged ({epoch_loss})"
-        )));
+        return Err(ModelError::Training(format!("the loss diverged ({epoch_loss})")));
     }
 
     // Thresholds from the held-out good clouds.
@@ -293,12 +253,8 @@ pub fn train(
         });
     }
     let s = &config.scoring;
-    detector.thresholds = scoring::calibrate(
-        &cloud_scores,
-        &point_scores,
-        s.target_false_reject_rate,
-        s.point_false_positive_rate,
-    );
+    detector.thresholds =
+        scoring::calibrate(&cloud_scores, &point_scores, s.target_false_reject_rate, s.point_false_positive_rate);
     if !validation.is_empty() {
         let (mut scores, mut labels) = (Vec::new(), Vec::new());
         for cloud in validation {
@@ -359,10 +315,7 @@ pub fn train(
 
 /// Reads every `.pcd` and `.ply` file in a folder (sorted by name) as good clouds.
 pub fn load_cloud_dir(dir: &std::path::Path) -> Result<Vec<TrainingCloud>> {
-    let io = |e: std::io::Error| ModelError::Io {
-        path: dir.display().to_string(),
-        source: e,
-    };
+    let io = |e: std::io::Error| ModelError::Io { path: dir.display().to_string(), source: e };
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(io)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -370,20 +323,14 @@ pub fn load_cloud_dir(dir: &std::path::Path) -> Result<Vec<TrainingCloud>> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(ModelError::Training(format!(
-            "{}: no .pcd or .ply files",
-            dir.display()
-        )));
+        return Err(ModelError::Training(format!("{}: no .pcd or .ply files", dir.display())));
     }
     files
         .iter()
         .map(|path| {
             let cloud = crate::cloud::read_cloud(path)?;
             let finite = cloud.finite_points().map_err(|e| e.in_file(path))?;
-            Ok(TrainingCloud {
-                name: path.display().to_string(),
-                points: finite.points,
-            })
+            Ok(TrainingCloud { name: path.display().to_string(), points: finite.points })
         })
         .collect()
 }
@@ -391,10 +338,7 @@ pub fn load_cloud_dir(dir: &std::path::Path) -> Result<Vec<TrainingCloud>> {
 /// Reads every `.pcd`/`.ply` file in a folder as a labelled cloud: a per-point field `label` (non-zero = defect)
 /// is required.
 pub fn load_labelled_dir(dir: &std::path::Path) -> Result<Vec<LabelledCloud>> {
-    let io = |e: std::io::Error| ModelError::Io {
-        path: dir.display().to_string(),
-        source: e,
-    };
+    let io = |e: std::io::Error| ModelError::Io { path: dir.display().to_string(), source: e };
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(io)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -405,20 +349,12 @@ pub fn load_labelled_dir(dir: &std::path::Path) -> Result<Vec<LabelledCloud>> {
         .iter()
         .map(|path| {
             let cloud = crate::cloud::read_cloud(path)?;
-            let label = cloud.field("label").ok_or_else(|| {
-                ModelError::Training(format!("{}: no per-point 'label' field", path.display()))
-            })?;
+            let label = cloud
+                .field("label")
+                .ok_or_else(|| ModelError::Training(format!("{}: no per-point 'label' field", path.display())))?;
             let finite = cloud.finite_points().map_err(|e| e.in_file(path))?;
-            let labels = finite
-                .source_index
-                .iter()
-                .map(|&i| label.value(i as usize, 0) != 0.0)
-                .collect();
-            Ok(LabelledCloud {
-                name: path.display().to_string(),
-                points: finite.points,
-                labels,
-            })
+            let labels = finite.source_index.iter().map(|&i| label.value(i as usize, 0) != 0.0).collect();
+            Ok(LabelledCloud { name: path.display().to_string(), points: finite.points, labels })
         })
         .collect()
 }

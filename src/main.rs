@@ -78,7 +78,7 @@ enum Command {
     /// Writes a benchmark in Real3D-AD's layout from CAD meshes: good training scans, good and defective test
     /// scans (bulges and sinks, every point labelled). Full 360° scans.
     Synth {
-        /// Mesh files or folders of them (STL, OBJ). Default: the bundled real parts.
+        /// Mesh files or folders of them (STL, OBJ, PLY). Default: the bundled real parts.
         #[arg(long)]
         meshes: Vec<PathBuf>,
         #[arg(long)]
@@ -288,7 +288,7 @@ fn synth(meshes: Vec<PathBuf>, out: &Path, config: Option<&Path>, seed: Option<u
         if source.is_dir() {
             let mut found: Vec<PathBuf> = std::fs::read_dir(&source)?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| matches!(cloud::extension(p).as_str(), "stl" | "obj"))
+                .filter(|p| matches!(cloud::extension(p).as_str(), "stl" | "obj" | "ply"))
                 .collect();
             found.sort();
             files.extend(found);
@@ -297,7 +297,7 @@ fn synth(meshes: Vec<PathBuf>, out: &Path, config: Option<&Path>, seed: Option<u
         }
     }
     if files.is_empty() {
-        bail!("no STL or OBJ meshes found");
+        bail!("no STL, OBJ or PLY meshes found");
     }
     let classes = generate(&files, out, &cfg)?;
     println!(

@@ -18,7 +18,7 @@ pub enum PlyEncoding {
 
 enum Property {
     Scalar { name: String, scalar: ScalarType },
-    List { count: ScalarType, item: ScalarType },
+    List { name: String, count: ScalarType, item: ScalarType },
 }
 
 struct Element {
@@ -95,11 +95,15 @@ fn parse_header(bytes: &[u8]) -> Result<(PlyEncoding, Vec<Element>, &[u8])> {
                 count: count.parse().map_err(|_| header_error(format!("bad element count in '{line}'")))?,
                 properties: Vec::new(),
             }),
-            ["property", "list", count, item, _name] => elements
-                .last_mut()
-                .ok_or_else(|| header_error("property before any element"))?
-                .properties
-                .push(Property::List { count: scalar_from_ply(count)?, item: scalar_from_ply(item)? }),
+            ["property", "list", count, item, name] => {
+                elements.last_mut().ok_or_else(|| header_error("property before any element"))?.properties.push(
+                    Property::List {
+                        name: name.to_string(),
+                        count: scalar_from_ply(count)?,
+                        item: scalar_from_ply(item)?,
+                    },
+                )
+            }
             ["property", kind, name] => elements
                 .last_mut()
                 .ok_or_else(|| header_error("property before any element"))?
@@ -176,17 +180,28 @@ impl<'a> Reader<'a> {
 }
 
 pub fn decode(bytes: &[u8]) -> Result<PointCloud> {
+    Ok(read_elements(bytes, false)?.0)
+}
+
+/// A PLY mesh: its vertices as a cloud and its faces as vertex-index polygons.
+pub fn decode_mesh(bytes: &[u8]) -> Result<(PointCloud, Vec<Vec<u32>>)> {
+    read_elements(bytes, true)
+}
+
+/// Reads the `vertex` element into a cloud and, with `faces`, the `face` element's vertex-index lists; other
+/// elements are skipped (and with `faces` false, nothing after the vertices is read).
+fn read_elements(bytes: &[u8], faces: bool) -> Result<(PointCloud, Vec<Vec<u32>>)> {
     let (encoding, elements, body) = parse_header(bytes)?;
     if !elements.iter().any(|e| e.name == "vertex") {
         return Err(header_error("no vertex element"));
     }
     let mut reader = Reader::new(body, encoding)?;
+    let mut cloud = None;
+    let mut polygons = Vec::new();
     for element in elements {
         let is_vertex = element.name == "vertex";
-        let mut buffers: Vec<Vec<u8>> = Vec::new();
-        if is_vertex {
-            buffers = element.properties.iter().map(|_| Vec::new()).collect();
-        }
+        let is_face = faces && element.name == "face";
+        let mut buffers: Vec<Vec<u8>> = element.properties.iter().map(|_| Vec::new()).collect();
         let mut scratch = Vec::new();
         for _ in 0..element.count {
             for (k, property) in element.properties.iter().enumerate() {
@@ -195,13 +210,23 @@ pub fn decode(bytes: &[u8]) -> Result<PointCloud> {
                         let out = if is_vertex { &mut buffers[k] } else { &mut scratch };
                         reader.read_into(*scalar, out)?;
                     }
-                    Property::List { count, item } => {
+                    Property::List { name, count, item } => {
                         let len = reader.read_f64(*count)?;
                         if !(0.0..=1e6).contains(&len) {
                             return Err(data_error(format!("list length {len} in element '{}'", element.name)));
                         }
+                        let mut indices = Vec::with_capacity(len as usize);
                         for _ in 0..len as usize {
+                            scratch.clear();
                             reader.read_into(*item, &mut scratch)?;
+                            indices.push(item.read_le(&scratch));
+                        }
+                        if is_face && (name == "vertex_indices" || name == "vertex_index") {
+                            let valid = indices.iter().all(|i| *i >= 0.0 && i.fract() == 0.0 && *i < u32::MAX as f64);
+                            if !valid {
+                                return Err(data_error(format!("face with a bad vertex index: {indices:?}")));
+                            }
+                            polygons.push(indices.iter().map(|&i| i as u32).collect());
                         }
                     }
                 }
@@ -221,11 +246,14 @@ pub fn decode(bytes: &[u8]) -> Result<PointCloud> {
                     Property::List { .. } => None,
                 })
                 .collect::<Result<Vec<_>>>()?;
-            // The vertices are all a cloud needs; later elements (faces) are not read.
-            return PointCloud::new(element.count, 1, fields);
+            cloud = Some(PointCloud::new(element.count, 1, fields)?);
+            if !faces {
+                break;
+            }
         }
     }
-    Err(header_error("no vertex element"))
+    let cloud = cloud.ok_or_else(|| header_error("no vertex element"))?;
+    Ok((cloud, polygons))
 }
 
 pub fn read(path: &Path) -> Result<PointCloud> {
@@ -338,11 +366,14 @@ mod tests {
     }
 
     #[test]
-    fn mesh_faces_are_skipped() {
-        let text = "ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\n\
-                    element face 1\nproperty list uchar int vertex_indices\nend_header\n0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n";
+    fn mesh_faces_are_skipped_or_read() {
+        let text = "ply\nformat ascii 1.0\nelement vertex 4\nproperty float x\nproperty float y\nproperty float z\n\
+                    element face 1\nproperty list uchar int vertex_indices\nend_header\n0 0 0\n1 0 0\n0 1 0\n1 1 0\n4 0 1 3 2\n";
         let cloud = decode(text.as_bytes()).unwrap();
         assert_eq!(cloud.positions().unwrap()[1], [1.0, 0.0, 0.0]);
+        let (vertices, faces) = decode_mesh(text.as_bytes()).unwrap();
+        assert_eq!((vertices.len(), faces), (4, vec![vec![0, 1, 3, 2]]));
+        assert!(decode_mesh(text.replace("4 0 1 3 2", "3 0 1 -2").as_bytes()).is_err());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Triangle meshes from STL (binary and ascii) and OBJ files: the real CAD parts scans are simulated from.
+//! Triangle meshes from STL (binary and ascii), OBJ and PLY files: the real CAD parts scans are simulated from.
 
 use std::path::Path;
 
@@ -20,7 +20,8 @@ impl Mesh {
         let mesh = match extension(path).as_str() {
             "stl" => Self::from_stl(&bytes),
             "obj" => Self::from_obj(&bytes),
-            other => Err(CloudError::Unsupported(format!("mesh extension '{other}' (stl, obj)"))),
+            "ply" => Self::from_ply(&bytes),
+            other => Err(CloudError::Unsupported(format!("mesh extension '{other}' (stl, obj, ply)"))),
         }
         .map_err(|e| e.in_file(path))?;
         if mesh.triangles.is_empty() {
@@ -110,6 +111,26 @@ impl Mesh {
         Ok(Self { triangles })
     }
 
+    pub fn from_ply(bytes: &[u8]) -> Result<Self> {
+        let (cloud, faces) = crate::cloud::ply::decode_mesh(bytes)?;
+        let vertices = cloud.positions()?;
+        let mut triangles = Vec::new();
+        for face in faces {
+            if let Some(&bad) = face.iter().find(|&&i| i as usize >= vertices.len()) {
+                return Err(CloudError::BadData { format: "PLY", problem: format!("face index {bad} out of range") });
+            }
+            // Polygons are fanned into triangles.
+            for k in 1..face.len().saturating_sub(1) {
+                triangles.push([
+                    vertices[face[0] as usize],
+                    vertices[face[k] as usize],
+                    vertices[face[k + 1] as usize],
+                ]);
+            }
+        }
+        Ok(Self { triangles })
+    }
+
     pub fn area(t: &[Point; 3]) -> f32 {
         let c = cross(sub(t[1], t[0]), sub(t[2], t[0]));
         0.5 * dot(c, c).sqrt()
@@ -188,5 +209,9 @@ mod tests {
         assert_eq!(Mesh::from_obj(obj.as_bytes()).unwrap().triangles.len(), 2);
         assert!(Mesh::from_obj(b"v 0 0 0\nf 1 2 3\n").is_err());
         assert!(Mesh::from_stl(b"solid x\nvertex 1 2\n").is_err());
+        let ply = "ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\n\
+                   element face 1\nproperty list uchar int vertex_indices\nend_header\n0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n";
+        assert_eq!(Mesh::from_ply(ply.as_bytes()).unwrap().triangles, m.triangles);
+        assert!(Mesh::from_ply(ply.replace("3 0 1 2", "3 0 1 7").as_bytes()).is_err());
     }
 }

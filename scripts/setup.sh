@@ -15,6 +15,9 @@ VENV="$DEPS/venv"
 STAMPS="$DEPS/stamps"
 TORCH_MODE="${INSPECT3D_TORCH:-min}"
 mkdir -p "$STAMPS"
+# A shell that sourced some checkout's .deps/env.sh must not leak into this set-up: with that PYTHONPATH, pip in
+# a new venv would see the other venv's packages as installed and install nothing.
+unset PYTHONPATH VIRTUAL_ENV PYTHONHOME
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 # Runs "$@" unless the stamp named $1 holds the same key $2 (a hash of the step's inputs).

@@ -53,7 +53,7 @@ fn synth_writes_real3d_ad_layout_and_eval_compares_methods() {
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap()).unwrap();
     let results = results.as_array().unwrap();
-    assert_eq!(results.len(), 6, "3 methods × 2 classes");
+    assert_eq!(results.len(), 8, "4 methods (ours, BTF(Raw), BTF(FPFH), PatchCore) × 2 classes");
     for r in results {
         for key in ["object_auroc", "object_ap", "point_auroc", "point_ap"] {
             let v = r[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {r}"));

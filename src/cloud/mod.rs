@@ -312,6 +312,17 @@ pub fn read_cloud(path: &Path) -> Result<PointCloud> {
     }
 }
 
+/// The `.pcd` and `.ply` files in a folder, sorted by name.
+pub fn cloud_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(io_error(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(extension(p).as_str(), "pcd" | "ply"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 pub fn extension(path: &Path) -> String {
     path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase()
 }

@@ -27,16 +27,6 @@ pub struct ClassData {
     pub test: Vec<TestCloud>,
 }
 
-fn clouds_in(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| ModelError::Io { path: dir.display().to_string(), source: e })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(crate::cloud::extension(p).as_str(), "pcd" | "ply"))
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
 /// Reads `x y z label` rows.
 pub fn read_ground_truth(path: &Path) -> Result<(Vec<Point>, Vec<bool>)> {
     let text =
@@ -75,12 +65,12 @@ pub fn load_class(dir: &Path) -> Result<ClassData> {
     let finite = |path: &Path| -> Result<Vec<Point>> {
         Ok(read_cloud(path)?.finite_points().map_err(|e| e.in_file(path))?.points)
     };
-    let train = clouds_in(&dir.join("train"))?
+    let train = crate::cloud::cloud_files(&dir.join("train"))?
         .iter()
         .map(|p| Ok(TrainingCloud { name: p.display().to_string(), points: finite(p)? }))
         .collect::<Result<Vec<_>>>()?;
     let mut test = Vec::new();
-    for path in clouds_in(&dir.join("test"))? {
+    for path in crate::cloud::cloud_files(&dir.join("test"))? {
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
         let gt = dir.join("gt").join(format!("{stem}.txt"));
         let (points, labels) = if gt.is_file() {

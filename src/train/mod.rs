@@ -315,13 +315,7 @@ pub fn train(
 
 /// Reads every `.pcd` and `.ply` file in a folder (sorted by name) as good clouds.
 pub fn load_cloud_dir(dir: &std::path::Path) -> Result<Vec<TrainingCloud>> {
-    let io = |e: std::io::Error| ModelError::Io { path: dir.display().to_string(), source: e };
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(io)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(crate::cloud::extension(p).as_str(), "pcd" | "ply"))
-        .collect();
-    files.sort();
+    let files = crate::cloud::cloud_files(dir)?;
     if files.is_empty() {
         return Err(ModelError::Training(format!("{}: no .pcd or .ply files", dir.display())));
     }
@@ -338,13 +332,7 @@ pub fn load_cloud_dir(dir: &std::path::Path) -> Result<Vec<TrainingCloud>> {
 /// Reads every `.pcd`/`.ply` file in a folder as a labelled cloud: a per-point field `label` (non-zero = defect)
 /// is required.
 pub fn load_labelled_dir(dir: &std::path::Path) -> Result<Vec<LabelledCloud>> {
-    let io = |e: std::io::Error| ModelError::Io { path: dir.display().to_string(), source: e };
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(io)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(crate::cloud::extension(p).as_str(), "pcd" | "ply"))
-        .collect();
-    files.sort();
+    let files = crate::cloud::cloud_files(dir)?;
     files
         .iter()
         .map(|path| {

@@ -133,10 +133,8 @@ pub fn geometry(input: &Path, cfg: &GeometryBench) -> Result<Table> {
     });
     table.stage("PointCloud2 decode", format!("{} bytes", layout.data.len()), r, || pointcloud2::decode(&layout))?;
     let finite = table.stage("drop non-finite", format!("{n_in} points"), r, || cloud.finite_points())?;
-    let grid =
-        table.stage("voxel grid", format!("{} → ? points, {} m", finite.points.len(), cfg.voxel), r, || {
-            geometry::voxel_downsample(&finite.points, cfg.voxel)
-        })?;
+    // The voxel stage's description needs its output size, so it is written once the stage has run.
+    let grid = table.stage("voxel grid", String::new(), r, || geometry::voxel_downsample(&finite.points, cfg.voxel))?;
     let points = &grid.points;
     if let Some(stage) = table.stages.last_mut() {
         stage.detail = format!("{} → {} points, {} m", finite.points.len(), points.len(), cfg.voxel);

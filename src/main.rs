@@ -241,7 +241,7 @@ fn train_model(
         None => Vec::new(),
     };
     let (detector, summary) =
-        train::train(cfg, clouds, &labelled, device.resolve()?, &mut train::LogMonitor::default())?;
+        train::train(cfg, &clouds, &labelled, device.resolve()?, &mut train::LogMonitor::default())?;
     let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("model");
     let manifest = store::save(&detector, out, name, summary)?;
     println!(

@@ -86,7 +86,7 @@ fn a_bulge_scores_higher_and_the_model_folder_round_trips() {
     let validation = [train::LabelledCloud { name: "validation".into(), points: vpoints, labels: vmask }];
     let (detector, summary) = train::train(
         small_config(),
-        good_clouds(&mesh),
+        &good_clouds(&mesh),
         &validation,
         tch::Device::Cpu,
         &mut train::LogMonitor::default(),

@@ -116,12 +116,7 @@ pub fn evaluate_class(
 ) -> Result<ClassEvaluation> {
     let scorer: Box<Scorer> = match method {
         Method::Ours(_, cfg) => {
-            let clouds = class
-                .train
-                .iter()
-                .map(|c| train::TrainingCloud { name: c.name.clone(), points: c.points.clone() })
-                .collect();
-            let (detector, _) = train::train((**cfg).clone(), clouds, &[], device, monitor)?;
+            let (detector, _) = train::train((**cfg).clone(), &class.train, &[], device, monitor)?;
             Box::new(move |points| Ok(detector.score_points(points)?.0))
         }
         Method::Baseline(kind, cfg) => {

@@ -10,11 +10,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor, nn, nn::Module, nn::ModuleT};
+use tch::{Device, Tensor, nn, nn::Module, nn::ModuleT};
 
 use super::config::BackboneConfig;
 use super::preprocess::PatchedCloud;
-use super::{ModelError, Result};
+use super::{ModelError, Result, copy_into, tensors_from_bytes};
 use crate::geometry::FPFH_BINS;
 
 /// What a model's tokens came from; stored in the manifest and checked on load.
@@ -216,11 +216,11 @@ impl Backbone {
         Ok(Self { vs, source: Source::PointMae(Box::new(model)), identity })
     }
 
-    /// Rebuilds a backbone saved in a model folder.
-    pub fn load_saved(identity: &BackboneIdentity, path: &Path, device: Device) -> Result<Self> {
+    /// Rebuilds a backbone saved in a model folder from the bytes of its safetensors file (`path` names it in
+    /// errors).
+    pub fn load_saved(identity: &BackboneIdentity, bytes: &[u8], path: &Path, device: Device) -> Result<Self> {
         let bad = |problem: String| ModelError::Checkpoint { path: path.display().to_string(), problem };
-        let tensors: HashMap<String, Tensor> =
-            Tensor::read_safetensors(path).map_err(|e| bad(e.to_string()))?.into_iter().collect();
+        let tensors = tensors_from_bytes(bytes).map_err(bad)?;
         let mut backbone = match identity.kind.as_str() {
             "fpfh" => Self::fpfh(identity.width, 0, device),
             "point_mae" | "random_point_mae" => {
@@ -275,34 +275,6 @@ impl Backbone {
     }
 }
 
-/// Copies named tensors into a VarStore, checking that every variable is present with its shape.
-fn copy_into(vs: &mut nn::VarStore, tensors: &HashMap<String, Tensor>) -> std::result::Result<(), String> {
-    let _guard = tch::no_grad_guard();
-    let mut variables = vs.variables();
-    let mut names: Vec<&String> = variables.keys().collect();
-    names.sort();
-    let mut missing = Vec::new();
-    for name in names.clone() {
-        match tensors.get(name) {
-            None => missing.push(name.clone()),
-            Some(src) => {
-                let dst = &variables[name];
-                if src.size() != dst.size() {
-                    return Err(format!("tensor {name} has shape {:?}, expected {:?}", src.size(), dst.size()));
-                }
-            }
-        }
-    }
-    if !missing.is_empty() {
-        let shown: Vec<_> = missing.iter().take(5).cloned().collect();
-        return Err(format!("{} tensors missing, e.g. {}", missing.len(), shown.join(", ")));
-    }
-    for (name, dst) in variables.iter_mut() {
-        dst.copy_(&tensors[name].to_kind(Kind::Float).to_device(dst.device()));
-    }
-    Ok(())
-}
-
 /// Reads a converted Point-MAE checkpoint: its tensors and the head count recorded in its metadata.
 fn read_checkpoint(bytes: &[u8], path: &Path) -> Result<(usize, HashMap<String, Tensor>)> {
     let bad = |problem: String| ModelError::Checkpoint { path: path.display().to_string(), problem };
@@ -315,6 +287,5 @@ fn read_checkpoint(bytes: &[u8], path: &Path) -> Result<(usize, HashMap<String, 
             DEFAULT_HEADS
         }
     };
-    let tensors = Tensor::read_safetensors(path).map_err(|e| bad(e.to_string()))?;
-    Ok((heads, tensors.into_iter().collect()))
+    Ok((heads, tensors_from_bytes(bytes).map_err(bad)?))
 }

@@ -13,6 +13,7 @@ pub mod sca;
 pub mod scoring;
 pub mod store;
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -151,6 +152,41 @@ pub struct Detector {
 
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
+}
+
+/// The tensors of a safetensors file already in memory.
+pub(crate) fn tensors_from_bytes(bytes: &[u8]) -> std::result::Result<HashMap<String, Tensor>, String> {
+    let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format!("not safetensors: {e:?}"))?;
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| Tensor::try_from(view).map(|t| (name, t)).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// Copies named tensors into a VarStore, checking that every variable is present with its shape.
+pub(crate) fn copy_into(vs: &mut nn::VarStore, tensors: &HashMap<String, Tensor>) -> std::result::Result<(), String> {
+    let _guard = tch::no_grad_guard();
+    let mut variables = vs.variables();
+    let mut names: Vec<&String> = variables.keys().collect();
+    names.sort();
+    let mut missing = Vec::new();
+    for name in names {
+        match tensors.get(name) {
+            None => missing.push(name.clone()),
+            Some(src) if src.size() != variables[name].size() => {
+                return Err(format!("tensor {name} has shape {:?}, expected {:?}", src.size(), variables[name].size()));
+            }
+            Some(_) => {}
+        }
+    }
+    if !missing.is_empty() {
+        let shown: Vec<_> = missing.iter().take(5).cloned().collect();
+        return Err(format!("{} tensors missing, e.g. {}", missing.len(), shown.join(", ")));
+    }
+    for (name, dst) in variables.iter_mut() {
+        dst.copy_(&tensors[name].to_kind(Kind::Float).to_device(dst.device()));
+    }
+    Ok(())
 }
 
 /// Centres of a patched cloud as a (1, n, 3) tensor.

@@ -9,11 +9,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tch::{Device, Tensor};
+use tch::Device;
 
 use super::backbone::{Backbone, BackboneIdentity};
 use super::config::DetectorConfig;
-use super::{Detector, Heads, ModelError, Result, Thresholds};
+use super::{Detector, Heads, ModelError, Result, Thresholds, copy_into, tensors_from_bytes};
 
 pub const FORMAT_VERSION: u32 = 1;
 const MANIFEST: &str = "manifest.json";
@@ -49,9 +49,12 @@ pub struct Manifest {
     pub training: TrainingSummary,
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| ModelError::Io { path: path.display().to_string(), source: e })?;
-    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+    Ok(sha256_hex(&std::fs::read(path).map_err(io(path))?))
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time (civil-from-days, proleptic Gregorian).
@@ -146,35 +149,20 @@ pub fn load(dir: &Path, device: Device) -> Result<(Detector, Manifest)> {
     let bad = |problem: String| ModelError::Model { path: dir.display().to_string(), problem };
     let manifest = read_manifest(dir)?;
     manifest.config.validate().map_err(|e| bad(format!("manifest configuration: {e}")))?;
+    // Each file is read once: hashed, then decoded from the same bytes.
+    let mut contents = Vec::new();
     for (file, expected) in [(BACKBONE, &manifest.backbone_sha256), (HEADS, &manifest.heads_sha256)] {
-        let actual = sha256_file(&dir.join(file)).map_err(|e| bad(format!("{file}: {e}")))?;
-        if &actual != expected {
+        let bytes = std::fs::read(dir.join(file)).map_err(|e| bad(format!("{file}: {e}")))?;
+        if &sha256_hex(&bytes) != expected {
             return Err(bad(format!("{file} does not match the manifest's hash (changed or corrupt)")));
         }
+        contents.push(bytes);
     }
-    let backbone = Backbone::load_saved(&manifest.backbone, &dir.join(BACKBONE), device)
+    let backbone = Backbone::load_saved(&manifest.backbone, &contents[0], &dir.join(BACKBONE), device)
         .map_err(|e| bad(format!("backbone: {e}")))?;
-    let heads = Heads::new(&manifest.config, backbone.width(), device)?;
-    let tensors: std::collections::HashMap<String, Tensor> =
-        Tensor::read_safetensors(dir.join(HEADS)).map_err(|e| bad(format!("{HEADS}: {e}")))?.into_iter().collect();
-    {
-        let _guard = tch::no_grad_guard();
-        let mut variables = heads.vs.variables();
-        let mut names: Vec<String> = variables.keys().cloned().collect();
-        names.sort();
-        for name in names {
-            let src = tensors.get(&name).ok_or_else(|| bad(format!("{HEADS} lacks tensor {name}")))?;
-            let dst = variables.get_mut(&name).expect("name from the same map");
-            if src.size() != dst.size() {
-                return Err(bad(format!(
-                    "tensor {name} has shape {:?}, the configuration needs {:?}",
-                    src.size(),
-                    dst.size()
-                )));
-            }
-            dst.copy_(&src.to_device(device));
-        }
-    }
+    let mut heads = Heads::new(&manifest.config, backbone.width(), device)?;
+    let tensors = tensors_from_bytes(&contents[1]).map_err(|e| bad(format!("{HEADS}: {e}")))?;
+    copy_into(&mut heads.vs, &tensors).map_err(|e| bad(format!("{HEADS}: {e}")))?;
     let detector =
         Detector { config: manifest.config.clone(), backbone, heads, thresholds: manifest.thresholds, device };
     Ok((detector, manifest))

@@ -109,7 +109,7 @@ struct Sample {
 /// sets the point threshold by F1.
 pub fn train(
     config: DetectorConfig,
-    clouds: Vec<TrainingCloud>,
+    clouds: &[TrainingCloud],
     validation: &[LabelledCloud],
     device: Device,
     monitor: &mut dyn Monitor,

@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
-# Sets up everything (idempotent) and runs the main job on an embedded default, no camera needed: the bundled
-# 640×480 depth-camera frame goes through the geometry pipeline; its summary is printed and a heatmap written to
-# out/frame_surface_variation.ply (open it in MeshLab, CloudCompare or Open3D).
+# The main job on an embedded default, no camera needed: sets everything up (idempotent), starts inspect3d_node
+# with the bundled model (models/featuretype) and replays the bundled recorded scans of a part
+# (tests/data/cell_scans: simulated depth-camera frames of a real CAD part, 2 good and 4 with defects) to it as
+# sensor_msgs/PointCloud2 over DDS. Prints a live table of verdicts and writes one heatmap per scan to out/demo/
+# (PLY coloured by anomaly score: open it in MeshLab, CloudCompare or Open3D).
 # shellcheck disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/prepare.sh"
-cargo build --release
-mkdir -p out
-./target/release/inspect3d describe --input tests/data/scans/frame_20121214T142255.814212.pcd \
-  --heatmap out/frame_surface_variation.ply
+cargo build --release --bins
+export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$((RANDOM % 100 + 1))}"
+mkdir -p out/demo
+./target/release/inspect3d_node --ros-args --params-file config/inspector.yaml \
+  -p model_path:=models/featuretype -p input_topic:=/demo/camera/points >out/demo/node.log 2>&1 &
+node_pid=$!
+trap 'kill -INT $node_pid 2>/dev/null || true' EXIT
+echo "inspect3d_node started (pid $node_pid, ROS_DOMAIN_ID=$ROS_DOMAIN_ID, log out/demo/node.log); replaying scans:"
+./target/release/inspect3d replay --scans tests/data/cell_scans --topic /demo/camera/points --heatmaps out/demo
+kill -INT $node_pid
+wait $node_pid
+trap - EXIT
+echo "node stopped cleanly; its log: out/demo/node.log"

@@ -35,6 +35,8 @@ if [ -z "${INSPECT3D_NO_OVERLAY:-}" ] && [ -d "$_overlay" ]; then
 fi
 # DDS stays on this host unless the user says otherwise.
 export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
+# Fast DDS transports that carry whole depth frames (config/fastdds.xml says why), unless the user has a profile.
+export FASTRTPS_DEFAULT_PROFILES_FILE="${FASTRTPS_DEFAULT_PROFILES_FILE:-$INSPECT3D_ROOT/config/fastdds.xml}"
 # r2r generates bindings only for these packages: the list decides r2r's build time.
 export IDL_PACKAGE_FILTER="${IDL_PACKAGE_FILTER:-std_msgs;sensor_msgs;builtin_interfaces;action_msgs;unique_identifier_msgs;geometry_msgs;diagnostic_msgs;rcl_interfaces;inspect3d_msgs}"
 unset _venv _overlay

@@ -5,6 +5,7 @@
 //! - [`geometry`]: voxel grid, normalisation, sampling, neighbourhoods, normals, FPFH, median filter;
 //! - [`model`]: the detector's stages (backbone, SCA, adaptor, generator, discriminator, scoring) and model files;
 //! - [`train`]: learning from good clouds and calibrating thresholds;
+//! - [`inspector`]: the inspection service (scan queue, worker thread, active model, statistics), free of ROS;
 //! - [`eval`]: Real3D-AD's evaluation protocol, metrics and baselines;
 //! - [`synth`]: simulated scans of real parts (meshes, surface sampling, labelled defects);
 //! - [`bench`]: the benchmark tables printed by `inspect3d bench`;
@@ -14,6 +15,7 @@ pub mod bench;
 pub mod cloud;
 pub mod eval;
 pub mod geometry;
+pub mod inspector;
 pub mod model;
 #[cfg(feature = "ros")]
 pub mod ros;

@@ -131,6 +131,25 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         repeats: usize,
     },
+    /// Sends recorded scans to a running inspect3d_node over DDS, one at a time, and prints each verdict as it
+    /// arrives (scan, verdict, score, defect location, latency); optionally writes PLY heatmaps of the anomaly
+    /// clouds.
+    #[cfg(feature = "ros")]
+    Replay {
+        /// Scan files (.pcd/.ply) or folders of them, sent in name order.
+        #[arg(long, required = true, num_args = 1..)]
+        scans: Vec<PathBuf>,
+        #[arg(long, default_value = "/camera/points")]
+        topic: String,
+        /// The node's name (its results arrive on <node>/result and <node>/anomaly_cloud).
+        #[arg(long, default_value = "/inspect3d_node")]
+        node: String,
+        #[arg(long)]
+        heatmaps: Option<PathBuf>,
+        /// How long to wait for the node and for each result, seconds.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+    },
     /// Publishes a cloud file as sensor_msgs/PointCloud2 (for replaying recorded scans and for tests).
     #[cfg(feature = "ros")]
     Publish {
@@ -210,6 +229,10 @@ fn main() -> Result<()> {
             };
             println!("{table}");
             Ok(())
+        }
+        #[cfg(feature = "ros")]
+        Command::Replay { scans, topic, node, heatmaps, timeout } => {
+            replay(&scans, &topic, &node, heatmaps.as_deref(), timeout)
         }
         #[cfg(feature = "ros")]
         Command::Publish { input, topic, frame_id, count, rate, wait_for_subscribers } => {
@@ -494,15 +517,121 @@ fn publish(input: &Path, topic: &str, frame_id: &str, count: u32, rate: f64, wai
         node.spin_once(std::time::Duration::from_millis(50));
     }
     let mut sent = 0u32;
+    let mut next = Instant::now();
     while count == 0 || sent < count {
+        // spin_once returns as soon as there is work, so the rate is kept by the clock, not by it.
+        while Instant::now() < next {
+            node.spin_once(next - Instant::now());
+        }
+        next += period;
         let mut header = r2r::std_msgs::msg::Header { frame_id: frame_id.into(), ..Default::default() };
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         header.stamp.sec = now.as_secs() as i32;
         header.stamp.nanosec = now.subsec_nanos();
         publisher.publish(&inspect3d::ros::msg_from_layout(header, layout.clone())).context("publishing")?;
         sent += 1;
-        node.spin_once(period);
     }
     tracing::info!(sent, topic, points = cloud.len(), "published");
+    Ok(())
+}
+
+/// Longer than the node needs for one scan on a CPU, so a resend is only for a lost message.
+#[cfg(feature = "ros")]
+const RESEND_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[cfg(feature = "ros")]
+fn replay(sources: &[PathBuf], topic: &str, node: &str, heatmaps: Option<&Path>, timeout: f64) -> Result<()> {
+    use inspect3d::cloud::pointcloud2;
+    use inspect3d::ros::client::{InspectorClient, status_name, unique_stamp};
+    use std::io::Write;
+
+    if !(timeout.is_finite() && timeout > 0.0) {
+        bail!("--timeout must be > 0, got {timeout}");
+    }
+    let timeout = std::time::Duration::from_secs_f64(timeout);
+    let mut files = Vec::new();
+    for source in sources {
+        if source.is_dir() {
+            files.extend(cloud::cloud_files(source)?);
+        } else {
+            files.push(source.clone());
+        }
+    }
+    if files.is_empty() {
+        bail!("no .pcd or .ply scans in {sources:?}");
+    }
+    if let Some(dir) = heatmaps {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let client = InspectorClient::connect(node, topic, timeout)?;
+    println!("| scan | points | verdict | score | threshold | anomalous | defect centre (extent) | latency ms |");
+    println!("|---|---:|---|---:|---:|---:|---|---:|");
+    let mut previous = Default::default();
+    let mut latencies = Vec::new();
+    let mut verdicts = std::collections::BTreeMap::<&str, usize>::new();
+    for file in &files {
+        let scan = cloud::read_cloud(file)?;
+        let layout = pointcloud2::encode(&scan);
+        let stamp = unique_stamp(&mut previous);
+        // Scans travel best-effort (sensor-data QoS), so one can be lost: send again if no result comes.
+        let sent = Instant::now();
+        let (result, arrived) = loop {
+            client.send(&layout, "camera", stamp.clone())?;
+            if let Some(got) = client.result_for(&stamp, RESEND_AFTER) {
+                break got;
+            }
+            if sent.elapsed() > timeout {
+                bail!("no result for {} within {timeout:?}", file.display());
+            }
+            tracing::warn!(scan = %file.display(), "no result yet; sending the scan again");
+        };
+        let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("?");
+        let status = status_name(result.status);
+        *verdicts.entry(status).or_default() += 1;
+        latencies.push((arrived - sent).as_secs_f64() * 1e3);
+        let defect = if result.anomalous_points > 0 {
+            let c = &result.defect_centroid;
+            format!("({:.1}, {:.1}, {:.1}) ({:.1})", c.x, c.y, c.z, result.defect_extent)
+        } else {
+            "-".into()
+        };
+        println!(
+            "| {name} | {} | {status} | {:.3} | {:.3} | {} | {defect} | {:.0} |",
+            scan.len(),
+            result.score,
+            result.threshold,
+            result.anomalous_points,
+            latencies[latencies.len() - 1]
+        );
+        if !result.message.is_empty() && result.status > 1 {
+            println!("|   | | {} | | | | | |", result.message);
+        }
+        std::io::stdout().flush()?;
+        if let Some(dir) = heatmaps
+            && let Some(cloud_msg) = client.cloud_for(&stamp, std::time::Duration::from_secs(5))
+        {
+            let (_, layout) = inspect3d::ros::layout_from_msg(cloud_msg);
+            let scored = pointcloud2::decode(&layout)?;
+            let finite = scored.finite_points()?;
+            let field = scored.field(inspect3d::inspector::SCORE_FIELD).context("anomaly cloud without scores")?;
+            let scores: Vec<f32> = finite.source_index.iter().map(|&i| field.value(i as usize, 0) as f32).collect();
+            let path = dir.join(format!("{name}.ply"));
+            let high = result.threshold.max(result.score).max(f32::MIN_POSITIVE);
+            ply::write(
+                &path,
+                &ply::heatmap_cloud(&finite.points, "anomaly_score", &scores, 0.0, high)?,
+                ply::PlyEncoding::BinaryLittleEndian,
+            )?;
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let summary: Vec<String> = verdicts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    println!(
+        "\n{} scans: {}; round-trip latency median {:.0} ms{}",
+        files.len(),
+        summary.join(", "),
+        latencies[latencies.len() / 2],
+        heatmaps.map(|d| format!("; heatmaps in {}", d.display())).unwrap_or_default()
+    );
     Ok(())
 }

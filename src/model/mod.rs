@@ -247,18 +247,23 @@ impl Detector {
         Ok((scores, patched.patch_count(), times))
     }
 
-    /// Scores every point of a cloud and decides.
+    /// Scores every point of a cloud and decides with the calibrated thresholds.
     pub fn inspect(&self, cloud: &PointCloud) -> Result<Inspection> {
+        self.inspect_with(cloud, self.thresholds)
+    }
+
+    /// Scores every point of a cloud and decides with the given thresholds (an operator's override).
+    pub fn inspect_with(&self, cloud: &PointCloud, thresholds: Thresholds) -> Result<Inspection> {
         let finite = cloud.finite_points()?;
         let (finite_scores, patches, mut times) = self.score_points(&finite.points)?;
         let t = Instant::now();
-        let verdict = scoring::decide(&finite.points, &finite_scores, self.thresholds);
+        let verdict = scoring::decide(&finite.points, &finite_scores, thresholds);
         let point_scores = finite.scatter(&finite_scores, f32::NAN);
         times.projection_ms += ms(t);
         Ok(Inspection {
             point_scores,
             cloud_score: verdict.cloud_score,
-            thresholds: self.thresholds,
+            thresholds,
             passed: verdict.passed,
             valid_points: finite.points.len(),
             anomalous_points: verdict.anomalous_points,

@@ -1,5 +1,9 @@
 //! The ROS 2 layer (r2r). Thin on purpose: it moves message contents into the pure types of [`crate::cloud`]
-//! and back, and leaves every computation to the library.
+//! and back, and leaves every computation to the library: [`node`] is the inspector node, [`client`]
+//! talks to it over DDS (demo replay, benchmark).
+
+pub mod client;
+pub mod node;
 
 use r2r::sensor_msgs::msg::{PointCloud2, PointField};
 use r2r::std_msgs::msg::Header;
@@ -43,4 +47,10 @@ pub fn msg_from_layout(header: Header, layout: PointCloud2Layout) -> PointCloud2
         data: layout.data,
         is_dense: layout.is_dense,
     }
+}
+
+/// The current wall-clock time as a message stamp.
+pub fn now_stamp() -> r2r::builtin_interfaces::msg::Time {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    r2r::builtin_interfaces::msg::Time { sec: now.as_secs() as i32, nanosec: now.subsec_nanos() }
 }

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Rebuilds the demo's bundled files: simulated depth-camera frames of the real CAD part featuretype.STL
+# (tests/data/cell_scans: 2 good, 4 defective) and the model trained on 10 other good frames of it
+# (models/featuretype, config/detector_small.json). Deterministic for the seed. Run after `source scripts/prepare.sh`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cargo build --release --quiet --bin inspect3d
+bin=target/release/inspect3d
+echo '{"train": 10, "test_good": 3, "test_defective": 4, "defects": ["bulge", "missing_chunk", "sink", "dent"],
+       "modes": ["camera"], "radius": [7.0, 10.0], "height": [2.0, 3.0], "seed": 7}' >"$work/synth.json"
+"$bin" synth --meshes tests/data/meshes/featuretype.STL --out "$work/bench" --config "$work/synth.json"
+"$bin" train --data "$work/bench/featuretype_camera/train" --out models/featuretype \
+  --config config/detector_small.json --device cpu
+mkdir -p tests/data/cell_scans
+for scan in 000_good 001_good 000_bulge 001_missing 002_sink 003_dent; do
+  cp "$work/bench/featuretype_camera/test/$scan.pcd" tests/data/cell_scans/
+done

@@ -1,0 +1,397 @@
+//! The inspection service, free of ROS: a bounded queue of incoming scans (oldest dropped and counted when
+//! full), one worker thread that scores them with the active model, the active model itself (swapped between
+//! scans, so a new model scores the next scan), operator threshold overrides and running statistics. The ROS
+//! node (`crate::ros::node`) feeds it messages and publishes what it reports; tests drive it directly.
+
+pub mod config;
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tch::Device;
+
+use crate::cloud::pointcloud2::{self, PointCloud2Layout};
+use crate::model::store::{self, Manifest};
+use crate::model::{Detector, Inspection, ModelError, Thresholds};
+
+/// The field added to every anomaly cloud.
+pub const SCORE_FIELD: &str = "anomaly_score";
+
+/// A model ready to score, with where it came from. Owned by the worker thread alone (LibTorch tensors are
+/// `Send`, not `Sync`); others see its [`ModelInfo`].
+pub struct LoadedModel {
+    pub detector: Detector,
+    pub manifest: Manifest,
+    pub path: PathBuf,
+}
+
+impl LoadedModel {
+    /// Loads a model folder, applying the voxel-size and patch-count overrides (0: the model's own).
+    pub fn load(path: &Path, device: Device, voxel_size: f64, patch_count: i64) -> Result<Self, ModelError> {
+        let (mut detector, manifest) = store::load(path, device)?;
+        if voxel_size > 0.0 {
+            detector.config.preprocess.voxel_size = voxel_size as f32;
+        }
+        if patch_count > 0 {
+            detector.config.patches.count = patch_count as usize;
+        }
+        detector.config.validate().map_err(ModelError::Config)?;
+        Ok(Self { detector, manifest, path: path.to_path_buf() })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.manifest.model_id
+    }
+
+    pub fn info(&self) -> ModelInfo {
+        ModelInfo { manifest: self.manifest.clone(), path: self.path.clone() }
+    }
+}
+
+/// What the rest of the node knows about a model.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    pub manifest: Manifest,
+    pub path: PathBuf,
+}
+
+impl ModelInfo {
+    pub fn id(&self) -> &str {
+        &self.manifest.model_id
+    }
+}
+
+/// Operator overrides of the model's thresholds (`None`: the model's calibrated value).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ThresholdOverrides {
+    pub cloud: Option<f32>,
+    pub point: Option<f32>,
+}
+
+impl ThresholdOverrides {
+    pub fn apply(self, calibrated: Thresholds) -> Thresholds {
+        Thresholds { cloud: self.cloud.unwrap_or(calibrated.cloud), point: self.point.unwrap_or(calibrated.point) }
+    }
+}
+
+/// What became of one scan.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Scored: the verdict, and the input message with the FLOAT32 `anomaly_score` field added.
+    Scored { inspection: Inspection, anomaly_cloud: PointCloud2Layout },
+    /// The message cannot be scored; says what is wrong with it.
+    InvalidInput(String),
+    NoModel,
+    /// Scoring failed for a reason that is not the input's.
+    Failed(String),
+}
+
+/// One scan's outcome, with the caller's tag for it (e.g. the message header).
+#[derive(Debug)]
+pub struct Report<M> {
+    pub tag: M,
+    pub outcome: Outcome,
+    /// Empty without a model.
+    pub model_id: String,
+    /// From submission (message receipt) to the end of scoring.
+    pub latency_ms: f64,
+}
+
+/// Scores one message with a model (pure; the worker calls it).
+pub fn inspect_message(model: Option<&LoadedModel>, msg: &PointCloud2Layout, overrides: ThresholdOverrides) -> Outcome {
+    let Some(model) = model else {
+        return Outcome::NoModel;
+    };
+    let cloud = match pointcloud2::decode(msg) {
+        Ok(cloud) => cloud,
+        Err(e) => return Outcome::InvalidInput(e.to_string()),
+    };
+    let thresholds = overrides.apply(model.detector.thresholds);
+    let inspection = match model.detector.inspect_with(&cloud, thresholds) {
+        Ok(inspection) => inspection,
+        Err(e @ (ModelError::Cloud(_) | ModelError::Geometry(_) | ModelError::TooFewPoints { .. })) => {
+            return Outcome::InvalidInput(e.to_string());
+        }
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    match pointcloud2::with_f32_fields(msg, &[(SCORE_FIELD, &inspection.point_scores)]) {
+        Ok(anomaly_cloud) => Outcome::Scored { inspection, anomaly_cloud },
+        Err(e) => Outcome::InvalidInput(e.to_string()),
+    }
+}
+
+/// Counters since start and recent latencies.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Stats {
+    pub received: u64,
+    pub passed: u64,
+    pub rejected: u64,
+    pub invalid: u64,
+    pub no_model: u64,
+    pub failed: u64,
+    /// Scans dropped unscored because newer ones arrived while the queue was full.
+    pub dropped: u64,
+    pub waiting: usize,
+    /// Over the last [`LATENCY_WINDOW`] scored scans; NaN before the first.
+    pub latency_p50_ms: f64,
+    pub latency_p95_ms: f64,
+}
+
+impl Stats {
+    pub fn scored(&self) -> u64 {
+        self.passed + self.rejected
+    }
+}
+
+pub const LATENCY_WINDOW: usize = 200;
+
+struct Scan<M> {
+    tag: M,
+    msg: PointCloud2Layout,
+    received: Instant,
+}
+
+struct State<M> {
+    queue: VecDeque<Scan<M>>,
+    closed: bool,
+    stats: Stats,
+    latencies: VecDeque<f64>,
+}
+
+struct Shared<M> {
+    state: Mutex<State<M>>,
+    work: Condvar,
+    /// The next model to use; the worker takes it before its next scan.
+    pending: Mutex<Option<LoadedModel>>,
+    /// The model that scores the next scan.
+    active: Mutex<Option<ModelInfo>>,
+    overrides: Mutex<ThresholdOverrides>,
+    depth: usize,
+}
+
+/// Locks a mutex even if a thread panicked while holding it: the data behind these locks stays consistent
+/// between statements, and the node must keep running.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The running service: submit scans, receive reports through the sink given to [`Inspector::start`].
+pub struct Inspector<M: Send + 'static> {
+    shared: Arc<Shared<M>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl<M: Send + 'static> Inspector<M> {
+    /// Starts the worker thread. `sink` receives every report, on the worker thread, in submission order.
+    pub fn start(
+        queue_depth: usize,
+        model: Option<LoadedModel>,
+        overrides: ThresholdOverrides,
+        sink: impl FnMut(Report<M>) + Send + 'static,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                closed: false,
+                stats: Stats::default(),
+                latencies: VecDeque::new(),
+            }),
+            work: Condvar::new(),
+            active: Mutex::new(model.as_ref().map(LoadedModel::info)),
+            pending: Mutex::new(model),
+            overrides: Mutex::new(overrides),
+            depth: queue_depth.max(1),
+        });
+        let worker_shared = shared.clone();
+        let worker = std::thread::Builder::new()
+            .name("inspect3d-worker".into())
+            .spawn(move || work(&worker_shared, sink))
+            .expect("spawning the inspection thread");
+        Self { shared, worker: Some(worker) }
+    }
+
+    /// Queues a scan; when the queue is full the oldest waiting scan is dropped (and counted).
+    pub fn submit(&self, tag: M, msg: PointCloud2Layout) {
+        let mut state = lock(&self.shared.state);
+        state.stats.received += 1;
+        if state.queue.len() >= self.shared.depth {
+            state.queue.pop_front();
+            state.stats.dropped += 1;
+        }
+        state.queue.push_back(Scan { tag, msg, received: Instant::now() });
+        self.shared.work.notify_one();
+    }
+
+    /// Makes a model active for the next scan; returns the previous one.
+    pub fn activate(&self, model: LoadedModel) -> Option<ModelInfo> {
+        tracing::info!(model = model.id(), path = %model.path.display(), "model active");
+        let previous = lock(&self.shared.active).replace(model.info());
+        *lock(&self.shared.pending) = Some(model);
+        previous
+    }
+
+    pub fn active_model(&self) -> Option<ModelInfo> {
+        lock(&self.shared.active).clone()
+    }
+
+    pub fn set_overrides(&self, overrides: ThresholdOverrides) {
+        *lock(&self.shared.overrides) = overrides;
+    }
+
+    pub fn stats(&self) -> Stats {
+        let state = lock(&self.shared.state);
+        let mut stats = state.stats.clone();
+        stats.waiting = state.queue.len();
+        let mut sorted: Vec<f64> = state.latencies.iter().copied().collect();
+        sorted.sort_unstable_by(f64::total_cmp);
+        let pick = |q: f64| {
+            if sorted.is_empty() { f64::NAN } else { sorted[((sorted.len() - 1) as f64 * q).round() as usize] }
+        };
+        stats.latency_p50_ms = pick(0.5);
+        stats.latency_p95_ms = pick(0.95);
+        stats
+    }
+
+    /// Finishes the scan in progress, drops the waiting ones and stops the worker.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        {
+            let mut state = lock(&self.shared.state);
+            state.closed = true;
+            state.queue.clear();
+        }
+        self.shared.work.notify_all();
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+impl<M: Send + 'static> Drop for Inspector<M> {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn work<M>(shared: &Shared<M>, mut sink: impl FnMut(Report<M>)) {
+    let mut model: Option<LoadedModel> = None;
+    loop {
+        let scan = {
+            let mut state = lock(&shared.state);
+            loop {
+                if state.closed {
+                    return;
+                }
+                if let Some(scan) = state.queue.pop_front() {
+                    break scan;
+                }
+                state = shared.work.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+        };
+        if let Some(next) = lock(&shared.pending).take() {
+            model = Some(next);
+        }
+        let overrides = *lock(&shared.overrides);
+        // A LibTorch error surfaces as a panic in tch; it must cost one scan, not the node.
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| inspect_message(model.as_ref(), &scan.msg, overrides)))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown panic");
+                Outcome::Failed(format!("internal error while scoring: {what}"))
+            });
+        let latency_ms = scan.received.elapsed().as_secs_f64() * 1e3;
+        {
+            let mut state = lock(&shared.state);
+            let stats = &mut state.stats;
+            match &outcome {
+                Outcome::Scored { inspection, .. } if inspection.passed => stats.passed += 1,
+                Outcome::Scored { .. } => stats.rejected += 1,
+                Outcome::InvalidInput(_) => stats.invalid += 1,
+                Outcome::NoModel => stats.no_model += 1,
+                Outcome::Failed(_) => stats.failed += 1,
+            }
+            if matches!(outcome, Outcome::Scored { .. }) {
+                if state.latencies.len() == LATENCY_WINDOW {
+                    state.latencies.pop_front();
+                }
+                state.latencies.push_back(latency_ms);
+            }
+        }
+        let model_id = model.as_ref().map(|m| m.id().to_string()).unwrap_or_default();
+        sink(Report { tag: scan.tag, outcome, model_id, latency_ms });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::PointCloud;
+    use std::sync::mpsc;
+
+    fn message(points: &[[f32; 3]]) -> PointCloud2Layout {
+        pointcloud2::encode(&PointCloud::from_xyz(points))
+    }
+
+    #[test]
+    fn without_a_model_every_scan_is_reported_no_model() {
+        let (tx, rx) = mpsc::channel();
+        let inspector = Inspector::start(4, None, ThresholdOverrides::default(), move |r: Report<u32>| {
+            let _ = tx.send(r);
+        });
+        for tag in 0..3 {
+            inspector.submit(tag, message(&[[0.0, 0.0, 1.0]]));
+        }
+        for tag in 0..3 {
+            let report = rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+            assert_eq!(report.tag, tag);
+            assert!(matches!(report.outcome, Outcome::NoModel));
+            assert!(report.model_id.is_empty());
+        }
+        let stats = inspector.stats();
+        assert_eq!((stats.received, stats.no_model, stats.dropped), (3, 3, 0));
+        assert!(stats.latency_p50_ms.is_nan());
+        inspector.shutdown();
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_waiting_scan() {
+        // The sink blocks the worker on its first report until released, so later scans pile up.
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (tx, rx) = mpsc::channel();
+        let inspector = Inspector::start(1, None, ThresholdOverrides::default(), move |r: Report<u32>| {
+            if r.tag == 0 {
+                let _ = release_rx.recv();
+            }
+            let _ = tx.send(r.tag);
+        });
+        inspector.submit(0, message(&[[0.0, 0.0, 1.0]]));
+        // Wait until the worker has taken scan 0, so the queue is empty when 1, 2, 3 arrive.
+        while inspector.stats().no_model == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        for tag in 1..4 {
+            inspector.submit(tag, message(&[[0.0, 0.0, 1.0]]));
+        }
+        release_tx.send(()).unwrap();
+        let seen: Vec<u32> = (0..2).map(|_| rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap()).collect();
+        assert_eq!(seen, vec![0, 3], "the newest scan wins");
+        assert_eq!(inspector.stats().dropped, 2);
+    }
+
+    #[test]
+    fn overrides_replace_only_what_they_set() {
+        let calibrated = Thresholds { cloud: 0.6, point: 0.5 };
+        let t = ThresholdOverrides { cloud: Some(0.9), point: None }.apply(calibrated);
+        assert_eq!(t, Thresholds { cloud: 0.9, point: 0.5 });
+    }
+}

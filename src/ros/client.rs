@@ -1,0 +1,152 @@
+//! A client of the inspector node over DDS: publishes scans on the node's input topic and collects its results
+//! and anomaly clouds. The demo's `inspect3d replay` and the node benchmark (`inspect3d bench node`) use it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use r2r::QosProfile;
+use r2r::builtin_interfaces::msg::Time;
+use r2r::inspect3d_msgs::msg::InspectionResult;
+use r2r::sensor_msgs::msg::PointCloud2;
+use r2r::std_msgs::msg::Header;
+
+use crate::cloud::pointcloud2::PointCloud2Layout;
+
+pub struct InspectorClient {
+    publisher: r2r::Publisher<PointCloud2>,
+    results: Receiver<(InspectionResult, Instant)>,
+    clouds: Receiver<PointCloud2>,
+    stop: Arc<AtomicBool>,
+    spinner: Option<std::thread::JoinHandle<()>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl InspectorClient {
+    /// Connects to the node named `node` (e.g. `/inspect3d_node`) through its input topic; waits until the node
+    /// subscribes (at most `timeout`).
+    pub fn connect(node_name: &str, input_topic: &str, timeout: Duration) -> Result<Self> {
+        let ctx = r2r::Context::create().context("creating the ROS context (is the ROS environment sourced?)")?;
+        let mut node = r2r::Node::create(ctx, "inspect3d_client", "")?;
+        let publisher = node.create_publisher::<PointCloud2>(input_topic, QosProfile::sensor_data())?;
+        let mut result_stream =
+            node.subscribe::<InspectionResult>(&format!("{node_name}/result"), QosProfile::default())?;
+        let mut cloud_stream =
+            node.subscribe::<PointCloud2>(&format!("{node_name}/anomaly_cloud"), QosProfile::default())?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        let (result_tx, results) = channel();
+        let (cloud_tx, clouds) = channel();
+        runtime.spawn(async move {
+            while let Some(result) = result_stream.next().await {
+                if result_tx.send((result, Instant::now())).is_err() {
+                    break;
+                }
+            }
+        });
+        runtime.spawn(async move {
+            while let Some(cloud) = cloud_stream.next().await {
+                if cloud_tx.send(cloud).is_err() {
+                    break;
+                }
+            }
+        });
+        // Ready when the node subscribes to our scans and we see its result publisher; then a moment for the
+        // readers to match the writers (best-effort scans sent before that are lost).
+        let deadline = Instant::now() + timeout;
+        let result_topic = format!("{node_name}/result");
+        while publisher.get_inter_process_subscription_count().unwrap_or(0) == 0
+            || node.get_publishers_info_by_topic(&result_topic, false).map_or(true, |p| p.is_empty())
+        {
+            if Instant::now() > deadline {
+                bail!("{node_name} not found (no subscriber on {input_topic}, no publisher on {result_topic}) within {timeout:?}: is it running?");
+            }
+            node.spin_once(Duration::from_millis(20));
+        }
+        let settle = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < settle {
+            node.spin_once(Duration::from_millis(20));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let spin_stop = stop.clone();
+        let spinner = std::thread::spawn(move || {
+            while !spin_stop.load(Ordering::Relaxed) {
+                node.spin_once(Duration::from_millis(10));
+            }
+        });
+        Ok(Self { publisher, results, clouds, stop, spinner: Some(spinner), _runtime: runtime })
+    }
+
+    /// Publishes a scan stamped `stamp` (the key that pairs it with its result).
+    pub fn send(&self, layout: &PointCloud2Layout, frame_id: &str, stamp: Time) -> Result<()> {
+        let header = Header { stamp, frame_id: frame_id.into() };
+        self.publisher.publish(&super::msg_from_layout(header, layout.clone())).context("publishing a scan")
+    }
+
+    /// The next result whose stamp is `stamp` (others are skipped), with when it arrived.
+    pub fn result_for(&self, stamp: &Time, timeout: Duration) -> Option<(InspectionResult, Instant)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.results.recv_timeout(left) {
+                Ok((result, at)) if result.header.stamp == *stamp => return Some((result, at)),
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// Any result, within `timeout`.
+    pub fn next_result(&self, timeout: Duration) -> Option<(InspectionResult, Instant)> {
+        self.results.recv_timeout(timeout).ok()
+    }
+
+    /// The anomaly cloud stamped `stamp`, within `timeout`.
+    pub fn cloud_for(&self, stamp: &Time, timeout: Duration) -> Option<PointCloud2> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.clouds.recv_timeout(left) {
+                Ok(cloud) if cloud.header.stamp == *stamp => return Some(cloud),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+impl Drop for InspectorClient {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(spinner) = self.spinner.take() {
+            let _ = spinner.join();
+        }
+    }
+}
+
+/// A distinct stamp per message: the wall clock, nudged past the previous one.
+pub fn unique_stamp(previous: &mut Time) -> Time {
+    let mut stamp = super::now_stamp();
+    if (stamp.sec, stamp.nanosec) <= (previous.sec, previous.nanosec) {
+        stamp = if previous.nanosec < 999_999_999 {
+            Time { sec: previous.sec, nanosec: previous.nanosec + 1 }
+        } else {
+            Time { sec: previous.sec + 1, nanosec: 0 }
+        };
+    }
+    *previous = stamp.clone();
+    stamp
+}
+
+/// The status constant's name.
+pub fn status_name(status: u8) -> &'static str {
+    match status {
+        s if s == InspectionResult::PASS as u8 => "PASS",
+        s if s == InspectionResult::REJECT as u8 => "REJECT",
+        s if s == InspectionResult::INVALID_INPUT as u8 => "INVALID_INPUT",
+        s if s == InspectionResult::NO_MODEL as u8 => "NO_MODEL",
+        _ => "ERROR",
+    }
+}

@@ -1,0 +1,353 @@
+//! `inspect3d_node`: subscribes to a camera's PointCloud2 and publishes, for every scan, the cloud with a
+//! per-point `anomaly_score` and an InspectionResult; diagnostics about once a second; thresholds and the
+//! active model changeable through parameters; the training action (see [`super::train_action`]). Everything
+//! it computes happens in [`crate::inspector`] on a worker thread, so the executor keeps answering meanwhile.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use indexmap::IndexMap;
+use r2r::diagnostic_msgs::msg::{DiagnosticArray, DiagnosticStatus, KeyValue};
+use r2r::inspect3d_msgs::msg::InspectionResult;
+use r2r::sensor_msgs::msg::PointCloud2;
+use r2r::std_msgs::msg::Header;
+use r2r::{Parameter, ParameterValue, QosProfile, RosParams};
+use tch::Device;
+
+use super::{layout_from_msg, msg_from_layout, now_stamp};
+use crate::inspector::config::{InspectorConfig, ParamValue};
+use crate::inspector::{Inspector, LoadedModel, Outcome, Report, ThresholdOverrides};
+
+pub const NODE_NAME: &str = "inspect3d_node";
+
+/// What the node's parts share: the service, its configuration (as currently set) and the device.
+pub struct NodeState {
+    pub inspector: Inspector<Header>,
+    pub config: Mutex<InspectorConfig>,
+    pub device: Device,
+}
+
+impl NodeState {
+    pub fn config(&self) -> InspectorConfig {
+        self.config.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Loads a model folder with the configured overrides and makes it active for the next scan.
+    pub fn activate_path(&self, path: &std::path::Path) -> Result<Option<String>, String> {
+        let config = self.config();
+        let model = LoadedModel::load(path, self.device, config.voxel_size, config.patch_count)
+            .map_err(|e| format!("cannot activate {}: {e}", path.display()))?;
+        let previous = self.inspector.activate(model);
+        self.config.lock().unwrap_or_else(|p| p.into_inner()).model_path = path.display().to_string();
+        Ok(previous.map(|m| m.id().to_string()))
+    }
+}
+
+fn param_value(value: &ParameterValue) -> ParamValue {
+    match value {
+        ParameterValue::Bool(b) => ParamValue::Bool(*b),
+        ParameterValue::Integer(i) => ParamValue::Integer(*i),
+        ParameterValue::Double(x) => ParamValue::Double(*x),
+        ParameterValue::String(s) => ParamValue::String(s.clone()),
+        ParameterValue::NotSet => ParamValue::Other("not set"),
+        _ => ParamValue::Other("an array"),
+    }
+}
+
+fn ros_value(config: &InspectorConfig, name: &str) -> Option<ParameterValue> {
+    let json = serde_json::to_value(config).ok()?;
+    Some(match json.get(name)? {
+        serde_json::Value::String(s) => ParameterValue::String(s.clone()),
+        serde_json::Value::Number(n) if n.is_i64() => ParameterValue::Integer(n.as_i64()?),
+        serde_json::Value::Number(n) => ParameterValue::Double(n.as_f64()?),
+        serde_json::Value::Bool(b) => ParameterValue::Bool(*b),
+        _ => return None,
+    })
+}
+
+/// The node's parameters as the parameter services see them: every name readable, thresholds and
+/// `model_path` settable at run time (validated; a refused set says why), the rest fixed at start.
+struct RuntimeParams(Arc<NodeState>);
+
+const SETTABLE: [&str; 3] = ["cloud_threshold", "point_threshold", "model_path"];
+
+impl RosParams for RuntimeParams {
+    fn register_parameters(
+        &mut self,
+        _prefix: &str,
+        _param: Option<Parameter>,
+        params: &mut IndexMap<String, Parameter>,
+    ) -> r2r::Result<()> {
+        let config = self.0.config();
+        for name in InspectorConfig::NAMES {
+            if let Some(value) = ros_value(&config, name) {
+                params.insert(name.to_string(), Parameter::new(value));
+            }
+        }
+        Ok(())
+    }
+
+    fn get_parameter(&mut self, name: &str) -> r2r::Result<ParameterValue> {
+        ros_value(&self.0.config(), name).ok_or_else(|| r2r::Error::InvalidParameterName { name: name.into() })
+    }
+
+    fn check_parameter(&self, name: &str, value: &ParameterValue) -> r2r::Result<()> {
+        self.candidate(name, value).map(|_| ())
+    }
+
+    fn set_parameter(&mut self, name: &str, value: &ParameterValue) -> r2r::Result<()> {
+        let candidate = self.candidate(name, value)?;
+        let refused = |msg: String| r2r::Error::ParameterValueConv { name: name.into(), msg };
+        if name == "model_path" {
+            let previous = self.0.activate_path(std::path::Path::new(&candidate.model_path)).map_err(refused)?;
+            tracing::info!(path = candidate.model_path, previous, "model_path set: model activated");
+            return Ok(());
+        }
+        self.0.inspector.set_overrides(overrides(&candidate));
+        tracing::info!(
+            cloud = candidate.cloud_threshold,
+            point = candidate.point_threshold,
+            "threshold overrides set (negative: the model's)"
+        );
+        *self.0.config.lock().unwrap_or_else(|p| p.into_inner()) = candidate;
+        Ok(())
+    }
+}
+
+impl RuntimeParams {
+    /// The configuration with one parameter changed, if that change is allowed and valid.
+    fn candidate(&self, name: &str, value: &ParameterValue) -> r2r::Result<InspectorConfig> {
+        let refused = |msg: String| r2r::Error::ParameterValueConv { name: name.into(), msg };
+        if !InspectorConfig::NAMES.contains(&name) {
+            return Err(r2r::Error::InvalidParameterName { name: name.into() });
+        }
+        if !SETTABLE.contains(&name) {
+            return Err(refused(format!(
+                "fixed while running (settable: {}); change it in the YAML and restart",
+                SETTABLE.join(", ")
+            )));
+        }
+        let mut config = self.0.config();
+        config.set(name, param_value(value)).map_err(refused)?;
+        config.validate().map_err(refused)?;
+        if name == "model_path" && config.initial_model().is_none() {
+            return Err(refused("an empty model_path cannot be activated".into()));
+        }
+        Ok(config)
+    }
+}
+
+fn overrides(config: &InspectorConfig) -> ThresholdOverrides {
+    ThresholdOverrides {
+        cloud: InspectorConfig::threshold_override(config.cloud_threshold),
+        point: InspectorConfig::threshold_override(config.point_threshold),
+    }
+}
+
+/// Reads and validates the node's parameters (from `--ros-args --params-file` and `-p`).
+fn read_config(node: &r2r::Node) -> Result<InspectorConfig> {
+    let params = node.params.lock().unwrap_or_else(|p| p.into_inner());
+    let values: Vec<(String, ParamValue)> = params.iter().map(|(k, p)| (k.clone(), param_value(&p.value))).collect();
+    InspectorConfig::from_params(values.iter().map(|(k, v)| (k.as_str(), v.clone())))
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+}
+
+fn result_message(report: &Report<Header>, cloud_threshold: f32) -> InspectionResult {
+    let mut result = InspectionResult {
+        header: report.tag.clone(),
+        model_id: report.model_id.clone(),
+        latency_ms: report.latency_ms as f32,
+        score: f32::NAN,
+        threshold: cloud_threshold,
+        ..Default::default()
+    };
+    match &report.outcome {
+        Outcome::Scored { inspection, .. } => {
+            result.passed = inspection.passed;
+            result.status =
+                if inspection.passed { InspectionResult::PASS as u8 } else { InspectionResult::REJECT as u8 };
+            result.score = inspection.cloud_score;
+            result.threshold = inspection.thresholds.cloud;
+            result.valid_points = inspection.valid_points as u32;
+            result.anomalous_points = inspection.anomalous_points as u32;
+            result.anomalous_fraction = inspection.anomalous_points as f32 / inspection.valid_points.max(1) as f32;
+            if let Some(defect) = &inspection.defect {
+                let [x, y, z] = defect.centroid;
+                result.defect_centroid = r2r::geometry_msgs::msg::Point { x: x.into(), y: y.into(), z: z.into() };
+                result.defect_extent = defect.extent;
+            }
+            if !inspection.passed {
+                result.message = format!(
+                    "score {:.3} above {:.3}; {} anomalous points",
+                    inspection.cloud_score, inspection.thresholds.cloud, inspection.anomalous_points
+                );
+            }
+        }
+        Outcome::InvalidInput(why) => {
+            result.status = InspectionResult::INVALID_INPUT as u8;
+            result.message = format!("invalid input: {why}");
+        }
+        Outcome::NoModel => {
+            result.status = InspectionResult::NO_MODEL as u8;
+            result.message = "no model loaded: set the model_path parameter or train one with ~/train".into();
+        }
+        Outcome::Failed(why) => {
+            result.status = InspectionResult::ERROR as u8;
+            result.message = why.clone();
+        }
+    }
+    result
+}
+
+fn diagnostics(state: &NodeState, name: &str, stamp: r2r::builtin_interfaces::msg::Time) -> DiagnosticArray {
+    let stats = state.inspector.stats();
+    let model = state.inspector.active_model();
+    let (level, message) = match &model {
+        None => (DiagnosticStatus::WARN as u8, "no model loaded".to_string()),
+        Some(_) if stats.failed > 0 => (DiagnosticStatus::WARN as u8, format!("{} scans failed to score", stats.failed)),
+        Some(m) => (DiagnosticStatus::OK as u8, format!("inspecting with {}", m.id())),
+    };
+    let entry = |key: &str, value: String| KeyValue { key: key.into(), value };
+    let device = format!("{:?}", state.device).to_lowercase();
+    DiagnosticArray {
+        header: Header { stamp, frame_id: String::new() },
+        status: vec![DiagnosticStatus {
+            level,
+            name: format!("{name}: inspector"),
+            message,
+            hardware_id: device.clone(),
+            values: vec![
+                entry("model_id", model.as_ref().map(|m| m.id().to_string()).unwrap_or_default()),
+                entry("model_path", model.as_ref().map(|m| m.path.display().to_string()).unwrap_or_default()),
+                entry("device", device),
+                entry("scans_received", stats.received.to_string()),
+                entry("scans_scored", stats.scored().to_string()),
+                entry("scans_rejected", stats.rejected.to_string()),
+                entry("scans_invalid", stats.invalid.to_string()),
+                entry("scans_dropped", stats.dropped.to_string()),
+                entry("scans_failed", stats.failed.to_string()),
+                entry("scans_waiting", stats.waiting.to_string()),
+                entry("latency_p50_ms", format!("{:.1}", stats.latency_p50_ms)),
+                entry("latency_p95_ms", format!("{:.1}", stats.latency_p95_ms)),
+            ],
+        }],
+    }
+}
+
+/// Runs the node until SIGINT or SIGTERM. With `check_only`, validates the parameters (and loads the model)
+/// and returns the configuration without starting anything.
+pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
+    let ctx = r2r::Context::create().context("creating the ROS context (is the ROS environment sourced?)")?;
+    let mut node = r2r::Node::create(ctx, NODE_NAME, "").context("creating the node")?;
+    let config = read_config(&node)?;
+    let device = config.device.resolve()?;
+    let model = match config.initial_model() {
+        Some(path) => Some(
+            LoadedModel::load(&path, device, config.voxel_size, config.patch_count)
+                .with_context(|| format!("parameter model_path: loading {}", path.display()))?,
+        ),
+        None => None,
+    };
+    if check_only {
+        return Ok(Some(config));
+    }
+    let name = node.fully_qualified_name()?;
+    tracing::info!(node = name, device = ?device, model = model.as_ref().map(|m| m.id().to_string()), "starting");
+    if model.is_none() {
+        tracing::warn!("no model_path: every scan gets NO_MODEL until a model is trained or activated");
+    }
+
+    let results = node.create_publisher::<InspectionResult>(&config.result_topic, QosProfile::default())?;
+    let clouds = node.create_publisher::<PointCloud2>(&config.anomaly_cloud_topic, QosProfile::default())?;
+    let diagnostics_pub = node.create_publisher::<DiagnosticArray>("/diagnostics", QosProfile::default())?;
+    let fallback_threshold = model.as_ref().map_or(f32::NAN, |m| m.detector.thresholds.cloud);
+    let inspector = Inspector::start(
+        config.queue_depth as usize,
+        model,
+        overrides(&config),
+        move |report: Report<Header>| {
+            let result = result_message(&report, fallback_threshold);
+            if let Outcome::Scored { anomaly_cloud, .. } = report.outcome
+                && let Err(e) = clouds.publish(&msg_from_layout(report.tag, anomaly_cloud))
+            {
+                tracing::warn!("publishing the anomaly cloud: {e}");
+            }
+            tracing::info!(
+                status = result.status,
+                score = result.score,
+                latency_ms = format!("{:.0}", result.latency_ms),
+                message = result.message,
+                "scan"
+            );
+            if let Err(e) = results.publish(&result) {
+                tracing::warn!("publishing the result: {e}");
+            }
+        },
+    );
+    let state = Arc::new(NodeState { inspector, config: Mutex::new(config.clone()), device });
+
+    let mut scans = node
+        .subscribe::<PointCloud2>(&config.input_topic, QosProfile::sensor_data())
+        .with_context(|| format!("subscribing to {}", config.input_topic))?;
+    let (param_handler, mut param_events) =
+        node.make_derived_parameter_handler(Arc::new(Mutex::new(RuntimeParams(state.clone()))))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let spin_stop = stop.clone();
+    let spinner = std::thread::Builder::new().name("ros-spin".into()).spawn(move || {
+        while !spin_stop.load(Ordering::Relaxed) {
+            node.spin_once(Duration::from_millis(20));
+        }
+    })?;
+
+    runtime.block_on(async {
+        tokio::spawn(param_handler);
+        tokio::spawn(async move { while param_events.next().await.is_some() {} });
+        let intake = state.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = scans.next().await {
+                let (header, layout) = layout_from_msg(msg);
+                tracing::debug!(points = layout.width as usize * layout.height as usize, "scan received");
+                intake.inspector.submit(header, layout);
+            }
+        });
+        let diag_state = state.clone();
+        let period = Duration::from_secs_f64(config.diagnostics_period_s);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            loop {
+                ticks.tick().await;
+                if let Err(e) = diagnostics_pub.publish(&diagnostics(&diag_state, &name, now_stamp())) {
+                    tracing::warn!("publishing diagnostics: {e}");
+                }
+            }
+        });
+        wait_for_signal().await
+    })?;
+
+    tracing::info!("shutting down");
+    stop.store(true, Ordering::Relaxed);
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    if spinner.join().is_err() {
+        bail!("the ROS spin thread panicked");
+    }
+    if let Ok(state) = Arc::try_unwrap(state) {
+        state.inspector.shutdown();
+    }
+    Ok(None)
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = interrupt.recv() => tracing::info!("SIGINT"),
+        _ = terminate.recv() => tracing::info!("SIGTERM"),
+    }
+    Ok(())
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The GPU check (docs/toolchain.md, "GPU check"): run on a machine with an NVIDIA GPU and PyTorch's LibTorch,
+# with .gpu/inspect3d built for that LibTorch (`--no-default-features --features cuda`). Compares CPU and CUDA
+# verdicts and per-point scores of the bundled model on the bundled scans, times training on both, and runs the
+# detector benchmark on both. Writes everything to ${OUT:-out/gpu}/log.txt.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-out/gpu}
+mkdir -p "$out/work"
+exec > >(tee "$out/log.txt") 2>&1
+torch_lib=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" RUST_LOG=warn
+bin=${INSPECT3D_BIN:-.gpu/inspect3d}
+gpu=${GPU_DEVICE:-cuda}  # cpu for a dry run without a GPU
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
+nproc
+
+echo "== 1. bundled model, bundled scans: CPU vs CUDA"
+for scan in tests/data/cell_scans/*.pcd; do
+  name=$(basename "$scan" .pcd)
+  for device in cpu "$gpu"; do
+    "$bin" infer --model models/featuretype --input "$scan" --device "$device" \
+      --out "$out/work/${name}_$device.ply" >"$out/work/${name}_$device.json" || echo "infer $name $device failed"
+  done
+done
+python3 - "$out/work" "$gpu" <<'PY'
+import json, sys, pathlib
+import numpy as np
+work = pathlib.Path(sys.argv[1])
+def scores(path):
+    data = path.read_bytes()
+    end = data.index(b"end_header\n") + len(b"end_header\n")
+    props = [l.split() for l in data[:end].decode().splitlines() if l.startswith("property")]
+    dtype = np.dtype([(p[2], {"float": "<f4", "uchar": "u1"}[p[1]]) for p in props])
+    return np.frombuffer(data[end:], dtype=dtype)["anomaly_score"]
+print("| scan | verdict CPU / CUDA | cloud score CPU / CUDA | max abs point-score diff | points | latency ms CPU / CUDA |")
+print("|---|---|---|---:|---:|---|")
+for cpu_json in sorted(work.glob("*_cpu.json")):
+    name = cpu_json.name[:-len("_cpu.json")]
+    a, b = json.loads(cpu_json.read_text()), json.loads((work / f"{name}_{sys.argv[2]}.json").read_text())
+    sa, sb = scores(work / f"{name}_cpu.ply"), scores(work / f"{name}_{sys.argv[2]}.ply")
+    diff = float(np.max(np.abs(sa - sb))) if sa.shape == sb.shape else float("nan")
+    print(f"| {name} | {a['passed']} / {b['passed']} | {a['cloud_score']:.6f} / {b['cloud_score']:.6f} | {diff:.2e} | {sa.size} | {a['latency_ms']:.0f} / {b['latency_ms']:.0f} |")
+PY
+
+echo "== 2. training (config/detector_small.json, 10 simulated frames): CPU vs CUDA"
+"$bin" synth --meshes tests/data/meshes/featuretype.STL --out "$out/work/bench" \
+  --config <(echo '{"train": 10, "test_good": 1, "test_defective": 1, "modes": ["camera"], "seed": 7}') >/dev/null
+for device in cpu "$gpu"; do
+  start=$EPOCHREALTIME
+  "$bin" train --data "$out/work/bench/featuretype_camera/train" --out "$out/work/model_$device" \
+    --config config/detector_small.json --device "$device" | tr -d '\n '
+  echo " | $device wall $(python3 -c "print(round($EPOCHREALTIME - $start, 1))") s"
+done
+
+echo "== 3. detector benchmark on CUDA, then on CPU (CUDA hidden)"
+"$bin" bench detector --repeats 7
+CUDA_VISIBLE_DEVICES= "$bin" bench detector --repeats 7
+echo "== done"

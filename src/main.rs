@@ -535,14 +535,10 @@ fn publish(input: &Path, topic: &str, frame_id: &str, count: u32, rate: f64, wai
     Ok(())
 }
 
-/// Longer than the node needs for one scan on a CPU, so a resend is only for a lost message.
-#[cfg(feature = "ros")]
-const RESEND_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
-
 #[cfg(feature = "ros")]
 fn replay(sources: &[PathBuf], topic: &str, node: &str, heatmaps: Option<&Path>, timeout: f64) -> Result<()> {
     use inspect3d::cloud::pointcloud2;
-    use inspect3d::ros::client::{InspectorClient, status_name, unique_stamp};
+    use inspect3d::ros::client::{InspectorClient, status_name};
     use std::io::Write;
 
     if !(timeout.is_finite() && timeout > 0.0) {
@@ -563,32 +559,21 @@ fn replay(sources: &[PathBuf], topic: &str, node: &str, heatmaps: Option<&Path>,
     if let Some(dir) = heatmaps {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let client = InspectorClient::connect(node, topic, timeout)?;
+    let mut client = InspectorClient::connect(node, topic, timeout)?;
     println!("| scan | points | verdict | score | threshold | anomalous | defect centre (extent) | latency ms |");
     println!("|---|---:|---|---:|---:|---:|---|---:|");
-    let mut previous = Default::default();
     let mut latencies = Vec::new();
     let mut verdicts = std::collections::BTreeMap::<&str, usize>::new();
     for file in &files {
         let scan = cloud::read_cloud(file)?;
-        let layout = pointcloud2::encode(&scan);
-        let stamp = unique_stamp(&mut previous);
-        // Scans travel best-effort (sensor-data QoS), so one can be lost: send again if no result comes.
-        let sent = Instant::now();
-        let (result, arrived) = loop {
-            client.send(&layout, "camera", stamp.clone())?;
-            if let Some(got) = client.result_for(&stamp, RESEND_AFTER) {
-                break got;
-            }
-            if sent.elapsed() > timeout {
-                bail!("no result for {} within {timeout:?}", file.display());
-            }
-            tracing::warn!(scan = %file.display(), "no result yet; sending the scan again");
-        };
+        let (result, round_trip) = client
+            .inspect(&pointcloud2::encode(&scan), timeout)
+            .with_context(|| format!("inspecting {}", file.display()))?;
+        let stamp = client.last_stamp().clone();
         let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("?");
         let status = status_name(result.status);
         *verdicts.entry(status).or_default() += 1;
-        latencies.push((arrived - sent).as_secs_f64() * 1e3);
+        latencies.push(round_trip.as_secs_f64() * 1e3);
         let defect = if result.anomalous_points > 0 {
             let c = &result.defect_centroid;
             format!("({:.1}, {:.1}, {:.1}) ({:.1})", c.x, c.y, c.z, result.defect_extent)

@@ -5,8 +5,6 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -14,37 +12,8 @@ use inspect3d::cloud::{pointcloud2, read_cloud};
 use r2r::QosProfile;
 use r2r::sensor_msgs::msg::PointCloud2;
 
-/// Kills the child process when dropped, so a failing assertion leaves nothing running.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Spins the node on its own thread until dropped.
-struct Spinning(Arc<AtomicBool>);
-
-impl Spinning {
-    fn start(mut node: r2r::Node) -> Self {
-        let run = Arc::new(AtomicBool::new(true));
-        let flag = run.clone();
-        std::thread::spawn(move || {
-            while flag.load(Ordering::Relaxed) {
-                node.spin_once(Duration::from_millis(20));
-            }
-        });
-        Self(run)
-    }
-}
-
-impl Drop for Spinning {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Relaxed);
-    }
-}
+mod common;
+use common::{Running, Spinning};
 
 async fn first_message(topic: &str, sender: Child) -> PointCloud2 {
     let _sender = Running(sender);

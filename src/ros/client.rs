@@ -16,10 +16,14 @@ use r2r::std_msgs::msg::Header;
 
 use crate::cloud::pointcloud2::PointCloud2Layout;
 
+/// Longer than the node needs for one scan on a CPU, so a resend is only for a lost message.
+const RESEND_AFTER: Duration = Duration::from_secs(10);
+
 pub struct InspectorClient {
     publisher: r2r::Publisher<PointCloud2>,
     results: Receiver<(InspectionResult, Instant)>,
     clouds: Receiver<PointCloud2>,
+    last_stamp: Time,
     stop: Arc<AtomicBool>,
     spinner: Option<std::thread::JoinHandle<()>>,
     _runtime: tokio::runtime::Runtime,
@@ -76,13 +80,43 @@ impl InspectorClient {
                 node.spin_once(Duration::from_millis(10));
             }
         });
-        Ok(Self { publisher, results, clouds, stop, spinner: Some(spinner), _runtime: runtime })
+        Ok(Self {
+            publisher,
+            results,
+            clouds,
+            last_stamp: Time::default(),
+            stop,
+            spinner: Some(spinner),
+            _runtime: runtime,
+        })
     }
 
     /// Publishes a scan stamped `stamp` (the key that pairs it with its result).
     pub fn send(&self, layout: &PointCloud2Layout, frame_id: &str, stamp: Time) -> Result<()> {
         let header = Header { stamp, frame_id: frame_id.into() };
         self.publisher.publish(&super::msg_from_layout(header, layout.clone())).context("publishing a scan")
+    }
+
+    /// Sends a scan and waits for its result, sending it again while none comes (scans travel best-effort, as a
+    /// camera's do, so one can be lost). Returns the result and the round-trip time.
+    pub fn inspect(&mut self, layout: &PointCloud2Layout, timeout: Duration) -> Result<(InspectionResult, Duration)> {
+        let stamp = unique_stamp(&mut self.last_stamp);
+        let sent = Instant::now();
+        loop {
+            self.send(layout, "camera", stamp.clone())?;
+            if let Some((result, arrived)) = self.result_for(&stamp, RESEND_AFTER.min(timeout)) {
+                return Ok((result, arrived - sent));
+            }
+            if sent.elapsed() >= timeout {
+                bail!("no result within {timeout:?}");
+            }
+            tracing::warn!("no result yet; sending the scan again");
+        }
+    }
+
+    /// The stamp of the last scan sent by [`Self::inspect`].
+    pub fn last_stamp(&self) -> &Time {
+        &self.last_stamp
     }
 
     /// The next result whose stamp is `stamp` (others are skipped), with when it arrived.

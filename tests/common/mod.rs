@@ -1,0 +1,98 @@
+//! Helpers shared by the tests that run real processes over DDS: child processes that die with the test,
+//! a spinning r2r node, and an inspect3d_node started with its own name and topics.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Kills the child process when dropped, so a failing assertion leaves nothing running.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spins the node on its own thread until dropped.
+pub struct Spinning(Arc<AtomicBool>);
+
+impl Spinning {
+    pub fn start(mut node: r2r::Node) -> Self {
+        let run = Arc::new(AtomicBool::new(true));
+        let flag = run.clone();
+        std::thread::spawn(move || {
+            while flag.load(Ordering::Relaxed) {
+                node.spin_once(Duration::from_millis(20));
+            }
+        });
+        Self(run)
+    }
+}
+
+impl Drop for Spinning {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+/// A name unique to this process and call, for nodes and topics.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("{prefix}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A running inspect3d_node with its own name and input topic; `extra` are more `-p name:=value` overrides.
+pub struct TestNode {
+    pub process: Running,
+    pub name: String,
+    pub input_topic: String,
+    pub log: PathBuf,
+}
+
+impl TestNode {
+    pub fn start(model_path: &str, extra: &[&str], workdir: &Path) -> Self {
+        let name = unique("inspector");
+        let input_topic = format!("/{name}/camera/points");
+        let log = workdir.join(format!("{name}.log"));
+        let mut args: Vec<String> = vec![
+            "--ros-args".into(),
+            "--params-file".into(),
+            repo().join("config/inspector.yaml").display().to_string(),
+            "-r".into(),
+            format!("__node:={name}"),
+            "-p".into(),
+            format!("input_topic:={input_topic}"),
+            "-p".into(),
+            format!("model_path:={model_path}"),
+        ];
+        for e in extra {
+            args.push("-p".into());
+            args.push(e.to_string());
+        }
+        let child = Command::new(env!("CARGO_BIN_EXE_inspect3d_node"))
+            .args(&args)
+            .current_dir(repo())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("node log file"))
+            .spawn()
+            .expect("start inspect3d_node");
+        Self { process: Running(child), name, input_topic, log }
+    }
+
+    pub fn fqn(&self) -> String {
+        format!("/{}", self.name)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}

@@ -1,0 +1,260 @@
+//! inspect3d_node as a robot cell runs it: a separate process, started from config/inspector.yaml with its own
+//! name and input topic; this test process talks to it over real DDS (scans in, results and anomaly clouds
+//! out, parameter services, diagnostics, signals). Needs the ROS environment (source .deps/env.sh).
+#![cfg(feature = "ros")]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use inspect3d::cloud::pointcloud2::{self, PointCloud2Layout, PointFieldLayout};
+use inspect3d::cloud::{PointCloud, read_cloud};
+use inspect3d::inspector::SCORE_FIELD;
+use inspect3d::model::store;
+use inspect3d::ros::client::InspectorClient;
+use r2r::inspect3d_msgs::msg::InspectionResult;
+use r2r::rcl_interfaces::srv::SetParameters;
+use r2r::{ParameterValue, QosProfile};
+
+mod common;
+use common::{Spinning, TestNode, repo, unique};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const MODEL: &str = "models/featuretype";
+
+fn scan(name: &str) -> PointCloud {
+    read_cloud(&repo().join("tests/data/cell_scans").join(format!("{name}.pcd"))).unwrap()
+}
+
+fn connect(node: &TestNode) -> InspectorClient {
+    InspectorClient::connect(&node.fqn(), &node.input_topic, TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}\nnode log:\n{}", node.log_text()))
+}
+
+fn parameter_value_msg(value: &ParameterValue) -> r2r::rcl_interfaces::msg::ParameterValue {
+    use r2r::rcl_interfaces::msg::{ParameterType, ParameterValue as Msg};
+    match value {
+        ParameterValue::Double(x) => Msg { type_: ParameterType::PARAMETER_DOUBLE as u8, double_value: *x, ..Default::default() },
+        ParameterValue::Integer(i) => Msg { type_: ParameterType::PARAMETER_INTEGER as u8, integer_value: *i, ..Default::default() },
+        ParameterValue::String(s) => Msg { type_: ParameterType::PARAMETER_STRING as u8, string_value: s.clone(), ..Default::default() },
+        other => panic!("not used here: {other:?}"),
+    }
+}
+
+/// Sets parameters through the node's SetParameters service; returns (successful, reason) per parameter.
+async fn set_parameters(node: &TestNode, values: &[(&str, ParameterValue)]) -> Vec<(bool, String)> {
+    let ctx = r2r::Context::create().unwrap();
+    let mut client_node = r2r::Node::create(ctx, &unique("param_client"), "").unwrap();
+    let client = client_node
+        .create_client::<SetParameters::Service>(&format!("{}/set_parameters", node.fqn()), QosProfile::default())
+        .unwrap();
+    let available = r2r::Node::is_available(&client).unwrap();
+    let _spin = Spinning::start(client_node);
+    tokio::time::timeout(TIMEOUT, available).await.expect("parameter service").unwrap();
+    let request = SetParameters::Request {
+        parameters: values
+            .iter()
+            .map(|(name, value)| r2r::rcl_interfaces::msg::Parameter {
+                name: name.to_string(),
+                value: parameter_value_msg(value),
+            })
+            .collect(),
+    };
+    let response = tokio::time::timeout(TIMEOUT, client.request(&request).unwrap()).await.unwrap().unwrap();
+    response.results.into_iter().map(|r| (r.successful, r.reason)).collect()
+}
+
+#[test]
+fn scans_get_verdicts_and_anomaly_clouds_equal_to_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(MODEL, &[], dir.path());
+    let mut client = connect(&node);
+    let (detector, manifest) = store::load(&repo().join(MODEL), tch::Device::Cpu).unwrap();
+    for name in ["000_good", "002_sink"] {
+        let cloud = scan(name);
+        let sent = pointcloud2::encode(&cloud);
+        let (result, _) = client.inspect(&sent, TIMEOUT).unwrap();
+        let expected = detector.inspect(&cloud).unwrap();
+        assert_eq!(result.model_id, manifest.model_id);
+        assert_eq!(result.passed, expected.passed, "{name}: {}", result.message);
+        let status = if expected.passed { InspectionResult::PASS as u8 } else { InspectionResult::REJECT as u8 };
+        assert_eq!(result.status, status, "{name}");
+        assert!((result.score - expected.cloud_score).abs() < 1e-5, "{name}: {} vs {}", result.score, expected.cloud_score);
+        assert_eq!(result.threshold, manifest.thresholds.cloud);
+        assert_eq!(result.valid_points as usize, expected.valid_points);
+        assert_eq!(result.anomalous_points as usize, expected.anomalous_points);
+        assert!(result.latency_ms > 0.0);
+        assert_eq!(result.header.frame_id, "camera");
+
+        let anomaly = client.cloud_for(client.last_stamp(), TIMEOUT).expect("anomaly cloud");
+        let (_, layout) = inspect3d::ros::layout_from_msg(anomaly);
+        assert_eq!((layout.width, layout.height), (640, 480), "organised stays organised");
+        assert_eq!(layout.fields[..sent.fields.len()], sent.fields[..], "input fields keep their layout");
+        let added = layout.fields.last().unwrap();
+        assert_eq!((added.name.as_str(), added.datatype, added.count), (SCORE_FIELD, 7, 1));
+        let scored = pointcloud2::decode(&layout).unwrap();
+        let positions = scored.positions().unwrap();
+        assert_eq!(positions.len(), cloud.len());
+        let field = scored.field(SCORE_FIELD).unwrap();
+        for (i, (p, want)) in positions.iter().zip(&expected.point_scores).enumerate() {
+            let got = field.value(i, 0) as f32;
+            if p.iter().all(|c| c.is_finite()) {
+                assert!((got - want).abs() < 1e-5, "{name} point {i}: {got} vs {want}");
+            } else {
+                assert!(got.is_nan(), "{name} point {i} is NaN but scored {got}");
+            }
+        }
+    }
+}
+
+fn xyz_layout(points: &[[f32; 3]]) -> PointCloud2Layout {
+    pointcloud2::encode(&PointCloud::from_xyz(points))
+}
+
+#[test]
+fn bad_messages_get_invalid_input_and_the_node_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = TestNode::start(MODEL, &[], dir.path());
+    let mut client = connect(&node);
+    let mut truncated = xyz_layout(&[[0.0, 0.0, 1.0]; 100]);
+    truncated.data.truncate(600);
+    let mut no_z = xyz_layout(&[[0.0, 0.0, 1.0]; 100]);
+    no_z.fields.retain(|f| f.name != "z");
+    let mut bad_offset = xyz_layout(&[[0.0, 0.0, 1.0]; 100]);
+    bad_offset.fields.push(PointFieldLayout { name: "intensity".into(), offset: 40, datatype: 7, count: 1 });
+    let cases: Vec<(&str, PointCloud2Layout, &str)> = vec![
+        ("truncated data", truncated, "data"),
+        ("no z field", no_z, "z"),
+        ("field past the point record", bad_offset, "intensity"),
+        ("all NaN", xyz_layout(&[[f32::NAN; 3]; 50]), "finite"),
+        ("empty", xyz_layout(&[]), ""),
+        ("too few points", xyz_layout(&[[0.0, 0.0, 1.0], [0.1, 0.0, 1.0]]), "points"),
+    ];
+    for (what, layout, mentions) in cases {
+        let (result, _) = client.inspect(&layout, TIMEOUT).unwrap();
+        assert_eq!(result.status, InspectionResult::INVALID_INPUT as u8, "{what}: {}", result.message);
+        assert!(!result.passed, "{what}");
+        assert!(result.score.is_nan(), "{what}");
+        assert!(result.message.starts_with("invalid input: "), "{what}: {}", result.message);
+        assert!(result.message.contains(mentions), "{what}: '{}' should mention '{mentions}'", result.message);
+    }
+    assert!(node.process.0.try_wait().unwrap().is_none(), "the node exited:\n{}", node.log_text());
+    let (result, _) = client.inspect(&pointcloud2::encode(&scan("000_good")), TIMEOUT).unwrap();
+    assert!(result.status <= 1, "a good scan after bad ones is scored: {}", result.message);
+}
+
+#[test]
+fn without_a_model_scans_get_no_model_until_one_is_set_and_thresholds_change_at_run_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start("''", &[], dir.path());
+    let mut client = connect(&node);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sink = pointcloud2::encode(&scan("002_sink"));
+    let (result, _) = client.inspect(&sink, TIMEOUT).unwrap();
+    assert_eq!(result.status, InspectionResult::NO_MODEL as u8, "{}", result.message);
+    assert!(result.message.contains("model_path"), "{}", result.message);
+
+    let refused = runtime.block_on(set_parameters(&node, &[("model_path", ParameterValue::String("models/no_such_model".into()))]));
+    assert!(!refused[0].0 && refused[0].1.contains("no_such_model"), "{refused:?}");
+    let set = runtime.block_on(set_parameters(&node, &[("model_path", ParameterValue::String(MODEL.into()))]));
+    assert_eq!(set, vec![(true, String::new())]);
+    let (result, _) = client.inspect(&sink, TIMEOUT).unwrap();
+    assert_eq!(result.status, InspectionResult::REJECT as u8, "the bundled model rejects the sink: {}", result.message);
+    assert!(result.model_id.starts_with("featuretype-"));
+
+    let refused = runtime.block_on(set_parameters(&node, &[("cloud_threshold", ParameterValue::Double(1.5))]));
+    assert!(!refused[0].0 && refused[0].1.contains("[0, 1]"), "{refused:?}");
+    let fixed = runtime.block_on(set_parameters(&node, &[("queue_depth", ParameterValue::Integer(3))]));
+    assert!(!fixed[0].0 && fixed[0].1.contains("restart"), "{fixed:?}");
+    let set = runtime.block_on(set_parameters(&node, &[("cloud_threshold", ParameterValue::Double(1.0))]));
+    assert_eq!(set, vec![(true, String::new())]);
+    let (result, _) = client.inspect(&sink, TIMEOUT).unwrap();
+    assert_eq!((result.status, result.threshold), (InspectionResult::PASS as u8, 1.0), "{}", result.message);
+}
+
+#[test]
+fn diagnostics_report_the_model_counts_and_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(MODEL, &["diagnostics_period_s:=0.2"], dir.path());
+    let mut client = connect(&node);
+    let good = pointcloud2::encode(&scan("000_good"));
+    for _ in 0..2 {
+        client.inspect(&good, TIMEOUT).unwrap();
+    }
+    let ctx = r2r::Context::create().unwrap();
+    let mut listener = r2r::Node::create(ctx, &unique("diag_listener"), "").unwrap();
+    let mut diagnostics = listener
+        .subscribe::<r2r::diagnostic_msgs::msg::DiagnosticArray>("/diagnostics", QosProfile::default())
+        .unwrap();
+    let _spin = Spinning::start(listener);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let wanted = format!("{}: inspector", node.fqn());
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        assert!(Instant::now() < deadline, "no diagnostics from {}", node.fqn());
+        let array = runtime.block_on(async { tokio::time::timeout(TIMEOUT, diagnostics.next()).await }).unwrap().unwrap();
+        if let Some(status) = array.status.into_iter().find(|s| s.name == wanted) {
+            break status;
+        }
+    };
+    let value = |key: &str| status.values.iter().find(|kv| kv.key == key).map(|kv| kv.value.clone()).unwrap();
+    assert_eq!(status.level, r2r::diagnostic_msgs::msg::DiagnosticStatus::OK as u8, "{}", status.message);
+    assert!(value("model_id").starts_with("featuretype-"));
+    assert_eq!(value("scans_scored"), "2");
+    assert_eq!(value("scans_dropped"), "0");
+    assert_eq!(value("device"), "cpu");
+    assert!(value("latency_p50_ms").parse::<f64>().unwrap() > 0.0);
+    assert!(value("latency_p95_ms").parse::<f64>().unwrap() >= value("latency_p50_ms").parse::<f64>().unwrap());
+}
+
+#[test]
+fn sigterm_and_sigint_stop_the_node_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    for signal in ["-TERM", "-INT"] {
+        let mut node = TestNode::start(MODEL, &[], dir.path());
+        drop(connect(&node));
+        let pid = node.process.0.id().to_string();
+        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = node.process.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "still running 20 s after {signal}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "{signal}: exit {status:?}\n{}", node.log_text());
+        assert!(node.log_text().contains("shutting down"));
+    }
+}
+
+#[test]
+fn bad_configuration_stops_the_node_at_start_naming_the_parameter() {
+    let node_bin = env!("CARGO_BIN_EXE_inspect3d_node");
+    let params = repo().join("config/inspector.yaml");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--check-config", "--ros-args", "--params-file", params.to_str().unwrap()];
+        for e in extra {
+            args.extend(["-p", e]);
+        }
+        Command::new(node_bin).args(&args).current_dir(repo()).output().unwrap()
+    };
+    let ok = run(&[]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let config: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(config["input_topic"], "/camera/points");
+    assert_eq!(config["model_path"], MODEL);
+    for (extra, named) in [
+        ("queue_depth:=0", "queue_depth"),
+        ("cloud_threshold:=2.0", "cloud_threshold"),
+        ("device:=tpu", "device"),
+        ("input_topic:=/bad topic", "input_topic"),
+        ("model_path:=models/missing", "model_path"),
+        ("qeue_depth:=2", "qeue_depth"),
+    ] {
+        let out = run(&[extra]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra} was accepted");
+        assert!(stderr.contains(named), "{extra}: error should name {named}: {stderr}");
+    }
+}

@@ -87,7 +87,12 @@ impl fmt::Display for Table {
 
 /// Peak resident memory of this process (Linux `VmHWM`), in MiB.
 pub fn peak_memory_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    peak_memory_mib_of("self")
+}
+
+/// Peak resident memory of a process (`self` or a pid), in MiB.
+pub fn peak_memory_mib_of(pid: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)

@@ -183,6 +183,10 @@ enum Suite {
     Geometry,
     /// The detector's stages, peak memory and the training step.
     Detector,
+    /// inspect3d_node end to end over DDS: latency, sustained scans per second, peak memory (a 640×480 frame
+    /// and a dense 100k-point scan, the bundled model).
+    #[cfg(feature = "ros")]
+    Node,
 }
 
 /// The 640×480 depth-camera frame shipped with the project.
@@ -225,6 +229,37 @@ fn main() -> Result<()> {
                         None => inspect3d::bench::DetectorInput::SimulatedPart { mesh: &mesh, points: 60_000 },
                     };
                     inspect3d::bench::detector(source, voxel.unwrap_or(0.75), repeats)?
+                }
+                #[cfg(feature = "ros")]
+                Suite::Node => {
+                    let part = inspect3d::synth::mesh::Mesh::read(&bundled(BUNDLED_PART))?.normalised(100.0);
+                    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+                    let dense = inspect3d::synth::sample::sample_surface(&part, 100_000, 0.05, &mut rng);
+                    let frame = match &input {
+                        Some(path) => path.clone(),
+                        None => bundled("tests/data/cell_scans/000_good.pcd"),
+                    };
+                    let inputs = [
+                        inspect3d::ros::bench::NodeBenchInput {
+                            name: format!("640×480 organised frame ({})", frame.display()),
+                            cloud: cloud::read_cloud(&frame)?,
+                        },
+                        inspect3d::ros::bench::NodeBenchInput {
+                            name: "dense 100k-point scan of the part".into(),
+                            cloud: cloud::PointCloud::from_xyz(&dense.points),
+                        },
+                    ];
+                    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+                    let table = inspect3d::ros::bench::node(
+                        repo,
+                        &repo.join("models/featuretype"),
+                        &inputs,
+                        repeats,
+                        20.0,
+                        10.0,
+                    )?;
+                    println!("{table}");
+                    return Ok(());
                 }
             };
             println!("{table}");

@@ -2,6 +2,7 @@
 //! and back, and leaves every computation to the library: [`node`] is the inspector node, [`client`]
 //! talks to it over DDS (demo replay, benchmark).
 
+pub mod bench;
 pub mod client;
 pub mod node;
 

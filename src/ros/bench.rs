@@ -1,0 +1,120 @@
+//! `inspect3d bench node`: the node end to end over DDS. Starts an inspect3d_node (the binary beside this one)
+//! with the bundled model and measures, per input: round-trip latency (scan published → result received, one
+//! scan at a time), the node's own latency (receipt → scored), sustained scans per second when scans arrive
+//! faster than it can score them (newest-wins queue), and the node's peak memory.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::client::{InspectorClient, unique_stamp};
+use crate::bench::peak_memory_mib_of;
+use crate::cloud::{PointCloud, pointcloud2};
+
+pub struct NodeBenchInput {
+    pub name: String,
+    pub cloud: PointCloud,
+}
+
+struct NodeProcess(Child);
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn median_and_p95(mut values: Vec<f64>) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let pick = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+    (pick(0.5), pick(0.95))
+}
+
+/// Runs the benchmark; `repeats` sequential scans and `flood_seconds` of scans at `flood_hz` per input.
+pub fn node(
+    repo: &Path,
+    model: &Path,
+    inputs: &[NodeBenchInput],
+    repeats: usize,
+    flood_hz: f64,
+    flood_seconds: f64,
+) -> Result<String> {
+    let exe = std::env::current_exe()?.with_file_name("inspect3d_node");
+    if !exe.exists() {
+        bail!("{} not found: build it with `cargo build --release --bins`", exe.display());
+    }
+    let name = format!("inspect3d_bench_{}", std::process::id());
+    let topic = format!("/{name}/points");
+    let child = Command::new(&exe)
+        .args(["--ros-args", "--params-file"])
+        .arg(repo.join("config/inspector.yaml"))
+        .args(["-r", &format!("__node:={name}"), "-p", &format!("input_topic:={topic}"), "-p"])
+        .arg(format!("model_path:={}", model.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    let node = NodeProcess(child);
+    let pid = node.0.id().to_string();
+    let timeout = Duration::from_secs(60);
+    let mut client = InspectorClient::connect(&format!("/{name}"), &topic, timeout)?;
+    let mut table = String::from(
+        "| input | points (finite) | round trip p50 / p95 ms | node latency p50 / p95 ms | sustained scans/s | \
+         offered scans/s |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    for input in inputs {
+        let layout = pointcloud2::encode(&input.cloud);
+        let finite = input.cloud.finite_points()?.points.len();
+        client.inspect(&layout, timeout)?; // warm-up: the first scan pays one-off start-up costs
+        let (mut round_trips, mut node_latencies) = (Vec::new(), Vec::new());
+        for k in 0..repeats.max(1) {
+            let (result, round_trip) = client.inspect(&layout, timeout)?;
+            if result.status > 1 {
+                bail!("{}: scan {k} was not scored: {}", input.name, result.message);
+            }
+            round_trips.push(round_trip.as_secs_f64() * 1e3);
+            node_latencies.push(f64::from(result.latency_ms));
+        }
+        tracing::info!(input = input.name, "sequential done; flooding");
+        let period = Duration::from_secs_f64(1.0 / flood_hz);
+        let start = Instant::now();
+        let mut next = start;
+        let mut sent = 0usize;
+        let mut stamp = client.last_stamp().clone();
+        while start.elapsed().as_secs_f64() < flood_seconds {
+            client.send(&layout, "camera", unique_stamp(&mut stamp))?;
+            sent += 1;
+            next += period;
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        // Results of the flood arrive until the node has worked through what it kept.
+        let mut scored = 0usize;
+        let mut last = start;
+        while let Some((_, at)) = client.next_result(Duration::from_secs(5)) {
+            scored += 1;
+            last = at;
+        }
+        let busy = (last - start).as_secs_f64().max(1e-9);
+        let (rt50, rt95) = median_and_p95(round_trips);
+        let (n50, n95) = median_and_p95(node_latencies);
+        table.push_str(&format!(
+            "| {} | {} ({finite}) | {rt50:.0} / {rt95:.0} | {n50:.0} / {n95:.0} | {:.1} | {:.1} |\n",
+            input.name,
+            input.cloud.len(),
+            scored as f64 / busy,
+            sent as f64 / flood_seconds,
+        ));
+    }
+    let memory = peak_memory_mib_of(&pid).map_or("unknown".into(), |m| format!("{m:.0} MiB"));
+    table.push_str(&format!(
+        "\nNode peak memory (VmHWM): {memory}. Round trip = publish → result received by this process; node \
+         latency = receipt → scored, as in InspectionResult.latency_ms; sustained = results per second while scans \
+         were offered at the last column's rate (queue_depth 1: the newest waits, older ones are dropped).\n"
+    ));
+    Ok(table)
+}

@@ -1,6 +1,7 @@
 //! inspect3d: unsupervised surface-defect detection on 3D point clouds for robotic inspection cells.
 //!
 //! The crate is laid out by pipeline stage:
+//! - [`bag`]: rosbag2 bags (MCAP and sqlite3) and CDR decoding of recorded PointCloud2 messages;
 //! - [`cloud`]: point clouds and their encodings (PointCloud2 byte layouts, PCD, PLY);
 //! - [`geometry`]: voxel grid, normalisation, sampling, neighbourhoods, normals, FPFH, median filter;
 //! - [`model`]: the detector's stages (backbone, SCA, adaptor, generator, discriminator, scoring) and model files;
@@ -11,6 +12,7 @@
 //! - [`bench`]: the benchmark tables printed by `inspect3d bench`;
 //! - [`ros`] (feature `ros`): the thin ROS 2 layer (r2r message conversion); nothing below it knows about ROS.
 
+pub mod bag;
 pub mod bench;
 pub mod cloud;
 pub mod eval;

@@ -41,11 +41,17 @@ enum Command {
         #[arg(long)]
         heatmap: Option<PathBuf>,
     },
-    /// Learns a model from a folder of good clouds (.pcd/.ply) and calibrates its thresholds.
+    /// Learns a model from good clouds (a folder of .pcd/.ply, or rosbag2 bags) and calibrates its thresholds.
     Train {
         /// Folder of point clouds of defect-free parts.
+        #[arg(long, conflicts_with = "bag", required_unless_present = "bag")]
+        data: Option<PathBuf>,
+        /// rosbag2 bag folders (MCAP or sqlite3) recorded from defect-free parts; repeatable.
+        #[arg(long, requires = "topic")]
+        bag: Vec<PathBuf>,
+        /// The sensor_msgs/msg/PointCloud2 topic to read from the bags.
         #[arg(long)]
-        data: PathBuf,
+        topic: Option<String>,
         /// Model folder to write (replaced atomically if it exists).
         #[arg(long)]
         out: PathBuf,
@@ -199,8 +205,13 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Convert { input, output, encoding } => convert(&input, &output, encoding),
         Command::Describe { input, voxel, heatmap } => describe(&input, voxel, heatmap.as_deref()),
-        Command::Train { data, out, config, epochs, voxel, validation, device } => {
-            train_model(&data, &out, config.as_deref(), epochs, voxel, validation.as_deref(), device)
+        Command::Train { data, bag, topic, out, config, epochs, voxel, validation, device } => {
+            let source = match (data, topic) {
+                (Some(dir), _) => TrainingSource::Folder(dir),
+                (None, Some(topic)) => TrainingSource::Bags(bag, topic),
+                (None, None) => bail!("--data or --bag with --topic is required"),
+            };
+            train_model(&source, &out, config.as_deref(), epochs, voxel, validation.as_deref(), device)
         }
         Command::Infer { model, input, out, device } => infer(&model, &input, out.as_deref(), device),
         Command::Synth { meshes, out, config, seed } => synth(meshes, &out, config.as_deref(), seed),
@@ -276,8 +287,13 @@ fn main() -> Result<()> {
     }
 }
 
+enum TrainingSource {
+    Folder(PathBuf),
+    Bags(Vec<PathBuf>, String),
+}
+
 fn train_model(
-    data: &Path,
+    source: &TrainingSource,
     out: &Path,
     config: Option<&Path>,
     epochs: Option<usize>,
@@ -292,8 +308,17 @@ fn train_model(
     if let Some(v) = voxel {
         cfg.preprocess.voxel_size = v;
     }
-    let clouds = train::load_cloud_dir(data)?;
-    tracing::info!(clouds = clouds.len(), data = %data.display(), "loaded good clouds");
+    let clouds = match source {
+        TrainingSource::Folder(dir) => train::load_cloud_dir(dir)?,
+        TrainingSource::Bags(bags, topic) => {
+            let read = train::read_bags(bags, topic, &mut train::LogMonitor::default())?;
+            if !read.skipped.is_empty() {
+                tracing::warn!(skipped = read.skipped.len(), "recorded clouds without usable points were skipped");
+            }
+            read.clouds
+        }
+    };
+    tracing::info!(clouds = clouds.len(), "loaded good clouds");
     let labelled = match validation {
         Some(dir) => train::load_labelled_dir(dir)?,
         None => Vec::new(),

@@ -35,6 +35,8 @@ pub enum ModelError {
     Cloud(#[from] CloudError),
     #[error(transparent)]
     Geometry(#[from] GeometryError),
+    #[error(transparent)]
+    Bag(#[from] crate::bag::BagError),
     #[error("only {points} points remain after {voxel}-unit voxels; a patch needs {needed}: use a smaller voxel size")]
     TooFewPoints { points: usize, needed: usize, voxel: f32 },
     #[error("configuration: {0}")]

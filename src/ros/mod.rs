@@ -1,10 +1,12 @@
 //! The ROS 2 layer (r2r). Thin on purpose: it moves message contents into the pure types of [`crate::cloud`]
-//! and back, and leaves every computation to the library: [`node`] is the inspector node, [`client`]
+//! and back, and leaves every computation to the library: [`node`] is the inspector node with its training
+//! action ([`train_action`]), [`client`]
 //! talks to it over DDS (demo replay, benchmark).
 
 pub mod bench;
 pub mod client;
 pub mod node;
+pub mod train_action;
 
 use r2r::sensor_msgs::msg::{PointCloud2, PointField};
 use r2r::std_msgs::msg::Header;

@@ -17,7 +17,7 @@ use r2r::std_msgs::msg::Header;
 use r2r::{Parameter, ParameterValue, QosProfile, RosParams};
 use tch::Device;
 
-use super::{layout_from_msg, msg_from_layout, now_stamp};
+use super::{layout_from_msg, msg_from_layout, now_stamp, train_action};
 use crate::inspector::config::{InspectorConfig, ParamValue};
 use crate::inspector::{Inspector, LoadedModel, Outcome, Report, ThresholdOverrides};
 
@@ -294,6 +294,7 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
         .with_context(|| format!("subscribing to {}", config.input_topic))?;
     let (param_handler, mut param_events) =
         node.make_derived_parameter_handler(Arc::new(Mutex::new(RuntimeParams(state.clone()))))?;
+    let trainer = train_action::TrainServer::new(&mut node, state.clone())?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -326,6 +327,7 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
                 }
             }
         });
+        tokio::spawn(trainer.serve());
         wait_for_signal().await
     })?;
 

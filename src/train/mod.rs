@@ -34,17 +34,23 @@ pub struct LabelledCloud {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
+    /// Reading good clouds from bags ([`read_bags`]).
+    Reading,
     Preparing,
     Training,
     Calibrating,
+    /// Writing the model folder (reported by the caller that saves).
+    Saving,
 }
 
 impl Stage {
     pub fn name(self) -> &'static str {
         match self {
+            Self::Reading => "reading",
             Self::Preparing => "preparing",
             Self::Training => "training",
             Self::Calibrating => "calibrating",
+            Self::Saving => "saving",
         }
     }
 }
@@ -52,7 +58,7 @@ impl Stage {
 #[derive(Clone, Debug)]
 pub struct Progress {
     pub stage: Stage,
-    /// 0..1 over the whole job.
+    /// 0..1 over the whole training ([`train`]); while reading, over the bags' messages.
     pub fraction: f32,
     pub epoch: usize,
     pub epochs: usize,
@@ -345,4 +351,54 @@ pub fn load_labelled_dir(dir: &std::path::Path) -> Result<Vec<LabelledCloud>> {
             Ok(LabelledCloud { name: path.display().to_string(), points: finite.points, labels })
         })
         .collect()
+}
+
+/// Good clouds read from bags, and the messages that could not be used.
+pub struct BagClouds {
+    pub clouds: Vec<TrainingCloud>,
+    /// "bag#index: why" for each PointCloud2 that decoded but had no usable points.
+    pub skipped: Vec<String>,
+}
+
+/// Reads every PointCloud2 of `topic` from the bags, in order, as good clouds. A storage or CDR error stops with
+/// an error naming the file; a message without finite points is skipped and listed.
+pub fn read_bags(bags: &[std::path::PathBuf], topic: &str, monitor: &mut dyn Monitor) -> Result<BagClouds> {
+    use std::ops::ControlFlow;
+    let opened = bags.iter().map(|b| crate::bag::Bag::open(b)).collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut expected = 0;
+    for bag in &opened {
+        expected += bag.check_topic(topic, crate::bag::POINT_CLOUD2)?;
+    }
+    let mut out = BagClouds { clouds: Vec::new(), skipped: Vec::new() };
+    let mut cancelled = false;
+    for bag in &opened {
+        let mut index = 0;
+        bag.for_each_point_cloud(topic, |message| {
+            let name = format!("{}#{index}", bag.dir.display());
+            index += 1;
+            match crate::cloud::pointcloud2::decode(&message.layout).and_then(|c| c.finite_points()) {
+                Ok(finite) => out.clouds.push(TrainingCloud { name, points: finite.points }),
+                Err(e) => out.skipped.push(format!("{name}: {e}")),
+            }
+            let loaded = out.clouds.len() + out.skipped.len();
+            monitor.report(&Progress {
+                stage: Stage::Reading,
+                fraction: loaded as f32 / expected.max(1) as f32,
+                epoch: 0,
+                epochs: 0,
+                loss: f32::NAN,
+                clouds_loaded: out.clouds.len(),
+                eta_s: f32::NAN,
+            });
+            cancelled = monitor.cancelled();
+            if cancelled { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        })?;
+        if cancelled {
+            return Err(ModelError::Cancelled);
+        }
+    }
+    for skipped in &out.skipped {
+        tracing::warn!(message = skipped, "skipped a recorded cloud");
+    }
+    Ok(out)
 }

@@ -23,8 +23,10 @@ impl Drop for Running {
 }
 
 /// Spins the node on its own thread until dropped.
+#[cfg(feature = "ros")]
 pub struct Spinning(Arc<AtomicBool>);
 
+#[cfg(feature = "ros")]
 impl Spinning {
     pub fn start(mut node: r2r::Node) -> Self {
         let run = Arc::new(AtomicBool::new(true));
@@ -38,6 +40,7 @@ impl Spinning {
     }
 }
 
+#[cfg(feature = "ros")]
 impl Drop for Spinning {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Relaxed);
@@ -95,4 +98,46 @@ impl TestNode {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// Bags of simulated depth-camera frames of a real part, written by the independent writers of
+/// tests/peers/write_bags.py (mcap_zstd, mcap_lz4, sqlite3, split; topic `/scanner/points`), in `dir`. Returns
+/// the binary PCD files the messages came from, in message order.
+pub fn write_test_bags(dir: &Path, frames: usize, seed: u64) -> Vec<PathBuf> {
+    let bin = env!("CARGO_BIN_EXE_inspect3d");
+    let synth = dir.join("synth");
+    let config = dir.join("synth.json");
+    std::fs::write(
+        &config,
+        format!(r#"{{"train": {frames}, "test_good": 1, "test_defective": 1, "modes": ["camera"], "seed": {seed}}}"#),
+    )
+    .unwrap();
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().expect("run a helper");
+        assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(Command::new(bin)
+        .args(["synth", "--meshes"])
+        .arg(repo().join("tests/data/meshes/featuretype.STL"))
+        .arg("--out")
+        .arg(&synth)
+        .arg("--config")
+        .arg(&config));
+    let mut scans = Vec::new();
+    let mut frames_in: Vec<PathBuf> = std::fs::read_dir(synth.join("featuretype_camera/train"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    frames_in.sort();
+    for frame in frames_in {
+        let binary = dir.join(frame.file_name().unwrap());
+        run(Command::new(bin).arg("convert").arg("--input").arg(&frame).arg("--output").arg(&binary).args(["--encoding", "binary"]));
+        scans.push(binary);
+    }
+    run(Command::new("python3")
+        .arg(repo().join("tests/peers/write_bags.py"))
+        .arg(dir.join("bags"))
+        .arg("/scanner/points")
+        .args(&scans));
+    scans
 }

@@ -34,9 +34,15 @@ fn connect(node: &TestNode) -> InspectorClient {
 fn parameter_value_msg(value: &ParameterValue) -> r2r::rcl_interfaces::msg::ParameterValue {
     use r2r::rcl_interfaces::msg::{ParameterType, ParameterValue as Msg};
     match value {
-        ParameterValue::Double(x) => Msg { type_: ParameterType::PARAMETER_DOUBLE as u8, double_value: *x, ..Default::default() },
-        ParameterValue::Integer(i) => Msg { type_: ParameterType::PARAMETER_INTEGER as u8, integer_value: *i, ..Default::default() },
-        ParameterValue::String(s) => Msg { type_: ParameterType::PARAMETER_STRING as u8, string_value: s.clone(), ..Default::default() },
+        ParameterValue::Double(x) => {
+            Msg { type_: ParameterType::PARAMETER_DOUBLE as u8, double_value: *x, ..Default::default() }
+        }
+        ParameterValue::Integer(i) => {
+            Msg { type_: ParameterType::PARAMETER_INTEGER as u8, integer_value: *i, ..Default::default() }
+        }
+        ParameterValue::String(s) => {
+            Msg { type_: ParameterType::PARAMETER_STRING as u8, string_value: s.clone(), ..Default::default() }
+        }
         other => panic!("not used here: {other:?}"),
     }
 }
@@ -66,8 +72,7 @@ async fn set_parameters(node: &TestNode, values: &[(&str, ParameterValue)]) -> V
 
 #[test]
 fn scans_get_verdicts_and_anomaly_clouds_equal_to_the_library() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(MODEL, &[], dir.path());
+    let node = TestNode::start(MODEL, &[]);
     let mut client = connect(&node);
     let (detector, manifest) = store::load(&repo().join(MODEL), tch::Device::Cpu).unwrap();
     for name in ["000_good", "002_sink"] {
@@ -79,7 +84,12 @@ fn scans_get_verdicts_and_anomaly_clouds_equal_to_the_library() {
         assert_eq!(result.passed, expected.passed, "{name}: {}", result.message);
         let status = if expected.passed { InspectionResult::PASS as u8 } else { InspectionResult::REJECT as u8 };
         assert_eq!(result.status, status, "{name}");
-        assert!((result.score - expected.cloud_score).abs() < 1e-5, "{name}: {} vs {}", result.score, expected.cloud_score);
+        assert!(
+            (result.score - expected.cloud_score).abs() < 1e-5,
+            "{name}: {} vs {}",
+            result.score,
+            expected.cloud_score
+        );
         assert_eq!(result.threshold, manifest.thresholds.cloud);
         assert_eq!(result.valid_points as usize, expected.valid_points);
         assert_eq!(result.anomalous_points as usize, expected.anomalous_points);
@@ -113,8 +123,7 @@ fn xyz_layout(points: &[[f32; 3]]) -> PointCloud2Layout {
 
 #[test]
 fn bad_messages_get_invalid_input_and_the_node_keeps_running() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut node = TestNode::start(MODEL, &[], dir.path());
+    let mut node = TestNode::start(MODEL, &[]);
     let mut client = connect(&node);
     let mut truncated = xyz_layout(&[[0.0, 0.0, 1.0]; 100]);
     truncated.data.truncate(600);
@@ -145,8 +154,7 @@ fn bad_messages_get_invalid_input_and_the_node_keeps_running() {
 
 #[test]
 fn without_a_model_scans_get_no_model_until_one_is_set_and_thresholds_change_at_run_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start("''", &[], dir.path());
+    let node = TestNode::start("''", &[]);
     let mut client = connect(&node);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let sink = pointcloud2::encode(&scan("002_sink"));
@@ -154,7 +162,8 @@ fn without_a_model_scans_get_no_model_until_one_is_set_and_thresholds_change_at_
     assert_eq!(result.status, InspectionResult::NO_MODEL as u8, "{}", result.message);
     assert!(result.message.contains("model_path"), "{}", result.message);
 
-    let refused = runtime.block_on(set_parameters(&node, &[("model_path", ParameterValue::String("models/no_such_model".into()))]));
+    let refused = runtime
+        .block_on(set_parameters(&node, &[("model_path", ParameterValue::String("models/no_such_model".into()))]));
     assert!(!refused[0].0 && refused[0].1.contains("no_such_model"), "{refused:?}");
     let set = runtime.block_on(set_parameters(&node, &[("model_path", ParameterValue::String(MODEL.into()))]));
     assert_eq!(set, vec![(true, String::new())]);
@@ -174,8 +183,7 @@ fn without_a_model_scans_get_no_model_until_one_is_set_and_thresholds_change_at_
 
 #[test]
 fn diagnostics_report_the_model_counts_and_latency() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(MODEL, &["diagnostics_period_s:=0.2"], dir.path());
+    let node = TestNode::start(MODEL, &["diagnostics_period_s:=0.2"]);
     let mut client = connect(&node);
     let good = pointcloud2::encode(&scan("000_good"));
     for _ in 0..2 {
@@ -192,7 +200,8 @@ fn diagnostics_report_the_model_counts_and_latency() {
     let deadline = Instant::now() + TIMEOUT;
     let status = loop {
         assert!(Instant::now() < deadline, "no diagnostics from {}", node.fqn());
-        let array = runtime.block_on(async { tokio::time::timeout(TIMEOUT, diagnostics.next()).await }).unwrap().unwrap();
+        let array =
+            runtime.block_on(async { tokio::time::timeout(TIMEOUT, diagnostics.next()).await }).unwrap().unwrap();
         if let Some(status) = array.status.into_iter().find(|s| s.name == wanted) {
             break status;
         }
@@ -209,9 +218,8 @@ fn diagnostics_report_the_model_counts_and_latency() {
 
 #[test]
 fn sigterm_and_sigint_stop_the_node_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
     for signal in ["-TERM", "-INT"] {
-        let mut node = TestNode::start(MODEL, &[], dir.path());
+        let mut node = TestNode::start(MODEL, &[]);
         drop(connect(&node));
         let pid = node.process.0.id().to_string();
         assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());

@@ -167,8 +167,14 @@ impl Bag {
                 &self.dir,
                 format!("topic {topic} carries {}, not {message_type}", t.topic_metadata.message_type),
             )),
-            Some(t) if !t.topic_metadata.serialization_format.is_empty() && t.topic_metadata.serialization_format != "cdr" => {
-                Err(bag_error(&self.dir, format!("topic {topic} is serialized as {}, not cdr", t.topic_metadata.serialization_format)))
+            Some(t)
+                if !t.topic_metadata.serialization_format.is_empty()
+                    && t.topic_metadata.serialization_format != "cdr" =>
+            {
+                Err(bag_error(
+                    &self.dir,
+                    format!("topic {topic} is serialized as {}, not cdr", t.topic_metadata.serialization_format),
+                ))
             }
             Some(t) => Ok(t.message_count),
         }
@@ -195,11 +201,7 @@ impl Bag {
 
     /// Calls `f` with each PointCloud2 of `topic`, decoded; a message that does not decode is an error naming
     /// the file and the message's index.
-    pub fn for_each_point_cloud(
-        &self,
-        topic: &str,
-        mut f: impl FnMut(StampedCloud) -> ControlFlow<()>,
-    ) -> Result<()> {
+    pub fn for_each_point_cloud(&self, topic: &str, mut f: impl FnMut(StampedCloud) -> ControlFlow<()>) -> Result<()> {
         self.check_topic(topic, POINT_CLOUD2)?;
         let mut index = 0u64;
         self.for_each_message(topic, |_, bytes| {
@@ -227,14 +229,18 @@ fn mcap_messages(
     if !map.starts_with(mcap::MAGIC) {
         return Err(file_error(file, "not a readable MCAP file (no MCAP magic at its start)"));
     }
-    let stream = mcap::MessageStream::new(&map).map_err(|e| file_error(file, format!("not a readable MCAP file: {e}")))?;
+    let stream =
+        mcap::MessageStream::new(&map).map_err(|e| file_error(file, format!("not a readable MCAP file: {e}")))?;
     for message in stream {
         let message = message.map_err(|e| file_error(file, format!("corrupt or truncated MCAP: {e}")))?;
         if message.channel.topic != topic {
             continue;
         }
         if message.channel.message_encoding != "cdr" {
-            return Err(file_error(file, format!("{topic} is encoded as {}, not cdr", message.channel.message_encoding)));
+            return Err(file_error(
+                file,
+                format!("{topic} is encoded as {}, not cdr", message.channel.message_encoding),
+            ));
         }
         if f(message.log_time, &message.data)?.is_break() {
             return Ok(ControlFlow::Break(()));
@@ -276,7 +282,11 @@ fn sqlite_messages(
         let mut batch: Vec<(i64, i64, Vec<u8>)> = Vec::new();
         let mut rows = statement.query((topic_id, after, SQLITE_BATCH)).map_err(sql_error)?;
         while let Some(row) = rows.next().map_err(sql_error)? {
-            batch.push((row.get(0).map_err(sql_error)?, row.get(1).map_err(sql_error)?, row.get(2).map_err(sql_error)?));
+            batch.push((
+                row.get(0).map_err(sql_error)?,
+                row.get(1).map_err(sql_error)?,
+                row.get(2).map_err(sql_error)?,
+            ));
         }
         let Some(last) = batch.last() else {
             return Ok(ControlFlow::Continue(()));

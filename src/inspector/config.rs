@@ -195,7 +195,10 @@ impl InspectorConfig {
             ),
             (
                 (0..=100_000).contains(&self.training_epochs),
-                format!("training_epochs must be in 0..=100000 (0: the method's default), got {}", self.training_epochs),
+                format!(
+                    "training_epochs must be in 0..=100000 (0: the method's default), got {}",
+                    self.training_epochs
+                ),
             ),
             (
                 self.target_false_reject_rate == 0.0

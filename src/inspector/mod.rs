@@ -82,7 +82,10 @@ impl ThresholdOverrides {
 #[derive(Debug)]
 pub enum Outcome {
     /// Scored: the verdict, and the input message with the FLOAT32 `anomaly_score` field added.
-    Scored { inspection: Inspection, anomaly_cloud: PointCloud2Layout },
+    Scored {
+        inspection: Inspection,
+        anomaly_cloud: PointCloud2Layout,
+    },
     /// The message cannot be scored; says what is wrong with it.
     InvalidInput(String),
     NoModel,
@@ -300,15 +303,16 @@ fn work<M>(shared: &Shared<M>, mut sink: impl FnMut(Report<M>)) {
         }
         let overrides = *lock(&shared.overrides);
         // A LibTorch error surfaces as a panic in tch; it must cost one scan, not the node.
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| inspect_message(model.as_ref(), &scan.msg, overrides)))
-            .unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("unknown panic");
-                Outcome::Failed(format!("internal error while scoring: {what}"))
-            });
+        let outcome =
+            std::panic::catch_unwind(AssertUnwindSafe(|| inspect_message(model.as_ref(), &scan.msg, overrides)))
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("unknown panic");
+                    Outcome::Failed(format!("internal error while scoring: {what}"))
+                });
         let latency_ms = scan.received.elapsed().as_secs_f64() * 1e3;
         {
             let mut state = lock(&shared.state);

@@ -65,7 +65,9 @@ impl InspectorClient {
             || node.get_publishers_info_by_topic(&result_topic, false).map_or(true, |p| p.is_empty())
         {
             if Instant::now() > deadline {
-                bail!("{node_name} not found (no subscriber on {input_topic}, no publisher on {result_topic}) within {timeout:?}: is it running?");
+                bail!(
+                    "{node_name} not found (no subscriber on {input_topic}, no publisher on {result_topic}) within {timeout:?}: is it running?"
+                );
             }
             node.spin_once(Duration::from_millis(20));
         }

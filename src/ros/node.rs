@@ -207,7 +207,9 @@ fn diagnostics(state: &NodeState, name: &str, stamp: r2r::builtin_interfaces::ms
     let model = state.inspector.active_model();
     let (level, message) = match &model {
         None => (DiagnosticStatus::WARN as u8, "no model loaded".to_string()),
-        Some(_) if stats.failed > 0 => (DiagnosticStatus::WARN as u8, format!("{} scans failed to score", stats.failed)),
+        Some(_) if stats.failed > 0 => {
+            (DiagnosticStatus::WARN as u8, format!("{} scans failed to score", stats.failed))
+        }
         Some(m) => (DiagnosticStatus::OK as u8, format!("inspecting with {}", m.id())),
     };
     let entry = |key: &str, value: String| KeyValue { key: key.into(), value };
@@ -264,11 +266,8 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
     let clouds = node.create_publisher::<PointCloud2>(&config.anomaly_cloud_topic, QosProfile::default())?;
     let diagnostics_pub = node.create_publisher::<DiagnosticArray>("/diagnostics", QosProfile::default())?;
     let fallback_threshold = model.as_ref().map_or(f32::NAN, |m| m.detector.thresholds.cloud);
-    let inspector = Inspector::start(
-        config.queue_depth as usize,
-        model,
-        overrides(&config),
-        move |report: Report<Header>| {
+    let inspector =
+        Inspector::start(config.queue_depth as usize, model, overrides(&config), move |report: Report<Header>| {
             let result = result_message(&report, fallback_threshold);
             if let Outcome::Scored { anomaly_cloud, .. } = report.outcome
                 && let Err(e) = clouds.publish(&msg_from_layout(report.tag, anomaly_cloud))
@@ -285,8 +284,7 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
             if let Err(e) = results.publish(&result) {
                 tracing::warn!("publishing the result: {e}");
             }
-        },
-    );
+        });
     let state = Arc::new(NodeState { inspector, config: Mutex::new(config.clone()), device });
 
     let mut scans = node

@@ -66,12 +66,18 @@ impl TrainServer {
             };
             match job {
                 Ok(job) => {
-                    tracing::info!(model = job.name, bags = job.bags.len(), topic = job.topic, "training goal accepted");
+                    tracing::info!(
+                        model = job.name,
+                        bags = job.bags.len(),
+                        topic = job.topic,
+                        "training goal accepted"
+                    );
                     tokio::spawn(supervise(handle, cancels, job, self.state.clone(), self.busy.clone()));
                 }
                 Err(reason) => {
                     tracing::warn!(reason, "training goal refused");
-                    let result = TrainModel::Result { message: format!("goal refused: {reason}"), ..Default::default() };
+                    let result =
+                        TrainModel::Result { message: format!("goal refused: {reason}"), ..Default::default() };
                     if let Err(e) = handle.abort(result) {
                         tracing::warn!("answering a refused goal: {e}");
                     }
@@ -153,7 +159,9 @@ impl Monitor for ActionMonitor {
         let (stage, progress) = match p.stage {
             Stage::Reading => ("reading", READ_SHARE * p.fraction),
             // Feature extraction is the first part of training.
-            Stage::Preparing | Stage::Training => ("training", READ_SHARE + (1.0 - READ_SHARE - SAVE_SHARE) * p.fraction),
+            Stage::Preparing | Stage::Training => {
+                ("training", READ_SHARE + (1.0 - READ_SHARE - SAVE_SHARE) * p.fraction)
+            }
             Stage::Calibrating => ("calibrating", READ_SHARE + (1.0 - READ_SHARE - SAVE_SHARE) * p.fraction),
             Stage::Saving => ("saving", 1.0 - SAVE_SHARE),
         };
@@ -198,7 +206,8 @@ async fn supervise(
         let _ = done_tx.send(outcome);
     });
     if let Err(e) = spawned {
-        let _ = handle.abort(TrainModel::Result { message: format!("cannot start training: {e}"), ..Default::default() });
+        let _ =
+            handle.abort(TrainModel::Result { message: format!("cannot start training: {e}"), ..Default::default() });
         busy.store(false, Ordering::SeqCst);
         return;
     }

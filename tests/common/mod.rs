@@ -59,13 +59,15 @@ pub struct TestNode {
     pub name: String,
     pub input_topic: String,
     pub log: PathBuf,
+    _log_dir: tempfile::TempDir,
 }
 
 impl TestNode {
-    pub fn start(model_path: &str, extra: &[&str], workdir: &Path) -> Self {
+    pub fn start(model_path: &str, extra: &[&str]) -> Self {
         let name = unique("inspector");
         let input_topic = format!("/{name}/camera/points");
-        let log = workdir.join(format!("{name}.log"));
+        let log_dir = tempfile::tempdir().expect("a folder for the node's log");
+        let log = log_dir.path().join("node.log");
         let mut args: Vec<String> = vec![
             "--ros-args".into(),
             "--params-file".into(),
@@ -88,7 +90,7 @@ impl TestNode {
             .stderr(std::fs::File::create(&log).expect("node log file"))
             .spawn()
             .expect("start inspect3d_node");
-        Self { process: Running(child), name, input_topic, log }
+        Self { process: Running(child), name, input_topic, log, _log_dir: log_dir }
     }
 
     pub fn fqn(&self) -> String {
@@ -124,14 +126,18 @@ pub fn write_test_bags(dir: &Path, frames: usize, seed: u64) -> Vec<PathBuf> {
         .arg("--config")
         .arg(&config));
     let mut scans = Vec::new();
-    let mut frames_in: Vec<PathBuf> = std::fs::read_dir(synth.join("featuretype_camera/train"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut frames_in: Vec<PathBuf> =
+        std::fs::read_dir(synth.join("featuretype_camera/train")).unwrap().map(|e| e.unwrap().path()).collect();
     frames_in.sort();
     for frame in frames_in {
         let binary = dir.join(frame.file_name().unwrap());
-        run(Command::new(bin).arg("convert").arg("--input").arg(&frame).arg("--output").arg(&binary).args(["--encoding", "binary"]));
+        run(Command::new(bin)
+            .arg("convert")
+            .arg("--input")
+            .arg(&frame)
+            .arg("--output")
+            .arg(&binary)
+            .args(["--encoding", "binary"]));
         scans.push(binary);
     }
     run(Command::new("python3")

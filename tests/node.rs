@@ -139,8 +139,10 @@ fn bad_messages_get_invalid_input_and_the_node_keeps_running() {
         ("empty", xyz_layout(&[]), ""),
         ("too few points", xyz_layout(&[[0.0, 0.0, 1.0], [0.1, 0.0, 1.0]]), "points"),
     ];
+    let calibrated = store::read_manifest(&repo().join(MODEL)).unwrap().thresholds.cloud;
     for (what, layout, mentions) in cases {
         let (result, _) = client.inspect(&layout, TIMEOUT).unwrap();
+        assert_eq!(result.threshold, calibrated, "{what}: the threshold it would have been judged by");
         assert_eq!(result.status, InspectionResult::INVALID_INPUT as u8, "{what}: {}", result.message);
         assert!(!result.passed, "{what}");
         assert!(result.score.is_nan(), "{what}");

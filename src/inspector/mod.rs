@@ -100,6 +100,8 @@ pub struct Report<M> {
     pub outcome: Outcome,
     /// Empty without a model.
     pub model_id: String,
+    /// The thresholds the scan was (or would have been) judged with; `None` without a model.
+    pub thresholds: Option<Thresholds>,
     /// From submission (message receipt) to the end of scoring.
     pub latency_ms: f64,
 }
@@ -185,7 +187,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The running service: submit scans, receive reports through the sink given to [`Inspector::start`].
 pub struct Inspector<M: Send + 'static> {
     shared: Arc<Shared<M>>,
-    worker: Option<JoinHandle<()>>,
+    worker: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl<M: Send + 'static> Inspector<M> {
@@ -214,7 +216,7 @@ impl<M: Send + 'static> Inspector<M> {
             .name("inspect3d-worker".into())
             .spawn(move || work(&worker_shared, sink))
             .expect("spawning the inspection thread");
-        Self { shared, worker: Some(worker) }
+        Self { shared, worker: Mutex::new(Some(worker)) }
     }
 
     /// Queues a scan; when the queue is full the oldest waiting scan is dropped (and counted).
@@ -259,19 +261,15 @@ impl<M: Send + 'static> Inspector<M> {
         stats
     }
 
-    /// Finishes the scan in progress, drops the waiting ones and stops the worker.
-    pub fn shutdown(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
+    /// Finishes (and reports) the scan in progress, drops the waiting ones and stops the worker.
+    pub fn shutdown(&self) {
         {
             let mut state = lock(&self.shared.state);
             state.closed = true;
             state.queue.clear();
         }
         self.shared.work.notify_all();
-        if let Some(worker) = self.worker.take() {
+        if let Some(worker) = lock(&self.worker).take() {
             let _ = worker.join();
         }
     }
@@ -279,7 +277,7 @@ impl<M: Send + 'static> Inspector<M> {
 
 impl<M: Send + 'static> Drop for Inspector<M> {
     fn drop(&mut self) {
-        self.stop();
+        self.shutdown();
     }
 }
 
@@ -332,7 +330,8 @@ fn work<M>(shared: &Shared<M>, mut sink: impl FnMut(Report<M>)) {
             }
         }
         let model_id = model.as_ref().map(|m| m.id().to_string()).unwrap_or_default();
-        sink(Report { tag: scan.tag, outcome, model_id, latency_ms });
+        let thresholds = model.as_ref().map(|m| overrides.apply(m.detector.thresholds));
+        sink(Report { tag: scan.tag, outcome, model_id, thresholds, latency_ms });
     }
 }
 

@@ -155,13 +155,13 @@ fn read_config(node: &r2r::Node) -> Result<InspectorConfig> {
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
 }
 
-fn result_message(report: &Report<Header>, cloud_threshold: f32) -> InspectionResult {
+fn result_message(report: &Report<Header>) -> InspectionResult {
     let mut result = InspectionResult {
         header: report.tag.clone(),
         model_id: report.model_id.clone(),
         latency_ms: report.latency_ms as f32,
         score: f32::NAN,
-        threshold: cloud_threshold,
+        threshold: report.thresholds.map_or(f32::NAN, |t| t.cloud),
         ..Default::default()
     };
     match &report.outcome {
@@ -170,7 +170,6 @@ fn result_message(report: &Report<Header>, cloud_threshold: f32) -> InspectionRe
             result.status =
                 if inspection.passed { InspectionResult::PASS as u8 } else { InspectionResult::REJECT as u8 };
             result.score = inspection.cloud_score;
-            result.threshold = inspection.thresholds.cloud;
             result.valid_points = inspection.valid_points as u32;
             result.anomalous_points = inspection.anomalous_points as u32;
             result.anomalous_fraction = inspection.anomalous_points as f32 / inspection.valid_points.max(1) as f32;
@@ -265,10 +264,9 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
     let results = node.create_publisher::<InspectionResult>(&config.result_topic, QosProfile::default())?;
     let clouds = node.create_publisher::<PointCloud2>(&config.anomaly_cloud_topic, QosProfile::default())?;
     let diagnostics_pub = node.create_publisher::<DiagnosticArray>("/diagnostics", QosProfile::default())?;
-    let fallback_threshold = model.as_ref().map_or(f32::NAN, |m| m.detector.thresholds.cloud);
     let inspector =
         Inspector::start(config.queue_depth as usize, model, overrides(&config), move |report: Report<Header>| {
-            let result = result_message(&report, fallback_threshold);
+            let result = result_message(&report);
             if let Outcome::Scored { anomaly_cloud, .. } = report.outcome
                 && let Err(e) = clouds.publish(&msg_from_layout(report.tag, anomaly_cloud))
             {
@@ -330,13 +328,12 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
     })?;
 
     tracing::info!("shutting down");
-    stop.store(true, Ordering::Relaxed);
     runtime.shutdown_timeout(Duration::from_secs(2));
+    // The scan in progress is finished and published while the node still exists.
+    state.inspector.shutdown();
+    stop.store(true, Ordering::Relaxed);
     if spinner.join().is_err() {
         bail!("the ROS spin thread panicked");
-    }
-    if let Ok(state) = Arc::try_unwrap(state) {
-        state.inspector.shutdown();
     }
     Ok(None)
 }

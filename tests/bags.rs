@@ -5,24 +5,17 @@
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use inspect3d::bag::{Bag, BagError, POINT_CLOUD2, StampedCloud};
 use inspect3d::cloud::{pointcloud2, read_cloud};
 
 mod common;
-use common::{repo, write_test_bags};
+use common::{repo, shared_test_bags};
 
 const TOPIC: &str = "/scanner/points";
 
-/// One set of bags for every test in this file (writing them takes a few seconds).
 fn bags() -> &'static (tempfile::TempDir, Vec<PathBuf>) {
-    static BAGS: OnceLock<(tempfile::TempDir, Vec<PathBuf>)> = OnceLock::new();
-    BAGS.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let scans = write_test_bags(dir.path(), 5, 11);
-        (dir, scans)
-    })
+    shared_test_bags()
 }
 
 fn bag_dir(name: &str) -> PathBuf {

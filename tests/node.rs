@@ -13,11 +13,10 @@ use inspect3d::inspector::SCORE_FIELD;
 use inspect3d::model::store;
 use inspect3d::ros::client::InspectorClient;
 use r2r::inspect3d_msgs::msg::InspectionResult;
-use r2r::rcl_interfaces::srv::SetParameters;
 use r2r::{ParameterValue, QosProfile};
 
 mod common;
-use common::{Spinning, TestNode, repo, unique};
+use common::{Spinning, TestNode, repo, set_parameters, unique};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const MODEL: &str = "models/featuretype";
@@ -29,45 +28,6 @@ fn scan(name: &str) -> PointCloud {
 fn connect(node: &TestNode) -> InspectorClient {
     InspectorClient::connect(&node.fqn(), &node.input_topic, TIMEOUT)
         .unwrap_or_else(|e| panic!("{e:#}\nnode log:\n{}", node.log_text()))
-}
-
-fn parameter_value_msg(value: &ParameterValue) -> r2r::rcl_interfaces::msg::ParameterValue {
-    use r2r::rcl_interfaces::msg::{ParameterType, ParameterValue as Msg};
-    match value {
-        ParameterValue::Double(x) => {
-            Msg { type_: ParameterType::PARAMETER_DOUBLE as u8, double_value: *x, ..Default::default() }
-        }
-        ParameterValue::Integer(i) => {
-            Msg { type_: ParameterType::PARAMETER_INTEGER as u8, integer_value: *i, ..Default::default() }
-        }
-        ParameterValue::String(s) => {
-            Msg { type_: ParameterType::PARAMETER_STRING as u8, string_value: s.clone(), ..Default::default() }
-        }
-        other => panic!("not used here: {other:?}"),
-    }
-}
-
-/// Sets parameters through the node's SetParameters service; returns (successful, reason) per parameter.
-async fn set_parameters(node: &TestNode, values: &[(&str, ParameterValue)]) -> Vec<(bool, String)> {
-    let ctx = r2r::Context::create().unwrap();
-    let mut client_node = r2r::Node::create(ctx, &unique("param_client"), "").unwrap();
-    let client = client_node
-        .create_client::<SetParameters::Service>(&format!("{}/set_parameters", node.fqn()), QosProfile::default())
-        .unwrap();
-    let available = r2r::Node::is_available(&client).unwrap();
-    let _spin = Spinning::start(client_node);
-    tokio::time::timeout(TIMEOUT, available).await.expect("parameter service").unwrap();
-    let request = SetParameters::Request {
-        parameters: values
-            .iter()
-            .map(|(name, value)| r2r::rcl_interfaces::msg::Parameter {
-                name: name.to_string(),
-                value: parameter_value_msg(value),
-            })
-            .collect(),
-    };
-    let response = tokio::time::timeout(TIMEOUT, client.request(&request).unwrap()).await.unwrap().unwrap();
-    response.results.into_iter().map(|r| (r.successful, r.reason)).collect()
 }
 
 #[test]
@@ -164,20 +124,22 @@ fn without_a_model_scans_get_no_model_until_one_is_set_and_thresholds_change_at_
     assert_eq!(result.status, InspectionResult::NO_MODEL as u8, "{}", result.message);
     assert!(result.message.contains("model_path"), "{}", result.message);
 
-    let refused = runtime
-        .block_on(set_parameters(&node, &[("model_path", ParameterValue::String("models/no_such_model".into()))]));
+    let refused = runtime.block_on(set_parameters(
+        &node.fqn(),
+        &[("model_path", ParameterValue::String("models/no_such_model".into()))],
+    ));
     assert!(!refused[0].0 && refused[0].1.contains("no_such_model"), "{refused:?}");
-    let set = runtime.block_on(set_parameters(&node, &[("model_path", ParameterValue::String(MODEL.into()))]));
+    let set = runtime.block_on(set_parameters(&node.fqn(), &[("model_path", ParameterValue::String(MODEL.into()))]));
     assert_eq!(set, vec![(true, String::new())]);
     let (result, _) = client.inspect(&sink, TIMEOUT).unwrap();
     assert_eq!(result.status, InspectionResult::REJECT as u8, "the bundled model rejects the sink: {}", result.message);
     assert!(result.model_id.starts_with("featuretype-"));
 
-    let refused = runtime.block_on(set_parameters(&node, &[("cloud_threshold", ParameterValue::Double(1.5))]));
+    let refused = runtime.block_on(set_parameters(&node.fqn(), &[("cloud_threshold", ParameterValue::Double(1.5))]));
     assert!(!refused[0].0 && refused[0].1.contains("[0, 1]"), "{refused:?}");
-    let fixed = runtime.block_on(set_parameters(&node, &[("queue_depth", ParameterValue::Integer(3))]));
+    let fixed = runtime.block_on(set_parameters(&node.fqn(), &[("queue_depth", ParameterValue::Integer(3))]));
     assert!(!fixed[0].0 && fixed[0].1.contains("restart"), "{fixed:?}");
-    let set = runtime.block_on(set_parameters(&node, &[("cloud_threshold", ParameterValue::Double(1.0))]));
+    let set = runtime.block_on(set_parameters(&node.fqn(), &[("cloud_threshold", ParameterValue::Double(1.0))]));
     assert_eq!(set, vec![(true, String::new())]);
     let (result, _) = client.inspect(&sink, TIMEOUT).unwrap();
     assert_eq!((result.status, result.threshold), (InspectionResult::PASS as u8, 1.0), "{}", result.message);

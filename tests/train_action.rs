@@ -4,29 +4,22 @@
 #![cfg(feature = "ros")]
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures::StreamExt;
 use inspect3d::cloud::{pointcloud2, read_cloud};
 use inspect3d::ros::client::InspectorClient;
 use r2r::inspect3d_msgs::action::TrainModel;
-use r2r::rcl_interfaces::srv::SetParameters;
-use r2r::{GoalStatus, QosProfile};
+use r2r::{GoalStatus, ParameterValue};
 
 mod common;
-use common::{Spinning, TestNode, repo, unique, write_test_bags};
+use common::{Spinning, TestNode, repo, set_parameters, shared_test_bags, unique};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const TOPIC: &str = "/scanner/points";
 
 fn bags() -> &'static (tempfile::TempDir, Vec<PathBuf>) {
-    static BAGS: OnceLock<(tempfile::TempDir, Vec<PathBuf>)> = OnceLock::new();
-    BAGS.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let scans = write_test_bags(dir.path(), 5, 21);
-        (dir, scans)
-    })
+    shared_test_bags()
 }
 
 fn bag(name: &str) -> String {
@@ -134,7 +127,7 @@ fn a_goal_trains_saves_and_activates_a_model_while_the_node_keeps_inspecting() {
         serde_json::from_str(&std::fs::read_to_string(path.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["model_id"], result.model_id.as_str());
     assert_eq!(manifest["config"]["scoring"]["target_false_reject_rate"].as_f64().unwrap() as f32, 0.1);
-    assert!(result.message.contains("roll back"), "{}", result.message);
+    assert!(result.message.contains(&format!("ros2 param set {} model_path", node.fqn())), "{}", result.message);
 
     let stages: Vec<&str> = feedback.iter().map(|f| f.stage.as_str()).collect();
     for stage in ["reading", "training", "calibrating", "saving"] {
@@ -148,26 +141,10 @@ fn a_goal_trains_saves_and_activates_a_model_while_the_node_keeps_inspecting() {
     assert_eq!(after.model_id, result.model_id, "the next scan is scored by the new model");
 
     // Roll back through the parameter; the new model stays on disk.
-    let ctx = r2r::Context::create().unwrap();
-    let mut param_node = r2r::Node::create(ctx, &unique("rollback"), "").unwrap();
-    let set = param_node
-        .create_client::<SetParameters::Service>(&format!("{}/set_parameters", node.fqn()), QosProfile::default())
-        .unwrap();
-    let available = r2r::Node::is_available(&set).unwrap();
-    let _spin = Spinning::start(param_node);
-    let response = trainer.runtime.block_on(async {
-        tokio::time::timeout(TIMEOUT, available).await.unwrap().unwrap();
-        let value = r2r::rcl_interfaces::msg::ParameterValue {
-            type_: r2r::rcl_interfaces::msg::ParameterType::PARAMETER_STRING as u8,
-            string_value: repo().join("models/featuretype").display().to_string(),
-            ..Default::default()
-        };
-        let request = SetParameters::Request {
-            parameters: vec![r2r::rcl_interfaces::msg::Parameter { name: "model_path".into(), value }],
-        };
-        tokio::time::timeout(TIMEOUT, set.request(&request).unwrap()).await.unwrap().unwrap()
-    });
-    assert!(response.results[0].successful, "{}", response.results[0].reason);
+    let featuretype = repo().join("models/featuretype").display().to_string();
+    let set =
+        trainer.runtime.block_on(set_parameters(&node.fqn(), &[("model_path", ParameterValue::String(featuretype))]));
+    assert_eq!(set, vec![(true, String::new())]);
     let (rolled_back, _) = inspector.inspect(&defective_scan(), TIMEOUT).unwrap();
     assert_eq!(rolled_back.model_id, before.model_id);
     assert!(path.join("manifest.json").is_file());

@@ -25,6 +25,8 @@ pub const NODE_NAME: &str = "inspect3d_node";
 
 /// What the node's parts share: the service, its configuration (as currently set) and the device.
 pub struct NodeState {
+    /// The node's fully qualified name.
+    pub name: String,
     pub inspector: Inspector<Header>,
     pub config: Mutex<InspectorConfig>,
     pub device: Device,
@@ -283,7 +285,7 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
                 tracing::warn!("publishing the result: {e}");
             }
         });
-    let state = Arc::new(NodeState { inspector, config: Mutex::new(config.clone()), device });
+    let state = Arc::new(NodeState { name: name.clone(), inspector, config: Mutex::new(config.clone()), device });
 
     let mut scans = node
         .subscribe::<PointCloud2>(&config.input_topic, QosProfile::sensor_data())

@@ -315,7 +315,7 @@ fn run(job: Job, state: &NodeState, monitor: &mut ActionMonitor) -> Result<Train
         notes.push("active from the next scan".into());
     }
     if let Some(previous) = &previous {
-        notes.push(format!("roll back with: ros2 param set <node> model_path {}", previous.path.display()));
+        notes.push(format!("roll back with: ros2 param set {} model_path {}", state.name, previous.path.display()));
     }
     Ok(TrainModel::Result {
         success: true,

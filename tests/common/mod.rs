@@ -102,6 +102,16 @@ impl TestNode {
     }
 }
 
+/// One set of test bags (five frames) per test binary: writing them takes a few seconds.
+pub fn shared_test_bags() -> &'static (tempfile::TempDir, Vec<PathBuf>) {
+    static BAGS: std::sync::OnceLock<(tempfile::TempDir, Vec<PathBuf>)> = std::sync::OnceLock::new();
+    BAGS.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("a folder for test bags");
+        let scans = write_test_bags(dir.path(), 5, 11);
+        (dir, scans)
+    })
+}
+
 /// Bags of simulated depth-camera frames of a real part, written by the independent writers of
 /// tests/peers/write_bags.py (mcap_zstd, mcap_lz4, sqlite3, split; topic `/scanner/points`), in `dir`. Returns
 /// the binary PCD files the messages came from, in message order.
@@ -146,4 +156,47 @@ pub fn write_test_bags(dir: &Path, frames: usize, seed: u64) -> Vec<PathBuf> {
         .arg("/scanner/points")
         .args(&scans));
     scans
+}
+
+#[cfg(feature = "ros")]
+fn parameter_value_msg(value: &r2r::ParameterValue) -> r2r::rcl_interfaces::msg::ParameterValue {
+    use r2r::rcl_interfaces::msg::{ParameterType, ParameterValue as Msg};
+    match value {
+        r2r::ParameterValue::Double(x) => {
+            Msg { type_: ParameterType::PARAMETER_DOUBLE as u8, double_value: *x, ..Default::default() }
+        }
+        r2r::ParameterValue::Integer(i) => {
+            Msg { type_: ParameterType::PARAMETER_INTEGER as u8, integer_value: *i, ..Default::default() }
+        }
+        r2r::ParameterValue::String(s) => {
+            Msg { type_: ParameterType::PARAMETER_STRING as u8, string_value: s.clone(), ..Default::default() }
+        }
+        other => panic!("not used here: {other:?}"),
+    }
+}
+
+/// Sets parameters through the node's SetParameters service; returns (successful, reason) per parameter.
+#[cfg(feature = "ros")]
+pub async fn set_parameters(node: &str, values: &[(&str, r2r::ParameterValue)]) -> Vec<(bool, String)> {
+    use r2r::rcl_interfaces::srv::SetParameters;
+    const TIMEOUT: Duration = Duration::from_secs(60);
+    let ctx = r2r::Context::create().unwrap();
+    let mut client_node = r2r::Node::create(ctx, &unique("param_client"), "").unwrap();
+    let client = client_node
+        .create_client::<SetParameters::Service>(&format!("{node}/set_parameters"), r2r::QosProfile::default())
+        .unwrap();
+    let available = r2r::Node::is_available(&client).unwrap();
+    let _spin = Spinning::start(client_node);
+    tokio::time::timeout(TIMEOUT, available).await.expect("parameter service").unwrap();
+    let request = SetParameters::Request {
+        parameters: values
+            .iter()
+            .map(|(name, value)| r2r::rcl_interfaces::msg::Parameter {
+                name: name.to_string(),
+                value: parameter_value_msg(value),
+            })
+            .collect(),
+    };
+    let response = tokio::time::timeout(TIMEOUT, client.request(&request).unwrap()).await.unwrap().unwrap();
+    response.results.into_iter().map(|r| (r.successful, r.reason)).collect()
 }

@@ -48,21 +48,15 @@ impl LoadedModel {
     }
 
     pub fn info(&self) -> ModelInfo {
-        ModelInfo { manifest: self.manifest.clone(), path: self.path.clone() }
+        ModelInfo { id: self.manifest.model_id.clone(), path: self.path.clone() }
     }
 }
 
 /// What the rest of the node knows about a model.
 #[derive(Clone, Debug)]
 pub struct ModelInfo {
-    pub manifest: Manifest,
+    pub id: String,
     pub path: PathBuf,
-}
-
-impl ModelInfo {
-    pub fn id(&self) -> &str {
-        &self.manifest.model_id
-    }
 }
 
 /// Operator overrides of the model's thresholds (`None`: the model's calibrated value).
@@ -106,8 +100,8 @@ pub struct Report<M> {
     pub latency_ms: f64,
 }
 
-/// Scores one message with a model (pure; the worker calls it).
-pub fn inspect_message(model: Option<&LoadedModel>, msg: &PointCloud2Layout, overrides: ThresholdOverrides) -> Outcome {
+/// Scores one message with a model.
+fn inspect_message(model: Option<&LoadedModel>, msg: &PointCloud2Layout, overrides: ThresholdOverrides) -> Outcome {
     let Some(model) = model else {
         return Outcome::NoModel;
     };
@@ -130,7 +124,7 @@ pub fn inspect_message(model: Option<&LoadedModel>, msg: &PointCloud2Layout, ove
 }
 
 /// Counters since start and recent latencies.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Stats {
     pub received: u64,
     pub passed: u64,

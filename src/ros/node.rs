@@ -44,7 +44,7 @@ impl NodeState {
             .map_err(|e| format!("cannot activate {}: {e}", path.display()))?;
         let previous = self.inspector.activate(model);
         self.config.lock().unwrap_or_else(|p| p.into_inner()).model_path = path.display().to_string();
-        Ok(previous.map(|m| m.id().to_string()))
+        Ok(previous.map(|m| m.id.clone()))
     }
 }
 
@@ -211,7 +211,7 @@ fn diagnostics(state: &NodeState, name: &str, stamp: r2r::builtin_interfaces::ms
         Some(_) if stats.failed > 0 => {
             (DiagnosticStatus::WARN as u8, format!("{} scans failed to score", stats.failed))
         }
-        Some(m) => (DiagnosticStatus::OK as u8, format!("inspecting with {}", m.id())),
+        Some(m) => (DiagnosticStatus::OK as u8, format!("inspecting with {}", m.id)),
     };
     let entry = |key: &str, value: String| KeyValue { key: key.into(), value };
     let device = format!("{:?}", state.device).to_lowercase();
@@ -223,7 +223,7 @@ fn diagnostics(state: &NodeState, name: &str, stamp: r2r::builtin_interfaces::ms
             message,
             hardware_id: device.clone(),
             values: vec![
-                entry("model_id", model.as_ref().map(|m| m.id().to_string()).unwrap_or_default()),
+                entry("model_id", model.as_ref().map(|m| m.id.clone()).unwrap_or_default()),
                 entry("model_path", model.as_ref().map(|m| m.path.display().to_string()).unwrap_or_default()),
                 entry("device", device),
                 entry("scans_received", stats.received.to_string()),

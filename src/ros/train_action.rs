@@ -325,7 +325,7 @@ fn run(job: Job, state: &NodeState, monitor: &mut ActionMonitor) -> Result<Train
         point_threshold: manifest.thresholds.point,
         clouds_used: manifest.training.clouds_trained as u32,
         clouds_held_out: manifest.training.clouds_held_out as u32,
-        previous_model_id: previous.map(|m| m.id().to_string()).unwrap_or_default(),
+        previous_model_id: previous.map(|m| m.id.clone()).unwrap_or_default(),
         message: notes.join("; "),
     })
 }

@@ -15,6 +15,8 @@ VENV="$DEPS/venv"
 STAMPS="$DEPS/stamps"
 TORCH_MODE="${INSPECT3D_TORCH:-min}"
 mkdir -p "$STAMPS"
+# In a colcon workspace the venv's hundreds of ROS package.xml files must not be taken for workspace packages.
+touch "$DEPS/COLCON_IGNORE"
 # A shell that sourced some checkout's .deps/env.sh must not leak into this set-up: with that PYTHONPATH, pip in
 # a new venv would see the other venv's packages as installed and install nothing.
 unset PYTHONPATH VIRTUAL_ENV PYTHONHOME

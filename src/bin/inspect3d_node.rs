@@ -4,6 +4,15 @@
 
 use std::process::ExitCode;
 
+// No `required-features` in Cargo.toml: cargo-ament-build (colcon) would then skip installing this binary,
+// because it only counts features named on its command line, not default ones.
+#[cfg(not(feature = "ros"))]
+fn main() -> ExitCode {
+    eprintln!("inspect3d_node: built without the `ros` feature (a default feature); rebuild with it");
+    ExitCode::FAILURE
+}
+
+#[cfg(feature = "ros")]
 fn main() -> ExitCode {
     inspect3d::init_logging();
     let check_only = std::env::args().take_while(|a| a != "--ros-args").any(|a| a == "--check-config");

@@ -268,11 +268,10 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
     let diagnostics_pub = node.create_publisher::<DiagnosticArray>("/diagnostics", QosProfile::default())?;
     let inspector =
         Inspector::start(config.queue_depth as usize, model, overrides(&config), move |report: Report<Header>| {
+            // The verdict first: the robot waits on it, not on the (large) anomaly cloud.
             let result = result_message(&report);
-            if let Outcome::Scored { anomaly_cloud, .. } = report.outcome
-                && let Err(e) = clouds.publish(&msg_from_layout(report.tag, anomaly_cloud))
-            {
-                tracing::warn!("publishing the anomaly cloud: {e}");
+            if let Err(e) = results.publish(&result) {
+                tracing::warn!("publishing the result: {e}");
             }
             tracing::info!(
                 status = result.status,
@@ -281,8 +280,10 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
                 message = result.message,
                 "scan"
             );
-            if let Err(e) = results.publish(&result) {
-                tracing::warn!("publishing the result: {e}");
+            if let Outcome::Scored { anomaly_cloud, .. } = report.outcome
+                && let Err(e) = clouds.publish(&msg_from_layout(report.tag, anomaly_cloud))
+            {
+                tracing::warn!("publishing the anomaly cloud: {e}");
             }
         });
     let state = Arc::new(NodeState { name: name.clone(), inspector, config: Mutex::new(config.clone()), device });

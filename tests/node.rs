@@ -223,6 +223,7 @@ fn bad_configuration_stops_the_node_at_start_naming_the_parameter() {
         ("input_topic:=/bad topic", "input_topic"),
         ("model_path:=models/missing", "model_path"),
         ("qeue_depth:=2", "qeue_depth"),
+        ("model_path:=", "model_path"),
     ] {
         let out = run(&[extra]);
         let stderr = String::from_utf8_lossy(&out.stderr);

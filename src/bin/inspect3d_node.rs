@@ -29,7 +29,6 @@ fn main() -> ExitCode {
         },
         Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("inspect3d_node: {e:#}");
             ExitCode::FAILURE
         }

@@ -243,7 +243,7 @@ fn diagnostics(state: &NodeState, name: &str, stamp: r2r::builtin_interfaces::ms
 /// Runs the node until SIGINT or SIGTERM. With `check_only`, validates the parameters (and loads the model)
 /// and returns the configuration without starting anything.
 pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
-    let ctx = r2r::Context::create().context("creating the ROS context (is the ROS environment sourced?)")?;
+    let ctx = ros_context()?;
     let mut node = r2r::Node::create(ctx, NODE_NAME, "").context("creating the node")?;
     let config = read_config(&node)?;
     let device = config.device.resolve()?;
@@ -339,6 +339,26 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
         bail!("the ROS spin thread panicked");
     }
     Ok(None)
+}
+
+/// The ROS context. r2r panics on `--ros-args` that rcl cannot parse (e.g. `-p model_path:=` without a value);
+/// that becomes an error saying which argument, instead of a panic trace.
+fn ros_context() -> Result<r2r::Context> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let created = std::panic::catch_unwind(r2r::Context::create);
+    std::panic::set_hook(hook);
+    match created {
+        Ok(ctx) => ctx.context("creating the ROS context (is the ROS environment sourced?)"),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            bail!("the ROS arguments were refused: {what}")
+        }
+    }
 }
 
 async fn wait_for_signal() -> Result<()> {

@@ -34,7 +34,10 @@ impl InspectorClient {
     /// subscribes (at most `timeout`).
     pub fn connect(node_name: &str, input_topic: &str, timeout: Duration) -> Result<Self> {
         let ctx = r2r::Context::create().context("creating the ROS context (is the ROS environment sourced?)")?;
-        let mut node = r2r::Node::create(ctx, "inspect3d_client", "")?;
+        // Unique, so several clients (tests, a replay beside a benchmark) do not share a node name.
+        static CLIENTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let name = format!("inspect3d_client_{}_{}", std::process::id(), CLIENTS.fetch_add(1, Ordering::Relaxed));
+        let mut node = r2r::Node::create(ctx, &name, "")?;
         let publisher = node.create_publisher::<PointCloud2>(input_topic, QosProfile::sensor_data())?;
         let mut result_stream =
             node.subscribe::<InspectionResult>(&format!("{node_name}/result"), QosProfile::default())?;

@@ -310,8 +310,9 @@ fn train_model(
     }
     let clouds = match source {
         TrainingSource::Folder(dir) => train::load_cloud_dir(dir)?,
-        TrainingSource::Bags(bags, topic) => {
-            let read = train::read_bags(bags, topic, &mut train::LogMonitor::default())?;
+        TrainingSource::Bags(paths, topic) => {
+            let bags = paths.iter().map(|p| inspect3d::bag::Bag::open(p)).collect::<Result<Vec<_>, _>>()?;
+            let read = train::read_bags(&bags, topic, &mut train::LogMonitor::default())?;
             if !read.skipped.is_empty() {
                 tracing::warn!(skipped = read.skipped.len(), "recorded clouds without usable points were skipped");
             }
@@ -457,25 +458,26 @@ fn infer(model: &Path, input: &Path, heatmap: Option<&Path>, device: DeviceChoic
     let inspection = detector.inspect(&cloud).with_context(|| format!("inspecting {}", input.display()))?;
     let latency_ms = start.elapsed().as_secs_f64() * 1e3;
     if let Some(path) = heatmap {
-        let points = cloud.positions()?;
-        let (keep, scores): (Vec<_>, Vec<_>) = points
-            .iter()
-            .zip(&inspection.point_scores)
-            .filter(|(p, _)| p.iter().all(|c| c.is_finite()))
-            .map(|(p, s)| (*p, *s))
-            .unzip();
         let high = inspection.thresholds.point.max(inspection.cloud_score);
-        ply::write(
-            path,
-            &ply::heatmap_cloud(&keep, "anomaly_score", &scores, 0.0, high)?,
-            ply::PlyEncoding::BinaryLittleEndian,
-        )?;
+        write_score_heatmap(path, &cloud, &inspection.point_scores, high)?;
     }
     let mut verdict = serde_json::to_value(&inspection)?;
     verdict["input"] = input.display().to_string().into();
     verdict["model_id"] = manifest.model_id.into();
     verdict["latency_ms"] = latency_ms.into();
     println!("{}", serde_json::to_string_pretty(&verdict)?);
+    Ok(())
+}
+
+/// A PLY of the cloud's finite points coloured by their anomaly scores (one per point of `cloud`) up to `high`.
+fn write_score_heatmap(path: &Path, cloud: &cloud::PointCloud, scores: &[f32], high: f32) -> Result<()> {
+    let finite = cloud.finite_points()?;
+    let kept: Vec<f32> = finite.source_index.iter().map(|&i| scores[i as usize]).collect();
+    ply::write(
+        path,
+        &ply::heatmap_cloud(&finite.points, "anomaly_score", &kept, 0.0, high)?,
+        ply::PlyEncoding::BinaryLittleEndian,
+    )?;
     Ok(())
 }
 
@@ -584,10 +586,7 @@ fn publish(input: &Path, topic: &str, frame_id: &str, count: u32, rate: f64, wai
             node.spin_once(next - Instant::now());
         }
         next += period;
-        let mut header = r2r::std_msgs::msg::Header { frame_id: frame_id.into(), ..Default::default() };
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        header.stamp.sec = now.as_secs() as i32;
-        header.stamp.nanosec = now.subsec_nanos();
+        let header = r2r::std_msgs::msg::Header { frame_id: frame_id.into(), stamp: inspect3d::ros::now_stamp() };
         publisher.publish(&inspect3d::ros::msg_from_layout(header, layout.clone())).context("publishing")?;
         sent += 1;
     }
@@ -657,16 +656,10 @@ fn replay(sources: &[PathBuf], topic: &str, node: &str, heatmaps: Option<&Path>,
         {
             let (_, layout) = inspect3d::ros::layout_from_msg(cloud_msg);
             let scored = pointcloud2::decode(&layout)?;
-            let finite = scored.finite_points()?;
             let field = scored.field(inspect3d::inspector::SCORE_FIELD).context("anomaly cloud without scores")?;
-            let scores: Vec<f32> = finite.source_index.iter().map(|&i| field.value(i as usize, 0) as f32).collect();
-            let path = dir.join(format!("{name}.ply"));
+            let scores: Vec<f32> = (0..scored.len()).map(|i| field.value(i, 0) as f32).collect();
             let high = result.threshold.max(result.score).max(f32::MIN_POSITIVE);
-            ply::write(
-                &path,
-                &ply::heatmap_cloud(&finite.points, "anomaly_score", &scores, 0.0, high)?,
-                ply::PlyEncoding::BinaryLittleEndian,
-            )?;
+            write_score_heatmap(&dir.join(format!("{name}.ply")), &scored, &scores, high)?;
         }
     }
     latencies.sort_by(f64::total_cmp);

@@ -148,6 +148,16 @@ impl Stats {
 
 pub const LATENCY_WINDOW: usize = 200;
 
+/// The median and 95th percentile (nearest rank) of some values; NaN for none.
+pub fn median_and_p95(mut values: Vec<f64>) -> (f64, f64) {
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    values.sort_unstable_by(f64::total_cmp);
+    let pick = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+    (pick(0.5), pick(0.95))
+}
+
 struct Scan<M> {
     tag: M,
     msg: PointCloud2Layout,
@@ -245,13 +255,7 @@ impl<M: Send + 'static> Inspector<M> {
         let state = lock(&self.shared.state);
         let mut stats = state.stats.clone();
         stats.waiting = state.queue.len();
-        let mut sorted: Vec<f64> = state.latencies.iter().copied().collect();
-        sorted.sort_unstable_by(f64::total_cmp);
-        let pick = |q: f64| {
-            if sorted.is_empty() { f64::NAN } else { sorted[((sorted.len() - 1) as f64 * q).round() as usize] }
-        };
-        stats.latency_p50_ms = pick(0.5);
-        stats.latency_p95_ms = pick(0.95);
+        (stats.latency_p50_ms, stats.latency_p95_ms) = median_and_p95(state.latencies.iter().copied().collect());
         stats
     }
 

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use super::client::{InspectorClient, unique_stamp};
 use crate::bench::peak_memory_mib_of;
 use crate::cloud::{PointCloud, pointcloud2};
+use crate::inspector::median_and_p95;
 
 pub struct NodeBenchInput {
     pub name: String,
@@ -25,12 +26,6 @@ impl Drop for NodeProcess {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn median_and_p95(mut values: Vec<f64>) -> (f64, f64) {
-    values.sort_by(f64::total_cmp);
-    let pick = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
-    (pick(0.5), pick(0.95))
 }
 
 /// Runs the benchmark; `repeats` sequential scans and `flood_seconds` of scans at `flood_hz` per input.

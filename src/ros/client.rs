@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -126,15 +126,7 @@ impl InspectorClient {
 
     /// The next result whose stamp is `stamp` (others are skipped), with when it arrived.
     pub fn result_for(&self, stamp: &Time, timeout: Duration) -> Option<(InspectionResult, Instant)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            match self.results.recv_timeout(left) {
-                Ok((result, at)) if result.header.stamp == *stamp => return Some((result, at)),
-                Ok(_) => continue,
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
-            }
-        }
+        first_matching(&self.results, timeout, |(result, _)| result.header.stamp == *stamp)
     }
 
     /// Any result, within `timeout`.
@@ -144,14 +136,17 @@ impl InspectorClient {
 
     /// The anomaly cloud stamped `stamp`, within `timeout`.
     pub fn cloud_for(&self, stamp: &Time, timeout: Duration) -> Option<PointCloud2> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            match self.clouds.recv_timeout(left) {
-                Ok(cloud) if cloud.header.stamp == *stamp => return Some(cloud),
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
+        first_matching(&self.clouds, timeout, |cloud| cloud.header.stamp == *stamp)
+    }
+}
+
+/// The first message from `messages` that `wanted` accepts within `timeout`; the others are dropped.
+fn first_matching<T>(messages: &Receiver<T>, timeout: Duration, wanted: impl Fn(&T) -> bool) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let message = messages.recv_timeout(deadline.checked_duration_since(Instant::now())?).ok()?;
+        if wanted(&message) {
+            return Some(message);
         }
     }
 }

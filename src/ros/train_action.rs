@@ -35,7 +35,7 @@ pub struct TrainServer {
 
 /// What a valid goal asks for.
 struct Job {
-    bags: Vec<PathBuf>,
+    bags: Vec<Bag>,
     topic: String,
     name: String,
     out: PathBuf,
@@ -109,7 +109,7 @@ fn plan(goal: &TrainModel::Goal, state: &NodeState) -> Result<Job, String> {
     for path in &goal.bag_paths {
         let bag = Bag::open(std::path::Path::new(path)).map_err(|e| e.to_string())?;
         clouds += bag.check_topic(&goal.topic, POINT_CLOUD2).map_err(|e| e.to_string())?;
-        bags.push(bag.dir);
+        bags.push(bag);
     }
     if clouds < MIN_CLOUDS {
         return Err(format!(

@@ -360,18 +360,17 @@ pub struct BagClouds {
     pub skipped: Vec<String>,
 }
 
-/// Reads every PointCloud2 of `topic` from the bags, in order, as good clouds. A storage or CDR error stops with
-/// an error naming the file; a message without finite points is skipped and listed.
-pub fn read_bags(bags: &[std::path::PathBuf], topic: &str, monitor: &mut dyn Monitor) -> Result<BagClouds> {
+/// Reads every PointCloud2 of `topic` from the (opened) bags, in order, as good clouds. A storage or CDR error
+/// stops with an error naming the file; a message without finite points is skipped and listed.
+pub fn read_bags(bags: &[crate::bag::Bag], topic: &str, monitor: &mut dyn Monitor) -> Result<BagClouds> {
     use std::ops::ControlFlow;
-    let opened = bags.iter().map(|b| crate::bag::Bag::open(b)).collect::<std::result::Result<Vec<_>, _>>()?;
     let mut expected = 0;
-    for bag in &opened {
+    for bag in bags {
         expected += bag.check_topic(topic, crate::bag::POINT_CLOUD2)?;
     }
     let mut out = BagClouds { clouds: Vec::new(), skipped: Vec::new() };
     let mut cancelled = false;
-    for bag in &opened {
+    for bag in bags {
         let mut index = 0;
         bag.for_each_point_cloud(topic, |message| {
             let name = format!("{}#{index}", bag.dir.display());

@@ -34,7 +34,7 @@ def generate_launch_description():
                     "model_path": LaunchConfiguration("model_path"),
                     "models_dir": LaunchConfiguration("models_dir"),
                     "device": LaunchConfiguration("device"),
-                    "training_config": os.path.join(share, "config", "detector_small.json"),
+                    "training_config": os.path.join(share, "config", "detector.json"),
                 },
             ],
             remappings=[("/camera/points", LaunchConfiguration("input_topic"))],

@@ -34,5 +34,5 @@ for path in lib/inspect3d/inspect3d_node lib/inspect3d/inspect3d share/inspect3d
   test -e "install/inspect3d/$path" || { echo "missing: install/inspect3d/$path"; exit 1; }
 done
 install/inspect3d/lib/inspect3d/inspect3d_node --check-config --ros-args --params-file "$share/config/inspector.yaml" \
-  -p model_path:="$share/models/featuretype" -p training_config:="$share/config/detector_small.json" >/dev/null
+  -p model_path:="$share/models/featuretype" -p training_config:="$share/config/detector.json" >/dev/null
 echo "colcon workspace OK: $ws (share: $share)"

@@ -44,13 +44,13 @@ for cpu_json in sorted(work.glob("*_cpu.json")):
     print(f"| {name} | {a['passed']} / {b['passed']} | {a['cloud_score']:.6f} / {b['cloud_score']:.6f} | {diff:.2e} | {sa.size} | {a['latency_ms']:.0f} / {b['latency_ms']:.0f} |")
 PY
 
-echo "== 2. training (config/detector_small.json, 10 simulated frames): CPU vs CUDA"
+echo "== 2. training (config/detector.json, 10 simulated frames): CPU vs CUDA"
 "$bin" synth --meshes tests/data/meshes/featuretype.STL --out "$out/work/bench" \
   --config <(echo '{"train": 10, "test_good": 1, "test_defective": 1, "modes": ["camera"], "seed": 7}') >/dev/null
 for device in cpu "$gpu"; do
   start=$EPOCHREALTIME
   "$bin" train --data "$out/work/bench/featuretype_camera/train" --out "$out/work/model_$device" \
-    --config config/detector_small.json --device "$device" | tr -d '\n '
+    --config config/detector.json --device "$device" | tr -d '\n '
   echo " | $device wall $(python3 -c "print(round($EPOCHREALTIME - $start, 1))") s"
 done
 

@@ -208,20 +208,28 @@ pub fn detector(input: DetectorInput, voxel: f32, repeats: usize) -> Result<Tabl
     let mut cfg = DetectorConfig::default();
     cfg.preprocess.voxel_size = voxel;
     cfg.preprocess.normals_face = NormalSide::Outward;
-    let det = Detector::new(cfg.clone(), device)?;
+    let mut det = Detector::new(cfg.clone(), device)?;
+    // A full memory bank of the configured size, so the bank search costs what a trained model's does.
+    let width = det.backbone.width() as i64;
+    det.conditioning.bank =
+        tch::Tensor::randn([cfg.conditioning.bank_size as i64, width], (tch::Kind::Float, device));
+    // A template to register to (the scan itself, as a trained model's first training cloud would be).
+    det.conditioning.template = Some(crate::model::preprocess::PoseTemplate::from_cloud(&finite.points, &cfg.preprocess)?);
     let (n, k) = (cfg.patches.count, cfg.patches.size);
     let mut table =
         Table::new(format!("Detector stages on {name} (n = {n}, k = {k}, voxel {voxel}, device {device:?})"));
     let patched = table.stage(
         "pre-processing",
-        format!("{} points → voxel, FPS, kNN, normals, FPFH", finite.points.len()),
+        format!("{} points → voxel, registration, FPS, kNN, normals, FPFH", finite.points.len()),
         r,
         || det.patch(&finite.points, None),
     )?;
-    let tokens =
-        table.stage("backbone: FPFH tokens", format!("{} patches → C = 256", patched.patch_count()), r, || {
-            det.backbone.tokens(&patched)
-        })?;
+    let tokens = table.stage(
+        &format!("backbone: {} tokens", det.backbone.identity.kind),
+        format!("{} patches → C = {width}", patched.patch_count()),
+        r,
+        || det.tokens(&patched),
+    )?;
     let mae_cfg = DetectorConfig {
         backbone: BackboneConfig::RandomPointMae { width: 384, depth: 12, heads: 6, seed: 1 },
         ..cfg.clone()
@@ -242,18 +250,47 @@ pub fn detector(input: DetectorInput, voxel: f32, repeats: usize) -> Result<Tabl
         let _g = tch::no_grad_guard();
         det.heads.adaptor.forward(&x)
     });
-    let scores = table.stage("discriminator", "attention (4 heads) + MLP head".into(), r, || {
-        det.heads.discriminator.scores(&adapted, &centre_t)
+    let scores = table.stage(
+        "discriminator",
+        format!("attention ({} heads) + MLP head", cfg.discriminator.heads),
+        r,
+        || det.heads.discriminator.scores(&adapted, &centre_t),
+    );
+    let _ = table.stage("memory bank", format!("{} entries, nearest of each patch", cfg.conditioning.bank_size), r, || {
+        det.conditioning.bank_distances(&refined)
     });
     let scores: Vec<f32> = scores.squeeze_dim(0).to_device(tch::Device::Cpu).try_into()?;
-    let radius = cfg.scoring.median_radius_voxels * voxel / patched.frame.scale;
+    let radius = cfg.scoring.median_radius_voxels * patched.voxel;
     table.stage(
         "projection + median filter",
         format!("{} voxel points → {} input points", patched.points.len(), finite.points.len()),
         r,
         || scoring::project_to_points(&patched, &scores, radius).map(|s| patched.grid.spread(&s)),
     )?;
+    let points = table.stage(
+        "point features",
+        format!("{} voxel points, {width} numbers each", patched.points.len()),
+        r,
+        || det.backbone.point_features(&patched),
+    )?;
+    if let Some(head) = &det.heads.point_head {
+        let work = format!("MLP {width} → {:?} → 1 per voxel point", cfg.point_head.hidden);
+        let _ = table.stage("point head", work, r, || {
+            let _g = tch::no_grad_guard();
+            head.forward(&points)
+        });
+    }
     table.stage("whole inspection", "cloud → point scores + verdict".into(), r, || det.inspect(&cloud))?;
+    let mut paper = crate::eval::paper_config();
+    paper.preprocess.voxel_size = voxel;
+    paper.preprocess.normals_face = NormalSide::Outward;
+    let paper = Detector::new(paper, device)?;
+    table.stage(
+        "whole inspection, config/paper.json",
+        "the paper's pipeline (the detector before issue 10)".into(),
+        r,
+        || paper.inspect(&cloud),
+    )?;
     // One optimiser step on a batch of 8 clouds' cached features.
     let batch = cfg.training.batch_size as i64;
     let xb = refined.unsqueeze(0).repeat([batch, 1, 1]);
@@ -268,7 +305,7 @@ pub fn detector(input: DetectorInput, voxel: f32, repeats: usize) -> Result<Tabl
     });
     table.notes.push(format!(
         "Peak memory (VmHWM): {:.0} MiB. LibTorch threads: {}; geometry on {} rayon threads. The whole-inspection \
-         row uses the FPFH token source (the default).",
+         rows use the default configuration unless named.",
         peak_memory_mib().unwrap_or(f64::NAN),
         tch::get_num_threads(),
         rayon::current_num_threads()

@@ -106,15 +106,20 @@ enum Command {
         /// Detector configuration for `ours` (JSON).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Voxel size of the baselines (the detector's comes from its configuration).
-        #[arg(long, default_value_t = 1.0)]
+        /// Voxel size of the baselines; 0: derived from each class's training clouds, as the detector does.
+        #[arg(long, default_value_t = 0.0)]
         voxel: f32,
         /// Folder for report.md and report.json.
         #[arg(long)]
         report: Option<PathBuf>,
-        /// Instead of --methods: the method's ablations (method.md's switches, the paper's Table 3).
+        /// Instead of --methods: the method's ablations (method.md's switches, the paper's Table 3, and this
+        /// project's additions).
         #[arg(long)]
         ablations: bool,
+        /// Multiply every coordinate by this factor before evaluating (0.001: the same data in metres), to check
+        /// that nothing depends on the unit.
+        #[arg(long, default_value_t = 1.0)]
+        scale_data: f32,
         #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
     },
@@ -215,8 +220,9 @@ fn main() -> Result<()> {
         }
         Command::Infer { model, input, out, device } => infer(&model, &input, out.as_deref(), device),
         Command::Synth { meshes, out, config, seed } => synth(meshes, &out, config.as_deref(), seed),
-        Command::Eval { data, methods, config, voxel, report, ablations, device } => {
-            evaluate(&data, &methods, config.as_deref(), voxel, report.as_deref(), ablations, device)
+        Command::Eval { data, methods, config, voxel, report, ablations, scale_data, device } => {
+            let run = EvalRun { methods: &methods, config: config.as_deref(), voxel, ablations, scale: scale_data };
+            evaluate(&data, &run, report.as_deref(), device)
         }
         Command::Info { model } => {
             let manifest = store::read_manifest(&model)?;
@@ -393,16 +399,19 @@ fn synth(meshes: Vec<PathBuf>, out: &Path, config: Option<&Path>, seed: Option<u
     Ok(())
 }
 
-fn evaluate(
-    data: &Path,
-    methods: &str,
-    config: Option<&Path>,
+/// What `eval` runs: which methods, with which configuration, on data in which unit.
+struct EvalRun<'a> {
+    methods: &'a str,
+    config: Option<&'a Path>,
     voxel: f32,
-    report: Option<&Path>,
     ablations: bool,
-    device: DeviceChoice,
-) -> Result<()> {
+    scale: f32,
+}
+
+fn evaluate(data: &Path, run: &EvalRun, report: Option<&Path>, device: DeviceChoice) -> Result<()> {
     use inspect3d::eval::{self, Method, baselines};
+    let EvalRun { methods, config, voxel, ablations, scale } = *run;
+    anyhow::ensure!(scale > 0.0 && scale.is_finite(), "--scale-data must be a number > 0, got {scale}");
     let detector_config = read_detector_config(config)?;
     let baseline = baselines::BaselineConfig { voxel, ..Default::default() };
     let methods: Vec<Method> = if ablations {
@@ -427,7 +436,7 @@ fn evaluate(
     let mut figures = String::new();
     let dirs = eval::dataset::class_dirs(data)?;
     for (k, dir) in dirs.iter().enumerate() {
-        let class = eval::dataset::load_class(dir)?;
+        let class = eval::dataset::load_class(dir)?.scaled(scale);
         let mut evaluations = Vec::new();
         for method in &methods {
             let progress = format!("{}/{}", k + 1, dirs.len());

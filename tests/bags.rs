@@ -145,7 +145,7 @@ fn the_cli_trains_from_bags() {
         .arg("--bag")
         .arg(bag_dir("mcap_lz4"))
         .args(["--topic", TOPIC, "--epochs", "2", "--device", "cpu", "--config"])
-        .arg(repo().join("config/detector_small.json"))
+        .arg(repo().join("config/detector.json"))
         .arg("--out")
         .arg(&model)
         .output()

@@ -32,9 +32,8 @@ fn synth_writes_real3d_ad_layout_and_eval_compares_methods() {
     let detector_cfg = dir.path().join("detector.json");
     std::fs::write(
         &detector_cfg,
-        r#"{"preprocess": {"voxel_size": 1.0, "normals_face": "outward", "augment": {"views_per_cloud": 2}},
-            "patches": {"count": 128}, "backbone": {"kind": "fpfh", "width": 64, "seed": 3},
-            "training": {"epochs": 10, "learning_rate": 0.001}}"#,
+        r#"{"preprocess": {"normals_face": "outward", "augment": {"views_per_cloud": 2}},
+            "patches": {"count": 128}, "training": {"epochs": 10}}"#,
     )
     .unwrap();
     let report = dir.path().join("report");
@@ -99,8 +98,8 @@ fn ablation_mode_runs_every_switch() {
     let detector_cfg = dir.path().join("detector.json");
     std::fs::write(
         &detector_cfg,
-        r#"{"preprocess": {"voxel_size": 1.5, "normals_face": "outward", "augment": {"views_per_cloud": 1}},
-            "patches": {"count": 64, "size": 16}, "backbone": {"kind": "fpfh", "width": 32, "seed": 3},
+        r#"{"preprocess": {"normals_face": "outward", "augment": {"views_per_cloud": 1}},
+            "patches": {"count": 64, "size": 16}, "generator": {"pseudo_defects": {"copies_per_view": 1}},
             "training": {"epochs": 3}, "scoring": {"holdout_fraction": 0.5}}"#,
     )
     .unwrap();
@@ -110,12 +109,22 @@ fn ablation_mode_runs_every_switch() {
         "Ours (full)",
         "−SCA",
         "−FA",
-        "AFG (SimpleNet)",
         "Discriminator (SimpleNet)",
         "No global step",
         "Geometry only",
         "Feature only",
         "Random Point-MAE backbone",
+        "Generator: selective (paper)",
+        "Generator: AFG (SimpleNet)",
+        "Generator: geometric+selective",
+        "Point head off",
+        "Conditioning off",
+        "Alignment off",
+        "Positions off",
+        "Score: discriminator only",
+        "Score: bank only",
+        "Object score: max",
+        "Paper (config/paper.json)",
     ] {
         assert!(table.contains(&format!("| {variant} |")), "{variant} missing:\n{table}");
     }

@@ -56,7 +56,7 @@ fn converted_official_checkpoint_matches_an_independent_forward_pass() {
     let cloud = read_cloud(&root().join("tests/data/scans/bunny.pcd")).unwrap();
     let points = cloud.finite_points().unwrap().points;
     let cfg = PreprocessConfig { voxel_size: 0.002, ..Default::default() };
-    let patched = patch_cloud(&points, &cfg, 16, 8, None).unwrap();
+    let patched = patch_cloud(&points, &cfg, 16, 8, None, None).unwrap();
     let tokens: Vec<f32> = backbone.tokens(&patched).unwrap().reshape([-1]).try_into().unwrap();
 
     let (groups, centres, expected) = (dir.path().join("g.f32"), dir.path().join("c.f32"), dir.path().join("t.f32"));

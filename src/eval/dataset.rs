@@ -27,6 +27,16 @@ pub struct ClassData {
     pub test: Vec<TestCloud>,
 }
 
+impl ClassData {
+    /// The same class in another unit: every coordinate times `factor` (e.g. 0.001 for millimetres → metres).
+    pub fn scaled(mut self, factor: f32) -> Self {
+        let scale = |points: &mut Vec<Point>| points.iter_mut().for_each(|p| *p = p.map(|c| c * factor));
+        self.train.iter_mut().for_each(|c| scale(&mut c.points));
+        self.test.iter_mut().for_each(|c| scale(&mut c.points));
+        self
+    }
+}
+
 /// Reads `x y z label` rows.
 pub fn read_ground_truth(path: &Path) -> Result<(Vec<Point>, Vec<bool>)> {
     let text =

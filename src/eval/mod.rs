@@ -32,9 +32,13 @@ impl Method {
     }
 }
 
-/// The variants of the paper's Table 3 (method.md's switches), each a copy of `base` with one thing changed.
+/// The variants of the paper's Table 3 (method.md's switches) and of this project's additions (generators,
+/// conditioning, positions, score source, object score), each a copy of `base` with one thing changed, then
+/// the paper's own configuration.
 pub fn ablations(base: &DetectorConfig) -> Vec<Method> {
-    use crate::model::config::{BackboneConfig, DiscriminatorKind, Fusion, GeneratorKind};
+    use crate::model::config::{
+        BackboneConfig, DiscriminatorKind, Fusion, GeneratorKind, ObjectScore, ScoreSource,
+    };
     let variant = |name: &str, change: &dyn Fn(&mut DetectorConfig)| {
         let mut c = base.clone();
         change(&mut c);
@@ -42,22 +46,56 @@ pub fn ablations(base: &DetectorConfig) -> Vec<Method> {
     };
     let width = match &base.backbone {
         BackboneConfig::Fpfh { width, .. } | BackboneConfig::RandomPointMae { width, .. } => *width,
+        BackboneConfig::MultiscaleFpfh { radii_voxels } => crate::model::backbone::multiscale_width(radii_voxels.len()),
         BackboneConfig::PointMae { .. } => 384,
     };
+    let heads = base.discriminator.heads;
     vec![
         Method::Ours("Ours (full)".into(), Box::new(base.clone())),
         variant("−SCA", &|c| c.sca.enabled = false),
         variant("−FA", &|c| c.adaptor.enabled = false),
-        variant("AFG (SimpleNet)", &|c| c.generator.kind = GeneratorKind::SimpleNet),
         variant("Discriminator (SimpleNet)", &|c| c.discriminator.kind = DiscriminatorKind::Mlp),
         variant("No global step", &|c| c.sca.global_step = false),
         variant("With snapping (β = 0.5)", &|c| c.sca.snapping = 0.5),
         variant("Geometry only", &|c| c.sca.fusion = Fusion::GeometryOnly),
         variant("Feature only", &|c| c.sca.fusion = Fusion::FeatureOnly),
         variant("Random Point-MAE backbone", &|c| {
-            c.backbone = BackboneConfig::RandomPointMae { width, depth: 12, heads: 4, seed: 1 }
+            c.backbone = BackboneConfig::RandomPointMae { width, depth: 12, heads, seed: 1 }
         }),
+        variant("Generator: selective (paper)", &|c| c.generator.kind = GeneratorKind::Selective),
+        variant("Generator: AFG (SimpleNet)", &|c| c.generator.kind = GeneratorKind::SimpleNet),
+        variant("Generator: geometric", &|c| c.generator.kind = GeneratorKind::Geometric),
+        variant("Generator: geometric+selective", &|c| c.generator.kind = GeneratorKind::GeometricSelective),
+        variant("Point head off", &|c| c.point_head.enabled = false),
+        variant("Conditioning off", &|c| c.conditioning.standardise = false),
+        variant("Alignment off", &|c| c.preprocess.align = false),
+        variant("Positions off", &|c| c.discriminator.positional = false),
+        variant("Score: discriminator only", &|c| c.scoring.source = ScoreSource::Discriminator),
+        variant("Score: bank only", &|c| c.scoring.source = ScoreSource::Bank),
+        variant("Score: fused", &|c| c.scoring.source = ScoreSource::Fused),
+        variant("Object score: max", &|c| c.scoring.object_score = ObjectScore::Max),
+        variant("Object score: top 1 % mean", &|c| c.scoring.object_score = ObjectScore::TopMean),
+        Method::Ours("Paper (config/paper.json)".into(), Box::new(paper_with_budget_of(base))),
     ]
+}
+
+/// The paper's choices with `base`'s budget (patches, views, epochs, hold-out, normals), so the row compares
+/// methods, not training lengths.
+fn paper_with_budget_of(base: &DetectorConfig) -> DetectorConfig {
+    let mut c = paper_config();
+    c.patches = base.patches.clone();
+    c.training = base.training.clone();
+    c.scoring.holdout_fraction = base.scoring.holdout_fraction;
+    c.preprocess.normals_face = base.preprocess.normals_face;
+    c.preprocess.voxel_size = base.preprocess.voxel_size;
+    c.preprocess.augment.views_per_cloud = base.preprocess.augment.views_per_cloud;
+    c
+}
+
+/// The paper's pipeline as method.md reads it (first implementation): FPFH tokens projected to 256, feature-
+/// noise generator, discriminator only, max object score; the voxel derived from the data like every model.
+pub fn paper_config() -> DetectorConfig {
+    serde_json::from_str(include_str!("../../config/paper.json")).expect("config/paper.json is valid")
 }
 
 /// The paper's Table 3 layout: one row per variant, means over classes.
@@ -96,10 +134,18 @@ pub struct ClassResult {
     pub point_ap: Option<f64>,
     pub clouds_per_second: f64,
     pub test_clouds: usize,
+    /// Point AUROC over the good test clouds and the defective ones of each kind (from the cloud's name,
+    /// `NNN_kind`).
+    pub point_auroc_by_kind: std::collections::BTreeMap<String, f64>,
 }
 
-/// Scores every point of a cloud.
-type Scorer = dyn Fn(&[crate::geometry::Point]) -> Result<Vec<f32>>;
+/// Scores every point of a cloud, and gives the cloud's score.
+type Scorer = dyn Fn(&[crate::geometry::Point]) -> Result<(Vec<f32>, f32)>;
+
+/// The defect kind in a test cloud's name (`003_pit` → `pit`).
+fn kind_of(name: &str) -> &str {
+    name.split_once('_').map_or(name, |(_, kind)| kind)
+}
 
 /// One method on one class: the numbers, and every test point's score (for figures).
 pub struct ClassEvaluation {
@@ -117,25 +163,58 @@ pub fn evaluate_class(
     let scorer: Box<Scorer> = match method {
         Method::Ours(_, cfg) => {
             let (detector, _) = train::train((**cfg).clone(), &class.train, &[], device, monitor)?;
-            Box::new(move |points| Ok(detector.score_points(points)?.0))
+            Box::new(move |points| {
+                let scores = detector.score_points(points)?.0;
+                let cloud = detector.cloud_score(&scores);
+                Ok((scores, cloud))
+            })
         }
         Method::Baseline(kind, cfg) => {
-            let bank = MemoryBank::fit(*kind, cfg, &class.train)?;
-            Box::new(move |points| bank.score(points))
+            let mut cfg = cfg.clone();
+            if cfg.voxel <= 0.0 {
+                // The same data-derived voxel the detector uses, so every method sees the same resolution.
+                let clouds: Vec<&train::TrainingCloud> = class.train.iter().collect();
+                cfg.voxel = train::derive_voxel_size(&clouds, DetectorConfig::default().preprocess.voxel_spacing_factor)?;
+            }
+            let bank = MemoryBank::fit(*kind, &cfg, &class.train)?;
+            Box::new(move |points| {
+                let scores = bank.score(points)?;
+                let cloud = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                Ok((scores, cloud))
+            })
         }
     };
     let start = Instant::now();
     let mut all_scores = Vec::with_capacity(class.test.len());
+    let mut cloud_scores = Vec::with_capacity(class.test.len());
     for cloud in &class.test {
-        all_scores.push(scorer(&cloud.points)?);
+        let (scores, score) = scorer(&cloud.points)?;
+        all_scores.push(scores);
+        cloud_scores.push(score);
     }
     let clouds_per_second = class.test.len() as f64 / start.elapsed().as_secs_f64();
-    let cloud_scores: Vec<f32> =
-        all_scores.iter().map(|s| s.iter().copied().fold(f32::NEG_INFINITY, f32::max)).collect();
     let cloud_labels: Vec<bool> = class.test.iter().map(dataset::TestCloud::is_defective).collect();
     let mut pooled: Vec<f32> = all_scores.concat();
     metrics::min_max_normalise(&mut pooled);
     let pooled_labels: Vec<bool> = class.test.iter().flat_map(|c| c.labels.iter().copied()).collect();
+    let mut point_auroc_by_kind = std::collections::BTreeMap::new();
+    let kinds: std::collections::BTreeSet<&str> =
+        class.test.iter().filter(|c| c.is_defective()).map(|c| kind_of(&c.name)).collect();
+    for kind in kinds {
+        let (mut scores, mut labels) = (Vec::new(), Vec::new());
+        let mut offset = 0;
+        for cloud in &class.test {
+            let n = cloud.labels.len();
+            if !cloud.is_defective() || kind_of(&cloud.name) == kind {
+                scores.extend_from_slice(&pooled[offset..offset + n]);
+                labels.extend_from_slice(&cloud.labels);
+            }
+            offset += n;
+        }
+        if let Some(auroc) = metrics::auroc(&scores, &labels) {
+            point_auroc_by_kind.insert(kind.to_string(), auroc);
+        }
+    }
     let result = ClassResult {
         method: method.name(),
         class: class.name.clone(),
@@ -145,6 +224,7 @@ pub fn evaluate_class(
         point_ap: metrics::average_precision(&pooled, &pooled_labels),
         clouds_per_second,
         test_clouds: class.test.len(),
+        point_auroc_by_kind,
     };
     Ok(ClassEvaluation { result, scores: all_scores })
 }
@@ -239,6 +319,27 @@ pub fn markdown(results: &[ClassResult]) -> String {
             .map(|s| format!("**{s}**"))
             .collect();
         out.push_str(&format!("| **mean** | {} |\n\n", means.join(" | ")));
+    }
+    let kinds: std::collections::BTreeSet<&str> =
+        results.iter().flat_map(|r| r.point_auroc_by_kind.keys().map(String::as_str)).collect();
+    if !kinds.is_empty() {
+        out.push_str(&format!(
+            "#### Point AUROC by defect kind (mean over classes)\n\n| kind | {} |\n|---|{}\n",
+            methods.join(" | "),
+            "---:|".repeat(methods.len())
+        ));
+        for kind in kinds {
+            let row: Vec<String> = methods
+                .iter()
+                .map(|m| {
+                    cell(mean(
+                        results.iter().filter(|r| r.method == *m).map(|r| r.point_auroc_by_kind.get(kind).copied()),
+                    ))
+                })
+                .collect();
+            out.push_str(&format!("| {kind} | {} |\n", row.join(" | ")));
+        }
+        out.push('\n');
     }
     out
 }

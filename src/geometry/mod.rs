@@ -1,13 +1,14 @@
 //! Geometry core: the point-set operations every stage of the detector needs — voxel downsampling that remembers
 //! where each input point went, centring and unit-radius scaling, farthest-point sampling, k-nearest and radius
-//! neighbourhoods (kiddo), PCA normals, FPFH descriptors (PCL's definition) and a median filter over point
-//! scores. Pure Rust on nalgebra and kiddo; points are `[f32; 3]`.
+//! neighbourhoods (kiddo), PCA normals, FPFH descriptors (PCL's definition), rigid registration (ICP) and a
+//! median filter over point scores. Pure Rust on nalgebra and kiddo; points are `[f32; 3]`.
 
 pub mod fpfh;
 pub mod median;
 pub mod neighbors;
 pub mod normalize;
 pub mod normals;
+pub mod registration;
 pub mod sampling;
 pub mod voxel;
 
@@ -16,6 +17,7 @@ pub use median::median_filter;
 pub use neighbors::{NeighborIndex, Neighborhood};
 pub use normalize::UnitSphere;
 pub use normals::{NormalOrientation, SurfaceEstimate, estimate_normals, estimate_surface};
+pub use registration::{Registration, Rigid, Template, register};
 pub use sampling::farthest_point_sampling;
 pub use voxel::{VoxelGrid, voxel_downsample};
 

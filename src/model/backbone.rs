@@ -2,7 +2,9 @@
 //! - Point-MAE's encoder (mini-PointNet per patch, positional MLP of the centre, pre-LN Transformer blocks,
 //!   final LayerNorm) with the public release's parameter names and shapes, so its ShapeNet checkpoint loads
 //!   once converted to safetensors (scripts/convert_pointmae.py). Frozen: it never trains here.
-//! - Training-free FPFH tokens: FPFH at each centre at two radii, projected to C by a fixed seeded map.
+//! - Training-free FPFH tokens: FPFH at each centre at two radii, projected to C by a fixed seeded map (the
+//!   first reading), or at several radii in voxels, concatenated, unprojected (the default: the token width is
+//!   the descriptor's own size).
 //!
 //! Either way the backbone's tensors are saved inside each model folder, so a model is self-contained.
 
@@ -13,20 +15,23 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor, nn, nn::Module, nn::ModuleT};
 
 use super::config::BackboneConfig;
-use super::preprocess::PatchedCloud;
+use super::preprocess::{CONTEXT_DIMS, PatchedCloud};
 use super::{ModelError, Result, copy_into, tensors_from_bytes};
-use crate::geometry::FPFH_BINS;
+use crate::geometry::{FPFH_BINS, Fpfh};
 
 /// What a model's tokens came from; stored in the manifest and checked on load.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BackboneIdentity {
-    /// `point_mae`, `fpfh` or `random_point_mae`.
+    /// `point_mae`, `fpfh`, `multiscale_fpfh` or `random_point_mae`.
     pub kind: String,
     pub width: usize,
     pub depth: usize,
     pub heads: usize,
     /// The checkpoint it was loaded from, if any.
     pub source: Option<String>,
+    /// `multiscale_fpfh`: the radii, in voxels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub radii_voxels: Vec<f32>,
 }
 
 const PREFIX: &str = "MAE_encoder";
@@ -138,6 +143,9 @@ enum Source {
         projection: Tensor,
         radius_scales: [f32; 2],
     },
+    MultiscaleFpfh {
+        radii_voxels: Vec<f32>,
+    },
 }
 
 pub struct Backbone {
@@ -152,6 +160,7 @@ impl Backbone {
         match cfg {
             BackboneConfig::PointMae { checkpoint } => Self::load_point_mae(Path::new(checkpoint), device),
             BackboneConfig::Fpfh { width, seed } => Ok(Self::fpfh(*width, *seed, device)),
+            BackboneConfig::MultiscaleFpfh { radii_voxels } => Ok(Self::multiscale_fpfh(radii_voxels, device)),
             BackboneConfig::RandomPointMae { width, depth, heads, seed } => {
                 tracing::warn!(width, depth, heads, seed, "backbone: Point-MAE with RANDOM weights (explicit choice)");
                 tch::manual_seed(*seed as i64);
@@ -164,6 +173,7 @@ impl Backbone {
                     depth: *depth,
                     heads: *heads,
                     source: None,
+                    radii_voxels: Vec::new(),
                 };
                 Ok(Self { vs, source: Source::PointMae(Box::new(model)), identity })
             }
@@ -180,8 +190,22 @@ impl Backbone {
             nn::Init::Randn { mean: 0.0, stdev: 1.0 / (input as f64).sqrt() },
         );
         vs.freeze();
-        let identity = BackboneIdentity { kind: "fpfh".into(), width, depth: 0, heads: 0, source: None };
+        let identity =
+            BackboneIdentity { kind: "fpfh".into(), width, depth: 0, heads: 0, source: None, radii_voxels: Vec::new() };
         Self { vs, source: Source::Fpfh { projection, radius_scales: [1.0, 2.0] }, identity }
+    }
+
+    fn multiscale_fpfh(radii_voxels: &[f32], device: Device) -> Self {
+        let identity = BackboneIdentity {
+            kind: "multiscale_fpfh".into(),
+            width: multiscale_width(radii_voxels.len()),
+            depth: 0,
+            heads: 0,
+            source: None,
+            radii_voxels: radii_voxels.to_vec(),
+        };
+        // No tensors: the folder's backbone file is empty, the identity says everything.
+        Self { vs: nn::VarStore::new(device), source: Source::MultiscaleFpfh { radii_voxels: radii_voxels.to_vec() }, identity }
     }
 
     /// A converted Point-MAE checkpoint (safetensors). Width and depth are read from the tensors.
@@ -211,6 +235,7 @@ impl Backbone {
             depth,
             heads,
             source: Some(path.display().to_string()),
+            radii_voxels: Vec::new(),
         };
         tracing::info!(width, depth, heads, checkpoint = %path.display(), "backbone: Point-MAE loaded");
         Ok(Self { vs, source: Source::PointMae(Box::new(model)), identity })
@@ -223,6 +248,16 @@ impl Backbone {
         let tensors = tensors_from_bytes(bytes).map_err(bad)?;
         let mut backbone = match identity.kind.as_str() {
             "fpfh" => Self::fpfh(identity.width, 0, device),
+            "multiscale_fpfh" if identity.width == multiscale_width(identity.radii_voxels.len()) => {
+                Self::multiscale_fpfh(&identity.radii_voxels, device)
+            }
+            "multiscale_fpfh" => {
+                return Err(bad(format!(
+                    "multiscale_fpfh of width {} does not match its {} radii",
+                    identity.width,
+                    identity.radii_voxels.len()
+                )));
+            }
             "point_mae" | "random_point_mae" => {
                 let mut vs = nn::VarStore::new(device);
                 let model = PointMae::new(&vs.root(), identity.width, identity.depth, identity.heads);
@@ -244,6 +279,28 @@ impl Backbone {
 
     pub fn width(&self) -> usize {
         self.identity.width
+    }
+
+    /// Multi-scale tokens of every voxel point (N, C): the FPFH of each radius, Hellinger-scaled, then the
+    /// surface context. `None` for the other token sources, which only describe patches.
+    pub fn point_features(&self, cloud: &PatchedCloud) -> Result<Tensor> {
+        let Source::MultiscaleFpfh { radii_voxels } = &self.source else {
+            return Err(ModelError::Config(format!("{} tokens have no per-point features", self.identity.kind)));
+        };
+        let scales: Vec<Vec<Fpfh>> =
+            radii_voxels.iter().map(|r| cloud.point_descriptors(r * cloud.voxel)).collect::<Result<_>>()?;
+        let width = multiscale_width(scales.len());
+        let n = cloud.points.len();
+        let mut rows: Vec<f32> = Vec::with_capacity(n * width);
+        for p in 0..n {
+            rows.extend(scales.iter().flat_map(|s| s[p].iter()).map(|v| (v / 100.0).sqrt()));
+            rows.extend(cloud.context[p]);
+        }
+        Ok(Tensor::from_slice(&rows).reshape([n as i64, width as i64]).to_device(self.vs.device()))
+    }
+
+    pub fn has_point_features(&self) -> bool {
+        matches!(self.source, Source::MultiscaleFpfh { .. })
     }
 
     /// Tokens of one patched cloud: (n, C), no gradient.
@@ -271,8 +328,18 @@ impl Backbone {
                 let x = Tensor::from_slice(&rows).reshape([n, 2 * FPFH_BINS as i64]).to_device(device);
                 Ok(x.matmul(projection))
             }
+            Source::MultiscaleFpfh { .. } => {
+                let index = Tensor::from_slice(&cloud.centres.iter().map(|&c| i64::from(c)).collect::<Vec<_>>())
+                    .to_device(device);
+                Ok(self.point_features(cloud)?.index_select(0, &index))
+            }
         }
     }
+}
+
+/// Multi-scale FPFH tokens: 33 numbers per radius, then the surface context.
+pub fn multiscale_width(radii: usize) -> usize {
+    FPFH_BINS * radii + CONTEXT_DIMS
 }
 
 /// Reads a converted Point-MAE checkpoint: its tensors and the head count recorded in its metadata.

@@ -21,6 +21,7 @@ pub struct Discriminator {
     head1: nn::Linear,
     head2: nn::Linear,
     dropout: f64,
+    positional: bool,
 }
 
 impl Discriminator {
@@ -51,12 +52,13 @@ impl Discriminator {
             head1: nn::linear(path / "head" / "0", c, hidden, Default::default()),
             head2: nn::linear(path / "head" / "3", hidden, 1, Default::default()),
             dropout: cfg.dropout,
+            positional: cfg.positional,
         })
     }
 
     /// `q`: (B, n, C) tokens, `centres`: (B, n, 3) → logits (B, n).
     pub fn forward_t(&self, q: &Tensor, centres: &Tensor, train: bool) -> Tensor {
-        let q = q + self.pos2.forward(&self.pos1.forward(centres).gelu("none"));
+        let q = if self.positional { q + self.pos2.forward(&self.pos1.forward(centres).gelu("none")) } else { q.shallow_clone() };
         let h = match &self.attention {
             None => q,
             Some(a) => {
@@ -94,12 +96,12 @@ mod tests {
     fn one_logit_per_patch_and_attention_mixes_patches() {
         let vs = nn::VarStore::new(Device::Cpu);
         tch::manual_seed(1);
-        let q = Tensor::randn([2, 12, 16], (Kind::Float, Device::Cpu));
+        let q = Tensor::randn([2, 12, 18], (Kind::Float, Device::Cpu));
         let centres = Tensor::randn([2, 12, 3], (Kind::Float, Device::Cpu));
-        let attn = Discriminator::new(&(vs.root() / "a"), 16, &DiscriminatorConfig::default()).unwrap();
+        let attn = Discriminator::new(&(vs.root() / "a"), 18, &DiscriminatorConfig::default()).unwrap();
         let mlp = Discriminator::new(
             &(vs.root() / "m"),
-            16,
+            18,
             &DiscriminatorConfig { kind: DiscriminatorKind::Mlp, ..Default::default() },
         )
         .unwrap();
@@ -114,6 +116,6 @@ mod tests {
         };
         assert!(delta(&attn) > 1e-6);
         assert_eq!(delta(&mlp), 0.0);
-        assert!(Discriminator::new(&(vs.root() / "x"), 18, &DiscriminatorConfig::default()).is_err());
+        assert!(Discriminator::new(&(vs.root() / "x"), 16, &DiscriminatorConfig::default()).is_err());
     }
 }

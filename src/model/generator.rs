@@ -31,7 +31,8 @@ impl Generator {
         let noise = q.randn_like() * self.cfg.sigma * self.scale();
         let size = q.size();
         match self.cfg.kind {
-            GeneratorKind::Selective => {
+            // The geometric kinds use the selective noise as their feature-space source (geometric+selective).
+            GeneratorKind::Selective | GeneratorKind::Geometric | GeneratorKind::GeometricSelective => {
                 let mask = Tensor::full(&size[..2], self.cfg.probability, (Kind::Float, q.device())).bernoulli();
                 (q + noise * mask.unsqueeze(-1), mask)
             }
@@ -50,8 +51,8 @@ impl Generator {
 
     pub fn batch_factor(&self) -> i64 {
         match self.cfg.kind {
-            GeneratorKind::Selective => 1,
             GeneratorKind::SimpleNet => 2,
+            GeneratorKind::Selective | GeneratorKind::Geometric | GeneratorKind::GeometricSelective => 1,
         }
     }
 }

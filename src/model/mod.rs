@@ -5,9 +5,11 @@
 
 pub mod adaptor;
 pub mod backbone;
+pub mod conditioning;
 pub mod config;
 pub mod discriminator;
 pub mod generator;
+pub mod point_head;
 pub mod preprocess;
 pub mod sca;
 pub mod scoring;
@@ -21,12 +23,14 @@ use tch::{Device, Kind, Tensor, nn};
 use thiserror::Error;
 
 use crate::cloud::{CloudError, PointCloud};
-use crate::geometry::{GeometryError, Point};
+use crate::geometry::{self, GeometryError, Point};
 use adaptor::Adaptor;
 use backbone::Backbone;
-use config::DetectorConfig;
+use conditioning::Conditioning;
+use config::{DetectorConfig, ScoreSource};
 use discriminator::Discriminator;
 use generator::Generator;
+use point_head::PointHead;
 use preprocess::PatchedCloud;
 
 #[derive(Debug, Error)]
@@ -91,12 +95,13 @@ pub struct Thresholds {
     pub point: f32,
 }
 
-/// The trained parts: adaptor, generator scale, positional MLP and discriminator, in one VarStore.
+/// The trained parts: adaptor, generator scale, positional MLP, discriminator and point head, in one VarStore.
 pub struct Heads {
     pub vs: nn::VarStore,
     pub adaptor: Adaptor,
     pub generator: Generator,
     pub discriminator: Discriminator,
+    pub point_head: Option<PointHead>,
 }
 
 impl Heads {
@@ -107,13 +112,17 @@ impl Heads {
         let generator = Generator::new(&(vs.root().set_group(1) / "generator"), &cfg.generator);
         let discriminator = Discriminator::new(&(vs.root().set_group(1) / "discriminator"), width, &cfg.discriminator)
             .map_err(ModelError::Config)?;
-        Ok(Self { vs, adaptor, generator, discriminator })
+        let point_head = cfg
+            .point_head
+            .enabled
+            .then(|| PointHead::new(&(vs.root().set_group(1) / "point_head"), width, &cfg.point_head));
+        Ok(Self { vs, adaptor, generator, discriminator, point_head })
     }
 
-    /// Patch scores in (0, 1) for features (B, n, C) with centres (B, n, 3).
-    pub fn scores(&self, features: &Tensor, centres: &Tensor) -> Tensor {
+    /// Patch logits for features (B, n, C) with centres (B, n, 3).
+    pub fn logits(&self, features: &Tensor, centres: &Tensor) -> Tensor {
         let _guard = tch::no_grad_guard();
-        self.discriminator.scores(&self.adaptor.forward(features), centres)
+        self.discriminator.forward_t(&self.adaptor.forward(features), centres, false).to_kind(Kind::Float)
     }
 }
 
@@ -125,6 +134,21 @@ pub struct StageTimes {
     pub sca_ms: f64,
     pub heads_ms: f64,
     pub projection_ms: f64,
+}
+
+/// What the frozen stages give the heads for one cloud.
+pub struct Features {
+    /// (n, C): patch tokens after conditioning and SCA.
+    pub patches: Tensor,
+    /// (N, C): every voxel point's conditioned features, when the model has a point head.
+    pub points: Option<Tensor>,
+}
+
+/// The heads' raw outputs for one cloud, before normalisation.
+pub struct RawScores {
+    pub logits: Vec<f32>,
+    pub distances: Vec<f32>,
+    pub point_logits: Vec<f32>,
 }
 
 /// The outcome of inspecting one cloud.
@@ -147,6 +171,7 @@ pub struct Inspection {
 pub struct Detector {
     pub config: DetectorConfig,
     pub backbone: Backbone,
+    pub conditioning: Conditioning,
     pub heads: Heads,
     pub thresholds: Thresholds,
     pub device: Device,
@@ -203,27 +228,125 @@ impl Detector {
         config.validate().map_err(ModelError::Config)?;
         let backbone = Backbone::from_config(&config.backbone, device)?;
         let heads = Heads::new(&config, backbone.width(), device)?;
-        Ok(Self { config, backbone, heads, thresholds: Thresholds { cloud: f32::NAN, point: f32::NAN }, device })
+        let conditioning = Conditioning::identity(backbone.width(), device);
+        Ok(Self {
+            config,
+            backbone,
+            conditioning,
+            heads,
+            thresholds: Thresholds { cloud: f32::NAN, point: f32::NAN },
+            device,
+        })
     }
 
-    /// Steps 0–1 on the finite points of a cloud, optionally augmented (training).
+    /// Steps 0–1 on the finite points of a cloud (registered to the template when the model aligns),
+    /// optionally augmented (training).
     pub fn patch(
         &self,
         points: &[Point],
         augment: Option<(&preprocess::Augmentation, &mut dyn rand::RngCore)>,
     ) -> Result<PatchedCloud> {
         let c = &self.config;
-        preprocess::patch_cloud(points, &c.preprocess, c.patches.count, c.patches.size, augment)
+        let template = self.conditioning.template.as_ref().filter(|_| c.preprocess.align);
+        preprocess::patch_cloud(points, &c.preprocess, c.patches.count, c.patches.size, template, augment)
     }
 
-    /// Backbone tokens refined by SCA: (n, C), no gradient.
-    pub fn features(&self, cloud: &PatchedCloud) -> Result<(Tensor, f64, f64)> {
+    fn condition(&self, x: Tensor) -> Tensor {
+        if self.config.conditioning.standardise { self.conditioning.standardise(&x) } else { x }
+    }
+
+    /// The backbone's tokens, standardised when the configuration says so: (n, C), no gradient.
+    pub fn tokens(&self, cloud: &PatchedCloud) -> Result<Tensor> {
+        Ok(self.condition(self.backbone.tokens(cloud)?))
+    }
+
+    /// SCA over (conditioned) tokens: (n, C).
+    pub fn aggregate(&self, tokens: &Tensor, cloud: &PatchedCloud) -> Tensor {
+        sca::aggregate(&self.config.sca, tokens, &cloud.centre_points(), &cloud.descriptors)
+    }
+
+    /// Patch features after SCA (n, C) and, with a point head, every voxel point's conditioned features (N, C);
+    /// with the backbone and SCA times.
+    pub fn features(&self, cloud: &PatchedCloud) -> Result<(Features, f64, f64)> {
         let t = Instant::now();
-        let tokens = self.backbone.tokens(cloud)?;
+        let (tokens, points) = if self.heads.point_head.is_some() {
+            let points = self.condition(self.backbone.point_features(cloud)?);
+            let index = Tensor::from_slice(&cloud.centres.iter().map(|&c| i64::from(c)).collect::<Vec<_>>())
+                .to_device(self.device);
+            (points.index_select(0, &index), Some(points))
+        } else {
+            (self.tokens(cloud)?, None)
+        };
         let backbone_ms = ms(t);
         let t = Instant::now();
-        let refined = sca::aggregate(&self.config.sca, &tokens, &cloud.centre_points(), &cloud.descriptors);
-        Ok((refined, backbone_ms, ms(t)))
+        let patches = self.aggregate(&tokens, cloud);
+        Ok((Features { patches, points }, backbone_ms, ms(t)))
+    }
+
+    /// The raw scores of a patched cloud's features: discriminator logits and bank distances per patch (the
+    /// bank's empty when the model keeps none), point-head logits per voxel point (empty without the head).
+    pub fn raw_scores_of(&self, cloud: &PatchedCloud, features: &Features) -> Result<RawScores> {
+        let centres = centre_tensor(cloud, self.device);
+        let to_vec = |t: Tensor| -> Result<Vec<f32>> { Ok(t.to_device(Device::Cpu).to_kind(Kind::Float).try_into()?) };
+        let logits = to_vec(self.heads.logits(&features.patches.unsqueeze(0), &centres).squeeze_dim(0))?;
+        let distances = if self.conditioning.has_bank() {
+            to_vec(self.conditioning.bank_distances(&features.patches))?
+        } else {
+            Vec::new()
+        };
+        let point_logits = match (&self.heads.point_head, &features.points) {
+            (Some(head), Some(points)) => {
+                let _guard = tch::no_grad_guard();
+                to_vec(head.forward(points))?
+            }
+            _ => Vec::new(),
+        };
+        Ok(RawScores { logits, distances, point_logits })
+    }
+
+    /// Voxel-point scores in (0, 1) from raw scores: the configured patch score (discriminator, bank or both,
+    /// each normalised by its held-out good patches) projected to the voxel points (max over the patches that
+    /// contain a point), averaged with the point head's normalised score (`scoring.point_weight`), median-filtered. The paper's
+    /// configuration (discriminator only, no point head) keeps the discriminator's probability as it is.
+    pub fn voxel_scores(&self, cloud: &PatchedCloud, raw: &RawScores) -> Result<Vec<f32>> {
+        let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+        let refs = &self.conditioning;
+        let (d, b, p) = (&refs.discriminator_reference, &refs.bank_reference, &refs.point_reference);
+        let radius = self.config.scoring.median_radius_voxels * cloud.voxel;
+        let probability_only =
+            self.config.scoring.source == ScoreSource::Discriminator && raw.point_logits.is_empty();
+        if probability_only {
+            let patch: Vec<f32> = raw.logits.iter().map(|&l| sigmoid(l)).collect();
+            return Ok(scoring::project_to_points(cloud, &patch, radius)?);
+        }
+        let patch: Vec<f32> = match self.config.scoring.source {
+            ScoreSource::Bank if !raw.distances.is_empty() => raw.distances.iter().map(|&x| b.normalise(x)).collect(),
+            ScoreSource::Fused if !raw.distances.is_empty() => raw
+                .logits
+                .iter()
+                .zip(&raw.distances)
+                .map(|(&l, &x)| 0.5 * (d.normalise(l) + b.normalise(x)))
+                .collect(),
+            _ => raw.logits.iter().map(|&l| d.normalise(l)).collect(),
+        };
+        let mut voxel = scoring::spread_patch_scores(cloud, &patch)?;
+        if !raw.point_logits.is_empty() {
+            let w = self.config.scoring.point_weight;
+            for (v, &l) in voxel.iter_mut().zip(&raw.point_logits) {
+                *v = (1.0 - w) * *v + w * p.normalise(l);
+            }
+        }
+        // Normalised scores are 0 on a typical good point and 1 on the rarest good ones: 1 maps to 0.5.
+        let filtered = geometry::median_filter(&cloud.points, &voxel, &cloud.index, radius)?;
+        Ok(filtered.into_iter().map(|u| sigmoid(4.0 * (u - 1.0))).collect())
+    }
+
+    /// The raw patch scores of finite points (sensor frame), with the patched cloud they belong to.
+    pub fn raw_scores(&self, points: &[Point]) -> Result<(PatchedCloud, RawScores)> {
+        let patched = self.patch(points, None)?;
+        let (features, _, _) = self.features(&patched)?;
+        let raw = self.raw_scores_of(&patched, &features)?;
+        Ok((patched, raw))
     }
 
     /// Scores finite points (sensor frame): one score per point, and the stage times.
@@ -233,20 +356,17 @@ impl Detector {
         let preprocess_ms = ms(t);
         let (features, backbone_ms, sca_ms) = self.features(&patched)?;
         let t = Instant::now();
-        let patch_scores: Vec<f32> = self
-            .heads
-            .scores(&features.unsqueeze(0), &centre_tensor(&patched, self.device))
-            .squeeze_dim(0)
-            .to_device(Device::Cpu)
-            .to_kind(Kind::Float)
-            .try_into()?;
+        let raw = self.raw_scores_of(&patched, &features)?;
         let heads_ms = ms(t);
         let t = Instant::now();
-        let radius = self.config.scoring.median_radius_voxels * self.config.preprocess.voxel_size / patched.frame.scale;
-        let voxel_scores = scoring::project_to_points(&patched, &patch_scores, radius)?;
-        let scores = patched.grid.spread(&voxel_scores);
+        let scores = patched.grid.spread(&self.voxel_scores(&patched, &raw)?);
         let times = StageTimes { preprocess_ms, backbone_ms, sca_ms, heads_ms, projection_ms: ms(t) };
         Ok((scores, patched.patch_count(), times))
+    }
+
+    /// The cloud score of point scores, as the configuration says (max or the mean of the top share).
+    pub fn cloud_score(&self, point_scores: &[f32]) -> f32 {
+        scoring::cloud_score(point_scores, &self.config.scoring)
     }
 
     /// Scores every point of a cloud and decides with the calibrated thresholds.
@@ -259,7 +379,10 @@ impl Detector {
         let finite = cloud.finite_points()?;
         let (finite_scores, patches, mut times) = self.score_points(&finite.points)?;
         let t = Instant::now();
-        let verdict = scoring::decide(&finite.points, &finite_scores, thresholds);
+        // Anomalous points a few voxels apart belong to one region.
+        let link = 3.0 * self.config.preprocess.voxel_size;
+        let verdict =
+            scoring::decide(&finite.points, &finite_scores, self.cloud_score(&finite_scores), thresholds, link);
         let point_scores = finite.scatter(&finite_scores, f32::NAN);
         times.projection_ms += ms(t);
         Ok(Inspection {

@@ -25,7 +25,16 @@ pub struct PatchedCloud {
     /// SCA's geometric descriptor g_i: FPFH at each centre, over `fpfh_radius` (normalised frame).
     pub descriptors: Vec<Fpfh>,
     pub fpfh_radius: f32,
+    /// The voxel edge in the normalised frame: geometric sizes given in voxels are multiples of it.
+    pub voxel: f32,
+    /// Per voxel point, what FPFH cannot see: [`CONTEXT_DIMS`] numbers (see [`surface_context`]).
+    pub context: Vec<[f32; CONTEXT_DIMS]>,
 }
+
+/// Numbers per centre in [`PatchedCloud::context`].
+pub const CONTEXT_DIMS: usize = 3;
+/// Radii of the context numbers, in voxels.
+const CONTEXT_RADII_VOXELS: [f32; 2] = [3.0, 6.0];
 
 impl PatchedCloud {
     pub fn patch_count(&self) -> usize {
@@ -63,6 +72,30 @@ impl PatchedCloud {
         let index = NeighborIndex::new(&points)?;
         Ok(geometry::fpfh_at(&points, &normals, &index, radius, &queries)?)
     }
+
+    /// FPFH of every voxel point over `radius` (normalised frame). Where the radius holds many more than ~30
+    /// points, on a copy coarsened to a third of the radius, each point taking the descriptor of its nearest
+    /// coarse point: every scale then costs about the same.
+    pub fn point_descriptors(&self, radius: f32) -> Result<Vec<Fpfh>> {
+        let coarse_voxel = radius / 3.0;
+        if coarse_voxel <= self.voxel * 1.2 {
+            return Ok(geometry::fpfh(&self.points, &self.normals, &self.index, radius)?);
+        }
+        let grid = geometry::voxel_downsample(&self.points, coarse_voxel)?;
+        let normals: Vec<Point> =
+            grid.points.iter().map(|p| self.normals[self.index.nearest(p).index as usize]).collect();
+        let index = NeighborIndex::new(&grid.points)?;
+        let coarse = geometry::fpfh(&grid.points, &normals, &index, radius)?;
+        Ok(grid.representative.iter().map(|&r| coarse[r as usize]).collect())
+    }
+
+    /// Share of each patch's members flagged in `flags` (one per voxel point).
+    pub fn patch_shares(&self, flags: &[bool]) -> Vec<f32> {
+        self.groups
+            .chunks(self.patch_size)
+            .map(|members| members.iter().filter(|&&m| flags[m as usize]).count() as f32 / members.len() as f32)
+            .collect()
+    }
 }
 
 /// A random similarity transform of the normalised cloud: yaw about z, isotropic scale, and per-point jitter.
@@ -79,14 +112,18 @@ impl Augmentation {
         Self { yaw, scale, jitter: cfg.jitter }
     }
 
-    fn transform(&self, p: Point) -> Point {
+    /// The pose half: yaw about the z axis through `pivot` (sensor frame, before registration, as a part
+    /// placed a little differently would be).
+    fn turn(&self, p: Point, pivot: Point) -> Point {
         let (s, c) = self.yaw.sin_cos();
-        [(c * p[0] - s * p[1]) * self.scale, (s * p[0] + c * p[1]) * self.scale, p[2] * self.scale]
+        let (x, y) = (p[0] - pivot[0], p[1] - pivot[1]);
+        [c * x - s * y + pivot[0], s * x + c * y + pivot[1], p[2]]
     }
 
+    /// The shape half, in the normalised frame: isotropic scale and per-point jitter.
     fn apply(&self, points: &mut [Point], rng: &mut impl Rng) {
         for p in points.iter_mut() {
-            *p = self.transform(*p);
+            *p = p.map(|c| c * self.scale);
             if self.jitter > 0.0 {
                 for c in p.iter_mut() {
                     *c += self.jitter * standard_normal(rng);
@@ -103,26 +140,207 @@ pub fn standard_normal(rng: &mut impl Rng) -> f32 {
     (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
 }
 
+/// Correspondence cut-offs of the registration, in template voxels: a fixtured part is misplaced by a few
+/// millimetres at most, and the last iterations pair points about a spacing apart.
+const ALIGN_START_VOXELS: f32 = 8.0;
+const ALIGN_END_VOXELS: f32 = 1.5;
+const ALIGN_ITERATIONS: usize = 20;
+/// Points of a scan used to register it (every k-th voxel point): registration needs shape, not density.
+const ALIGN_MAX_POINTS: usize = 4000;
+
+/// The part as training first saw it: voxel points (sensor frame of that cloud) with normals, and its unit-
+/// sphere frame. Scans are registered to it and normalised with its frame, so a patch position means the same
+/// place on the part in every scan.
+pub struct PoseTemplate {
+    pub points: Vec<Point>,
+    pub frame: UnitSphere,
+    normals: Vec<Point>,
+    index: NeighborIndex,
+    voxel: f32,
+    /// The template in its own normalised frame (where registered scans are), indexed.
+    placed: NeighborIndex,
+}
+
+impl PoseTemplate {
+    /// From the voxel points of a cloud and its frame.
+    pub fn new(points: Vec<Point>, frame: UnitSphere, cfg: &PreprocessConfig) -> Result<Self> {
+        let index = NeighborIndex::new(&points)?;
+        let normals = geometry::estimate_normals(
+            &points,
+            &index,
+            Neighborhood::Knn(cfg.normal_neighbors),
+            NormalOrientation::AwayFromCentroid,
+        );
+        let placed = NeighborIndex::new(&frame.apply_all(&points))?;
+        Ok(Self { points, frame, normals, index, voxel: cfg.voxel_size, placed })
+    }
+
+    /// From a cloud's finite points (sensor frame).
+    pub fn from_cloud(finite_points: &[Point], cfg: &PreprocessConfig) -> Result<Self> {
+        let grid = geometry::voxel_downsample(finite_points, cfg.voxel_size)?;
+        let frame = UnitSphere::fit(&grid.points)?;
+        Self::new(grid.points, frame, cfg)
+    }
+
+    /// The rigid transform that takes `points` (sensor frame) onto the template.
+    pub fn register(&self, points: &[Point]) -> geometry::Registration {
+        let step = (points.len() / ALIGN_MAX_POINTS).max(1);
+        let sample: Vec<Point> = points.iter().step_by(step).copied().collect();
+        let template = geometry::Template { points: &self.points, normals: &self.normals, index: &self.index };
+        geometry::register(
+            &sample,
+            &template,
+            ALIGN_START_VOXELS * self.voxel,
+            ALIGN_END_VOXELS * self.voxel,
+            ALIGN_ITERATIONS,
+        )
+    }
+}
+
+/// A cloud on its way to patches: voxel points in the normalised (and, in training, augmented) frame.
+pub struct View {
+    pub grid: VoxelGrid,
+    pub frame: UnitSphere,
+    pub points: Vec<Point>,
+    /// The sensor (the cloud frame's origin) in the same frame.
+    pub viewpoint: Point,
+    /// The voxel edge in the normalised frame.
+    pub voxel: f32,
+}
+
+impl View {
+    /// The view's normals, as the patch step will estimate them (pseudo-defects displace along them).
+    pub fn normals(&self, cfg: &PreprocessConfig, index: &NeighborIndex) -> Vec<Point> {
+        geometry::estimate_normals(
+            &self.points,
+            index,
+            Neighborhood::Knn(cfg.normal_neighbors),
+            orientation(cfg.normals_face, self.viewpoint),
+        )
+    }
+
+    /// The same view with its points replaced (a pseudo-defective copy, points added or removed). The copy is
+    /// for training only: its grid maps each new point to itself, not to the input.
+    pub fn with_points(&self, points: Vec<Point>) -> Self {
+        let grid = VoxelGrid { points: points.clone(), representative: (0..points.len() as u32).collect() };
+        Self { grid, frame: self.frame, points, viewpoint: self.viewpoint, voxel: self.voxel }
+    }
+}
+
+fn orientation(side: NormalSide, viewpoint: Point) -> NormalOrientation {
+    match side {
+        NormalSide::Sensor => NormalOrientation::TowardsViewpoint(viewpoint),
+        NormalSide::Outward => NormalOrientation::AwayFromCentroid,
+    }
+}
+
+/// Step 0 on the finite points of one cloud (sensor frame): voxel grid, registration to the template (when
+/// given) and the template's unit sphere, or the cloud's own; then augmentation.
+pub fn prepare_view(
+    finite_points: &[Point],
+    cfg: &PreprocessConfig,
+    patch_size: usize,
+    template: Option<&PoseTemplate>,
+    augment: Option<(&Augmentation, &mut dyn rand::RngCore)>,
+) -> Result<View> {
+    let grid = geometry::voxel_downsample(finite_points, cfg.voxel_size)?;
+    if grid.points.len() < patch_size {
+        return Err(ModelError::TooFewPoints { points: grid.points.len(), needed: patch_size, voxel: cfg.voxel_size });
+    }
+    // The sensor sits at the sensor frame's origin; it moves with the pose, the registration and the
+    // normalisation.
+    let (mut sensor_points, mut sensor) = (grid.points.clone(), [0.0f32; 3]);
+    if let Some((aug, _)) = &augment {
+        let pivot = UnitSphere::fit(&sensor_points)?.centre;
+        sensor_points.iter_mut().for_each(|p| *p = aug.turn(*p, pivot));
+        sensor = aug.turn(sensor, pivot);
+    }
+    let (frame, mut points, mut viewpoint) = match template {
+        Some(t) => {
+            let pose = t.register(&sensor_points).transform;
+            let placed: Vec<Point> = sensor_points.iter().map(|&p| t.frame.apply(pose.apply(p))).collect();
+            (t.frame, placed, t.frame.apply(pose.apply(sensor)))
+        }
+        None => {
+            let frame = UnitSphere::fit(&sensor_points)?;
+            (frame, frame.apply_all(&sensor_points), frame.apply(sensor))
+        }
+    };
+    let mut voxel = cfg.voxel_size / frame.scale;
+    if let Some((aug, mut rng)) = augment {
+        aug.apply(&mut points, &mut rng);
+        viewpoint = viewpoint.map(|c| c * aug.scale);
+        voxel *= aug.scale;
+    }
+    Ok(View { grid, frame, points, viewpoint, voxel })
+}
+
 /// Runs the geometry of steps 0–1 on the finite points of one cloud (sensor frame).
 pub fn patch_cloud(
     finite_points: &[Point],
     cfg: &PreprocessConfig,
     patch_count: usize,
     patch_size: usize,
+    template: Option<&PoseTemplate>,
     augment: Option<(&Augmentation, &mut dyn rand::RngCore)>,
 ) -> Result<PatchedCloud> {
-    let grid = geometry::voxel_downsample(finite_points, cfg.voxel_size)?;
-    if grid.points.len() < patch_size {
-        return Err(ModelError::TooFewPoints { points: grid.points.len(), needed: patch_size, voxel: cfg.voxel_size });
+    let view = prepare_view(finite_points, cfg, patch_size, template, augment)?;
+    patch_view(view, cfg, patch_count, patch_size, template)
+}
+
+/// Per queried point (normalised frame, `voxel` its edge): how far the centroid of the points within 3 voxels lies
+/// from the centre, in radii (0 inside a surface, about 0.4 on its border), and the count of points within 3
+/// and 6 voxels over the template's count there (about 1 where the scan has what the template has; lower on the
+/// rim of missing material, which FPFH on a flat face cannot see; 1 without a template).
+pub fn surface_context(
+    points: &[Point],
+    index: &NeighborIndex,
+    queries: &[u32],
+    voxel: f32,
+    template: Option<&PoseTemplate>,
+) -> Vec<[f32; CONTEXT_DIMS]> {
+    use rayon::prelude::*;
+    queries
+        .par_iter()
+        .map(|&c| {
+            let centre = points[c as usize];
+            let mut out = [0.0; CONTEXT_DIMS];
+            for (k, r) in CONTEXT_RADII_VOXELS.iter().map(|r| r * voxel).enumerate() {
+                let near = index.within(&centre, r);
+                if k == 0 {
+                    let n = near.len().max(1) as f32;
+                    let mean = near.iter().fold([0f32; 3], |a, m| {
+                        let p = points[m.index as usize];
+                        [a[0] + p[0] / n, a[1] + p[1] / n, a[2] + p[2] / n]
+                    });
+                    out[0] = geometry::squared_distance(mean, centre).sqrt() / r;
+                }
+                out[1 + k] = match template {
+                    Some(t) => {
+                        let expected = t.placed.within(&centre, r).len();
+                        if expected == 0 { 2.0 } else { (near.len() as f32 / expected as f32).min(2.0) }
+                    }
+                    None => 1.0,
+                };
+            }
+            out
+        })
+        .collect()
+}
+
+/// Step 1's geometry on a prepared view: FPS centres, kNN patches, normals, the SCA descriptors and the
+/// surface context (against `template` when scans are registered).
+pub fn patch_view(
+    view: View,
+    cfg: &PreprocessConfig,
+    patch_count: usize,
+    patch_size: usize,
+    template: Option<&PoseTemplate>,
+) -> Result<PatchedCloud> {
+    if view.points.len() < patch_size {
+        return Err(ModelError::TooFewPoints { points: view.points.len(), needed: patch_size, voxel: cfg.voxel_size });
     }
-    let frame = UnitSphere::fit(&grid.points)?;
-    let mut points = frame.apply_all(&grid.points);
-    // The sensor sits at the sensor frame's origin; it moves with the normalisation and the augmentation.
-    let mut viewpoint = frame.apply([0.0; 3]);
-    if let Some((aug, mut rng)) = augment {
-        aug.apply(&mut points, &mut rng);
-        viewpoint = aug.transform(viewpoint);
-    }
+    let View { grid, frame, points, viewpoint, voxel } = view;
     let index = NeighborIndex::new(&points)?;
     // A deterministic start (the point farthest from the centre) so a cloud always gives the same patches,
     // whatever order its points arrive in.
@@ -134,12 +352,15 @@ pub fn patch_cloud(
     let centres = geometry::farthest_point_sampling(&points, patch_count, start);
     let centre_points: Vec<Point> = centres.iter().map(|&c| points[c as usize]).collect();
     let groups = index.group(&centre_points, patch_size);
-    let orientation = match cfg.normals_face {
-        NormalSide::Sensor => NormalOrientation::TowardsViewpoint(viewpoint),
-        NormalSide::Outward => NormalOrientation::AwayFromCentroid,
-    };
-    let normals = geometry::estimate_normals(&points, &index, Neighborhood::Knn(cfg.normal_neighbors), orientation);
+    let normals = geometry::estimate_normals(
+        &points,
+        &index,
+        Neighborhood::Knn(cfg.normal_neighbors),
+        orientation(cfg.normals_face, viewpoint),
+    );
     let descriptors = geometry::fpfh_at(&points, &normals, &index, cfg.fpfh_radius, &centres)?;
+    let all: Vec<u32> = (0..points.len() as u32).collect();
+    let context = surface_context(&points, &index, &all, voxel, template);
     Ok(PatchedCloud {
         grid,
         frame,
@@ -151,6 +372,8 @@ pub fn patch_cloud(
         normals,
         descriptors,
         fpfh_radius: cfg.fpfh_radius,
+        voxel,
+        context,
     })
 }
 
@@ -188,13 +411,13 @@ mod tests {
     fn patches_cover_the_cloud_and_are_order_independent() {
         let pts = box_surface();
         let cfg = PreprocessConfig { voxel_size: 0.9, ..Default::default() };
-        let a = patch_cloud(&pts, &cfg, 64, 16, None).unwrap();
+        let a = patch_cloud(&pts, &cfg, 64, 16, None, None).unwrap();
         assert_eq!((a.patch_count(), a.groups.len()), (64, 64 * 16));
         let max_r = a.points.iter().map(|p| geometry::dot(*p, *p).sqrt()).fold(0f32, f32::max);
         assert!((max_r - 1.0).abs() < 1e-4);
         let mut reversed = pts.clone();
         reversed.reverse();
-        let b = patch_cloud(&reversed, &cfg, 64, 16, None).unwrap();
+        let b = patch_cloud(&reversed, &cfg, 64, 16, None, None).unwrap();
         let key = |c: &PatchedCloud| {
             let mut v: Vec<[i32; 3]> = c.centre_points().iter().map(|p| p.map(|x| (x * 1e4) as i32)).collect();
             v.sort();
@@ -210,9 +433,9 @@ mod tests {
         let cfg = PreprocessConfig { voxel_size: 0.9, ..Default::default() };
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let aug = Augmentation::draw(&cfg.augment, &mut rng);
-        let a = patch_cloud(&pts, &cfg, 32, 16, Some((&aug, &mut rng))).unwrap();
+        let a = patch_cloud(&pts, &cfg, 32, 16, None, Some((&aug, &mut rng))).unwrap();
         assert_eq!(a.patch_count(), 32);
-        let err = patch_cloud(&pts[..10], &cfg, 32, 16, None).err().unwrap();
+        let err = patch_cloud(&pts[..10], &cfg, 32, 16, None, None).err().unwrap();
         assert!(err.to_string().contains("voxel"), "{err}");
     }
 }

@@ -5,15 +5,22 @@
 use serde::Serialize;
 
 use super::Thresholds;
+use super::config::{ObjectScore, ScoringConfig};
 use super::preprocess::PatchedCloud;
 use crate::geometry::{self, NeighborIndex, Point};
 
-/// Scores of the voxel points (normalised frame) from one score per patch.
+/// Scores of the voxel points (normalised frame) from one score per patch, median-filtered.
 pub fn project_to_points(
     cloud: &PatchedCloud,
     patch_scores: &[f32],
     median_radius: f32,
 ) -> crate::geometry::Result<Vec<f32>> {
+    let scores = spread_patch_scores(cloud, patch_scores)?;
+    geometry::median_filter(&cloud.points, &scores, &cloud.index, median_radius)
+}
+
+/// Each voxel point's score: the maximum over the patches that contain it, else its nearest patch's.
+pub fn spread_patch_scores(cloud: &PatchedCloud, patch_scores: &[f32]) -> crate::geometry::Result<Vec<f32>> {
     let mut scores = vec![f32::NEG_INFINITY; cloud.points.len()];
     for (members, &s) in cloud.groups.chunks(cloud.patch_size).zip(patch_scores) {
         for &m in members {
@@ -27,13 +34,13 @@ pub fn project_to_points(
             *s = patch_scores[centre_index.nearest(p).index as usize];
         }
     }
-    geometry::median_filter(&cloud.points, &scores, &cloud.index, median_radius)
+    Ok(scores)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct DefectRegion {
     pub centroid: Point,
-    /// Largest distance of an anomalous point from the centroid.
+    /// Largest distance of a point of the region from the centroid.
     pub extent: f32,
 }
 
@@ -44,23 +51,63 @@ pub struct Verdict {
     pub defect: Option<DefectRegion>,
 }
 
-/// Cloud score, decision and defect region of scored points (any frame; the region is in the same frame).
-pub fn decide(points: &[Point], scores: &[f32], thresholds: Thresholds) -> Verdict {
-    let cloud_score = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let anomalous: Vec<Point> =
-        points.iter().zip(scores).filter(|(_, s)| **s > thresholds.point).map(|(p, _)| *p).collect();
-    let defect = (!anomalous.is_empty()).then(|| {
-        let n = anomalous.len() as f64;
-        let sum = anomalous
-            .iter()
-            .fold([0f64; 3], |a, p| [a[0] + f64::from(p[0]), a[1] + f64::from(p[1]), a[2] + f64::from(p[2])]);
-        let centroid = sum.map(|v| (v / n) as f32);
-        let extent = anomalous.iter().map(|p| geometry::squared_distance(*p, centroid)).fold(0f32, f32::max).sqrt();
-        DefectRegion { centroid, extent }
-    });
+/// The cloud score of point scores: the maximum, or the mean of the highest `top_fraction` of them (at least
+/// one), so that a single noisy point cannot decide alone.
+pub fn cloud_score(scores: &[f32], cfg: &ScoringConfig) -> f32 {
+    match cfg.object_score {
+        ObjectScore::Max => scores.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        ObjectScore::TopMean => {
+            let mut v: Vec<f32> = scores.iter().copied().filter(|s| !s.is_nan()).collect();
+            if v.is_empty() {
+                return f32::NAN;
+            }
+            let k = ((v.len() as f32 * cfg.top_fraction).ceil() as usize).clamp(1, v.len());
+            v.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+            v[..k].iter().sum::<f32>() / k as f32
+        }
+    }
+}
+
+/// Decision and defect region of scored points with their cloud score (any frame; the region is in the same
+/// frame). The region is the group of anomalous points, linked within `link` of each other, that holds the
+/// highest score: a few stray anomalous points elsewhere do not drag its centre out of the defect.
+pub fn decide(points: &[Point], scores: &[f32], cloud_score: f32, thresholds: Thresholds, link: f32) -> Verdict {
+    let flagged: Vec<usize> = (0..points.len()).filter(|&i| scores[i] > thresholds.point).collect();
+    let defect = strongest_region(points, scores, &flagged, link);
     // NaN thresholds (an uncalibrated model) never pass a part.
     let passed = cloud_score <= thresholds.cloud;
-    Verdict { cloud_score, passed, anomalous_points: anomalous.len(), defect }
+    Verdict { cloud_score, passed, anomalous_points: flagged.len(), defect }
+}
+
+/// Centroid and extent of the linked group of `flagged` points around the highest-scoring one.
+fn strongest_region(points: &[Point], scores: &[f32], flagged: &[usize], link: f32) -> Option<DefectRegion> {
+    let seed = *flagged.iter().max_by(|&&a, &&b| scores[a].total_cmp(&scores[b]))?;
+    let members: Vec<usize> = if link > 0.0 && link.is_finite() {
+        let candidates: Vec<Point> = flagged.iter().map(|&i| points[i]).collect();
+        let index = NeighborIndex::new(&candidates).ok()?;
+        let start = flagged.iter().position(|&i| i == seed)?;
+        let mut reached = vec![false; flagged.len()];
+        let mut queue = vec![start];
+        reached[start] = true;
+        while let Some(k) = queue.pop() {
+            for n in index.within(&candidates[k], link) {
+                if !std::mem::replace(&mut reached[n.index as usize], true) {
+                    queue.push(n.index as usize);
+                }
+            }
+        }
+        (0..flagged.len()).filter(|&k| reached[k]).map(|k| flagged[k]).collect()
+    } else {
+        flagged.to_vec()
+    };
+    let n = members.len() as f64;
+    let sum = members.iter().fold([0f64; 3], |a, &i| {
+        let p = points[i];
+        [a[0] + f64::from(p[0]), a[1] + f64::from(p[1]), a[2] + f64::from(p[2])]
+    });
+    let centroid = sum.map(|v| (v / n) as f32);
+    let extent = members.iter().map(|&i| geometry::squared_distance(points[i], centroid)).fold(0f32, f32::max).sqrt();
+    Some(DefectRegion { centroid, extent })
 }
 
 /// The value below which a share `keep` of `values` lies (linear interpolation between order statistics).
@@ -77,12 +124,45 @@ pub fn quantile(values: &[f32], keep: f64) -> f32 {
 }
 
 /// Thresholds from held-out good clouds: τ_pc rejects about `false_reject_rate` of them, τ_seg flags about
-/// `point_rate` of their points. With few clouds the quantile is coarse: with m clouds the cloud threshold can
-/// only resolve rates in steps of 1/m, so the worst held-out cloud sets it when m·rate < 1.
+/// `point_rate` of their points. With m clouds the empirical quantile only resolves rates in steps of 1/m; when
+/// m·rate < 1 the worst held-out cloud would sit right on the threshold, so τ_pc is then the larger of that
+/// cloud's score and a normal tail estimate (mean + z·std of the held-out scores at the rate).
 pub fn calibrate(cloud_scores: &[f32], point_scores: &[f32], false_reject_rate: f64, point_rate: f64) -> Thresholds {
-    Thresholds {
-        cloud: quantile(cloud_scores, 1.0 - false_reject_rate),
-        point: quantile(point_scores, 1.0 - point_rate),
+    let empirical = quantile(cloud_scores, 1.0 - false_reject_rate);
+    let finite: Vec<f64> = cloud_scores.iter().filter(|s| s.is_finite()).map(|&s| f64::from(s)).collect();
+    let cloud = if finite.len() >= 2 && (finite.len() as f64) * false_reject_rate < 1.0 {
+        let n = finite.len() as f64;
+        let mean = finite.iter().sum::<f64>() / n;
+        let std = (finite.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+        empirical.max((mean + normal_quantile(1.0 - false_reject_rate) * std) as f32)
+    } else {
+        empirical
+    };
+    Thresholds { cloud, point: quantile(point_scores, 1.0 - point_rate) }
+}
+
+/// The standard normal quantile (Acklam's rational approximation, relative error < 1.2e-9), p in (0, 1).
+fn normal_quantile(p: f64) -> f64 {
+    const A: [f64; 6] =
+        [-3.969683028665376e1, 2.209460984245205e2, -2.759285104469687e2, 1.383577518672690e2, -3.066479806614716e1, 2.506628277459239];
+    const B: [f64; 5] = [-5.447609879822406e1, 1.615858368580409e2, -1.556989798598866e2, 6.680131188771972e1, -1.328068155288572e1];
+    const C: [f64; 6] =
+        [-7.784894002430293e-3, -3.223964580411365e-1, -2.400758277161838, -2.549732539343734, 4.374664141464968, 2.938163982698783];
+    const D: [f64; 4] = [7.784695709041462e-3, 3.224671290700398e-1, 2.445134137142996, 3.754408661907416];
+    let p = p.clamp(1e-12, 1.0 - 1e-12);
+    let tail = |q: f64| {
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    };
+    if p < 0.02425 {
+        tail((-2.0 * p.ln()).sqrt())
+    } else if p > 1.0 - 0.02425 {
+        -tail((-2.0 * (1.0 - p).ln()).sqrt())
+    } else {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
     }
 }
 
@@ -122,14 +202,31 @@ mod tests {
     #[test]
     fn decision_and_defect_region() {
         let pts = [[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [12.0, 0.0, 0.0], [5.0, 5.0, 5.0]];
-        let v = decide(&pts, &[0.1, 0.9, 0.8, 0.2], Thresholds { cloud: 0.5, point: 0.5 });
+        let max = ScoringConfig { object_score: ObjectScore::Max, ..Default::default() };
+        let scores = [0.1, 0.9, 0.8, 0.2];
+        let v = decide(&pts, &scores, cloud_score(&scores, &max), Thresholds { cloud: 0.5, point: 0.5 }, 5.0);
         assert!(!v.passed);
         assert_eq!((v.cloud_score, v.anomalous_points), (0.9, 2));
         let d = v.defect.unwrap();
         assert_eq!((d.centroid, d.extent), ([11.0, 0.0, 0.0], 1.0));
-        let ok = decide(&pts, &[0.1, 0.2, 0.3, 0.2], Thresholds { cloud: 0.5, point: 0.5 });
+        let ok = decide(&pts, &[0.1, 0.2, 0.3, 0.2], 0.3, Thresholds { cloud: 0.5, point: 0.5 }, 5.0);
         assert!(ok.passed && ok.defect.is_none());
-        assert!(!decide(&pts, &[0.1; 4], Thresholds { cloud: f32::NAN, point: f32::NAN }).passed);
+        assert!(!decide(&pts, &[0.1; 4], 0.1, Thresholds { cloud: f32::NAN, point: f32::NAN }, 5.0).passed);
+        // A stray anomalous point far away is counted but does not move the region.
+        let stray = [[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [12.0, 0.0, 0.0], [90.0, 0.0, 0.0]];
+        let v = decide(&stray, &[0.1, 0.9, 0.8, 0.7], 0.9, Thresholds { cloud: 0.5, point: 0.5 }, 5.0);
+        assert_eq!(v.anomalous_points, 3);
+        assert_eq!(v.defect.unwrap().centroid, [11.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn top_mean_cloud_score_ignores_one_outlier() {
+        let mut scores = vec![0.1f32; 1000];
+        scores[3] = 1.0;
+        let top = ScoringConfig { object_score: ObjectScore::TopMean, top_fraction: 0.01, ..Default::default() };
+        assert!((cloud_score(&scores, &top) - (1.0 + 9.0 * 0.1) / 10.0).abs() < 1e-6);
+        let max = ScoringConfig { object_score: ObjectScore::Max, ..Default::default() };
+        assert_eq!(cloud_score(&scores, &max), 1.0);
     }
 
     #[test]
@@ -138,6 +235,11 @@ mod tests {
         assert_eq!(quantile(&[0.0, 10.0], 0.25), 2.5);
         let t = calibrate(&[0.1, 0.2, 0.3, 0.4], &[0.0; 10], 0.25, 0.0);
         assert!((t.cloud - 0.325).abs() < 1e-6);
+        // Two held-out clouds cannot resolve 5 %: the normal tail (mean + 1.645 std) lies above the worse one.
+        let t = calibrate(&[0.3, 0.5], &[0.0; 10], 0.05, 0.0);
+        let expected = 0.4 + 1.644_853_6 * (0.02f64).sqrt();
+        assert!((f64::from(t.cloud) - expected).abs() < 1e-5, "{}", t.cloud);
+        assert!((normal_quantile(0.975) - 1.959_964).abs() < 1e-5 && normal_quantile(0.5).abs() < 1e-12);
         let (th, f1) = best_f1_threshold(&[0.9, 0.8, 0.3, 0.2], &[true, true, false, false]).unwrap();
         assert!((th - 0.55).abs() < 1e-6 && (f1 - 1.0).abs() < 1e-12);
         assert!(best_f1_threshold(&[0.5], &[false]).is_none());

@@ -1,5 +1,6 @@
 //! A model on disk is a folder: `heads.safetensors` (the trained weights), `backbone.safetensors` (the frozen
-//! token source, so the folder is self-contained) and `manifest.json` (configuration, thresholds, backbone
+//! token source, so the folder is self-contained), `conditioning.safetensors` (token statistics, memory bank,
+//! score references) and `manifest.json` (configuration, thresholds, backbone
 //! identity and hashes, training summary, format version, creation time). It is written under a temporary
 //! name and renamed into place, so a crash never leaves half a model; loading checks everything and names
 //! what is wrong.
@@ -12,13 +13,16 @@ use sha2::{Digest, Sha256};
 use tch::Device;
 
 use super::backbone::{Backbone, BackboneIdentity};
+use super::conditioning::Conditioning;
 use super::config::DetectorConfig;
 use super::{Detector, Heads, ModelError, Result, Thresholds, copy_into, tensors_from_bytes};
 
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: token conditioning (`conditioning.safetensors`) and data-derived voxel sizes.
+pub const FORMAT_VERSION: u32 = 2;
 const MANIFEST: &str = "manifest.json";
 const HEADS: &str = "heads.safetensors";
 const BACKBONE: &str = "backbone.safetensors";
+const CONDITIONING: &str = "conditioning.safetensors";
 
 /// What the training saw; recorded for the people who will wonder later.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -46,6 +50,7 @@ pub struct Manifest {
     pub backbone: BackboneIdentity,
     pub backbone_sha256: String,
     pub heads_sha256: String,
+    pub conditioning_sha256: String,
     pub training: TrainingSummary,
 }
 
@@ -92,6 +97,7 @@ pub fn save(detector: &Detector, dir: &Path, name: &str, training: TrainingSumma
             .vs
             .save(staging.join(HEADS))
             .map_err(|e| ModelError::Model { path: staging.display().to_string(), problem: e.to_string() })?;
+        detector.conditioning.save(&staging.join(CONDITIONING))?;
         let created_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let heads_sha256 = sha256_file(&staging.join(HEADS))?;
         let manifest = Manifest {
@@ -104,6 +110,7 @@ pub fn save(detector: &Detector, dir: &Path, name: &str, training: TrainingSumma
             backbone: detector.backbone.identity.clone(),
             backbone_sha256: sha256_file(&staging.join(BACKBONE))?,
             heads_sha256,
+            conditioning_sha256: sha256_file(&staging.join(CONDITIONING))?,
             training,
         };
         let text = serde_json::to_string_pretty(&manifest)
@@ -136,6 +143,11 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
         serde_json::from_str(&text).map_err(|e| bad(format!("{MANIFEST} is not JSON: {e}")))?;
     match value.get("format_version").and_then(|v| v.as_u64()) {
         Some(v) if v == u64::from(FORMAT_VERSION) => {}
+        Some(1) => {
+            return Err(bad(format!(
+                "format version 1 has no token conditioning statistics ({CONDITIONING}); retrain the model with this version"
+            )));
+        }
         Some(v) => {
             return Err(bad(format!("format version {v} is not supported (this build reads {FORMAT_VERSION})")));
         }
@@ -151,8 +163,18 @@ pub fn load(dir: &Path, device: Device) -> Result<(Detector, Manifest)> {
     manifest.config.validate().map_err(|e| bad(format!("manifest configuration: {e}")))?;
     // Each file is read once: hashed, then decoded from the same bytes.
     let mut contents = Vec::new();
-    for (file, expected) in [(BACKBONE, &manifest.backbone_sha256), (HEADS, &manifest.heads_sha256)] {
-        let bytes = std::fs::read(dir.join(file)).map_err(|e| bad(format!("{file}: {e}")))?;
+    let files = [
+        (BACKBONE, &manifest.backbone_sha256),
+        (HEADS, &manifest.heads_sha256),
+        (CONDITIONING, &manifest.conditioning_sha256),
+    ];
+    for (file, expected) in files {
+        let bytes = std::fs::read(dir.join(file)).map_err(|e| match (file, e.kind()) {
+            (CONDITIONING, std::io::ErrorKind::NotFound) => {
+                bad(format!("{file} is missing: the model has no token conditioning statistics; retrain it"))
+            }
+            _ => bad(format!("{file}: {e}")),
+        })?;
         if &sha256_hex(&bytes) != expected {
             return Err(bad(format!("{file} does not match the manifest's hash (changed or corrupt)")));
         }
@@ -163,8 +185,19 @@ pub fn load(dir: &Path, device: Device) -> Result<(Detector, Manifest)> {
     let mut heads = Heads::new(&manifest.config, backbone.width(), device)?;
     let tensors = tensors_from_bytes(&contents[1]).map_err(|e| bad(format!("{HEADS}: {e}")))?;
     copy_into(&mut heads.vs, &tensors).map_err(|e| bad(format!("{HEADS}: {e}")))?;
-    let detector =
-        Detector { config: manifest.config.clone(), backbone, heads, thresholds: manifest.thresholds, device };
+    if manifest.config.preprocess.voxel_size <= 0.0 {
+        return Err(bad("the manifest's configuration has no voxel size (training derives one)".into()));
+    }
+    let conditioning = Conditioning::from_bytes(&contents[2], backbone.width(), &manifest.config.preprocess, device)
+        .map_err(|e| bad(format!("{CONDITIONING}: {e}")))?;
+    let detector = Detector {
+        config: manifest.config.clone(),
+        backbone,
+        conditioning,
+        heads,
+        thresholds: manifest.thresholds,
+        device,
+    };
     Ok((detector, manifest))
 }
 

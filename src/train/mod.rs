@@ -1,8 +1,11 @@
-//! Training (method step 6): from good clouds to a calibrated detector. Part of the clouds is held out; each
-//! training cloud is augmented into a few views whose frozen features (backbone + SCA) are computed once; then
-//! the adaptor, generator scale, positional MLP and discriminator learn with AdamW (weight decay on the adaptor),
-//! a cosine learning-rate schedule and gradient clipping, on patch-wise BCE against the generator's labels.
-//! Finally the held-out clouds set the thresholds. Seeded: the same clouds and seed give the same model.
+//! Training (method step 6): from good clouds to a calibrated detector. Part of the clouds is held out; the
+//! voxel size is derived from the others when not set; each training cloud is augmented into a few views and,
+//! with a geometric generator, each view gets pseudo-defective copies ([`pseudo_defects`]); their frozen
+//! features (backbone → conditioning → SCA) are computed once. The token statistics and the memory bank come
+//! from the clean views. Then the adaptor, generator scale, positional MLP and discriminator learn with AdamW
+//! (weight decay on the adaptor), a cosine learning-rate schedule and gradient clipping, on patch-wise BCE
+//! against the generator's labels. Finally the held-out clouds set the score references and the thresholds.
+//! Seeded: the same clouds and seed give the same model.
 //! Progress and cancellation go through a [`Monitor`], so the CLI logs and the ROS action reports feedback.
 
 use std::time::Instant;
@@ -10,13 +13,16 @@ use std::time::Instant;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use tch::{Device, Reduction, Tensor, nn, nn::OptimizerConfig};
+use tch::{Device, Kind, Reduction, Tensor, nn, nn::OptimizerConfig};
+
+pub mod pseudo_defects;
 
 use crate::geometry::Point;
-use crate::model::config::DetectorConfig;
-use crate::model::preprocess::Augmentation;
+use crate::model::conditioning::Reference;
+use crate::model::config::{DetectorConfig, GeneratorKind, ScoreSource};
+use crate::model::preprocess::{self, Augmentation};
 use crate::model::store::TrainingSummary;
-use crate::model::{Detector, ModelError, Result, centre_tensor, scoring};
+use crate::model::{Detector, ModelError, RawScores, Result, sca, scoring};
 
 /// One good cloud: its finite points in the sensor frame, and where it came from.
 pub struct TrainingCloud {
@@ -105,10 +111,63 @@ impl Monitor for LogMonitor {
 /// Share of the whole job each stage takes, for the progress fraction (training dominates).
 const PREPARE_SHARE: f32 = 0.3;
 const TRAIN_SHARE: f32 = 0.6;
+/// Points per training cloud sampled to measure its point spacing (for the data-derived voxel).
+const SPACING_SAMPLE: usize = 2000;
+/// The data-derived voxel is at least this share of the part's diagonal (bounds the cost of dense scans).
+const MIN_VOXEL_SHARE_OF_DIAGONAL: f32 = 1.0 / 200.0;
+
+/// One training view through the frozen geometry and backbone: its raw tokens, what SCA needs, (for a
+/// pseudo-defective copy) per-patch targets and loss weights, and, with a point head, a sample of its voxel
+/// points' raw features with their labels.
+struct ViewTokens {
+    tokens: Tensor,
+    centre_points: Vec<Point>,
+    descriptors: Vec<crate::geometry::Fpfh>,
+    /// None for a clean view (every patch good).
+    targets: Option<(Vec<f32>, Vec<f32>)>,
+    points: Option<(Tensor, Tensor)>,
+}
 
 struct Sample {
     features: Tensor,
     centres: Tensor,
+    /// (n) targets and weights; clean views: zeros and ones.
+    targets: Tensor,
+    weights: Tensor,
+    clean: bool,
+    /// (P, C) conditioned point features and (P) labels, with a point head.
+    points: Option<(Tensor, Tensor)>,
+}
+
+/// The voxel edge for clouds like these: `factor` × the median nearest-neighbour spacing of their points, at
+/// least 1/200 of the part's robust diagonal. Unit-free: the same clouds in metres give 1/1000 of the voxel.
+pub fn derive_voxel_size(clouds: &[&TrainingCloud], factor: f32) -> Result<f32> {
+    let mut spacings = Vec::new();
+    let mut diagonals = Vec::new();
+    for cloud in clouds {
+        if cloud.points.len() < 2 {
+            continue;
+        }
+        let index = crate::geometry::NeighborIndex::new(&cloud.points)?;
+        let step = (cloud.points.len() / SPACING_SAMPLE).max(1);
+        for p in cloud.points.iter().step_by(step) {
+            // The second neighbour: the first is the point itself (or a duplicate of it).
+            if let Some(n) = index.knn(p, 2).get(1) {
+                if n.squared_distance > 0.0 {
+                    spacings.push(n.squared_distance.sqrt());
+                }
+            }
+        }
+        diagonals.push(pseudo_defects::robust_diagonal(&cloud.points));
+    }
+    let spacing = scoring::quantile(&spacings, 0.5);
+    let diagonal = scoring::quantile(&diagonals, 0.5);
+    let voxel = (factor * spacing).max(MIN_VOXEL_SHARE_OF_DIAGONAL * diagonal);
+    if !(voxel.is_finite() && voxel > 0.0) {
+        return Err(ModelError::Training("cannot derive a voxel size: the training clouds have no spread".into()));
+    }
+    tracing::info!(voxel, spacing, diagonal, "voxel size derived from the training clouds");
+    Ok(voxel)
 }
 
 /// Trains and calibrates a detector on good clouds; `validation` (clouds with labelled defects, may be empty)
@@ -128,7 +187,7 @@ pub fn train(
         )));
     }
     let start = Instant::now();
-    let tc = &config.training;
+    let tc = config.training.clone();
     let mut rng = StdRng::seed_from_u64(tc.seed);
     tch::manual_seed(tc.seed as i64);
     let mut detector = Detector::new(config.clone(), device)?;
@@ -138,161 +197,30 @@ pub fn train(
     let held_out =
         ((clouds.len() as f64 * config.scoring.holdout_fraction).round() as usize).clamp(1, clouds.len() - 1);
     let (calibration, training) = order.split_at(held_out);
+    if detector.config.preprocess.voxel_size <= 0.0 {
+        let used: Vec<&TrainingCloud> = training.iter().map(|&i| &clouds[i]).collect();
+        detector.config.preprocess.voxel_size =
+            derive_voxel_size(&used, config.preprocess.voxel_spacing_factor)?;
+    }
+    if detector.config.preprocess.align {
+        // The first training cloud as recorded is the pose every scan is registered to.
+        let first = &clouds[training[0]];
+        detector.conditioning.template = Some(
+            preprocess::PoseTemplate::from_cloud(&first.points, &detector.config.preprocess)
+                .map_err(|e| ModelError::Training(format!("{}: {e}", first.name)))?,
+        );
+    }
     let views = config.preprocess.augment.views_per_cloud.max(1);
     tracing::info!(training = training.len(), held_out, views, backbone = %detector.backbone.identity.kind, "training set");
 
-    // Features of every augmented view, computed once.
-    let mut samples: Vec<Sample> = Vec::with_capacity(training.len() * views);
-    let total_views = training.len() * views;
-    for (k, &i) in training.iter().enumerate() {
-        for v in 0..views {
-            if monitor.cancelled() {
-                return Err(ModelError::Cancelled);
-            }
-            // The first view is the cloud as recorded, the others augmented.
-            let aug = (v > 0).then(|| Augmentation::draw(&config.preprocess.augment, &mut rng));
-            let patched = match &aug {
-                Some(a) => detector.patch(&clouds[i].points, Some((a, &mut rng))),
-                None => detector.patch(&clouds[i].points, None),
-            }
-            .map_err(|e| ModelError::Training(format!("{}: {e}", clouds[i].name)))?;
-            let (features, _, _) = detector.features(&patched)?;
-            samples.push(Sample { features, centres: centre_tensor(&patched, device).squeeze_dim(0) });
-            let done = samples.len();
-            let elapsed = start.elapsed().as_secs_f32();
-            monitor.report(&Progress {
-                stage: Stage::Preparing,
-                fraction: PREPARE_SHARE * done as f32 / total_views as f32,
-                epoch: 0,
-                epochs: tc.epochs,
-                loss: f32::NAN,
-                clouds_loaded: k + 1,
-                eta_s: elapsed / done as f32 * (total_views - done) as f32,
-            });
-        }
-    }
-
-    // Clouds of different sizes can have fewer patches; batches only stack samples with the same count.
-    let mut buckets: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
-    for (i, s) in samples.iter().enumerate() {
-        buckets.entry(s.features.size()[0]).or_default().push(i);
-    }
-    let heads = &detector.heads;
-    let mut opt = nn::AdamW { beta1: 0.9, beta2: 0.999, wd: 0.0, eps: 1e-8, amsgrad: false }
-        .build(&heads.vs, tc.learning_rate)?;
-    opt.set_weight_decay_group(0, tc.weight_decay);
-    opt.set_weight_decay_group(1, 0.0);
-    let steps_per_epoch: usize = buckets.values().map(|b| b.len().div_ceil(tc.batch_size)).sum();
-    let train_start = Instant::now();
-    let mut epoch_loss = f32::NAN;
-    for epoch in 0..tc.epochs {
-        let lr = tc.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / tc.epochs as f64).cos());
-        opt.set_lr(lr);
-        let mut batches: Vec<Vec<usize>> = Vec::new();
-        for members in buckets.values() {
-            let mut members = members.clone();
-            members.shuffle(&mut rng);
-            batches.extend(members.chunks(tc.batch_size).map(<[usize]>::to_vec));
-        }
-        batches.shuffle(&mut rng);
-        let (mut sum, mut count) = (0f64, 0usize);
-        for (b, batch) in batches.iter().enumerate() {
-            if monitor.cancelled() {
-                return Err(ModelError::Cancelled);
-            }
-            let x = Tensor::stack(&batch.iter().map(|&i| samples[i].features.shallow_clone()).collect::<Vec<_>>(), 0);
-            let c = Tensor::stack(&batch.iter().map(|&i| samples[i].centres.shallow_clone()).collect::<Vec<_>>(), 0);
-            let q = heads.adaptor.forward(&x);
-            let (corrupted, labels) = heads.generator.corrupt(&q);
-            let c = if heads.generator.batch_factor() == 2 { Tensor::cat(&[&c, &c], 0) } else { c };
-            let logits = heads.discriminator.forward_t(&corrupted, &c, true);
-            let loss = logits.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Mean);
-            opt.backward_step_clip_norm(&loss, tc.gradient_clip);
-            sum += loss.double_value(&[]);
-            count += 1;
-            let steps_done = epoch * steps_per_epoch + b + 1;
-            let per_step = train_start.elapsed().as_secs_f32() / steps_done as f32;
-            monitor.report(&Progress {
-                stage: Stage::Training,
-                fraction: PREPARE_SHARE + TRAIN_SHARE * steps_done as f32 / (tc.epochs * steps_per_epoch) as f32,
-                epoch: epoch + 1,
-                epochs: tc.epochs,
-                loss: (sum / count as f64) as f32,
-                clouds_loaded: training.len(),
-                eta_s: per_step * (tc.epochs * steps_per_epoch - steps_done) as f32,
-            });
-        }
-        epoch_loss = (sum / count.max(1) as f64) as f32;
-        tracing::info!(
-            epoch = format!("{}/{}", epoch + 1, tc.epochs),
-            loss = format!("{epoch_loss:.4}"),
-            lr = format!("{lr:.2e}"),
-            gamma = format!("{:.3}", heads.generator.scale().double_value(&[0])),
-            "epoch"
-        );
-    }
-    if !epoch_loss.is_finite() {
-        return Err(ModelError::Training(format!("the loss diverged ({epoch_loss})")));
-    }
-
-    // Thresholds from the held-out good clouds.
-    let (mut cloud_scores, mut point_scores) = (Vec::new(), Vec::new());
-    for (k, &i) in calibration.iter().enumerate() {
-        if monitor.cancelled() {
-            return Err(ModelError::Cancelled);
-        }
-        let (scores, _, _) = detector
-            .score_points(&clouds[i].points)
-            .map_err(|e| ModelError::Training(format!("{}: {e}", clouds[i].name)))?;
-        cloud_scores.push(scores.iter().copied().fold(f32::NEG_INFINITY, f32::max));
-        point_scores.extend(scores);
-        monitor.report(&Progress {
-            stage: Stage::Calibrating,
-            fraction: PREPARE_SHARE
-                + TRAIN_SHARE
-                + (1.0 - PREPARE_SHARE - TRAIN_SHARE) * (k + 1) as f32 / calibration.len() as f32,
-            epoch: tc.epochs,
-            epochs: tc.epochs,
-            loss: epoch_loss,
-            clouds_loaded: training.len(),
-            eta_s: 0.0,
-        });
+    let prepared = prepare_views(&detector, clouds, training, &mut rng, monitor, start)?;
+    let samples = condition(&mut detector, prepared, &mut rng)?;
+    let epoch_loss = fit_heads(&detector, &samples, training.len(), &mut rng, monitor)?;
+    let cloud_scores = calibrate(&mut detector, clouds, calibration, training.len(), epoch_loss, monitor)?;
+    if !validation.is_empty() {
+        set_point_threshold_by_f1(&mut detector, validation)?;
     }
     let s = &config.scoring;
-    detector.thresholds =
-        scoring::calibrate(&cloud_scores, &point_scores, s.target_false_reject_rate, s.point_false_positive_rate);
-    if !validation.is_empty() {
-        let (mut scores, mut labels) = (Vec::new(), Vec::new());
-        for cloud in validation {
-            if cloud.labels.len() != cloud.points.len() {
-                return Err(ModelError::Training(format!(
-                    "{}: {} labels for {} points",
-                    cloud.name,
-                    cloud.labels.len(),
-                    cloud.points.len()
-                )));
-            }
-            let (point_scores, _, _) = detector
-                .score_points(&cloud.points)
-                .map_err(|e| ModelError::Training(format!("{}: {e}", cloud.name)))?;
-            scores.extend(point_scores);
-            labels.extend(&cloud.labels);
-        }
-        match scoring::best_f1_threshold(&scores, &labels) {
-            Some((threshold, f1)) => {
-                tracing::info!(
-                    threshold,
-                    f1,
-                    clouds = validation.len(),
-                    "point threshold set by F1 on labelled clouds"
-                );
-                detector.thresholds.point = threshold;
-            }
-            None => tracing::warn!(
-                "the labelled validation clouds contain no defect points; point threshold left at its quantile"
-            ),
-        }
-    }
     tracing::info!(
         cloud = detector.thresholds.cloud,
         point = detector.thresholds.point,
@@ -303,7 +231,7 @@ pub fn train(
         tracing::warn!(
             held_out = calibration.len(),
             rate = s.target_false_reject_rate,
-            "too few held-out clouds to resolve the target false-reject rate: the highest held-out score sets the cloud threshold"
+            "too few held-out clouds to resolve the target false-reject rate: a normal tail estimate over their scores sets the cloud threshold (hold out more good clouds for an empirical one)"
         );
     }
     let summary = TrainingSummary {
@@ -317,6 +245,346 @@ pub fn train(
         held_out_cloud_scores: cloud_scores,
     };
     Ok((detector, summary))
+}
+
+/// Every training view (the first of each cloud as recorded, the others augmented) and, with a geometric
+/// generator, its pseudo-defective copies, through the frozen geometry and backbone.
+fn prepare_views(
+    detector: &Detector,
+    clouds: &[TrainingCloud],
+    training: &[usize],
+    rng: &mut StdRng,
+    monitor: &mut dyn Monitor,
+    start: Instant,
+) -> Result<Vec<ViewTokens>> {
+    let cfg = &detector.config;
+    let views = cfg.preprocess.augment.views_per_cloud.max(1);
+    let geometric = cfg.generator.kind.geometric();
+    let pd = &cfg.generator.pseudo_defects;
+    let (count, size) = (cfg.patches.count, cfg.patches.size);
+    let mut out = Vec::new();
+    let total_views = training.len() * views;
+    for (k, &i) in training.iter().enumerate() {
+        let cloud = &clouds[i];
+        let named = |e: ModelError| ModelError::Training(format!("{}: {e}", cloud.name));
+        for v in 0..views {
+            if monitor.cancelled() {
+                return Err(ModelError::Cancelled);
+            }
+            let aug = (v > 0).then(|| Augmentation::draw(&cfg.preprocess.augment, rng));
+            let template = detector.conditioning.template.as_ref().filter(|_| cfg.preprocess.align);
+            let view = match &aug {
+                Some(a) => {
+                    preprocess::prepare_view(&cloud.points, &cfg.preprocess, size, template, Some((a, &mut *rng)))
+                }
+                None => preprocess::prepare_view(&cloud.points, &cfg.preprocess, size, template, None),
+            }
+            .map_err(named)?;
+            if geometric {
+                let index = crate::geometry::NeighborIndex::new(&view.points)?;
+                let normals = view.normals(&cfg.preprocess, &index);
+                for _ in 0..pd.copies_per_view {
+                    let defective = pseudo_defects::make(&view.points, &normals, &index, view.voxel, pd, rng);
+                    let copy = view.with_points(defective.points);
+                    let patched =
+                        preprocess::patch_view(copy, &cfg.preprocess, count, size, template).map_err(named)?;
+                    let shares = patched.patch_shares(&defective.touched);
+                    let targets = shares.iter().map(|&s| if s >= pd.patch_share { 1.0 } else { 0.0 }).collect();
+                    // Patches only grazed by a defect are neither clearly good nor clearly bad: left out.
+                    let weights = shares.iter().map(|&s| if s > 0.0 && s < pd.patch_share { 0.0 } else { 1.0 }).collect();
+                    out.push(view_tokens(detector, &patched, Some((targets, weights)), &defective.touched, rng)?);
+                }
+            }
+            let patched = preprocess::patch_view(view, &cfg.preprocess, count, size, template).map_err(named)?;
+            let untouched = vec![false; patched.points.len()];
+            out.push(view_tokens(detector, &patched, None, &untouched, rng)?);
+            let done = k * views + v + 1;
+            let elapsed = start.elapsed().as_secs_f32();
+            monitor.report(&Progress {
+                stage: Stage::Preparing,
+                fraction: PREPARE_SHARE * done as f32 / total_views as f32,
+                epoch: 0,
+                epochs: cfg.training.epochs,
+                loss: f32::NAN,
+                clouds_loaded: k + 1,
+                eta_s: elapsed / done as f32 * (total_views - done) as f32,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn view_tokens(
+    detector: &Detector,
+    patched: &preprocess::PatchedCloud,
+    targets: Option<(Vec<f32>, Vec<f32>)>,
+    touched: &[bool],
+    rng: &mut StdRng,
+) -> Result<ViewTokens> {
+    let (tokens, points) = if detector.heads.point_head.is_some() {
+        let all = detector.backbone.point_features(patched)?;
+        let device = all.device();
+        let centres: Vec<i64> = patched.centres.iter().map(|&c| i64::from(c)).collect();
+        let tokens = all.index_select(0, &Tensor::from_slice(&centres).to_device(device));
+        // Every touched point, and untouched ones at random up to the budget.
+        let budget = detector.config.point_head.points_per_view;
+        let mut picked: Vec<i64> = (0..touched.len()).filter(|&i| touched[i]).map(|i| i as i64).collect();
+        let mut others: Vec<i64> = (0..touched.len()).filter(|&i| !touched[i]).map(|i| i as i64).collect();
+        others.shuffle(rng);
+        picked.extend(others.into_iter().take(budget.saturating_sub(picked.len()).max(budget / 2)));
+        let labels: Vec<f32> = picked.iter().map(|&i| f32::from(u8::from(touched[i as usize]))).collect();
+        let rows = all.index_select(0, &Tensor::from_slice(&picked).to_device(device));
+        (tokens, Some((rows, Tensor::from_slice(&labels).to_device(device))))
+    } else {
+        (detector.backbone.tokens(patched)?, None)
+    };
+    Ok(ViewTokens {
+        tokens,
+        centre_points: patched.centre_points(),
+        descriptors: patched.descriptors.clone(),
+        targets,
+        points,
+    })
+}
+
+/// Fits the token statistics on the clean views, runs SCA on every view's conditioned tokens, and keeps the
+/// clean features as the memory bank when the score uses it.
+fn condition(detector: &mut Detector, prepared: Vec<ViewTokens>, rng: &mut StdRng) -> Result<Vec<Sample>> {
+    // Statistics of clean views: of their points' features where there are any (more rows, same space), else
+    // of their tokens.
+    let clean: Vec<Tensor> = prepared
+        .iter()
+        .filter(|v| v.targets.is_none())
+        .map(|v| v.points.as_ref().map_or_else(|| v.tokens.shallow_clone(), |(rows, _)| rows.shallow_clone()))
+        .collect();
+    detector.conditioning.fit_standardisation(&clean);
+    let device = detector.device;
+    let mut samples = Vec::with_capacity(prepared.len());
+    for view in prepared {
+        let standardise = |x: Tensor| {
+            if detector.config.conditioning.standardise { detector.conditioning.standardise(&x) } else { x }
+        };
+        let tokens = standardise(view.tokens);
+        let points = view.points.map(|(rows, labels)| (standardise(rows), labels));
+        let features = sca::aggregate(&detector.config.sca, &tokens, &view.centre_points, &view.descriptors);
+        let n = view.centre_points.len();
+        let flat: Vec<f32> = view.centre_points.iter().flatten().copied().collect();
+        let centres = Tensor::from_slice(&flat).reshape([n as i64, 3]).to_device(device);
+        let clean = view.targets.is_none();
+        let (targets, weights) = view.targets.unwrap_or_else(|| (vec![0.0; n], vec![1.0; n]));
+        samples.push(Sample {
+            features,
+            centres,
+            targets: Tensor::from_slice(&targets).to_device(device),
+            weights: Tensor::from_slice(&weights).to_device(device),
+            clean,
+            points,
+        });
+    }
+    if detector.config.scoring.source != ScoreSource::Discriminator {
+        let clean_features: Vec<Tensor> =
+            samples.iter().filter(|s| s.clean).map(|s| s.features.shallow_clone()).collect();
+        detector.conditioning.fit_bank(&clean_features, detector.config.conditioning.bank_size, rng);
+        tracing::info!(entries = detector.conditioning.bank.size()[0], "memory bank");
+    }
+    Ok(samples)
+}
+
+/// Patch-wise BCE with positives and negatives weighing the same, whatever their counts (pseudo-defective
+/// patches are a small minority); entries of weight 0 are left out.
+fn balanced_bce(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> Tensor {
+    let positives: Tensor = targets * weights;
+    let negatives: Tensor = (1.0 - targets) * weights;
+    let w = &positives * 0.5 / positives.sum(Kind::Float).clamp_min(1.0)
+        + &negatives * 0.5 / negatives.sum(Kind::Float).clamp_min(1.0);
+    logits.binary_cross_entropy_with_logits::<Tensor>(targets, Some(w), None, Reduction::Sum)
+}
+
+/// The epochs: AdamW (weight decay on the adaptor), cosine schedule, clipping. Returns the last epoch's loss.
+fn fit_heads(
+    detector: &Detector,
+    samples: &[Sample],
+    clouds_trained: usize,
+    rng: &mut StdRng,
+    monitor: &mut dyn Monitor,
+) -> Result<f32> {
+    let tc = &detector.config.training;
+    let kind = detector.config.generator.kind;
+    // The paper's generators learn from clean views only; the geometric ones from every view.
+    let usable: Vec<usize> = (0..samples.len()).filter(|&i| kind.geometric() || samples[i].clean).collect();
+    // Clouds of different sizes can have fewer patches; batches only stack samples with the same count.
+    let mut buckets: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
+    for &i in &usable {
+        buckets.entry(samples[i].features.size()[0]).or_default().push(i);
+    }
+    let heads = &detector.heads;
+    let mut opt = nn::AdamW { beta1: 0.9, beta2: 0.999, wd: 0.0, eps: 1e-8, amsgrad: false }
+        .build(&heads.vs, tc.learning_rate)?;
+    opt.set_weight_decay_group(0, tc.weight_decay);
+    opt.set_weight_decay_group(1, 0.0);
+    let steps_per_epoch: usize = buckets.values().map(|b| b.len().div_ceil(tc.batch_size)).sum();
+    let train_start = Instant::now();
+    let mut epoch_loss = f32::NAN;
+    let stack = |batch: &[usize], get: fn(&Sample) -> &Tensor| {
+        Tensor::stack(&batch.iter().map(|&i| get(&samples[i]).shallow_clone()).collect::<Vec<_>>(), 0)
+    };
+    for epoch in 0..tc.epochs {
+        let lr = tc.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / tc.epochs as f64).cos());
+        opt.set_lr(lr);
+        let mut batches: Vec<Vec<usize>> = Vec::new();
+        for members in buckets.values() {
+            let mut members = members.clone();
+            members.shuffle(rng);
+            batches.extend(members.chunks(tc.batch_size).map(<[usize]>::to_vec));
+        }
+        batches.shuffle(rng);
+        let (mut sum, mut count) = (0f64, 0usize);
+        for (b, batch) in batches.iter().enumerate() {
+            if monitor.cancelled() {
+                return Err(ModelError::Cancelled);
+            }
+            let x = stack(batch, |s| &s.features);
+            let c = stack(batch, |s| &s.centres);
+            let q = heads.adaptor.forward(&x);
+            let loss = match kind {
+                GeneratorKind::Selective | GeneratorKind::SimpleNet => {
+                    let (corrupted, labels) = heads.generator.corrupt(&q);
+                    let c = if heads.generator.batch_factor() == 2 { Tensor::cat(&[&c, &c], 0) } else { c };
+                    let logits = heads.discriminator.forward_t(&corrupted, &c, true);
+                    logits.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Mean)
+                }
+                GeneratorKind::Geometric | GeneratorKind::GeometricSelective => {
+                    let mut targets = stack(batch, |s| &s.targets);
+                    let weights = stack(batch, |s| &s.weights);
+                    let q = if kind == GeneratorKind::GeometricSelective {
+                        // Feature noise on the clean views' tokens only; it adds negatives, never hides a
+                        // geometric label.
+                        let clean: Vec<f32> = batch.iter().map(|&i| f32::from(u8::from(samples[i].clean))).collect();
+                        let clean = Tensor::from_slice(&clean).to_device(q.device()).reshape([-1, 1]);
+                        let (corrupted, mask) = heads.generator.corrupt(&q);
+                        let mask = mask * &clean;
+                        targets = targets.maximum(&mask);
+                        &q + (corrupted - &q) * mask.unsqueeze(-1)
+                    } else {
+                        q
+                    };
+                    let logits = heads.discriminator.forward_t(&q, &c, true);
+                    balanced_bce(&logits, &targets, &weights)
+                }
+            };
+            let loss = match &heads.point_head {
+                Some(head) => {
+                    let rows = Tensor::cat(&batch.iter().filter_map(|&i| samples[i].points.as_ref().map(|p| p.0.shallow_clone())).collect::<Vec<_>>(), 0);
+                    let labels = Tensor::cat(&batch.iter().filter_map(|&i| samples[i].points.as_ref().map(|p| p.1.shallow_clone())).collect::<Vec<_>>(), 0);
+                    loss + balanced_bce(&head.forward(&rows), &labels, &labels.ones_like())
+                }
+                None => loss,
+            };
+            opt.backward_step_clip_norm(&loss, tc.gradient_clip);
+            sum += loss.double_value(&[]);
+            count += 1;
+            let steps_done = epoch * steps_per_epoch + b + 1;
+            let per_step = train_start.elapsed().as_secs_f32() / steps_done as f32;
+            monitor.report(&Progress {
+                stage: Stage::Training,
+                fraction: PREPARE_SHARE + TRAIN_SHARE * steps_done as f32 / (tc.epochs * steps_per_epoch) as f32,
+                epoch: epoch + 1,
+                epochs: tc.epochs,
+                loss: (sum / count as f64) as f32,
+                clouds_loaded: clouds_trained,
+                eta_s: per_step * (tc.epochs * steps_per_epoch - steps_done) as f32,
+            });
+        }
+        epoch_loss = (sum / count.max(1) as f64) as f32;
+        tracing::info!(
+            epoch = format!("{}/{}", epoch + 1, tc.epochs),
+            loss = format!("{epoch_loss:.4}"),
+            lr = format!("{lr:.2e}"),
+            "epoch"
+        );
+    }
+    if !epoch_loss.is_finite() {
+        return Err(ModelError::Training(format!("the loss diverged ({epoch_loss})")));
+    }
+    Ok(epoch_loss)
+}
+
+/// Score references and thresholds from the held-out good clouds; returns their cloud scores.
+fn calibrate(
+    detector: &mut Detector,
+    clouds: &[TrainingCloud],
+    calibration: &[usize],
+    clouds_trained: usize,
+    epoch_loss: f32,
+    monitor: &mut dyn Monitor,
+) -> Result<Vec<f32>> {
+    let epochs = detector.config.training.epochs;
+    let mut raw = Vec::with_capacity(calibration.len());
+    for (k, &i) in calibration.iter().enumerate() {
+        if monitor.cancelled() {
+            return Err(ModelError::Cancelled);
+        }
+        raw.push(detector.raw_scores(&clouds[i].points).map_err(|e| ModelError::Training(format!("{}: {e}", clouds[i].name)))?);
+        monitor.report(&Progress {
+            stage: Stage::Calibrating,
+            fraction: PREPARE_SHARE
+                + TRAIN_SHARE
+                + (1.0 - PREPARE_SHARE - TRAIN_SHARE) * (k + 1) as f32 / calibration.len() as f32,
+            epoch: epochs,
+            epochs,
+            loss: epoch_loss,
+            clouds_loaded: clouds_trained,
+            eta_s: 0.0,
+        });
+    }
+    let pooled = |get: fn(&RawScores) -> &Vec<f32>| -> Vec<f32> { raw.iter().flat_map(|r| get(&r.1).iter().copied()).collect() };
+    let (logits, distances, point_logits) = (pooled(|r| &r.logits), pooled(|r| &r.distances), pooled(|r| &r.point_logits));
+    let c = &mut detector.conditioning;
+    c.discriminator_reference = Reference::from_scores(&logits);
+    if !distances.is_empty() {
+        c.bank_reference = Reference::from_scores(&distances);
+    }
+    if !point_logits.is_empty() {
+        c.point_reference = Reference::from_scores(&point_logits);
+    }
+    let (mut cloud_scores, mut point_scores) = (Vec::new(), Vec::new());
+    for (patched, raw) in &raw {
+        let scores = patched.grid.spread(&detector.voxel_scores(patched, raw)?);
+        cloud_scores.push(detector.cloud_score(&scores));
+        point_scores.extend(scores);
+    }
+    let s = &detector.config.scoring;
+    detector.thresholds =
+        scoring::calibrate(&cloud_scores, &point_scores, s.target_false_reject_rate, s.point_false_positive_rate);
+    Ok(cloud_scores)
+}
+
+fn set_point_threshold_by_f1(detector: &mut Detector, validation: &[LabelledCloud]) -> Result<()> {
+    let (mut scores, mut labels) = (Vec::new(), Vec::new());
+    for cloud in validation {
+        if cloud.labels.len() != cloud.points.len() {
+            return Err(ModelError::Training(format!(
+                "{}: {} labels for {} points",
+                cloud.name,
+                cloud.labels.len(),
+                cloud.points.len()
+            )));
+        }
+        let (point_scores, _, _) =
+            detector.score_points(&cloud.points).map_err(|e| ModelError::Training(format!("{}: {e}", cloud.name)))?;
+        scores.extend(point_scores);
+        labels.extend(&cloud.labels);
+    }
+    match scoring::best_f1_threshold(&scores, &labels) {
+        Some((threshold, f1)) => {
+            tracing::info!(threshold, f1, clouds = validation.len(), "point threshold set by F1 on labelled clouds");
+            detector.thresholds.point = threshold;
+        }
+        None => tracing::warn!(
+            "the labelled validation clouds contain no defect points; point threshold left at its quantile"
+        ),
+    }
+    Ok(())
 }
 
 /// Reads every `.pcd` and `.ply` file in a folder (sorted by name) as good clouds.

@@ -1,0 +1,234 @@
+//! What the detector learns from its training clouds without gradients: the pose template scans are registered
+//! to, per-dimension standardisation of the backbone tokens (so distances and noise mean the same in every
+//! dimension), the memory bank of training features (a patch's distance to its nearest good feature is a score
+//! of its own), and the references that put the discriminator's and the bank's scores on one scale for fusion.
+//! Stored in the model folder as `conditioning.safetensors`; a model without it is refused.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rand::Rng;
+use tch::{Device, Kind, Tensor};
+
+use super::config::PreprocessConfig;
+use super::preprocess::PoseTemplate;
+use super::{ModelError, Result, tensors_from_bytes};
+use crate::geometry::{Point, UnitSphere};
+
+/// Lower bound of a dimension's standard deviation: a constant dimension must not blow up to infinity.
+const MIN_STD: f64 = 1e-4;
+/// Queries per distance block in the bank search (bounds memory to block × bank entries).
+const QUERY_BLOCK: i64 = 512;
+
+/// The median and a high quantile of a score over held-out good patches: `(s - low) / (high - low)` is 0 on a
+/// typical good patch and 1 on the rare good patch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Reference {
+    pub low: f32,
+    pub high: f32,
+}
+
+impl Reference {
+    pub const IDENTITY: Self = Self { low: 0.0, high: 1.0 };
+
+    pub fn from_scores(scores: &[f32]) -> Self {
+        let low = super::scoring::quantile(scores, 0.5);
+        let high = super::scoring::quantile(scores, 0.99);
+        let spread = (high - low).max(1e-6);
+        Self { low, high: low + spread }
+    }
+
+    pub fn normalise(&self, s: f32) -> f32 {
+        (s - self.low) / (self.high - self.low)
+    }
+}
+
+pub struct Conditioning {
+    /// (C): the training tokens' mean and standard deviation.
+    pub mean: Tensor,
+    pub std: Tensor,
+    /// (M, C): training patch features after SCA (the discriminator's input, before the adaptor). May be empty.
+    pub bank: Tensor,
+    pub discriminator_reference: Reference,
+    pub bank_reference: Reference,
+    pub point_reference: Reference,
+    /// The part as first trained on, when scans are registered (`preprocess.align`).
+    pub template: Option<PoseTemplate>,
+}
+
+impl Conditioning {
+    /// No standardisation, no bank: what an untrained detector has.
+    pub fn identity(width: usize, device: Device) -> Self {
+        Self {
+            mean: Tensor::zeros([width as i64], (Kind::Float, device)),
+            std: Tensor::ones([width as i64], (Kind::Float, device)),
+            bank: Tensor::zeros([0, width as i64], (Kind::Float, device)),
+            discriminator_reference: Reference::IDENTITY,
+            bank_reference: Reference::IDENTITY,
+            point_reference: Reference::IDENTITY,
+            template: None,
+        }
+    }
+
+    /// Mean and standard deviation of the rows of `tokens` (each (n, C)).
+    pub fn fit_standardisation(&mut self, tokens: &[Tensor]) {
+        let all = Tensor::cat(tokens, 0);
+        self.mean = all.mean_dim(0, false, Kind::Float);
+        self.std = all.std_dim(0, false, false).clamp_min(MIN_STD);
+    }
+
+    pub fn standardise(&self, tokens: &Tensor) -> Tensor {
+        (tokens - &self.mean) / &self.std
+    }
+
+    /// Keeps at most `size` rows of the features (each (n, C)), drawn without replacement.
+    pub fn fit_bank(&mut self, features: &[Tensor], size: usize, rng: &mut impl Rng) {
+        let all = Tensor::cat(features, 0);
+        let rows = all.size()[0] as usize;
+        if rows <= size {
+            self.bank = all;
+            return;
+        }
+        let picked = rand::seq::index::sample(rng, rows, size).into_iter().map(|i| i as i64).collect::<Vec<_>>();
+        self.bank = all.index_select(0, &Tensor::from_slice(&picked).to_device(all.device()));
+    }
+
+    pub fn has_bank(&self) -> bool {
+        self.bank.size()[0] > 0
+    }
+
+    /// Euclidean distance of each row of `features` (n, C) to its nearest bank row: (n).
+    pub fn bank_distances(&self, features: &Tensor) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let bank_sq = (&self.bank * &self.bank).sum_dim_intlist(1, false, Kind::Float);
+        let n = features.size()[0];
+        let blocks: Vec<Tensor> = (0..n)
+            .step_by(QUERY_BLOCK as usize)
+            .map(|start| {
+                let q = features.narrow(0, start, QUERY_BLOCK.min(n - start));
+                let q_sq = (&q * &q).sum_dim_intlist(1, true, Kind::Float);
+                let d2 = q_sq + bank_sq.unsqueeze(0) - q.matmul(&self.bank.tr()) * 2.0;
+                d2.amin(1, false).clamp_min(0.0).sqrt()
+            })
+            .collect();
+        Tensor::cat(&blocks, 0)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let references = Tensor::from_slice(&[
+            self.discriminator_reference.low,
+            self.discriminator_reference.high,
+            self.bank_reference.low,
+            self.bank_reference.high,
+            self.point_reference.low,
+            self.point_reference.high,
+        ]);
+        let cpu = |t: &Tensor| t.to_device(Device::Cpu).contiguous();
+        let mut named = vec![
+            ("mean", cpu(&self.mean)),
+            ("std", cpu(&self.std)),
+            ("bank", cpu(&self.bank)),
+            ("references", references),
+        ];
+        if let Some(t) = &self.template {
+            let flat: Vec<f32> = t.points.iter().flatten().copied().collect();
+            named.push(("template_points", Tensor::from_slice(&flat).reshape([-1, 3])));
+            let f = t.frame;
+            named.push(("template_frame", Tensor::from_slice(&[f.centre[0], f.centre[1], f.centre[2], f.scale])));
+        }
+        Tensor::write_safetensors(&named, path)
+            .map_err(|e| ModelError::Model { path: path.display().to_string(), problem: e.to_string() })
+    }
+
+    /// Reads the file's bytes; `width` is the token width the model was made with, `preprocess` its
+    /// pre-processing (for the template's normals).
+    pub fn from_bytes(
+        bytes: &[u8],
+        width: usize,
+        preprocess: &PreprocessConfig,
+        device: Device,
+    ) -> std::result::Result<Self, String> {
+        let tensors: HashMap<String, Tensor> = tensors_from_bytes(bytes)?;
+        let get = |name: &str, shape: &dyn Fn(&[i64]) -> bool| -> std::result::Result<Tensor, String> {
+            let t = tensors.get(name).ok_or_else(|| format!("no '{name}' tensor"))?;
+            if !shape(&t.size()) {
+                return Err(format!("'{name}' has shape {:?} (token width {width})", t.size()));
+            }
+            Ok(t.to_kind(Kind::Float).to_device(device))
+        };
+        let w = width as i64;
+        let mean = get("mean", &|s| s == [w])?;
+        let std = get("std", &|s| s == [w])?;
+        let bank = get("bank", &|s| s.len() == 2 && s[1] == w)?;
+        let references: Vec<f32> = get("references", &|s| s == [6])?.try_into().map_err(|e| format!("{e}"))?;
+        let template = if tensors.contains_key("template_points") {
+            let flat: Vec<f32> = get("template_points", &|s| s.len() == 2 && s[1] == 3 && s[0] > 0)?
+                .to_device(Device::Cpu)
+                .reshape([-1])
+                .try_into()
+                .map_err(|e| format!("{e}"))?;
+            let f: Vec<f32> =
+                get("template_frame", &|s| s == [4])?.to_device(Device::Cpu).try_into().map_err(|e| format!("{e}"))?;
+            let points: Vec<Point> = flat.chunks(3).map(|c| [c[0], c[1], c[2]]).collect();
+            let frame = UnitSphere { centre: [f[0], f[1], f[2]], scale: f[3] };
+            Some(PoseTemplate::new(points, frame, preprocess).map_err(|e| format!("template: {e}"))?)
+        } else if preprocess.align {
+            return Err("no 'template_points' tensor, but the model registers scans (preprocess.align)".into());
+        } else {
+            None
+        };
+        Ok(Self {
+            mean,
+            std,
+            bank,
+            discriminator_reference: Reference { low: references[0], high: references[1] },
+            bank_reference: Reference { low: references[2], high: references[3] },
+            point_reference: Reference { low: references[4], high: references[5] },
+            template,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn standardised_training_tokens_have_zero_mean_unit_std_and_the_bank_finds_neighbours() {
+        let tokens = Tensor::randn([200, 6], (Kind::Float, Device::Cpu)) * 3.0 + 5.0;
+        let mut c = Conditioning::identity(6, Device::Cpu);
+        c.fit_standardisation(&[tokens.shallow_clone()]);
+        let z = c.standardise(&tokens);
+        assert!(z.mean_dim(0, false, Kind::Float).abs().max().double_value(&[]) < 1e-4);
+        assert!((z.std_dim(0, false, false) - 1.0).abs().max().double_value(&[]) < 1e-3);
+        c.fit_bank(&[z.shallow_clone()], 50, &mut rand::rngs::StdRng::seed_from_u64(1));
+        assert_eq!(c.bank.size(), [50, 6]);
+        let d: Vec<f32> = c.bank_distances(&c.bank).try_into().unwrap();
+        assert!(d.iter().all(|x| *x < 1e-2), "bank rows are their own nearest neighbours: {d:?}");
+        let far = Tensor::full([1, 6], 100.0, (Kind::Float, Device::Cpu));
+        assert!(c.bank_distances(&far).double_value(&[0]) > 100.0);
+    }
+
+    #[test]
+    fn save_and_load_round_trip_and_a_wrong_width_is_named() {
+        let dir = std::env::temp_dir().join(format!("inspect3d-cond-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.safetensors");
+        let mut c = Conditioning::identity(4, Device::Cpu);
+        c.bank = Tensor::randn([7, 4], (Kind::Float, Device::Cpu));
+        c.bank_reference = Reference { low: 0.5, high: 2.0 };
+        c.save(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let cfg = PreprocessConfig { align: false, ..Default::default() };
+        let back = Conditioning::from_bytes(&bytes, 4, &cfg, Device::Cpu).unwrap();
+        assert_eq!(back.bank.size(), [7, 4]);
+        assert_eq!(back.bank_reference, c.bank_reference);
+        let err = Conditioning::from_bytes(&bytes, 5, &cfg, Device::Cpu).err().unwrap();
+        assert!(err.contains("'mean' has shape"), "{err}");
+        let aligned = PreprocessConfig { align: true, ..Default::default() };
+        let err = Conditioning::from_bytes(&bytes, 4, &aligned, Device::Cpu).err().unwrap();
+        assert!(err.contains("template_points"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -230,10 +230,11 @@ pub fn detector(input: DetectorInput, voxel: f32, repeats: usize) -> Result<Tabl
         r,
         || det.tokens(&patched),
     )?;
-    let mae_cfg = DetectorConfig {
+    let mut mae_cfg = DetectorConfig {
         backbone: BackboneConfig::RandomPointMae { width: 384, depth: 12, heads: 6, seed: 1 },
         ..cfg.clone()
     };
+    mae_cfg.point_head.enabled = false;
     let mae = Detector::new(mae_cfg, device)?;
     let _ = table
         .stage("backbone: Point-MAE", "C = 384, 12 blocks, 6 heads".into(), r, || mae.backbone.tokens(&patched))?;

@@ -90,9 +90,12 @@ impl Trainer {
     }
 }
 
+/// The node with the bundled model, writing to `models`, training with a small budget (the action's plumbing
+/// is under test here, not the detector's quality: tests/detector.rs trains the default).
 fn start_node(models: &Path) -> TestNode {
     let models_dir = format!("models_dir:={}", models.display());
-    TestNode::start("models/featuretype", &[&models_dir])
+    let quick = format!("training_config:={}", repo().join("tests/data/configs/quick_training.json").display());
+    TestNode::start("models/featuretype", &[&models_dir, &quick])
 }
 
 #[test]

@@ -59,8 +59,10 @@ pub fn ablations(base: &DetectorConfig) -> Vec<Method> {
         variant("With snapping (β = 0.5)", &|c| c.sca.snapping = 0.5),
         variant("Geometry only", &|c| c.sca.fusion = Fusion::GeometryOnly),
         variant("Feature only", &|c| c.sca.fusion = Fusion::FeatureOnly),
+        // Point-MAE tokens describe patches only: no per-point features for the point head.
         variant("Random Point-MAE backbone", &|c| {
-            c.backbone = BackboneConfig::RandomPointMae { width, depth: 12, heads, seed: 1 }
+            c.backbone = BackboneConfig::RandomPointMae { width, depth: 12, heads, seed: 1 };
+            c.point_head.enabled = false;
         }),
         variant("Generator: selective (paper)", &|c| c.generator.kind = GeneratorKind::Selective),
         variant("Generator: AFG (SimpleNet)", &|c| c.generator.kind = GeneratorKind::SimpleNet),

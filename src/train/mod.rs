@@ -669,3 +669,27 @@ pub fn read_bags(bags: &[crate::bag::Bag], topic: &str, monitor: &mut dyn Monito
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A wavy 40 × 40 sheet of spacing `step`.
+    fn sheet(step: f32) -> TrainingCloud {
+        let points = (0..40)
+            .flat_map(|i| (0..40).map(move |j| (i as f32, j as f32)))
+            .map(|(i, j)| [i * step, j * step, (0.3 * i).sin() * step])
+            .collect();
+        TrainingCloud { name: "sheet".into(), points }
+    }
+
+    #[test]
+    fn the_voxel_follows_the_data_in_any_unit() {
+        let mm = derive_voxel_size(&[&sheet(0.5)], 3.0).unwrap();
+        let m = derive_voxel_size(&[&sheet(0.0005)], 3.0).unwrap();
+        assert!((mm - 1.5).abs() < 0.05, "3 spacings of 0.5 mm: {mm}");
+        assert!((m / mm - 0.001).abs() < 1e-6, "metres {m} vs millimetres {mm}");
+        let flat = TrainingCloud { name: "one point".into(), points: vec![[1.0; 3]; 5] };
+        assert!(derive_voxel_size(&[&flat], 3.0).is_err());
+    }
+}

@@ -211,10 +211,10 @@ pub fn detector(input: DetectorInput, voxel: f32, repeats: usize) -> Result<Tabl
     let mut det = Detector::new(cfg.clone(), device)?;
     // A full memory bank of the configured size, so the bank search costs what a trained model's does.
     let width = det.backbone.width() as i64;
-    det.conditioning.bank =
-        tch::Tensor::randn([cfg.conditioning.bank_size as i64, width], (tch::Kind::Float, device));
+    det.conditioning.bank = tch::Tensor::randn([cfg.conditioning.bank_size as i64, width], (tch::Kind::Float, device));
     // A template to register to (the scan itself, as a trained model's first training cloud would be).
-    det.conditioning.template = Some(crate::model::preprocess::PoseTemplate::from_cloud(&finite.points, &cfg.preprocess)?);
+    det.conditioning.template =
+        Some(crate::model::preprocess::PoseTemplate::from_cloud(&finite.points, &cfg.preprocess)?);
     let (n, k) = (cfg.patches.count, cfg.patches.size);
     let mut table =
         Table::new(format!("Detector stages on {name} (n = {n}, k = {k}, voxel {voxel}, device {device:?})"));
@@ -251,15 +251,14 @@ pub fn detector(input: DetectorInput, voxel: f32, repeats: usize) -> Result<Tabl
         let _g = tch::no_grad_guard();
         det.heads.adaptor.forward(&x)
     });
-    let scores = table.stage(
-        "discriminator",
-        format!("attention ({} heads) + MLP head", cfg.discriminator.heads),
-        r,
-        || det.heads.discriminator.scores(&adapted, &centre_t),
-    );
-    let _ = table.stage("memory bank", format!("{} entries, nearest of each patch", cfg.conditioning.bank_size), r, || {
-        det.conditioning.bank_distances(&refined)
-    });
+    let scores =
+        table.stage("discriminator", format!("attention ({} heads) + MLP head", cfg.discriminator.heads), r, || {
+            det.heads.discriminator.scores(&adapted, &centre_t)
+        });
+    let _ =
+        table.stage("memory bank", format!("{} entries, nearest of each patch", cfg.conditioning.bank_size), r, || {
+            det.conditioning.bank_distances(&refined)
+        });
     let scores: Vec<f32> = scores.squeeze_dim(0).to_device(tch::Device::Cpu).try_into()?;
     let radius = cfg.scoring.median_radius_voxels * patched.voxel;
     table.stage(

@@ -255,7 +255,10 @@ fn the_bundled_model_rejects_each_defective_scan_at_its_defect() {
     for path in inspect3d::cloud::cloud_files(&scans).unwrap() {
         let name = path.file_stem().unwrap().to_str().unwrap().to_string();
         let inspection = detector.inspect(&read_cloud(&path).unwrap()).unwrap();
-        println!("{name}: passed {} score {:.3} defect {:?}", inspection.passed, inspection.cloud_score, inspection.defect);
+        println!(
+            "{name}: passed {} score {:.3} defect {:?}",
+            inspection.passed, inspection.cloud_score, inspection.defect
+        );
         seen += 1;
         if name.ends_with("good") {
             assert!(inspection.passed, "{name}: a good scan rejected at {}", inspection.cloud_score);

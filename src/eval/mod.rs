@@ -36,9 +36,7 @@ impl Method {
 /// conditioning, positions, score source, object score), each a copy of `base` with one thing changed, then
 /// the paper's own configuration.
 pub fn ablations(base: &DetectorConfig) -> Vec<Method> {
-    use crate::model::config::{
-        BackboneConfig, DiscriminatorKind, Fusion, GeneratorKind, ObjectScore, ScoreSource,
-    };
+    use crate::model::config::{BackboneConfig, DiscriminatorKind, Fusion, GeneratorKind, ObjectScore, ScoreSource};
     let variant = |name: &str, change: &dyn Fn(&mut DetectorConfig)| {
         let mut c = base.clone();
         change(&mut c);
@@ -176,7 +174,8 @@ pub fn evaluate_class(
             if cfg.voxel <= 0.0 {
                 // The same data-derived voxel the detector uses, so every method sees the same resolution.
                 let clouds: Vec<&train::TrainingCloud> = class.train.iter().collect();
-                cfg.voxel = train::derive_voxel_size(&clouds, DetectorConfig::default().preprocess.voxel_spacing_factor)?;
+                cfg.voxel =
+                    train::derive_voxel_size(&clouds, DetectorConfig::default().preprocess.voxel_spacing_factor)?;
             }
             let bank = MemoryBank::fit(*kind, &cfg, &class.train)?;
             Box::new(move |points| {

@@ -15,7 +15,8 @@ pub struct Rigid {
 }
 
 impl Rigid {
-    pub const IDENTITY: Self = Self { rotation: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], translation: [0.0; 3] };
+    pub const IDENTITY: Self =
+        Self { rotation: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], translation: [0.0; 3] };
 
     pub fn apply(&self, p: Point) -> Point {
         let r = &self.rotation;
@@ -166,7 +167,8 @@ mod tests {
             rotation: std::array::from_fn(|i| std::array::from_fn(|j| m[(i, j)] as f32)),
             translation: [1.5, -1.0, 0.5],
         };
-        let scan: Vec<Point> = template_points.iter().skip(template_points.len() / 10).map(|&p| pose.apply(p)).collect();
+        let scan: Vec<Point> =
+            template_points.iter().skip(template_points.len() / 10).map(|&p| pose.apply(p)).collect();
         let found = register(&scan, &template, 5.0, 0.5, 30);
         assert!(found.overlap > 0.95, "overlap {}", found.overlap);
         for (&p, &q) in template_points.iter().skip(template_points.len() / 10).zip(&scan) {

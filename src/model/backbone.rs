@@ -205,7 +205,11 @@ impl Backbone {
             radii_voxels: radii_voxels.to_vec(),
         };
         // No tensors: the folder's backbone file is empty, the identity says everything.
-        Self { vs: nn::VarStore::new(device), source: Source::MultiscaleFpfh { radii_voxels: radii_voxels.to_vec() }, identity }
+        Self {
+            vs: nn::VarStore::new(device),
+            source: Source::MultiscaleFpfh { radii_voxels: radii_voxels.to_vec() },
+            identity,
+        }
     }
 
     /// A converted Point-MAE checkpoint (safetensors). Width and depth are read from the tensors.
@@ -282,7 +286,7 @@ impl Backbone {
     }
 
     /// Multi-scale tokens of every voxel point (N, C): the FPFH of each radius, Hellinger-scaled, then the
-    /// surface context. `None` for the other token sources, which only describe patches.
+    /// surface context. An error for the other token sources, which only describe patches.
     pub fn point_features(&self, cloud: &PatchedCloud) -> Result<Tensor> {
         let Source::MultiscaleFpfh { radii_voxels } = &self.source else {
             return Err(ModelError::Config(format!("{} tokens have no per-point features", self.identity.kind)));
@@ -297,10 +301,6 @@ impl Backbone {
             rows.extend(cloud.context[p]);
         }
         Ok(Tensor::from_slice(&rows).reshape([n as i64, width as i64]).to_device(self.vs.device()))
-    }
-
-    pub fn has_point_features(&self) -> bool {
-        matches!(self.source, Source::MultiscaleFpfh { .. })
     }
 
     /// Tokens of one patched cloud: (n, C), no gradient.

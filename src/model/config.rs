@@ -77,10 +77,10 @@ impl DetectorConfig {
                 if self.point_head.enabled && self.point_head.points_per_view < 16 {
                     return Err("point_head.points_per_view must be at least 16".into());
                 }
-                if let BackboneConfig::MultiscaleFpfh { radii_voxels } = &self.backbone {
-                    if radii_voxels.is_empty() || radii_voxels.iter().any(|r| !(*r > 0.0 && r.is_finite())) {
-                        return Err("backbone.radii_voxels must be one or more radii > 0".into());
-                    }
+                if let BackboneConfig::MultiscaleFpfh { radii_voxels } = &self.backbone
+                    && (radii_voxels.is_empty() || radii_voxels.iter().any(|r| !(*r > 0.0 && r.is_finite())))
+                {
+                    return Err("backbone.radii_voxels must be one or more radii > 0".into());
                 }
                 Ok(())
             }

@@ -58,7 +58,11 @@ impl Discriminator {
 
     /// `q`: (B, n, C) tokens, `centres`: (B, n, 3) → logits (B, n).
     pub fn forward_t(&self, q: &Tensor, centres: &Tensor, train: bool) -> Tensor {
-        let q = if self.positional { q + self.pos2.forward(&self.pos1.forward(centres).gelu("none")) } else { q.shallow_clone() };
+        let q = if self.positional {
+            q + self.pos2.forward(&self.pos1.forward(centres).gelu("none"))
+        } else {
+            q.shallow_clone()
+        };
         let h = match &self.attention {
             None => q,
             Some(a) => {

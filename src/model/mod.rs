@@ -313,20 +313,16 @@ impl Detector {
         let refs = &self.conditioning;
         let (d, b, p) = (&refs.discriminator_reference, &refs.bank_reference, &refs.point_reference);
         let radius = self.config.scoring.median_radius_voxels * cloud.voxel;
-        let probability_only =
-            self.config.scoring.source == ScoreSource::Discriminator && raw.point_logits.is_empty();
+        let probability_only = self.config.scoring.source == ScoreSource::Discriminator && raw.point_logits.is_empty();
         if probability_only {
             let patch: Vec<f32> = raw.logits.iter().map(|&l| sigmoid(l)).collect();
             return Ok(scoring::project_to_points(cloud, &patch, radius)?);
         }
         let patch: Vec<f32> = match self.config.scoring.source {
             ScoreSource::Bank if !raw.distances.is_empty() => raw.distances.iter().map(|&x| b.normalise(x)).collect(),
-            ScoreSource::Fused if !raw.distances.is_empty() => raw
-                .logits
-                .iter()
-                .zip(&raw.distances)
-                .map(|(&l, &x)| 0.5 * (d.normalise(l) + b.normalise(x)))
-                .collect(),
+            ScoreSource::Fused if !raw.distances.is_empty() => {
+                raw.logits.iter().zip(&raw.distances).map(|(&l, &x)| 0.5 * (d.normalise(l) + b.normalise(x))).collect()
+            }
             _ => raw.logits.iter().map(|&l| d.normalise(l)).collect(),
         };
         let mut voxel = scoring::spread_patch_scores(cloud, &patch)?;

@@ -1,6 +1,7 @@
 //! Method step 7: from patch scores to point scores (each point takes the maximum over the patches containing
-//! it, uncovered points their nearest patch's score, then a 3D median filter), the cloud score (the maximum),
-//! the decision, the defect region, and threshold calibration.
+//! it, uncovered points their nearest patch's score, then a 3D median filter), the cloud score (the maximum or
+//! the mean of the top share), the decision, the defect region (the linked anomalous group around the top
+//! score), and threshold calibration.
 
 use serde::Serialize;
 
@@ -143,11 +144,24 @@ pub fn calibrate(cloud_scores: &[f32], point_scores: &[f32], false_reject_rate: 
 
 /// The standard normal quantile (Acklam's rational approximation, relative error < 1.2e-9), p in (0, 1).
 fn normal_quantile(p: f64) -> f64 {
-    const A: [f64; 6] =
-        [-3.969683028665376e1, 2.209460984245205e2, -2.759285104469687e2, 1.383577518672690e2, -3.066479806614716e1, 2.506628277459239];
-    const B: [f64; 5] = [-5.447609879822406e1, 1.615858368580409e2, -1.556989798598866e2, 6.680131188771972e1, -1.328068155288572e1];
-    const C: [f64; 6] =
-        [-7.784894002430293e-3, -3.223964580411365e-1, -2.400758277161838, -2.549732539343734, 4.374664141464968, 2.938163982698783];
+    const A: [f64; 6] = [
+        -3.969683028665376e1,
+        2.209460984245205e2,
+        -2.759285104469687e2,
+        1.383_577_518_672_69e2,
+        -3.066479806614716e1,
+        2.506628277459239,
+    ];
+    const B: [f64; 5] =
+        [-5.447609879822406e1, 1.615858368580409e2, -1.556989798598866e2, 6.680131188771972e1, -1.328068155288572e1];
+    const C: [f64; 6] = [
+        -7.784894002430293e-3,
+        -3.223964580411365e-1,
+        -2.400758277161838,
+        -2.549732539343734,
+        4.374664141464968,
+        2.938163982698783,
+    ];
     const D: [f64; 4] = [7.784695709041462e-3, 3.224671290700398e-1, 2.445134137142996, 3.754408661907416];
     let p = p.clamp(1e-12, 1.0 - 1e-12);
     let tail = |q: f64| {

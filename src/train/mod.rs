@@ -152,10 +152,10 @@ pub fn derive_voxel_size(clouds: &[&TrainingCloud], factor: f32) -> Result<f32> 
         let step = (cloud.points.len() / SPACING_SAMPLE).max(1);
         for p in cloud.points.iter().step_by(step) {
             // The second neighbour: the first is the point itself (or a duplicate of it).
-            if let Some(n) = index.knn(p, 2).get(1) {
-                if n.squared_distance > 0.0 {
-                    spacings.push(n.squared_distance.sqrt());
-                }
+            if let Some(n) = index.knn(p, 2).get(1)
+                && n.squared_distance > 0.0
+            {
+                spacings.push(n.squared_distance.sqrt());
             }
         }
         diagonals.push(pseudo_defects::robust_diagonal(&cloud.points));
@@ -199,8 +199,7 @@ pub fn train(
     let (calibration, training) = order.split_at(held_out);
     if detector.config.preprocess.voxel_size <= 0.0 {
         let used: Vec<&TrainingCloud> = training.iter().map(|&i| &clouds[i]).collect();
-        detector.config.preprocess.voxel_size =
-            derive_voxel_size(&used, config.preprocess.voxel_spacing_factor)?;
+        detector.config.preprocess.voxel_size = derive_voxel_size(&used, config.preprocess.voxel_spacing_factor)?;
     }
     if detector.config.preprocess.align {
         // The first training cloud as recorded is the pose every scan is registered to.
@@ -291,7 +290,8 @@ fn prepare_views(
                     let shares = patched.patch_shares(&defective.touched);
                     let targets = shares.iter().map(|&s| if s >= pd.patch_share { 1.0 } else { 0.0 }).collect();
                     // Patches only grazed by a defect are neither clearly good nor clearly bad: left out.
-                    let weights = shares.iter().map(|&s| if s > 0.0 && s < pd.patch_share { 0.0 } else { 1.0 }).collect();
+                    let weights =
+                        shares.iter().map(|&s| if s > 0.0 && s < pd.patch_share { 0.0 } else { 1.0 }).collect();
                     out.push(view_tokens(detector, &patched, Some((targets, weights)), &defective.touched, rng)?);
                 }
             }
@@ -474,8 +474,20 @@ fn fit_heads(
             };
             let loss = match &heads.point_head {
                 Some(head) => {
-                    let rows = Tensor::cat(&batch.iter().filter_map(|&i| samples[i].points.as_ref().map(|p| p.0.shallow_clone())).collect::<Vec<_>>(), 0);
-                    let labels = Tensor::cat(&batch.iter().filter_map(|&i| samples[i].points.as_ref().map(|p| p.1.shallow_clone())).collect::<Vec<_>>(), 0);
+                    let rows = Tensor::cat(
+                        &batch
+                            .iter()
+                            .filter_map(|&i| samples[i].points.as_ref().map(|p| p.0.shallow_clone()))
+                            .collect::<Vec<_>>(),
+                        0,
+                    );
+                    let labels = Tensor::cat(
+                        &batch
+                            .iter()
+                            .filter_map(|&i| samples[i].points.as_ref().map(|p| p.1.shallow_clone()))
+                            .collect::<Vec<_>>(),
+                        0,
+                    );
                     loss + balanced_bce(&head.forward(&rows), &labels, &labels.ones_like())
                 }
                 None => loss,
@@ -524,7 +536,11 @@ fn calibrate(
         if monitor.cancelled() {
             return Err(ModelError::Cancelled);
         }
-        raw.push(detector.raw_scores(&clouds[i].points).map_err(|e| ModelError::Training(format!("{}: {e}", clouds[i].name)))?);
+        raw.push(
+            detector
+                .raw_scores(&clouds[i].points)
+                .map_err(|e| ModelError::Training(format!("{}: {e}", clouds[i].name)))?,
+        );
         monitor.report(&Progress {
             stage: Stage::Calibrating,
             fraction: PREPARE_SHARE
@@ -537,8 +553,10 @@ fn calibrate(
             eta_s: 0.0,
         });
     }
-    let pooled = |get: fn(&RawScores) -> &Vec<f32>| -> Vec<f32> { raw.iter().flat_map(|r| get(&r.1).iter().copied()).collect() };
-    let (logits, distances, point_logits) = (pooled(|r| &r.logits), pooled(|r| &r.distances), pooled(|r| &r.point_logits));
+    let pooled =
+        |get: fn(&RawScores) -> &Vec<f32>| -> Vec<f32> { raw.iter().flat_map(|r| get(&r.1).iter().copied()).collect() };
+    let (logits, distances, point_logits) =
+        (pooled(|r| &r.logits), pooled(|r| &r.distances), pooled(|r| &r.point_logits));
     let c = &mut detector.conditioning;
     c.discriminator_reference = Reference::from_scores(&logits);
     if !distances.is_empty() {

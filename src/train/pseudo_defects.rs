@@ -255,7 +255,10 @@ mod tests {
             for (i, (p, q)) in pts.iter().zip(&v.points).enumerate() {
                 let shift = geometry::squared_distance(*p, *q).sqrt();
                 if v.touched[i] {
-                    assert!(shift >= VISIBLE_SHIFT_VOXELS * 0.01 - 1e-6, "{family:?}: point {i} labelled, moved {shift}");
+                    assert!(
+                        shift >= VISIBLE_SHIFT_VOXELS * 0.01 - 1e-6,
+                        "{family:?}: point {i} labelled, moved {shift}"
+                    );
                 } else {
                     assert!(shift < VISIBLE_SHIFT_VOXELS * 0.01, "{family:?}: point {i} moved {shift} unlabelled");
                 }

@@ -251,7 +251,8 @@ impl Detector {
         preprocess::patch_cloud(points, &c.preprocess, c.patches.count, c.patches.size, template, augment)
     }
 
-    fn condition(&self, x: Tensor) -> Tensor {
+    /// Standardises token rows with the training statistics, when the configuration says so.
+    pub(crate) fn condition(&self, x: Tensor) -> Tensor {
         if self.config.conditioning.standardise { self.conditioning.standardise(&x) } else { x }
     }
 

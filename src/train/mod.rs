@@ -361,11 +361,8 @@ fn condition(detector: &mut Detector, prepared: Vec<ViewTokens>, rng: &mut StdRn
     let device = detector.device;
     let mut samples = Vec::with_capacity(prepared.len());
     for view in prepared {
-        let standardise = |x: Tensor| {
-            if detector.config.conditioning.standardise { detector.conditioning.standardise(&x) } else { x }
-        };
-        let tokens = standardise(view.tokens);
-        let points = view.points.map(|(rows, labels)| (standardise(rows), labels));
+        let tokens = detector.condition(view.tokens);
+        let points = view.points.map(|(rows, labels)| (detector.condition(rows), labels));
         let features = sca::aggregate(&detector.config.sca, &tokens, &view.centre_points, &view.descriptors);
         let n = view.centre_points.len();
         let flat: Vec<f32> = view.centre_points.iter().flatten().copied().collect();

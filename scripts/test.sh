@@ -6,4 +6,5 @@ source "$(dirname "${BASH_SOURCE[0]}")/prepare.sh"
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$((RANDOM % 100 + 1))}"
 echo "[test] ROS_DOMAIN_ID=$ROS_DOMAIN_ID"
 cargo build --release --all-targets
-cargo test --release -- --test-threads=2
+# --no-fail-fast: one failing binary must not hide the others.
+cargo test --release --no-fail-fast -- --test-threads=2

@@ -22,28 +22,35 @@ impl Drop for Running {
     }
 }
 
-/// Spins the node on its own thread until dropped.
+/// Spins the node on its own thread until dropped. Dropping stops the thread and waits for it, so the node is
+/// destroyed inside the test: a node still spinning while the process exits crashes rcl's teardown (SIGSEGV).
 #[cfg(feature = "ros")]
-pub struct Spinning(Arc<AtomicBool>);
+pub struct Spinning {
+    run: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
 
 #[cfg(feature = "ros")]
 impl Spinning {
     pub fn start(mut node: r2r::Node) -> Self {
         let run = Arc::new(AtomicBool::new(true));
         let flag = run.clone();
-        std::thread::spawn(move || {
+        let thread = std::thread::spawn(move || {
             while flag.load(Ordering::Relaxed) {
                 node.spin_once(Duration::from_millis(20));
             }
         });
-        Self(run)
+        Self { run, thread: Some(thread) }
     }
 }
 
 #[cfg(feature = "ros")]
 impl Drop for Spinning {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Relaxed);
+        self.run.store(false, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

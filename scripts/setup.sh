@@ -118,6 +118,11 @@ build_msgs() (
     -DPython3_EXECUTABLE="$VENV/bin/python" -DCMAKE_BUILD_TYPE=Release >"$b.log" 2>&1 \
     && cmake --build "$b" -j"$(nproc)" >>"$b.log" 2>&1 && cmake --install "$b" >>"$b.log" 2>&1 \
     || { tail -40 "$b.log" >&2; return 1; }
+  # r2r caches its generated message code by environment, not by message content: a changed .msg needs
+  # r2r rebuilt, or the Rust side keeps the old fields.
+  if [ -d "$ROOT/target" ] && command -v cargo >/dev/null; then
+    (cd "$ROOT" && cargo clean --release -p r2r_msg_gen -p r2r -p r2r_actions >/dev/null 2>&1) || true
+  fi
 )
 mkdir -p "$DEPS/ros_ws/build"
 step msgs "$(hash_of "$ROOT"/msg/inspect3d_msgs/{CMakeLists.txt,package.xml} "$ROOT"/msg/inspect3d_msgs/msg/* "$ROOT"/msg/inspect3d_msgs/action/*)-$(cat "$STAMPS/env")" build_msgs

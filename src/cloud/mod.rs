@@ -31,6 +31,12 @@ pub enum CloudError {
     BadLayout(String),
     #[error("data is {actual} bytes but the layout needs {expected} (row_step {row_step} x height {height})")]
     DataTooShort { actual: usize, expected: usize, row_step: usize, height: usize },
+    #[error("data is {actual} bytes but the layout has room for {expected} (row_step {row_step} x height {height}): the layout does not describe this data")]
+    DataTooLong { actual: usize, expected: usize, row_step: usize, height: usize },
+    #[error(
+        "{bad} of {total} finite points have coordinates no sensor produces (subnormal, or beyond ±1e15): the bytes are not what the layout says (is_bigendian wrong, or garbage)"
+    )]
+    Implausible { bad: usize, total: usize },
     #[error("{format} header: {problem}")]
     BadHeader { format: &'static str, problem: String },
     #[error("{format} data: {problem}")]
@@ -278,6 +284,24 @@ impl PointCloud {
     pub fn is_dense(&self) -> bool {
         self.positions().map(|p| p.iter().all(|q| q.iter().all(|c| c.is_finite()))).unwrap_or(false)
     }
+}
+
+/// Largest coordinate magnitude a real scan has, in any unit: beyond it a value is garbage.
+const PLAUSIBLE_MAGNITUDE: f32 = 1e15;
+/// Share of points with implausible coordinates above which the whole cloud is taken for garbage (below it they
+/// are stray points, which outlier removal takes out).
+const IMPLAUSIBLE_SHARE: f32 = 0.01;
+
+/// Checks that finite points look like a measurement: floats read with the wrong byte order come out as a
+/// spray of subnormal and astronomically large values, which a sensor never produces. A few such points are
+/// left to outlier removal; more than 1 % means the bytes are misread.
+pub fn check_plausible(points: &[[f32; 3]]) -> Result<()> {
+    let implausible = |c: f32| c.abs() > PLAUSIBLE_MAGNITUDE || c.is_subnormal();
+    let bad = points.iter().filter(|p| p.iter().any(|&c| implausible(c))).count();
+    if bad as f32 > IMPLAUSIBLE_SHARE * points.len() as f32 {
+        return Err(CloudError::Implausible { bad, total: points.len() });
+    }
+    Ok(())
 }
 
 /// The finite points of a cloud and where they came from, so per-point results can be laid back out.

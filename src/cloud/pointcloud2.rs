@@ -61,6 +61,9 @@ impl PointCloud2Layout {
         if self.data.len() < expected {
             return Err(CloudError::DataTooShort { actual: self.data.len(), expected, row_step, height });
         }
+        if self.data.len() > expected {
+            return Err(CloudError::DataTooLong { actual: self.data.len(), expected, row_step, height });
+        }
         let mut slots = Vec::with_capacity(self.fields.len());
         for (i, f) in self.fields.iter().enumerate() {
             let bad = |problem: String| CloudError::BadField { name: f.name.clone(), problem };
@@ -151,7 +154,7 @@ pub fn encode(cloud: &PointCloud) -> PointCloud2Layout {
 }
 
 /// The input message with extra FLOAT32 fields (e.g. `anomaly_score`): every original field keeps its offset,
-/// type and endianness, the new ones go after the old point record (4-byte aligned), rows lose their padding.
+/// type and endianness, the new ones go after the old point record (4-byte aligned), each row keeps its padding.
 /// A field of the same name that is already FLOAT32 × 1 is overwritten in place instead.
 pub fn with_f32_fields(msg: &PointCloud2Layout, extra: &[(&str, &[f32])]) -> Result<PointCloud2Layout> {
     msg.validate()?;
@@ -187,11 +190,18 @@ pub fn with_f32_fields(msg: &PointCloud2Layout, extra: &[(&str, &[f32])]) -> Res
             }
         }
     }
-    let old_step = msg.point_step as usize;
-    let mut data = vec![0u8; point_step * n];
+    let (old_step, width) = (msg.point_step as usize, msg.width as usize);
+    let padding = msg.row_step as usize - width * old_step;
+    let row_step = width * point_step + padding;
+    let mut data = vec![0u8; row_step * msg.height as usize];
+    for row in 0..msg.height as usize {
+        let (src, dst) = (row * msg.row_step as usize + width * old_step, row * row_step + width * point_step);
+        data[dst..dst + padding].copy_from_slice(&msg.data[src..src + padding]);
+    }
     for i in 0..n {
         let src = msg.point_offset(i);
-        let dst = &mut data[i * point_step..(i + 1) * point_step];
+        let at = (i / width) * row_step + (i % width) * point_step;
+        let dst = &mut data[at..at + point_step];
         dst[..old_step].copy_from_slice(&msg.data[src..src + old_step]);
         for ((_, values), &offset) in extra.iter().zip(&targets) {
             let bytes = if msg.is_bigendian { values[i].to_be_bytes() } else { values[i].to_le_bytes() };
@@ -204,7 +214,7 @@ pub fn with_f32_fields(msg: &PointCloud2Layout, extra: &[(&str, &[f32])]) -> Res
         fields,
         is_bigendian: msg.is_bigendian,
         point_step: point_step as u32,
-        row_step: (point_step * msg.width as usize) as u32,
+        row_step: row_step as u32,
         data,
         is_dense: msg.is_dense,
     })
@@ -283,6 +293,9 @@ mod tests {
         assert_eq!(&out.fields[..4], &msg.fields[..]);
         assert_eq!(out.fields[4].offset, 32);
         assert!(out.is_bigendian && out.height == 2);
+        // The row padding (8 bytes of 0xAA) is still there, after the wider points.
+        assert_eq!(out.row_step, 2 * 36 + 8);
+        assert!(out.data[72..80].iter().all(|&b| b == 0xAA) && out.data[152..160].iter().all(|&b| b == 0xAA));
         let cloud = decode(&out).unwrap();
         assert_eq!(cloud.positions().unwrap()[2], [2.5, -2.0, 4.0]);
         let s = cloud.field("anomaly_score").unwrap();
@@ -300,6 +313,9 @@ mod tests {
         let mut short = good.clone();
         short.data.truncate(10);
         assert!(matches!(decode(&short), Err(CloudError::DataTooShort { .. })));
+        let mut long = good.clone();
+        long.data.extend([0u8; 4]);
+        assert!(matches!(decode(&long), Err(CloudError::DataTooLong { .. })));
         let mut bad_type = good.clone();
         bad_type.fields[1].datatype = 9;
         assert!(matches!(decode(&bad_type), Err(CloudError::UnknownDatatype { .. })));

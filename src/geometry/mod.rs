@@ -1,6 +1,6 @@
 //! Geometry core: the point-set operations every stage of the detector needs — voxel downsampling that remembers
 //! where each input point went, centring and unit-radius scaling, farthest-point sampling, k-nearest and radius
-//! neighbourhoods (kiddo), PCA normals, FPFH descriptors (PCL's definition), rigid registration (ICP) and a
+//! neighbourhoods (kiddo), outlier removal, PCA normals, FPFH descriptors (PCL's definition), rigid registration (ICP) and a
 //! median filter over point scores. Pure Rust on nalgebra and kiddo; points are `[f32; 3]`.
 
 pub mod fpfh;
@@ -8,6 +8,7 @@ pub mod median;
 pub mod neighbors;
 pub mod normalize;
 pub mod normals;
+pub mod outliers;
 pub mod registration;
 pub mod sampling;
 pub mod voxel;
@@ -17,6 +18,7 @@ pub use median::median_filter;
 pub use neighbors::{NeighborIndex, Neighborhood};
 pub use normalize::UnitSphere;
 pub use normals::{NormalOrientation, SurfaceEstimate, estimate_normals, estimate_surface};
+pub use outliers::{Inliers, OutlierRule, drop_floating_groups, find_inliers, inside_robust_box};
 pub use registration::{Registration, Rigid, Template, register};
 pub use sampling::farthest_point_sampling;
 pub use voxel::{VoxelGrid, voxel_downsample};

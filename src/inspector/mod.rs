@@ -1,5 +1,5 @@
-//! The inspection service, free of ROS: a bounded queue of incoming scans (oldest dropped and counted when
-//! full), one worker thread that scores them with the active model, the active model itself (swapped between
+//! The inspection service, free of ROS: a bounded queue of incoming scans (when full, the oldest is dropped,
+//! counted, and handed back to the caller as a DROPPED report: every scan gets an answer), one worker thread that scores them with the active model, the active model itself (swapped between
 //! scans, so a new model scores the next scan), operator threshold overrides and running statistics. The ROS
 //! node (`crate::ros::node`) feeds it messages and publishes what it reports; tests drive it directly.
 
@@ -10,7 +10,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tch::Device;
 
@@ -83,8 +83,10 @@ pub enum Outcome {
     /// The message cannot be scored; says what is wrong with it.
     InvalidInput(String),
     NoModel,
-    /// Scoring failed for a reason that is not the input's.
+    /// Scoring failed for a reason that is not the input's, or gave no sound verdict.
     Failed(String),
+    /// Never scored: newer scans arrived while the queue was full.
+    Dropped,
 }
 
 /// One scan's outcome, with the caller's tag for it (e.g. the message header).
@@ -112,9 +114,7 @@ fn inspect_message(model: Option<&LoadedModel>, msg: &PointCloud2Layout, overrid
     let thresholds = overrides.apply(model.detector.thresholds);
     let inspection = match model.detector.inspect_with(&cloud, thresholds) {
         Ok(inspection) => inspection,
-        Err(e @ (ModelError::Cloud(_) | ModelError::Geometry(_) | ModelError::TooFewPoints { .. })) => {
-            return Outcome::InvalidInput(e.to_string());
-        }
+        Err(e) if e.is_input_problem() => return Outcome::InvalidInput(e.to_string()),
         Err(e) => return Outcome::Failed(e.to_string()),
     };
     match pointcloud2::with_f32_fields(msg, &[(SCORE_FIELD, &inspection.point_scores)]) {
@@ -135,7 +135,7 @@ pub struct Stats {
     /// Scans dropped unscored because newer ones arrived while the queue was full.
     pub dropped: u64,
     pub waiting: usize,
-    /// Over the last [`LATENCY_WINDOW`] scored scans; NaN before the first.
+    /// Over the scans scored in the last [`LATENCY_WINDOW`]; NaN when there were none.
     pub latency_p50_ms: f64,
     pub latency_p95_ms: f64,
 }
@@ -146,7 +146,10 @@ impl Stats {
     }
 }
 
-pub const LATENCY_WINDOW: usize = 200;
+/// Latency percentiles cover this much recent time, so a slow spell does not colour them for long.
+pub const LATENCY_WINDOW: Duration = Duration::from_secs(60);
+/// At most this many latencies are kept within the window (above 160 Hz the window is shorter).
+const LATENCY_SAMPLES: usize = 10_000;
 
 /// The median and 95th percentile (nearest rank) of some values; NaN for none.
 pub fn median_and_p95(mut values: Vec<f64>) -> (f64, f64) {
@@ -168,7 +171,18 @@ struct State<M> {
     queue: VecDeque<Scan<M>>,
     closed: bool,
     stats: Stats,
-    latencies: VecDeque<f64>,
+    /// When each recent scan was scored, and its latency.
+    latencies: VecDeque<(Instant, f64)>,
+}
+
+impl<M> State<M> {
+    fn forget_old_latencies(&mut self, now: Instant) {
+        while self.latencies.front().is_some_and(|(t, _)| now.duration_since(*t) > LATENCY_WINDOW)
+            || self.latencies.len() > LATENCY_SAMPLES
+        {
+            self.latencies.pop_front();
+        }
+    }
 }
 
 struct Shared<M> {
@@ -223,16 +237,27 @@ impl<M: Send + 'static> Inspector<M> {
         Self { shared, worker: Mutex::new(Some(worker)) }
     }
 
-    /// Queues a scan; when the queue is full the oldest waiting scan is dropped (and counted).
-    pub fn submit(&self, tag: M, msg: PointCloud2Layout) {
+    /// Queues a scan. When the queue is full the oldest waiting scan is dropped, counted, and returned as a
+    /// DROPPED report for the caller to publish (the sink belongs to the worker, which may be busy for a while).
+    #[must_use = "a dropped scan's report must be published"]
+    pub fn submit(&self, tag: M, msg: PointCloud2Layout) -> Option<Report<M>> {
         let mut state = lock(&self.shared.state);
         state.stats.received += 1;
-        if state.queue.len() >= self.shared.depth {
-            state.queue.pop_front();
+        let dropped = if state.queue.len() >= self.shared.depth { state.queue.pop_front() } else { None };
+        if dropped.is_some() {
             state.stats.dropped += 1;
         }
         state.queue.push_back(Scan { tag, msg, received: Instant::now() });
         self.shared.work.notify_one();
+        drop(state);
+        let active = lock(&self.shared.active).as_ref().map(|m| m.id.clone()).unwrap_or_default();
+        dropped.map(|scan| Report {
+            tag: scan.tag,
+            outcome: Outcome::Dropped,
+            model_id: active,
+            thresholds: None,
+            latency_ms: scan.received.elapsed().as_secs_f64() * 1e3,
+        })
     }
 
     /// Makes a model active for the next scan; returns the previous one.
@@ -252,10 +277,11 @@ impl<M: Send + 'static> Inspector<M> {
     }
 
     pub fn stats(&self) -> Stats {
-        let state = lock(&self.shared.state);
+        let mut state = lock(&self.shared.state);
+        state.forget_old_latencies(Instant::now());
         let mut stats = state.stats.clone();
         stats.waiting = state.queue.len();
-        (stats.latency_p50_ms, stats.latency_p95_ms) = median_and_p95(state.latencies.iter().copied().collect());
+        (stats.latency_p50_ms, stats.latency_p95_ms) = median_and_p95(state.latencies.iter().map(|l| l.1).collect());
         stats
     }
 
@@ -319,12 +345,12 @@ fn work<M>(shared: &Shared<M>, mut sink: impl FnMut(Report<M>)) {
                 Outcome::InvalidInput(_) => stats.invalid += 1,
                 Outcome::NoModel => stats.no_model += 1,
                 Outcome::Failed(_) => stats.failed += 1,
+                Outcome::Dropped => {}
             }
             if matches!(outcome, Outcome::Scored { .. }) {
-                if state.latencies.len() == LATENCY_WINDOW {
-                    state.latencies.pop_front();
-                }
-                state.latencies.push_back(latency_ms);
+                let now = Instant::now();
+                state.latencies.push_back((now, latency_ms));
+                state.forget_old_latencies(now);
             }
         }
         let model_id = model.as_ref().map(|m| m.id().to_string()).unwrap_or_default();
@@ -350,7 +376,7 @@ mod tests {
             let _ = tx.send(r);
         });
         for tag in 0..3 {
-            inspector.submit(tag, message(&[[0.0, 0.0, 1.0]]));
+            assert!(inspector.submit(tag, message(&[[0.0, 0.0, 1.0]])).is_none());
         }
         for tag in 0..3 {
             let report = rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
@@ -375,14 +401,14 @@ mod tests {
             }
             let _ = tx.send(r.tag);
         });
-        inspector.submit(0, message(&[[0.0, 0.0, 1.0]]));
+        assert!(inspector.submit(0, message(&[[0.0, 0.0, 1.0]])).is_none());
         // Wait until the worker has taken scan 0, so the queue is empty when 1, 2, 3 arrive.
         while inspector.stats().no_model == 0 {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        for tag in 1..4 {
-            inspector.submit(tag, message(&[[0.0, 0.0, 1.0]]));
-        }
+        let dropped: Vec<u32> =
+            (1..4).filter_map(|tag| inspector.submit(tag, message(&[[0.0, 0.0, 1.0]]))).map(|r| r.tag).collect();
+        assert_eq!(dropped, vec![1, 2], "each dropped scan is handed back at once");
         release_tx.send(()).unwrap();
         let seen: Vec<u32> = (0..2).map(|_| rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap()).collect();
         assert_eq!(seen, vec![0, 3], "the newest scan wins");

@@ -27,7 +27,7 @@ impl DetectorConfig {
 
     /// Checks values a typo could make meaningless, naming the key.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 18] = [
+        let checks: [(bool, &str); 21] = [
             (
                 self.preprocess.voxel_size >= 0.0 && self.preprocess.voxel_size.is_finite(),
                 "preprocess.voxel_size must be >= 0 (0: derived from the training clouds)",
@@ -40,6 +40,15 @@ impl DetectorConfig {
                 self.scoring.top_fraction > 0.0 && self.scoring.top_fraction <= 1.0,
                 "scoring.top_fraction must be in (0, 1]",
             ),
+            (
+                (0.0..0.5).contains(&self.preprocess.outliers.quantile),
+                "preprocess.outliers.quantile must be in [0, 0.5)",
+            ),
+            (
+                self.preprocess.outliers.margin >= 0.0 && self.preprocess.outliers.link_voxels > 0.0,
+                "preprocess.outliers.margin must be >= 0 and .link_voxels > 0",
+            ),
+            (self.preprocess.max_voxel_points >= 1000, "preprocess.max_voxel_points must be at least 1000"),
             (self.conditioning.bank_size >= 1, "conditioning.bank_size must be at least 1"),
             ((0.0..=1.0).contains(&self.scoring.point_weight), "scoring.point_weight must be in [0, 1]"),
             (self.patches.count >= 8, "patches.count must be at least 8"),
@@ -111,6 +120,10 @@ pub struct PreprocessConfig {
     pub fpfh_radius: f32,
     /// Training augmentations (method step 0.4).
     pub augment: AugmentConfig,
+    /// Flying pixels and absurd points removed before voxelising (training and inspection alike).
+    pub outliers: OutlierConfig,
+    /// A scan with more voxel points than this is refused before any work: no input may stall the worker.
+    pub max_voxel_points: usize,
 }
 
 impl Default for PreprocessConfig {
@@ -123,7 +136,31 @@ impl Default for PreprocessConfig {
             normals_face: NormalSide::Sensor,
             fpfh_radius: 0.1,
             augment: AugmentConfig::default(),
+            outliers: OutlierConfig::default(),
+            max_voxel_points: 100_000,
         }
+    }
+}
+
+/// Outlier removal (`geometry::outliers`): a robust box, then floating groups. Removed points are scored NaN
+/// and counted in the verdict.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutlierConfig {
+    pub enabled: bool,
+    /// The box spans the `quantile` … 1 − `quantile` range of each axis…
+    pub quantile: f32,
+    /// …widened on both sides by this many times its span; points outside it are removed.
+    pub margin: f32,
+    /// Voxel points closer than this many voxels belong to one group…
+    pub link_voxels: f32,
+    /// …and groups of fewer voxel points than this float apart from the part: removed.
+    pub min_group: usize,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        Self { enabled: true, quantile: 0.01, margin: 1.0, link_voxels: 3.0, min_group: 5 }
     }
 }
 

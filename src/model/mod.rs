@@ -41,8 +41,24 @@ pub enum ModelError {
     Geometry(#[from] GeometryError),
     #[error(transparent)]
     Bag(#[from] crate::bag::BagError),
-    #[error("only {points} points remain after {voxel}-unit voxels; a patch needs {needed}: use a smaller voxel size")]
+    #[error("the scan has {points} usable points; scoring needs at least {needed}")]
+    TooFewInputPoints { points: usize, needed: usize },
+    #[error(
+        "only {points} points remain after the model's {voxel}-unit voxels; a patch needs {needed}: the scan shows too little of the part, or is in a larger unit than the training clouds"
+    )]
     TooFewPoints { points: usize, needed: usize, voxel: f32 },
+    #[error(
+        "{points} voxel points at the model's {voxel}-unit voxel exceed the cap of {cap} (preprocess.max_voxel_points): the scan is far denser or larger than the part, e.g. in a smaller unit than the training clouds"
+    )]
+    TooManyVoxels { points: usize, cap: usize, voxel: f32 },
+    #[error(
+        "the scan spans {scan} units across but the part the model learnt spans {part}: the scan is in another unit than the training clouds (about ×{ratio}), or shows another scene"
+    )]
+    UnitMismatch { scan: f32, part: f32, ratio: f32 },
+    #[error("all {0} points were removed as outliers (no group of points dense enough to be a surface)")]
+    AllOutliers(usize),
+    #[error("scoring is not sound, no verdict: {0}")]
+    Unsound(String),
     #[error("configuration: {0}")]
     Config(String),
     #[error("checkpoint {path}: {problem}")]
@@ -59,7 +75,26 @@ pub enum ModelError {
     Torch(#[from] tch::TchError),
 }
 
+impl ModelError {
+    /// Whether the input (the scan), not the model or the machine, is what is wrong.
+    pub fn is_input_problem(&self) -> bool {
+        matches!(
+            self,
+            Self::Cloud(_)
+                | Self::Geometry(_)
+                | Self::TooFewInputPoints { .. }
+                | Self::TooFewPoints { .. }
+                | Self::TooManyVoxels { .. }
+                | Self::UnitMismatch { .. }
+                | Self::AllOutliers(_)
+        )
+    }
+}
+
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+/// A scan spanning more than this many times the learnt part (or less than its inverse) is in another unit.
+const UNIT_MISMATCH_RATIO: f32 = 20.0;
 
 /// Where the detector runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -151,6 +186,17 @@ pub struct RawScores {
     pub point_logits: Vec<f32>,
 }
 
+/// Scores of one cloud's finite points.
+pub struct PointScores {
+    /// One per finite point, in their order; NaN for outliers.
+    pub scores: Vec<f32>,
+    /// Per finite point: scored (true) or removed as an outlier.
+    pub scored: Vec<bool>,
+    pub outliers: usize,
+    pub patches: usize,
+    pub times: StageTimes,
+}
+
 /// The outcome of inspecting one cloud.
 #[derive(Clone, Debug, Serialize)]
 pub struct Inspection {
@@ -160,7 +206,10 @@ pub struct Inspection {
     pub cloud_score: f32,
     pub thresholds: Thresholds,
     pub passed: bool,
+    /// Finite points that were scored (outliers excluded).
     pub valid_points: usize,
+    /// Finite points removed as outliers (flying pixels, absurd values): score NaN.
+    pub outlier_points: usize,
     pub anomalous_points: usize,
     /// Centre and largest radius of the anomalous points, in the input's frame and unit.
     pub defect: Option<scoring::DefectRegion>,
@@ -346,19 +395,56 @@ impl Detector {
         Ok((patched, raw))
     }
 
-    /// Scores finite points (sensor frame): one score per point, and the stage times.
-    pub fn score_points(&self, points: &[Point]) -> Result<(Vec<f32>, usize, StageTimes)> {
+    /// The finite points (sensor frame) worth scoring: outliers removed when the configuration says so, and the
+    /// scan checked against the part the model learnt (its unit and size), before any costly work.
+    pub fn inliers(&self, points: &[Point]) -> Result<geometry::Inliers> {
+        let cfg = &self.config.preprocess;
+        let needed = self.config.patches.size;
+        if points.len() < needed {
+            return Err(ModelError::TooFewInputPoints { points: points.len(), needed });
+        }
+        let o = &cfg.outliers;
+        let rule = geometry::OutlierRule {
+            quantile: o.quantile,
+            margin: if o.enabled { o.margin } else { f32::INFINITY },
+            voxel: cfg.voxel_size,
+            link_voxels: o.link_voxels,
+            min_group: if o.enabled { o.min_group } else { 0 },
+        };
+        let boxed = geometry::inside_robust_box(points, rule.quantile, rule.margin)?;
+        // The unit is checked on the robust box, before the voxel-sized steps that a wrong unit would derail.
+        if let Some(template) = &self.conditioning.template {
+            let part = 2.0 * template.frame.scale;
+            let ratio = boxed.robust_diagonal / part;
+            if !(1.0 / UNIT_MISMATCH_RATIO..=UNIT_MISMATCH_RATIO).contains(&ratio) {
+                let ratio = if ratio >= 1.0 { ratio } else { 1.0 / ratio };
+                return Err(ModelError::UnitMismatch { scan: boxed.robust_diagonal, part, ratio });
+            }
+        }
+        let inliers = geometry::drop_floating_groups(points, boxed, &rule)?;
+        if inliers.removed == points.len() {
+            return Err(ModelError::AllOutliers(points.len()));
+        }
+        Ok(inliers)
+    }
+
+    /// Scores finite points (sensor frame): one score per point (NaN for outliers), and the stage times.
+    pub fn score_points(&self, points: &[Point]) -> Result<PointScores> {
         let t = Instant::now();
-        let patched = self.patch(points, None)?;
+        let inliers = self.inliers(points)?;
+        let kept = inliers.kept_points(points);
+        let patched = self.patch(&kept, None)?;
         let preprocess_ms = ms(t);
         let (features, backbone_ms, sca_ms) = self.features(&patched)?;
         let t = Instant::now();
         let raw = self.raw_scores_of(&patched, &features)?;
         let heads_ms = ms(t);
         let t = Instant::now();
-        let scores = patched.grid.spread(&self.voxel_scores(&patched, &raw)?);
+        let mut kept_scores = patched.grid.spread(&self.voxel_scores(&patched, &raw)?).into_iter();
+        let scores = inliers.keep.iter().map(|&k| if k { kept_scores.next().unwrap_or(f32::NAN) } else { f32::NAN });
+        let scores = scores.collect();
         let times = StageTimes { preprocess_ms, backbone_ms, sca_ms, heads_ms, projection_ms: ms(t) };
-        Ok((scores, patched.patch_count(), times))
+        Ok(PointScores { scores, scored: inliers.keep, outliers: inliers.removed, patches: patched.patch_count(), times })
     }
 
     /// The cloud score of point scores, as the configuration says (max or the mean of the top share).
@@ -371,26 +457,34 @@ impl Detector {
         self.inspect_with(cloud, self.thresholds)
     }
 
-    /// Scores every point of a cloud and decides with the given thresholds (an operator's override).
+    /// Scores every point of a cloud and decides with the given thresholds (an operator's override). A verdict
+    /// comes only from sound scoring: any score or threshold that is not finite is an error, never a PASS.
     pub fn inspect_with(&self, cloud: &PointCloud, thresholds: Thresholds) -> Result<Inspection> {
         let finite = cloud.finite_points()?;
-        let (finite_scores, patches, mut times) = self.score_points(&finite.points)?;
+        crate::cloud::check_plausible(&finite.points)?;
+        let scored = self.score_points(&finite.points)?;
         let t = Instant::now();
+        let (points, scores): (Vec<Point>, Vec<f32>) = (0..finite.points.len())
+            .filter(|&i| scored.scored[i])
+            .map(|i| (finite.points[i], scored.scores[i]))
+            .unzip();
         // Anomalous points a few voxels apart belong to one region.
         let link = 3.0 * self.config.preprocess.voxel_size;
-        let verdict =
-            scoring::decide(&finite.points, &finite_scores, self.cloud_score(&finite_scores), thresholds, link);
-        let point_scores = finite.scatter(&finite_scores, f32::NAN);
+        let verdict = scoring::decide(&points, &scores, self.cloud_score(&scores), thresholds, link)
+            .map_err(ModelError::Unsound)?;
+        let point_scores = finite.scatter(&scored.scores, f32::NAN);
+        let mut times = scored.times;
         times.projection_ms += ms(t);
         Ok(Inspection {
             point_scores,
             cloud_score: verdict.cloud_score,
             thresholds,
             passed: verdict.passed,
-            valid_points: finite.points.len(),
+            valid_points: points.len(),
+            outlier_points: scored.outliers,
             anomalous_points: verdict.anomalous_points,
             defect: verdict.defect,
-            patches,
+            patches: scored.patches,
             times,
         })
     }

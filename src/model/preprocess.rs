@@ -244,6 +244,13 @@ pub fn prepare_view(
     augment: Option<(&Augmentation, &mut dyn rand::RngCore)>,
 ) -> Result<View> {
     let grid = geometry::voxel_downsample(finite_points, cfg.voxel_size)?;
+    if grid.points.len() > cfg.max_voxel_points {
+        return Err(ModelError::TooManyVoxels {
+            points: grid.points.len(),
+            cap: cfg.max_voxel_points,
+            voxel: cfg.voxel_size,
+        });
+    }
     if grid.points.len() < patch_size {
         return Err(ModelError::TooFewPoints { points: grid.points.len(), needed: patch_size, voxel: cfg.voxel_size });
     }

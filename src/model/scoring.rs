@@ -71,13 +71,32 @@ pub fn cloud_score(scores: &[f32], cfg: &ScoringConfig) -> f32 {
 
 /// Decision and defect region of scored points with their cloud score (any frame; the region is in the same
 /// frame). The region is the group of anomalous points, linked within `link` of each other, that holds the
-/// highest score: a few stray anomalous points elsewhere do not drag its centre out of the defect.
-pub fn decide(points: &[Point], scores: &[f32], cloud_score: f32, thresholds: Thresholds, link: f32) -> Verdict {
+/// highest score: a few stray anomalous points elsewhere do not drag its centre out of the defect. A verdict
+/// needs sound inputs: no points, or a score or threshold that is not finite (an uncalibrated model, a model
+/// whose weights went NaN), is an error naming what, never a pass.
+pub fn decide(
+    points: &[Point],
+    scores: &[f32],
+    cloud_score: f32,
+    thresholds: Thresholds,
+    link: f32,
+) -> Result<Verdict, String> {
+    if scores.is_empty() || scores.len() != points.len() {
+        return Err(format!("{} scores for {} points", scores.len(), points.len()));
+    }
+    if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
+        let bad = scores.iter().filter(|s| !s.is_finite()).count();
+        return Err(format!("{bad} of {} point scores are not finite (first: point {i}, {})", scores.len(), scores[i]));
+    }
+    for (what, value) in [("cloud score", cloud_score), ("cloud threshold", thresholds.cloud), ("point threshold", thresholds.point)] {
+        if !value.is_finite() {
+            return Err(format!("the {what} is {value}"));
+        }
+    }
     let flagged: Vec<usize> = (0..points.len()).filter(|&i| scores[i] > thresholds.point).collect();
     let defect = strongest_region(points, scores, &flagged, link);
-    // NaN thresholds (an uncalibrated model) never pass a part.
     let passed = cloud_score <= thresholds.cloud;
-    Verdict { cloud_score, passed, anomalous_points: flagged.len(), defect }
+    Ok(Verdict { cloud_score, passed, anomalous_points: flagged.len(), defect })
 }
 
 /// Centroid and extent of the linked group of `flagged` points around the highest-scoring one.
@@ -218,19 +237,38 @@ mod tests {
         let pts = [[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [12.0, 0.0, 0.0], [5.0, 5.0, 5.0]];
         let max = ScoringConfig { object_score: ObjectScore::Max, ..Default::default() };
         let scores = [0.1, 0.9, 0.8, 0.2];
-        let v = decide(&pts, &scores, cloud_score(&scores, &max), Thresholds { cloud: 0.5, point: 0.5 }, 5.0);
+        let t = Thresholds { cloud: 0.5, point: 0.5 };
+        let v = decide(&pts, &scores, cloud_score(&scores, &max), t, 5.0).unwrap();
         assert!(!v.passed);
         assert_eq!((v.cloud_score, v.anomalous_points), (0.9, 2));
         let d = v.defect.unwrap();
         assert_eq!((d.centroid, d.extent), ([11.0, 0.0, 0.0], 1.0));
-        let ok = decide(&pts, &[0.1, 0.2, 0.3, 0.2], 0.3, Thresholds { cloud: 0.5, point: 0.5 }, 5.0);
+        let ok = decide(&pts, &[0.1, 0.2, 0.3, 0.2], 0.3, t, 5.0).unwrap();
         assert!(ok.passed && ok.defect.is_none());
-        assert!(!decide(&pts, &[0.1; 4], 0.1, Thresholds { cloud: f32::NAN, point: f32::NAN }, 5.0).passed);
         // A stray anomalous point far away is counted but does not move the region.
         let stray = [[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [12.0, 0.0, 0.0], [90.0, 0.0, 0.0]];
-        let v = decide(&stray, &[0.1, 0.9, 0.8, 0.7], 0.9, Thresholds { cloud: 0.5, point: 0.5 }, 5.0);
+        let v = decide(&stray, &[0.1, 0.9, 0.8, 0.7], 0.9, t, 5.0).unwrap();
         assert_eq!(v.anomalous_points, 3);
         assert_eq!(v.defect.unwrap().centroid, [11.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn no_verdict_from_anything_not_finite() {
+        let pts = [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]];
+        let good = Thresholds { cloud: 0.5, point: 0.5 };
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let e = decide(&pts, &[0.1, bad], 0.1, good, 1.0).err().unwrap();
+            assert!(e.contains("1 of 2 point scores are not finite"), "{e}");
+            let e = decide(&pts, &[0.1, 0.1], bad, good, 1.0).err().unwrap();
+            assert!(e.contains("cloud score"), "{e}");
+            let e = decide(&pts, &[0.1, 0.1], 0.1, Thresholds { cloud: bad, ..good }, 1.0).err().unwrap();
+            assert!(e.contains("cloud threshold"), "{e}");
+            let e = decide(&pts, &[0.1, 0.1], 0.1, Thresholds { point: bad, ..good }, 1.0).err().unwrap();
+            assert!(e.contains("point threshold"), "{e}");
+        }
+        // The empty case: the max of nothing is -inf, which once passed every part.
+        let none = ScoringConfig { object_score: ObjectScore::Max, ..Default::default() };
+        assert!(decide(&[], &[], cloud_score(&[], &none), good, 1.0).is_err());
     }
 
     #[test]

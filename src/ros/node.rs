@@ -173,6 +173,7 @@ fn result_message(report: &Report<Header>) -> InspectionResult {
                 if inspection.passed { InspectionResult::PASS as u8 } else { InspectionResult::REJECT as u8 };
             result.score = inspection.cloud_score;
             result.valid_points = inspection.valid_points as u32;
+            result.outlier_points = inspection.outlier_points as u32;
             result.anomalous_points = inspection.anomalous_points as u32;
             result.anomalous_fraction = inspection.anomalous_points as f32 / inspection.valid_points.max(1) as f32;
             if let Some(defect) = &inspection.defect {
@@ -199,8 +200,37 @@ fn result_message(report: &Report<Header>) -> InspectionResult {
             result.status = InspectionResult::ERROR as u8;
             result.message = why.clone();
         }
+        Outcome::Dropped => {
+            result.status = InspectionResult::DROPPED as u8;
+            result.message = "dropped unscored: newer scans arrived while the queue was full (queue_depth)".into();
+        }
     }
     result
+}
+
+/// Publishes a report's verdict, then (when scored) its anomaly cloud.
+fn publish_report(
+    results: &r2r::Publisher<InspectionResult>,
+    clouds: &r2r::Publisher<PointCloud2>,
+    report: Report<Header>,
+) {
+    // The verdict first: the robot waits on it, not on the (large) anomaly cloud.
+    let result = result_message(&report);
+    if let Err(e) = results.publish(&result) {
+        tracing::warn!("publishing the result: {e}");
+    }
+    tracing::info!(
+        status = result.status,
+        score = result.score,
+        latency_ms = format!("{:.0}", result.latency_ms),
+        message = result.message,
+        "scan"
+    );
+    if let Outcome::Scored { anomaly_cloud, .. } = report.outcome
+        && let Err(e) = clouds.publish(&msg_from_layout(report.tag, anomaly_cloud))
+    {
+        tracing::warn!("publishing the anomaly cloud: {e}");
+    }
 }
 
 fn diagnostics(state: &NodeState, name: &str, stamp: r2r::builtin_interfaces::msg::Time) -> DiagnosticArray {
@@ -266,26 +296,10 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
     let results = node.create_publisher::<InspectionResult>(&config.result_topic, QosProfile::default())?;
     let clouds = node.create_publisher::<PointCloud2>(&config.anomaly_cloud_topic, QosProfile::default())?;
     let diagnostics_pub = node.create_publisher::<DiagnosticArray>("/diagnostics", QosProfile::default())?;
-    let inspector =
-        Inspector::start(config.queue_depth as usize, model, overrides(&config), move |report: Report<Header>| {
-            // The verdict first: the robot waits on it, not on the (large) anomaly cloud.
-            let result = result_message(&report);
-            if let Err(e) = results.publish(&result) {
-                tracing::warn!("publishing the result: {e}");
-            }
-            tracing::info!(
-                status = result.status,
-                score = result.score,
-                latency_ms = format!("{:.0}", result.latency_ms),
-                message = result.message,
-                "scan"
-            );
-            if let Outcome::Scored { anomaly_cloud, .. } = report.outcome
-                && let Err(e) = clouds.publish(&msg_from_layout(report.tag, anomaly_cloud))
-            {
-                tracing::warn!("publishing the anomaly cloud: {e}");
-            }
-        });
+    let (dropped_results, dropped_clouds) = (results.clone(), clouds.clone());
+    let inspector = Inspector::start(config.queue_depth as usize, model, overrides(&config), move |report| {
+        publish_report(&results, &clouds, report)
+    });
     let state = Arc::new(NodeState { name: name.clone(), inspector, config: Mutex::new(config.clone()), device });
 
     let mut scans = node
@@ -312,7 +326,9 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
             while let Some(msg) = scans.next().await {
                 let (header, layout) = layout_from_msg(msg);
                 tracing::debug!(points = layout.width as usize * layout.height as usize, "scan received");
-                intake.inspector.submit(header, layout);
+                if let Some(dropped) = intake.inspector.submit(header, layout) {
+                    publish_report(&dropped_results, &dropped_clouds, dropped);
+                }
             }
         });
         let diag_state = state.clone();

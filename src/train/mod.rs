@@ -201,6 +201,18 @@ pub fn train(
         let used: Vec<&TrainingCloud> = training.iter().map(|&i| &clouds[i]).collect();
         detector.config.preprocess.voxel_size = derive_voxel_size(&used, config.preprocess.voxel_spacing_factor)?;
     }
+    // Flying pixels are removed from training clouds as they will be from scans.
+    let cleaned = clouds
+        .iter()
+        .map(|c| {
+            let inliers = detector.inliers(&c.points).map_err(|e| ModelError::Training(format!("{}: {e}", c.name)))?;
+            if inliers.removed > 0 {
+                tracing::debug!(cloud = %c.name, removed = inliers.removed, "outliers removed");
+            }
+            Ok(TrainingCloud { name: c.name.clone(), points: inliers.kept_points(&c.points) })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let clouds = &cleaned[..];
     if detector.config.preprocess.align {
         // The first training cloud as recorded is the pose every scan is registered to.
         let first = &clouds[training[0]];
@@ -585,9 +597,10 @@ fn set_point_threshold_by_f1(detector: &mut Detector, validation: &[LabelledClou
                 cloud.points.len()
             )));
         }
-        let (point_scores, _, _) =
+        let scored =
             detector.score_points(&cloud.points).map_err(|e| ModelError::Training(format!("{}: {e}", cloud.name)))?;
-        scores.extend(point_scores);
+        // A labelled point removed as an outlier was not flagged: it counts with the lowest score.
+        scores.extend(scored.scores.iter().map(|s| if s.is_nan() { 0.0 } else { *s }));
         labels.extend(&cloud.labels);
     }
     match scoring::best_f1_threshold(&scores, &labels) {

@@ -1,0 +1,177 @@
+//! Outlier removal before voxelising: depth cameras put flying pixels on every edge, and a single absurd point
+//! (1e30, a point 2 m behind the part) must neither blow up the grid and the normalisation nor decide a verdict.
+//! Two steps: a robust box (per-axis quantiles, widened by a margin of their span) drops far points in O(n),
+//! then the voxel points are linked within a few voxels and groups too small to be part of a surface go.
+//! A burr or fin is attached to its part and stays; only what floats apart from everything is removed.
+
+use super::{NeighborIndex, Point, Result, positive, voxel_downsample};
+
+/// How far is too far, and how small a floating group is noise.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OutlierRule {
+    /// The box is the `quantile` … 1 − `quantile` range of each axis…
+    pub quantile: f32,
+    /// …widened on both sides by this many times its span.
+    pub margin: f32,
+    /// Voxel edge for the grouping (the model's voxel).
+    pub voxel: f32,
+    /// Voxel points closer than this many voxels belong to one group.
+    pub link_voxels: f32,
+    /// Groups of fewer voxel points than this are outliers.
+    pub min_group: usize,
+}
+
+/// Which points are kept, and the robust extent of the kept ones.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Inliers {
+    /// One flag per input point.
+    pub keep: Vec<bool>,
+    pub removed: usize,
+    /// Diagonal of the quantile box (before the margin): the part's size, blind to stray points.
+    pub robust_diagonal: f32,
+}
+
+impl Inliers {
+    pub fn kept_points(&self, points: &[Point]) -> Vec<Point> {
+        points.iter().zip(&self.keep).filter(|(_, k)| **k).map(|(p, _)| *p).collect()
+    }
+}
+
+/// The `q` and 1 − `q` quantiles of one coordinate (finite points only).
+fn quantile_range(points: &[Point], axis: usize, q: f32) -> (f32, f32) {
+    let mut v: Vec<f32> = points.iter().map(|p| p[axis]).collect();
+    let last = v.len() - 1;
+    let lo_at = ((last as f32) * q).floor() as usize;
+    let hi_at = ((last as f32) * (1.0 - q)).ceil() as usize;
+    let lo = *v.select_nth_unstable_by(lo_at, f32::total_cmp).1;
+    let hi = *v.select_nth_unstable_by(hi_at.min(last), f32::total_cmp).1;
+    (lo, hi)
+}
+
+/// Flags the inliers of finite points under `rule`: the robust box, then floating groups.
+pub fn find_inliers(points: &[Point], rule: &OutlierRule) -> Result<Inliers> {
+    let boxed = inside_robust_box(points, rule.quantile, rule.margin)?;
+    drop_floating_groups(points, boxed, rule)
+}
+
+/// Flags the points inside the robust box (the first step; cheap, and enough to measure the part's size). An
+/// infinite `margin` keeps every point.
+pub fn inside_robust_box(points: &[Point], quantile: f32, margin: f32) -> Result<Inliers> {
+    if points.is_empty() {
+        return Err(super::GeometryError::Empty);
+    }
+    let ranges = [0, 1, 2].map(|a| quantile_range(points, a, quantile.clamp(0.0, 0.5)));
+    let spans = ranges.map(|(lo, hi)| f64::from(hi) - f64::from(lo));
+    let robust_diagonal = spans.iter().map(|s| s * s).sum::<f64>().sqrt();
+    // A flat part has a zero span on one axis: it still gets a tenth of the part's size as room there.
+    // An infinite margin keeps everything (outlier removal off) and only measures.
+    let room = spans.map(|s| if margin.is_finite() { f64::from(margin) * s.max(robust_diagonal * 0.1) } else { f64::INFINITY });
+    let keep: Vec<bool> = points
+        .iter()
+        .map(|p| {
+            (0..3).all(|a| {
+                let c = f64::from(p[a]);
+                c >= f64::from(ranges[a].0) - room[a] && c <= f64::from(ranges[a].1) + room[a]
+            })
+        })
+        .collect();
+    let removed = keep.iter().filter(|k| !**k).count();
+    Ok(Inliers { keep, removed, robust_diagonal: robust_diagonal as f32 })
+}
+
+/// The second step: of the points still kept, those in groups of fewer than `rule.min_group` voxel points are
+/// dropped too.
+pub fn drop_floating_groups(points: &[Point], mut inliers: Inliers, rule: &OutlierRule) -> Result<Inliers> {
+    let voxel = positive("outlier voxel", rule.voxel)?;
+    let kept: Vec<usize> = (0..points.len()).filter(|&i| inliers.keep[i]).collect();
+    if kept.is_empty() || rule.min_group <= 1 {
+        return Ok(inliers);
+    }
+    let kept_points: Vec<Point> = kept.iter().map(|&i| points[i]).collect();
+    let grid = voxel_downsample(&kept_points, voxel)?;
+    let group_size = group_sizes(&grid.points, voxel * rule.link_voxels)?;
+    for (&i, &r) in kept.iter().zip(&grid.representative) {
+        if group_size[r as usize] < rule.min_group {
+            inliers.keep[i] = false;
+            inliers.removed += 1;
+        }
+    }
+    Ok(inliers)
+}
+
+/// For every point, the size of the group it belongs to when points closer than `link` are joined.
+fn group_sizes(points: &[Point], link: f32) -> Result<Vec<usize>> {
+    let index = NeighborIndex::new(points)?;
+    let mut group = vec![usize::MAX; points.len()];
+    let mut sizes = Vec::new();
+    for start in 0..points.len() {
+        if group[start] != usize::MAX {
+            continue;
+        }
+        let id = sizes.len();
+        let (mut size, mut stack) = (0, vec![start]);
+        group[start] = id;
+        while let Some(k) = stack.pop() {
+            size += 1;
+            for n in index.within(&points[k], link) {
+                let n = n.index as usize;
+                if group[n] == usize::MAX {
+                    group[n] = id;
+                    stack.push(n);
+                }
+            }
+        }
+        sizes.push(size);
+    }
+    Ok(group.iter().map(|&g| sizes[g]).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plate() -> Vec<Point> {
+        let mut pts = Vec::new();
+        for i in 0..60 {
+            for j in 0..40 {
+                pts.push([i as f32, j as f32, 0.05 * ((i * 7 + j * 3) % 5) as f32]);
+            }
+        }
+        pts
+    }
+
+    fn rule() -> OutlierRule {
+        OutlierRule { quantile: 0.01, margin: 1.0, voxel: 1.0, link_voxels: 3.0, min_group: 5 }
+    }
+
+    #[test]
+    fn absurd_and_flying_points_go_and_the_part_stays() {
+        let mut pts = plate();
+        let part = pts.len();
+        pts.push([0.0, 0.0, 1e30]);
+        pts.push([3e38, -3e38, 0.0]);
+        pts.push([30.0, 20.0, -400.0]); // far behind
+        pts.push([30.0, 20.0, -15.0]); // inside the box, floating alone
+        // A burr: a short spike attached to the plate's edge stays.
+        for k in 1..4 {
+            pts.push([59.0 + k as f32 * 0.9, 20.0, 0.0]);
+        }
+        let inliers = find_inliers(&pts, &rule()).unwrap();
+        assert_eq!(inliers.removed, 4);
+        assert!(inliers.keep[..part].iter().all(|&k| k), "no point of the part removed");
+        assert!(inliers.keep[part + 4..].iter().all(|&k| k), "the attached spike stays");
+        assert!((inliers.robust_diagonal - (59f32.powi(2) + 39f32.powi(2)).sqrt()).abs() < 3.0);
+    }
+
+    #[test]
+    fn one_point_and_identical_points_are_kept_and_finite() {
+        let one = find_inliers(&[[1.0, 2.0, 3.0]], &OutlierRule { min_group: 1, ..rule() }).unwrap();
+        assert_eq!((one.removed, one.robust_diagonal), (0, 0.0));
+        // Groups are counted in voxel points: ten copies of one point are one voxel, not a surface.
+        let same = find_inliers(&[[5.0; 3]; 10], &rule()).unwrap();
+        assert_eq!(same.removed, 10);
+        let same = find_inliers(&[[5.0; 3]; 10], &OutlierRule { min_group: 1, ..rule() }).unwrap();
+        assert_eq!((same.removed, same.robust_diagonal), (0, 0.0));
+        assert!(find_inliers(&[], &rule()).is_err());
+    }
+}

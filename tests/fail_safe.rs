@@ -146,7 +146,7 @@ fn the_wrong_unit_and_tiny_clouds_get_the_right_hint() {
 
 #[test]
 fn a_model_whose_weights_went_nan_gives_an_error_never_a_pass() {
-    let mut model = bundled_model();
+    let model = bundled_model();
     {
         let _guard = tch::no_grad_guard();
         for (_, mut tensor) in model.detector.heads.vs.variables() {

@@ -140,6 +140,24 @@ fn a_goal_trains_saves_and_activates_a_model_while_the_node_keeps_inspecting() {
     let (after, _) = inspector.inspect(&defective_scan(), TIMEOUT).unwrap();
     assert_eq!(after.model_id, result.model_id, "the next scan is scored by the new model");
 
+    // Retraining under the active model's name never replaces it: the new one gets a folder of its own, and
+    // the rollback hint names the folder that really holds the previous model.
+    let again = Trainer::goal(&[&bag("mcap_lz4")], "cell_a", 2, 0.1, true);
+    let (status, second, _) = trainer.run(again, |_, _| {});
+    assert_eq!(status, GoalStatus::Succeeded, "{}", second.message);
+    assert_eq!(PathBuf::from(&second.model_path), models.path().join("cell_a-2"));
+    assert!(second.message.contains("already exists"), "{}", second.message);
+    assert_eq!(second.previous_model_id, result.model_id);
+    let kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(kept["model_id"], result.model_id.as_str(), "the active model's folder was replaced");
+    assert!(
+        second.message.contains(&format!("model_path {}", path.display())),
+        "rollback hint should name {}: {}",
+        path.display(),
+        second.message
+    );
+
     // Roll back through the parameter; the new model stays on disk.
     let featuretype = repo().join("models/featuretype").display().to_string();
     let set =
@@ -196,8 +214,17 @@ fn goals_that_cannot_work_are_refused_with_the_reason() {
         std::fs::write(truncated.join(path.file_name().unwrap()), &bytes[..keep]).unwrap();
     }
     let good = bag("sqlite3");
+    let db3 = std::fs::read_dir(&good)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "db3"))
+        .expect("the sqlite3 bag's .db3 file");
     let cases = [
         (Trainer::goal(&["/no/such/bag"], "m", 2, 0.0, false), "no such bag folder"),
+        (
+            Trainer::goal(&[&db3.display().to_string()], "m", 2, 0.0, false),
+            "is a file, not a bag folder",
+        ),
         (
             TrainModel::Goal { topic: "/camera/points".into(), ..Trainer::goal(&[&good], "m", 2, 0.0, false) },
             "no topic /camera/points",

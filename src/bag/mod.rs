@@ -92,6 +92,12 @@ impl Bag {
         } else {
             path.to_path_buf()
         };
+        if dir.is_file() {
+            return Err(bag_error(
+                &dir,
+                "is a file, not a bag folder: give the folder that holds the bag's metadata.yaml (ros2 bag record writes one)",
+            ));
+        }
         if !dir.is_dir() {
             return Err(bag_error(&dir, "no such bag folder"));
         }

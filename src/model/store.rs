@@ -5,7 +5,7 @@
 //! name and renamed into place, so a crash never leaves half a model; loading checks everything and names
 //! what is wrong.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -135,6 +135,43 @@ pub fn save(detector: &Detector, dir: &Path, name: &str, training: TrainingSumma
     Ok(manifest)
 }
 
+/// The folder a new model named `name` goes to under `models_dir`: `<name>` when free, else the first free
+/// `<name>-2`, `<name>-3`, …, so training never replaces a model (least of all the active one).
+pub fn free_model_dir(models_dir: &Path, name: &str) -> PathBuf {
+    let first = models_dir.join(name);
+    if !first.exists() {
+        return first;
+    }
+    (2u32..).map(|k| models_dir.join(format!("{name}-{k}"))).find(|dir| !dir.exists()).unwrap_or(first)
+}
+
+/// Removes what a killed save left behind in `models_dir` (`.name.partial-PID`, `.name.old-PID` of processes
+/// no longer running); returns the paths removed. A model folder itself is never touched.
+pub fn remove_staging_leftovers(models_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(models_dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(pid) = staging_owner(&name) else { continue };
+        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed.push(entry.path());
+        }
+    }
+    removed.sort();
+    removed
+}
+
+/// The process id in a staging folder's name (`.name.partial-PID` or `.name.old-PID`).
+fn staging_owner(file_name: &str) -> Option<u32> {
+    let rest = file_name.strip_prefix('.')?;
+    let (_, suffix) = rest.rsplit_once('.')?;
+    let pid = suffix.strip_prefix("partial-").or_else(|| suffix.strip_prefix("old-"))?;
+    pid.parse().ok()
+}
+
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let bad = |problem: String| ModelError::Model { path: dir.display().to_string(), problem };
     let path = dir.join(MANIFEST);
@@ -210,5 +247,25 @@ mod tests {
         assert_eq!(utc_string(0), "1970-01-01T00:00:00Z");
         assert_eq!(utc_string(1_796_000_000), "2026-11-30T00:53:20Z");
         assert_eq!(utc_string(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn new_models_never_take_an_existing_folder_and_only_dead_staging_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(free_model_dir(dir.path(), "part"), dir.path().join("part"));
+        std::fs::create_dir(dir.path().join("part")).unwrap();
+        std::fs::create_dir(dir.path().join("part-2")).unwrap();
+        assert_eq!(free_model_dir(dir.path(), "part"), dir.path().join("part-3"));
+        // PID 4294967 is above Linux's pid_max: never running. Our own staging is in use.
+        let dead = [".part.partial-4294967", ".part.old-4294967"];
+        let alive = format!(".part.partial-{}", std::process::id());
+        for name in dead.iter().copied().chain([alive.as_str(), ".hidden", "part.partial-x"]) {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+        }
+        let removed = remove_staging_leftovers(dir.path());
+        assert_eq!(removed, vec![dir.path().join(dead[1]), dir.path().join(dead[0])]);
+        for kept in ["part", "part-2", alive.as_str(), ".hidden", "part.partial-x"] {
+            assert!(dir.path().join(kept).exists(), "{kept} kept");
+        }
     }
 }

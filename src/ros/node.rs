@@ -288,9 +288,19 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
         return Ok(Some(config));
     }
     let name = node.fully_qualified_name()?;
-    tracing::info!(node = name, device = ?device, model = model.as_ref().map(|m| m.id().to_string()), "starting");
-    if model.is_none() {
-        tracing::warn!("no model_path: every scan gets NO_MODEL until a model is trained or activated");
+    tracing::info!(node = name, device = ?device, "starting");
+    match &model {
+        // After a restart the node always starts with the configured model, whatever was activated before:
+        // the parameters are the cell's record of what it inspects with.
+        Some(m) => tracing::info!(
+            model = m.id(),
+            path = %m.path.display(),
+            "starting with the model of parameter model_path (a model activated at run time is not remembered across restarts)"
+        ),
+        None => tracing::warn!("no model_path: every scan gets NO_MODEL until a model is trained or activated"),
+    }
+    for leftover in crate::model::store::remove_staging_leftovers(std::path::Path::new(&config.models_dir)) {
+        tracing::warn!(path = %leftover.display(), "removed an unfinished model folder left by a killed training job");
     }
 
     let results = node.create_publisher::<InspectionResult>(&config.result_topic, QosProfile::default())?;

@@ -1,5 +1,6 @@
 //! The `~/train` action (inspect3d_msgs/TrainModel): learns a model from bags of good scans while the node keeps
-//! inspecting, reports progress, saves the model atomically to `<models_dir>/<model_name>/` and, when asked,
+//! inspecting, reports progress, saves the model atomically to `<models_dir>/<model_name>/` (or, when that
+//! exists, the first free `<model_name>-2`, `-3`, …: training never replaces a model) and, when asked,
 //! makes it active for the next scan. One job at a time. A goal that cannot work is aborted at once with the
 //! reason in `result.message` (an action's rejection carries no reason, and the engineer needs one).
 
@@ -38,7 +39,8 @@ struct Job {
     bags: Vec<Bag>,
     topic: String,
     name: String,
-    out: PathBuf,
+    /// Where models go; the job's own folder is chosen when it saves (a free name, never an existing model).
+    models_dir: PathBuf,
     config: DetectorConfig,
     activate: bool,
 }
@@ -140,7 +142,7 @@ fn plan(goal: &TrainModel::Goal, state: &NodeState) -> Result<Job, String> {
         bags,
         topic: goal.topic.clone(),
         name: name.to_string(),
-        out: PathBuf::from(&config.models_dir).join(name),
+        models_dir: PathBuf::from(&config.models_dir),
         config: detector,
         activate: goal.activate,
     })
@@ -292,7 +294,8 @@ fn run(job: Job, state: &NodeState, monitor: &mut ActionMonitor) -> Result<Train
     if monitor.cancelled() {
         return Err(ModelError::Cancelled);
     }
-    let manifest = store::save(&detector, &job.out, &job.name, summary)?;
+    let out = store::free_model_dir(&job.models_dir, &job.name);
+    let manifest = store::save(&detector, &out, &job.name, summary)?;
     let previous = state.inspector.active_model();
     let mut notes = vec![format!(
         "trained on {} clouds, {} held out, in {:.0} s",
@@ -310,8 +313,11 @@ fn run(job: Job, state: &NodeState, monitor: &mut ActionMonitor) -> Result<Train
     if !read.skipped.is_empty() {
         notes.push(format!("{} recorded clouds without usable points were skipped", read.skipped.len()));
     }
+    if out.file_name().and_then(|n| n.to_str()) != Some(job.name.as_str()) {
+        notes.push(format!("a model named {} already exists: saved as {}", job.name, out.display()));
+    }
     if job.activate {
-        state.activate_path(&job.out).map_err(ModelError::Training)?;
+        state.activate_path(&out).map_err(ModelError::Training)?;
         notes.push("active from the next scan".into());
     }
     if let Some(previous) = &previous {
@@ -320,7 +326,7 @@ fn run(job: Job, state: &NodeState, monitor: &mut ActionMonitor) -> Result<Train
     Ok(TrainModel::Result {
         success: true,
         model_id: manifest.model_id,
-        model_path: job.out.display().to_string(),
+        model_path: out.display().to_string(),
         cloud_threshold: manifest.thresholds.cloud,
         point_threshold: manifest.thresholds.point,
         clouds_used: manifest.training.clouds_trained as u32,

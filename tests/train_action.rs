@@ -247,3 +247,70 @@ fn goals_that_cannot_work_are_refused_with_the_reason() {
     }
     assert_eq!(std::fs::read_dir(models.path()).unwrap().count(), 0, "a refused goal wrote into the models folder");
 }
+
+/// scripts/train_goal.py against the node, with a goal that trains far longer than the test; returns the
+/// script once it has printed its first feedback line.
+fn start_train_goal_script(node: &TestNode, name: &str) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut script = std::process::Command::new("python3")
+        .arg(repo().join("scripts/train_goal.py"))
+        .args(["--node", &node.fqn(), "--bag", &bag("mcap_lz4"), "--topic", TOPIC, "--name", name])
+        .args(["--epochs", "100000", "--timeout", "300"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start scripts/train_goal.py");
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = script.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = lines.recv_timeout(TIMEOUT).expect("feedback from the script");
+    assert!(first.starts_with('['), "not feedback: {first}");
+    (script, lines)
+}
+
+/// Waits (bounded) for a process to end; returns its exit code, stdout lines seen since and stderr.
+fn finish(mut script: std::process::Child, lines: std::sync::mpsc::Receiver<String>) -> (Option<i32>, String, String) {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = script.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = script.kill();
+            panic!("scripts/train_goal.py did not end within {TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    script.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let stdout: Vec<String> = lines.try_iter().collect();
+    (status.code(), stdout.join("\n"), stderr)
+}
+
+#[test]
+fn the_training_client_cancels_on_ctrl_c_and_ends_when_the_node_dies() {
+    let models = tempfile::tempdir().unwrap();
+    let node = start_node(models.path());
+    let (script, lines) = start_train_goal_script(&node, "interrupted");
+    let status = std::process::Command::new("kill").args(["-INT", &script.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let (code, stdout, stderr) = finish(script, lines);
+    assert!(stdout.contains("CANCELED"), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(!stderr.contains("Traceback"), "{stderr}");
+    assert_eq!(code, Some(130), "stdout: {stdout}\nstderr: {stderr}");
+
+    let (script, lines) = start_train_goal_script(&node, "orphaned");
+    let mut node = node;
+    let _ = node.process.0.kill();
+    let _ = node.process.0.wait();
+    let (code, stdout, stderr) = finish(script, lines);
+    assert_eq!(code, Some(2), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stderr.contains("went away"), "{stderr}");
+    assert!(!stderr.contains("Traceback"), "{stderr}");
+}

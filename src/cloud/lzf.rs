@@ -7,9 +7,15 @@ const MAX_LITERAL: usize = 32;
 const MAX_OFFSET: usize = 1 << 13;
 const MAX_MATCH: usize = 2 + 7 + 255; // the longest back-reference the format can express
 const HASH_BITS: u32 = 14;
+/// The most output one input byte can give (a longest back-reference takes three bytes): a declared size
+/// beyond `input × MAX_EXPANSION` is a lie, and is not allocated.
+pub const MAX_EXPANSION: usize = MAX_MATCH.div_ceil(3) + 1;
 
 pub fn decompress(input: &[u8], expected_len: usize) -> Result<Vec<u8>> {
     let err = |what: String| CloudError::Compression(what);
+    if expected_len > input.len().saturating_mul(MAX_EXPANSION) {
+        return Err(err(format!("{} bytes cannot decompress to the declared {expected_len}", input.len())));
+    }
     let mut out = Vec::with_capacity(expected_len);
     let mut ip = 0;
     while ip < input.len() {

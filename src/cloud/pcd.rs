@@ -22,6 +22,9 @@ struct Column {
     count: usize,
 }
 
+/// The widest field a header may declare: far above any real descriptor, low enough that sizes cannot overflow.
+const MAX_COUNT: usize = 1 << 16;
+
 impl Column {
     fn stride(&self) -> usize {
         self.scalar.size() * self.count
@@ -126,8 +129,10 @@ fn parse_header(bytes: &[u8]) -> Result<(Header, &[u8])> {
                 }
                 let mut columns = Vec::with_capacity(names.len());
                 for (((name, size), kind), count) in names.into_iter().zip(&sizes).zip(&types).zip(&counts) {
-                    if *count == 0 {
-                        return Err(header_error(format!("field '{name}' has COUNT 0")));
+                    if *count == 0 || *count > MAX_COUNT {
+                        return Err(header_error(format!(
+                            "field '{name}' has COUNT {count} (1 to {MAX_COUNT}; PCL's widest descriptors have a few hundred)"
+                        )));
                     }
                     columns.push(Column { scalar: scalar_from_pcd(kind, size)?, count: *count, name });
                 }
@@ -171,6 +176,20 @@ pub fn decode(bytes: &[u8]) -> Result<PointCloud> {
         return Err(CloudError::Empty);
     }
     let record: usize = header.columns.iter().map(Column::stride).sum();
+    // Nothing is allocated for points the data cannot hold: a header may claim any WIDTH.
+    let total = n.checked_mul(record).ok_or_else(|| header_error("WIDTH × HEIGHT × record size overflows"))?;
+    let room = match header.encoding {
+        // At least one character and a line break per point.
+        PcdEncoding::Ascii => body.len() / 2,
+        PcdEncoding::Binary => body.len() / record.max(1),
+        PcdEncoding::BinaryCompressed => body.len().saturating_mul(lzf::MAX_EXPANSION) / record.max(1),
+    };
+    if n > room {
+        return Err(data_error(format!(
+            "the header declares {n} points ({total} bytes) but the {} bytes of data cannot hold them",
+            body.len()
+        )));
+    }
     let mut buffers: Vec<Vec<u8>> = header.columns.iter().map(|c| Vec::with_capacity(n * c.stride())).collect();
     match header.encoding {
         PcdEncoding::Ascii => {
@@ -197,11 +216,10 @@ pub fn decode(bytes: &[u8]) -> Result<PointCloud> {
             }
         }
         PcdEncoding::Binary => {
-            let needed = n * record;
-            if body.len() < needed {
-                return Err(data_error(format!("{} bytes of binary data, {n} points need {needed}", body.len())));
+            if body.len() < total {
+                return Err(data_error(format!("{} bytes of binary data, {n} points need {total}", body.len())));
             }
-            for point in body[..needed].chunks_exact(record) {
+            for point in body[..total].chunks_exact(record) {
                 let mut at = 0;
                 for (col, buf) in header.columns.iter().zip(&mut buffers) {
                     buf.extend_from_slice(&point[at..at + col.stride()]);
@@ -215,8 +233,8 @@ pub fn decode(bytes: &[u8]) -> Result<PointCloud> {
                 Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
             };
             let (packed, unpacked) = (size(0)?, size(4)?);
-            if unpacked != n * record {
-                return Err(data_error(format!("uncompressed size {unpacked}, {n} points need {}", n * record)));
+            if unpacked != total {
+                return Err(data_error(format!("uncompressed size {unpacked}, {n} points need {total}")));
             }
             let payload = body
                 .get(8..8 + packed)

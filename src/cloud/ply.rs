@@ -203,7 +203,9 @@ fn read_elements(bytes: &[u8], faces: bool) -> Result<(PointCloud, Vec<Vec<u32>>
         let is_face = faces && element.name == "face";
         let mut buffers: Vec<Vec<u8>> = element.properties.iter().map(|_| Vec::new()).collect();
         let mut scratch = Vec::new();
-        for _ in 0..element.count {
+        // An element without properties holds no bytes, whatever count it claims: nothing to read.
+        let records = if element.properties.is_empty() { 0 } else { element.count };
+        for _ in 0..records {
             for (k, property) in element.properties.iter().enumerate() {
                 match property {
                     Property::Scalar { scalar, .. } => {

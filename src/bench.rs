@@ -92,8 +92,17 @@ pub fn peak_memory_mib() -> Option<f64> {
 
 /// Peak resident memory of a process (`self` or a pid), in MiB.
 pub fn peak_memory_mib_of(pid: &str) -> Option<f64> {
+    memory_mib_of(pid, "VmHWM:")
+}
+
+/// A process's resident memory now (VmRSS), MiB.
+pub fn resident_memory_mib_of(pid: &str) -> Option<f64> {
+    memory_mib_of(pid, "VmRSS:")
+}
+
+fn memory_mib_of(pid: &str, key: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }

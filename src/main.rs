@@ -141,6 +141,12 @@ enum Command {
         voxel: Option<f32>,
         #[arg(long, default_value_t = 7)]
         repeats: usize,
+        /// soak: how long to run.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// soak: scans published per second.
+        #[arg(long, default_value_t = 30.0)]
+        rate: f64,
     },
     /// Sends recorded scans to a running inspect3d_node over DDS, one at a time, and prints each verdict as it
     /// arrives (scan, verdict, score, defect location, latency); optionally writes PLY heatmaps of the anomaly
@@ -198,6 +204,10 @@ enum Suite {
     /// and a dense 100k-point scan, the bundled model).
     #[cfg(feature = "ros")]
     Node,
+    /// inspect3d_node under a long stream of the bundled scans mixed with hostile inputs (see --minutes,
+    /// --rate): every scan's fate, wrong verdicts, latency, memory over time.
+    #[cfg(feature = "ros")]
+    Soak,
 }
 
 /// The 640×480 depth-camera frame shipped with the project.
@@ -229,7 +239,7 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&manifest)?);
             Ok(())
         }
-        Command::Bench { suite, input, voxel, repeats } => {
+        Command::Bench { suite, input, voxel, repeats, minutes, rate } => {
             let bundled = |file: &str| Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
             let table = match suite {
                 Suite::Geometry => {
@@ -276,6 +286,15 @@ fn main() -> Result<()> {
                         10.0,
                     )?;
                     println!("{table}");
+                    return Ok(());
+                }
+                #[cfg(feature = "ros")]
+                Suite::Soak => {
+                    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+                    if !(minutes > 0.0 && rate > 0.0) {
+                        anyhow::bail!("--minutes and --rate must be > 0");
+                    }
+                    println!("{}", inspect3d::ros::soak::soak(repo, &repo.join("models/featuretype"), minutes, rate)?);
                     return Ok(());
                 }
             };

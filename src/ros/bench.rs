@@ -19,9 +19,44 @@ pub struct NodeBenchInput {
     pub cloud: PointCloud,
 }
 
-struct NodeProcess(Child);
+/// An inspect3d_node (the binary beside this one) started for a benchmark, with its own name and input topic;
+/// killed when dropped.
+pub(crate) struct BenchNode(Child);
 
-impl Drop for NodeProcess {
+impl BenchNode {
+    /// Starts the node with `model` and connects a client to it.
+    pub(crate) fn start(repo: &Path, model: &Path, timeout: Duration) -> Result<(Self, InspectorClient)> {
+        let exe = std::env::current_exe()?.with_file_name("inspect3d_node");
+        if !exe.exists() {
+            bail!("{} not found: build it with `cargo build --release --bins`", exe.display());
+        }
+        let name = format!("inspect3d_bench_{}", std::process::id());
+        let topic = format!("/{name}/points");
+        let child = Command::new(&exe)
+            .args(["--ros-args", "--params-file"])
+            .arg(repo.join("config/inspector.yaml"))
+            .args(["-r", &format!("__node:={name}"), "-p", &format!("input_topic:={topic}"), "-p"])
+            .arg(format!("model_path:={}", model.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let node = Self(child);
+        let client = InspectorClient::connect(&format!("/{name}"), &topic, timeout)?;
+        Ok((node, client))
+    }
+
+    pub(crate) fn pid(&self) -> String {
+        self.0.id().to_string()
+    }
+
+    /// Whether the process is still running (false once it exited or crashed).
+    pub(crate) fn is_running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for BenchNode {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -37,25 +72,9 @@ pub fn node(
     flood_hz: f64,
     flood_seconds: f64,
 ) -> Result<String> {
-    let exe = std::env::current_exe()?.with_file_name("inspect3d_node");
-    if !exe.exists() {
-        bail!("{} not found: build it with `cargo build --release --bins`", exe.display());
-    }
-    let name = format!("inspect3d_bench_{}", std::process::id());
-    let topic = format!("/{name}/points");
-    let child = Command::new(&exe)
-        .args(["--ros-args", "--params-file"])
-        .arg(repo.join("config/inspector.yaml"))
-        .args(["-r", &format!("__node:={name}"), "-p", &format!("input_topic:={topic}"), "-p"])
-        .arg(format!("model_path:={}", model.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", exe.display()))?;
-    let node = NodeProcess(child);
-    let pid = node.0.id().to_string();
     let timeout = Duration::from_secs(60);
-    let mut client = InspectorClient::connect(&format!("/{name}"), &topic, timeout)?;
+    let (node, mut client) = BenchNode::start(repo, model, timeout)?;
+    let pid = node.pid();
     let mut table = String::from(
         "| input | points (finite) | round trip p50 / p95 ms | node latency p50 / p95 ms | sustained scans/s | \
          offered scans/s |\n|---|---:|---:|---:|---:|---:|\n",

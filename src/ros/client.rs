@@ -181,6 +181,7 @@ pub fn status_name(status: u8) -> &'static str {
         s if s == InspectionResult::REJECT as u8 => "REJECT",
         s if s == InspectionResult::INVALID_INPUT as u8 => "INVALID_INPUT",
         s if s == InspectionResult::NO_MODEL as u8 => "NO_MODEL",
+        s if s == InspectionResult::DROPPED as u8 => "DROPPED",
         _ => "ERROR",
     }
 }

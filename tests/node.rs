@@ -145,14 +145,8 @@ fn without_a_model_scans_get_no_model_until_one_is_set_and_thresholds_change_at_
     assert_eq!((result.status, result.threshold), (InspectionResult::PASS as u8, 1.0), "{}", result.message);
 }
 
-#[test]
-fn diagnostics_report_the_model_counts_and_latency() {
-    let node = TestNode::start(MODEL, &["diagnostics_period_s:=0.2"]);
-    let mut client = connect(&node);
-    let good = pointcloud2::encode(&scan("000_good"));
-    for _ in 0..2 {
-        client.inspect(&good, TIMEOUT).unwrap();
-    }
+/// The node's next diagnostics status (its own entry in /diagnostics).
+fn node_diagnostics(node: &TestNode) -> r2r::diagnostic_msgs::msg::DiagnosticStatus {
     let ctx = r2r::Context::create().unwrap();
     let mut listener = r2r::Node::create(ctx, &unique("diag_listener"), "").unwrap();
     let mut diagnostics = listener
@@ -162,15 +156,30 @@ fn diagnostics_report_the_model_counts_and_latency() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let wanted = format!("{}: inspector", node.fqn());
     let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
+    loop {
         assert!(Instant::now() < deadline, "no diagnostics from {}", node.fqn());
         let array =
             runtime.block_on(async { tokio::time::timeout(TIMEOUT, diagnostics.next()).await }).unwrap().unwrap();
         if let Some(status) = array.status.into_iter().find(|s| s.name == wanted) {
-            break status;
+            return status;
         }
-    };
-    let value = |key: &str| status.values.iter().find(|kv| kv.key == key).map(|kv| kv.value.clone()).unwrap();
+    }
+}
+
+fn diagnostic_value(status: &r2r::diagnostic_msgs::msg::DiagnosticStatus, key: &str) -> String {
+    status.values.iter().find(|kv| kv.key == key).map(|kv| kv.value.clone()).unwrap()
+}
+
+#[test]
+fn diagnostics_report_the_model_counts_and_latency() {
+    let node = TestNode::start(MODEL, &["diagnostics_period_s:=0.2"]);
+    let mut client = connect(&node);
+    let good = pointcloud2::encode(&scan("000_good"));
+    for _ in 0..2 {
+        client.inspect(&good, TIMEOUT).unwrap();
+    }
+    let status = node_diagnostics(&node);
+    let value = |key: &str| diagnostic_value(&status, key);
     assert_eq!(status.level, r2r::diagnostic_msgs::msg::DiagnosticStatus::OK as u8, "{}", status.message);
     assert!(value("model_id").starts_with("featuretype-"));
     assert_eq!(value("scans_scored"), "2");
@@ -178,6 +187,34 @@ fn diagnostics_report_the_model_counts_and_latency() {
     assert_eq!(value("device"), "cpu");
     assert!(value("latency_p50_ms").parse::<f64>().unwrap() > 0.0);
     assert!(value("latency_p95_ms").parse::<f64>().unwrap() >= value("latency_p50_ms").parse::<f64>().unwrap());
+}
+
+#[test]
+fn every_received_scan_gets_a_result_even_when_dropped() {
+    let node = TestNode::start(MODEL, &["diagnostics_period_s:=0.2"]);
+    let client = connect(&node);
+    let good = pointcloud2::encode(&scan("000_good"));
+    // Eight scans at once: the node scores one, keeps the newest waiting, drops the rest, and answers each.
+    let mut stamp = r2r::builtin_interfaces::msg::Time::default();
+    let sent: Vec<_> = (0..8).map(|_| inspect3d::ros::client::unique_stamp(&mut stamp)).collect();
+    for s in &sent {
+        client.send(&good, "camera", s.clone()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut statuses = Vec::new();
+    while let Some((result, _)) = client.next_result(Duration::from_secs(20)) {
+        assert!(sent.contains(&result.header.stamp), "a result for a scan never sent");
+        if result.status == InspectionResult::DROPPED as u8 {
+            assert!(!result.passed && result.message.contains("queue"), "{}", result.message);
+        }
+        statuses.push(result.status);
+    }
+    let dropped = statuses.iter().filter(|&&s| s == InspectionResult::DROPPED as u8).count();
+    assert!(dropped > 0, "no scan was dropped: {statuses:?}");
+    let status = node_diagnostics(&node);
+    let received: usize = diagnostic_value(&status, "scans_received").parse().unwrap();
+    assert_eq!(statuses.len(), received, "one result per received scan: {statuses:?}");
+    assert_eq!(diagnostic_value(&status, "scans_dropped"), dropped.to_string());
 }
 
 #[test]

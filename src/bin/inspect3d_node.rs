@@ -12,8 +12,19 @@ fn main() -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Allocations of this size and above get their own mapping, returned to the system when freed. glibc's default
+/// raises the threshold as the program runs, after which every scan's multi-megabyte buffers come from the heap
+/// and fragment it: measured over a 10-minute soak, resident memory grew 8 % after warm-up by default and did
+/// not grow with a fixed 4 MiB threshold, at about the same latency (docs/benchmarks.md).
+#[cfg(all(feature = "ros", target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD_BYTES: i32 = 4 << 20;
+
 #[cfg(feature = "ros")]
 fn main() -> ExitCode {
+    // Before any thread starts, as glibc requires. A refusal (0) leaves glibc's default: nothing to do.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; no other thread exists yet.
+    let _ = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) };
     inspect3d::init_logging();
     let check_only = std::env::args().take_while(|a| a != "--ros-args").any(|a| a == "--check-config");
     match inspect3d::ros::node::run(check_only) {

@@ -6,7 +6,9 @@
 # (PLY coloured by anomaly score: open it in MeshLab, CloudCompare or Open3D).
 # shellcheck disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/prepare.sh"
-cargo build --release --bins
+# The same build as scripts/test.sh (--all-targets): with --bins alone cargo resolves the dependencies' features
+# differently and rebuilds the whole tree when switching between the two commands.
+cargo build --release --all-targets
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$((RANDOM % 100 + 1))}"
 mkdir -p out/demo
 ./target/release/inspect3d_node --ros-args --params-file config/inspector.yaml \

@@ -3,7 +3,7 @@
 //! The crate is laid out by pipeline stage:
 //! - [`bag`]: rosbag2 bags (MCAP and sqlite3) and CDR decoding of recorded PointCloud2 messages;
 //! - [`cloud`]: point clouds and their encodings (PointCloud2 byte layouts, PCD, PLY);
-//! - [`geometry`]: voxel grid, normalisation, sampling, neighbourhoods, normals, FPFH, median filter;
+//! - [`geometry`]: outlier removal, voxel grid, normalisation, sampling, neighbourhoods, normals, FPFH, median filter;
 //! - [`model`]: the detector's stages (backbone, SCA, adaptor, generator, discriminator, scoring) and model files;
 //! - [`train`]: learning from good clouds and calibrating thresholds;
 //! - [`inspector`]: the inspection service (scan queue, worker thread, active model, statistics), free of ROS;
@@ -24,9 +24,13 @@ pub mod ros;
 pub mod synth;
 pub mod train;
 
-/// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`).
+/// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`); colours only on a terminal and
+/// without `NO_COLOR` (no-color.org), so logs written to files and pipes stay plain text.
 pub fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colour).with_writer(std::io::stderr).try_init();
 }

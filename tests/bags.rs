@@ -1,5 +1,6 @@
 //! The rosbag2 reader on bags written by independent writers (`rosbags`; Foxglove's `mcap` for lz4 chunks):
-//! MCAP with zstd and lz4 chunks, sqlite3, a split bag; wrong topics and types; broken bags; and the CLI
+//! MCAP with zstd and lz4 chunks, sqlite3, a split bag, rosbag2's file and message zstd compression of both
+//! storages; wrong topics and types; broken bags; and the CLI
 //! training from a bag. Needs the Python tools from scripts/setup.sh (python3 with rosbags and mcap).
 
 use std::ops::ControlFlow;
@@ -34,7 +35,8 @@ fn read_all(bag: &Bag) -> Result<Vec<StampedCloud>, BagError> {
 #[test]
 fn every_storage_gives_back_the_recorded_scans_in_order() {
     let sources = &bags().1;
-    for storage in ["mcap_zstd", "mcap_lz4", "sqlite3", "split"] {
+    let compressed = ["mcap_file_zstd", "sqlite3_file_zstd", "mcap_message_zstd", "sqlite3_message_zstd"];
+    for storage in ["mcap_zstd", "mcap_lz4", "sqlite3", "split"].into_iter().chain(compressed) {
         let bag = Bag::open(&bag_dir(storage)).unwrap();
         assert_eq!(bag.check_topic(TOPIC, POINT_CLOUD2).unwrap(), sources.len() as u64, "{storage}");
         if storage == "split" {
@@ -53,6 +55,13 @@ fn every_storage_gives_back_the_recorded_scans_in_order() {
             assert!(same, "{storage} message {k} differs from {}", source.display());
         }
     }
+    // File-compressed storage is streamed to a temporary copy while read, and the copy removed after.
+    let leftovers = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("inspect3d-{}-", std::process::id())))
+        .count();
+    assert_eq!(leftovers, 0, "decompressed copies left in the temporary folder");
 }
 
 #[test]
@@ -118,6 +127,11 @@ fn broken_bags_give_errors_naming_the_file_and_the_problem() {
     std::fs::write(storage_file(&corrupt_db, "db3"), vec![0x5a; 8192]).unwrap();
     let message = error(&corrupt_db);
     assert!(message.contains("sqlite3.db3") && message.contains("not a readable rosbag2 sqlite3 file"), "{message}");
+
+    let corrupt_zstd = copy_bag("mcap_file_zstd", scratch.path());
+    std::fs::write(storage_file(&corrupt_zstd, "zstd"), b"not zstd").unwrap();
+    let message = error(&corrupt_zstd);
+    assert!(message.contains("mcap_file_zstd.mcap.zstd") && message.contains("not a readable zstd file"), "{message}");
 
     let no_file = copy_bag("split", scratch.path());
     std::fs::remove_file(no_file.join("split_1.mcap")).unwrap();

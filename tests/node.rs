@@ -232,8 +232,11 @@ fn sigterm_and_sigint_stop_the_node_cleanly() {
             assert!(Instant::now() < deadline, "still running 20 s after {signal}");
             std::thread::sleep(Duration::from_millis(50));
         };
-        assert!(status.success(), "{signal}: exit {status:?}\n{}", node.log_text());
-        assert!(node.log_text().contains("shutting down"));
+        let log = node.log_text();
+        assert!(status.success(), "{signal}: exit {status:?}\n{log}");
+        assert!(log.contains("shutting down"));
+        assert!(log.contains("starting with the model of parameter model_path"), "{log}");
+        assert!(!log.contains('\x1b'), "colour codes in a log written to a file:\n{log}");
     }
 }
 

@@ -1,7 +1,9 @@
 //! rosbag2 bags (what `ros2 bag record` writes): a folder with `metadata.yaml` and one or more storage files,
-//! MCAP (Jazzy's default; chunks plain, zstd or lz4) or sqlite3 `.db3` (Humble's default), holding CDR messages.
+//! MCAP (Jazzy's default; chunks plain, zstd or lz4) or sqlite3 `.db3` (Humble's default), holding CDR messages,
+//! optionally zstd-compressed by rosbag2 itself (`--compression-mode file|message --compression-format zstd`).
 //! Reads a topic's messages file by file in recorded order, without loading a bag into memory (MCAP files are
-//! memory-mapped, sqlite rows are fetched in small batches). Pure: no ROS needed ([`cdr`] decodes PointCloud2).
+//! memory-mapped, sqlite rows are fetched in small batches, a compressed file is streamed to a temporary file
+//! first). Pure: no ROS needed ([`cdr`] decodes PointCloud2).
 
 pub mod cdr;
 
@@ -68,11 +70,22 @@ enum Storage {
     Sqlite,
 }
 
+/// rosbag2's own compression (not MCAP's chunk compression, which the MCAP reader handles).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Compression {
+    None,
+    /// Each storage file is zstd-compressed whole (`name.mcap.zstd`).
+    File,
+    /// Each message's bytes are zstd-compressed.
+    Message,
+}
+
 /// An opened bag: metadata read, storage files found.
 pub struct Bag {
     pub dir: PathBuf,
     pub metadata: Metadata,
     storage: Storage,
+    compression: Compression,
     files: Vec<PathBuf>,
 }
 
@@ -112,16 +125,19 @@ impl Bag {
             "sqlite3" => Storage::Sqlite,
             other => return Err(bag_error(&dir, format!("storage '{other}' is not supported (mcap, sqlite3)"))),
         };
-        if !metadata.compression_mode.is_empty() && !metadata.compression_mode.eq_ignore_ascii_case("none") {
-            return Err(bag_error(
-                &dir,
-                format!(
-                    "{} compression ({}) of whole files or messages is not supported; `ros2 bag decompress` it, or \
-                     record with MCAP chunk compression (--storage-preset-profile)",
-                    metadata.compression_mode, metadata.compression_format
-                ),
-            ));
-        }
+        let compression = match metadata.compression_mode.to_ascii_lowercase().as_str() {
+            "" | "none" => Compression::None,
+            mode @ ("file" | "message") => {
+                if !metadata.compression_format.eq_ignore_ascii_case("zstd") {
+                    return Err(bag_error(
+                        &dir,
+                        format!("{mode} compression '{}' is not supported (zstd)", metadata.compression_format),
+                    ));
+                }
+                if mode == "file" { Compression::File } else { Compression::Message }
+            }
+            other => return Err(bag_error(&dir, format!("compression mode '{other}' is unknown (file, message)"))),
+        };
         if metadata.relative_file_paths.is_empty() {
             return Err(bag_error(&dir, "metadata.yaml lists no storage files"));
         }
@@ -140,7 +156,7 @@ impl Bag {
             };
             files.push(file);
         }
-        Ok(Self { dir, metadata, storage, files })
+        Ok(Self { dir, metadata, storage, compression, files })
     }
 
     pub fn files(&self) -> &[PathBuf] {
@@ -193,11 +209,31 @@ impl Bag {
         topic: &str,
         mut f: impl FnMut(u64, &[u8]) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
+        let mut message_bytes = Vec::new();
+        let mut f = |time: u64, bytes: &[u8]| -> Result<ControlFlow<()>> {
+            if self.compression != Compression::Message {
+                return f(time, bytes);
+            }
+            message_bytes.clear();
+            zstd::stream::copy_decode(bytes, &mut message_bytes)
+                .map_err(|e| bag_error(&self.dir, format!("a message on {topic} is not valid zstd: {e}")))?;
+            f(time, &message_bytes)
+        };
         for file in &self.files {
-            let flow = match self.storage {
-                Storage::Mcap => mcap_messages(file, topic, &mut f)?,
-                Storage::Sqlite => sqlite_messages(file, topic, &mut f)?,
+            let decompressed = match self.compression {
+                Compression::File => Some(Decompressed::of(file)?),
+                _ => None,
             };
+            let readable = decompressed.as_ref().map_or(file.as_path(), |d| d.path.as_path());
+            let flow = match self.storage {
+                Storage::Mcap => mcap_messages(readable, topic, &mut f),
+                Storage::Sqlite => sqlite_messages(readable, topic, &mut f),
+            }
+            // Errors name the bag's file, not the temporary copy.
+            .map_err(|e| match e {
+                BagError::File { problem, .. } => file_error(file, problem),
+                other => other,
+            })?;
             if flow.is_break() {
                 break;
             }
@@ -220,6 +256,36 @@ impl Bag {
             index += 1;
             Ok(f(cloud))
         })
+    }
+}
+
+/// A file-compressed storage file streamed to a temporary file (bags can be larger than memory); removed on drop.
+struct Decompressed {
+    path: PathBuf,
+}
+
+impl Decompressed {
+    fn of(file: &Path) -> Result<Self> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("storage");
+        let name = format!("inspect3d-{}-{}-{stem}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let decompressed = Self { path: std::env::temp_dir().join(name) };
+        let input = std::fs::File::open(file).map_err(|e| file_error(file, e.to_string()))?;
+        let output = std::fs::File::create(&decompressed.path)
+            .map_err(|e| file_error(&decompressed.path, format!("cannot write the decompressed copy: {e}")))?;
+        let mut writer = std::io::BufWriter::new(output);
+        zstd::stream::copy_decode(input, &mut writer)
+            .map_err(|e| file_error(file, format!("not a readable zstd file: {e}")))?;
+        std::io::Write::flush(&mut writer)
+            .map_err(|e| file_error(&decompressed.path, format!("cannot write the decompressed copy: {e}")))?;
+        Ok(decompressed)
+    }
+}
+
+impl Drop for Decompressed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

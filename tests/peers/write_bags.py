@@ -10,6 +10,10 @@ Writes OUT/<name>/ for each of:
   sqlite3     rosbags, sqlite3 (.db3), version 8
   split       two MCAP files (the scans divided between them) listed in one metadata.yaml, as `ros2 bag record
               --max-bag-size` leaves them
+  mcap_file_zstd       rosbags, MCAP, the whole file zstd-compressed by rosbag2 (`--compression-mode file`)
+  sqlite3_file_zstd    rosbags, sqlite3, the whole file zstd-compressed
+  mcap_message_zstd    rosbags, MCAP, each message zstd-compressed (`--compression-mode message`)
+  sqlite3_message_zstd rosbags, sqlite3, each message zstd-compressed
 One message per scan, stamped 1 s apart, in the order given."""
 import shutil
 import sys
@@ -61,11 +65,13 @@ def scan_message(path, k):
         data=np.frombuffer(body, dtype=np.uint8), is_dense=False)
 
 
-def write_rosbags(path, topic, messages, plugin, version=9, compress=False, status=False):
+def write_rosbags(path, topic, messages, plugin, version=9, compress=False, status=False, mode=None):
     shutil.rmtree(path, ignore_errors=True)
     writer = Writer(path, version=version, storage_plugin=plugin)
     if compress:
         writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
+    if mode is not None:
+        writer.set_compression(mode, CompressionFormat.ZSTD)
     with writer:
         clouds = writer.add_connection(topic, PointCloud2.__msgtype__, typestore=ts)
         text = writer.add_connection("/status", String.__msgtype__, typestore=ts) if status else None
@@ -107,6 +113,9 @@ def main():
     plain.unlink()
 
     write_rosbags(out / "sqlite3", topic, messages, StoragePlugin.SQLITE3, version=8)
+    for name, plugin in [("mcap", StoragePlugin.MCAP), ("sqlite3", StoragePlugin.SQLITE3)]:
+        for mode in [CompressionMode.FILE, CompressionMode.MESSAGE]:
+            write_rosbags(out / f"{name}_{mode.name.lower()}_zstd", topic, messages, plugin, mode=mode)
 
     half = len(messages) // 2
     split = out / "split"

@@ -13,11 +13,14 @@ use inspect3d::model::{DeviceChoice, store};
 use inspect3d::train;
 
 #[derive(Parser)]
-#[command(name = "inspect3d", version, about = "Surface-defect detection on 3D point clouds")]
+#[command(name = "inspect3d", version = VERSION, about = "Surface-defect detection on 3D point clouds")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// The version line: the package's and the LibTorch it links (with the CUDA that LibTorch was built for).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "; LibTorch ", env!("INSPECT3D_LIBTORCH"));
 
 #[derive(Subcommand)]
 enum Command {

@@ -289,3 +289,12 @@ fn the_bundled_model_rejects_each_defective_scan_at_its_defect() {
     }
     assert_eq!(seen, 6);
 }
+
+#[test]
+fn the_version_names_the_libtorch_it_links() {
+    let out = Command::new(env!("CARGO_BIN_EXE_inspect3d")).arg("--version").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.starts_with(&format!("inspect3d {}; LibTorch 2.", env!("CARGO_PKG_VERSION"))), "{text}");
+    assert!(text.contains("CUDA") || text.contains("CPU build"), "{text}");
+}

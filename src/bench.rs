@@ -218,6 +218,10 @@ pub fn detector(input: DetectorInput, voxel: f32, repeats: usize) -> Result<Tabl
     cfg.preprocess.voxel_size = voxel;
     cfg.preprocess.normals_face = NormalSide::Outward;
     let mut det = Detector::new(cfg.clone(), device)?;
+    // Thresholds as a trained model has them (an untrained one's are NaN, which gives no verdict); their values
+    // do not change the cost.
+    let thresholds = crate::model::Thresholds { cloud: 0.5, point: 0.5 };
+    det.thresholds = thresholds;
     // A full memory bank of the configured size, so the bank search costs what a trained model's does.
     let width = det.backbone.width() as i64;
     det.conditioning.bank = tch::Tensor::randn([cfg.conditioning.bank_size as i64, width], (tch::Kind::Float, device));
@@ -293,7 +297,8 @@ pub fn detector(input: DetectorInput, voxel: f32, repeats: usize) -> Result<Tabl
     let mut paper = crate::eval::paper_config();
     paper.preprocess.voxel_size = voxel;
     paper.preprocess.normals_face = NormalSide::Outward;
-    let paper = Detector::new(paper, device)?;
+    let mut paper = Detector::new(paper, device)?;
+    paper.thresholds = thresholds;
     table.stage(
         "whole inspection, config/paper.json",
         "the paper's pipeline (the detector before issue 10)".into(),

@@ -298,3 +298,19 @@ fn the_version_names_the_libtorch_it_links() {
     assert!(text.starts_with(&format!("inspect3d {}; LibTorch 2.", env!("CARGO_PKG_VERSION"))), "{text}");
     assert!(text.contains("CUDA") || text.contains("CPU build"), "{text}");
 }
+
+/// The detector benchmark runs end to end (its numbers are measured, not asserted here): it once broke when
+/// verdicts began refusing the NaN thresholds of an untrained detector.
+#[test]
+fn the_detector_benchmark_prints_its_table() {
+    let out = Command::new(env!("CARGO_BIN_EXE_inspect3d"))
+        .args(["bench", "detector", "--input", "tests/data/cell_scans/000_good.pcd", "--voxel", "2", "--repeats", "1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for row in ["| whole inspection |", "| whole inspection, config/paper.json |", "| training step |"] {
+        assert!(text.contains(row), "no row {row} in:\n{text}");
+    }
+}

@@ -12,10 +12,7 @@ fn main() {
         if let Ok(text) = std::fs::read_to_string(&version_py) {
             println!("cargo:rerun-if-changed={}", version_py.display());
             let value = |key: &str| {
-                text.lines()
-                    .find(|l| l.starts_with(key))
-                    .and_then(|l| l.split('\'').nth(1))
-                    .map(str::to_string)
+                text.lines().find(|l| l.starts_with(key)).and_then(|l| l.split('\'').nth(1)).map(str::to_string)
             };
             libtorch = match (value("__version__"), value("cuda")) {
                 (Some(v), Some(cuda)) => format!("{v} (built for CUDA {cuda})"),

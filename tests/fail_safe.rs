@@ -37,9 +37,8 @@ fn inspect_all(messages: Vec<pointcloud2::PointCloud2Layout>) -> Vec<Outcome> {
     for (tag, msg) in messages.into_iter().enumerate() {
         assert!(inspector.submit(tag, msg).is_none(), "the queue holds every message");
     }
-    let outcomes: Vec<Outcome> = (0..n)
-        .map(|_| rx.recv_timeout(Duration::from_secs(300)).expect("a report for every scan").outcome)
-        .collect();
+    let outcomes: Vec<Outcome> =
+        (0..n).map(|_| rx.recv_timeout(Duration::from_secs(300)).expect("a report for every scan").outcome).collect();
     inspector.shutdown();
     outcomes
 }

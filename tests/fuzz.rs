@@ -47,12 +47,26 @@ fn corpus_clouds() -> Vec<PointCloud> {
 /// One edit of a byte string.
 #[derive(Clone, Debug)]
 enum Mutation {
-    Flip { at: f64, bit: u8 },
-    Set { at: f64, value: u8 },
-    Cut { at: f64 },
-    Repeat { at: f64, len: usize },
+    Flip {
+        at: f64,
+        bit: u8,
+    },
+    Set {
+        at: f64,
+        value: u8,
+    },
+    Cut {
+        at: f64,
+    },
+    Repeat {
+        at: f64,
+        len: usize,
+    },
     /// Replaces a run of ASCII digits (a header number) with another number.
-    Number { at: f64, value: u64 },
+    Number {
+        at: f64,
+        value: u64,
+    },
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {

@@ -221,10 +221,7 @@ fn goals_that_cannot_work_are_refused_with_the_reason() {
         .expect("the sqlite3 bag's .db3 file");
     let cases = [
         (Trainer::goal(&["/no/such/bag"], "m", 2, 0.0, false), "no such bag folder"),
-        (
-            Trainer::goal(&[&db3.display().to_string()], "m", 2, 0.0, false),
-            "is a file, not a bag folder",
-        ),
+        (Trainer::goal(&[&db3.display().to_string()], "m", 2, 0.0, false), "is a file, not a bag folder"),
         (
             TrainModel::Goal { topic: "/camera/points".into(), ..Trainer::goal(&[&good], "m", 2, 0.0, false) },
             "no topic /camera/points",

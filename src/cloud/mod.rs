@@ -31,7 +31,9 @@ pub enum CloudError {
     BadLayout(String),
     #[error("data is {actual} bytes but the layout needs {expected} (row_step {row_step} x height {height})")]
     DataTooShort { actual: usize, expected: usize, row_step: usize, height: usize },
-    #[error("data is {actual} bytes but the layout has room for {expected} (row_step {row_step} x height {height}): the layout does not describe this data")]
+    #[error(
+        "data is {actual} bytes but the layout has room for {expected} (row_step {row_step} x height {height}): the layout does not describe this data"
+    )]
     DataTooLong { actual: usize, expected: usize, row_step: usize, height: usize },
     #[error(
         "{bad} of {total} finite points have coordinates no sensor produces (subnormal, or beyond ±1e15): the bytes are not what the layout says (is_bigendian wrong, or garbage)"

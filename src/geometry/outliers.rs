@@ -65,7 +65,8 @@ pub fn inside_robust_box(points: &[Point], quantile: f32, margin: f32) -> Result
     let robust_diagonal = spans.iter().map(|s| s * s).sum::<f64>().sqrt();
     // A flat part has a zero span on one axis: it still gets a tenth of the part's size as room there.
     // An infinite margin keeps everything (outlier removal off) and only measures.
-    let room = spans.map(|s| if margin.is_finite() { f64::from(margin) * s.max(robust_diagonal * 0.1) } else { f64::INFINITY });
+    let room = spans
+        .map(|s| if margin.is_finite() { f64::from(margin) * s.max(robust_diagonal * 0.1) } else { f64::INFINITY });
     let keep: Vec<bool> = points
         .iter()
         .map(|p| {

@@ -444,7 +444,13 @@ impl Detector {
         let scores = inliers.keep.iter().map(|&k| if k { kept_scores.next().unwrap_or(f32::NAN) } else { f32::NAN });
         let scores = scores.collect();
         let times = StageTimes { preprocess_ms, backbone_ms, sca_ms, heads_ms, projection_ms: ms(t) };
-        Ok(PointScores { scores, scored: inliers.keep, outliers: inliers.removed, patches: patched.patch_count(), times })
+        Ok(PointScores {
+            scores,
+            scored: inliers.keep,
+            outliers: inliers.removed,
+            patches: patched.patch_count(),
+            times,
+        })
     }
 
     /// The cloud score of point scores, as the configuration says (max or the mean of the top share).

@@ -88,7 +88,9 @@ pub fn decide(
         let bad = scores.iter().filter(|s| !s.is_finite()).count();
         return Err(format!("{bad} of {} point scores are not finite (first: point {i}, {})", scores.len(), scores[i]));
     }
-    for (what, value) in [("cloud score", cloud_score), ("cloud threshold", thresholds.cloud), ("point threshold", thresholds.point)] {
+    for (what, value) in
+        [("cloud score", cloud_score), ("cloud threshold", thresholds.cloud), ("point threshold", thresholds.point)]
+    {
         if !value.is_finite() {
             return Err(format!("the {what} is {value}"));
         }

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use r2r::inspect3d_msgs::msg::InspectionResult;
+
 use super::client::{InspectorClient, unique_stamp};
 use crate::bench::peak_memory_mib_of;
 use crate::cloud::{PointCloud, pointcloud2};
@@ -107,11 +109,14 @@ pub fn node(
             }
         }
         // Results of the flood arrive until the node has worked through what it kept.
+        // Every scan gets a result; only the scored ones (PASS or REJECT) count, not the DROPPED answers.
         let mut scored = 0usize;
         let mut last = start;
-        while let Some((_, at)) = client.next_result(Duration::from_secs(5)) {
-            scored += 1;
-            last = at;
+        while let Some((result, at)) = client.next_result(Duration::from_secs(5)) {
+            if result.status <= InspectionResult::REJECT as u8 {
+                scored += 1;
+                last = at;
+            }
         }
         let busy = (last - start).as_secs_f64().max(1e-9);
         let (rt50, rt95) = median_and_p95(round_trips);

@@ -80,8 +80,12 @@ pub fn inside_robust_box(points: &[Point], quantile: f32, margin: f32) -> Result
     Ok(Inliers { keep, removed, robust_diagonal: robust_diagonal as f32 })
 }
 
+/// Flying pixels are a small minority of a scan: a grouping that would remove more than this share of the
+/// points has met a scan sparser than the voxel (points several voxels apart), not noise, and removes nothing.
+const MAX_FLOATING_SHARE: f32 = 0.05;
+
 /// The second step: of the points still kept, those in groups of fewer than `rule.min_group` voxel points are
-/// dropped too.
+/// dropped too (unless that would be more than [`MAX_FLOATING_SHARE`] of them).
 pub fn drop_floating_groups(points: &[Point], mut inliers: Inliers, rule: &OutlierRule) -> Result<Inliers> {
     let voxel = positive("outlier voxel", rule.voxel)?;
     let kept: Vec<usize> = (0..points.len()).filter(|&i| inliers.keep[i]).collect();
@@ -91,11 +95,23 @@ pub fn drop_floating_groups(points: &[Point], mut inliers: Inliers, rule: &Outli
     let kept_points: Vec<Point> = kept.iter().map(|&i| points[i]).collect();
     let grid = voxel_downsample(&kept_points, voxel)?;
     let group_size = group_sizes(&grid.points, voxel * rule.link_voxels)?;
-    for (&i, &r) in kept.iter().zip(&grid.representative) {
-        if group_size[r as usize] < rule.min_group {
-            inliers.keep[i] = false;
-            inliers.removed += 1;
-        }
+    let floating: Vec<usize> = kept
+        .iter()
+        .zip(&grid.representative)
+        .filter(|(_, r)| group_size[**r as usize] < rule.min_group)
+        .map(|(i, _)| *i)
+        .collect();
+    if floating.len() as f32 > MAX_FLOATING_SHARE * kept.len() as f32 {
+        tracing::debug!(
+            floating = floating.len(),
+            points = kept.len(),
+            "scan sparser than the voxel: no group removal"
+        );
+        return Ok(inliers);
+    }
+    for i in floating {
+        inliers.keep[i] = false;
+        inliers.removed += 1;
     }
     Ok(inliers)
 }
@@ -165,13 +181,20 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_sparser_than_the_voxel_is_not_taken_for_noise() {
+        // Points 5 voxels apart: every one floats alone, which is sparse sampling, not flying pixels.
+        let sparse: Vec<Point> = plate().iter().map(|p| p.map(|c| c * 5.0)).collect();
+        let inliers = find_inliers(&sparse, &rule()).unwrap();
+        assert_eq!(inliers.removed, 0);
+    }
+
+    #[test]
     fn one_point_and_identical_points_are_kept_and_finite() {
         let one = find_inliers(&[[1.0, 2.0, 3.0]], &OutlierRule { min_group: 1, ..rule() }).unwrap();
         assert_eq!((one.removed, one.robust_diagonal), (0, 0.0));
-        // Groups are counted in voxel points: ten copies of one point are one voxel, not a surface.
+        // Groups are counted in voxel points: ten copies of one point are one voxel, not a surface; but when
+        // everything would go, nothing does.
         let same = find_inliers(&[[5.0; 3]; 10], &rule()).unwrap();
-        assert_eq!(same.removed, 10);
-        let same = find_inliers(&[[5.0; 3]; 10], &OutlierRule { min_group: 1, ..rule() }).unwrap();
         assert_eq!((same.removed, same.robust_diagonal), (0, 0.0));
         assert!(find_inliers(&[], &rule()).is_err());
     }

@@ -154,7 +154,8 @@ pub struct OutlierConfig {
     pub margin: f32,
     /// Voxel points closer than this many voxels belong to one group…
     pub link_voxels: f32,
-    /// …and groups of fewer voxel points than this float apart from the part: removed.
+    /// …and groups of fewer voxel points than this float apart from the part: removed (unless they are more
+    /// than 5 % of the scan: then it is sparse, not noisy).
     pub min_group: usize,
 }
 

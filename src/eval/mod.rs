@@ -164,10 +164,9 @@ pub fn evaluate_class(
         Method::Ours(_, cfg) => {
             let (detector, _) = train::train((**cfg).clone(), &class.train, &[], device, monitor)?;
             Box::new(move |points| {
-                let scores = detector.score_points(points)?.scores;
-                let cloud = detector.cloud_score(&scores);
-                // A point removed as an outlier was not flagged: it counts with the lowest score.
-                let scores = scores.into_iter().map(|s| if s.is_nan() { 0.0 } else { s }).collect();
+                let scored = detector.score_points(points)?;
+                let cloud = detector.cloud_score(&scored.scores);
+                let scores = scored.outliers_lowest();
                 Ok((scores, cloud))
             })
         }

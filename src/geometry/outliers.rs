@@ -48,15 +48,10 @@ fn quantile_range(points: &[Point], axis: usize, q: f32) -> (f32, f32) {
     (lo, hi)
 }
 
-/// Flags the inliers of finite points under `rule`: the robust box, then floating groups.
-pub fn find_inliers(points: &[Point], rule: &OutlierRule) -> Result<Inliers> {
-    let boxed = inside_robust_box(points, rule.quantile, rule.margin)?;
-    drop_floating_groups(points, boxed, rule)
-}
-
 /// Flags the points inside the robust box (the first step; cheap, and enough to measure the part's size). An
-/// infinite `margin` keeps every point.
-pub fn inside_robust_box(points: &[Point], quantile: f32, margin: f32) -> Result<Inliers> {
+/// infinite `rule.margin` keeps every point.
+pub fn inside_robust_box(points: &[Point], rule: &OutlierRule) -> Result<Inliers> {
+    let (quantile, margin) = (rule.quantile, rule.margin);
     if points.is_empty() {
         return Err(super::GeometryError::Empty);
     }
@@ -146,6 +141,11 @@ fn group_sizes(points: &[Point], link: f32) -> Result<Vec<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both steps, as the detector runs them.
+    fn find_inliers(points: &[Point], rule: &OutlierRule) -> Result<Inliers> {
+        drop_floating_groups(points, inside_robust_box(points, rule)?, rule)
+    }
 
     fn plate() -> Vec<Point> {
         let mut pts = Vec::new();

@@ -197,6 +197,13 @@ pub struct PointScores {
     pub times: StageTimes,
 }
 
+impl PointScores {
+    /// The scores with outliers at 0, the lowest, for ranking against labels: a removed point was not flagged.
+    pub fn outliers_lowest(&self) -> Vec<f32> {
+        self.scores.iter().map(|&s| if s.is_nan() { 0.0 } else { s }).collect()
+    }
+}
+
 /// The outcome of inspecting one cloud.
 #[derive(Clone, Debug, Serialize)]
 pub struct Inspection {
@@ -411,7 +418,7 @@ impl Detector {
             link_voxels: o.link_voxels,
             min_group: if o.enabled { o.min_group } else { 0 },
         };
-        let boxed = geometry::inside_robust_box(points, rule.quantile, rule.margin)?;
+        let boxed = geometry::inside_robust_box(points, &rule)?;
         // The unit is checked on the robust box, before the voxel-sized steps that a wrong unit would derail.
         if let Some(template) = &self.conditioning.template {
             let part = 2.0 * template.frame.scale;

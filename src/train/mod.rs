@@ -599,8 +599,7 @@ fn set_point_threshold_by_f1(detector: &mut Detector, validation: &[LabelledClou
         }
         let scored =
             detector.score_points(&cloud.points).map_err(|e| ModelError::Training(format!("{}: {e}", cloud.name)))?;
-        // A labelled point removed as an outlier was not flagged: it counts with the lowest score.
-        scores.extend(scored.scores.iter().map(|s| if s.is_nan() { 0.0 } else { *s }));
+        scores.extend(scored.outliers_lowest());
         labels.extend(&cloud.labels);
     }
     match scoring::best_f1_threshold(&scores, &labels) {

@@ -47,7 +47,8 @@ fn pair_features(p1: Point, n1: Point, p2: Point, n2: Point) -> Option<[f64; 3]>
     }
     let angle1 = dot64(n1, d) / length;
     let angle2 = dot64(n2, d) / length;
-    let (u, target, phi) = if angle1.abs().acos() > angle2.abs().acos() {
+    // PCL compares acos(|angle|); acos falls, so the larger angle is the smaller |cosine|.
+    let (u, target, phi) = if angle1.abs() < angle2.abs() {
         d = d.map(|c| -c);
         (n2, n1, -angle2)
     } else {
@@ -70,25 +71,26 @@ fn bin(value: f64, low: f64, high: f64) -> usize {
     (b.max(0.0) as usize).min(BINS_PER_ANGLE - 1)
 }
 
-/// Simplified PFH of point `i` from its radius neighbourhood (which includes `i` itself).
-fn spfh(points: &[Point], normals: &[Point], i: usize, neighbors: &[Neighbor]) -> Fpfh {
-    let mut hist = [0f32; FPFH_BINS];
-    if neighbors.len() < 2 {
-        return hist;
-    }
-    let increment = 100.0 / (neighbors.len() - 1) as f32;
-    for n in neighbors {
+/// Simplified PFH of point `i` over its neighbours within `radius` (the neighbourhood includes `i` itself).
+fn spfh(points: &[Point], normals: &[Point], index: &NeighborIndex, radius: f32, i: usize) -> Fpfh {
+    let (mut counts, mut neighbors) = ([0u32; FPFH_BINS], 0usize);
+    index.for_each_within(&points[i], radius, |n| {
+        neighbors += 1;
         let j = n.index as usize;
         if j == i {
-            continue;
+            return;
         }
         if let Some([theta, alpha, phi]) = pair_features(points[i], normals[i], points[j], normals[j]) {
-            hist[bin(theta, -PI, PI)] += increment;
-            hist[BINS_PER_ANGLE + bin(alpha, -1.0, 1.0)] += increment;
-            hist[2 * BINS_PER_ANGLE + bin(phi, -1.0, 1.0)] += increment;
+            counts[bin(theta, -PI, PI)] += 1;
+            counts[BINS_PER_ANGLE + bin(alpha, -1.0, 1.0)] += 1;
+            counts[2 * BINS_PER_ANGLE + bin(phi, -1.0, 1.0)] += 1;
         }
+    });
+    if neighbors < 2 {
+        return [0.0; FPFH_BINS];
     }
-    hist
+    let increment = 100.0 / (neighbors - 1) as f32;
+    counts.map(|c| c as f32 * increment)
 }
 
 /// The SPFH of each queried point (mainly to compare with implementations that add it to the FPFH).
@@ -100,10 +102,7 @@ pub fn spfh_at(
     queries: &[u32],
 ) -> Result<Vec<Fpfh>> {
     let radius = positive("FPFH radius", radius)?;
-    Ok(queries
-        .par_iter()
-        .map(|&q| spfh(points, normals, q as usize, &index.within(&points[q as usize], radius)))
-        .collect())
+    Ok(queries.par_iter().map(|&q| spfh(points, normals, index, radius, q as usize)).collect())
 }
 
 /// FPFH of each queried point over the whole cloud (`points` and `normals` are the indexed cloud).
@@ -116,7 +115,7 @@ pub fn fpfh_at(
 ) -> Result<Vec<Fpfh>> {
     let radius = positive("FPFH radius", radius)?;
     let neighborhoods: Vec<Vec<Neighbor>> =
-        queries.par_iter().map(|&q| index.within(&points[q as usize], radius)).collect();
+        queries.par_iter().map(|&q| index.within_unsorted(&points[q as usize], radius)).collect();
     // Each neighbour's SPFH once, however many queries share it.
     let mut slot = vec![u32::MAX; points.len()];
     let mut needed = Vec::new();

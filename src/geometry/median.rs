@@ -12,8 +12,13 @@ pub fn median_filter(points: &[Point], values: &[f32], index: &NeighborIndex, ra
         .par_iter()
         .zip(values)
         .map(|(p, &own)| {
-            let mut window: Vec<f32> =
-                index.within(p, radius).iter().map(|n| values[n.index as usize]).filter(|v| v.is_finite()).collect();
+            let mut window = Vec::new();
+            index.for_each_within(p, radius, |n| {
+                let v = values[n.index as usize];
+                if v.is_finite() {
+                    window.push(v);
+                }
+            });
             if window.is_empty() {
                 return own;
             }

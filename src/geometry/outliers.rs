@@ -125,13 +125,13 @@ fn group_sizes(points: &[Point], link: f32) -> Result<Vec<usize>> {
         group[start] = id;
         while let Some(k) = stack.pop() {
             size += 1;
-            for n in index.within(&points[k], link) {
+            index.for_each_within(&points[k], link, |n| {
                 let n = n.index as usize;
                 if group[n] == usize::MAX {
                     group[n] = id;
                     stack.push(n);
                 }
-            }
+            });
         }
         sizes.push(size);
     }

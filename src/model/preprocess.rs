@@ -73,20 +73,16 @@ impl PatchedCloud {
         Ok(geometry::fpfh_at(&points, &normals, &index, radius, &queries)?)
     }
 
-    /// FPFH of every voxel point over `radius` (normalised frame). Where the radius holds many more than ~30
-    /// points, on a copy coarsened to a third of the radius, each point taking the descriptor of its nearest
-    /// coarse point: every scale then costs about the same.
+    /// FPFH of every voxel point over `radius` (normalised frame), on a [`CoarseCopy`] where the radius holds
+    /// many more than ~30 points: each point takes the descriptor of its nearest coarse point.
     pub fn point_descriptors(&self, radius: f32) -> Result<Vec<Fpfh>> {
-        let coarse_voxel = radius / 3.0;
-        if coarse_voxel <= self.voxel * 1.2 {
-            return Ok(geometry::fpfh(&self.points, &self.normals, &self.index, radius)?);
+        match CoarseCopy::for_radius(&self.points, &self.normals, &self.index, self.voxel, radius)? {
+            None => Ok(geometry::fpfh(&self.points, &self.normals, &self.index, radius)?),
+            Some(copy) => {
+                let coarse = geometry::fpfh(&copy.points, &copy.normals, &copy.index, radius)?;
+                Ok(copy.representative.iter().map(|&r| coarse[r as usize]).collect())
+            }
         }
-        let grid = geometry::voxel_downsample(&self.points, coarse_voxel)?;
-        let normals: Vec<Point> =
-            grid.points.iter().map(|p| self.normals[self.index.nearest(p).index as usize]).collect();
-        let index = NeighborIndex::new(&grid.points)?;
-        let coarse = geometry::fpfh(&grid.points, &normals, &index, radius)?;
-        Ok(grid.representative.iter().map(|&r| coarse[r as usize]).collect())
     }
 
     /// Share of each patch's members flagged in `flags` (one per voxel point).
@@ -295,6 +291,60 @@ pub fn patch_cloud(
     patch_view(view, cfg, patch_count, patch_size, template)
 }
 
+/// Where an FPFH radius holds many more than ~30 voxel points, its descriptors are computed on a copy of the
+/// cloud coarsened to a third of the radius: FPFH's cost grows with the square of the points per radius (every
+/// neighbour's own histogram over its own neighbours), its normalised histograms barely change with thinning,
+/// and every scale and every scan density then costs about the same.
+struct CoarseCopy {
+    points: Vec<Point>,
+    normals: Vec<Point>,
+    index: NeighborIndex,
+    /// Per voxel point, its coarse point.
+    representative: Vec<u32>,
+}
+
+impl CoarseCopy {
+    /// `None` where the radius is small enough to use the voxel points themselves.
+    fn for_radius(
+        points: &[Point],
+        normals: &[Point],
+        index: &NeighborIndex,
+        voxel: f32,
+        radius: f32,
+    ) -> Result<Option<Self>> {
+        let coarse_voxel = radius / 3.0;
+        if coarse_voxel <= voxel * 1.2 {
+            return Ok(None);
+        }
+        let grid = geometry::voxel_downsample(points, coarse_voxel)?;
+        let normals = grid.points.iter().map(|p| normals[index.nearest(p).index as usize]).collect();
+        let index = NeighborIndex::new(&grid.points)?;
+        Ok(Some(Self { points: grid.points, normals, index, representative: grid.representative }))
+    }
+}
+
+/// SCA's descriptor: FPFH at each centre over `radius`, on a [`CoarseCopy`] (with the centres added to it, so
+/// each histogram is still taken at its centre) where the radius holds many points.
+fn centre_descriptors(
+    points: &[Point],
+    normals: &[Point],
+    index: &NeighborIndex,
+    voxel: f32,
+    centres: &[u32],
+    radius: f32,
+) -> Result<Vec<Fpfh>> {
+    let Some(copy) = CoarseCopy::for_radius(points, normals, index, voxel, radius)? else {
+        return Ok(geometry::fpfh_at(points, normals, index, radius, centres)?);
+    };
+    let (mut coarse_points, mut coarse_normals) = (copy.points, copy.normals);
+    let first = coarse_points.len() as u32;
+    coarse_points.extend(centres.iter().map(|&c| points[c as usize]));
+    coarse_normals.extend(centres.iter().map(|&c| normals[c as usize]));
+    let queries: Vec<u32> = (first..coarse_points.len() as u32).collect();
+    let index = NeighborIndex::new(&coarse_points)?;
+    Ok(geometry::fpfh_at(&coarse_points, &coarse_normals, &index, radius, &queries)?)
+}
+
 /// Per queried point (normalised frame, `voxel` its edge): how far the centroid of the points within 3 voxels lies
 /// from the centre, in radii (0 inside a surface, about 0.4 on its border), and the count of points within 3
 /// and 6 voxels over the template's count there (about 1 where the scan has what the template has; lower on the
@@ -313,19 +363,22 @@ pub fn surface_context(
             let centre = points[c as usize];
             let mut out = [0.0; CONTEXT_DIMS];
             for (k, r) in CONTEXT_RADII_VOXELS.iter().map(|r| r * voxel).enumerate() {
-                let near = index.within(&centre, r);
-                if k == 0 {
-                    let n = near.len().max(1) as f32;
-                    let mean = near.iter().fold([0f32; 3], |a, m| {
+                let (mut count, mut sum) = (0usize, [0f32; 3]);
+                index.for_each_within(&centre, r, |m| {
+                    count += 1;
+                    if k == 0 {
                         let p = points[m.index as usize];
-                        [a[0] + p[0] / n, a[1] + p[1] / n, a[2] + p[2] / n]
-                    });
+                        sum = [sum[0] + p[0], sum[1] + p[1], sum[2] + p[2]];
+                    }
+                });
+                if k == 0 {
+                    let mean = sum.map(|s| s / count.max(1) as f32);
                     out[0] = geometry::squared_distance(mean, centre).sqrt() / r;
                 }
                 out[1 + k] = match template {
                     Some(t) => {
-                        let expected = t.placed.within(&centre, r).len();
-                        if expected == 0 { 2.0 } else { (near.len() as f32 / expected as f32).min(2.0) }
+                        let expected = t.placed.count_within(&centre, r);
+                        if expected == 0 { 2.0 } else { (count as f32 / expected as f32).min(2.0) }
                     }
                     None => 1.0,
                 };
@@ -365,7 +418,7 @@ pub fn patch_view(
         Neighborhood::Knn(cfg.normal_neighbors),
         orientation(cfg.normals_face, viewpoint),
     );
-    let descriptors = geometry::fpfh_at(&points, &normals, &index, cfg.fpfh_radius, &centres)?;
+    let descriptors = centre_descriptors(&points, &normals, &index, voxel, &centres, cfg.fpfh_radius)?;
     let all: Vec<u32> = (0..points.len() as u32).collect();
     let context = surface_context(&points, &index, &all, voxel, template);
     Ok(PatchedCloud {

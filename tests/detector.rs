@@ -140,9 +140,10 @@ fn a_bulge_scores_higher_and_the_model_folder_round_trips() {
     std::fs::write(&heads, &original).unwrap();
     let manifest_path = path.join("manifest.json");
     let text = std::fs::read_to_string(&manifest_path).unwrap();
-    std::fs::write(&manifest_path, text.replace("\"format_version\": 2", "\"format_version\": 99")).unwrap();
+    let current = format!("\"format_version\": {}", inspect3d::model::store::FORMAT_VERSION);
+    std::fs::write(&manifest_path, text.replace(&current, "\"format_version\": 99")).unwrap();
     check("future format", "format version 99");
-    std::fs::write(&manifest_path, text.replace("\"format_version\": 2", "\"format_version\": 1")).unwrap();
+    std::fs::write(&manifest_path, text.replace(&current, "\"format_version\": 1")).unwrap();
     check("a model from before conditioning", "no token conditioning statistics");
     std::fs::write(&manifest_path, text.replace("\"kind\": \"multiscale_fpfh\"", "\"kind\": \"pointnet9\"")).unwrap();
     check("unknown backbone", "pointnet9");

@@ -60,23 +60,6 @@ impl Default for BaselineConfig {
     }
 }
 
-/// Greedy k-center coreset (PatchCore): repeatedly keep the row farthest from those kept, starting from row 0.
-fn coreset(bank: &Tensor, size: usize) -> Tensor {
-    let n = bank.size()[0];
-    if n as usize <= size {
-        return bank.shallow_clone();
-    }
-    let mut chosen = vec![0i64];
-    let mut nearest = (bank - bank.get(0)).square().sum_dim_intlist(1, false, Kind::Float);
-    for _ in 1..size {
-        let next = nearest.argmax(0, false).int64_value(&[]);
-        chosen.push(next);
-        let d = (bank - bank.get(next)).square().sum_dim_intlist(1, false, Kind::Float);
-        nearest = nearest.minimum(&d);
-    }
-    bank.index_select(0, &Tensor::from_slice(&chosen))
-}
-
 /// Per-voxel-point features of a cloud, and the voxel grid to spread scores back.
 fn features(kind: Baseline, cfg: &BaselineConfig, points: &[Point]) -> Result<(geometry::VoxelGrid, Vec<f32>, usize)> {
     let grid = geometry::voxel_downsample(points, cfg.voxel)?;
@@ -135,7 +118,7 @@ impl MemoryBank {
         if kind == Baseline::PatchCoreFpfhRaw {
             let mean = bank.mean_dim(0, true, Kind::Float);
             let std = bank.std_dim(0, true, true).clamp_min(1e-6);
-            bank = coreset(&((&bank - &mean) / &std), cfg.coreset_size);
+            bank = crate::model::conditioning::greedy_coreset(&((&bank - &mean) / &std), cfg.coreset_size);
             standardise = Some((mean, std));
         }
         Ok(Self { kind, cfg: cfg.clone(), bank, standardise, raw_index })

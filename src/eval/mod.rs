@@ -57,18 +57,22 @@ pub fn ablations(base: &DetectorConfig) -> Vec<Method> {
         variant("With snapping (β = 0.5)", &|c| c.sca.snapping = 0.5),
         variant("Geometry only", &|c| c.sca.fusion = Fusion::GeometryOnly),
         variant("Feature only", &|c| c.sca.fusion = Fusion::FeatureOnly),
-        // Point-MAE tokens describe patches only: no per-point features for the point head.
+        // Point-MAE tokens describe patches only: no per-point features for the point head or bank.
         variant("Random Point-MAE backbone", &|c| {
             c.backbone = BackboneConfig::RandomPointMae { width, depth: 12, heads, seed: 1 };
             c.point_head.enabled = false;
+            c.conditioning.point_bank_size = 0;
         }),
         variant("Generator: selective (paper)", &|c| c.generator.kind = GeneratorKind::Selective),
         variant("Generator: AFG (SimpleNet)", &|c| c.generator.kind = GeneratorKind::SimpleNet),
         variant("Generator: geometric", &|c| c.generator.kind = GeneratorKind::Geometric),
         variant("Generator: geometric+selective", &|c| c.generator.kind = GeneratorKind::GeometricSelective),
-        variant("Point head off", &|c| c.point_head.enabled = false),
+        variant("Point head off (point bank alone)", &|c| c.point_head.enabled = false),
+        variant("Point bank off (point head alone)", &|c| c.conditioning.point_bank_size = 0),
+        variant("Point level off (patch scores only)", &|c| c.scoring.point_weight = 0.0),
         variant("Conditioning off", &|c| c.conditioning.standardise = false),
         variant("Alignment off", &|c| c.preprocess.align = false),
+        variant("Template: first cloud only (not fused)", &|c| c.preprocess.fuse_template = false),
         variant("Positions off", &|c| c.discriminator.positional = false),
         variant("Score: discriminator only", &|c| c.scoring.source = ScoreSource::Discriminator),
         variant("Score: bank only", &|c| c.scoring.source = ScoreSource::Bank),
@@ -77,6 +81,12 @@ pub fn ablations(base: &DetectorConfig) -> Vec<Method> {
         variant("Object score: top 1 % mean", &|c| c.scoring.object_score = ObjectScore::TopMean),
         Method::Ours("Paper (config/paper.json)".into(), Box::new(paper_with_budget_of(base))),
     ]
+    .into_iter()
+    // A switch already at the base's setting is the full row: no second training of the same model.
+    .enumerate()
+    .filter(|(i, m)| *i == 0 || !matches!(m, Method::Ours(_, c) if **c == *base))
+    .map(|(_, m)| m)
+    .collect()
 }
 
 /// The paper's choices with `base`'s budget (patches, views, epochs, hold-out, normals), so the row compares

@@ -1,7 +1,7 @@
 //! What the detector learns from its training clouds without gradients: the pose template scans are registered
 //! to, per-dimension standardisation of the backbone tokens (so distances and noise mean the same in every
-//! dimension), the memory bank of training features (a patch's distance to its nearest good feature is a score
-//! of its own), and the references that put the discriminator's and the bank's scores on one scale for fusion.
+//! dimension), the memory banks of training features (a patch's, or a point's, distance to its nearest good
+//! feature is a score of its own), and the references that put every score on one scale for fusion.
 //! Stored in the model folder as `conditioning.safetensors`; a model without it is refused.
 
 use std::collections::HashMap;
@@ -49,9 +49,13 @@ pub struct Conditioning {
     pub std: Tensor,
     /// (M, C): training patch features after SCA (the discriminator's input, before the adaptor). May be empty.
     pub bank: Tensor,
+    /// (M, C): a coreset of training voxel points' conditioned features. May be empty.
+    pub point_bank: Tensor,
     pub discriminator_reference: Reference,
     pub bank_reference: Reference,
+    /// The point head's logits.
     pub point_reference: Reference,
+    pub point_bank_reference: Reference,
     /// The part as first trained on, when scans are registered (`preprocess.align`).
     pub template: Option<PoseTemplate>,
 }
@@ -63,9 +67,11 @@ impl Conditioning {
             mean: Tensor::zeros([width as i64], (Kind::Float, device)),
             std: Tensor::ones([width as i64], (Kind::Float, device)),
             bank: Tensor::zeros([0, width as i64], (Kind::Float, device)),
+            point_bank: Tensor::zeros([0, width as i64], (Kind::Float, device)),
             discriminator_reference: Reference::IDENTITY,
             bank_reference: Reference::IDENTITY,
             point_reference: Reference::IDENTITY,
+            point_bank_reference: Reference::IDENTITY,
             template: None,
         }
     }
@@ -93,25 +99,28 @@ impl Conditioning {
         self.bank = all.index_select(0, &Tensor::from_slice(&picked).to_device(all.device()));
     }
 
+    /// Keeps a greedy k-center coreset of at most `size` rows of the point features (each (n, C)): unlike a
+    /// random draw it keeps the rare surfaces (edges, small features) that a part has few points of.
+    pub fn fit_point_bank(&mut self, features: &[Tensor], size: usize) {
+        self.point_bank = greedy_coreset(&Tensor::cat(features, 0), size);
+    }
+
     pub fn has_bank(&self) -> bool {
         self.bank.size()[0] > 0
     }
 
-    /// Euclidean distance of each row of `features` (n, C) to its nearest bank row: (n).
+    pub fn has_point_bank(&self) -> bool {
+        self.point_bank.size()[0] > 0
+    }
+
+    /// Euclidean distance of each row of `features` (n, C) to its nearest patch-bank row: (n).
     pub fn bank_distances(&self, features: &Tensor) -> Tensor {
-        let _guard = tch::no_grad_guard();
-        let bank_sq = (&self.bank * &self.bank).sum_dim_intlist(1, false, Kind::Float);
-        let n = features.size()[0];
-        let blocks: Vec<Tensor> = (0..n)
-            .step_by(QUERY_BLOCK as usize)
-            .map(|start| {
-                let q = features.narrow(0, start, QUERY_BLOCK.min(n - start));
-                let q_sq = (&q * &q).sum_dim_intlist(1, true, Kind::Float);
-                let d2 = q_sq + bank_sq.unsqueeze(0) - q.matmul(&self.bank.tr()) * 2.0;
-                d2.amin(1, false).clamp_min(0.0).sqrt()
-            })
-            .collect();
-        Tensor::cat(&blocks, 0)
+        nearest_distances(&self.bank, features)
+    }
+
+    /// Euclidean distance of each row of `features` (N, C) to its nearest point-bank row: (N).
+    pub fn point_bank_distances(&self, features: &Tensor) -> Tensor {
+        nearest_distances(&self.point_bank, features)
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -122,12 +131,15 @@ impl Conditioning {
             self.bank_reference.high,
             self.point_reference.low,
             self.point_reference.high,
+            self.point_bank_reference.low,
+            self.point_bank_reference.high,
         ]);
         let cpu = |t: &Tensor| t.to_device(Device::Cpu).contiguous();
         let mut named = vec![
             ("mean", cpu(&self.mean)),
             ("std", cpu(&self.std)),
             ("bank", cpu(&self.bank)),
+            ("point_bank", cpu(&self.point_bank)),
             ("references", references),
         ];
         if let Some(t) = &self.template {
@@ -160,7 +172,17 @@ impl Conditioning {
         let mean = get("mean", &|s| s == [w])?;
         let std = get("std", &|s| s == [w])?;
         let bank = get("bank", &|s| s.len() == 2 && s[1] == w)?;
-        let references: Vec<f32> = get("references", &|s| s == [6])?.try_into().map_err(|e| format!("{e}"))?;
+        // Models made before the point bank have 6 references and no point bank.
+        let mut references: Vec<f32> =
+            get("references", &|s| s == [6] || s == [8])?.try_into().map_err(|e| format!("{e}"))?;
+        if references.len() == 6 {
+            references.extend([Reference::IDENTITY.low, Reference::IDENTITY.high]);
+        }
+        let point_bank = if tensors.contains_key("point_bank") {
+            get("point_bank", &|s| s.len() == 2 && s[1] == w)?
+        } else {
+            Tensor::zeros([0, w], (Kind::Float, device))
+        };
         let template = if tensors.contains_key("template_points") {
             let flat: Vec<f32> = get("template_points", &|s| s.len() == 2 && s[1] == 3 && s[0] > 0)?
                 .to_device(Device::Cpu)
@@ -181,12 +203,56 @@ impl Conditioning {
             mean,
             std,
             bank,
+            point_bank,
             discriminator_reference: Reference { low: references[0], high: references[1] },
             bank_reference: Reference { low: references[2], high: references[3] },
             point_reference: Reference { low: references[4], high: references[5] },
+            point_bank_reference: Reference { low: references[6], high: references[7] },
             template,
         })
     }
+}
+
+/// Euclidean distance of each row of `queries` (n, C) to its nearest row of `bank` (M, C), in blocks of
+/// queries so the distance matrix never holds more than a block × M entries: (n).
+pub fn nearest_distances(bank: &Tensor, queries: &Tensor) -> Tensor {
+    let _guard = tch::no_grad_guard();
+    // min_j |q − b_j|² = |q|² + min_j (|b_j|² − 2 q·b_j): one fused multiply-add over the block, one pass for
+    // the minimum, and |q|² added after it.
+    let bank_sq = (bank * bank).sum_dim_intlist(1, false, Kind::Float).unsqueeze(0);
+    let bank_t = bank.tr();
+    let n = queries.size()[0];
+    let blocks: Vec<Tensor> = (0..n)
+        .step_by(QUERY_BLOCK as usize)
+        .map(|start| {
+            let q = queries.narrow(0, start, QUERY_BLOCK.min(n - start));
+            let q_sq = (&q * &q).sum_dim_intlist(1, false, Kind::Float);
+            let partial = bank_sq.addmm(&(&q * -2.0), &bank_t);
+            (partial.amin(1, false) + q_sq).clamp_min(0.0).sqrt()
+        })
+        .collect();
+    Tensor::cat(&blocks, 0)
+}
+
+/// Greedy k-center coreset (PatchCore): repeatedly keep the row farthest from those kept, starting from row 0;
+/// every row then lies within the coreset's covering radius of a kept one.
+pub fn greedy_coreset(rows: &Tensor, size: usize) -> Tensor {
+    let _guard = tch::no_grad_guard();
+    let n = rows.size()[0];
+    if n as usize <= size {
+        return rows.shallow_clone();
+    }
+    // |x − c|² = |x|² + |c|² − 2 x·c: one matrix-vector product per kept row instead of an (n, C) difference.
+    let norms = rows.square().sum_dim_intlist(1, false, Kind::Float);
+    let squared_distance_to = |k: i64| &norms + norms.get(k) - rows.mv(&rows.get(k)) * 2.0;
+    let mut chosen = vec![0i64];
+    let mut nearest = squared_distance_to(0);
+    for _ in 1..size {
+        let next = nearest.argmax(0, false).int64_value(&[]);
+        chosen.push(next);
+        nearest = nearest.minimum(&squared_distance_to(next));
+    }
+    rows.index_select(0, &Tensor::from_slice(&chosen).to_device(rows.device()))
 }
 
 #[cfg(test)]
@@ -211,19 +277,38 @@ mod tests {
     }
 
     #[test]
+    fn the_coreset_covers_every_row_better_than_a_random_draw_of_its_size() {
+        // Two dense clusters and a few rare rows far away: a random draw of 20 misses the rare ones.
+        let dense = Tensor::randn([2000, 3], (Kind::Float, Device::Cpu)) * 0.1;
+        let rare = Tensor::randn([5, 3], (Kind::Float, Device::Cpu)) * 0.1 + 10.0;
+        let rows = Tensor::cat(&[dense, rare], 0);
+        let kept = greedy_coreset(&rows, 20);
+        assert_eq!(kept.size(), [20, 3]);
+        let covering = |bank: &Tensor| nearest_distances(bank, &rows).max().double_value(&[]);
+        let random = rows.narrow(0, 0, 20);
+        assert!(covering(&kept) < 0.5, "coreset covering radius {}", covering(&kept));
+        assert!(covering(&random) > 5.0, "the first 20 rows miss the rare cluster");
+        assert_eq!(greedy_coreset(&rows, 5000).size(), [2005, 3], "small sets are kept whole");
+    }
+
+    #[test]
     fn save_and_load_round_trip_and_a_wrong_width_is_named() {
         let dir = std::env::temp_dir().join(format!("inspect3d-cond-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.safetensors");
         let mut c = Conditioning::identity(4, Device::Cpu);
         c.bank = Tensor::randn([7, 4], (Kind::Float, Device::Cpu));
+        c.point_bank = Tensor::randn([5, 4], (Kind::Float, Device::Cpu));
         c.bank_reference = Reference { low: 0.5, high: 2.0 };
+        c.point_bank_reference = Reference { low: 1.5, high: 3.0 };
         c.save(&path).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         let cfg = PreprocessConfig { align: false, ..Default::default() };
         let back = Conditioning::from_bytes(&bytes, 4, &cfg, Device::Cpu).unwrap();
         assert_eq!(back.bank.size(), [7, 4]);
+        assert_eq!(back.point_bank.size(), [5, 4]);
         assert_eq!(back.bank_reference, c.bank_reference);
+        assert_eq!(back.point_bank_reference, c.point_bank_reference);
         let err = Conditioning::from_bytes(&bytes, 5, &cfg, Device::Cpu).err().unwrap();
         assert!(err.contains("'mean' has shape"), "{err}");
         let aligned = PreprocessConfig { align: true, ..Default::default() };

@@ -20,6 +20,11 @@ pub struct DetectorConfig {
 }
 
 impl DetectorConfig {
+    /// Whether scoring reads every voxel point's own features (a point head or a point bank).
+    pub fn uses_point_features(&self) -> bool {
+        self.point_head.enabled || self.conditioning.point_bank_size > 0
+    }
+
     /// Reads a JSON configuration; absent keys keep their defaults, unknown keys are an error.
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(text)
@@ -27,7 +32,7 @@ impl DetectorConfig {
 
     /// Checks values a typo could make meaningless, naming the key.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 21] = [
+        let checks: [(bool, &str); 22] = [
             (
                 self.preprocess.voxel_size >= 0.0 && self.preprocess.voxel_size.is_finite(),
                 "preprocess.voxel_size must be >= 0 (0: derived from the training clouds)",
@@ -51,6 +56,7 @@ impl DetectorConfig {
             (self.preprocess.max_voxel_points >= 1000, "preprocess.max_voxel_points must be at least 1000"),
             (self.conditioning.bank_size >= 1, "conditioning.bank_size must be at least 1"),
             ((0.0..=1.0).contains(&self.scoring.point_weight), "scoring.point_weight must be in [0, 1]"),
+            ((0.0..=1.0).contains(&self.scoring.point_bank_weight), "scoring.point_bank_weight must be in [0, 1]"),
             (self.patches.count >= 8, "patches.count must be at least 8"),
             (self.patches.size >= 4, "patches.size must be at least 4"),
             (self.preprocess.fpfh_radius > 0.0, "preprocess.fpfh_radius must be > 0"),
@@ -83,7 +89,12 @@ impl DetectorConfig {
                 if self.point_head.enabled && !multiscale {
                     return Err("point_head needs per-point features: backbone.kind multiscale_fpfh".into());
                 }
-                if self.point_head.enabled && self.point_head.points_per_view < 16 {
+                if self.conditioning.point_bank_size > 0 && !multiscale {
+                    return Err("conditioning.point_bank_size > 0 needs per-point features: backbone.kind \
+                                multiscale_fpfh (or set it to 0)"
+                        .into());
+                }
+                if self.uses_point_features() && self.point_head.points_per_view < 16 {
                     return Err("point_head.points_per_view must be at least 16".into());
                 }
                 if let BackboneConfig::MultiscaleFpfh { radii_voxels } = &self.backbone
@@ -111,6 +122,9 @@ pub struct PreprocessConfig {
     /// Register every cloud to the first training cloud (centroids, then point-to-plane ICP) and normalise it
     /// with that cloud's frame, so patch positions are comparable across scans (fixtured parts).
     pub align: bool,
+    /// With `align`: the template is every training cloud registered to the first and fused on the voxel grid,
+    /// so it has the whole part where one view has holes (specular patches, occlusion); else the first cloud.
+    pub fuse_template: bool,
     /// PCA normals over this many nearest neighbours.
     pub normal_neighbors: usize,
     /// Which side normals face: `sensor` (towards the cloud frame's origin, i.e. a depth camera) or `outward`
@@ -132,6 +146,7 @@ impl Default for PreprocessConfig {
             voxel_size: 0.0,
             voxel_spacing_factor: 3.0,
             align: true,
+            fuse_template: true,
             normal_neighbors: 16,
             normals_face: NormalSide::Sensor,
             fpfh_radius: 0.1,
@@ -450,7 +465,7 @@ pub struct DiscriminatorConfig {
 
 impl Default for DiscriminatorConfig {
     fn default() -> Self {
-        // 3 heads: the default tokens are 102 wide (3 FPFH scales + 3 context numbers), which 4 does not divide.
+        // 3 heads: the default tokens are 105 wide (3 FPFH scales + 6 context numbers), which 4 does not divide.
         Self { kind: DiscriminatorKind::Attention, heads: 3, hidden_ratio: 4, dropout: 0.1, positional: true }
     }
 }
@@ -516,11 +531,15 @@ pub struct ConditioningConfig {
     pub standardise: bool,
     /// At most this many training features kept for the memory-bank score.
     pub bank_size: usize,
+    /// Training voxel points' features kept (a greedy k-center coreset of the clean views' points) for a per-point
+    /// memory-bank score: a point's distance to its nearest good point feature. 0: none. Needs per-point
+    /// features (backbone `multiscale_fpfh`).
+    pub point_bank_size: usize,
 }
 
 impl Default for ConditioningConfig {
     fn default() -> Self {
-        Self { standardise: true, bank_size: 10_000 }
+        Self { standardise: true, bank_size: 10_000, point_bank_size: 4096 }
     }
 }
 
@@ -562,8 +581,12 @@ pub struct ScoringConfig {
     pub object_score: ObjectScore,
     /// With `top_mean`: the share of the highest point scores averaged.
     pub top_fraction: f32,
-    /// With a point head: the weight of its normalised score against the patch score's (0: patches only).
+    /// With a point head or a point bank: the weight of the point-level score against the patch score's (0:
+    /// patches only).
     pub point_weight: f32,
+    /// With both a point head and a point bank: the bank's share of the point-level score (0: the head alone,
+    /// 1: the bank alone).
+    pub point_bank_weight: f32,
 }
 
 impl Default for ScoringConfig {
@@ -573,6 +596,7 @@ impl Default for ScoringConfig {
             object_score: ObjectScore::TopMean,
             top_fraction: 0.01,
             point_weight: 0.5,
+            point_bank_weight: 0.5,
             median_radius_voxels: 3.0,
             target_false_reject_rate: 0.05,
             point_false_positive_rate: 0.001,

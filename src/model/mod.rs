@@ -175,7 +175,7 @@ pub struct StageTimes {
 pub struct Features {
     /// (n, C): patch tokens after conditioning and SCA.
     pub patches: Tensor,
-    /// (N, C): every voxel point's conditioned features, when the model has a point head.
+    /// (N, C): every voxel point's conditioned features, when the model scores points by their own features.
     pub points: Option<Tensor>,
 }
 
@@ -184,6 +184,8 @@ pub struct RawScores {
     pub logits: Vec<f32>,
     pub distances: Vec<f32>,
     pub point_logits: Vec<f32>,
+    /// Per voxel point, the distance to the nearest point-bank feature (empty without a point bank).
+    pub point_distances: Vec<f32>,
 }
 
 /// Scores of one cloud's finite points.
@@ -232,6 +234,9 @@ pub struct Detector {
     pub thresholds: Thresholds,
     pub device: Device,
 }
+
+/// Edge of the grid cells that share one point-bank query, in voxels.
+const POINT_BANK_CELL_VOXELS: f32 = 2.0;
 
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
@@ -326,7 +331,7 @@ impl Detector {
     /// with the backbone and SCA times.
     pub fn features(&self, cloud: &PatchedCloud) -> Result<(Features, f64, f64)> {
         let t = Instant::now();
-        let (tokens, points) = if self.heads.point_head.is_some() {
+        let (tokens, points) = if self.config.uses_point_features() {
             let points = self.condition(self.backbone.point_features(cloud)?);
             let index = Tensor::from_slice(&cloud.centres.iter().map(|&c| i64::from(c)).collect::<Vec<_>>())
                 .to_device(self.device);
@@ -358,19 +363,40 @@ impl Detector {
             }
             _ => Vec::new(),
         };
-        Ok(RawScores { logits, distances, point_logits })
+        let point_distances = match &features.points {
+            Some(points) if self.conditioning.has_point_bank() => {
+                // The bank search is the costliest step per point: one query per cell of a grid of
+                // POINT_BANK_CELL_VOXELS voxels, which every voxel point of the cell shares (the median filter
+                // smooths over 3 voxels anyway).
+                let cells = geometry::voxel_downsample(&cloud.points, POINT_BANK_CELL_VOXELS * cloud.voxel)?;
+                let mut first = vec![u32::MAX; cells.points.len()];
+                for (i, &c) in cells.representative.iter().enumerate() {
+                    if first[c as usize] == u32::MAX {
+                        first[c as usize] = i as u32;
+                    }
+                }
+                let rows: Vec<i64> = first.iter().map(|&i| i64::from(i)).collect();
+                let queries = points.index_select(0, &Tensor::from_slice(&rows).to_device(self.device));
+                let per_cell = to_vec(self.conditioning.point_bank_distances(&queries))?;
+                cells.spread(&per_cell)
+            }
+            _ => Vec::new(),
+        };
+        Ok(RawScores { logits, distances, point_logits, point_distances })
     }
 
     /// Voxel-point scores in (0, 1) from raw scores: the configured patch score (discriminator, bank or both,
     /// each normalised by its held-out good patches) projected to the voxel points (max over the patches that
-    /// contain a point), averaged with the point head's normalised score (`scoring.point_weight`), median-filtered. The paper's
-    /// configuration (discriminator only, no point head) keeps the discriminator's probability as it is.
+    /// contain a point), averaged (`scoring.point_weight`) with the point-level score (the point head's and the
+    /// point bank's normalised scores, `scoring.point_bank_weight`), median-filtered. The paper's configuration
+    /// (discriminator only, nothing per point) keeps the discriminator's probability as it is.
     pub fn voxel_scores(&self, cloud: &PatchedCloud, raw: &RawScores) -> Result<Vec<f32>> {
         let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
         let refs = &self.conditioning;
-        let (d, b, p) = (&refs.discriminator_reference, &refs.bank_reference, &refs.point_reference);
+        let (d, b) = (&refs.discriminator_reference, &refs.bank_reference);
         let radius = self.config.scoring.median_radius_voxels * cloud.voxel;
-        let probability_only = self.config.scoring.source == ScoreSource::Discriminator && raw.point_logits.is_empty();
+        let point_level = self.point_level_scores(raw);
+        let probability_only = self.config.scoring.source == ScoreSource::Discriminator && point_level.is_empty();
         if probability_only {
             let patch: Vec<f32> = raw.logits.iter().map(|&l| sigmoid(l)).collect();
             return Ok(scoring::project_to_points(cloud, &patch, radius)?);
@@ -383,15 +409,32 @@ impl Detector {
             _ => raw.logits.iter().map(|&l| d.normalise(l)).collect(),
         };
         let mut voxel = scoring::spread_patch_scores(cloud, &patch)?;
-        if !raw.point_logits.is_empty() {
+        if !point_level.is_empty() {
             let w = self.config.scoring.point_weight;
-            for (v, &l) in voxel.iter_mut().zip(&raw.point_logits) {
-                *v = (1.0 - w) * *v + w * p.normalise(l);
+            for (v, p) in voxel.iter_mut().zip(point_level) {
+                *v = (1.0 - w) * *v + w * p;
             }
         }
         // Normalised scores are 0 on a typical good point and 1 on the rarest good ones: 1 maps to 0.5.
         let filtered = geometry::median_filter(&cloud.points, &voxel, &cloud.index, radius)?;
         Ok(filtered.into_iter().map(|u| sigmoid(4.0 * (u - 1.0))).collect())
+    }
+
+    /// Per voxel point, the point-level score: the point head's and the point bank's normalised scores, mixed by
+    /// `scoring.point_bank_weight` where there are both. Empty when the model has neither.
+    fn point_level_scores(&self, raw: &RawScores) -> Vec<f32> {
+        let refs = &self.conditioning;
+        let head = raw.point_logits.iter().map(|&l| refs.point_reference.normalise(l));
+        let bank = raw.point_distances.iter().map(|&x| refs.point_bank_reference.normalise(x));
+        match (raw.point_logits.is_empty(), raw.point_distances.is_empty()) {
+            (true, true) => Vec::new(),
+            (false, true) => head.collect(),
+            (true, false) => bank.collect(),
+            (false, false) => {
+                let b = self.config.scoring.point_bank_weight;
+                head.zip(bank).map(|(h, k)| (1.0 - b) * h + b * k).collect()
+            }
+        }
     }
 
     /// The raw patch scores of finite points (sensor frame), with the patched cloud they belong to.

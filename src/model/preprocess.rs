@@ -31,8 +31,11 @@ pub struct PatchedCloud {
     pub context: Vec<[f32; CONTEXT_DIMS]>,
 }
 
-/// Numbers per centre in [`PatchedCloud::context`].
-pub const CONTEXT_DIMS: usize = 3;
+/// Numbers per voxel point in [`PatchedCloud::context`] (see [`surface_context`]). With three FPFH scales the
+/// tokens are 3 × 33 + 6 = 105 wide, which the default 3 attention heads divide.
+pub const CONTEXT_DIMS: usize = 6;
+/// Distances to the template's surface beyond this many voxels are all "far" (a surface the template lacks).
+const TEMPLATE_DISTANCE_CAP_VOXELS: f32 = 4.0;
 /// Radii of the context numbers, in voxels.
 const CONTEXT_RADII_VOXELS: [f32; 2] = [3.0, 6.0];
 
@@ -176,6 +179,20 @@ impl PoseTemplate {
         let grid = geometry::voxel_downsample(finite_points, cfg.voxel_size)?;
         let frame = UnitSphere::fit(&grid.points)?;
         Self::new(grid.points, frame, cfg)
+    }
+
+    /// The first cloud's template with every other cloud registered to it and added, all on one voxel grid; the
+    /// first cloud's frame is kept.
+    pub fn fused(first: &[Point], others: &[&[Point]], cfg: &PreprocessConfig) -> Result<Self> {
+        let base = Self::from_cloud(first, cfg)?;
+        let mut all = base.points.clone();
+        for cloud in others {
+            let grid = geometry::voxel_downsample(cloud, cfg.voxel_size)?;
+            let pose = base.register(&grid.points).transform;
+            all.extend(grid.points.iter().map(|&p| pose.apply(p)));
+        }
+        let fused = geometry::voxel_downsample(&all, cfg.voxel_size)?;
+        Self::new(fused.points, base.frame, cfg)
     }
 
     /// The rigid transform that takes `points` (sensor frame) onto the template.
@@ -345,22 +362,28 @@ fn centre_descriptors(
     Ok(geometry::fpfh_at(&coarse_points, &coarse_normals, &index, radius, &queries)?)
 }
 
-/// Per queried point (normalised frame, `voxel` its edge): how far the centroid of the points within 3 voxels lies
-/// from the centre, in radii (0 inside a surface, about 0.4 on its border), and the count of points within 3
-/// and 6 voxels over the template's count there (about 1 where the scan has what the template has; lower on the
-/// rim of missing material, which FPFH on a flat face cannot see; 1 without a template).
+/// Per voxel point (normalised frame, `voxel` its edge), what FPFH cannot see:
+/// - how far the centroid of the points within 3 voxels lies from the point, in radii (0 inside a surface, about
+///   0.4 on its border);
+/// - the count of points within 3 and 6 voxels over the template's count there (about 1 where the scan has what
+///   the template has; lower on the rim of missing material, which FPFH on a flat face cannot see);
+/// - the registered template's surface: the distance to its nearest point and to its tangent plane there, in
+///   voxels (capped), and how far the normals disagree (1 − |cos|): a bulge, sink or dent moves the surface off
+///   the part's, whatever its histogram looks like.
+///
+/// Without a template the counts are 1 and the template numbers 0.
 pub fn surface_context(
     points: &[Point],
+    normals: &[Point],
     index: &NeighborIndex,
-    queries: &[u32],
     voxel: f32,
     template: Option<&PoseTemplate>,
 ) -> Vec<[f32; CONTEXT_DIMS]> {
     use rayon::prelude::*;
-    queries
+    points
         .par_iter()
-        .map(|&c| {
-            let centre = points[c as usize];
+        .zip(normals)
+        .map(|(&centre, &normal)| {
             let mut out = [0.0; CONTEXT_DIMS];
             for (k, r) in CONTEXT_RADII_VOXELS.iter().map(|r| r * voxel).enumerate() {
                 let (mut count, mut sum) = (0usize, [0f32; 3]);
@@ -382,6 +405,15 @@ pub fn surface_context(
                     }
                     None => 1.0,
                 };
+            }
+            if let Some(t) = template {
+                let nearest = t.placed.nearest(&centre);
+                let i = nearest.index as usize;
+                let offset = geometry::sub(centre, t.frame.apply(t.points[i]));
+                let template_normal = t.normals[i];
+                out[3] = (nearest.squared_distance.sqrt() / voxel).min(TEMPLATE_DISTANCE_CAP_VOXELS);
+                out[4] = (geometry::dot(offset, template_normal).abs() / voxel).min(TEMPLATE_DISTANCE_CAP_VOXELS);
+                out[5] = 1.0 - geometry::dot(normal, template_normal).abs().min(1.0);
             }
             out
         })
@@ -419,8 +451,7 @@ pub fn patch_view(
         orientation(cfg.normals_face, viewpoint),
     );
     let descriptors = centre_descriptors(&points, &normals, &index, voxel, &centres, cfg.fpfh_radius)?;
-    let all: Vec<u32> = (0..points.len() as u32).collect();
-    let context = surface_context(&points, &index, &all, voxel, template);
+    let context = surface_context(&points, &normals, &index, voxel, template);
     Ok(PatchedCloud {
         grid,
         frame,
@@ -497,5 +528,45 @@ mod tests {
         assert_eq!(a.patch_count(), 32);
         let err = patch_cloud(&pts[..10], &cfg, 32, 16, None, None).err().unwrap();
         assert!(err.to_string().contains("voxel"), "{err}");
+    }
+
+    #[test]
+    fn the_template_numbers_see_a_bump_and_a_fused_template_fills_a_views_hole() {
+        let pts = box_surface();
+        let cfg = PreprocessConfig { voxel_size: 0.5, ..Default::default() };
+        // One view lacks a corner of the top face; the other has it: fused, the template has it.
+        let in_hole = |p: &Point| p[2] > 12.9 && p[0] < 6.0 && p[1] < 5.0;
+        let holed: Vec<Point> = pts.iter().copied().filter(|p| !in_hole(p)).collect();
+        let alone = PoseTemplate::from_cloud(&holed, &cfg).unwrap();
+        let fused = PoseTemplate::fused(&holed, &[pts.as_slice()], &cfg).unwrap();
+        let corner = alone.frame.apply([3.0, 2.5, 13.0]);
+        let nearest = |t: &PoseTemplate| t.placed.nearest(&corner).squared_distance.sqrt() * alone.frame.scale;
+        assert!(nearest(&alone) > 1.5, "the hole is far from the lone template: {}", nearest(&alone));
+        assert!(nearest(&fused) < 0.5, "the fused template covers it: {}", nearest(&fused));
+        assert_eq!(fused.frame, alone.frame, "the first cloud's frame is kept");
+
+        // A 1.5-unit bump on the top face: far from the template's surface there, and only there.
+        let bumped: Vec<Point> = pts
+            .iter()
+            .map(|&p| {
+                let d2 = (p[0] - 10.0).powi(2) + (p[1] - 7.0).powi(2);
+                if p[2] > 12.9 && d2 < 4.0 { [p[0], p[1], p[2] + 1.5 * (1.0 - d2 / 4.0)] } else { p }
+            })
+            .collect();
+        let cloud = patch_cloud(&bumped, &cfg, 64, 16, Some(&fused), None).unwrap();
+        let (mut on_bump, mut elsewhere) = (Vec::new(), Vec::new());
+        for (p, c) in cloud.points.iter().zip(&cloud.context) {
+            let q = cloud.frame.invert(*p);
+            let d2 = (q[0] - 10.0).powi(2) + (q[1] - 7.0).powi(2);
+            if q[2] > 13.5 && d2 < 1.0 {
+                on_bump.push(c[4]);
+            } else if d2 > 9.0 {
+                elsewhere.push(c[4]);
+            }
+        }
+        let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
+        assert!(!on_bump.is_empty() && !elsewhere.is_empty());
+        assert!(mean(&on_bump) > 1.5, "the bump's top is off the template's plane: {} voxels", mean(&on_bump));
+        assert!(mean(&elsewhere) < 0.5, "the rest lies on it: {} voxels", mean(&elsewhere));
     }
 }

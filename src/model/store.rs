@@ -18,7 +18,7 @@ use super::config::DetectorConfig;
 use super::{Detector, Heads, ModelError, Result, Thresholds, copy_into, tensors_from_bytes};
 
 /// 2: token conditioning (`conditioning.safetensors`) and data-derived voxel sizes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 const MANIFEST: &str = "manifest.json";
 const HEADS: &str = "heads.safetensors";
 const BACKBONE: &str = "backbone.safetensors";
@@ -183,6 +183,12 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
         Some(1) => {
             return Err(bad(format!(
                 "format version 1 has no token conditioning statistics ({CONDITIONING}); retrain the model with this version"
+            )));
+        }
+        Some(2) => {
+            return Err(bad(format!(
+                "format version 2 predates the template-surface numbers of the tokens (105 wide, not 102); retrain \
+                 the model with this version"
             )));
         }
         Some(v) => {

@@ -214,12 +214,17 @@ pub fn train(
         .collect::<Result<Vec<_>>>()?;
     let clouds = &cleaned[..];
     if detector.config.preprocess.align {
-        // The first training cloud as recorded is the pose every scan is registered to.
+        // The first training cloud as recorded is the pose every scan is registered to; the other training
+        // clouds (never the held-out ones, which must look like scans) fill in what it lacks.
         let first = &clouds[training[0]];
-        detector.conditioning.template = Some(
-            preprocess::PoseTemplate::from_cloud(&first.points, &detector.config.preprocess)
-                .map_err(|e| ModelError::Training(format!("{}: {e}", first.name)))?,
-        );
+        let others: Vec<&[Point]> = match detector.config.preprocess.fuse_template {
+            true => training[1..].iter().map(|&i| clouds[i].points.as_slice()).collect(),
+            false => Vec::new(),
+        };
+        let template = preprocess::PoseTemplate::fused(&first.points, &others, &detector.config.preprocess)
+            .map_err(|e| ModelError::Training(format!("template from {}: {e}", first.name)))?;
+        tracing::info!(clouds = 1 + others.len(), points = template.points.len(), "pose template");
+        detector.conditioning.template = Some(template);
     }
     let views = config.preprocess.augment.views_per_cloud.max(1);
     tracing::info!(training = training.len(), held_out, views, backbone = %detector.backbone.identity.kind, "training set");
@@ -333,7 +338,7 @@ fn view_tokens(
     touched: &[bool],
     rng: &mut StdRng,
 ) -> Result<ViewTokens> {
-    let (tokens, points) = if detector.heads.point_head.is_some() {
+    let (tokens, points) = if detector.config.uses_point_features() {
         let all = detector.backbone.point_features(patched)?;
         let device = all.device();
         let centres: Vec<i64> = patched.centres.iter().map(|&c| i64::from(c)).collect();
@@ -395,6 +400,13 @@ fn condition(detector: &mut Detector, prepared: Vec<ViewTokens>, rng: &mut StdRn
             samples.iter().filter(|s| s.clean).map(|s| s.features.shallow_clone()).collect();
         detector.conditioning.fit_bank(&clean_features, detector.config.conditioning.bank_size, rng);
         tracing::info!(entries = detector.conditioning.bank.size()[0], "memory bank");
+    }
+    let point_bank_size = detector.config.conditioning.point_bank_size;
+    if point_bank_size > 0 && samples.iter().any(|s| s.clean && s.points.is_some()) {
+        let clean_points: Vec<Tensor> =
+            samples.iter().filter(|s| s.clean).filter_map(|s| s.points.as_ref().map(|p| p.0.shallow_clone())).collect();
+        detector.conditioning.fit_point_bank(&clean_points, point_bank_size);
+        tracing::info!(entries = detector.conditioning.point_bank.size()[0], "point memory bank (coreset)");
     }
     Ok(samples)
 }
@@ -564,8 +576,12 @@ fn calibrate(
     }
     let pooled =
         |get: fn(&RawScores) -> &Vec<f32>| -> Vec<f32> { raw.iter().flat_map(|r| get(&r.1).iter().copied()).collect() };
-    let (logits, distances, point_logits) =
-        (pooled(|r| &r.logits), pooled(|r| &r.distances), pooled(|r| &r.point_logits));
+    let (logits, distances, point_logits, point_distances) = (
+        pooled(|r| &r.logits),
+        pooled(|r| &r.distances),
+        pooled(|r| &r.point_logits),
+        pooled(|r| &r.point_distances),
+    );
     let c = &mut detector.conditioning;
     c.discriminator_reference = Reference::from_scores(&logits);
     if !distances.is_empty() {
@@ -573,6 +589,9 @@ fn calibrate(
     }
     if !point_logits.is_empty() {
         c.point_reference = Reference::from_scores(&point_logits);
+    }
+    if !point_distances.is_empty() {
+        c.point_bank_reference = Reference::from_scores(&point_distances);
     }
     let (mut cloud_scores, mut point_scores) = (Vec::new(), Vec::new());
     for (patched, raw) in &raw {

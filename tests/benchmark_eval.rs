@@ -117,9 +117,12 @@ fn ablation_mode_runs_every_switch() {
         "Generator: selective (paper)",
         "Generator: AFG (SimpleNet)",
         "Generator: geometric+selective",
-        "Point head off",
+        "Point head off (point bank alone)",
+        "Point bank off (point head alone)",
+        "Point level off (patch scores only)",
         "Conditioning off",
         "Alignment off",
+        "Template: first cloud only (not fused)",
         "Positions off",
         "Score: discriminator only",
         "Score: bank only",
@@ -127,5 +130,9 @@ fn ablation_mode_runs_every_switch() {
         "Paper (config/paper.json)",
     ] {
         assert!(table.contains(&format!("| {variant} |")), "{variant} missing:\n{table}");
+    }
+    // A switch already at the default's setting is the full row, not a second training of the same model.
+    for same_as_full in ["Generator: geometric |", "Score: fused |", "Object score: top 1 % mean |"] {
+        assert!(!table.contains(same_as_full), "{same_as_full} duplicates the full row:\n{table}");
     }
 }

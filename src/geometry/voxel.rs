@@ -19,6 +19,17 @@ impl VoxelGrid {
     pub fn spread<T: Copy>(&self, values: &[T]) -> Vec<T> {
         self.representative.iter().map(|&r| values[r as usize]).collect()
     }
+
+    /// For each voxel point, the first input point that fell into its voxel.
+    pub fn first_members(&self) -> Vec<u32> {
+        let mut first = vec![u32::MAX; self.points.len()];
+        for (i, &r) in self.representative.iter().enumerate() {
+            if first[r as usize] == u32::MAX {
+                first[r as usize] = i as u32;
+            }
+        }
+        first
+    }
 }
 
 pub fn voxel_downsample(points: &[Point], voxel_size: f32) -> Result<VoxelGrid> {
@@ -62,6 +73,7 @@ mod tests {
         assert_eq!(grid.representative, vec![0, 0, 1, 2]);
         assert!((grid.points[0][0] - 0.2).abs() < 1e-6);
         assert_eq!(grid.spread(&[10, 20, 30]), vec![10, 10, 20, 30]);
+        assert_eq!(grid.first_members(), vec![0, 2, 3]);
     }
 
     #[test]

@@ -364,22 +364,7 @@ impl Detector {
             _ => Vec::new(),
         };
         let point_distances = match &features.points {
-            Some(points) if self.conditioning.has_point_bank() => {
-                // The bank search is the costliest step per point: one query per cell of a grid of
-                // POINT_BANK_CELL_VOXELS voxels, which every voxel point of the cell shares (the median filter
-                // smooths over 3 voxels anyway).
-                let cells = geometry::voxel_downsample(&cloud.points, POINT_BANK_CELL_VOXELS * cloud.voxel)?;
-                let mut first = vec![u32::MAX; cells.points.len()];
-                for (i, &c) in cells.representative.iter().enumerate() {
-                    if first[c as usize] == u32::MAX {
-                        first[c as usize] = i as u32;
-                    }
-                }
-                let rows: Vec<i64> = first.iter().map(|&i| i64::from(i)).collect();
-                let queries = points.index_select(0, &Tensor::from_slice(&rows).to_device(self.device));
-                let per_cell = to_vec(self.conditioning.point_bank_distances(&queries))?;
-                cells.spread(&per_cell)
-            }
+            Some(points) if self.conditioning.has_point_bank() => self.point_bank_distances(cloud, points)?,
             _ => Vec::new(),
         };
         Ok(RawScores { logits, distances, point_logits, point_distances })
@@ -418,6 +403,17 @@ impl Detector {
         // Normalised scores are 0 on a typical good point and 1 on the rarest good ones: 1 maps to 0.5.
         let filtered = geometry::median_filter(&cloud.points, &voxel, &cloud.index, radius)?;
         Ok(filtered.into_iter().map(|u| sigmoid(4.0 * (u - 1.0))).collect())
+    }
+
+    /// Per voxel point, its distance to the point bank. The search is the costliest step per point: one query
+    /// per cell of a grid of [`POINT_BANK_CELL_VOXELS`] voxels (its first point's features), shared by every
+    /// voxel point of the cell; the median filter smooths over 3 voxels anyway.
+    fn point_bank_distances(&self, cloud: &PatchedCloud, points: &Tensor) -> Result<Vec<f32>> {
+        let cells = geometry::voxel_downsample(&cloud.points, POINT_BANK_CELL_VOXELS * cloud.voxel)?;
+        let rows: Vec<i64> = cells.first_members().into_iter().map(i64::from).collect();
+        let queries = points.index_select(0, &Tensor::from_slice(&rows).to_device(self.device));
+        let per_cell: Vec<f32> = self.conditioning.point_bank_distances(&queries).to_device(Device::Cpu).try_into()?;
+        Ok(cells.spread(&per_cell))
     }
 
     /// Per voxel point, the point-level score: the point head's and the point bank's normalised scores, mixed by

@@ -5,10 +5,10 @@
 # the script is run again), merges the tables, then the ablations on two classes with a reduced training budget.
 #
 # Environment: DETECTOR_CONFIG (ours' configuration; default: the shipped default), ABLATION_CONFIG (the
-# ablations' base; default config/ablation_budget.json: 2 views per cloud, 10 epochs), ABLATION_CLASSES
+# ablations' base; default config/ablation_budget.json: 1 view per cloud, 6 epochs), ABLATION_CLASSES
 # (default: featuretype_camera), DEVICE (auto|cpu|cuda), SKIP_ABLATIONS=1, OUT (default out/benchmark).
 # Cost on two CPU cores: 4 to 10 minutes per class for the table (about 80 in all; the baselines' FPFH of every
-# point dominates on full scans), then about 40 seconds per ablation row.
+# point dominates on full scans), then about 40 seconds per ablation row (26 rows).
 set -euo pipefail
 # shellcheck disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/prepare.sh"

@@ -225,6 +225,8 @@ pub fn detector(input: DetectorInput, voxel: f32, repeats: usize) -> Result<Tabl
     // A full memory bank of the configured size, so the bank search costs what a trained model's does.
     let width = det.backbone.width() as i64;
     det.conditioning.bank = tch::Tensor::randn([cfg.conditioning.bank_size as i64, width], (tch::Kind::Float, device));
+    det.conditioning.point_bank =
+        tch::Tensor::randn([cfg.conditioning.point_bank_size as i64, width], (tch::Kind::Float, device));
     // A template to register to (the scan itself, as a trained model's first training cloud would be).
     det.conditioning.template =
         Some(crate::model::preprocess::PoseTemplate::from_cloud(&finite.points, &cfg.preprocess)?);
@@ -248,6 +250,7 @@ pub fn detector(input: DetectorInput, voxel: f32, repeats: usize) -> Result<Tabl
         ..cfg.clone()
     };
     mae_cfg.point_head.enabled = false;
+    mae_cfg.conditioning.point_bank_size = 0;
     let mae = Detector::new(mae_cfg, device)?;
     let _ = table
         .stage("backbone: Point-MAE", "C = 384, 12 blocks, 6 heads".into(), r, || mae.backbone.tokens(&patched))?;
@@ -291,6 +294,12 @@ pub fn detector(input: DetectorInput, voxel: f32, repeats: usize) -> Result<Tabl
         let _ = table.stage("point head", work, r, || {
             let _g = tch::no_grad_guard();
             head.forward(&points)
+        });
+    }
+    if det.conditioning.has_point_bank() {
+        let work = format!("{} entries, nearest of every voxel point", cfg.conditioning.point_bank_size);
+        let _ = table.stage("point bank (every point; inspection queries one per 2-voxel cell)", work, r, || {
+            det.conditioning.point_bank_distances(&points)
         });
     }
     table.stage("whole inspection", "cloud → point scores + verdict".into(), r, || det.inspect(&cloud))?;

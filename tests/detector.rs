@@ -268,7 +268,11 @@ fn the_bundled_model_rejects_each_defective_scan_at_its_defect() {
             continue;
         }
         if inspection.passed {
-            assert!(KNOWN_MISSES.contains(&name.as_str()), "{name}: a defective scan passed at {}", inspection.cloud_score);
+            assert!(
+                KNOWN_MISSES.contains(&name.as_str()),
+                "{name}: a defective scan passed at {}",
+                inspection.cloud_score
+            );
             missed.push(name);
             continue;
         }

@@ -576,12 +576,8 @@ fn calibrate(
     }
     let pooled =
         |get: fn(&RawScores) -> &Vec<f32>| -> Vec<f32> { raw.iter().flat_map(|r| get(&r.1).iter().copied()).collect() };
-    let (logits, distances, point_logits, point_distances) = (
-        pooled(|r| &r.logits),
-        pooled(|r| &r.distances),
-        pooled(|r| &r.point_logits),
-        pooled(|r| &r.point_distances),
-    );
+    let (logits, distances, point_logits, point_distances) =
+        (pooled(|r| &r.logits), pooled(|r| &r.distances), pooled(|r| &r.point_logits), pooled(|r| &r.point_distances));
     let c = &mut detector.conditioning;
     c.discriminator_reference = Reference::from_scores(&logits);
     if !distances.is_empty() {

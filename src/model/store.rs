@@ -186,10 +186,9 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
             )));
         }
         Some(2) => {
-            return Err(bad(format!(
-                "format version 2 predates the template-surface numbers of the tokens (105 wide, not 102); retrain \
-                 the model with this version"
-            )));
+            return Err(bad("format version 2 predates the template-surface numbers of the tokens (105 wide, not \
+                 102); retrain the model with this version"
+                .into()));
         }
         Some(v) => {
             return Err(bad(format!("format version {v} is not supported (this build reads {FORMAT_VERSION})")));

@@ -10,6 +10,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::geometry::{self, NeighborIndex, Neighborhood, NormalOrientation, Point};
 use crate::model::Result;
+use crate::model::conditioning::{greedy_coreset, nearest_distances};
 use crate::train::TrainingCloud;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,7 +119,7 @@ impl MemoryBank {
         if kind == Baseline::PatchCoreFpfhRaw {
             let mean = bank.mean_dim(0, true, Kind::Float);
             let std = bank.std_dim(0, true, true).clamp_min(1e-6);
-            bank = crate::model::conditioning::greedy_coreset(&((&bank - &mean) / &std), cfg.coreset_size);
+            bank = greedy_coreset(&((&bank - &mean) / &std), cfg.coreset_size);
             standardise = Some((mean, std));
         }
         Ok(Self { kind, cfg: cfg.clone(), bank, standardise, raw_index })
@@ -135,15 +136,7 @@ impl MemoryBank {
         if let Some((mean, std)) = &self.standardise {
             queries = (queries - mean) / std;
         }
-        let bank_sq = self.bank.square().sum_dim_intlist(1, false, Kind::Float);
-        let mut nearest = Vec::with_capacity(grid.points.len());
-        // 512 queries × 30k bank entries: a 60 MB distance block at a time.
-        for chunk in queries.split(512, 0) {
-            let q_sq = chunk.square().sum_dim_intlist(1, true, Kind::Float);
-            let d2 = (q_sq + &bank_sq - chunk.matmul(&self.bank.transpose(0, 1)) * 2.0).clamp_min(0.0);
-            let best: Vec<f32> = d2.min_dim(1, false).0.sqrt().to_device(Device::Cpu).try_into()?;
-            nearest.extend(best);
-        }
+        let nearest: Vec<f32> = nearest_distances(&self.bank, &queries).to_device(Device::Cpu).try_into()?;
         Ok(grid.spread(&nearest))
     }
 }

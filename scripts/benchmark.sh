@@ -4,7 +4,8 @@
 # with one process per class (finished classes survive an interrupted run; a class with a report is skipped when
 # the script is run again), merges the tables, then the ablations on two classes with a reduced training budget.
 #
-# Environment: DETECTOR_CONFIG (ours' configuration; default: the shipped default), ABLATION_CONFIG (the
+# Environment: DETECTOR_CONFIG (ours' configuration; default: the shipped default), METHODS (default: ours, the
+# same trained model under its other scoring choices, and the three baselines), ABLATION_CONFIG (the
 # ablations' base; default config/ablation_budget.json: 1 view per cloud, 6 epochs), ABLATION_CLASSES
 # (default: featuretype_camera), DEVICE (auto|cpu|cuda), SKIP_ABLATIONS=1, OUT (default out/benchmark).
 # Cost on two CPU cores: 4 to 10 minutes per class for the table (about 80 in all; the baselines' FPFH of every
@@ -21,7 +22,8 @@ cp ./target/release/inspect3d "$bin"
 config=(); [ -n "${DETECTOR_CONFIG:-}" ] && config=(--config "$DETECTOR_CONFIG")
 parts=(angle_block.STL busted.STL featuretype.STL idler_riser.STL octagonal_pocket.stl plate_holes.STL)
 if [ ! -d "$out/data" ]; then
-  "$bin" synth --meshes "${parts[@]/#/tests/data/meshes/}" --out "$out/data" --config config/benchmark.json
+  meshes=(); for part in "${parts[@]}"; do meshes+=(--meshes "tests/data/meshes/$part"); done
+  "$bin" synth "${meshes[@]}" --out "$out/data" --config config/benchmark.json
 fi
 for data in "$out"/data/*/; do
   class=$(basename "$data")
@@ -31,6 +33,7 @@ for data in "$out"/data/*/; do
   ln -sfn "$(realpath "$data")" "$dir/data/$class"
   echo "$(date +%T) $class"
   RUST_LOG=inspect3d=info "$bin" eval --data "$dir/data" "${config[@]}" --device "${DEVICE:-auto}" \
+    --methods "${METHODS:-ours,ours-scoring,btf-raw,btf-fpfh,patchcore}" \
     --report "$dir/report" > "$dir/table.md" 2> "$dir/eval.log"
 done
 python3 scripts/merge_eval_reports.py "$out"/classes/*/report/report.json > "$out/table.md"

@@ -56,6 +56,11 @@ impl Table {
     }
 }
 
+/// A length as a table shows it: four decimals at most, no float noise.
+fn length(x: f32) -> String {
+    format!("{}", (f64::from(x) * 1e4).round() / 1e4)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -135,12 +140,14 @@ impl GeometryBench {
     }
 }
 
-/// Per-stage timings of the geometry every scan goes through, on a real cloud file.
-pub fn geometry(input: &Path, cfg: &GeometryBench) -> Result<Table> {
+/// Per-stage timings of the geometry every scan goes through, on a cloud file or a simulated scan.
+pub fn geometry(input: &BenchInput, cfg: &GeometryBench) -> Result<Table> {
     let r = cfg.repeats;
-    let mut table = Table::new(format!("Geometry stages on {}", input.display()));
-    let cloud = table.stage("PCD read", "file → cloud".into(), r, || cloud::read_cloud(input));
-    let cloud = cloud.with_context(|| format!("reading {}", input.display()))?;
+    let (cloud, name) = input.load()?;
+    let mut table = Table::new(format!("Geometry stages on {name} (voxel {})", cfg.voxel));
+    if let BenchInput::File(path) = input {
+        table.stage("cloud file read", "file → cloud".into(), r, || cloud::read_cloud(path))?;
+    }
     let n_in = cloud.len();
     let layout = table.stage("PointCloud2 encode", format!("{}×{} points", cloud.width, cloud.height), r, || {
         pointcloud2::encode(&cloud)
@@ -151,7 +158,7 @@ pub fn geometry(input: &Path, cfg: &GeometryBench) -> Result<Table> {
     let grid = table.stage("voxel grid", String::new(), r, || geometry::voxel_downsample(&finite.points, cfg.voxel))?;
     let points = &grid.points;
     if let Some(stage) = table.stages.last_mut() {
-        stage.detail = format!("{} → {} points, {} m", finite.points.len(), points.len(), cfg.voxel);
+        stage.detail = format!("{} → {} points", finite.points.len(), points.len());
     }
     let index =
         table.stage("k-d tree", format!("{} points", points.len()), r, || geometry::NeighborIndex::new(points))?;
@@ -165,15 +172,19 @@ pub fn geometry(input: &Path, cfg: &GeometryBench) -> Result<Table> {
     let neighborhood = Neighborhood::Hybrid { radius: cfg.normal_radius, max_nn: cfg.normal_max_nn };
     let normals = table.stage(
         "normals (PCA)",
-        format!("{} points, r {:.3} m, ≤ {} nn", points.len(), cfg.normal_radius, cfg.normal_max_nn),
+        format!("{} points, r {}, ≤ {} nn", points.len(), length(cfg.normal_radius), cfg.normal_max_nn),
         r,
         || geometry::estimate_normals(points, &index, neighborhood, NormalOrientation::TowardsViewpoint([0.0; 3])),
     );
-    table.stage("FPFH at centres", format!("{} centres, r {:.3} m", centres.len(), cfg.fpfh_radius), r, || {
+    table.stage("FPFH at centres", format!("{} centres, r {}", centres.len(), length(cfg.fpfh_radius)), r, || {
         geometry::fpfh_at(points, &normals, &index, cfg.fpfh_radius, &centres)
     })?;
+    // Not a pipeline stage (only the centres need FPFH): the work Open3D's FPFH does, for the comparison.
+    table.stage("FPFH, every point", format!("{} points, r {}", points.len(), length(cfg.fpfh_radius)), r, || {
+        geometry::fpfh(points, &normals, &index, cfg.fpfh_radius)
+    })?;
     let scores: Vec<f32> = (0..points.len()).map(|i| (i % 97) as f32).collect();
-    table.stage("median filter", format!("{} points, r {:.3} m", points.len(), cfg.median_radius), r, || {
+    table.stage("median filter", format!("{} points, r {}", points.len(), length(cfg.median_radius)), r, || {
         geometry::median_filter(points, &scores, &index, cfg.median_radius)
     })?;
     table.notes.push(format!(
@@ -184,35 +195,120 @@ pub fn geometry(input: &Path, cfg: &GeometryBench) -> Result<Table> {
     Ok(table)
 }
 
-/// What the detector benchmark scores.
-pub enum DetectorInput<'a> {
+/// Our geometry stages against Open3D's equivalents on the same points with the same thread count.
+pub struct Comparison {
+    pub title: String,
+    /// Stage, our median, Open3D's median (ms).
+    pub rows: Vec<(String, f64, f64)>,
+    pub notes: Vec<String>,
+}
+
+impl fmt::Display for Comparison {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "### {}\n", self.title)?;
+        writeln!(f, "| stage | ours median ms | Open3D median ms | ours / Open3D |")?;
+        writeln!(f, "|---|---:|---:|---:|")?;
+        for (stage, ours, theirs) in &self.rows {
+            writeln!(f, "| {stage} | {ours:.2} | {theirs:.2} | {:.2} |", ours / theirs)?;
+        }
+        for note in &self.notes {
+            writeln!(f, "\n{note}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `scripts/open3d_stages.py` (under `root`) with Python on the same finite points and parameters as
+/// [`geometry`], with as many OpenMP threads as this process has rayon threads, and sets its medians against
+/// `ours` stage by stage.
+pub fn compare_open3d(input: &BenchInput, cfg: &GeometryBench, ours: &Table, root: &Path) -> Result<Comparison> {
+    let (cloud, name) = input.load()?;
+    let finite = cloud.finite_points()?;
+    let raw: Vec<u8> = finite.points.iter().flatten().flat_map(|c| c.to_le_bytes()).collect();
+    let points_file = std::env::temp_dir().join(format!("inspect3d-bench-{}.f32", std::process::id()));
+    std::fs::write(&points_file, raw).with_context(|| format!("writing {}", points_file.display()))?;
+    let params = serde_json::json!({
+        "voxel": cfg.voxel, "centres": cfg.centres, "group_size": cfg.group_size,
+        "normal_radius": cfg.normal_radius, "normal_max_nn": cfg.normal_max_nn,
+        "fpfh_radius": cfg.fpfh_radius, "repeats": cfg.repeats.max(1),
+    });
+    let threads = rayon::current_num_threads();
+    let script = root.join("scripts/open3d_stages.py");
+    let output = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&points_file)
+        .arg(params.to_string())
+        .env("OMP_NUM_THREADS", threads.to_string())
+        .output()
+        .with_context(|| format!("running python3 {}", script.display()));
+    let _ = std::fs::remove_file(&points_file);
+    let output = output?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{} failed (is Open3D installed? `pip install open3d`): {}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).context("reading Open3D's timings")?;
+    let median = |times: &serde_json::Value| -> Option<f64> {
+        let mut t: Vec<f64> = times.as_array()?.iter().filter_map(serde_json::Value::as_f64).collect();
+        t.sort_by(f64::total_cmp);
+        t.get(t.len() / 2).copied()
+    };
+    let rows = ours
+        .stages
+        .iter()
+        .filter_map(|s| Some((s.name.clone(), ms(s.median()), median(report["stages"].get(&s.name)?)?)))
+        .collect();
+    let version = report["version"].as_str().unwrap_or("?");
+    let voxels = report["sizes"]["voxel grid"].as_u64().unwrap_or(0);
+    Ok(Comparison {
+        title: format!("Ours against Open3D {version} on {name} ({threads} threads each)"),
+        rows,
+        notes: vec![format!(
+            "Same points and parameters; Open3D's voxel grid keeps {voxels} points (its grid origin differs), its \
+             kNN is the tensor API's batched search (index + query), its FPFH covers every point (the pipeline \
+             needs it at the centres only, row \"FPFH at centres\" above)."
+        )],
+    })
+}
+
+/// What a benchmark runs on.
+pub enum BenchInput<'a> {
     /// A cloud file.
     File(&'a Path),
     /// A simulated scan of a CAD part: `points` surface points of the mesh scaled to 100 mm across.
     SimulatedPart { mesh: &'a Path, points: usize },
 }
 
+impl BenchInput<'_> {
+    /// The cloud, and how the tables name it.
+    pub fn load(&self) -> Result<(cloud::PointCloud, String)> {
+        Ok(match self {
+            Self::File(path) => (
+                cloud::read_cloud(path).with_context(|| format!("reading {}", path.display()))?,
+                path.display().to_string(),
+            ),
+            Self::SimulatedPart { mesh, points } => {
+                let part = crate::synth::mesh::Mesh::read(mesh)?.normalised(100.0);
+                let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+                let scan = crate::synth::sample::sample_surface(&part, *points, 0.05, &mut rng);
+                (
+                    cloud::PointCloud::from_xyz(&scan.points),
+                    format!("a simulated {points}-point scan of {} (100 mm)", mesh.display()),
+                )
+            }
+        })
+    }
+}
+
 /// Per-stage latency of the detector on one cloud (CPU unless LibTorch sees a GPU), peak memory, and the
 /// training step. Weights are untrained (timing does not depend on their values); the Point-MAE row uses the
 /// public release's size (C = 384, 12 blocks, 6 heads) with random weights.
-pub fn detector(input: DetectorInput, voxel: f32, repeats: usize) -> Result<Table> {
+pub fn detector(input: &BenchInput, voxel: f32, repeats: usize) -> Result<Table> {
     let r = repeats;
     let device = tch::Device::cuda_if_available();
-    let (cloud, name) = match input {
-        DetectorInput::File(path) => (
-            cloud::read_cloud(path).with_context(|| format!("reading {}", path.display()))?,
-            path.display().to_string(),
-        ),
-        DetectorInput::SimulatedPart { mesh, points } => {
-            let part = crate::synth::mesh::Mesh::read(mesh)?.normalised(100.0);
-            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
-            let scan = crate::synth::sample::sample_surface(&part, points, 0.05, &mut rng);
-            (
-                cloud::PointCloud::from_xyz(&scan.points),
-                format!("a simulated {points}-point scan of {} (100 mm)", mesh.display()),
-            )
-        }
-    };
+    let (cloud, name) = input.load()?;
     let finite = cloud.finite_points()?;
     let mut cfg = DetectorConfig::default();
     cfg.preprocess.voxel_size = voxel;

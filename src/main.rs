@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use inspect3d::bench::BenchInput;
 use inspect3d::cloud::{self, pcd, ply};
 use inspect3d::geometry::{self, Neighborhood, NormalOrientation};
 use inspect3d::model::config::DetectorConfig;
@@ -103,7 +104,8 @@ enum Command {
     Eval {
         #[arg(long)]
         data: PathBuf,
-        /// Comma-separated: ours, btf-raw, btf-fpfh, patchcore (PatchCore(FPFH+Raw)).
+        /// Comma-separated: ours, ours-scoring (the same trained model under every other scoring choice: score
+        /// source, point-level mix, object score), btf-raw, btf-fpfh, patchcore (PatchCore(FPFH+Raw)).
         #[arg(long, default_value = "ours,btf-raw,btf-fpfh,patchcore")]
         methods: String,
         /// Detector configuration for `ours` (JSON).
@@ -135,15 +137,19 @@ enum Command {
     Bench {
         #[arg(value_enum, default_value_t = Suite::Geometry)]
         suite: Suite,
-        /// A cloud file. Default: geometry, the bundled 640×480 depth-camera frame; detector, a simulated 60k-point
-        /// scan of a bundled CAD part (a cell crops its frames to the part).
+        /// A cloud file. Default: geometry, the bundled 640×480 depth-camera frame and a simulated 60k-point scan of
+        /// a bundled CAD part; detector, the part scan (a cell crops its frames to the part).
         #[arg(long)]
         input: Option<PathBuf>,
-        /// Voxel size in the cloud's unit. Default: 0.005 (metres) for geometry, 0.75 (mm) for detector.
+        /// Voxel size in the cloud's unit. Default: 0.005 (metres) for the frame, 0.75 (mm) for the part scan.
         #[arg(long)]
         voxel: Option<f32>,
         #[arg(long, default_value_t = 7)]
         repeats: usize,
+        /// geometry: also time Open3D's equivalent stages on the same points (`scripts/open3d_stages.py`, Python
+        /// with Open3D) and print a ratio table.
+        #[arg(long, value_enum)]
+        compare: Option<Compare>,
         /// soak: how long to run.
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
@@ -197,6 +203,13 @@ enum Encoding {
     Compressed,
 }
 
+/// What `bench --compare` measures against.
+#[derive(Clone, Copy, ValueEnum)]
+enum Compare {
+    /// Open3D (Python), the same stages on the same points.
+    Open3d,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Suite {
     /// Point-cloud decoding and the geometry stages.
@@ -242,23 +255,40 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&manifest)?);
             Ok(())
         }
-        Command::Bench { suite, input, voxel, repeats, minutes, rate } => {
+        Command::Bench { suite, input, voxel, repeats, compare, minutes, rate } => {
+            anyhow::ensure!(
+                compare.is_none() || matches!(suite, Suite::Geometry),
+                "--compare applies to the geometry suite only"
+            );
             let bundled = |file: &str| Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
             let table = match suite {
                 Suite::Geometry => {
-                    let input = input.unwrap_or_else(|| bundled(BUNDLED_FRAME));
-                    inspect3d::bench::geometry(
-                        &input,
-                        &inspect3d::bench::GeometryBench::for_voxel(voxel.unwrap_or(0.005), repeats),
-                    )?
+                    // Default: the real 640×480 frame (metres) and a 60k-point part scan (millimetres).
+                    let (frame, mesh) = (bundled(BUNDLED_FRAME), bundled(BUNDLED_PART));
+                    let runs = match &input {
+                        Some(path) => vec![(BenchInput::File(path), voxel.unwrap_or(0.005))],
+                        None => vec![
+                            (BenchInput::File(&frame), voxel.unwrap_or(0.005)),
+                            (BenchInput::SimulatedPart { mesh: &mesh, points: 60_000 }, voxel.unwrap_or(0.75)),
+                        ],
+                    };
+                    for (source, voxel) in runs {
+                        let cfg = inspect3d::bench::GeometryBench::for_voxel(voxel, repeats);
+                        let table = inspect3d::bench::geometry(&source, &cfg)?;
+                        println!("{table}");
+                        if compare.is_some() {
+                            println!("{}", inspect3d::bench::compare_open3d(&source, &cfg, &table, &bundled(""))?);
+                        }
+                    }
+                    return Ok(());
                 }
                 Suite::Detector => {
                     let mesh = bundled(BUNDLED_PART);
                     let source = match &input {
-                        Some(path) => inspect3d::bench::DetectorInput::File(path),
-                        None => inspect3d::bench::DetectorInput::SimulatedPart { mesh: &mesh, points: 60_000 },
+                        Some(path) => BenchInput::File(path),
+                        None => BenchInput::SimulatedPart { mesh: &mesh, points: 60_000 },
                     };
-                    inspect3d::bench::detector(source, voxel.unwrap_or(0.75), repeats)?
+                    inspect3d::bench::detector(&source, voxel.unwrap_or(0.75), repeats)?
                 }
                 #[cfg(feature = "ros")]
                 Suite::Node => {
@@ -439,16 +469,18 @@ fn evaluate(data: &Path, run: &EvalRun, report: Option<&Path>, device: DeviceCho
     let methods: Vec<Method> = if ablations {
         eval::ablations(&detector_config)
     } else {
-        methods
-            .split(',')
-            .map(|m| match m.trim() {
-                "ours" => Ok(Method::Ours("Ours".into(), Box::new(detector_config.clone()))),
-                "btf-raw" => Ok(Method::Baseline(baselines::Baseline::BtfRaw, baseline.clone())),
-                "btf-fpfh" => Ok(Method::Baseline(baselines::Baseline::BtfFpfh, baseline.clone())),
-                "patchcore" => Ok(Method::Baseline(baselines::Baseline::PatchCoreFpfhRaw, baseline.clone())),
-                other => Err(anyhow::anyhow!("unknown method '{other}' (ours, btf-raw, btf-fpfh, patchcore)")),
-            })
-            .collect::<Result<_>>()?
+        let mut chosen = Vec::new();
+        for m in methods.split(',') {
+            match m.trim() {
+                "ours" => chosen.push(Method::Ours("Ours".into(), Box::new(detector_config.clone()))),
+                "ours-scoring" => chosen.extend(eval::score_variants(&detector_config, "Ours · ")),
+                "btf-raw" => chosen.push(Method::Baseline(baselines::Baseline::BtfRaw, baseline.clone())),
+                "btf-fpfh" => chosen.push(Method::Baseline(baselines::Baseline::BtfFpfh, baseline.clone())),
+                "patchcore" => chosen.push(Method::Baseline(baselines::Baseline::PatchCoreFpfhRaw, baseline.clone())),
+                other => anyhow::bail!("unknown method '{other}' (ours, ours-scoring, btf-raw, btf-fpfh, patchcore)"),
+            }
+        }
+        chosen
     };
     let device = device.resolve()?;
     if let Some(dir) = report {
@@ -459,12 +491,8 @@ fn evaluate(data: &Path, run: &EvalRun, report: Option<&Path>, device: DeviceCho
     let dirs = eval::dataset::class_dirs(data)?;
     for (k, dir) in dirs.iter().enumerate() {
         let class = eval::dataset::load_class(dir)?.scaled(scale);
-        let mut evaluations = Vec::new();
-        for method in &methods {
-            let progress = format!("{}/{}", k + 1, dirs.len());
-            tracing::info!(class = class.name, method = method.name(), progress, "evaluating");
-            evaluations.push(eval::evaluate_class(&class, method, device, &mut train::LogMonitor::default())?);
-        }
+        tracing::info!(class = class.name, progress = format!("{}/{}", k + 1, dirs.len()), "class");
+        let evaluations = eval::evaluate_class(&class, &methods, device, &mut train::LogMonitor::default())?;
         if let Some(dir) = report {
             figures.push_str(&eval::write_figures(dir, &class, &evaluations)?);
         }

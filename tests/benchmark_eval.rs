@@ -66,6 +66,52 @@ fn synth_writes_real3d_ad_layout_and_eval_compares_methods() {
     );
 }
 
+/// `ours-scoring` scores the default model's scoring variants with one training; each must equal a model
+/// trained and scored with that choice on its own.
+#[test]
+fn scoring_variants_share_one_training_and_match_their_own_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let bench_cfg = dir.path().join("bench.json");
+    std::fs::write(
+        &bench_cfg,
+        r#"{"train": 3, "test_good": 1, "test_defective": 2, "points": 5000, "seed": 5, "modes": ["full_scan"]}"#,
+    )
+    .unwrap();
+    let root = dir.path().join("bench");
+    let mesh = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/meshes/round.stl");
+    inspect3d(&["synth", "--meshes", &s(&mesh), "--out", &s(&root), "--config", &s(&bench_cfg)]);
+    let config = |scoring: &str| {
+        let path = dir.path().join(format!("detector{}.json", scoring.len()));
+        std::fs::write(
+            &path,
+            format!(
+                r#"{{"preprocess": {{"normals_face": "outward", "augment": {{"views_per_cloud": 1}}}},
+                    "patches": {{"count": 64, "size": 16}}, "training": {{"epochs": 3}},
+                    "scoring": {{"holdout_fraction": 0.5{scoring}}}}}"#
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let results = |cfg: &Path, methods: &str, report: &str| -> Vec<serde_json::Value> {
+        let report = dir.path().join(report);
+        let (cfg, report_arg) = (s(cfg), s(&report));
+        inspect3d(&["eval", "--data", &s(&root), "--config", &cfg, "--methods", methods, "--report", &report_arg]);
+        let text = std::fs::read_to_string(report.join("report.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap().as_array().unwrap().clone()
+    };
+    let shared = results(&config(""), "ours,ours-scoring", "shared");
+    let names: Vec<&str> = shared.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert!(names.contains(&"Ours · Score: discriminator only") && names.contains(&"Ours · Object score: max"));
+    let own = results(&config(r#", "source": "discriminator""#), "ours", "own");
+    let variant = shared.iter().find(|r| r["method"] == "Ours · Score: discriminator only").unwrap();
+    for key in ["object_auroc", "point_auroc", "point_ap"] {
+        assert!(variant[key].is_f64(), "{key} missing: {variant}");
+        assert_eq!(variant[key], own[0][key], "{key}: shared training {variant} vs its own model {}", own[0]);
+    }
+}
+
 #[test]
 fn malformed_ground_truth_is_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -127,6 +173,8 @@ fn ablation_mode_runs_every_switch() {
         "Score: discriminator only",
         "Score: bank only",
         "Object score: max",
+        "Point level: head only",
+        "Point level: bank only",
         "Paper (config/paper.json)",
     ] {
         assert!(table.contains(&format!("| {variant} |")), "{variant} missing:\n{table}");

@@ -77,6 +77,22 @@ fn scans_get_verdicts_and_anomaly_clouds_equal_to_the_library() {
     }
 }
 
+#[test]
+fn several_cameras_feed_one_node_and_each_result_names_its_topic() {
+    let right = format!("/{}/right/points", unique("cell"));
+    let node = TestNode::start(MODEL, &[&format!("input_topics:=[{right}]")]);
+    let mut left_camera = connect(&node);
+    let mut right_camera = InspectorClient::connect(&node.fqn(), &right, TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}\nnode log:\n{}", node.log_text()));
+    for (camera, topic, name, passed) in
+        [(&mut left_camera, &node.input_topic, "000_good", true), (&mut right_camera, &right, "002_sink", false)]
+    {
+        let (result, _) = camera.inspect(&pointcloud2::encode(&scan(name)), TIMEOUT).unwrap();
+        assert_eq!(&result.source_topic, topic, "{name}");
+        assert_eq!(result.passed, passed, "{name} on {topic}: {}", result.message);
+    }
+}
+
 fn xyz_layout(points: &[[f32; 3]]) -> PointCloud2Layout {
     pointcloud2::encode(&PointCloud::from_xyz(points))
 }

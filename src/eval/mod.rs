@@ -36,7 +36,7 @@ impl Method {
 /// conditioning, positions, score source, object score), each a copy of `base` with one thing changed, then
 /// the paper's own configuration.
 pub fn ablations(base: &DetectorConfig) -> Vec<Method> {
-    use crate::model::config::{BackboneConfig, DiscriminatorKind, Fusion, GeneratorKind, ObjectScore, ScoreSource};
+    use crate::model::config::{BackboneConfig, DiscriminatorKind, Fusion, GeneratorKind};
     let variant = |name: &str, change: &dyn Fn(&mut DetectorConfig)| {
         let mut c = base.clone();
         change(&mut c);
@@ -74,19 +74,40 @@ pub fn ablations(base: &DetectorConfig) -> Vec<Method> {
         variant("Alignment off", &|c| c.preprocess.align = false),
         variant("Template: first cloud only (not fused)", &|c| c.preprocess.fuse_template = false),
         variant("Positions off", &|c| c.discriminator.positional = false),
-        variant("Score: discriminator only", &|c| c.scoring.source = ScoreSource::Discriminator),
-        variant("Score: bank only", &|c| c.scoring.source = ScoreSource::Bank),
-        variant("Score: fused", &|c| c.scoring.source = ScoreSource::Fused),
-        variant("Object score: max", &|c| c.scoring.object_score = ObjectScore::Max),
-        variant("Object score: top 1 % mean", &|c| c.scoring.object_score = ObjectScore::TopMean),
-        Method::Ours("Paper (config/paper.json)".into(), Box::new(paper_with_budget_of(base))),
     ]
     .into_iter()
+    .chain(score_variants(base, ""))
+    .chain([Method::Ours("Paper (config/paper.json)".into(), Box::new(paper_with_budget_of(base)))])
     // A switch already at the base's setting is the full row: no second training of the same model.
     .enumerate()
     .filter(|(i, m)| *i == 0 || !matches!(m, Method::Ours(_, c) if **c == *base))
     .map(|(_, m)| m)
     .collect()
+}
+
+/// The ways of turning one trained model's raw outputs into scores (score source, point-level mix, object
+/// score), each a copy of `base` named `prefix` + the choice; those equal to `base` are left out. They cost no
+/// training: [`evaluate_class`] scores them all with one model.
+pub fn score_variants(base: &DetectorConfig, prefix: &str) -> Vec<Method> {
+    use crate::model::config::{ObjectScore, ScoreSource};
+    let variant = |name: &str, change: &dyn Fn(&mut DetectorConfig)| {
+        let mut c = base.clone();
+        change(&mut c);
+        Method::Ours(format!("{prefix}{name}"), Box::new(c))
+    };
+    let mut variants = vec![
+        variant("Score: discriminator only", &|c| c.scoring.source = ScoreSource::Discriminator),
+        variant("Score: bank only", &|c| c.scoring.source = ScoreSource::Bank),
+        variant("Score: fused", &|c| c.scoring.source = ScoreSource::Fused),
+        variant("Object score: max", &|c| c.scoring.object_score = ObjectScore::Max),
+        variant("Object score: top 1 % mean", &|c| c.scoring.object_score = ObjectScore::TopMean),
+    ];
+    if base.point_head.enabled && base.conditioning.point_bank_size > 0 {
+        variants.push(variant("Point level: head only", &|c| c.scoring.point_bank_weight = 0.0));
+        variants.push(variant("Point level: bank only", &|c| c.scoring.point_bank_weight = 1.0));
+    }
+    variants.retain(|m| !matches!(m, Method::Ours(_, c) if **c == *base));
+    variants
 }
 
 /// The paper's choices with `base`'s budget (patches, views, epochs, hold-out, normals), so the row compares
@@ -149,9 +170,6 @@ pub struct ClassResult {
     pub point_auroc_by_kind: std::collections::BTreeMap<String, f64>,
 }
 
-/// Scores every point of a cloud, and gives the cloud's score.
-type Scorer = dyn Fn(&[crate::geometry::Point]) -> Result<(Vec<f32>, f32)>;
-
 /// The defect kind in a test cloud's name (`003_pit` → `pit`).
 fn kind_of(name: &str) -> &str {
     name.split_once('_').map_or(name, |(_, kind)| kind)
@@ -163,48 +181,113 @@ pub struct ClassEvaluation {
     pub scores: Vec<Vec<f32>>,
 }
 
-/// Fits `method` on a class's training clouds and scores its test clouds.
+/// Fits every method on a class's training clouds and scores its test clouds; results in the order given.
+/// Detector configurations that differ only in scoring choices ([`DetectorConfig::training_key`]) share one
+/// trained model and one pass of features over the test clouds (their clouds/s counts the shared pass).
 pub fn evaluate_class(
     class: &ClassData,
-    method: &Method,
+    methods: &[Method],
     device: Device,
     monitor: &mut dyn Monitor,
-) -> Result<ClassEvaluation> {
-    let scorer: Box<Scorer> = match method {
-        Method::Ours(_, cfg) => {
-            let (detector, _) = train::train((**cfg).clone(), &class.train, &[], device, monitor)?;
-            Box::new(move |points| {
-                let scored = detector.score_points(points)?;
-                let cloud = detector.cloud_score(&scored.scores);
-                let scores = scored.outliers_lowest();
-                Ok((scores, cloud))
-            })
+) -> Result<Vec<ClassEvaluation>> {
+    let mut done: Vec<Option<ClassEvaluation>> = methods.iter().map(|_| None).collect();
+    for (i, method) in methods.iter().enumerate() {
+        if done[i].is_some() {
+            continue;
         }
-        Method::Baseline(kind, cfg) => {
-            let mut cfg = cfg.clone();
-            if cfg.voxel <= 0.0 {
-                // The same data-derived voxel the detector uses, so every method sees the same resolution.
-                let clouds: Vec<&train::TrainingCloud> = class.train.iter().collect();
-                cfg.voxel =
-                    train::derive_voxel_size(&clouds, DetectorConfig::default().preprocess.voxel_spacing_factor)?;
+        tracing::info!(class = class.name, method = method.name(), "evaluating");
+        match method {
+            Method::Ours(_, cfg) => {
+                let key = cfg.training_key();
+                let group: Vec<(usize, &DetectorConfig)> = methods
+                    .iter()
+                    .enumerate()
+                    .skip(i)
+                    .filter_map(|(j, m)| match m {
+                        Method::Ours(_, c) if c.training_key() == key => Some((j, &**c)),
+                        _ => None,
+                    })
+                    .collect();
+                let configs: Vec<&DetectorConfig> = group.iter().map(|(_, c)| *c).collect();
+                for ((j, _), evaluation) in group.iter().zip(evaluate_detector(class, &configs, device, monitor)?) {
+                    done[*j] = Some(evaluation);
+                }
             }
-            let bank = MemoryBank::fit(*kind, &cfg, &class.train)?;
-            Box::new(move |points| {
-                let scores = bank.score(points)?;
-                let cloud = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                Ok((scores, cloud))
-            })
+            Method::Baseline(kind, cfg) => done[i] = Some(evaluate_baseline(class, *kind, cfg)?),
         }
-    };
-    let start = Instant::now();
-    let mut all_scores = Vec::with_capacity(class.test.len());
-    let mut cloud_scores = Vec::with_capacity(class.test.len());
+    }
+    Ok(done
+        .into_iter()
+        .zip(methods)
+        .filter_map(|(e, m)| {
+            e.map(|mut e| {
+                e.result.method = m.name();
+                e
+            })
+        })
+        .collect())
+}
+
+/// Trains one detector for configurations that share a training key (the first one's settings, with a patch
+/// bank when any of them scores with one), then scores the test clouds under each one's scoring.
+fn evaluate_detector(
+    class: &ClassData,
+    configs: &[&DetectorConfig],
+    device: Device,
+    monitor: &mut dyn Monitor,
+) -> Result<Vec<ClassEvaluation>> {
+    use crate::model::config::ScoreSource;
+    let mut training = configs[0].clone();
+    if let Some(with_bank) = configs.iter().find(|c| c.scoring.source != ScoreSource::Discriminator) {
+        training.scoring.source = with_bank.scoring.source;
+    }
+    let (detector, _) = train::train(training, &class.train, &[], device, monitor)?;
+    let mut shared_seconds = 0.0;
+    let mut own_seconds = vec![0.0; configs.len()];
+    let mut scored: Vec<Vec<(Vec<f32>, f32)>> = vec![Vec::with_capacity(class.test.len()); configs.len()];
     for cloud in &class.test {
-        let (scores, score) = scorer(&cloud.points)?;
-        all_scores.push(scores);
-        cloud_scores.push(score);
+        let start = Instant::now();
+        let unscored = detector.unscored(&cloud.points)?;
+        shared_seconds += start.elapsed().as_secs_f64();
+        for (k, cfg) in configs.iter().enumerate() {
+            let start = Instant::now();
+            let scores = detector.point_scores_of(&unscored, &cfg.scoring)?;
+            let cloud_score = crate::model::scoring::cloud_score(&scores.scores, &cfg.scoring);
+            scored[k].push((scores.outliers_lowest(), cloud_score));
+            own_seconds[k] += start.elapsed().as_secs_f64();
+        }
+    }
+    let n = class.test.len() as f64;
+    Ok(scored
+        .into_iter()
+        .zip(own_seconds)
+        .map(|(s, own)| class_evaluation(class, s, n / (shared_seconds + own)))
+        .collect())
+}
+
+/// Fits a baseline's memory bank on the training clouds and scores the test clouds (cloud score: the max).
+fn evaluate_baseline(class: &ClassData, kind: Baseline, cfg: &BaselineConfig) -> Result<ClassEvaluation> {
+    let mut cfg = cfg.clone();
+    if cfg.voxel <= 0.0 {
+        // The same data-derived voxel the detector uses, so every method sees the same resolution.
+        let clouds: Vec<&train::TrainingCloud> = class.train.iter().collect();
+        cfg.voxel = train::derive_voxel_size(&clouds, DetectorConfig::default().preprocess.voxel_spacing_factor)?;
+    }
+    let bank = MemoryBank::fit(kind, &cfg, &class.train)?;
+    let start = Instant::now();
+    let mut scored = Vec::with_capacity(class.test.len());
+    for cloud in &class.test {
+        let scores = bank.score(&cloud.points)?;
+        let cloud_score = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        scored.push((scores, cloud_score));
     }
     let clouds_per_second = class.test.len() as f64 / start.elapsed().as_secs_f64();
+    Ok(class_evaluation(class, scored, clouds_per_second))
+}
+
+/// The metrics of one method's (point scores, cloud score) per test cloud; the caller names the method.
+fn class_evaluation(class: &ClassData, scored: Vec<(Vec<f32>, f32)>, clouds_per_second: f64) -> ClassEvaluation {
+    let (all_scores, cloud_scores): (Vec<Vec<f32>>, Vec<f32>) = scored.into_iter().unzip();
     let cloud_labels: Vec<bool> = class.test.iter().map(dataset::TestCloud::is_defective).collect();
     let mut pooled: Vec<f32> = all_scores.concat();
     metrics::min_max_normalise(&mut pooled);
@@ -228,7 +311,7 @@ pub fn evaluate_class(
         }
     }
     let result = ClassResult {
-        method: method.name(),
+        method: String::new(),
         class: class.name.clone(),
         object_auroc: metrics::auroc(&cloud_scores, &cloud_labels),
         object_ap: metrics::average_precision(&cloud_scores, &cloud_labels),
@@ -238,7 +321,7 @@ pub fn evaluate_class(
         test_clouds: class.test.len(),
         point_auroc_by_kind,
     };
-    Ok(ClassEvaluation { result, scores: all_scores })
+    ClassEvaluation { result, scores: all_scores }
 }
 
 /// Writes a class's figures into `dir` (point-level ROC and PR curves of every method; the first two defective

@@ -15,7 +15,8 @@ pub enum ParamValue {
     Integer(i64),
     Double(f64),
     String(String),
-    /// Arrays and unset values: never valid for the inspector's parameters.
+    StringArray(Vec<String>),
+    /// Other arrays and unset values: never valid for the inspector's parameters.
     Other(&'static str),
 }
 
@@ -23,6 +24,9 @@ pub enum ParamValue {
 pub struct InspectorConfig {
     /// sensor_msgs/PointCloud2 from the camera (sensor-data QoS).
     pub input_topic: String,
+    /// More cameras for the same node: each scan's result names the topic it came on (`source_topic`), and
+    /// `queue_depth` holds per topic, so a fast camera cannot crowd out a slow one.
+    pub input_topics: Vec<String>,
     /// The input cloud plus a FLOAT32 `anomaly_score` field.
     pub anomaly_cloud_topic: String,
     /// inspect3d_msgs/InspectionResult for every scan.
@@ -55,6 +59,7 @@ impl Default for InspectorConfig {
     fn default() -> Self {
         Self {
             input_topic: "/camera/points".into(),
+            input_topics: Vec::new(),
             anomaly_cloud_topic: "~/anomaly_cloud".into(),
             result_topic: "~/result".into(),
             model_path: String::new(),
@@ -78,8 +83,9 @@ const ROS_OWN: [&str; 1] = ["use_sim_time"];
 
 impl InspectorConfig {
     /// Every parameter name the inspector reads, in the YAML's order.
-    pub const NAMES: [&'static str; 15] = [
+    pub const NAMES: [&'static str; 16] = [
         "input_topic",
+        "input_topics",
         "anomaly_cloud_topic",
         "result_topic",
         "model_path",
@@ -117,6 +123,12 @@ impl InspectorConfig {
                 other => Err(format!("parameter {name} must be a string, got {other:?}")),
             }
         }
+        fn texts(name: &str, v: ParamValue) -> Result<Vec<String>, String> {
+            match v {
+                ParamValue::StringArray(s) => Ok(s),
+                other => Err(format!("parameter {name} must be a list of strings, got {other:?}")),
+            }
+        }
         fn number(name: &str, v: ParamValue) -> Result<f64, String> {
             match v {
                 ParamValue::Double(x) => Ok(x),
@@ -132,6 +144,7 @@ impl InspectorConfig {
         }
         match name {
             "input_topic" => self.input_topic = text(name, value)?,
+            "input_topics" => self.input_topics = texts(name, value)?,
             "anomaly_cloud_topic" => self.anomaly_cloud_topic = text(name, value)?,
             "result_topic" => self.result_topic = text(name, value)?,
             "model_path" => self.model_path = text(name, value)?,
@@ -165,6 +178,12 @@ impl InspectorConfig {
             ("result_topic", &self.result_topic),
         ] {
             check_topic(topic).map_err(|e| format!("parameter {name} '{topic}': {e}"))?;
+        }
+        for (k, topic) in self.input_topics.iter().enumerate() {
+            check_topic(topic).map_err(|e| format!("parameter input_topics '{topic}': {e}"))?;
+            if *topic == self.input_topic || self.input_topics[..k].contains(topic) {
+                return Err(format!("parameter input_topics: '{topic}' is named twice"));
+            }
         }
         let threshold_ok = |t: f64| t < 0.0 || (0.0..=1.0).contains(&t);
         let checks = [
@@ -213,6 +232,11 @@ impl InspectorConfig {
             Some((_, message)) => Err(format!("parameter {message}")),
             None => Ok(()),
         }
+    }
+
+    /// Every topic scans come on: `input_topic`, then `input_topics`.
+    pub fn inputs(&self) -> Vec<&str> {
+        std::iter::once(self.input_topic.as_str()).chain(self.input_topics.iter().map(String::as_str)).collect()
     }
 
     /// The model to load at start, if any.
@@ -275,6 +299,14 @@ mod tests {
         assert!(range.contains("point_threshold must be in [0, 1]"), "{range}");
         let device = InspectorConfig::from_params([("device", ParamValue::String("gpu".into()))]).unwrap_err();
         assert!(device.contains("auto, cpu or cuda"), "{device}");
+        let cameras = ParamValue::StringArray(vec!["/cell3/left/points".into(), "/cell3/right/points".into()]);
+        let config = InspectorConfig::from_params([("input_topics", cameras)]).unwrap();
+        assert_eq!(config.inputs(), ["/camera/points", "/cell3/left/points", "/cell3/right/points"]);
+        let twice = ParamValue::StringArray(vec!["/camera/points".into()]);
+        let twice = InspectorConfig::from_params([("input_topics", twice)]).unwrap_err();
+        assert!(twice.contains("named twice"), "{twice}");
+        let not_a_list = InspectorConfig::from_params([("input_topics", ParamValue::String("/a".into()))]).unwrap_err();
+        assert!(not_a_list.contains("must be a list of strings"), "{not_a_list}");
     }
 
     #[test]

@@ -163,6 +163,8 @@ pub fn median_and_p95(mut values: Vec<f64>) -> (f64, f64) {
 }
 
 struct Scan<M> {
+    /// Which input it came on: the queue depth holds per lane.
+    lane: usize,
     tag: M,
     msg: PointCloud2Layout,
     received: Instant,
@@ -238,17 +240,30 @@ impl<M: Send + 'static> Inspector<M> {
         Self { shared, worker: Mutex::new(Some(worker)) }
     }
 
-    /// Queues a scan. When the queue is full the oldest waiting scan is dropped, counted, and returned as a
-    /// DROPPED report for the caller to publish (the sink belongs to the worker, which may be busy for a while).
+    /// Queues a scan from the only input (lane 0); see [`Self::submit_on`].
     #[must_use = "a dropped scan's report must be published"]
     pub fn submit(&self, tag: M, msg: PointCloud2Layout) -> Option<Report<M>> {
+        self.submit_on(0, tag, msg)
+    }
+
+    /// Queues a scan that came on input `lane` (one per camera topic). When that lane already has the queue
+    /// depth waiting, its oldest waiting scan is dropped, counted, and returned as a DROPPED report for the
+    /// caller to publish (the sink belongs to the worker, which may be busy for a while). Scans are scored in
+    /// arrival order whatever their lane.
+    #[must_use = "a dropped scan's report must be published"]
+    pub fn submit_on(&self, lane: usize, tag: M, msg: PointCloud2Layout) -> Option<Report<M>> {
         let mut state = lock(&self.shared.state);
         state.stats.received += 1;
-        let dropped = if state.queue.len() >= self.shared.depth { state.queue.pop_front() } else { None };
+        let waiting = state.queue.iter().filter(|s| s.lane == lane).count();
+        let dropped = if waiting >= self.shared.depth {
+            state.queue.iter().position(|s| s.lane == lane).and_then(|i| state.queue.remove(i))
+        } else {
+            None
+        };
         if dropped.is_some() {
             state.stats.dropped += 1;
         }
-        state.queue.push_back(Scan { tag, msg, received: Instant::now() });
+        state.queue.push_back(Scan { lane, tag, msg, received: Instant::now() });
         self.shared.work.notify_one();
         drop(state);
         let active = lock(&self.shared.active).as_ref().map(|m| m.id.clone()).unwrap_or_default();
@@ -414,6 +429,33 @@ mod tests {
         let seen: Vec<u32> = (0..2).map(|_| rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap()).collect();
         assert_eq!(seen, vec![0, 3], "the newest scan wins");
         assert_eq!(inspector.stats().dropped, 2);
+    }
+
+    #[test]
+    fn each_input_keeps_its_own_queue_depth() {
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (tx, rx) = mpsc::channel();
+        let inspector = Inspector::start(1, None, ThresholdOverrides::default(), move |r: Report<u32>| {
+            if r.tag == 0 {
+                let _ = release_rx.recv();
+            }
+            let _ = tx.send(r.tag);
+        });
+        assert!(inspector.submit_on(0, 0, message(&[[0.0, 0.0, 1.0]])).is_none());
+        while inspector.stats().no_model == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // A fast camera (lane 0) and a slow one (lane 1): the fast one's backlog never drops the slow one's scan.
+        let arrivals = [(0, 1), (1, 10), (0, 2), (0, 3), (1, 11)];
+        let dropped: Vec<u32> = arrivals
+            .into_iter()
+            .filter_map(|(lane, tag)| inspector.submit_on(lane, tag, message(&[[0.0, 0.0, 1.0]])))
+            .map(|r| r.tag)
+            .collect();
+        assert_eq!(dropped, vec![1, 2, 10]);
+        release_tx.send(()).unwrap();
+        let seen: Vec<u32> = (0..3).map(|_| rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap()).collect();
+        assert_eq!(seen, vec![0, 3, 11], "the newest of each input, in arrival order");
     }
 
     #[test]

@@ -25,6 +25,18 @@ impl DetectorConfig {
         self.point_head.enabled || self.conditioning.point_bank_size > 0
     }
 
+    /// The configuration with every scoring choice that applies only after the heads (score source, object
+    /// score, weights, median filter) at its default: configurations with the same key train the same model.
+    pub fn training_key(&self) -> Self {
+        let scoring = ScoringConfig {
+            holdout_fraction: self.scoring.holdout_fraction,
+            target_false_reject_rate: self.scoring.target_false_reject_rate,
+            point_false_positive_rate: self.scoring.point_false_positive_rate,
+            ..ScoringConfig::default()
+        };
+        Self { scoring, ..self.clone() }
+    }
+
     /// Reads a JSON configuration; absent keys keep their defaults, unknown keys are an error.
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(text)

@@ -27,7 +27,7 @@ use crate::geometry::{self, GeometryError, Point};
 use adaptor::Adaptor;
 use backbone::Backbone;
 use conditioning::Conditioning;
-use config::{DetectorConfig, ScoreSource};
+use config::{DetectorConfig, ScoreSource, ScoringConfig};
 use discriminator::Discriminator;
 use generator::Generator;
 use point_head::PointHead;
@@ -186,6 +186,14 @@ pub struct RawScores {
     pub point_logits: Vec<f32>,
     /// Per voxel point, the distance to the nearest point-bank feature (empty without a point bank).
     pub point_distances: Vec<f32>,
+}
+
+/// A cloud's inliers, patches and raw head outputs: what scoring it needs, before any scoring choice.
+pub struct Unscored {
+    inliers: geometry::Inliers,
+    patched: PatchedCloud,
+    raw: RawScores,
+    times: StageTimes,
 }
 
 /// Scores of one cloud's finite points.
@@ -375,18 +383,18 @@ impl Detector {
     /// contain a point), averaged (`scoring.point_weight`) with the point-level score (the point head's and the
     /// point bank's normalised scores, `scoring.point_bank_weight`), median-filtered. The paper's configuration
     /// (discriminator only, nothing per point) keeps the discriminator's probability as it is.
-    pub fn voxel_scores(&self, cloud: &PatchedCloud, raw: &RawScores) -> Result<Vec<f32>> {
+    pub fn voxel_scores(&self, cloud: &PatchedCloud, raw: &RawScores, scoring: &ScoringConfig) -> Result<Vec<f32>> {
         let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
         let refs = &self.conditioning;
         let (d, b) = (&refs.discriminator_reference, &refs.bank_reference);
-        let radius = self.config.scoring.median_radius_voxels * cloud.voxel;
-        let point_level = self.point_level_scores(raw);
-        let probability_only = self.config.scoring.source == ScoreSource::Discriminator && point_level.is_empty();
+        let radius = scoring.median_radius_voxels * cloud.voxel;
+        let point_level = self.point_level_scores(raw, scoring);
+        let probability_only = scoring.source == ScoreSource::Discriminator && point_level.is_empty();
         if probability_only {
             let patch: Vec<f32> = raw.logits.iter().map(|&l| sigmoid(l)).collect();
             return Ok(scoring::project_to_points(cloud, &patch, radius)?);
         }
-        let patch: Vec<f32> = match self.config.scoring.source {
+        let patch: Vec<f32> = match scoring.source {
             ScoreSource::Bank if !raw.distances.is_empty() => raw.distances.iter().map(|&x| b.normalise(x)).collect(),
             ScoreSource::Fused if !raw.distances.is_empty() => {
                 raw.logits.iter().zip(&raw.distances).map(|(&l, &x)| 0.5 * (d.normalise(l) + b.normalise(x))).collect()
@@ -395,7 +403,7 @@ impl Detector {
         };
         let mut voxel = scoring::spread_patch_scores(cloud, &patch)?;
         if !point_level.is_empty() {
-            let w = self.config.scoring.point_weight;
+            let w = scoring.point_weight;
             for (v, p) in voxel.iter_mut().zip(point_level) {
                 *v = (1.0 - w) * *v + w * p;
             }
@@ -418,7 +426,7 @@ impl Detector {
 
     /// Per voxel point, the point-level score: the point head's and the point bank's normalised scores, mixed by
     /// `scoring.point_bank_weight` where there are both. Empty when the model has neither.
-    fn point_level_scores(&self, raw: &RawScores) -> Vec<f32> {
+    fn point_level_scores(&self, raw: &RawScores, scoring: &ScoringConfig) -> Vec<f32> {
         let refs = &self.conditioning;
         let head = raw.point_logits.iter().map(|&l| refs.point_reference.normalise(l));
         let bank = raw.point_distances.iter().map(|&x| refs.point_bank_reference.normalise(x));
@@ -427,7 +435,7 @@ impl Detector {
             (false, true) => head.collect(),
             (true, false) => bank.collect(),
             (false, false) => {
-                let b = self.config.scoring.point_bank_weight;
+                let b = scoring.point_bank_weight;
                 head.zip(bank).map(|(h, k)| (1.0 - b) * h + b * k).collect()
             }
         }
@@ -476,6 +484,12 @@ impl Detector {
 
     /// Scores finite points (sensor frame): one score per point (NaN for outliers), and the stage times.
     pub fn score_points(&self, points: &[Point]) -> Result<PointScores> {
+        self.point_scores_of(&self.unscored(points)?, &self.config.scoring)
+    }
+
+    /// Everything of [`Self::score_points`] that does not depend on the scoring configuration: outlier removal,
+    /// patching, features and the heads' raw outputs.
+    pub fn unscored(&self, points: &[Point]) -> Result<Unscored> {
         let t = Instant::now();
         let inliers = self.inliers(points)?;
         let kept = inliers.kept_points(points);
@@ -484,18 +498,24 @@ impl Detector {
         let (features, backbone_ms, sca_ms) = self.features(&patched)?;
         let t = Instant::now();
         let raw = self.raw_scores_of(&patched, &features)?;
-        let heads_ms = ms(t);
+        let times = StageTimes { preprocess_ms, backbone_ms, sca_ms, heads_ms: ms(t), projection_ms: 0.0 };
+        Ok(Unscored { inliers, patched, raw, times })
+    }
+
+    /// One score per finite point of an unscored cloud under `scoring` (the model's own, or an evaluation's
+    /// variant: every one reuses the same features).
+    pub fn point_scores_of(&self, unscored: &Unscored, scoring: &ScoringConfig) -> Result<PointScores> {
+        let Unscored { inliers, patched, raw, times } = unscored;
         let t = Instant::now();
-        let mut kept_scores = patched.grid.spread(&self.voxel_scores(&patched, &raw)?).into_iter();
+        let mut kept_scores = patched.grid.spread(&self.voxel_scores(patched, raw, scoring)?).into_iter();
         let scores = inliers.keep.iter().map(|&k| if k { kept_scores.next().unwrap_or(f32::NAN) } else { f32::NAN });
         let scores = scores.collect();
-        let times = StageTimes { preprocess_ms, backbone_ms, sca_ms, heads_ms, projection_ms: ms(t) };
         Ok(PointScores {
             scores,
-            scored: inliers.keep,
+            scored: inliers.keep.clone(),
             outliers: inliers.removed,
             patches: patched.patch_count(),
-            times,
+            times: StageTimes { projection_ms: ms(t), ..times.clone() },
         })
     }
 

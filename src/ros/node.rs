@@ -27,7 +27,7 @@ pub const NODE_NAME: &str = "inspect3d_node";
 pub struct NodeState {
     /// The node's fully qualified name.
     pub name: String,
-    pub inspector: Inspector<Header>,
+    pub inspector: Inspector<ScanTag>,
     pub config: Mutex<InspectorConfig>,
     pub device: Device,
 }
@@ -54,6 +54,7 @@ fn param_value(value: &ParameterValue) -> ParamValue {
         ParameterValue::Integer(i) => ParamValue::Integer(*i),
         ParameterValue::Double(x) => ParamValue::Double(*x),
         ParameterValue::String(s) => ParamValue::String(s.clone()),
+        ParameterValue::StringArray(s) => ParamValue::StringArray(s.clone()),
         ParameterValue::NotSet => ParamValue::Other("not set"),
         _ => ParamValue::Other("an array"),
     }
@@ -66,6 +67,9 @@ fn ros_value(config: &InspectorConfig, name: &str) -> Option<ParameterValue> {
         serde_json::Value::Number(n) if n.is_i64() => ParameterValue::Integer(n.as_i64()?),
         serde_json::Value::Number(n) => ParameterValue::Double(n.as_f64()?),
         serde_json::Value::Bool(b) => ParameterValue::Bool(*b),
+        serde_json::Value::Array(items) => {
+            ParameterValue::StringArray(items.iter().map(|v| v.as_str().map(str::to_string)).collect::<Option<_>>()?)
+        }
         _ => return None,
     })
 }
@@ -157,9 +161,16 @@ fn read_config(node: &r2r::Node) -> Result<InspectorConfig> {
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
 }
 
-fn result_message(report: &Report<Header>) -> InspectionResult {
+/// What the node remembers of a scan until its result goes out.
+pub struct ScanTag {
+    pub header: Header,
+    pub topic: String,
+}
+
+fn result_message(report: &Report<ScanTag>) -> InspectionResult {
     let mut result = InspectionResult {
-        header: report.tag.clone(),
+        header: report.tag.header.clone(),
+        source_topic: report.tag.topic.clone(),
         model_id: report.model_id.clone(),
         latency_ms: report.latency_ms as f32,
         score: f32::NAN,
@@ -212,7 +223,7 @@ fn result_message(report: &Report<Header>) -> InspectionResult {
 fn publish_report(
     results: &r2r::Publisher<InspectionResult>,
     clouds: &r2r::Publisher<PointCloud2>,
-    report: Report<Header>,
+    report: Report<ScanTag>,
 ) {
     // The verdict first: the robot waits on it, not on the (large) anomaly cloud.
     let result = result_message(&report);
@@ -227,7 +238,7 @@ fn publish_report(
         "scan"
     );
     if let Outcome::Scored { anomaly_cloud, .. } = report.outcome
-        && let Err(e) = clouds.publish(&msg_from_layout(report.tag, anomaly_cloud))
+        && let Err(e) = clouds.publish(&msg_from_layout(report.tag.header, anomaly_cloud))
     {
         tracing::warn!("publishing the anomaly cloud: {e}");
     }
@@ -312,9 +323,13 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
     });
     let state = Arc::new(NodeState { name: name.clone(), inspector, config: Mutex::new(config.clone()), device });
 
-    let mut scans = node
-        .subscribe::<PointCloud2>(&config.input_topic, QosProfile::sensor_data())
-        .with_context(|| format!("subscribing to {}", config.input_topic))?;
+    let mut inputs = Vec::new();
+    for topic in config.inputs() {
+        let scans = node
+            .subscribe::<PointCloud2>(topic, QosProfile::sensor_data())
+            .with_context(|| format!("subscribing to {topic}"))?;
+        inputs.push((topic.to_string(), scans));
+    }
     let (param_handler, mut param_events) =
         node.make_derived_parameter_handler(Arc::new(Mutex::new(RuntimeParams(state.clone()))))?;
     let trainer = train_action::TrainServer::new(&mut node, state.clone())?;
@@ -331,16 +346,19 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
     runtime.block_on(async {
         tokio::spawn(param_handler);
         tokio::spawn(async move { while param_events.next().await.is_some() {} });
-        let intake = state.clone();
-        tokio::spawn(async move {
-            while let Some(msg) = scans.next().await {
-                let (header, layout) = layout_from_msg(msg);
-                tracing::debug!(points = layout.width as usize * layout.height as usize, "scan received");
-                if let Some(dropped) = intake.inspector.submit(header, layout) {
-                    publish_report(&dropped_results, &dropped_clouds, dropped);
+        for (lane, (topic, mut scans)) in inputs.into_iter().enumerate() {
+            let (intake, results, clouds) = (state.clone(), dropped_results.clone(), dropped_clouds.clone());
+            tokio::spawn(async move {
+                while let Some(msg) = scans.next().await {
+                    let (header, layout) = layout_from_msg(msg);
+                    tracing::debug!(topic, points = layout.width as usize * layout.height as usize, "scan received");
+                    let tag = ScanTag { header, topic: topic.clone() };
+                    if let Some(dropped) = intake.inspector.submit_on(lane, tag, layout) {
+                        publish_report(&results, &clouds, dropped);
+                    }
                 }
-            }
-        });
+            });
+        }
         let diag_state = state.clone();
         let period = Duration::from_secs_f64(config.diagnostics_period_s);
         tokio::spawn(async move {

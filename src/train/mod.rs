@@ -24,6 +24,9 @@ use crate::model::preprocess::{self, Augmentation};
 use crate::model::store::TrainingSummary;
 use crate::model::{Detector, ModelError, RawScores, Result, sca, scoring};
 
+/// Mixed into the training seed for the patch bank's draw.
+const BANK_SEED: u64 = 0xBA4C;
+
 /// One good cloud: its finite points in the sensor frame, and where it came from.
 pub struct TrainingCloud {
     pub name: String,
@@ -230,7 +233,7 @@ pub fn train(
     tracing::info!(training = training.len(), held_out, views, backbone = %detector.backbone.identity.kind, "training set");
 
     let prepared = prepare_views(&detector, clouds, training, &mut rng, monitor, start)?;
-    let samples = condition(&mut detector, prepared, &mut rng)?;
+    let samples = condition(&mut detector, prepared)?;
     let epoch_loss = fit_heads(&detector, &samples, training.len(), &mut rng, monitor)?;
     let cloud_scores = calibrate(&mut detector, clouds, calibration, training.len(), epoch_loss, monitor)?;
     if !validation.is_empty() {
@@ -366,7 +369,7 @@ fn view_tokens(
 
 /// Fits the token statistics on the clean views, runs SCA on every view's conditioned tokens, and keeps the
 /// clean features as the memory bank when the score uses it.
-fn condition(detector: &mut Detector, prepared: Vec<ViewTokens>, rng: &mut StdRng) -> Result<Vec<Sample>> {
+fn condition(detector: &mut Detector, prepared: Vec<ViewTokens>) -> Result<Vec<Sample>> {
     // Statistics of clean views: of their points' features where there are any (more rows, same space), else
     // of their tokens.
     let clean: Vec<Tensor> = prepared
@@ -398,7 +401,9 @@ fn condition(detector: &mut Detector, prepared: Vec<ViewTokens>, rng: &mut StdRn
     if detector.config.scoring.source != ScoreSource::Discriminator {
         let clean_features: Vec<Tensor> =
             samples.iter().filter(|s| s.clean).map(|s| s.features.shallow_clone()).collect();
-        detector.conditioning.fit_bank(&clean_features, detector.config.conditioning.bank_size, rng);
+        // Its own draw, so that a model scored without a bank trains exactly as one scored with it.
+        let mut bank_rng = StdRng::seed_from_u64(detector.config.training.seed ^ BANK_SEED);
+        detector.conditioning.fit_bank(&clean_features, detector.config.conditioning.bank_size, &mut bank_rng);
         tracing::info!(entries = detector.conditioning.bank.size()[0], "memory bank");
     }
     let point_bank_size = detector.config.conditioning.point_bank_size;
@@ -591,7 +596,7 @@ fn calibrate(
     }
     let (mut cloud_scores, mut point_scores) = (Vec::new(), Vec::new());
     for (patched, raw) in &raw {
-        let scores = patched.grid.spread(&detector.voxel_scores(patched, raw)?);
+        let scores = patched.grid.spread(&detector.voxel_scores(patched, raw, &detector.config.scoring)?);
         cloud_scores.push(detector.cloud_score(&scores));
         point_scores.extend(scores);
     }

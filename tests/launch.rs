@@ -31,6 +31,9 @@ fn the_yaml_documents_every_parameter_and_validates() {
                 serde_yaml::Value::Bool(b) => ParamValue::Bool(*b),
                 serde_yaml::Value::Number(n) if n.is_i64() => ParamValue::Integer(n.as_i64().unwrap()),
                 serde_yaml::Value::Number(n) => ParamValue::Double(n.as_f64().unwrap()),
+                serde_yaml::Value::Sequence(items) => {
+                    ParamValue::StringArray(items.iter().map(|i| i.as_str().unwrap().to_string()).collect())
+                }
                 _ => ParamValue::Other("other"),
             };
             (k.as_str().unwrap(), value)

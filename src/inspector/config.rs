@@ -16,7 +16,9 @@ pub enum ParamValue {
     Double(f64),
     String(String),
     StringArray(Vec<String>),
-    /// Other arrays and unset values: never valid for the inspector's parameters.
+    /// No value; also what rcl makes of an empty YAML list.
+    NotSet,
+    /// Other arrays: never valid for the inspector's parameters.
     Other(&'static str),
 }
 
@@ -126,6 +128,7 @@ impl InspectorConfig {
         fn texts(name: &str, v: ParamValue) -> Result<Vec<String>, String> {
             match v {
                 ParamValue::StringArray(s) => Ok(s),
+                ParamValue::NotSet => Ok(Vec::new()),
                 other => Err(format!("parameter {name} must be a list of strings, got {other:?}")),
             }
         }

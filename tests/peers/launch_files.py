@@ -33,7 +33,8 @@ def python_launch(path):
             out["parameters"] += [k.value for k in item.keys]
         else:
             out["params_files"].append(text(item))
-    out["remappings"] = [[text(a), text(b)] for a, b in (t.elts for t in kw["remappings"].elts)]
+    remaps = kw.get("remappings")
+    out["remappings"] = [[text(a), text(b)] for a, b in (t.elts for t in remaps.elts)] if remaps else []
     return out
 
 

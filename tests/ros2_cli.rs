@@ -86,7 +86,7 @@ impl RosWorld {
                 .unwrap();
             assert!(publish.status.success(), "inspect3d publish: {}", String::from_utf8_lossy(&publish.stderr));
             let wait_until = Instant::now() + Duration::from_secs(5);
-            while let Some(line) = lines.recv_timeout(wait_until.saturating_duration_since(Instant::now())).ok() {
+            while let Ok(line) = lines.recv_timeout(wait_until.saturating_duration_since(Instant::now())) {
                 printed.push_str(&line);
                 printed.push('\n');
             }

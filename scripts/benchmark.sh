@@ -36,8 +36,8 @@ for data in "$out"/data/*/; do
     --methods "${METHODS:-ours,ours-scoring,btf-raw,btf-fpfh,patchcore}" \
     --report "$dir/report" > "$dir/table.md" 2> "$dir/eval.log"
 done
-python3 scripts/merge_eval_reports.py "$out"/classes/*/report/report.json > "$out/table.md"
-echo "table: $out/table.md"
+"$bin" report --merge "$out"/classes/*/report/report.json --out "$out" > /dev/null
+echo "table: $out/table.md, chart: $out/summary.png"
 if [ -z "${SKIP_ABLATIONS:-}" ]; then
   mkdir -p "$out/ablation_data"
   for class in ${ABLATION_CLASSES:-featuretype_camera}; do

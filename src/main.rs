@@ -128,6 +128,14 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
     },
+    /// Merges the report.json of several `eval --report` runs (e.g. one process per class) into one table,
+    /// printed and written to OUT/table.md with OUT/summary.png (the means per method as bars).
+    Report {
+        #[arg(long, required = true, num_args = 1..)]
+        merge: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Prints a model's manifest.
     Info {
         #[arg(long)]
@@ -255,6 +263,7 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&manifest)?);
             Ok(())
         }
+        Command::Report { merge, out } => merge_reports(&merge, &out),
         Command::Bench { suite, input, voxel, repeats, compare, minutes, rate } => {
             anyhow::ensure!(
                 compare.is_none() || matches!(suite, Suite::Geometry),
@@ -504,9 +513,34 @@ fn evaluate(data: &Path, run: &EvalRun, report: Option<&Path>, device: DeviceCho
     }
     println!("{table}");
     if let Some(dir) = report {
-        std::fs::write(dir.join("report.md"), format!("{table}\n### Figures\n\n{figures}"))?;
+        let classes = dirs.len();
+        eval::summary_chart(&results, &format!("Means over {classes} class(es)"))
+            .write_png(&dir.join("summary.png"))?;
+        std::fs::write(
+            dir.join("report.md"),
+            format!("{table}\n![means per method](summary.png)\n\n### Figures\n\n{figures}"),
+        )?;
         std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&results)?)?;
     }
+    Ok(())
+}
+
+fn merge_reports(reports: &[PathBuf], out: &Path) -> Result<()> {
+    use inspect3d::eval::{self, ClassResult};
+    let mut results: Vec<ClassResult> = Vec::new();
+    for path in reports {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut some: Vec<ClassResult> =
+            serde_json::from_str(&text).with_context(|| format!("{} is not an eval report.json", path.display()))?;
+        results.append(&mut some);
+    }
+    let table = eval::markdown(&results);
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(out.join("table.md"), &table)?;
+    let classes: std::collections::BTreeSet<&str> = results.iter().map(|r| r.class.as_str()).collect();
+    let title = format!("Means over {} class(es)", classes.len());
+    eval::summary_chart(&results, &title).write_png(&out.join("summary.png"))?;
+    println!("{table}");
     Ok(())
 }
 

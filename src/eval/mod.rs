@@ -155,7 +155,7 @@ pub fn ablation_table(results: &[ClassResult]) -> String {
     out
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct ClassResult {
     pub method: String,
     pub class: String,
@@ -324,47 +324,75 @@ fn class_evaluation(class: &ClassData, scored: Vec<(Vec<f32>, f32)>, clouds_per_
     ClassEvaluation { result, scores: all_scores }
 }
 
-/// Writes a class's figures into `dir` (point-level ROC and PR curves of every method; the first two defective
-/// test clouds rendered per method next to their ground truth) and returns their Markdown.
+/// Writes a class's figures into `dir` (point-level ROC and PR curves of every method, its AUROC or AP in the
+/// legend; the first two defective test clouds rendered per method next to their ground truth) and returns their
+/// Markdown. Scoring variants of ours (`Ours · …`) are in the tables, not in the figures.
 pub fn write_figures(
     dir: &std::path::Path,
     class: &ClassData,
     evaluations: &[ClassEvaluation],
 ) -> std::io::Result<String> {
+    let shown: Vec<&ClassEvaluation> = evaluations.iter().filter(|e| !e.result.method.contains(" · ")).collect();
     let labels: Vec<bool> = class.test.iter().flat_map(|c| c.labels.iter().copied()).collect();
     let pooled = |e: &ClassEvaluation| {
         let mut s: Vec<f32> = e.scores.concat();
         metrics::min_max_normalise(&mut s);
         s
     };
-    let roc: Vec<_> = evaluations.iter().map(|e| plot::roc_curve(&pooled(e), &labels)).collect();
-    let pr: Vec<_> = evaluations.iter().map(|e| plot::pr_curve(&pooled(e), &labels)).collect();
+    let curves =
+        |curve: fn(&[f32], &[bool]) -> Vec<(f32, f32)>, metric: &str, value: fn(&ClassResult) -> Option<f64>| {
+            shown
+                .iter()
+                .map(|e| plot::Curve {
+                    label: format!("{} ({metric} {})", e.result.method, cell(value(&e.result))),
+                    points: curve(&pooled(e), &labels),
+                })
+                .collect::<Vec<_>>()
+        };
     let name = &class.name;
-    plot::curves(&roc, true).write_png(&dir.join(format!("roc_{name}.png")))?;
-    plot::curves(&pr, false).write_png(&dir.join(format!("pr_{name}.png")))?;
-    let legend: Vec<String> = evaluations
-        .iter()
-        .enumerate()
-        .map(|(k, e)| {
-            let [r, g, b] = plot::PALETTE[k % plot::PALETTE.len()];
-            format!("{} = rgb({r}, {g}, {b})", e.result.method)
-        })
-        .collect();
-    let mut md = format!(
-        "#### {name}\n\nPoint-level ROC (left) and PR (right); {}.\n\n![ROC {name}](roc_{name}.png) ![PR {name}](pr_{name}.png)\n\n",
-        legend.join(", ")
-    );
+    let roc = curves(plot::roc_curve, "AUROC", |r| r.point_auroc);
+    let title = format!("Point-level ROC, {name}");
+    plot::curves(&title, ("false positive rate", "true positive rate"), &roc, true)
+        .write_png(&dir.join(format!("roc_{name}.png")))?;
+    let pr = curves(plot::pr_curve, "AP", |r| r.point_ap);
+    let title = format!("Point-level precision-recall, {name}");
+    plot::curves(&title, ("recall", "precision"), &pr, false).write_png(&dir.join(format!("pr_{name}.png")))?;
+    let mut md = format!("#### {name}\n\n![ROC {name}](roc_{name}.png) ![PR {name}](pr_{name}.png)\n\n");
     for (i, cloud) in class.test.iter().enumerate().filter(|(_, c)| c.is_defective()).take(2) {
-        for (k, e) in evaluations.iter().enumerate() {
+        for (k, e) in shown.iter().enumerate() {
             let file = format!("heat_{name}_{}_{k}.png", cloud.name);
-            plot::heatmap_render(&cloud.points, &e.scores[i], &cloud.labels).write_png(&dir.join(&file))?;
-            md.push_str(&format!(
-                "{} on {} (scores left, ground truth right):\n\n![{}]({file})\n\n",
-                e.result.method, cloud.name, cloud.name
-            ));
+            let title = format!("{} on {name}/{}", e.result.method, cloud.name);
+            plot::heatmap_render(&title, &cloud.points, &e.scores[i], &cloud.labels).write_png(&dir.join(&file))?;
+            md.push_str(&format!("![{} on {}]({file})\n\n", e.result.method, cloud.name));
         }
     }
     Ok(md)
+}
+
+/// The evaluation's means per method as grouped bars (object and point AUROC and AUPR).
+pub fn summary_chart(results: &[ClassResult], title: &str) -> plot::Canvas {
+    type Metric = fn(&ClassResult) -> Option<f64>;
+    let metrics: [(&str, Metric); 4] = [
+        ("object AUROC", |r| r.object_auroc),
+        ("object AUPR", |r| r.object_ap),
+        ("point AUROC", |r| r.point_auroc),
+        ("point AUPR", |r| r.point_ap),
+    ];
+    let mut methods: Vec<&str> = Vec::new();
+    for r in results {
+        if !methods.contains(&r.method.as_str()) && !r.method.contains(" · ") {
+            methods.push(&r.method);
+        }
+    }
+    let bars: Vec<(String, Vec<Option<f64>>)> = methods
+        .iter()
+        .map(|m| {
+            let of = |get: Metric| mean(results.iter().filter(|r| r.method == *m).map(get));
+            (m.to_string(), metrics.iter().map(|(_, get)| of(*get)).collect())
+        })
+        .collect();
+    let names: Vec<&str> = metrics.iter().map(|(n, _)| *n).collect();
+    plot::bar_chart(title, &names, &bars)
 }
 
 fn cell(v: Option<f64>) -> String {

@@ -339,16 +339,16 @@ pub fn write_figures(
         metrics::min_max_normalise(&mut s);
         s
     };
-    let curves =
-        |curve: fn(&[f32], &[bool]) -> Vec<(f32, f32)>, metric: &str, value: fn(&ClassResult) -> Option<f64>| {
-            shown
-                .iter()
-                .map(|e| plot::Curve {
-                    label: format!("{} ({metric} {})", e.result.method, cell(value(&e.result))),
-                    points: curve(&pooled(e), &labels),
-                })
-                .collect::<Vec<_>>()
-        };
+    type CurveOf = fn(&[f32], &[bool]) -> Vec<(f32, f32)>;
+    let curves = |curve: CurveOf, metric: &str, value: fn(&ClassResult) -> Option<f64>| {
+        shown
+            .iter()
+            .map(|e| plot::Curve {
+                label: format!("{} ({metric} {})", e.result.method, cell(value(&e.result))),
+                points: curve(&pooled(e), &labels),
+            })
+            .collect::<Vec<_>>()
+    };
     let name = &class.name;
     let roc = curves(plot::roc_curve, "AUROC", |r| r.point_auroc);
     let title = format!("Point-level ROC, {name}");

@@ -38,5 +38,5 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST
 # Fast DDS transports that carry whole depth frames (config/fastdds.xml says why), unless the user has a profile.
 export FASTRTPS_DEFAULT_PROFILES_FILE="${FASTRTPS_DEFAULT_PROFILES_FILE:-$INSPECT3D_ROOT/config/fastdds.xml}"
 # r2r generates bindings only for these packages: the list decides r2r's build time.
-export IDL_PACKAGE_FILTER="${IDL_PACKAGE_FILTER:-std_msgs;sensor_msgs;builtin_interfaces;action_msgs;unique_identifier_msgs;geometry_msgs;diagnostic_msgs;rcl_interfaces;inspect3d_msgs}"
+export IDL_PACKAGE_FILTER="${IDL_PACKAGE_FILTER:-std_msgs;sensor_msgs;builtin_interfaces;action_msgs;unique_identifier_msgs;geometry_msgs;diagnostic_msgs;visualization_msgs;rcl_interfaces;inspect3d_msgs}"
 unset _venv _overlay

@@ -74,3 +74,21 @@ fn both_launch_files_start_the_node_with_known_parameters() {
     let args: Vec<&str> = py["arguments"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     assert_eq!(args, ["device", "input_topic", "model_path", "models_dir", "params_file"]);
 }
+
+#[test]
+fn the_rviz_config_shows_the_node_outputs_by_their_default_names() {
+    let text = std::fs::read_to_string(repo().join("config/inspect3d.rviz")).unwrap();
+    let rviz: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let displays = rviz["Visualization Manager"]["Displays"].as_sequence().unwrap();
+    let topic_of = |class: &str| {
+        let display = displays.iter().find(|d| d["Class"] == class).unwrap_or_else(|| panic!("no {class} display"));
+        (display["Topic"]["Value"].as_str().unwrap().to_string(), display.clone())
+    };
+    let defaults = InspectorConfig::default();
+    let resolved = |topic: &str| topic.replacen("~", "/inspect3d_node", 1);
+    let (cloud_topic, cloud) = topic_of("rviz_default_plugins/PointCloud2");
+    assert_eq!(cloud_topic, resolved(&defaults.anomaly_cloud_topic));
+    assert_eq!(cloud["Channel Name"], inspect3d::inspector::SCORE_FIELD);
+    let (markers_topic, _) = topic_of("rviz_default_plugins/MarkerArray");
+    assert_eq!(markers_topic, resolved(&defaults.defects_topic));
+}

@@ -93,6 +93,59 @@ fn several_cameras_feed_one_node_and_each_result_names_its_topic() {
     }
 }
 
+/// The labelled points of a bundled defective scan (tests/data/cell_scans/defects).
+fn defect_points(name: &str) -> Vec<[f32; 3]> {
+    let text =
+        std::fs::read_to_string(repo().join("tests/data/cell_scans/defects").join(format!("{name}.xyz"))).unwrap();
+    text.lines()
+        .map(|l| {
+            let v: Vec<f32> = l.split_whitespace().map(|x| x.parse().unwrap()).collect();
+            [v[0], v[1], v[2]]
+        })
+        .collect()
+}
+
+#[test]
+fn defect_markers_mark_each_region_of_a_rejected_part_and_clear_on_a_pass() {
+    use r2r::visualization_msgs::msg::{Marker, MarkerArray};
+    let node = TestNode::start(MODEL, &["anomaly_cloud_rgb:=true"]);
+    let ctx = r2r::Context::create().unwrap();
+    let mut viewer = r2r::Node::create(ctx, &unique("viewer"), "").unwrap();
+    let mut markers =
+        viewer.subscribe::<MarkerArray>(&format!("{}/defects", node.fqn()), QosProfile::default()).unwrap();
+    let _spin = Spinning::start(viewer);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut client = connect(&node);
+    let mut next_markers =
+        || runtime.block_on(async { tokio::time::timeout(TIMEOUT, markers.next()).await }).unwrap().unwrap().markers;
+    let in_ns = |all: &[Marker], ns: &str| all.iter().filter(|m| m.ns == ns).cloned().collect::<Vec<_>>();
+
+    let (result, _) = client.inspect(&pointcloud2::encode(&scan("002_sink")), TIMEOUT).unwrap();
+    assert!(!result.passed, "{}", result.message);
+    let array = next_markers();
+    assert_eq!(array[0].action, Marker::DELETEALL as i32, "the previous part's markers go first");
+    let (spheres, texts) = (in_ns(&array, "inspect3d_defects"), in_ns(&array, "inspect3d_scores"));
+    assert!(!spheres.is_empty() && spheres.len() == texts.len(), "{} spheres, {} scores", spheres.len(), texts.len());
+    assert!(spheres.iter().all(|m| m.type_ == Marker::SPHERE as i32 && m.header.frame_id == "camera"));
+    // The strongest region sits on the labelled defect: its centre within the defect's own extent.
+    let defect = defect_points("002_sink");
+    let n = defect.len() as f64;
+    let centre = [0, 1, 2].map(|k| defect.iter().map(|p| f64::from(p[k])).sum::<f64>() / n);
+    let distance = |p: [f64; 3], q: [f64; 3]| (0..3).map(|k| (p[k] - q[k]).powi(2)).sum::<f64>().sqrt();
+    let extent = defect.iter().map(|p| distance(p.map(f64::from), centre)).fold(0.0, f64::max);
+    let strongest = &spheres[0].pose.position;
+    let off = distance([strongest.x, strongest.y, strongest.z], centre);
+    assert!(off <= extent, "strongest region {off:.1} from the defect's centre (its extent {extent:.1})");
+    let cloud = client.cloud_for(client.last_stamp(), TIMEOUT).expect("anomaly cloud");
+    assert!(cloud.fields.iter().any(|f| f.name == "rgb" && f.datatype == 7), "anomaly_cloud_rgb adds a FLOAT32 rgb");
+
+    let (result, _) = client.inspect(&pointcloud2::encode(&scan("000_good")), TIMEOUT).unwrap();
+    assert!(result.passed, "{}", result.message);
+    let array = next_markers();
+    assert_eq!(array.len(), 1, "a pass only clears: {array:?}");
+    assert_eq!(array[0].action, Marker::DELETEALL as i32);
+}
+
 fn xyz_layout(points: &[[f32; 3]]) -> PointCloud2Layout {
     pointcloud2::encode(&PointCloud::from_xyz(points))
 }

@@ -31,6 +31,13 @@ pub struct InspectorConfig {
     pub input_topics: Vec<String>,
     /// The input cloud plus a FLOAT32 `anomaly_score` field.
     pub anomaly_cloud_topic: String,
+    /// Also a packed `rgb` field (the score's heat-map colour) for viewers that cannot colour by a field.
+    pub anomaly_cloud_rgb: bool,
+    /// `reliable` (default) or `best_effort` (remote viewers over a lossy link).
+    pub anomaly_cloud_qos: String,
+    /// visualization_msgs/MarkerArray: a sphere and a score per anomalous region of a rejected part; cleared
+    /// on every other verdict.
+    pub defects_topic: String,
     /// inspect3d_msgs/InspectionResult for every scan.
     pub result_topic: String,
     /// Model folder to load at start; empty starts without a model (every scan gets NO_MODEL until one is
@@ -63,6 +70,9 @@ impl Default for InspectorConfig {
             input_topic: "/camera/points".into(),
             input_topics: Vec::new(),
             anomaly_cloud_topic: "~/anomaly_cloud".into(),
+            anomaly_cloud_rgb: false,
+            anomaly_cloud_qos: "reliable".into(),
+            defects_topic: "~/defects".into(),
             result_topic: "~/result".into(),
             model_path: String::new(),
             models_dir: "models".into(),
@@ -85,10 +95,13 @@ const ROS_OWN: [&str; 1] = ["use_sim_time"];
 
 impl InspectorConfig {
     /// Every parameter name the inspector reads, in the YAML's order.
-    pub const NAMES: [&'static str; 16] = [
+    pub const NAMES: [&'static str; 19] = [
         "input_topic",
         "input_topics",
         "anomaly_cloud_topic",
+        "anomaly_cloud_rgb",
+        "anomaly_cloud_qos",
+        "defects_topic",
         "result_topic",
         "model_path",
         "models_dir",
@@ -132,6 +145,12 @@ impl InspectorConfig {
                 other => Err(format!("parameter {name} must be a list of strings, got {other:?}")),
             }
         }
+        fn boolean(name: &str, v: ParamValue) -> Result<bool, String> {
+            match v {
+                ParamValue::Bool(b) => Ok(b),
+                other => Err(format!("parameter {name} must be true or false, got {other:?}")),
+            }
+        }
         fn number(name: &str, v: ParamValue) -> Result<f64, String> {
             match v {
                 ParamValue::Double(x) => Ok(x),
@@ -149,6 +168,9 @@ impl InspectorConfig {
             "input_topic" => self.input_topic = text(name, value)?,
             "input_topics" => self.input_topics = texts(name, value)?,
             "anomaly_cloud_topic" => self.anomaly_cloud_topic = text(name, value)?,
+            "anomaly_cloud_rgb" => self.anomaly_cloud_rgb = boolean(name, value)?,
+            "anomaly_cloud_qos" => self.anomaly_cloud_qos = text(name, value)?,
+            "defects_topic" => self.defects_topic = text(name, value)?,
             "result_topic" => self.result_topic = text(name, value)?,
             "model_path" => self.model_path = text(name, value)?,
             "models_dir" => self.models_dir = text(name, value)?,
@@ -178,6 +200,7 @@ impl InspectorConfig {
         for (name, topic) in [
             ("input_topic", &self.input_topic),
             ("anomaly_cloud_topic", &self.anomaly_cloud_topic),
+            ("defects_topic", &self.defects_topic),
             ("result_topic", &self.result_topic),
         ] {
             check_topic(topic).map_err(|e| format!("parameter {name} '{topic}': {e}"))?;
@@ -187,6 +210,12 @@ impl InspectorConfig {
             if *topic == self.input_topic || self.input_topics[..k].contains(topic) {
                 return Err(format!("parameter input_topics: '{topic}' is named twice"));
             }
+        }
+        if !["reliable", "best_effort"].contains(&self.anomaly_cloud_qos.as_str()) {
+            return Err(format!(
+                "parameter anomaly_cloud_qos must be reliable or best_effort, got '{}'",
+                self.anomaly_cloud_qos
+            ));
         }
         let threshold_ok = |t: f64| t < 0.0 || (0.0..=1.0).contains(&t);
         let checks = [

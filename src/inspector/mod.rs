@@ -21,6 +21,14 @@ use crate::model::{Detector, Inspection, ModelError, Thresholds};
 
 /// The field added to every anomaly cloud.
 pub const SCORE_FIELD: &str = "anomaly_score";
+/// The packed colour field added on request (PCL's convention: 0x00RRGGBB in the bits of a FLOAT32).
+pub const RGB_FIELD: &str = "rgb";
+
+/// Each score's heat-map colour (0 blue … 1 red; grey where NaN), packed as PCL's `rgb` field packs it.
+pub fn packed_colours(scores: &[f32]) -> Vec<f32> {
+    let [r, g, b] = crate::cloud::ply::heatmap_colours(scores, 0.0, 1.0);
+    (0..scores.len()).map(|i| f32::from_bits(u32::from(r[i]) << 16 | u32::from(g[i]) << 8 | u32::from(b[i]))).collect()
+}
 
 /// A model ready to score, with where it came from. Owned by the worker thread alone (LibTorch tensors are
 /// `Send`, not `Sync`); others see its [`ModelInfo`].
@@ -104,7 +112,12 @@ pub struct Report<M> {
 }
 
 /// Scores one message with a model.
-fn inspect_message(model: Option<&LoadedModel>, msg: &PointCloud2Layout, overrides: ThresholdOverrides) -> Outcome {
+fn inspect_message(
+    model: Option<&LoadedModel>,
+    msg: &PointCloud2Layout,
+    overrides: ThresholdOverrides,
+    rgb: bool,
+) -> Outcome {
     let Some(model) = model else {
         return Outcome::NoModel;
     };
@@ -118,7 +131,12 @@ fn inspect_message(model: Option<&LoadedModel>, msg: &PointCloud2Layout, overrid
         Err(e) if e.is_input_problem() => return Outcome::InvalidInput(e.to_string()),
         Err(e) => return Outcome::Failed(e.to_string()),
     };
-    match pointcloud2::with_f32_fields(msg, &[(SCORE_FIELD, &inspection.point_scores)]) {
+    let colours = if rgb { packed_colours(&inspection.point_scores) } else { Vec::new() };
+    let mut fields = vec![(SCORE_FIELD, inspection.point_scores.as_slice())];
+    if rgb {
+        fields.push((RGB_FIELD, colours.as_slice()));
+    }
+    match pointcloud2::with_f32_fields(msg, &fields) {
         Ok(anomaly_cloud) => Outcome::Scored { inspection, anomaly_cloud },
         Err(e) => Outcome::InvalidInput(e.to_string()),
     }
@@ -196,6 +214,8 @@ struct Shared<M> {
     /// The model that scores the next scan.
     active: Mutex<Option<ModelInfo>>,
     overrides: Mutex<ThresholdOverrides>,
+    /// Whether anomaly clouds also get the packed `rgb` field.
+    rgb: std::sync::atomic::AtomicBool,
     depth: usize,
 }
 
@@ -230,6 +250,7 @@ impl<M: Send + 'static> Inspector<M> {
             active: Mutex::new(model.as_ref().map(LoadedModel::info)),
             pending: Mutex::new(model),
             overrides: Mutex::new(overrides),
+            rgb: std::sync::atomic::AtomicBool::new(false),
             depth: queue_depth.max(1),
         });
         let worker_shared = shared.clone();
@@ -288,6 +309,11 @@ impl<M: Send + 'static> Inspector<M> {
         lock(&self.shared.active).clone()
     }
 
+    /// Adds (or stops adding) the packed `rgb` field to the anomaly clouds of the next scans.
+    pub fn set_rgb(&self, on: bool) {
+        self.shared.rgb.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn set_overrides(&self, overrides: ThresholdOverrides) {
         *lock(&self.shared.overrides) = overrides;
     }
@@ -340,9 +366,10 @@ fn work<M>(shared: &Shared<M>, mut sink: impl FnMut(Report<M>)) {
             model = Some(next);
         }
         let overrides = *lock(&shared.overrides);
+        let rgb = shared.rgb.load(std::sync::atomic::Ordering::Relaxed);
         // A LibTorch error surfaces as a panic in tch; it must cost one scan, not the node.
         let outcome =
-            std::panic::catch_unwind(AssertUnwindSafe(|| inspect_message(model.as_ref(), &scan.msg, overrides)))
+            std::panic::catch_unwind(AssertUnwindSafe(|| inspect_message(model.as_ref(), &scan.msg, overrides, rgb)))
                 .unwrap_or_else(|panic| {
                     let what = panic
                         .downcast_ref::<String>()

@@ -230,6 +230,8 @@ pub struct Inspection {
     pub anomalous_points: usize,
     /// Centre and largest radius of the anomalous points, in the input's frame and unit.
     pub defect: Option<scoring::DefectRegion>,
+    /// Every linked group of anomalous points (the defect's first), highest peak first, in the input's frame.
+    pub regions: Vec<scoring::DefectRegion>,
     pub patches: usize,
     pub times: StageTimes,
 }
@@ -556,6 +558,7 @@ impl Detector {
             outlier_points: scored.outliers,
             anomalous_points: verdict.anomalous_points,
             defect: verdict.defect,
+            regions: verdict.regions,
             patches: scored.patches,
             times,
         })

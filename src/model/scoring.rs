@@ -38,18 +38,25 @@ pub fn spread_patch_scores(cloud: &PatchedCloud, patch_scores: &[f32]) -> crate:
     Ok(scores)
 }
 
+/// A group of anomalous points linked to each other.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct DefectRegion {
     pub centroid: Point,
     /// Largest distance of a point of the region from the centroid.
     pub extent: f32,
+    /// The region's highest point score.
+    pub peak: f32,
+    pub points: usize,
 }
 
 pub struct Verdict {
     pub cloud_score: f32,
     pub passed: bool,
     pub anomalous_points: usize,
+    /// The region holding the highest score.
     pub defect: Option<DefectRegion>,
+    /// Every region, highest peak first.
+    pub regions: Vec<DefectRegion>,
 }
 
 /// The cloud score of point scores: the maximum, or the mean of the highest `top_fraction` of them (at least
@@ -96,40 +103,57 @@ pub fn decide(
         }
     }
     let flagged: Vec<usize> = (0..points.len()).filter(|&i| scores[i] > thresholds.point).collect();
-    let defect = strongest_region(points, scores, &flagged, link);
+    let regions = linked_regions(points, scores, &flagged, link);
     let passed = cloud_score <= thresholds.cloud;
-    Ok(Verdict { cloud_score, passed, anomalous_points: flagged.len(), defect })
+    Ok(Verdict { cloud_score, passed, anomalous_points: flagged.len(), defect: regions.first().copied(), regions })
 }
 
-/// Centroid and extent of the linked group of `flagged` points around the highest-scoring one.
-fn strongest_region(points: &[Point], scores: &[f32], flagged: &[usize], link: f32) -> Option<DefectRegion> {
-    let seed = *flagged.iter().max_by(|&&a, &&b| scores[a].total_cmp(&scores[b]))?;
-    let members: Vec<usize> = if link > 0.0 && link.is_finite() {
+/// The groups of `flagged` points linked within `link` of each other (all of them as one group when `link` is
+/// not a positive length), highest peak first.
+fn linked_regions(points: &[Point], scores: &[f32], flagged: &[usize], link: f32) -> Vec<DefectRegion> {
+    let groups: Vec<Vec<usize>> = if link > 0.0 && link.is_finite() && !flagged.is_empty() {
         let candidates: Vec<Point> = flagged.iter().map(|&i| points[i]).collect();
-        let index = NeighborIndex::new(&candidates).ok()?;
-        let start = flagged.iter().position(|&i| i == seed)?;
+        let Ok(index) = NeighborIndex::new(&candidates) else { return Vec::new() };
         let mut reached = vec![false; flagged.len()];
-        let mut queue = vec![start];
-        reached[start] = true;
-        while let Some(k) = queue.pop() {
-            for n in index.within(&candidates[k], link) {
-                if !std::mem::replace(&mut reached[n.index as usize], true) {
-                    queue.push(n.index as usize);
-                }
+        let mut groups = Vec::new();
+        for start in 0..flagged.len() {
+            if std::mem::replace(&mut reached[start], true) {
+                continue;
             }
+            let (mut queue, mut members) = (vec![start], Vec::new());
+            while let Some(k) = queue.pop() {
+                members.push(flagged[k]);
+                index.for_each_within(&candidates[k], link, |n| {
+                    if !std::mem::replace(&mut reached[n.index as usize], true) {
+                        queue.push(n.index as usize);
+                    }
+                });
+            }
+            groups.push(members);
         }
-        (0..flagged.len()).filter(|&k| reached[k]).map(|k| flagged[k]).collect()
+        groups
+    } else if flagged.is_empty() {
+        Vec::new()
     } else {
-        flagged.to_vec()
+        vec![flagged.to_vec()]
     };
-    let n = members.len() as f64;
-    let sum = members.iter().fold([0f64; 3], |a, &i| {
-        let p = points[i];
-        [a[0] + f64::from(p[0]), a[1] + f64::from(p[1]), a[2] + f64::from(p[2])]
-    });
-    let centroid = sum.map(|v| (v / n) as f32);
-    let extent = members.iter().map(|&i| geometry::squared_distance(points[i], centroid)).fold(0f32, f32::max).sqrt();
-    Some(DefectRegion { centroid, extent })
+    let mut regions: Vec<DefectRegion> = groups
+        .into_iter()
+        .map(|members| {
+            let n = members.len() as f64;
+            let sum = members.iter().fold([0f64; 3], |a, &i| {
+                let p = points[i];
+                [a[0] + f64::from(p[0]), a[1] + f64::from(p[1]), a[2] + f64::from(p[2])]
+            });
+            let centroid = sum.map(|v| (v / n) as f32);
+            let extent =
+                members.iter().map(|&i| geometry::squared_distance(points[i], centroid)).fold(0f32, f32::max).sqrt();
+            let peak = members.iter().map(|&i| scores[i]).fold(f32::NEG_INFINITY, f32::max);
+            DefectRegion { centroid, extent, peak, points: members.len() }
+        })
+        .collect();
+    regions.sort_by(|a, b| b.peak.total_cmp(&a.peak));
+    regions
 }
 
 /// The value below which a share `keep` of `values` lies (linear interpolation between order statistics).
@@ -252,6 +276,10 @@ mod tests {
         let v = decide(&stray, &[0.1, 0.9, 0.8, 0.7], 0.9, t, 5.0).unwrap();
         assert_eq!(v.anomalous_points, 3);
         assert_eq!(v.defect.unwrap().centroid, [11.0, 0.0, 0.0]);
+        // Every region, strongest first, with its peak and size.
+        let summary: Vec<(Point, f32, usize)> = v.regions.iter().map(|r| (r.centroid, r.peak, r.points)).collect();
+        assert_eq!(summary, vec![([11.0, 0.0, 0.0], 0.9, 2), ([90.0, 0.0, 0.0], 0.7, 1)]);
+        assert!(ok.regions.is_empty());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use r2r::diagnostic_msgs::msg::{DiagnosticArray, DiagnosticStatus, KeyValue};
 use r2r::inspect3d_msgs::msg::InspectionResult;
 use r2r::sensor_msgs::msg::PointCloud2;
 use r2r::std_msgs::msg::Header;
+use r2r::visualization_msgs::msg::{Marker, MarkerArray};
 use r2r::{Parameter, ParameterValue, QosProfile, RosParams};
 use tch::Device;
 
@@ -219,15 +220,23 @@ fn result_message(report: &Report<ScanTag>) -> InspectionResult {
     result
 }
 
-/// Publishes a report's verdict, then (when scored) its anomaly cloud.
-fn publish_report(
-    results: &r2r::Publisher<InspectionResult>,
-    clouds: &r2r::Publisher<PointCloud2>,
-    report: Report<ScanTag>,
-) {
+/// Where the node's answers go.
+#[derive(Clone)]
+struct Outputs {
+    results: r2r::Publisher<InspectionResult>,
+    clouds: r2r::Publisher<PointCloud2>,
+    defects: r2r::Publisher<MarkerArray>,
+}
+
+/// Most regions drawn for one scan (strongest first): a noisy scan must not flood a viewer.
+const MAX_MARKED_REGIONS: usize = 32;
+
+/// Publishes a report's verdict, then (when scored) its anomaly cloud, then the defect markers: the regions of a
+/// rejected part, nothing for any other verdict (a dropped scan leaves the markers of the scan shown).
+fn publish_report(out: &Outputs, report: Report<ScanTag>) {
     // The verdict first: the robot waits on it, not on the (large) anomaly cloud.
     let result = result_message(&report);
-    if let Err(e) = results.publish(&result) {
+    if let Err(e) = out.results.publish(&result) {
         tracing::warn!("publishing the result: {e}");
     }
     tracing::info!(
@@ -237,11 +246,62 @@ fn publish_report(
         message = result.message,
         "scan"
     );
+    let regions = match &report.outcome {
+        Outcome::Dropped => return,
+        Outcome::Scored { inspection, .. } if !inspection.passed => inspection.regions.as_slice(),
+        _ => &[],
+    };
+    let markers = defect_markers(&report.tag.header, regions);
     if let Outcome::Scored { anomaly_cloud, .. } = report.outcome
-        && let Err(e) = clouds.publish(&msg_from_layout(report.tag.header, anomaly_cloud))
+        && let Err(e) = out.clouds.publish(&msg_from_layout(report.tag.header, anomaly_cloud))
     {
         tracing::warn!("publishing the anomaly cloud: {e}");
     }
+    if let Err(e) = out.defects.publish(&markers) {
+        tracing::warn!("publishing the defect markers: {e}");
+    }
+}
+
+/// RViz markers for defect regions in the scan's frame: first a DELETEALL (so the previous part's are gone),
+/// then per region a translucent red sphere as wide as the region and a text with its peak score above it.
+fn defect_markers(header: &Header, regions: &[crate::model::scoring::DefectRegion]) -> MarkerArray {
+    use r2r::geometry_msgs::msg::{Point as RosPoint, Pose, Quaternion, Vector3};
+    use r2r::std_msgs::msg::ColorRGBA;
+    let clear = Marker { header: header.clone(), action: Marker::DELETEALL as i32, ..Default::default() };
+    let mut markers = vec![clear];
+    for (id, region) in regions.iter().take(MAX_MARKED_REGIONS).enumerate() {
+        let [x, y, z] = region.centroid.map(f64::from);
+        // A region of one point has extent 0; it still needs a visible size.
+        let diameter = f64::from(2.0 * region.extent).max(1e-3);
+        let pose = |lift: f64| Pose {
+            position: RosPoint { x, y, z: z + lift },
+            orientation: Quaternion { w: 1.0, ..Default::default() },
+        };
+        markers.push(Marker {
+            header: header.clone(),
+            ns: "inspect3d_defects".into(),
+            id: id as i32,
+            type_: Marker::SPHERE as i32,
+            action: Marker::ADD as i32,
+            pose: pose(0.0),
+            scale: Vector3 { x: diameter, y: diameter, z: diameter },
+            color: ColorRGBA { r: 1.0, g: 0.1, b: 0.1, a: 0.5 },
+            ..Default::default()
+        });
+        markers.push(Marker {
+            header: header.clone(),
+            ns: "inspect3d_scores".into(),
+            id: id as i32,
+            type_: Marker::TEXT_VIEW_FACING as i32,
+            action: Marker::ADD as i32,
+            pose: pose(diameter),
+            scale: Vector3 { z: diameter / 2.0, ..Default::default() },
+            color: ColorRGBA { r: 1.0, g: 1.0, b: 1.0, a: 1.0 },
+            text: format!("{:.2}", region.peak),
+            ..Default::default()
+        });
+    }
+    MarkerArray { markers }
 }
 
 fn diagnostics(state: &NodeState, name: &str, stamp: r2r::builtin_interfaces::msg::Time) -> DiagnosticArray {
@@ -314,13 +374,21 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
         tracing::warn!(path = %leftover.display(), "removed an unfinished model folder left by a killed training job");
     }
 
-    let results = node.create_publisher::<InspectionResult>(&config.result_topic, QosProfile::default())?;
-    let clouds = node.create_publisher::<PointCloud2>(&config.anomaly_cloud_topic, QosProfile::default())?;
+    let cloud_qos = match config.anomaly_cloud_qos.as_str() {
+        "best_effort" => QosProfile::default().best_effort(),
+        _ => QosProfile::default(),
+    };
+    let outputs = Outputs {
+        results: node.create_publisher::<InspectionResult>(&config.result_topic, QosProfile::default())?,
+        clouds: node.create_publisher::<PointCloud2>(&config.anomaly_cloud_topic, cloud_qos)?,
+        defects: node.create_publisher::<MarkerArray>(&config.defects_topic, QosProfile::default())?,
+    };
     let diagnostics_pub = node.create_publisher::<DiagnosticArray>("/diagnostics", QosProfile::default())?;
-    let (dropped_results, dropped_clouds) = (results.clone(), clouds.clone());
+    let for_dropped = outputs.clone();
     let inspector = Inspector::start(config.queue_depth as usize, model, overrides(&config), move |report| {
-        publish_report(&results, &clouds, report)
+        publish_report(&outputs, report)
     });
+    inspector.set_rgb(config.anomaly_cloud_rgb);
     let state = Arc::new(NodeState { name: name.clone(), inspector, config: Mutex::new(config.clone()), device });
 
     let mut inputs = Vec::new();
@@ -347,14 +415,14 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
         tokio::spawn(param_handler);
         tokio::spawn(async move { while param_events.next().await.is_some() {} });
         for (lane, (topic, mut scans)) in inputs.into_iter().enumerate() {
-            let (intake, results, clouds) = (state.clone(), dropped_results.clone(), dropped_clouds.clone());
+            let (intake, outputs) = (state.clone(), for_dropped.clone());
             tokio::spawn(async move {
                 while let Some(msg) = scans.next().await {
                     let (header, layout) = layout_from_msg(msg);
                     tracing::debug!(topic, points = layout.width as usize * layout.height as usize, "scan received");
                     let tag = ScanTag { header, topic: topic.clone() };
                     if let Some(dropped) = intake.inspector.submit_on(lane, tag, layout) {
-                        publish_report(&results, &clouds, dropped);
+                        publish_report(&outputs, dropped);
                     }
                 }
             });

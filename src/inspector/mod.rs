@@ -86,7 +86,7 @@ impl ThresholdOverrides {
 pub enum Outcome {
     /// Scored: the verdict, and the input message with the FLOAT32 `anomaly_score` field added.
     Scored {
-        inspection: Inspection,
+        inspection: Box<Inspection>,
         anomaly_cloud: PointCloud2Layout,
     },
     /// The message cannot be scored; says what is wrong with it.
@@ -137,7 +137,7 @@ fn inspect_message(
         fields.push((RGB_FIELD, colours.as_slice()));
     }
     match pointcloud2::with_f32_fields(msg, &fields) {
-        Ok(anomaly_cloud) => Outcome::Scored { inspection, anomaly_cloud },
+        Ok(anomaly_cloud) => Outcome::Scored { inspection: Box::new(inspection), anomaly_cloud },
         Err(e) => Outcome::InvalidInput(e.to_string()),
     }
 }

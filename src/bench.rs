@@ -305,12 +305,20 @@ impl BenchInput<'_> {
 /// Per-stage latency of the detector on one cloud (CPU unless LibTorch sees a GPU), peak memory, and the
 /// training step. Weights are untrained (timing does not depend on their values); the Point-MAE row uses the
 /// public release's size (C = 384, 12 blocks, 6 heads) with random weights.
-pub fn detector(input: &BenchInput, voxel: f32, repeats: usize) -> Result<Table> {
+/// `voxel` in the cloud's unit; `None` derives it from the cloud as training does.
+pub fn detector(input: &BenchInput, voxel: Option<f32>, repeats: usize) -> Result<Table> {
     let r = repeats;
     let device = tch::Device::cuda_if_available();
     let (cloud, name) = input.load()?;
     let finite = cloud.finite_points()?;
     let mut cfg = DetectorConfig::default();
+    let voxel = match voxel {
+        Some(v) => v,
+        None => {
+            let cloud = crate::train::TrainingCloud { name: name.clone(), points: finite.points.clone() };
+            crate::train::derive_voxel_size(&[&cloud], cfg.preprocess.voxel_spacing_factor)?
+        }
+    };
     cfg.preprocess.voxel_size = voxel;
     cfg.preprocess.normals_face = NormalSide::Outward;
     let mut det = Detector::new(cfg.clone(), device)?;
@@ -318,9 +326,13 @@ pub fn detector(input: &BenchInput, voxel: f32, repeats: usize) -> Result<Table>
     // do not change the cost.
     let thresholds = crate::model::Thresholds { cloud: 0.5, point: 0.5 };
     det.thresholds = thresholds;
-    // A full memory bank of the configured size, so the bank search costs what a trained model's does.
+    // Full memory banks of the configured sizes, so their searches cost what a trained model's do; the patch
+    // bank only where the configuration scores with it (a trained model has none otherwise).
     let width = det.backbone.width() as i64;
-    det.conditioning.bank = tch::Tensor::randn([cfg.conditioning.bank_size as i64, width], (tch::Kind::Float, device));
+    let patch_bank = tch::Tensor::randn([cfg.conditioning.bank_size as i64, width], (tch::Kind::Float, device));
+    if cfg.scoring.source != crate::model::config::ScoreSource::Discriminator {
+        det.conditioning.bank = patch_bank.shallow_clone();
+    }
     det.conditioning.point_bank =
         tch::Tensor::randn([cfg.conditioning.point_bank_size as i64, width], (tch::Kind::Float, device));
     // A template to register to (the scan itself, as a trained model's first training cloud would be).
@@ -367,10 +379,9 @@ pub fn detector(input: &BenchInput, voxel: f32, repeats: usize) -> Result<Table>
         table.stage("discriminator", format!("attention ({} heads) + MLP head", cfg.discriminator.heads), r, || {
             det.heads.discriminator.scores(&adapted, &centre_t)
         });
-    let _ =
-        table.stage("memory bank", format!("{} entries, nearest of each patch", cfg.conditioning.bank_size), r, || {
-            det.conditioning.bank_distances(&refined)
-        });
+    let work = format!("{} entries, nearest of each patch (scoring.source fused or bank)", cfg.conditioning.bank_size);
+    let _ = table
+        .stage("patch memory bank", work, r, || crate::model::conditioning::nearest_distances(&patch_bank, &refined));
     let scores: Vec<f32> = scores.squeeze_dim(0).to_device(tch::Device::Cpu).try_into()?;
     let radius = cfg.scoring.median_radius_voxels * patched.voxel;
     table.stage(

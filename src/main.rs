@@ -149,7 +149,8 @@ enum Command {
         /// a bundled CAD part; detector, the part scan (a cell crops its frames to the part).
         #[arg(long)]
         input: Option<PathBuf>,
-        /// Voxel size in the cloud's unit. Default: 0.005 (metres) for the frame, 0.75 (mm) for the part scan.
+        /// Voxel size in the cloud's unit. Default: geometry, 0.005 (metres) for the frame and 0.75 (mm) for the part
+        /// scan; detector, 0.75 for the part scan and derived from the cloud (as training does) for a file.
         #[arg(long)]
         voxel: Option<f32>,
         #[arg(long, default_value_t = 7)]
@@ -293,11 +294,11 @@ fn main() -> Result<()> {
                 }
                 Suite::Detector => {
                     let mesh = bundled(BUNDLED_PART);
-                    let source = match &input {
-                        Some(path) => BenchInput::File(path),
-                        None => BenchInput::SimulatedPart { mesh: &mesh, points: 60_000 },
+                    let (source, voxel) = match &input {
+                        Some(path) => (BenchInput::File(path), voxel),
+                        None => (BenchInput::SimulatedPart { mesh: &mesh, points: 60_000 }, voxel.or(Some(0.75))),
                     };
-                    inspect3d::bench::detector(&source, voxel.unwrap_or(0.75), repeats)?
+                    inspect3d::bench::detector(&source, voxel, repeats)?
                 }
                 #[cfg(feature = "ros")]
                 Suite::Node => {

@@ -103,9 +103,9 @@ fn scoring_variants_share_one_training_and_match_their_own_model() {
     };
     let shared = results(&config(""), "ours,ours-scoring", "shared");
     let names: Vec<&str> = shared.iter().map(|r| r["method"].as_str().unwrap()).collect();
-    assert!(names.contains(&"Ours · Score: discriminator only") && names.contains(&"Ours · Object score: max"));
-    let own = results(&config(r#", "source": "discriminator""#), "ours", "own");
-    let variant = shared.iter().find(|r| r["method"] == "Ours · Score: discriminator only").unwrap();
+    assert!(names.contains(&"Ours · Score: fused") && names.contains(&"Ours · Object score: max"));
+    let own = results(&config(r#", "source": "fused""#), "ours", "own");
+    let variant = shared.iter().find(|r| r["method"] == "Ours · Score: fused").unwrap();
     for key in ["object_auroc", "point_auroc", "point_ap"] {
         assert!(variant[key].is_f64(), "{key} missing: {variant}");
         assert_eq!(variant[key], own[0][key], "{key}: shared training {variant} vs its own model {}", own[0]);
@@ -170,7 +170,7 @@ fn ablation_mode_runs_every_switch() {
         "Alignment off",
         "Template: first cloud only (not fused)",
         "Positions off",
-        "Score: discriminator only",
+        "Score: fused",
         "Score: bank only",
         "Object score: max",
         "Point level: head only",
@@ -180,7 +180,7 @@ fn ablation_mode_runs_every_switch() {
         assert!(table.contains(&format!("| {variant} |")), "{variant} missing:\n{table}");
     }
     // A switch already at the default's setting is the full row, not a second training of the same model.
-    for same_as_full in ["Generator: geometric |", "Score: fused |", "Object score: top 1 % mean |"] {
+    for same_as_full in ["Generator: geometric |", "Score: discriminator only |", "Object score: top 1 % mean |"] {
         assert!(!table.contains(same_as_full), "{same_as_full} duplicates the full row:\n{table}");
     }
 }

@@ -316,7 +316,7 @@ fn the_version_names_the_libtorch_it_links() {
 #[test]
 fn the_detector_benchmark_prints_its_table() {
     let out = Command::new(env!("CARGO_BIN_EXE_inspect3d"))
-        .args(["bench", "detector", "--input", "tests/data/cell_scans/000_good.pcd", "--voxel", "2", "--repeats", "1"])
+        .args(["bench", "detector", "--input", "tests/data/cell_scans/000_good.pcd", "--repeats", "1"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();

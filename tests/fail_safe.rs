@@ -89,8 +89,8 @@ fn one_absurd_point_cannot_pass_a_defective_part() {
 fn a_flying_pixel_neither_rejects_a_good_part_nor_changes_its_scoring() {
     let good = cell_scan("000_good");
     let centre = good[good.len() / 2];
-    // Behind the part along the camera's axis (z grows away from the sensor): 400 mm, 2 m and 10 m.
-    let behind: Vec<Point> = [400.0, 2000.0, 10_000.0].iter().map(|d| [centre[0], centre[1], centre[2] + d]).collect();
+    // Behind the part along the camera's axis (z grows away from the sensor; metres): 0.4, 2 and 10 m.
+    let behind: Vec<Point> = [0.4, 2.0, 10.0].iter().map(|d| [centre[0], centre[1], centre[2] + d]).collect();
     let mut messages = vec![message(&good)];
     messages.extend(behind.iter().map(|&p| message(&with_point(good.clone(), p))));
     let outcomes = inspect_all(messages);
@@ -121,22 +121,28 @@ fn bytes_in_the_wrong_order_are_invalid_input_not_a_verdict() {
 
 #[test]
 fn the_wrong_unit_and_tiny_clouds_get_the_right_hint() {
+    // The bundled scans and model are in metres, as a camera driver publishes them.
     let good = cell_scan("000_good");
-    let metres: Vec<Point> = good.iter().map(|p| p.map(|c| c * 0.001)).collect();
-    let micrometres: Vec<Point> = good.iter().map(|p| p.map(|c| c * 1000.0)).collect();
-    // A real Kinect frame, in metres, of another scene.
+    let millimetres: Vec<Point> = good.iter().map(|p| p.map(|c| c * 1000.0)).collect();
+    let kilometres: Vec<Point> = good.iter().map(|p| p.map(|c| c * 0.001)).collect();
+    // A real Kinect frame, in metres like the model, of a whole room.
     let kinect = finite_points(&root().join("tests/data/scans/frame_20121214T142255.814212.pcd"));
     let outcomes = inspect_all(vec![
-        message(&metres),
-        message(&micrometres),
+        message(&millimetres),
+        message(&kilometres),
         message(&kinect),
         message(&good[..1]),
         message(&good[..3]),
     ]);
-    for outcome in &outcomes[..3] {
+    for outcome in &outcomes[..2] {
         let why = invalid(outcome);
         assert!(why.contains("another unit"), "{why}");
     }
+    let why = invalid(&outcomes[2]);
+    assert!(why.contains("another scene") || why.contains("larger than the part"), "{why}");
+    // Both scales are named: the scan's (about 1000× the part's) and the part's.
+    let why = invalid(&outcomes[0]);
+    assert!(why.contains("units across but the part the model learnt spans 0.1"), "{why}");
     for (outcome, n) in outcomes[3..].iter().zip([1, 3]) {
         let why = invalid(outcome);
         assert!(why.contains(&format!("has {n} usable points")) && !why.contains("voxel"), "{why}");

@@ -604,7 +604,7 @@ pub struct ScoringConfig {
 impl Default for ScoringConfig {
     fn default() -> Self {
         Self {
-            source: ScoreSource::Fused,
+            source: ScoreSource::Discriminator,
             object_score: ObjectScore::TopMean,
             top_fraction: 0.01,
             point_weight: 0.5,

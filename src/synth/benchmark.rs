@@ -37,6 +37,9 @@ pub struct BenchmarkConfig {
     /// Which capture modes to write.
     pub modes: Vec<CaptureMode>,
     pub camera: CameraConfig,
+    /// Every written coordinate is multiplied by this: 1 writes millimetres, 0.001 metres (what a camera
+    /// driver publishes). The sizes above stay in millimetres.
+    pub unit_scale: f32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +64,7 @@ impl Default for BenchmarkConfig {
             seed: 1,
             modes: vec![CaptureMode::FullScan, CaptureMode::Camera],
             camera: CameraConfig::default(),
+            unit_scale: 1.0,
         }
     }
 }
@@ -154,14 +158,20 @@ fn scan(mesh: &Mesh, mode: CaptureMode, cfg: &BenchmarkConfig, rng: &mut impl Rn
     }
 }
 
-fn write_scan(path: &Path, s: &Scan) -> crate::cloud::Result<()> {
-    let cloud = PointCloud::from_xyz(&s.points);
+fn write_scan(path: &Path, s: &Scan, unit_scale: f32) -> crate::cloud::Result<()> {
+    let scaled: Vec<Point> = s.points.iter().map(|p| p.map(|c| c * unit_scale)).collect();
+    let cloud = PointCloud::from_xyz(&scaled);
     let organised = PointCloud::new(s.width, s.height, cloud.fields().to_vec())?;
     pcd::write(path, &organised, pcd::PcdEncoding::BinaryCompressed)
 }
 
 /// Writes one class per mesh and capture mode under `out`; returns the class folders.
 pub fn generate(meshes: &[PathBuf], out: &Path, cfg: &BenchmarkConfig) -> anyhow::Result<Vec<PathBuf>> {
+    anyhow::ensure!(
+        cfg.unit_scale > 0.0 && cfg.unit_scale.is_finite(),
+        "unit_scale must be a number > 0 (1: millimetres, 0.001: metres), got {}",
+        cfg.unit_scale
+    );
     let mut classes = Vec::new();
     let total = meshes.len() * cfg.modes.len();
     for (m, mesh_path) in meshes.iter().enumerate() {
@@ -179,10 +189,18 @@ pub fn generate(meshes: &[PathBuf], out: &Path, cfg: &BenchmarkConfig) -> anyhow
             let mut rng =
                 rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_mul(1000).wrapping_add((m * 10 + k) as u64));
             for i in 0..cfg.train {
-                write_scan(&dir.join(format!("train/{i:03}_template.pcd")), &scan(&mesh, mode, cfg, &mut rng))?;
+                write_scan(
+                    &dir.join(format!("train/{i:03}_template.pcd")),
+                    &scan(&mesh, mode, cfg, &mut rng),
+                    cfg.unit_scale,
+                )?;
             }
             for i in 0..cfg.test_good {
-                write_scan(&dir.join(format!("test/{i:03}_good.pcd")), &scan(&mesh, mode, cfg, &mut rng))?;
+                write_scan(
+                    &dir.join(format!("test/{i:03}_good.pcd")),
+                    &scan(&mesh, mode, cfg, &mut rng),
+                    cfg.unit_scale,
+                )?;
             }
             for i in 0..cfg.test_defective {
                 let mut s = scan(&mesh, mode, cfg, &mut rng);
@@ -190,9 +208,14 @@ pub fn generate(meshes: &[PathBuf], out: &Path, cfg: &BenchmarkConfig) -> anyhow
                 let kind = cfg.defects[i % cfg.defects.len()];
                 let mask = apply_defect(kind, &mut s, cfg, &mut rng)?;
                 let name = format!("{i:03}_{}", kind.name());
-                write_scan(&dir.join(format!("test/{name}.pcd")), &s)?;
-                let (points, labels): (Vec<_>, Vec<_>) =
-                    s.points.iter().zip(&mask).filter(|(p, _)| p[0].is_finite()).map(|(p, m)| (*p, *m)).unzip();
+                write_scan(&dir.join(format!("test/{name}.pcd")), &s, cfg.unit_scale)?;
+                let (points, labels): (Vec<_>, Vec<_>) = s
+                    .points
+                    .iter()
+                    .zip(&mask)
+                    .filter(|(p, _)| p[0].is_finite())
+                    .map(|(p, m)| (p.map(|c| c * cfg.unit_scale), *m))
+                    .unzip();
                 write_ground_truth(&dir.join(format!("gt/{name}.txt")), &points, &labels)?;
             }
             tracing::info!(class, progress = format!("{}/{total}", classes.len() + 1), "benchmark class written");

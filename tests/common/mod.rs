@@ -128,7 +128,9 @@ pub fn write_test_bags(dir: &Path, frames: usize, seed: u64) -> Vec<PathBuf> {
     let config = dir.join("synth.json");
     std::fs::write(
         &config,
-        format!(r#"{{"train": {frames}, "test_good": 1, "test_defective": 1, "modes": ["camera"], "seed": {seed}}}"#),
+        format!(
+            r#"{{"train": {frames}, "test_good": 1, "test_defective": 1, "modes": ["camera"], "seed": {seed}, "unit_scale": 0.001}}"#
+        ),
     )
     .unwrap();
     let run = |cmd: &mut Command| {

@@ -302,9 +302,10 @@ fn main() -> Result<()> {
                 }
                 #[cfg(feature = "ros")]
                 Suite::Node => {
-                    let part = inspect3d::synth::mesh::Mesh::read(&bundled(BUNDLED_PART))?.normalised(100.0);
+                    // In metres, like the bundled model's frames: the part 0.1 m across, 0.05 mm noise.
+                    let part = inspect3d::synth::mesh::Mesh::read(&bundled(BUNDLED_PART))?.normalised(0.1);
                     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
-                    let dense = inspect3d::synth::sample::sample_surface(&part, 100_000, 0.05, &mut rng);
+                    let dense = inspect3d::synth::sample::sample_surface(&part, 100_000, 5e-5, &mut rng);
                     let frame = match &input {
                         Some(path) => path.clone(),
                         None => bundled("tests/data/cell_scans/000_good.pcd"),

@@ -55,13 +55,14 @@ fn catalogue(repo: &Path) -> Result<Vec<Case>> {
     cases.push(case("002_sink + a point at z = 1e30", encode(&sink), &[reject]));
     let centre = good[good.len() / 2];
     let mut flying = good.clone();
-    flying.push([centre[0], centre[1], centre[2] + 2000.0]);
+    flying.push([centre[0], centre[1], centre[2] + 2.0]);
     cases.push(case("000_good + a flying pixel 2 m behind", encode(&flying), &[pass]));
     let mut lie = encode(&good);
     lie.is_bigendian = true;
     cases.push(case("000_good with is_bigendian lying", lie, &[invalid]));
-    let metres: Vec<Point> = good.iter().map(|p| p.map(|c| c * 0.001)).collect();
-    cases.push(case("000_good in metres", encode(&metres), &[invalid]));
+    // The bundled scans and model are in metres.
+    let millimetres: Vec<Point> = good.iter().map(|p| p.map(|c| c * 1000.0)).collect();
+    cases.push(case("000_good in millimetres", encode(&millimetres), &[invalid]));
     cases.push(case("one point", encode(&good[..1]), &[invalid]));
     cases.push(case("all NaN", encode(&[[f32::NAN; 3]; 100]), &[invalid]));
     let mut long = encode(&good[..5000]);

@@ -730,7 +730,9 @@ fn replay(sources: &[PathBuf], topic: &str, node: &str, heatmaps: Option<&Path>,
         latencies.push(round_trip.as_secs_f64() * 1e3);
         let defect = if result.anomalous_points > 0 {
             let c = &result.defect_centroid;
-            format!("({:.1}, {:.1}, {:.1}) ({:.1})", c.x, c.y, c.z, result.defect_extent)
+            // In the scan's unit: two significant digits of the extent, whether metres or millimetres.
+            let d = (1.0 - f64::from(result.defect_extent).max(1e-9).log10().floor()).clamp(0.0, 6.0) as usize;
+            format!("({:.d$}, {:.d$}, {:.d$}) ({:.d$})", c.x, c.y, c.z, result.defect_extent)
         } else {
             "-".into()
         };

@@ -238,9 +238,11 @@ pub fn roc_curve(scores: &[f32], labels: &[bool]) -> Vec<(f32, f32)> {
     curve(scores, labels, |tp, fp, p, n| (fp as f32 / n.max(1) as f32, tp as f32 / p.max(1) as f32))
 }
 
-/// Precision–recall curve points (recall, precision).
+/// Precision–recall curve points (recall, precision); before the first prediction precision is 1, as usual.
 pub fn pr_curve(scores: &[f32], labels: &[bool]) -> Vec<(f32, f32)> {
-    curve(scores, labels, |tp, fp, p, _| (tp as f32 / p.max(1) as f32, tp as f32 / (tp + fp).max(1) as f32))
+    curve(scores, labels, |tp, fp, p, _| {
+        (tp as f32 / p.max(1) as f32, if tp + fp == 0 { 1.0 } else { tp as f32 / (tp + fp) as f32 })
+    })
 }
 
 fn curve(scores: &[f32], labels: &[bool], point: impl Fn(usize, usize, usize, usize) -> (f32, f32)) -> Vec<(f32, f32)> {
@@ -452,7 +454,7 @@ mod tests {
         let roc = roc_curve(&scores, &labels);
         assert_eq!((roc[0], *roc.last().unwrap()), ((0.0, 0.0), (1.0, 1.0)));
         let pr = pr_curve(&scores, &labels);
-        assert_eq!(pr[1], (0.5, 1.0));
+        assert_eq!((pr[0], pr[1]), ((0.0, 1.0), (0.5, 1.0)));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("roc.png");
         let canvas = curves("ROC", ("FPR", "TPR"), &[Curve { label: "a (AUROC 0.75)".into(), points: roc }], true);

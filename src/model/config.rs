@@ -628,7 +628,7 @@ mod tests {
         assert_eq!((c.sca.sinkhorn_iterations, c.sca.temperature, c.sca.local_neighbors), (20, 0.05, 10));
         assert_eq!((c.generator.probability, c.generator.sigma, c.adaptor.alpha), (0.5, 0.1, 0.5));
         assert_eq!((c.training.batch_size, c.training.learning_rate, c.training.epochs), (8, 1e-3, 30));
-        assert_eq!((c.generator.kind, c.scoring.source), (GeneratorKind::Geometric, ScoreSource::Fused));
+        assert_eq!((c.generator.kind, c.scoring.source), (GeneratorKind::Geometric, ScoreSource::Discriminator));
         assert_eq!(c.preprocess.voxel_size, 0.0, "derived from the data");
         c.validate().unwrap();
         let text = serde_json::to_string(&c).unwrap();

@@ -72,7 +72,8 @@ impl RosWorld {
     /// Publishes `scan` on `topic` until a verdict comes on `/inspect3d_node/result`; returns that verdict as
     /// `ros2 topic echo` prints it.
     fn verdict_for(&self, scan: &str, topic: &str) -> String {
-        let echo_args = ["topic", "echo", "--once", "/inspect3d_node/result", "inspect3d_msgs/msg/InspectionResult"];
+        let echo_args =
+            ["topic", "echo", "--once", "--no-daemon", "/inspect3d_node/result", "inspect3d_msgs/msg/InspectionResult"];
         let (mut echo, lines) = self.spawn("ros2", &echo_args);
         let file = repo().join("tests/data/cell_scans").join(format!("{scan}.pcd"));
         let deadline = Instant::now() + TIMEOUT;
@@ -191,12 +192,12 @@ fn wait_for_line(lines: &Receiver<String>, wanted: &str, seen: &mut String) -> b
 fn interrupt(process: &mut Group) -> std::process::ExitStatus {
     let pid = process.0.id().to_string();
     assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = process.0.try_wait().unwrap() {
             return status;
         }
-        assert!(Instant::now() < deadline, "process {pid} still running 30 s after SIGINT");
+        assert!(Instant::now() < deadline, "process {pid} still running 60 s after SIGINT");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -223,12 +224,12 @@ fn ros2_launch_py_then_topic_echo_param_set_and_action_send_goal() {
     assert!(verdict.contains("passed: false") && verdict.contains("status: 1"), "{verdict}");
     assert!(verdict.contains(&format!("source_topic: {topic}")), "{verdict}");
 
-    let set = world.ros2(&["param", "set", "/inspect3d_node", "cloud_threshold", "1.0"]);
+    let set = world.ros2(&["param", "set", "--no-daemon", "/inspect3d_node", "cloud_threshold", "1.0"]);
     let said = String::from_utf8_lossy(&set.stdout);
     assert!(said.contains("Set parameter successful"), "{said}{}", String::from_utf8_lossy(&set.stderr));
     let verdict = world.verdict_for("002_sink", &topic);
     assert!(verdict.contains("passed: true") && verdict.contains("status: 0"), "threshold 1.0 passes all:\n{verdict}");
-    let refused = world.ros2(&["param", "set", "/inspect3d_node", "queue_depth", "3"]);
+    let refused = world.ros2(&["param", "set", "--no-daemon", "/inspect3d_node", "queue_depth", "3"]);
     let said = format!("{}{}", String::from_utf8_lossy(&refused.stdout), String::from_utf8_lossy(&refused.stderr));
     assert!(said.contains("fixed while running"), "the node's refusal comes back: {said}");
 

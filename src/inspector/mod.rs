@@ -433,9 +433,9 @@ mod tests {
         inspector.shutdown();
     }
 
-    #[test]
-    fn a_full_queue_drops_the_oldest_waiting_scan() {
-        // The sink blocks the worker on its first report until released, so later scans pile up.
+    /// A queue of depth 1 whose sink blocks the worker on scan 0's report until released, so later scans pile
+    /// up; the receiver sees each report's tag.
+    fn held_at_first_scan() -> (Inspector<u32>, mpsc::Sender<()>, mpsc::Receiver<u32>) {
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let (tx, rx) = mpsc::channel();
         let inspector = Inspector::start(1, None, ThresholdOverrides::default(), move |r: Report<u32>| {
@@ -444,6 +444,12 @@ mod tests {
             }
             let _ = tx.send(r.tag);
         });
+        (inspector, release_tx, rx)
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_waiting_scan() {
+        let (inspector, release_tx, rx) = held_at_first_scan();
         assert!(inspector.submit(0, message(&[[0.0, 0.0, 1.0]])).is_none());
         // Wait until the worker has taken scan 0, so the queue is empty when 1, 2, 3 arrive.
         while inspector.stats().no_model == 0 {
@@ -460,14 +466,7 @@ mod tests {
 
     #[test]
     fn each_input_keeps_its_own_queue_depth() {
-        let (release_tx, release_rx) = mpsc::channel::<()>();
-        let (tx, rx) = mpsc::channel();
-        let inspector = Inspector::start(1, None, ThresholdOverrides::default(), move |r: Report<u32>| {
-            if r.tag == 0 {
-                let _ = release_rx.recv();
-            }
-            let _ = tx.send(r.tag);
-        });
+        let (inspector, release_tx, rx) = held_at_first_scan();
         assert!(inspector.submit_on(0, 0, message(&[[0.0, 0.0, 1.0]])).is_none());
         while inspector.stats().no_model == 0 {
             std::thread::sleep(std::time::Duration::from_millis(5));

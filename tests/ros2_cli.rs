@@ -54,6 +54,13 @@ impl RosWorld {
         self.command("ros2").args(args).output().expect("run ros2 (is .deps/env.sh sourced?)")
     }
 
+    /// `ros2 param set` on the node; returns what it printed (stdout, then stderr).
+    fn param_set(&self, name: &str, value: &str) -> String {
+        // Its default wait for the node to be discovered, 1 s, is too short on a loaded CI machine.
+        let set = self.ros2(&["param", "set", "--no-daemon", "--timeout", "30", "/inspect3d_node", name, value]);
+        format!("{}{}", String::from_utf8_lossy(&set.stdout), String::from_utf8_lossy(&set.stderr))
+    }
+
     /// Starts a process, in a process group of its own, whose output lines arrive on the returned channel.
     fn spawn(&self, program: &str, args: &[&str]) -> (Group, Receiver<String>) {
         use std::os::unix::process::CommandExt;
@@ -138,7 +145,8 @@ struct Group(Child);
 
 impl Group {
     fn signal(&self, signal: &str) {
-        let _ = Command::new("kill").args([signal, "--", &format!("-{}", self.0.id())]).status();
+        // Quiet: the group is often gone already.
+        let _ = Command::new("kill").args([signal, "--", &format!("-{}", self.0.id())]).stderr(Stdio::null()).status();
     }
 }
 
@@ -224,13 +232,11 @@ fn ros2_launch_py_then_topic_echo_param_set_and_action_send_goal() {
     assert!(verdict.contains("passed: false") && verdict.contains("status: 1"), "{verdict}");
     assert!(verdict.contains(&format!("source_topic: {topic}")), "{verdict}");
 
-    let set = world.ros2(&["param", "set", "--no-daemon", "/inspect3d_node", "cloud_threshold", "1.0"]);
-    let said = String::from_utf8_lossy(&set.stdout);
-    assert!(said.contains("Set parameter successful"), "{said}{}", String::from_utf8_lossy(&set.stderr));
+    let said = world.param_set("cloud_threshold", "1.0");
+    assert!(said.contains("Set parameter successful"), "{said}");
     let verdict = world.verdict_for("002_sink", &topic);
     assert!(verdict.contains("passed: true") && verdict.contains("status: 0"), "threshold 1.0 passes all:\n{verdict}");
-    let refused = world.ros2(&["param", "set", "--no-daemon", "/inspect3d_node", "queue_depth", "3"]);
-    let said = format!("{}{}", String::from_utf8_lossy(&refused.stdout), String::from_utf8_lossy(&refused.stderr));
+    let said = world.param_set("queue_depth", "3");
     assert!(said.contains("fixed while running"), "the node's refusal comes back: {said}");
 
     let bag = shared_test_bags().0.path().join("bags/mcap_zstd");

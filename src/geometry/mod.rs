@@ -57,6 +57,16 @@ pub(crate) fn dot(a: Point, b: Point) -> f32 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 }
 
+pub(crate) fn cross(a: Point, b: Point) -> Point {
+    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+}
+
+/// `v` scaled to unit length (a zero vector stays near zero).
+pub(crate) fn normalised(v: Point) -> Point {
+    let n = dot(v, v).sqrt().max(1e-12);
+    v.map(|x| x / n)
+}
+
 pub(crate) fn squared_distance(a: Point, b: Point) -> f32 {
     let d = sub(a, b);
     dot(d, d)

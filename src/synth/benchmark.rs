@@ -14,7 +14,7 @@ use super::defects::{self, DefectKind};
 use super::{mesh::Mesh, sample};
 use crate::cloud::{PointCloud, pcd};
 use crate::eval::dataset::write_ground_truth;
-use crate::geometry::{NeighborIndex, Point, dot};
+use crate::geometry::{NeighborIndex, Point, dot, squared_distance};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -67,6 +67,38 @@ impl Default for BenchmarkConfig {
             unit_scale: 1.0,
         }
     }
+}
+
+/// Radius range of a missing chunk, and the rim beyond it that is labelled with it, mm.
+const MISSING_RADIUS: [f32; 2] = [3.0, 6.0];
+const MISSING_RIM: f32 = 1.5;
+
+/// A scan with one defect of `kind`, and its mask. A camera sees a missing chunk as the part with that material
+/// cut away (the cavity's wall, or what lies behind where it cuts through); a full scan loses the chunk's points.
+fn defective_scan(
+    mesh: &Mesh,
+    mode: CaptureMode,
+    kind: DefectKind,
+    cfg: &BenchmarkConfig,
+    rng: &mut impl Rng,
+) -> anyhow::Result<(Scan, Vec<bool>)> {
+    if mode == CaptureMode::Camera && kind == DefectKind::MissingChunk {
+        let (f, ball) = camera::capture_carved(mesh, &cfg.camera, rng, |surface, rng| {
+            let visible: Vec<usize> = camera::visible_points(surface).map(|(i, _)| i).collect();
+            let at = *visible.get(rng.gen_range(0..visible.len().max(1)))?;
+            Some(camera::Ball {
+                centre: surface.points[at],
+                radius: rng.gen_range(MISSING_RADIUS[0]..=MISSING_RADIUS[1]),
+            })
+        });
+        let ball = ball.ok_or_else(|| anyhow::anyhow!("the frame shows no part to cut a missing chunk from"))?;
+        let reach = (ball.radius + MISSING_RIM).powi(2);
+        let mask = f.points.iter().map(|p| p[0].is_finite() && squared_distance(*p, ball.centre) < reach).collect();
+        return Ok((Scan { width: f.width, height: f.height, points: f.points, normals: f.normals }, mask));
+    }
+    let mut s = scan(mesh, mode, cfg, rng);
+    let mask = apply_defect(kind, &mut s, cfg, rng)?;
+    Ok((s, mask))
 }
 
 /// Puts one defect of `kind` on the visible surface of a scan; returns the mask.
@@ -131,8 +163,8 @@ fn apply_defect(
             defects::groove(&mut s.points, &s.normals, a, b, w, -h)
         }
         DefectKind::MissingChunk => {
-            let r = range([3.0, 6.0], 1.0, rng);
-            defects::missing_chunk(&mut s.points, centre, r, 1.5)
+            let r = range(MISSING_RADIUS, 1.0, rng);
+            defects::missing_chunk(&mut s.points, centre, r, MISSING_RIM)
         }
     })
 }
@@ -203,10 +235,9 @@ pub fn generate(meshes: &[PathBuf], out: &Path, cfg: &BenchmarkConfig) -> anyhow
                 )?;
             }
             for i in 0..cfg.test_defective {
-                let mut s = scan(&mesh, mode, cfg, &mut rng);
                 anyhow::ensure!(!cfg.defects.is_empty(), "the benchmark configuration lists no defect kinds");
                 let kind = cfg.defects[i % cfg.defects.len()];
-                let mask = apply_defect(kind, &mut s, cfg, &mut rng)?;
+                let (s, mask) = defective_scan(&mesh, mode, kind, cfg, &mut rng)?;
                 let name = format!("{i:03}_{}", kind.name());
                 write_scan(&dir.join(format!("test/{name}.pcd")), &s, cfg.unit_scale)?;
                 let (points, labels): (Vec<_>, Vec<_>) = s

@@ -9,7 +9,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::mesh::Mesh;
-use crate::geometry::{Point, dot, squared_distance};
+use crate::geometry::{Point, cross, dot, normalised, squared_distance, sub};
 use crate::model::preprocess::standard_normal;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -87,8 +87,28 @@ fn compose(a: &Rotation, b: &Rotation) -> Rotation {
     [0, 1, 2].map(|i| [0, 1, 2].map(|j| dot(a[i], col(j))))
 }
 
+/// Material cut out of the part: a ball, in the camera's frame.
+#[derive(Clone, Copy, Debug)]
+pub struct Ball {
+    pub centre: Point,
+    pub radius: f32,
+}
+
 /// Captures the (normalised, centred) part from the cell camera.
 pub fn capture(mesh: &Mesh, cfg: &CameraConfig, rng: &mut impl Rng) -> Frame {
+    capture_carved(mesh, cfg, rng, |_, _| None).0
+}
+
+/// Captures the part with a ball of material removed where `carve` says: it is shown the frame as the sensor
+/// would see it without faults (exact surface points, NaN without a return or under the clamp) and may return
+/// the ball to cut out. Inside the ball the camera then sees what the part has left: the cavity's wall, or
+/// whatever lies behind where the ball cuts through. Sensor faults apply to the carved surface like any other.
+pub fn capture_carved<R: Rng>(
+    mesh: &Mesh,
+    cfg: &CameraConfig,
+    rng: &mut R,
+    carve: impl FnOnce(&Frame, &mut R) -> Option<Ball>,
+) -> (Frame, Option<Ball>) {
     let (w, h) = (cfg.width, cfg.height);
     let f = 0.5 * w as f32 / (0.5 * cfg.fov_degrees.to_radians()).tan();
     let (cx, cy) = (0.5 * w as f32 - 0.5, 0.5 * h as f32 - 0.5);
@@ -105,9 +125,69 @@ pub fn capture(mesh: &Mesh, cfg: &CameraConfig, rng: &mut impl Rng) -> Frame {
         let v = rotate(&view, q);
         [v[0], v[1], v[2] + cfg.distance]
     };
+    let triangles: Vec<[Point; 3]> = mesh.triangles.iter().map(|t| t.map(to_camera)).collect();
+    let face = rasterise(&triangles, w, h, f, [cx, cy]);
+    let specular: Vec<Point> = (0..cfg.specular_patches)
+        .filter_map(|_| triangles.get(rng.gen_range(0..triangles.len().max(1))).map(|t| t[0]))
+        .collect();
+    let occluded_rows = (cfg.occlusion.clamp(0.0, 1.0) * h as f32) as usize;
+    let occlusion_start = if occluded_rows > 0 { rng.gen_range(0..=h - occluded_rows) } else { h };
+    let ray = |i: usize| [(i % w) as f32 - cx, (i / w) as f32 - cy, f].map(|v| v / f);
+    // The exact surface each pixel sees, its normal facing the camera.
+    let mut surface = Frame { width: w, height: h, points: vec![[f32::NAN; 3]; w * h], normals: vec![[0.0; 3]; w * h] };
+    for i in 0..w * h {
+        if face[i] == u32::MAX || (i / w >= occlusion_start && i / w < occlusion_start + occluded_rows) {
+            continue;
+        }
+        if let Some((t, n)) = ray_triangle(ray(i), &triangles[face[i] as usize]) {
+            surface.points[i] = ray(i).map(|v| v * t);
+            surface.normals[i] = n;
+        }
+    }
+    let ball = carve(&surface, rng);
+    if let Some(ball) = ball {
+        for i in 0..w * h {
+            if surface.points[i][0].is_finite()
+                && squared_distance(surface.points[i], ball.centre) < ball.radius.powi(2)
+            {
+                let seen = surface_behind_cut(ray(i), &triangles, ball);
+                surface.points[i] = seen.map_or([f32::NAN; 3], |(t, _)| ray(i).map(|v| v * t));
+                surface.normals[i] = seen.map_or([0.0; 3], |(_, n)| n);
+            }
+        }
+    }
+    let cos_limit = cfg.grazing_limit_degrees.to_radians().cos();
+    let mut frame = Frame { width: w, height: h, points: vec![[f32::NAN; 3]; w * h], normals: vec![[0.0; 3]; w * h] };
+    for i in 0..w * h {
+        let (p, n) = (surface.points[i], surface.normals[i]);
+        if !p[0].is_finite() {
+            continue;
+        }
+        let ray = ray(i);
+        let cos = -dot(n, ray) / dot(ray, ray).sqrt();
+        if cos < cos_limit
+            || specular.iter().any(|c| squared_distance(*c, p) < cfg.specular_radius * cfg.specular_radius)
+        {
+            continue;
+        }
+        let z_m = p[2] / 1000.0;
+        let sigma = cfg.noise_at_1m * z_m * z_m;
+        let step = cfg.quantisation_at_1m * z_m * z_m;
+        let mut z = p[2] + sigma * standard_normal(rng);
+        if step > 0.0 {
+            z = (z / step).round() * step;
+        }
+        let scale = z / p[2];
+        frame.points[i] = p.map(|v| v * scale);
+        frame.normals[i] = n;
+    }
+    (frame, ball)
+}
+
+/// Z-buffer: the nearest triangle of each pixel (u32::MAX where none).
+fn rasterise(triangles: &[[Point; 3]], w: usize, h: usize, f: f32, [cx, cy]: [f32; 2]) -> Vec<u32> {
     let mut depth = vec![f32::INFINITY; w * h];
     let mut face = vec![u32::MAX; w * h];
-    let triangles: Vec<[Point; 3]> = mesh.triangles.iter().map(|t| t.map(to_camera)).collect();
     for (k, t) in triangles.iter().enumerate() {
         if t.iter().any(|v| v[2] <= 1.0) {
             continue;
@@ -144,48 +224,61 @@ pub fn capture(mesh: &Mesh, cfg: &CameraConfig, rng: &mut impl Rng) -> Frame {
             }
         }
     }
-    let specular: Vec<Point> = (0..cfg.specular_patches)
-        .filter_map(|_| triangles.get(rng.gen_range(0..triangles.len().max(1))).map(|t| t[0]))
-        .collect();
-    let occluded_rows = (cfg.occlusion.clamp(0.0, 1.0) * h as f32) as usize;
-    let occlusion_start = if occluded_rows > 0 { rng.gen_range(0..=h - occluded_rows) } else { h };
-    let cos_limit = cfg.grazing_limit_degrees.to_radians().cos();
-    let mut frame = Frame { width: w, height: h, points: vec![[f32::NAN; 3]; w * h], normals: vec![[0.0; 3]; w * h] };
-    for i in 0..w * h {
-        if face[i] == u32::MAX || (i / w >= occlusion_start && i / w < occlusion_start + occluded_rows) {
-            continue;
-        }
-        let t = &triangles[face[i] as usize];
-        let mut n = Mesh::normal(t);
-        let ray = [(i % w) as f32 - cx, (i / w) as f32 - cy, f].map(|v| v / f);
-        // Exact intersection of the pixel's ray with the triangle's plane.
-        let denom = dot(n, ray);
-        if denom.abs() < 1e-9 {
-            continue;
-        }
-        let s = dot(n, t[0]) / denom;
-        let p = ray.map(|v| v * s);
-        if denom > 0.0 {
-            n = n.map(|v| -v); // face the camera
-        }
-        let cos = -dot(n, ray) / dot(ray, ray).sqrt();
-        if cos < cos_limit
-            || specular.iter().any(|c| squared_distance(*c, p) < cfg.specular_radius * cfg.specular_radius)
-        {
-            continue;
-        }
-        let z_m = p[2] / 1000.0;
-        let sigma = cfg.noise_at_1m * z_m * z_m;
-        let step = cfg.quantisation_at_1m * z_m * z_m;
-        let mut z = p[2] + sigma * standard_normal(rng);
-        if step > 0.0 {
-            z = (z / step).round() * step;
-        }
-        let scale = z / p[2];
-        frame.points[i] = p.map(|v| v * scale);
-        frame.normals[i] = n;
+    face
+}
+
+/// Where a ray from the camera (origin) meets the plane of triangle `t`: the ray parameter and the plane's
+/// normal turned to face the camera. None when the ray runs along the plane.
+fn ray_triangle(ray: Point, t: &[Point; 3]) -> Option<(f32, Point)> {
+    let n = Mesh::normal(t);
+    let denom = dot(n, ray);
+    if denom.abs() < 1e-9 {
+        return None;
     }
-    frame
+    Some((dot(n, t[0]) / denom, if denom > 0.0 { n.map(|v| -v) } else { n }))
+}
+
+/// The first surface a ray from the camera meets on the part with `ball` cut out: the ray parameter and the
+/// normal facing the camera. The part is closed, so the ray is inside material after an odd number of crossings;
+/// it sees a triangle it enters outside the ball, or the ball's far wall if it leaves the ball inside material.
+fn surface_behind_cut(ray: Point, triangles: &[[Point; 3]], ball: Ball) -> Option<(f32, Point)> {
+    let (a, b, c) = (dot(ray, ray), -2.0 * dot(ray, ball.centre), dot(ball.centre, ball.centre) - ball.radius.powi(2));
+    let disc = b * b - 4.0 * a * c;
+    let (t_in, t_out) = if disc > 0.0 {
+        ((-b - disc.sqrt()) / (2.0 * a), (-b + disc.sqrt()) / (2.0 * a))
+    } else {
+        (f32::INFINITY, f32::INFINITY)
+    };
+    let mut crossings: Vec<(f32, Point)> = triangles
+        .iter()
+        .filter(|t| crosses(ray, t))
+        .filter_map(|t| ray_triangle(ray, t))
+        .filter(|(t, _)| *t > 0.0)
+        .collect();
+    crossings.sort_by(|x, y| x.0.total_cmp(&y.0));
+    // A ray through an edge crosses both triangles at one point: one crossing.
+    crossings.dedup_by(|x, y| (x.0 - y.0).abs() <= 1e-5 * y.0);
+    let mut inside = false;
+    for (t, n) in crossings {
+        if inside && t > t_out && t_out > t_in {
+            let wall = ray.map(|v| v * t_out);
+            return Some((t_out, normalised(sub(ball.centre, wall))));
+        }
+        inside = !inside;
+        if inside && !(t_in..=t_out).contains(&t) {
+            return Some((t, n));
+        }
+    }
+    None
+}
+
+/// Whether the ray from the origin passes through triangle `t` (its edges included).
+fn crosses(ray: Point, t: &[Point; 3]) -> bool {
+    // The ray is inside the triangle's cone when it is on the same side of the three planes through the
+    // origin and each edge.
+    let side = |a: Point, b: Point| dot(cross(a, b), ray);
+    let s = [side(t[0], t[1]), side(t[1], t[2]), side(t[2], t[0])];
+    s.iter().all(|&v| v >= 0.0) || s.iter().all(|&v| v <= 0.0)
 }
 
 /// The pixels with a return, with their points.
@@ -199,7 +292,12 @@ mod tests {
     use rand::SeedableRng;
 
     fn cube() -> Mesh {
-        let v = |x: f32, y: f32, z: f32| [x * 40.0, y * 40.0, z * 40.0];
+        cuboid([40.0; 3])
+    }
+
+    /// A closed box with half-extents `e`, wound outward.
+    fn cuboid(e: [f32; 3]) -> Mesh {
+        let v = |x: f32, y: f32, z: f32| [x * e[0], y * e[1], z * e[2]];
         let quads = [
             [v(-1., -1., -1.), v(1., -1., -1.), v(1., 1., -1.), v(-1., 1., -1.)],
             [v(-1., -1., 1.), v(-1., 1., 1.), v(1., 1., 1.), v(1., -1., 1.)],
@@ -223,5 +321,60 @@ mod tests {
         assert!(valid.iter().all(|p| p[2] > 180.0 - 80.0 && p[2] < 180.0 + 80.0));
         let occluded = capture(&cube(), &CameraConfig { occlusion: 0.5, ..cfg.clone() }, &mut rng);
         assert!(visible_points(&occluded).count() < valid.len());
+    }
+
+    /// A frame without sensor faults: exact surface points.
+    fn exact() -> CameraConfig {
+        CameraConfig {
+            occlusion: 0.0,
+            specular_patches: 0,
+            noise_at_1m: 0.0,
+            quantisation_at_1m: 0.0,
+            grazing_limit_degrees: 89.0,
+            ..Default::default()
+        }
+    }
+
+    /// Carves a ball centred on the visible surface point nearest the image centre; returns the frame before
+    /// and after (same pose: same seed) and the ball.
+    fn carve(mesh: &Mesh, radius: f32) -> (Frame, Frame, Ball) {
+        let cfg = exact();
+        let before = capture(mesh, &cfg, &mut rand::rngs::StdRng::seed_from_u64(5));
+        let (after, ball) = capture_carved(mesh, &cfg, &mut rand::rngs::StdRng::seed_from_u64(5), |surface, _| {
+            let centre = (surface.height / 2) * surface.width + surface.width / 2;
+            let (_, p) = visible_points(surface).min_by_key(|(i, _)| i.abs_diff(centre))?;
+            Some(Ball { centre: p, radius })
+        });
+        (before, after, ball.expect("the part is in view"))
+    }
+
+    #[test]
+    fn a_carved_ball_shows_its_cavity_wall_deeper_than_the_surface() {
+        let (before, after, ball) = carve(&cube(), 5.0);
+        let inside: Vec<usize> = visible_points(&before)
+            .filter(|(_, p)| squared_distance(*p, ball.centre) < ball.radius.powi(2))
+            .map(|(i, _)| i)
+            .collect();
+        assert!(inside.len() > 200, "the ball covers {} pixels", inside.len());
+        for &i in &inside {
+            let (p, q) = (before.points[i], after.points[i]);
+            assert!(q[0].is_finite(), "a cavity in a solid block has a floor");
+            assert!(q[2] > p[2], "the wall lies behind the cut surface: {q:?} vs {p:?}");
+            let r = squared_distance(q, ball.centre).sqrt();
+            assert!((r - ball.radius).abs() < 1e-2 * ball.radius, "on the ball's wall: {r}");
+        }
+        // Outside the ball nothing changed.
+        let unchanged = (0..before.points.len()).filter(|i| !inside.contains(i));
+        assert!(unchanged.into_iter().all(|i| before.points[i] == after.points[i] || before.points[i][0].is_nan()));
+    }
+
+    #[test]
+    fn a_ball_through_a_thin_plate_leaves_a_hole() {
+        let (before, after, ball) = carve(&cuboid([40.0, 40.0, 1.0]), 5.0);
+        let near_centre = |f: &Frame| {
+            visible_points(f).filter(|(_, p)| squared_distance(*p, ball.centre) < (0.5 * ball.radius).powi(2)).count()
+        };
+        assert!(near_centre(&before) > 50);
+        assert_eq!(near_centre(&after), 0, "the camera sees through where the ball cut the plate");
     }
 }

@@ -1,12 +1,13 @@
 //! Surface defects with an exact per-point mask. Each pushes points along their surface normals (or removes
 //! them) with a smooth profile; the mask marks the points visibly changed. Kinds: bulge and sink (Real3D-AD's
 //! two), dent (shallow, flat-bottomed), pit (small, deep, steep-walled), scratch (a long thin groove), burr (a
-//! ridge along a sharp edge of the part) and missing chunk (material gone: points removed, the rim labelled).
+//! ridge along a sharp edge of the part) and missing chunk (material gone: points removed, the rim labelled; a
+//! camera frame cuts the material out of the mesh instead, see `camera::capture_carved`).
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::geometry::{Point, dot, squared_distance, sub};
+use crate::geometry::{Point, cross, dot, normalised, squared_distance, sub};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -124,13 +125,7 @@ pub fn tangent(n: Point, rng: &mut impl Rng) -> Point {
     let u = cross(n, helper);
     let v = cross(n, u);
     let angle: f32 = rng.gen_range(0.0..std::f32::consts::TAU);
-    let t = [0, 1, 2].map(|k| u[k] * angle.cos() + v[k] * angle.sin());
-    let len = dot(t, t).sqrt().max(1e-12);
-    t.map(|c| c / len)
-}
-
-fn cross(a: Point, b: Point) -> Point {
-    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+    normalised([0, 1, 2].map(|k| u[k] * angle.cos() + v[k] * angle.sin()))
 }
 
 #[cfg(test)]

@@ -3,15 +3,11 @@
 use std::path::Path;
 
 use crate::cloud::{CloudError, Result, extension, io_error};
-use crate::geometry::{Point, dot, sub};
+use crate::geometry::{Point, cross, dot, sub};
 
 #[derive(Clone, Debug)]
 pub struct Mesh {
     pub triangles: Vec<[Point; 3]>,
-}
-
-fn cross(a: Point, b: Point) -> Point {
-    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
 }
 
 impl Mesh {

@@ -10,7 +10,7 @@
 
 use rand::Rng;
 
-use crate::geometry::{self, NeighborIndex, Point};
+use crate::geometry::{self, NeighborIndex, Point, cross, normalised};
 use crate::model::config::{PseudoDefectConfig, PseudoDefectFamily};
 use crate::model::preprocess::standard_normal;
 
@@ -55,15 +55,6 @@ fn add_scaled(p: &mut Point, d: Point, s: f32) {
     for k in 0..3 {
         p[k] += d[k] * s;
     }
-}
-
-fn normalised(v: Point) -> Point {
-    let n = geometry::dot(v, v).sqrt().max(1e-12);
-    v.map(|x| x / n)
-}
-
-fn cross(a: Point, b: Point) -> Point {
-    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
 }
 
 /// A unit tangent at a surface point with normal `n`, in a random direction.

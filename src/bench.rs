@@ -392,22 +392,21 @@ pub fn detector(input: &BenchInput, voxel: Option<f32>, repeats: usize) -> Resul
     )?;
     let points = table.stage(
         "point features",
-        format!("{} voxel points, {width} numbers each", patched.points.len()),
+        format!("{} samples of {} voxel points, {width} numbers each", patched.samples.len(), patched.points.len()),
         r,
         || det.backbone.point_features(&patched),
     )?;
+    let cells = points.narrow(0, 0, patched.cell_count as i64);
     if let Some(head) = &det.heads.point_head {
-        let work = format!("MLP {width} → {:?} → 1 per voxel point", cfg.point_head.hidden);
+        let work = format!("MLP {width} → {:?} → 1 per feature cell ({})", cfg.point_head.hidden, patched.cell_count);
         let _ = table.stage("point head", work, r, || {
             let _g = tch::no_grad_guard();
-            head.forward(&points)
+            head.forward(&cells)
         });
     }
     if det.conditioning.has_point_bank() {
-        let work = format!("{} entries, nearest of every voxel point", cfg.conditioning.point_bank_size);
-        let _ = table.stage("point bank (every point; inspection queries one per 2-voxel cell)", work, r, || {
-            det.conditioning.point_bank_distances(&points)
-        });
+        let work = format!("{} entries, nearest of each feature cell", cfg.conditioning.point_bank_size);
+        let _ = table.stage("point bank", work, r, || det.conditioning.point_bank_distances(&cells));
     }
     table.stage("whole inspection", "cloud → point scores + verdict".into(), r, || det.inspect(&cloud))?;
     let mut paper = crate::eval::paper_config();

@@ -285,16 +285,17 @@ impl Backbone {
         self.identity.width
     }
 
-    /// Multi-scale tokens of every voxel point (N, C): the FPFH of each radius, Hellinger-scaled, then the
-    /// surface context. An error for the other token sources, which only describe patches.
+    /// Multi-scale tokens of every sample point (S, C; `PatchedCloud::samples`): the FPFH of each radius,
+    /// Hellinger-scaled, then the surface context. An error for the other token sources, which only describe
+    /// patches.
     pub fn point_features(&self, cloud: &PatchedCloud) -> Result<Tensor> {
         let Source::MultiscaleFpfh { radii_voxels } = &self.source else {
             return Err(ModelError::Config(format!("{} tokens have no per-point features", self.identity.kind)));
         };
         let scales: Vec<Vec<Fpfh>> =
-            radii_voxels.iter().map(|r| cloud.point_descriptors(r * cloud.voxel)).collect::<Result<_>>()?;
+            radii_voxels.iter().map(|r| cloud.sample_descriptors(r * cloud.voxel)).collect::<Result<_>>()?;
         let width = multiscale_width(scales.len());
-        let n = cloud.points.len();
+        let n = cloud.samples.len();
         let mut rows: Vec<f32> = Vec::with_capacity(n * width);
         for p in 0..n {
             rows.extend(scales.iter().flat_map(|s| s[p].iter()).map(|v| (v / 100.0).sqrt()));
@@ -329,12 +330,16 @@ impl Backbone {
                 Ok(x.matmul(projection))
             }
             Source::MultiscaleFpfh { .. } => {
-                let index = Tensor::from_slice(&cloud.centres.iter().map(|&c| i64::from(c)).collect::<Vec<_>>())
-                    .to_device(device);
-                Ok(self.point_features(cloud)?.index_select(0, &index))
+                Ok(self.point_features(cloud)?.index_select(0, &centre_rows(cloud, device)))
             }
         }
     }
+}
+
+/// The rows of a cloud's patch centres among its samples' point features.
+pub fn centre_rows(cloud: &PatchedCloud, device: Device) -> Tensor {
+    let rows: Vec<i64> = cloud.centre_samples.iter().map(|&s| i64::from(s)).collect();
+    Tensor::from_slice(&rows).to_device(device)
 }
 
 /// Multi-scale FPFH tokens: 33 numbers per radius, then the surface context.

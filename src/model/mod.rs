@@ -175,7 +175,8 @@ pub struct StageTimes {
 pub struct Features {
     /// (n, C): patch tokens after conditioning and SCA.
     pub patches: Tensor,
-    /// (N, C): every voxel point's conditioned features, when the model scores points by their own features.
+    /// (S, C): the conditioned features of the cloud's samples (`PatchedCloud::samples`), when the model scores
+    /// points by their own features.
     pub points: Option<Tensor>,
 }
 
@@ -244,9 +245,6 @@ pub struct Detector {
     pub thresholds: Thresholds,
     pub device: Device,
 }
-
-/// Edge of the grid cells that share one point-bank query, in voxels.
-const POINT_BANK_CELL_VOXELS: f32 = 2.0;
 
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
@@ -343,9 +341,7 @@ impl Detector {
         let t = Instant::now();
         let (tokens, points) = if self.config.uses_point_features() {
             let points = self.condition(self.backbone.point_features(cloud)?);
-            let index = Tensor::from_slice(&cloud.centres.iter().map(|&c| i64::from(c)).collect::<Vec<_>>())
-                .to_device(self.device);
-            (points.index_select(0, &index), Some(points))
+            (points.index_select(0, &backbone::centre_rows(cloud, self.device)), Some(points))
         } else {
             (self.tokens(cloud)?, None)
         };
@@ -366,15 +362,19 @@ impl Detector {
         } else {
             Vec::new()
         };
-        let point_logits = match (&self.heads.point_head, &features.points) {
-            (Some(head), Some(points)) => {
+        // Point-level scores once per feature cell (its first sample), spread to the cell's voxel points.
+        let cells = features.points.as_ref().map(|points| points.narrow(0, 0, cloud.cell_count as i64));
+        let point_logits = match (&self.heads.point_head, &cells) {
+            (Some(head), Some(cells)) => {
                 let _guard = tch::no_grad_guard();
-                to_vec(head.forward(points))?
+                cloud.spread_cells(&to_vec(head.forward(cells))?)
             }
             _ => Vec::new(),
         };
-        let point_distances = match &features.points {
-            Some(points) if self.conditioning.has_point_bank() => self.point_bank_distances(cloud, points)?,
+        let point_distances = match &cells {
+            Some(cells) if self.conditioning.has_point_bank() => {
+                cloud.spread_cells(&to_vec(self.conditioning.point_bank_distances(cells))?)
+            }
             _ => Vec::new(),
         };
         Ok(RawScores { logits, distances, point_logits, point_distances })
@@ -413,17 +413,6 @@ impl Detector {
         // Normalised scores are 0 on a typical good point and 1 on the rarest good ones: 1 maps to 0.5.
         let filtered = geometry::median_filter(&cloud.points, &voxel, &cloud.index, radius)?;
         Ok(filtered.into_iter().map(|u| sigmoid(4.0 * (u - 1.0))).collect())
-    }
-
-    /// Per voxel point, its distance to the point bank. The search is the costliest step per point: one query
-    /// per cell of a grid of [`POINT_BANK_CELL_VOXELS`] voxels (its first point's features), shared by every
-    /// voxel point of the cell; the median filter smooths over 3 voxels anyway.
-    fn point_bank_distances(&self, cloud: &PatchedCloud, points: &Tensor) -> Result<Vec<f32>> {
-        let cells = geometry::voxel_downsample(&cloud.points, POINT_BANK_CELL_VOXELS * cloud.voxel)?;
-        let rows: Vec<i64> = cells.first_members().into_iter().map(i64::from).collect();
-        let queries = points.index_select(0, &Tensor::from_slice(&rows).to_device(self.device));
-        let per_cell: Vec<f32> = self.conditioning.point_bank_distances(&queries).to_device(Device::Cpu).try_into()?;
-        Ok(cells.spread(&per_cell))
     }
 
     /// Per voxel point, the point-level score: the point head's and the point bank's normalised scores, mixed by

@@ -27,11 +27,25 @@ pub struct PatchedCloud {
     pub fpfh_radius: f32,
     /// The voxel edge in the normalised frame: geometric sizes given in voxels are multiples of it.
     pub voxel: f32,
-    /// Per voxel point, what FPFH cannot see: [`CONTEXT_DIMS`] numbers (see [`surface_context`]).
+    /// The voxel points that per-point features are taken at: the first point of each cell of a grid of
+    /// [`FEATURE_CELL_VOXELS`] voxels (the first `cell_count`), then the patch centres not among them.
+    pub samples: Vec<u32>,
+    pub cell_count: usize,
+    /// Per voxel point, the index in `samples` of its cell's point, whose point-level scores it takes.
+    pub cell_of: Vec<u32>,
+    /// Per patch centre, its index in `samples`.
+    pub centre_samples: Vec<u32>,
+    /// Per sample, what FPFH cannot see: [`CONTEXT_DIMS`] numbers (see [`surface_context`]).
     pub context: Vec<[f32; CONTEXT_DIMS]>,
 }
 
-/// Numbers per voxel point in [`PatchedCloud::context`] (see [`surface_context`]). With three FPFH scales the
+/// Edge of the cells that share one set of per-point features, in voxels. Per-point features (multi-scale FPFH
+/// and surface context), the point head and the point bank cost most per point; the median filter smooths
+/// scores over 3 voxels anyway, so one sample per 2-voxel cell (about a quarter of a surface's voxel points)
+/// keeps the localisation.
+pub const FEATURE_CELL_VOXELS: f32 = 2.0;
+
+/// Numbers per sample in [`PatchedCloud::context`] (see [`surface_context`]). With three FPFH scales the
 /// tokens are 3 × 33 + 6 = 105 wide, which the default 3 attention heads divide.
 pub const CONTEXT_DIMS: usize = 6;
 /// Distances to the template's surface beyond this many voxels are all "far" (a surface the template lacks).
@@ -76,16 +90,33 @@ impl PatchedCloud {
         Ok(geometry::fpfh_at(&points, &normals, &index, radius, &queries)?)
     }
 
-    /// FPFH of every voxel point over `radius` (normalised frame), on a [`CoarseCopy`] where the radius holds
-    /// many more than ~30 points: each point takes the descriptor of its nearest coarse point.
-    pub fn point_descriptors(&self, radius: f32) -> Result<Vec<Fpfh>> {
+    /// FPFH of each sample over `radius` (normalised frame), on a [`CoarseCopy`] where the radius holds many
+    /// more than ~30 points: each sample takes the descriptor of its nearest coarse point.
+    pub fn sample_descriptors(&self, radius: f32) -> Result<Vec<Fpfh>> {
         match CoarseCopy::for_radius(&self.points, &self.normals, &self.index, self.voxel, radius)? {
-            None => Ok(geometry::fpfh(&self.points, &self.normals, &self.index, radius)?),
+            None => Ok(geometry::fpfh_at(&self.points, &self.normals, &self.index, radius, &self.samples)?),
             Some(copy) => {
-                let coarse = geometry::fpfh(&copy.points, &copy.normals, &copy.index, radius)?;
-                Ok(copy.representative.iter().map(|&r| coarse[r as usize]).collect())
+                let (mut slot, mut needed) = (vec![u32::MAX; copy.points.len()], Vec::new());
+                for &s in &self.samples {
+                    let r = copy.representative[s as usize] as usize;
+                    if slot[r] == u32::MAX {
+                        slot[r] = needed.len() as u32;
+                        needed.push(r as u32);
+                    }
+                }
+                let coarse = geometry::fpfh_at(&copy.points, &copy.normals, &copy.index, radius, &needed)?;
+                Ok(self
+                    .samples
+                    .iter()
+                    .map(|&s| coarse[slot[copy.representative[s as usize] as usize] as usize])
+                    .collect())
             }
         }
+    }
+
+    /// Per voxel point, its cell's value of `per_cell` (one value per cell sample, the first `cell_count`).
+    pub fn spread_cells(&self, per_cell: &[f32]) -> Vec<f32> {
+        self.cell_of.iter().map(|&c| per_cell[c as usize]).collect()
     }
 
     /// Share of each patch's members flagged in `flags` (one per voxel point).
@@ -362,7 +393,7 @@ fn centre_descriptors(
     Ok(geometry::fpfh_at(&coarse_points, &coarse_normals, &index, radius, &queries)?)
 }
 
-/// Per voxel point (normalised frame, `voxel` its edge), what FPFH cannot see:
+/// At each voxel point `at` (normalised frame, `voxel` its edge), what FPFH cannot see:
 /// - how far the centroid of the points within 3 voxels lies from the point, in radii (0 inside a surface, about
 ///   0.4 on its border);
 /// - the count of points within 3 and 6 voxels over the template's count there (about 1 where the scan has what
@@ -378,12 +409,12 @@ pub fn surface_context(
     index: &NeighborIndex,
     voxel: f32,
     template: Option<&PoseTemplate>,
+    at: &[u32],
 ) -> Vec<[f32; CONTEXT_DIMS]> {
     use rayon::prelude::*;
-    points
-        .par_iter()
-        .zip(normals)
-        .map(|(&centre, &normal)| {
+    at.par_iter()
+        .map(|&i| {
+            let (centre, normal) = (points[i as usize], normals[i as usize]);
             let mut out = [0.0; CONTEXT_DIMS];
             for (k, r) in CONTEXT_RADII_VOXELS.iter().map(|r| r * voxel).enumerate() {
                 let (mut count, mut sum) = (0usize, [0f32; 3]);
@@ -451,7 +482,22 @@ pub fn patch_view(
         orientation(cfg.normals_face, viewpoint),
     );
     let descriptors = centre_descriptors(&points, &normals, &index, voxel, &centres, cfg.fpfh_radius)?;
-    let context = surface_context(&points, &normals, &index, voxel, template);
+    let cells = geometry::voxel_downsample(&points, FEATURE_CELL_VOXELS * voxel)?;
+    let mut samples = cells.first_members();
+    let cell_count = samples.len();
+    let centre_samples = centres
+        .iter()
+        .map(|&c| {
+            let cell = cells.representative[c as usize];
+            if samples[cell as usize] == c {
+                cell
+            } else {
+                samples.push(c);
+                samples.len() as u32 - 1
+            }
+        })
+        .collect();
+    let context = surface_context(&points, &normals, &index, voxel, template, &samples);
     Ok(PatchedCloud {
         grid,
         frame,
@@ -464,6 +510,10 @@ pub fn patch_view(
         descriptors,
         fpfh_radius: cfg.fpfh_radius,
         voxel,
+        samples,
+        cell_count,
+        cell_of: cells.representative,
+        centre_samples,
         context,
     })
 }
@@ -555,8 +605,8 @@ mod tests {
             .collect();
         let cloud = patch_cloud(&bumped, &cfg, 64, 16, Some(&fused), None).unwrap();
         let (mut on_bump, mut elsewhere) = (Vec::new(), Vec::new());
-        for (p, c) in cloud.points.iter().zip(&cloud.context) {
-            let q = cloud.frame.invert(*p);
+        for (&s, c) in cloud.samples.iter().zip(&cloud.context) {
+            let q = cloud.frame.invert(cloud.points[s as usize]);
             let d2 = (q[0] - 10.0).powi(2) + (q[1] - 7.0).powi(2);
             if q[2] > 13.5 && d2 < 1.0 {
                 on_bump.push(c[4]);

@@ -344,15 +344,17 @@ fn view_tokens(
     let (tokens, points) = if detector.config.uses_point_features() {
         let all = detector.backbone.point_features(patched)?;
         let device = all.device();
-        let centres: Vec<i64> = patched.centres.iter().map(|&c| i64::from(c)).collect();
-        let tokens = all.index_select(0, &Tensor::from_slice(&centres).to_device(device));
-        // Every touched point, and untouched ones at random up to the budget.
+        let tokens = all.index_select(0, &crate::model::backbone::centre_rows(patched, device));
+        // The feature cells' samples, as inspection scores them: every touched one, and untouched ones at
+        // random up to the budget.
+        let touched_sample = |s: usize| touched[patched.samples[s] as usize];
+        let cells = 0..patched.cell_count;
         let budget = detector.config.point_head.points_per_view;
-        let mut picked: Vec<i64> = (0..touched.len()).filter(|&i| touched[i]).map(|i| i as i64).collect();
-        let mut others: Vec<i64> = (0..touched.len()).filter(|&i| !touched[i]).map(|i| i as i64).collect();
+        let mut picked: Vec<i64> = cells.clone().filter(|&s| touched_sample(s)).map(|s| s as i64).collect();
+        let mut others: Vec<i64> = cells.filter(|&s| !touched_sample(s)).map(|s| s as i64).collect();
         others.shuffle(rng);
         picked.extend(others.into_iter().take(budget.saturating_sub(picked.len()).max(budget / 2)));
-        let labels: Vec<f32> = picked.iter().map(|&i| f32::from(u8::from(touched[i as usize]))).collect();
+        let labels: Vec<f32> = picked.iter().map(|&s| f32::from(u8::from(touched_sample(s as usize)))).collect();
         let rows = all.index_select(0, &Tensor::from_slice(&picked).to_device(device));
         (tokens, Some((rows, Tensor::from_slice(&labels).to_device(device))))
     } else {

@@ -30,7 +30,9 @@ impl RosWorld {
         let prefix = tempfile::tempdir().unwrap();
         install_space(prefix.path());
         Self {
-            domain: 20 + (std::process::id() % 80) * 2 + slot,
+            // Up to 101: a higher domain's DDS ports fall in Linux's ephemeral range, where another socket can
+            // hold them.
+            domain: 10 + (std::process::id() % 45) * 2 + slot,
             home: tempfile::tempdir().unwrap(),
             prefix,
             models: tempfile::tempdir().unwrap(),
@@ -64,8 +66,18 @@ impl RosWorld {
     /// Starts a process, in a process group of its own, whose output lines arrive on the returned channel.
     fn spawn(&self, program: &str, args: &[&str]) -> (Group, Receiver<String>) {
         use std::os::unix::process::CommandExt;
-        let mut child = self
-            .command(program)
+        let mut command = self.command(program);
+        // Ctrl-C on a terminal reaches a process whose SIGINT is at its default. A test runner started as a
+        // background job has SIGINT ignored, every child inherits that, and Python (ros2 launch) then never
+        // sees the signal: reset it, as a shell on a terminal would have it.
+        // SAFETY: signal() is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let mut child = command
             .args(args)
             .process_group(0)
             .stdout(Stdio::piped())
@@ -78,7 +90,7 @@ impl RosWorld {
 
     /// Publishes `scan` on `topic` until a verdict comes on `/inspect3d_node/result`; returns that verdict as
     /// `ros2 topic echo` prints it.
-    fn verdict_for(&self, scan: &str, topic: &str) -> String {
+    fn verdict_for(&self, scan: &str, topic: &str, launch_log: &Receiver<String>) -> String {
         let echo_args =
             ["topic", "echo", "--once", "--no-daemon", "/inspect3d_node/result", "inspect3d_msgs/msg/InspectionResult"];
         let (mut echo, lines) = self.spawn("ros2", &echo_args);
@@ -103,7 +115,11 @@ impl RosWorld {
             }
         }
         let _ = echo.0.kill();
-        panic!("no verdict for {scan} within {TIMEOUT:?}; echo printed:\n{printed}");
+        let node_said: Vec<String> = launch_log.try_iter().collect();
+        panic!(
+            "no verdict for {scan} within {TIMEOUT:?}; echo printed:\n{printed}\nros2 launch printed:\n{}",
+            node_said.join("\n")
+        );
     }
 }
 
@@ -226,15 +242,15 @@ fn launch(world: &RosWorld, file: &str, topic: &str) -> (Group, Receiver<String>
 fn ros2_launch_py_then_topic_echo_param_set_and_action_send_goal() {
     let world = RosWorld::new(0);
     let topic = format!("/{}/camera/points", unique("cli"));
-    let (mut launched, _log) = launch(&world, "inspector.launch.py", &topic);
+    let (mut launched, log) = launch(&world, "inspector.launch.py", &topic);
 
-    let verdict = world.verdict_for("002_sink", &topic);
+    let verdict = world.verdict_for("002_sink", &topic, &log);
     assert!(verdict.contains("passed: false") && verdict.contains("status: 1"), "{verdict}");
     assert!(verdict.contains(&format!("source_topic: {topic}")), "{verdict}");
 
     let said = world.param_set("cloud_threshold", "1.0");
     assert!(said.contains("Set parameter successful"), "{said}");
-    let verdict = world.verdict_for("002_sink", &topic);
+    let verdict = world.verdict_for("002_sink", &topic, &log);
     assert!(verdict.contains("passed: true") && verdict.contains("status: 0"), "threshold 1.0 passes all:\n{verdict}");
     let said = world.param_set("queue_depth", "3");
     assert!(said.contains("fixed while running"), "the node's refusal comes back: {said}");
@@ -269,8 +285,8 @@ fn ros2_launch_py_then_topic_echo_param_set_and_action_send_goal() {
 fn ros2_launch_xml_starts_the_same_node() {
     let world = RosWorld::new(1);
     let topic = format!("/{}/camera/points", unique("cli_xml"));
-    let (mut launched, _log) = launch(&world, "inspector.launch.xml", &topic);
-    let verdict = world.verdict_for("000_good", &topic);
+    let (mut launched, log) = launch(&world, "inspector.launch.xml", &topic);
+    let verdict = world.verdict_for("000_good", &topic, &log);
     assert!(verdict.contains("passed: true") && verdict.contains("status: 0"), "{verdict}");
     let status = interrupt(&mut launched);
     assert!(status.success(), "ros2 launch ended with {status} after SIGINT");

@@ -4,6 +4,7 @@
 //! and millimetres; this removes that residual pose so positions mean the same thing in every scan.
 
 use nalgebra::{Matrix3, Matrix6, Rotation3, Vector3, Vector6};
+use rayon::prelude::*;
 
 use super::{NeighborIndex, Point, dot};
 
@@ -67,6 +68,42 @@ fn centroid(points: &[Point]) -> Point {
     s.map(|v| (v / n) as f32)
 }
 
+/// Source points per parallel task of the correspondence search.
+const CHUNK: usize = 512;
+
+/// The point-to-plane least-squares system of one ICP step, summed over correspondences.
+#[derive(Default)]
+struct NormalEquations {
+    ata: Matrix6<f64>,
+    atb: Vector6<f64>,
+    used: usize,
+    residual2: f64,
+}
+
+impl NormalEquations {
+    /// Adds the correspondence of the moved source point `q` with template point `t` (normal `n`).
+    fn add(&mut self, q: Point, t: Point, n: Point) {
+        let r = dot([q[0] - t[0], q[1] - t[1], q[2] - t[2]], n) as f64;
+        let qv = Vector3::new(q[0] as f64, q[1] as f64, q[2] as f64);
+        let nv = Vector3::new(n[0] as f64, n[1] as f64, n[2] as f64);
+        let c = qv.cross(&nv);
+        let row = Vector6::new(c[0], c[1], c[2], nv[0], nv[1], nv[2]);
+        self.ata += row * row.transpose();
+        self.atb -= row * r;
+        self.used += 1;
+        self.residual2 += r * r;
+    }
+
+    fn sum(self, other: Self) -> Self {
+        Self {
+            ata: self.ata + other.ata,
+            atb: self.atb + other.atb,
+            used: self.used + other.used,
+            residual2: self.residual2 + other.residual2,
+        }
+    }
+}
+
 /// Registers `source` to the template. `start_distance` is the first correspondence cut-off (about the largest
 /// expected misplacement), `end_distance` the last (about the point spacing).
 pub fn register(
@@ -84,26 +121,21 @@ pub fn register(
         // The cut-off shrinks geometrically from the start distance to the end distance.
         let f = it as f32 / (iterations - 1).max(1) as f32;
         let cutoff = start_distance * (end_distance / start_distance).powf(f);
-        let (mut ata, mut atb) = (Matrix6::<f64>::zeros(), Vector6::<f64>::zeros());
-        let (mut used, mut residual2) = (0usize, 0f64);
-        for &p in source {
-            let q = transform.apply(p);
-            let nearest = template.index.nearest(&q);
-            if nearest.squared_distance > cutoff * cutoff {
-                continue;
-            }
-            let t = template.points[nearest.index as usize];
-            let n = template.normals[nearest.index as usize];
-            let r = dot([q[0] - t[0], q[1] - t[1], q[2] - t[2]], n) as f64;
-            let qv = Vector3::new(q[0] as f64, q[1] as f64, q[2] as f64);
-            let nv = Vector3::new(n[0] as f64, n[1] as f64, n[2] as f64);
-            let c = qv.cross(&nv);
-            let row = Vector6::new(c[0], c[1], c[2], nv[0], nv[1], nv[2]);
-            ata += row * row.transpose();
-            atb -= row * r;
-            used += 1;
-            residual2 += r * r;
-        }
+        let NormalEquations { ata, atb, used, residual2 } = source
+            .par_chunks(CHUNK)
+            .map(|chunk| {
+                let mut sums = NormalEquations::default();
+                for &p in chunk {
+                    let q = transform.apply(p);
+                    let nearest = template.index.nearest(&q);
+                    if nearest.squared_distance <= cutoff * cutoff {
+                        let i = nearest.index as usize;
+                        sums.add(q, template.points[i], template.normals[i]);
+                    }
+                }
+                sums
+            })
+            .reduce(NormalEquations::default, NormalEquations::sum);
         if used < 6 {
             break;
         }

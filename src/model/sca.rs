@@ -1,7 +1,7 @@
 //! Method step 2: Spatial Context Aggregation — no learned weights. Patch tokens are refined by prototypes (FPS
-//! over the patch centres) that gather their patches' features through optimal transport (log-domain
-//! Sinkhorn), exchange context locally and globally, and hand it back to every patch. docs/method.md step 2 is
-//! the specification; the ablation switches live in [`ScaConfig`].
+//! over the patch centres) that gather their patches' features through optimal transport (Sinkhorn), exchange
+//! context locally and globally, and hand it back to every patch. docs/method.md step 2 is the specification;
+//! the ablation switches live in [`ScaConfig`].
 //!
 //! One reading choice: "Sinkhorn-normalised" similarity matrices (steps 3 and 4) are made doubly stochastic
 //! (rows and columns summing to 1) before their element-wise product and row softmax.
@@ -11,17 +11,24 @@ use tch::{Device, Kind, Tensor};
 use super::config::{Fusion, ScaConfig};
 use crate::geometry::{self, FPFH_BINS, Fpfh, Point};
 
-/// Log-domain Sinkhorn: the transport plan for `log_kernel` (already divided by its temperature) with row
-/// marginals `a` and column marginals `b` (1-D, or batched with a leading dimension). Entries of −∞ stay 0.
+/// Sinkhorn: the transport plan for `log_kernel` (already divided by its temperature) with row marginals `a`
+/// and column marginals `b` (1-D, or batched with a leading dimension). Entries of −∞ stay 0.
+///
+/// The log-domain updates (f = log a − logsumexp(L + g), then g) run in the kernel domain (u = a / K v, then
+/// v = b / Kᵀ u, with u = eᶠ, v = eᵍ): the same fixed point and the same order, two matrix–vector products per
+/// iteration instead of a dozen element-wise passes, which dominated SCA on a CPU. In f64, with each row's
+/// maximum taken out of the kernel, its entries stay far from underflow (the log-kernels here span < 200).
 pub fn sinkhorn(log_kernel: &Tensor, a: &Tensor, b: &Tensor, iterations: usize) -> Tensor {
-    let (log_a, log_b) = (a.log().unsqueeze(-1), b.log().unsqueeze(-2));
-    let mut f = log_a.zeros_like();
-    let mut g = log_b.zeros_like();
+    let log_kernel = log_kernel.to_kind(Kind::Double);
+    let kernel = (&log_kernel - log_kernel.amax([-1], true)).exp();
+    let (a, b) = (a.to_kind(Kind::Double).unsqueeze(-1), b.to_kind(Kind::Double).unsqueeze(-1));
+    let kernel_t = kernel.transpose(-2, -1);
+    let (mut u, mut v) = (a.ones_like(), b.ones_like());
     for _ in 0..iterations {
-        f = &log_a - (log_kernel + &g).logsumexp([-1], true);
-        g = &log_b - (log_kernel + &f).logsumexp([-2], true);
+        u = &a / kernel.matmul(&v);
+        v = &b / kernel_t.matmul(&u);
     }
-    (log_kernel + f + g).exp()
+    (u * kernel * v.transpose(-2, -1)).to_kind(Kind::Float)
 }
 
 fn l2_normalise(x: &Tensor) -> Tensor {
@@ -29,8 +36,10 @@ fn l2_normalise(x: &Tensor) -> Tensor {
 }
 
 fn squared_distances(a: &Tensor, b: &Tensor) -> Tensor {
-    let d = a.unsqueeze(-2) - b.unsqueeze(-3);
-    (&d * &d).sum_dim_intlist(-1, false, Kind::Float)
+    // |a|² + |b|² − 2 a·b: one matrix product instead of an (n, m, C) difference tensor.
+    let (a2, b2) =
+        (a.square().sum_dim_intlist(-1, true, Kind::Float), b.square().sum_dim_intlist(-1, true, Kind::Float));
+    (a2 + b2.transpose(-2, -1) - a.matmul(&b.transpose(-2, -1)) * 2.0).clamp_min(0.0)
 }
 
 /// Doubly-stochastic normalisation of a batch of square similarity matrices (masked entries −∞).
@@ -164,6 +173,31 @@ mod tests {
         let plan = sinkhorn(&kernel, &a, &b, 200);
         assert!(max_abs(&(plan.sum_dim_intlist(1, false, Kind::Float) - &a)) < 1e-5);
         assert!(max_abs(&(plan.sum_dim_intlist(0, false, Kind::Float) - &b)) < 1e-5);
+    }
+
+    #[test]
+    fn the_kernel_domain_gives_the_log_domain_plan() {
+        let log_domain = |l: &Tensor, a: &Tensor, b: &Tensor, iterations: usize| {
+            let (log_a, log_b) = (a.log().unsqueeze(-1), b.log().unsqueeze(-2));
+            let (mut f, mut g) = (log_a.zeros_like(), log_b.zeros_like());
+            for _ in 0..iterations {
+                f = &log_a - (l + &g).logsumexp([-1], true);
+                g = &log_b - (l + &f).logsumexp([-2], true);
+            }
+            (l + f + g).exp()
+        };
+        tch::manual_seed(3);
+        // Costs in [0, 4] at temperature 0.05 (SCA's widest log-kernels), batched, with masked entries.
+        let cost = Tensor::rand([4, 40, 12], (Kind::Float, Device::Cpu)) * 4.0;
+        let masked = Tensor::rand([4, 40, 12], (Kind::Float, Device::Cpu)).gt(0.8);
+        let l = (-cost / 0.05).masked_fill(&masked, f64::NEG_INFINITY);
+        let a = Tensor::full([4, 40], 1.0 / 40.0, (Kind::Float, Device::Cpu));
+        let b = Tensor::full([4, 12], 1.0 / 12.0, (Kind::Float, Device::Cpu));
+        for iterations in [1, 5, 20] {
+            let (ours, reference) = (sinkhorn(&l, &a, &b, iterations), log_domain(&l, &a, &b, iterations));
+            assert!(max_abs(&(&ours - &reference)) < 1e-6, "{iterations} iterations");
+            assert_eq!(ours.masked_select(&masked).abs().max().double_value(&[]), 0.0, "masked entries stay 0");
+        }
     }
 
     fn cloud(n: usize, seed: i64) -> (Tensor, Vec<Point>, Vec<Fpfh>) {

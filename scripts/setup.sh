@@ -110,23 +110,27 @@ write_env() {
 step env "$(hash_of "$ROOT/scripts/env.template.sh")-$SYSTEM_ROS_SETUP-$VENV_KEY" write_env
 
 # --- 5. the interface package, built like a colcon workspace overlay -----------------------------------
-build_msgs() (
+# Builds and installs the interface package in folder $1 into .deps/ros_ws/install (its log beside its build).
+build_interfaces() (
   set +u
   # shellcheck disable=SC1091
   INSPECT3D_NO_OVERLAY=1 source "$DEPS/env.sh"
   set -u
-  local b="$DEPS/ros_ws/build/inspect3d_msgs" i="$DEPS/ros_ws/install"
+  local b="$DEPS/ros_ws/build/$(basename "$1")" i="$DEPS/ros_ws/install"
   rm -rf "$b"
-  cmake -S "$ROOT/msg/inspect3d_msgs" -B "$b" -DCMAKE_INSTALL_PREFIX="$i" -DBUILD_TESTING=OFF \
+  cmake -S "$1" -B "$b" -DCMAKE_INSTALL_PREFIX="$i" -DBUILD_TESTING=OFF \
     -DPython3_EXECUTABLE="$VENV/bin/python" -DCMAKE_BUILD_TYPE=Release >"$b.log" 2>&1 \
     && cmake --build "$b" -j"$(nproc)" >>"$b.log" 2>&1 && cmake --install "$b" >>"$b.log" 2>&1 \
     || { tail -40 "$b.log" >&2; return 1; }
+)
+build_msgs() {
+  build_interfaces "$ROOT/msg/inspect3d_msgs" || return 1
   # r2r caches its generated message code by environment, not by message content: a changed .msg needs
   # r2r rebuilt, or the Rust side keeps the old fields.
   if [ -d "$ROOT/target" ] && command -v cargo >/dev/null; then
     (cd "$ROOT" && cargo clean --release -p r2r_msg_gen -p r2r -p r2r_actions >/dev/null 2>&1) || true
   fi
-)
+}
 # --- 6. the ros2 command line and ros2 launch (a real Jazzy install has them) ------------------------------
 CLI_SRC="$ROOT/third_party/ros2-jazzy-python"
 CLI_PACKAGES=(osrf_pycommon rosidl_runtime_py launch launch_xml launch_yaml launch_ros ros2cli ros2pkg ros2node
@@ -139,22 +143,10 @@ install_ros2_cli() {
   "${PIP[@]}" --no-deps --no-build-isolation "${CLI_PACKAGES[@]/#/$copy/}"
   rm -rf "$copy"
 }
-build_composition_interfaces() (
-  set +u
-  # shellcheck disable=SC1091
-  INSPECT3D_NO_OVERLAY=1 source "$DEPS/env.sh"
-  set -u
-  local b="$DEPS/ros_ws/build/composition_interfaces" i="$DEPS/ros_ws/install"
-  rm -rf "$b"
-  cmake -S "$CLI_SRC/composition_interfaces" -B "$b" -DCMAKE_INSTALL_PREFIX="$i" -DBUILD_TESTING=OFF \
-    -DPython3_EXECUTABLE="$VENV/bin/python" -DCMAKE_BUILD_TYPE=Release >"$b.log" 2>&1 \
-    && cmake --build "$b" -j"$(nproc)" >>"$b.log" 2>&1 && cmake --install "$b" >>"$b.log" 2>&1 \
-    || { tail -40 "$b.log" >&2; return 1; }
-)
 mkdir -p "$DEPS/ros_ws/build"
 if [ -z "$SYSTEM_ROS_SETUP" ]; then
   step ros2-cli "$(find "$CLI_SRC" -type f -not -path '*/composition_interfaces/*' -print0 | sort -z | xargs -0 cat | sha256sum | cut -c1-16)-$VENV_KEY" install_ros2_cli
-  step composition-interfaces "$(find "$CLI_SRC/composition_interfaces" -type f -print0 | sort -z | xargs -0 cat | sha256sum | cut -c1-16)-$(cat "$STAMPS/env")" build_composition_interfaces
+  step composition-interfaces "$(find "$CLI_SRC/composition_interfaces" -type f -print0 | sort -z | xargs -0 cat | sha256sum | cut -c1-16)-$(cat "$STAMPS/env")" build_interfaces "$CLI_SRC/composition_interfaces"
 fi
 
 step msgs "$(hash_of "$ROOT"/msg/inspect3d_msgs/{CMakeLists.txt,package.xml} "$ROOT"/msg/inspect3d_msgs/msg/* "$ROOT"/msg/inspect3d_msgs/action/*)-$(cat "$STAMPS/env")" build_msgs

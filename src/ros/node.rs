@@ -273,32 +273,28 @@ fn defect_markers(header: &Header, regions: &[crate::model::scoring::DefectRegio
         let [x, y, z] = region.centroid.map(f64::from);
         // A region of one point has extent 0; it still needs a visible size.
         let diameter = f64::from(2.0 * region.extent).max(1e-3);
-        let pose = |lift: f64| Pose {
-            position: RosPoint { x, y, z: z + lift },
-            orientation: Quaternion { w: 1.0, ..Default::default() },
+        let added = |ns: &str, type_: i32, lift: f64| Marker {
+            header: header.clone(),
+            ns: ns.into(),
+            id: id as i32,
+            type_,
+            action: Marker::ADD as i32,
+            pose: Pose {
+                position: RosPoint { x, y, z: z + lift },
+                orientation: Quaternion { w: 1.0, ..Default::default() },
+            },
+            ..Default::default()
         };
         markers.push(Marker {
-            header: header.clone(),
-            ns: "inspect3d_defects".into(),
-            id: id as i32,
-            type_: Marker::SPHERE as i32,
-            action: Marker::ADD as i32,
-            pose: pose(0.0),
             scale: Vector3 { x: diameter, y: diameter, z: diameter },
             color: ColorRGBA { r: 1.0, g: 0.1, b: 0.1, a: 0.5 },
-            ..Default::default()
+            ..added("inspect3d_defects", Marker::SPHERE as i32, 0.0)
         });
         markers.push(Marker {
-            header: header.clone(),
-            ns: "inspect3d_scores".into(),
-            id: id as i32,
-            type_: Marker::TEXT_VIEW_FACING as i32,
-            action: Marker::ADD as i32,
-            pose: pose(diameter),
             scale: Vector3 { z: diameter / 2.0, ..Default::default() },
             color: ColorRGBA { r: 1.0, g: 1.0, b: 1.0, a: 1.0 },
             text: format!("{:.2}", region.peak),
-            ..Default::default()
+            ..added("inspect3d_scores", Marker::TEXT_VIEW_FACING as i32, diameter)
         });
     }
     MarkerArray { markers }

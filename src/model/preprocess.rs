@@ -45,6 +45,16 @@ pub struct PatchedCloud {
 /// keeps the localisation.
 pub const FEATURE_CELL_VOXELS: f32 = 2.0;
 
+/// Where per-point features are taken ([`PatchedCloud::samples`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sampling {
+    /// One sample per feature cell, plus the patch centres: inspection.
+    Cells,
+    /// Every voxel point: training, so the point head learns from every labelled point (the head scores one
+    /// point at a time, so a head trained on every point scores the cells' points alike).
+    EveryPoint,
+}
+
 /// Numbers per sample in [`PatchedCloud::context`] (see [`surface_context`]). With three FPFH scales the
 /// tokens are 3 × 33 + 6 = 105 wide, which the default 3 attention heads divide.
 pub const CONTEXT_DIMS: usize = 6;
@@ -336,7 +346,7 @@ pub fn patch_cloud(
     augment: Option<(&Augmentation, &mut dyn rand::RngCore)>,
 ) -> Result<PatchedCloud> {
     let view = prepare_view(finite_points, cfg, patch_size, template, augment)?;
-    patch_view(view, cfg, patch_count, patch_size, template)
+    patch_view(view, cfg, patch_count, patch_size, template, Sampling::Cells)
 }
 
 /// Where an FPFH radius holds many more than ~30 voxel points, its descriptors are computed on a copy of the
@@ -459,6 +469,7 @@ pub fn patch_view(
     patch_count: usize,
     patch_size: usize,
     template: Option<&PoseTemplate>,
+    sampling: Sampling,
 ) -> Result<PatchedCloud> {
     if view.points.len() < patch_size {
         return Err(ModelError::TooFewPoints { points: view.points.len(), needed: patch_size, voxel: cfg.voxel_size });
@@ -482,21 +493,30 @@ pub fn patch_view(
         orientation(cfg.normals_face, viewpoint),
     );
     let descriptors = centre_descriptors(&points, &normals, &index, voxel, &centres, cfg.fpfh_radius)?;
-    let cells = geometry::voxel_downsample(&points, FEATURE_CELL_VOXELS * voxel)?;
-    let mut samples = cells.first_members();
-    let cell_count = samples.len();
-    let centre_samples = centres
-        .iter()
-        .map(|&c| {
-            let cell = cells.representative[c as usize];
-            if samples[cell as usize] == c {
-                cell
-            } else {
-                samples.push(c);
-                samples.len() as u32 - 1
-            }
-        })
-        .collect();
+    let (samples, cell_count, cell_of, centre_samples) = match sampling {
+        Sampling::EveryPoint => {
+            let every: Vec<u32> = (0..points.len() as u32).collect();
+            (every.clone(), points.len(), every, centres.clone())
+        }
+        Sampling::Cells => {
+            let cells = geometry::voxel_downsample(&points, FEATURE_CELL_VOXELS * voxel)?;
+            let mut samples = cells.first_members();
+            let cell_count = samples.len();
+            let centre_samples = centres
+                .iter()
+                .map(|&c| {
+                    let cell = cells.representative[c as usize];
+                    if samples[cell as usize] == c {
+                        cell
+                    } else {
+                        samples.push(c);
+                        samples.len() as u32 - 1
+                    }
+                })
+                .collect();
+            (samples, cell_count, cells.representative, centre_samples)
+        }
+    };
     let context = surface_context(&points, &normals, &index, voxel, template, &samples);
     Ok(PatchedCloud {
         grid,
@@ -512,7 +532,7 @@ pub fn patch_view(
         voxel,
         samples,
         cell_count,
-        cell_of: cells.representative,
+        cell_of,
         centre_samples,
         context,
     })
@@ -546,6 +566,29 @@ mod tests {
             }
         }
         pts
+    }
+
+    #[test]
+    fn every_voxel_point_takes_a_sample_of_its_own_feature_cell() {
+        let pts = box_surface();
+        let cfg = PreprocessConfig { voxel_size: 0.5, ..Default::default() };
+        let cloud = patch_cloud(&pts, &cfg, 64, 16, None, None).unwrap();
+        let n = cloud.points.len();
+        assert!(cloud.cell_count < n / 2, "{} cells of {n} voxel points", cloud.cell_count);
+        let cell_diagonal = FEATURE_CELL_VOXELS * cloud.voxel * 3f32.sqrt();
+        for (p, &s) in cloud.cell_of.iter().enumerate() {
+            assert!((s as usize) < cloud.cell_count, "a voxel point takes a cell's sample, not a centre's");
+            let d = geometry::squared_distance(cloud.points[p], cloud.points[cloud.samples[s as usize] as usize]);
+            assert!(d.sqrt() <= cell_diagonal * 1.001, "point {p} is {} from its sample", d.sqrt());
+        }
+        for (k, &c) in cloud.centres.iter().enumerate() {
+            assert_eq!(cloud.samples[cloud.centre_samples[k] as usize], c, "each centre has its own features");
+        }
+        assert_eq!(cloud.context.len(), cloud.samples.len());
+        let view = prepare_view(&pts, &cfg, 16, None, None).unwrap();
+        let every = patch_view(view, &cfg, 64, 16, None, Sampling::EveryPoint).unwrap();
+        assert_eq!(every.samples, (0..every.points.len() as u32).collect::<Vec<_>>());
+        assert_eq!(every.centre_samples, every.centres);
     }
 
     #[test]

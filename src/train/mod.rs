@@ -20,7 +20,7 @@ pub mod pseudo_defects;
 use crate::geometry::Point;
 use crate::model::conditioning::Reference;
 use crate::model::config::{DetectorConfig, GeneratorKind, ScoreSource};
-use crate::model::preprocess::{self, Augmentation};
+use crate::model::preprocess::{self, Augmentation, Sampling};
 use crate::model::store::TrainingSummary;
 use crate::model::{Detector, ModelError, RawScores, Result, sca, scoring};
 
@@ -306,7 +306,8 @@ fn prepare_views(
                     let defective = pseudo_defects::make(&view.points, &normals, &index, view.voxel, pd, rng);
                     let copy = view.with_points(defective.points);
                     let patched =
-                        preprocess::patch_view(copy, &cfg.preprocess, count, size, template).map_err(named)?;
+                        preprocess::patch_view(copy, &cfg.preprocess, count, size, template, Sampling::EveryPoint)
+                            .map_err(named)?;
                     let shares = patched.patch_shares(&defective.touched);
                     let targets = shares.iter().map(|&s| if s >= pd.patch_share { 1.0 } else { 0.0 }).collect();
                     // Patches only grazed by a defect are neither clearly good nor clearly bad: left out.
@@ -315,7 +316,8 @@ fn prepare_views(
                     out.push(view_tokens(detector, &patched, Some((targets, weights)), &defective.touched, rng)?);
                 }
             }
-            let patched = preprocess::patch_view(view, &cfg.preprocess, count, size, template).map_err(named)?;
+            let patched = preprocess::patch_view(view, &cfg.preprocess, count, size, template, Sampling::EveryPoint)
+                .map_err(named)?;
             let untouched = vec![false; patched.points.len()];
             out.push(view_tokens(detector, &patched, None, &untouched, rng)?);
             let done = k * views + v + 1;
@@ -345,8 +347,7 @@ fn view_tokens(
         let all = detector.backbone.point_features(patched)?;
         let device = all.device();
         let tokens = all.index_select(0, &crate::model::backbone::centre_rows(patched, device));
-        // The feature cells' samples, as inspection scores them: every touched one, and untouched ones at
-        // random up to the budget.
+        // Every touched point, and untouched ones at random up to the budget.
         let touched_sample = |s: usize| touched[patched.samples[s] as usize];
         let cells = 0..patched.cell_count;
         let budget = detector.config.point_head.points_per_view;

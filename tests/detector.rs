@@ -245,9 +245,8 @@ fn the_cli_trains_infers_and_describes() {
 
 /// The demo's promise, checked on the bundled model and scans: every good scan passes, every defective one is
 /// rejected, and the reported defect centre lies within the defect: inside the sphere of its labelled points
-/// (tests/data/cell_scans/defects), or within two voxels of one of them (a missing chunk's labels are a rim,
-/// possibly cut off by the frame, with nothing inside). One known miss is allowed and named: the missing chunk
-/// in a single depth frame, whose rim looks like the sensor dropouts every good frame has (docs/evaluation.md).
+/// (tests/data/cell_scans/defects), or within two voxels of one of them (a missing chunk's labels are its cavity
+/// and rim, possibly cut off by the frame).
 #[test]
 fn the_bundled_model_rejects_each_defective_scan_at_its_defect() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -1,7 +1,7 @@
 //! A small benchmark made from a real CAD part by `inspect3d synth`, in Real3D-AD's layout, evaluated by
 //! `inspect3d eval` with ours and the BTF baselines on the same data.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use inspect3d::eval::dataset;
@@ -12,16 +12,31 @@ fn inspect3d(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+/// Writes `text` to `dir/name`; returns the path.
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `inspect3d synth` of one bundled mesh with a benchmark configuration (JSON) into `dir/bench`.
+fn synth(dir: &Path, mesh: &str, config: &str) -> PathBuf {
+    let root = dir.join("bench");
+    let mesh = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/meshes").join(mesh);
+    let config = write(dir, "bench.json", config);
+    inspect3d(&["synth", "--meshes", &s(&mesh), "--out", &s(&root), "--config", &s(&config)]);
+    root
+}
+
 #[test]
 fn synth_writes_real3d_ad_layout_and_eval_compares_methods() {
     let dir = tempfile::tempdir().unwrap();
-    let s = |p: &Path| p.to_str().unwrap().to_string();
-    let bench_cfg = dir.path().join("bench.json");
-    std::fs::write(&bench_cfg, r#"{"train": 3, "test_good": 2, "test_defective": 4, "points": 10000, "seed": 3}"#)
-        .unwrap();
-    let root = dir.path().join("bench");
-    let mesh = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/meshes/angle_block.STL");
-    inspect3d(&["synth", "--meshes", &s(&mesh), "--out", &s(&root), "--config", &s(&bench_cfg)]);
+    let bench = r#"{"train": 3, "test_good": 2, "test_defective": 4, "points": 10000, "seed": 3}"#;
+    let root = synth(dir.path(), "angle_block.STL", bench);
 
     let class = dataset::load_class(&root.join("angle_block")).unwrap();
     assert_eq!((class.train.len(), class.test.len()), (3, 6));
@@ -29,13 +44,12 @@ fn synth_writes_real3d_ad_layout_and_eval_compares_methods() {
     assert_eq!(defective, 4, "every defective scan has labelled points");
     assert!(class.test.iter().all(|c| c.points.len() == c.labels.len() && c.points.len() == 10_000));
 
-    let detector_cfg = dir.path().join("detector.json");
-    std::fs::write(
-        &detector_cfg,
+    let detector_cfg = write(
+        dir.path(),
+        "detector.json",
         r#"{"preprocess": {"normals_face": "outward", "augment": {"views_per_cloud": 2}},
             "patches": {"count": 128}, "training": {"epochs": 10}}"#,
-    )
-    .unwrap();
+    );
     let report = dir.path().join("report");
     let table = inspect3d(&[
         "eval",
@@ -71,28 +85,19 @@ fn synth_writes_real3d_ad_layout_and_eval_compares_methods() {
 #[test]
 fn scoring_variants_share_one_training_and_match_their_own_model() {
     let dir = tempfile::tempdir().unwrap();
-    let s = |p: &Path| p.to_str().unwrap().to_string();
-    let bench_cfg = dir.path().join("bench.json");
-    std::fs::write(
-        &bench_cfg,
-        r#"{"train": 3, "test_good": 1, "test_defective": 2, "points": 5000, "seed": 5, "modes": ["full_scan"]}"#,
-    )
-    .unwrap();
-    let root = dir.path().join("bench");
-    let mesh = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/meshes/round.stl");
-    inspect3d(&["synth", "--meshes", &s(&mesh), "--out", &s(&root), "--config", &s(&bench_cfg)]);
+    let bench =
+        r#"{"train": 3, "test_good": 1, "test_defective": 2, "points": 5000, "seed": 5, "modes": ["full_scan"]}"#;
+    let root = synth(dir.path(), "round.stl", bench);
     let config = |scoring: &str| {
-        let path = dir.path().join(format!("detector{}.json", scoring.len()));
-        std::fs::write(
-            &path,
-            format!(
+        write(
+            dir.path(),
+            &format!("detector{}.json", scoring.len()),
+            &format!(
                 r#"{{"preprocess": {{"normals_face": "outward", "augment": {{"views_per_cloud": 1}}}},
                     "patches": {{"count": 64, "size": 16}}, "training": {{"epochs": 3}},
                     "scoring": {{"holdout_fraction": 0.5{scoring}}}}}"#
             ),
         )
-        .unwrap();
-        path
     };
     let results = |cfg: &Path, methods: &str, report: &str| -> Vec<serde_json::Value> {
         let report = dir.path().join(report);
@@ -131,24 +136,16 @@ fn malformed_ground_truth_is_named() {
 #[test]
 fn ablation_mode_runs_every_switch() {
     let dir = tempfile::tempdir().unwrap();
-    let s = |p: &Path| p.to_str().unwrap().to_string();
-    let bench_cfg = dir.path().join("bench.json");
-    std::fs::write(
-        &bench_cfg,
-        r#"{"train": 2, "test_good": 1, "test_defective": 2, "points": 5000, "seed": 4, "modes": ["full_scan"]}"#,
-    )
-    .unwrap();
-    let root = dir.path().join("bench");
-    let mesh = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/meshes/round.stl");
-    inspect3d(&["synth", "--meshes", &s(&mesh), "--out", &s(&root), "--config", &s(&bench_cfg)]);
-    let detector_cfg = dir.path().join("detector.json");
-    std::fs::write(
-        &detector_cfg,
+    let bench =
+        r#"{"train": 2, "test_good": 1, "test_defective": 2, "points": 5000, "seed": 4, "modes": ["full_scan"]}"#;
+    let root = synth(dir.path(), "round.stl", bench);
+    let detector_cfg = write(
+        dir.path(),
+        "detector.json",
         r#"{"preprocess": {"normals_face": "outward", "augment": {"views_per_cloud": 1}},
             "patches": {"count": 64, "size": 16}, "generator": {"pseudo_defects": {"copies_per_view": 1}},
             "training": {"epochs": 3}, "scoring": {"holdout_fraction": 0.5}}"#,
-    )
-    .unwrap();
+    );
     let table =
         inspect3d(&["eval", "--data", &s(&root), "--config", &s(&detector_cfg), "--ablations", "--device", "cpu"]);
     for variant in [

@@ -93,6 +93,19 @@ fn spfh(points: &[Point], normals: &[Point], index: &NeighborIndex, radius: f32,
     counts.map(|c| c as f32 * increment)
 }
 
+/// The distinct values of `indices` (each < `len`) in first-seen order, and per index its place among them
+/// (`u32::MAX` where it does not occur).
+pub(crate) fn distinct(indices: impl Iterator<Item = u32>, len: usize) -> (Vec<u32>, Vec<u32>) {
+    let (mut slot, mut values) = (vec![u32::MAX; len], Vec::new());
+    for i in indices {
+        if slot[i as usize] == u32::MAX {
+            slot[i as usize] = values.len() as u32;
+            values.push(i);
+        }
+    }
+    (slot, values)
+}
+
 /// The SPFH of each queried point (mainly to compare with implementations that add it to the FPFH).
 pub fn spfh_at(
     points: &[Point],
@@ -117,14 +130,7 @@ pub fn fpfh_at(
     let neighborhoods: Vec<Vec<Neighbor>> =
         queries.par_iter().map(|&q| index.within_unsorted(&points[q as usize], radius)).collect();
     // Each neighbour's SPFH once, however many queries share it.
-    let mut slot = vec![u32::MAX; points.len()];
-    let mut needed = Vec::new();
-    for n in neighborhoods.iter().flatten() {
-        if slot[n.index as usize] == u32::MAX {
-            slot[n.index as usize] = needed.len() as u32;
-            needed.push(n.index);
-        }
-    }
+    let (slot, needed) = distinct(neighborhoods.iter().flatten().map(|n| n.index), points.len());
     let spfhs = spfh_at(points, normals, index, radius, &needed)?;
     Ok(neighborhoods
         .par_iter()

@@ -106,20 +106,11 @@ impl PatchedCloud {
         match CoarseCopy::for_radius(&self.points, &self.normals, &self.index, self.voxel, radius)? {
             None => Ok(geometry::fpfh_at(&self.points, &self.normals, &self.index, radius, &self.samples)?),
             Some(copy) => {
-                let (mut slot, mut needed) = (vec![u32::MAX; copy.points.len()], Vec::new());
-                for &s in &self.samples {
-                    let r = copy.representative[s as usize] as usize;
-                    if slot[r] == u32::MAX {
-                        slot[r] = needed.len() as u32;
-                        needed.push(r as u32);
-                    }
-                }
+                let coarse_of = |s: u32| copy.representative[s as usize];
+                let (slot, needed) =
+                    geometry::fpfh::distinct(self.samples.iter().map(|&s| coarse_of(s)), copy.points.len());
                 let coarse = geometry::fpfh_at(&copy.points, &copy.normals, &copy.index, radius, &needed)?;
-                Ok(self
-                    .samples
-                    .iter()
-                    .map(|&s| coarse[slot[copy.representative[s as usize] as usize] as usize])
-                    .collect())
+                Ok(self.samples.iter().map(|&s| coarse[slot[coarse_of(s) as usize] as usize]).collect())
             }
         }
     }

@@ -302,6 +302,9 @@ impl BenchInput<'_> {
     }
 }
 
+/// Clouds per throughput row of the detector benchmark.
+const THROUGHPUT_BATCH: usize = 4;
+
 /// Per-stage latency of the detector on one cloud (CPU unless LibTorch sees a GPU), peak memory, and the
 /// training step. Weights are untrained (timing does not depend on their values); the Point-MAE row uses the
 /// public release's size (C = 384, 12 blocks, 6 heads) with random weights.
@@ -409,6 +412,24 @@ pub fn detector(input: &BenchInput, voxel: Option<f32>, repeats: usize) -> Resul
         let _ = table.stage("point bank", work, r, || det.conditioning.point_bank_distances(&cells));
     }
     table.stage("whole inspection", "cloud → point scores + verdict".into(), r, || det.inspect(&cloud))?;
+    let batch: Vec<&cloud::PointCloud> = vec![&cloud; THROUGHPUT_BATCH];
+    let one_by_one = format!("{THROUGHPUT_BATCH} clouds, one at a time");
+    table.stage("throughput, one at a time", one_by_one, r, || {
+        batch.iter().map(|c| det.inspect(c)).collect::<Result<Vec<_>, _>>()
+    })?;
+    table.stage("throughput, batched", format!("the same {THROUGHPUT_BATCH} clouds, one inspect_batch"), r, || {
+        det.inspect_batch(&batch, thresholds).into_iter().collect::<Result<Vec<_>, _>>()
+    })?;
+    let rate = |name: &str| {
+        let s = table.stages.iter().find(|s| s.name == name).map_or(f64::NAN, |s| s.median().as_secs_f64());
+        THROUGHPUT_BATCH as f64 / s
+    };
+    table.notes.push(format!(
+        "Throughput ({THROUGHPUT_BATCH} clouds): {:.2} scans/s one at a time, {:.2} scans/s batched ({:.2}×).",
+        rate("throughput, one at a time"),
+        rate("throughput, batched"),
+        rate("throughput, batched") / rate("throughput, one at a time")
+    ));
     let mut paper = crate::eval::paper_config();
     paper.preprocess.voxel_size = voxel;
     paper.preprocess.normals_face = NormalSide::Outward;

@@ -291,6 +291,44 @@ fn the_bundled_model_rejects_each_defective_scan_at_its_defect() {
     assert_eq!(seen, 6);
 }
 
+/// Several cameras' scans scored in one batch get what each gets alone; a bad scan in the batch costs only its
+/// own result.
+#[test]
+fn a_batch_gives_each_scan_the_verdict_it_gets_alone() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (detector, _) = store::load(&root.join("models/featuretype"), tch::Device::Cpu).unwrap();
+    let mut clouds: Vec<PointCloud> = inspect3d::cloud::cloud_files(&root.join("tests/data/cell_scans"))
+        .unwrap()
+        .iter()
+        .map(|path| read_cloud(path).unwrap())
+        .collect();
+    clouds.insert(2, PointCloud::from_xyz(&[[0.0, 0.0, 1.0]; 10]));
+    let batch: Vec<&PointCloud> = clouds.iter().collect();
+    let together = detector.inspect_batch(&batch, detector.thresholds);
+    assert_eq!(together.len(), clouds.len());
+    for (k, (cloud, batched)) in clouds.iter().zip(&together).enumerate() {
+        let alone = detector.inspect(cloud);
+        let (alone, batched) = match (alone, batched) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(a), Err(b)) => {
+                assert!(k == 2 && a.is_input_problem(), "cloud {k}: {a}");
+                assert_eq!(a.to_string(), b.to_string());
+                continue;
+            }
+            (a, b) => panic!("cloud {k}: alone {:?}, batched {:?}", a.map(|i| i.passed), b.as_ref().map(|i| i.passed)),
+        };
+        assert_eq!(alone.passed, batched.passed, "cloud {k}");
+        assert!((alone.cloud_score - batched.cloud_score).abs() < 1e-4, "cloud {k}");
+        let worst = alone
+            .point_scores
+            .iter()
+            .zip(&batched.point_scores)
+            .map(|(a, b)| if a.is_nan() && b.is_nan() { 0.0 } else { (a - b).abs() })
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-3, "cloud {k}: point scores differ by {worst}");
+    }
+}
+
 #[test]
 fn the_version_names_the_libtorch_it_links() {
     let out = Command::new(env!("CARGO_BIN_EXE_inspect3d")).arg("--version").output().unwrap();
@@ -311,7 +349,14 @@ fn the_detector_benchmark_prints_its_table() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for row in ["| whole inspection |", "| whole inspection, config/paper.json |", "| training step |"] {
+    let rows = [
+        "| whole inspection |",
+        "| throughput, one at a time |",
+        "| throughput, batched |",
+        "| whole inspection, config/paper.json |",
+        "| training step |",
+    ];
+    for row in rows {
         assert!(text.contains(row), "no row {row} in:\n{text}");
     }
 }

@@ -11,6 +11,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::Device;
 
+use crate::geometry::Point;
 use crate::model::Result;
 use crate::model::config::DetectorConfig;
 use crate::train::{self, Monitor};
@@ -228,6 +229,9 @@ pub fn evaluate_class(
         .collect())
 }
 
+/// Test clouds scored per batch ([`crate::model::Detector::unscored_batch`]).
+const EVAL_BATCH: usize = 4;
+
 /// Trains one detector for configurations that share a training key (the first one's settings, with a patch
 /// bank when any of them scores with one), then scores the test clouds under each one's scoring.
 fn evaluate_detector(
@@ -245,16 +249,20 @@ fn evaluate_detector(
     let mut shared_seconds = 0.0;
     let mut own_seconds = vec![0.0; configs.len()];
     let mut scored: Vec<Vec<(Vec<f32>, f32)>> = vec![Vec::with_capacity(class.test.len()); configs.len()];
-    for cloud in &class.test {
+    for clouds in class.test.chunks(EVAL_BATCH) {
         let start = Instant::now();
-        let unscored = detector.unscored(&cloud.points)?;
+        let points: Vec<&[Point]> = clouds.iter().map(|c| c.points.as_slice()).collect();
+        let batch = detector.unscored_batch(&points);
         shared_seconds += start.elapsed().as_secs_f64();
-        for (k, cfg) in configs.iter().enumerate() {
-            let start = Instant::now();
-            let scores = detector.point_scores_of(&unscored, &cfg.scoring)?;
-            let cloud_score = crate::model::scoring::cloud_score(&scores.scores, &cfg.scoring);
-            scored[k].push((scores.outliers_lowest(), cloud_score));
-            own_seconds[k] += start.elapsed().as_secs_f64();
+        for unscored in batch {
+            let unscored = unscored?;
+            for (k, cfg) in configs.iter().enumerate() {
+                let start = Instant::now();
+                let scores = detector.point_scores_of(&unscored, &cfg.scoring)?;
+                let cloud_score = crate::model::scoring::cloud_score(&scores.scores, &cfg.scoring);
+                scored[k].push((scores.outliers_lowest(), cloud_score));
+                own_seconds[k] += start.elapsed().as_secs_f64();
+            }
         }
     }
     let n = class.test.len() as f64;

@@ -1,6 +1,6 @@
 //! The inspection service, free of ROS: a bounded queue of incoming scans (when full, the oldest is dropped,
 //! counted, and handed back to the caller as a DROPPED report: every scan gets an answer), one worker thread
-//! that scores them with the active model, the active model itself (swapped between scans, so a new model
+//! that scores them with the active model (every scan waiting in one batch: several cameras' scans together), the active model itself (swapped between scans, so a new model
 //! scores the next scan), operator threshold overrides and running statistics. The ROS node
 //! (`crate::ros::node`) feeds it messages and publishes what it reports; tests drive it directly.
 
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tch::Device;
 
+use crate::cloud::PointCloud;
 use crate::cloud::pointcloud2::{self, PointCloud2Layout};
 use crate::model::store::{self, Manifest};
 use crate::model::{Detector, Inspection, ModelError, Thresholds};
@@ -111,26 +112,39 @@ pub struct Report<M> {
     pub latency_ms: f64,
 }
 
-/// Scores one message with a model.
-fn inspect_message(
+/// Scores messages with a model, in one batch: one outcome per message, in order.
+fn inspect_messages(
     model: Option<&LoadedModel>,
-    msg: &PointCloud2Layout,
+    msgs: &[&PointCloud2Layout],
     overrides: ThresholdOverrides,
     rgb: bool,
-) -> Outcome {
+) -> Vec<Outcome> {
     let Some(model) = model else {
-        return Outcome::NoModel;
+        return msgs.iter().map(|_| Outcome::NoModel).collect();
     };
-    let cloud = match pointcloud2::decode(msg) {
-        Ok(cloud) => cloud,
-        Err(e) => return Outcome::InvalidInput(e.to_string()),
-    };
+    let decoded: Vec<Result<PointCloud, String>> =
+        msgs.iter().map(|msg| pointcloud2::decode(msg).map_err(|e| e.to_string())).collect();
+    let clouds: Vec<&PointCloud> = decoded.iter().filter_map(|c| c.as_ref().ok()).collect();
     let thresholds = overrides.apply(model.detector.thresholds);
-    let inspection = match model.detector.inspect_with(&cloud, thresholds) {
-        Ok(inspection) => inspection,
-        Err(e) if e.is_input_problem() => return Outcome::InvalidInput(e.to_string()),
-        Err(e) => return Outcome::Failed(e.to_string()),
-    };
+    let mut inspections = model.detector.inspect_batch(&clouds, thresholds).into_iter();
+    msgs.iter()
+        .zip(decoded)
+        .map(|(msg, cloud)| {
+            if let Err(problem) = cloud {
+                return Outcome::InvalidInput(problem);
+            }
+            match inspections.next() {
+                Some(Ok(inspection)) => with_scores(msg, inspection, rgb),
+                Some(Err(e)) if e.is_input_problem() => Outcome::InvalidInput(e.to_string()),
+                Some(Err(e)) => Outcome::Failed(e.to_string()),
+                None => Outcome::Failed("the batch returned fewer results than scans".into()),
+            }
+        })
+        .collect()
+}
+
+/// The scored outcome: the input message with the score (and, on request, colour) fields added.
+fn with_scores(msg: &PointCloud2Layout, inspection: Inspection, rgb: bool) -> Outcome {
     let colours = if rgb { packed_colours(&inspection.point_scores) } else { Vec::new() };
     let mut fields = vec![(SCORE_FIELD, inspection.point_scores.as_slice())];
     if rgb {
@@ -167,6 +181,8 @@ impl Stats {
 
 /// Latency percentiles cover this much recent time, so a slow spell does not colour them for long.
 pub const LATENCY_WINDOW: Duration = Duration::from_secs(60);
+/// The most waiting scans the worker scores in one batch (memory grows with the batch).
+const MAX_BATCH: usize = 8;
 /// At most this many latencies are kept within the window (above 160 Hz the window is shorter).
 const LATENCY_SAMPLES: usize = 10_000;
 
@@ -350,14 +366,17 @@ impl<M: Send + 'static> Drop for Inspector<M> {
 fn work<M>(shared: &Shared<M>, mut sink: impl FnMut(Report<M>)) {
     let mut model: Option<LoadedModel> = None;
     loop {
-        let scan = {
+        // Every scan waiting (several cameras' latest), up to a batch: scored together, they finish sooner
+        // than one after another.
+        let scans: Vec<Scan<M>> = {
             let mut state = lock(&shared.state);
             loop {
                 if state.closed {
                     return;
                 }
-                if let Some(scan) = state.queue.pop_front() {
-                    break scan;
+                if !state.queue.is_empty() {
+                    let n = state.queue.len().min(MAX_BATCH);
+                    break state.queue.drain(..n).collect();
                 }
                 state = shared.work.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
             }
@@ -367,38 +386,41 @@ fn work<M>(shared: &Shared<M>, mut sink: impl FnMut(Report<M>)) {
         }
         let overrides = *lock(&shared.overrides);
         let rgb = shared.rgb.load(std::sync::atomic::Ordering::Relaxed);
-        // A LibTorch error surfaces as a panic in tch; it must cost one scan, not the node.
-        let outcome =
-            std::panic::catch_unwind(AssertUnwindSafe(|| inspect_message(model.as_ref(), &scan.msg, overrides, rgb)))
+        let msgs: Vec<&PointCloud2Layout> = scans.iter().map(|s| &s.msg).collect();
+        // A LibTorch error surfaces as a panic in tch; it must cost these scans, not the node.
+        let outcomes =
+            std::panic::catch_unwind(AssertUnwindSafe(|| inspect_messages(model.as_ref(), &msgs, overrides, rgb)))
                 .unwrap_or_else(|panic| {
                     let what = panic
                         .downcast_ref::<String>()
                         .map(String::as_str)
                         .or_else(|| panic.downcast_ref::<&str>().copied())
                         .unwrap_or("unknown panic");
-                    Outcome::Failed(format!("internal error while scoring: {what}"))
+                    msgs.iter().map(|_| Outcome::Failed(format!("internal error while scoring: {what}"))).collect()
                 });
-        let latency_ms = scan.received.elapsed().as_secs_f64() * 1e3;
-        {
-            let mut state = lock(&shared.state);
-            let stats = &mut state.stats;
-            match &outcome {
-                Outcome::Scored { inspection, .. } if inspection.passed => stats.passed += 1,
-                Outcome::Scored { .. } => stats.rejected += 1,
-                Outcome::InvalidInput(_) => stats.invalid += 1,
-                Outcome::NoModel => stats.no_model += 1,
-                Outcome::Failed(_) => stats.failed += 1,
-                Outcome::Dropped => {}
-            }
-            if matches!(outcome, Outcome::Scored { .. }) {
-                let now = Instant::now();
-                state.latencies.push_back((now, latency_ms));
-                state.forget_old_latencies(now);
-            }
-        }
         let model_id = model.as_ref().map(|m| m.id().to_string()).unwrap_or_default();
         let thresholds = model.as_ref().map(|m| overrides.apply(m.detector.thresholds));
-        sink(Report { tag: scan.tag, outcome, model_id, thresholds, latency_ms });
+        for (scan, outcome) in scans.into_iter().zip(outcomes) {
+            let latency_ms = scan.received.elapsed().as_secs_f64() * 1e3;
+            {
+                let mut state = lock(&shared.state);
+                let stats = &mut state.stats;
+                match &outcome {
+                    Outcome::Scored { inspection, .. } if inspection.passed => stats.passed += 1,
+                    Outcome::Scored { .. } => stats.rejected += 1,
+                    Outcome::InvalidInput(_) => stats.invalid += 1,
+                    Outcome::NoModel => stats.no_model += 1,
+                    Outcome::Failed(_) => stats.failed += 1,
+                    Outcome::Dropped => {}
+                }
+                if matches!(outcome, Outcome::Scored { .. }) {
+                    let now = Instant::now();
+                    state.latencies.push_back((now, latency_ms));
+                    state.forget_old_latencies(now);
+                }
+            }
+            sink(Report { tag: scan.tag, outcome, model_id: model_id.clone(), thresholds, latency_ms });
+        }
     }
 }
 

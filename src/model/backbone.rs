@@ -285,23 +285,28 @@ impl Backbone {
         self.identity.width
     }
 
-    /// Multi-scale tokens of every sample point (S, C; `PatchedCloud::samples`): the FPFH of each radius,
-    /// Hellinger-scaled, then the surface context. An error for the other token sources, which only describe
+    /// The radii (voxels) of the per-point multi-scale FPFH; `None` for the token sources that only describe
     /// patches.
+    pub fn point_feature_radii(&self) -> Option<&[f32]> {
+        match &self.source {
+            Source::MultiscaleFpfh { radii_voxels } => Some(radii_voxels),
+            _ => None,
+        }
+    }
+
+    /// Multi-scale tokens of every sample point (S, C; `PatchedCloud::samples`): see [`point_feature_rows`]. An
+    /// error for the other token sources.
     pub fn point_features(&self, cloud: &PatchedCloud) -> Result<Tensor> {
-        let Source::MultiscaleFpfh { radii_voxels } = &self.source else {
+        let Some(radii) = self.point_feature_radii() else {
             return Err(ModelError::Config(format!("{} tokens have no per-point features", self.identity.kind)));
         };
-        let scales: Vec<Vec<Fpfh>> =
-            radii_voxels.iter().map(|r| cloud.sample_descriptors(r * cloud.voxel)).collect::<Result<_>>()?;
-        let width = multiscale_width(scales.len());
-        let n = cloud.samples.len();
-        let mut rows: Vec<f32> = Vec::with_capacity(n * width);
-        for p in 0..n {
-            rows.extend(scales.iter().flat_map(|s| s[p].iter()).map(|v| (v / 100.0).sqrt()));
-            rows.extend(cloud.context[p]);
-        }
-        Ok(Tensor::from_slice(&rows).reshape([n as i64, width as i64]).to_device(self.vs.device()))
+        Ok(self.rows_tensor(&point_feature_rows(radii, cloud)?))
+    }
+
+    /// Feature rows (as [`point_feature_rows`] gives them) as an (S, C) tensor on the backbone's device.
+    pub fn rows_tensor(&self, rows: &[f32]) -> Tensor {
+        let width = self.width() as i64;
+        Tensor::from_slice(rows).reshape([rows.len() as i64 / width, width]).to_device(self.vs.device())
     }
 
     /// Tokens of one patched cloud: (n, C), no gradient.
@@ -334,6 +339,19 @@ impl Backbone {
             }
         }
     }
+}
+
+/// Multi-scale tokens of every sample point, row after row: the FPFH of each radius (voxels), Hellinger-scaled,
+/// then the surface context. Plain numbers, no tensors: any thread may compute them.
+pub fn point_feature_rows(radii_voxels: &[f32], cloud: &PatchedCloud) -> Result<Vec<f32>> {
+    let scales: Vec<Vec<Fpfh>> =
+        radii_voxels.iter().map(|r| cloud.sample_descriptors(r * cloud.voxel)).collect::<Result<_>>()?;
+    let mut rows: Vec<f32> = Vec::with_capacity(cloud.samples.len() * multiscale_width(scales.len()));
+    for p in 0..cloud.samples.len() {
+        rows.extend(scales.iter().flat_map(|s| s[p].iter()).map(|v| (v / 100.0).sqrt()));
+        rows.extend(cloud.context[p]);
+    }
+    Ok(rows)
 }
 
 /// The rows of a cloud's patch centres among its samples' point features.

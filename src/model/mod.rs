@@ -5,6 +5,7 @@
 
 pub mod adaptor;
 pub mod backbone;
+mod batch;
 pub mod conditioning;
 pub mod config;
 pub mod discriminator;
@@ -73,6 +74,9 @@ pub enum ModelError {
     Io { path: String, source: std::io::Error },
     #[error("LibTorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// The learned stages failed for a whole batch of clouds (each of them gets this error).
+    #[error("batch scoring: {0}")]
+    Batch(String),
 }
 
 impl ModelError {
@@ -339,11 +343,30 @@ impl Detector {
     /// with the backbone and SCA times.
     pub fn features(&self, cloud: &PatchedCloud) -> Result<(Features, f64, f64)> {
         let t = Instant::now();
-        let (tokens, points) = if self.config.uses_point_features() {
-            let points = self.condition(self.backbone.point_features(cloud)?);
-            (points.index_select(0, &backbone::centre_rows(cloud, self.device)), Some(points))
-        } else {
-            (self.tokens(cloud)?, None)
+        let rows = match self.backbone.point_feature_radii() {
+            Some(radii) if self.config.uses_point_features() => Some(backbone::point_feature_rows(radii, cloud)?),
+            _ => None,
+        };
+        let (features, _, sca_ms) = self.features_of(cloud, rows.as_deref())?;
+        Ok((features, ms(t) - sca_ms, sca_ms))
+    }
+
+    /// [`Self::features`] with the samples' per-point feature rows already computed (`None` where the model does
+    /// not score points by their own features).
+    fn features_of(&self, cloud: &PatchedCloud, point_rows: Option<&[f32]>) -> Result<(Features, f64, f64)> {
+        let t = Instant::now();
+        let (tokens, points) = match point_rows {
+            Some(rows) if self.config.uses_point_features() => {
+                let points = self.condition(self.backbone.rows_tensor(rows));
+                (points.index_select(0, &backbone::centre_rows(cloud, self.device)), Some(points))
+            }
+            _ if self.config.uses_point_features() => {
+                return Err(ModelError::Config(format!(
+                    "{} tokens have no per-point features",
+                    self.backbone.identity.kind
+                )));
+            }
+            _ => (self.tokens(cloud)?, None),
         };
         let backbone_ms = ms(t);
         let t = Instant::now();
@@ -354,30 +377,7 @@ impl Detector {
     /// The raw scores of a patched cloud's features: discriminator logits and bank distances per patch (the
     /// bank's empty when the model keeps none), point-head logits per voxel point (empty without the head).
     pub fn raw_scores_of(&self, cloud: &PatchedCloud, features: &Features) -> Result<RawScores> {
-        let centres = centre_tensor(cloud, self.device);
-        let to_vec = |t: Tensor| -> Result<Vec<f32>> { Ok(t.to_device(Device::Cpu).to_kind(Kind::Float).try_into()?) };
-        let logits = to_vec(self.heads.logits(&features.patches.unsqueeze(0), &centres).squeeze_dim(0))?;
-        let distances = if self.conditioning.has_bank() {
-            to_vec(self.conditioning.bank_distances(&features.patches))?
-        } else {
-            Vec::new()
-        };
-        // Point-level scores once per feature cell (its first sample), spread to the cell's voxel points.
-        let cells = features.points.as_ref().map(|points| points.narrow(0, 0, cloud.cell_count as i64));
-        let point_logits = match (&self.heads.point_head, &cells) {
-            (Some(head), Some(cells)) => {
-                let _guard = tch::no_grad_guard();
-                cloud.spread_cells(&to_vec(head.forward(cells))?)
-            }
-            _ => Vec::new(),
-        };
-        let point_distances = match &cells {
-            Some(cells) if self.conditioning.has_point_bank() => {
-                cloud.spread_cells(&to_vec(self.conditioning.point_bank_distances(cells))?)
-            }
-            _ => Vec::new(),
-        };
-        Ok(RawScores { logits, distances, point_logits, point_distances })
+        self.raw_scores_batch(&[(cloud, features)])?.pop().ok_or_else(|| ModelError::Batch("no result".into()))
     }
 
     /// Voxel-point scores in (0, 1) from raw scores: the configured patch score (discriminator, bank or both,
@@ -443,34 +443,7 @@ impl Detector {
     /// The finite points (sensor frame) worth scoring: outliers removed when the configuration says so, and the
     /// scan checked against the part the model learnt (its unit and size), before any costly work.
     pub fn inliers(&self, points: &[Point]) -> Result<geometry::Inliers> {
-        let cfg = &self.config.preprocess;
-        let needed = self.config.patches.size;
-        if points.len() < needed {
-            return Err(ModelError::TooFewInputPoints { points: points.len(), needed });
-        }
-        let o = &cfg.outliers;
-        let rule = geometry::OutlierRule {
-            quantile: o.quantile,
-            margin: if o.enabled { o.margin } else { f32::INFINITY },
-            voxel: cfg.voxel_size,
-            link_voxels: o.link_voxels,
-            min_group: if o.enabled { o.min_group } else { 0 },
-        };
-        let boxed = geometry::inside_robust_box(points, &rule)?;
-        // The unit is checked on the robust box, before the voxel-sized steps that a wrong unit would derail.
-        if let Some(template) = &self.conditioning.template {
-            let part = 2.0 * template.frame.scale;
-            let ratio = boxed.robust_diagonal / part;
-            if !(1.0 / UNIT_MISMATCH_RATIO..=UNIT_MISMATCH_RATIO).contains(&ratio) {
-                let ratio = if ratio >= 1.0 { ratio } else { 1.0 / ratio };
-                return Err(ModelError::UnitMismatch { scan: boxed.robust_diagonal, part, ratio });
-            }
-        }
-        let inliers = geometry::drop_floating_groups(points, boxed, &rule)?;
-        if inliers.removed == points.len() {
-            return Err(ModelError::AllOutliers(points.len()));
-        }
-        Ok(inliers)
+        self.geometry().inliers(points)
     }
 
     /// Scores finite points (sensor frame): one score per point (NaN for outliers), and the stage times.
@@ -481,16 +454,7 @@ impl Detector {
     /// Everything of [`Self::score_points`] that does not depend on the scoring configuration: outlier removal,
     /// patching, features and the heads' raw outputs.
     pub fn unscored(&self, points: &[Point]) -> Result<Unscored> {
-        let t = Instant::now();
-        let inliers = self.inliers(points)?;
-        let kept = inliers.kept_points(points);
-        let patched = self.patch(&kept, None)?;
-        let preprocess_ms = ms(t);
-        let (features, backbone_ms, sca_ms) = self.features(&patched)?;
-        let t = Instant::now();
-        let raw = self.raw_scores_of(&patched, &features)?;
-        let times = StageTimes { preprocess_ms, backbone_ms, sca_ms, heads_ms: ms(t), projection_ms: 0.0 };
-        Ok(Unscored { inliers, patched, raw, times })
+        self.unscored_batch(&[points]).pop().unwrap_or_else(|| Err(ModelError::Batch("no result".into())))
     }
 
     /// One score per finite point of an unscored cloud under `scoring` (the model's own, or an evaluation's
@@ -523,33 +487,6 @@ impl Detector {
     /// Scores every point of a cloud and decides with the given thresholds (an operator's override). A verdict
     /// comes only from sound scoring: any score or threshold that is not finite is an error, never a PASS.
     pub fn inspect_with(&self, cloud: &PointCloud, thresholds: Thresholds) -> Result<Inspection> {
-        let finite = cloud.finite_points()?;
-        crate::cloud::check_plausible(&finite.points)?;
-        let scored = self.score_points(&finite.points)?;
-        let t = Instant::now();
-        let (points, scores): (Vec<Point>, Vec<f32>) = (0..finite.points.len())
-            .filter(|&i| scored.scored[i])
-            .map(|i| (finite.points[i], scored.scores[i]))
-            .unzip();
-        // Anomalous points a few voxels apart belong to one region.
-        let link = 3.0 * self.config.preprocess.voxel_size;
-        let verdict = scoring::decide(&points, &scores, self.cloud_score(&scores), thresholds, link)
-            .map_err(ModelError::Unsound)?;
-        let point_scores = finite.scatter(&scored.scores, f32::NAN);
-        let mut times = scored.times;
-        times.projection_ms += ms(t);
-        Ok(Inspection {
-            point_scores,
-            cloud_score: verdict.cloud_score,
-            thresholds,
-            passed: verdict.passed,
-            valid_points: points.len(),
-            outlier_points: scored.outliers,
-            anomalous_points: verdict.anomalous_points,
-            defect: verdict.defect,
-            regions: verdict.regions,
-            patches: scored.patches,
-            times,
-        })
+        self.inspect_batch(&[cloud], thresholds).pop().unwrap_or_else(|| Err(ModelError::Batch("no result".into())))
     }
 }

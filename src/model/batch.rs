@@ -1,0 +1,285 @@
+//! Scoring several clouds at once: each cloud's geometry (outliers, registration, patches, per-point features)
+//! on every core at the same time, then the learned stages in one batch. Geometry holds no tensors (LibTorch's
+//! are not `Sync`), so it runs on rayon's threads; the heads run once per batch on the detector's device.
+//! A single cloud is a batch of one: [`Detector::inspect`] and [`Detector::unscored`] go through here too.
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+use tch::{Device, Kind, Tensor};
+
+use super::config::DetectorConfig;
+use super::preprocess::{self, PatchedCloud, PoseTemplate};
+use super::{
+    Detector, Features, Inspection, ModelError, RawScores, Result, StageTimes, Thresholds, UNIT_MISMATCH_RATIO,
+    Unscored, backbone, centre_tensor, ms, scoring,
+};
+use crate::cloud::{FinitePoints, PointCloud};
+use crate::geometry::{self, Point};
+
+/// What the geometry of a cloud needs of a detector: configuration, template and feature radii, no tensors.
+pub(crate) struct GeometryPart<'a> {
+    config: &'a DetectorConfig,
+    template: Option<&'a PoseTemplate>,
+    point_feature_radii: Option<&'a [f32]>,
+}
+
+/// A cloud after its geometry, before any learned stage.
+struct Prepared {
+    inliers: geometry::Inliers,
+    patched: PatchedCloud,
+    /// The samples' per-point feature rows, when the model scores points by their own features.
+    point_rows: Option<Vec<f32>>,
+    preprocess_ms: f64,
+    rows_ms: f64,
+}
+
+impl GeometryPart<'_> {
+    /// The finite points (sensor frame) worth scoring: outliers removed when the configuration says so, and the
+    /// scan checked against the part the model learnt (its unit and size), before any costly work.
+    pub(crate) fn inliers(&self, points: &[Point]) -> Result<geometry::Inliers> {
+        let cfg = &self.config.preprocess;
+        let needed = self.config.patches.size;
+        if points.len() < needed {
+            return Err(ModelError::TooFewInputPoints { points: points.len(), needed });
+        }
+        let o = &cfg.outliers;
+        let rule = geometry::OutlierRule {
+            quantile: o.quantile,
+            margin: if o.enabled { o.margin } else { f32::INFINITY },
+            voxel: cfg.voxel_size,
+            link_voxels: o.link_voxels,
+            min_group: if o.enabled { o.min_group } else { 0 },
+        };
+        let boxed = geometry::inside_robust_box(points, &rule)?;
+        // The unit is checked on the robust box, before the voxel-sized steps that a wrong unit would derail.
+        if let Some(template) = self.template {
+            let part = 2.0 * template.frame.scale;
+            let ratio = boxed.robust_diagonal / part;
+            if !(1.0 / UNIT_MISMATCH_RATIO..=UNIT_MISMATCH_RATIO).contains(&ratio) {
+                let ratio = if ratio >= 1.0 { ratio } else { 1.0 / ratio };
+                return Err(ModelError::UnitMismatch { scan: boxed.robust_diagonal, part, ratio });
+            }
+        }
+        let inliers = geometry::drop_floating_groups(points, boxed, &rule)?;
+        if inliers.removed == points.len() {
+            return Err(ModelError::AllOutliers(points.len()));
+        }
+        Ok(inliers)
+    }
+
+    fn prepare(&self, points: &[Point]) -> Result<Prepared> {
+        let t = Instant::now();
+        let inliers = self.inliers(points)?;
+        let c = self.config;
+        let template = self.template.filter(|_| c.preprocess.align);
+        let kept = inliers.kept_points(points);
+        let patched = preprocess::patch_cloud(&kept, &c.preprocess, c.patches.count, c.patches.size, template, None)?;
+        let preprocess_ms = ms(t);
+        let t = Instant::now();
+        let point_rows = if c.uses_point_features() {
+            let radii = self.point_feature_radii.ok_or_else(|| {
+                ModelError::Config("per-point scoring needs per-point features: backbone multiscale_fpfh".into())
+            })?;
+            Some(backbone::point_feature_rows(radii, &patched)?)
+        } else {
+            None
+        };
+        Ok(Prepared { inliers, patched, point_rows, preprocess_ms, rows_ms: ms(t) })
+    }
+}
+
+/// Splits `all` into consecutive pieces of the given lengths.
+fn split(all: &[f32], lengths: impl IntoIterator<Item = usize>) -> Vec<Vec<f32>> {
+    let mut start = 0;
+    lengths
+        .into_iter()
+        .map(|n| {
+            let piece = all[start..start + n].to_vec();
+            start += n;
+            piece
+        })
+        .collect()
+}
+
+fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view(-1).try_into()?)
+}
+
+impl Detector {
+    pub(crate) fn geometry(&self) -> GeometryPart<'_> {
+        GeometryPart {
+            config: &self.config,
+            template: self.conditioning.template.as_ref(),
+            point_feature_radii: self.backbone.point_feature_radii(),
+        }
+    }
+
+    /// Everything of scoring that does not depend on the scoring configuration (outlier removal, patching,
+    /// features and the heads' raw outputs) for several clouds (finite points, sensor frame): their geometry
+    /// concurrently, the heads in one batch. One result per cloud, in order; a cloud that cannot be scored
+    /// costs only its own result.
+    pub fn unscored_batch(&self, clouds: &[&[Point]]) -> Vec<Result<Unscored>> {
+        let geometry = self.geometry();
+        let prepared: Vec<Result<Prepared>> = clouds.par_iter().map(|points| geometry.prepare(points)).collect();
+        let mut results: Vec<Option<Result<Unscored>>> = Vec::with_capacity(clouds.len());
+        let mut ready = Vec::new();
+        for p in prepared {
+            match p.and_then(|p| {
+                let (features, backbone_ms, sca_ms) = self.features_of(&p.patched, p.point_rows.as_deref())?;
+                Ok((p, features, backbone_ms, sca_ms))
+            }) {
+                Ok(item) => {
+                    ready.push((results.len(), item));
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        let t = Instant::now();
+        let pairs: Vec<(&PatchedCloud, &Features)> = ready.iter().map(|(_, (p, f, ..))| (&p.patched, f)).collect();
+        match self.raw_scores_batch(&pairs) {
+            Ok(raws) => {
+                let heads_ms = ms(t) / ready.len().max(1) as f64;
+                for ((slot, (p, _, backbone_ms, sca_ms)), raw) in ready.into_iter().zip(raws) {
+                    let times = StageTimes {
+                        preprocess_ms: p.preprocess_ms,
+                        backbone_ms: p.rows_ms + backbone_ms,
+                        sca_ms,
+                        heads_ms,
+                        projection_ms: 0.0,
+                    };
+                    results[slot] = Some(Ok(Unscored { inliers: p.inliers, patched: p.patched, raw, times }));
+                }
+            }
+            Err(e) => {
+                let problem = e.to_string();
+                for (slot, _) in ready {
+                    results[slot] = Some(Err(ModelError::Batch(problem.clone())));
+                }
+            }
+        }
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err(ModelError::Batch("cloud left unscored".into())))).collect()
+    }
+
+    /// The raw scores of several patched clouds' features. The discriminator runs once per group of clouds with
+    /// the same patch count (its attention mixes one cloud's patches, never two clouds'); the point head and
+    /// the memory banks once over every cloud's rows.
+    pub fn raw_scores_batch(&self, clouds: &[(&PatchedCloud, &Features)]) -> Result<Vec<RawScores>> {
+        if clouds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut logits = vec![Vec::new(); clouds.len()];
+        let mut patch_counts: Vec<usize> = clouds.iter().map(|(c, _)| c.patch_count()).collect();
+        patch_counts.sort_unstable();
+        patch_counts.dedup();
+        for n in patch_counts {
+            let members: Vec<usize> = (0..clouds.len()).filter(|&k| clouds[k].0.patch_count() == n).collect();
+            let features = Tensor::stack(&members.iter().map(|&k| &clouds[k].1.patches).collect::<Vec<_>>(), 0);
+            let centres =
+                Tensor::cat(&members.iter().map(|&k| centre_tensor(clouds[k].0, self.device)).collect::<Vec<_>>(), 0);
+            let all = to_vec(&self.heads.logits(&features, &centres))?;
+            for (piece, k) in split(&all, members.iter().map(|_| n)).into_iter().zip(members) {
+                logits[k] = piece;
+            }
+        }
+        let patch_rows = || Tensor::cat(&clouds.iter().map(|(_, f)| &f.patches).collect::<Vec<_>>(), 0);
+        let distances = if self.conditioning.has_bank() {
+            split(
+                &to_vec(&self.conditioning.bank_distances(&patch_rows()))?,
+                clouds.iter().map(|(c, _)| c.patch_count()),
+            )
+        } else {
+            vec![Vec::new(); clouds.len()]
+        };
+        // Point-level scores once per feature cell (its first sample), spread to the cell's voxel points.
+        let cells: Option<Vec<Tensor>> =
+            clouds.iter().map(|(c, f)| f.points.as_ref().map(|p| p.narrow(0, 0, c.cell_count as i64))).collect();
+        let cells = cells.map(|c| Tensor::cat(&c, 0));
+        let per_cell = |values: Vec<f32>| -> Vec<Vec<f32>> {
+            split(&values, clouds.iter().map(|(c, _)| c.cell_count))
+                .iter()
+                .zip(clouds)
+                .map(|(v, (c, _))| c.spread_cells(v))
+                .collect()
+        };
+        let point_logits = match (&self.heads.point_head, &cells) {
+            (Some(head), Some(cells)) => {
+                let _guard = tch::no_grad_guard();
+                per_cell(to_vec(&head.forward(cells))?)
+            }
+            _ => vec![Vec::new(); clouds.len()],
+        };
+        let point_distances = match &cells {
+            Some(cells) if self.conditioning.has_point_bank() => {
+                per_cell(to_vec(&self.conditioning.point_bank_distances(cells))?)
+            }
+            _ => vec![Vec::new(); clouds.len()],
+        };
+        Ok(logits
+            .into_iter()
+            .zip(distances)
+            .zip(point_logits.into_iter().zip(point_distances))
+            .map(|((logits, distances), (point_logits, point_distances))| RawScores {
+                logits,
+                distances,
+                point_logits,
+                point_distances,
+            })
+            .collect())
+    }
+
+    /// Inspects several clouds in one batch ([`Self::unscored_batch`]) and decides each with `thresholds`: one
+    /// result per cloud, in order, each what [`Self::inspect_with`] gives for that cloud alone.
+    pub fn inspect_batch(&self, clouds: &[&PointCloud], thresholds: Thresholds) -> Vec<Result<Inspection>> {
+        let finite: Vec<Result<FinitePoints>> = clouds
+            .iter()
+            .map(|cloud| {
+                let finite = cloud.finite_points()?;
+                crate::cloud::check_plausible(&finite.points)?;
+                Ok(finite)
+            })
+            .collect();
+        let valid: Vec<&[Point]> = finite.iter().filter_map(|f| f.as_ref().ok().map(|f| f.points.as_slice())).collect();
+        let mut unscored = self.unscored_batch(&valid).into_iter();
+        finite
+            .into_iter()
+            .map(|f| {
+                let finite = f?;
+                let unscored =
+                    unscored.next().unwrap_or_else(|| Err(ModelError::Batch("cloud left unscored".into())))?;
+                self.decide(&finite, &unscored, thresholds)
+            })
+            .collect()
+    }
+
+    /// The verdict on one unscored cloud.
+    fn decide(&self, finite: &FinitePoints, unscored: &Unscored, thresholds: Thresholds) -> Result<Inspection> {
+        let scored = self.point_scores_of(unscored, &self.config.scoring)?;
+        let t = Instant::now();
+        let (points, scores): (Vec<Point>, Vec<f32>) = (0..finite.points.len())
+            .filter(|&i| scored.scored[i])
+            .map(|i| (finite.points[i], scored.scores[i]))
+            .unzip();
+        // Anomalous points a few voxels apart belong to one region.
+        let link = 3.0 * self.config.preprocess.voxel_size;
+        let verdict = scoring::decide(&points, &scores, self.cloud_score(&scores), thresholds, link)
+            .map_err(ModelError::Unsound)?;
+        let point_scores = finite.scatter(&scored.scores, f32::NAN);
+        let mut times = scored.times;
+        times.projection_ms += ms(t);
+        Ok(Inspection {
+            point_scores,
+            cloud_score: verdict.cloud_score,
+            thresholds,
+            passed: verdict.passed,
+            valid_points: points.len(),
+            outlier_points: scored.outliers,
+            anomalous_points: verdict.anomalous_points,
+            defect: verdict.defect,
+            regions: verdict.regions,
+            patches: scored.patches,
+            times,
+        })
+    }
+}

@@ -77,13 +77,10 @@ impl GeometryPart<'_> {
         let patched = preprocess::patch_cloud(&kept, &c.preprocess, c.patches.count, c.patches.size, template, None)?;
         let preprocess_ms = ms(t);
         let t = Instant::now();
-        let point_rows = if c.uses_point_features() {
-            let radii = self.point_feature_radii.ok_or_else(|| {
-                ModelError::Config("per-point scoring needs per-point features: backbone multiscale_fpfh".into())
-            })?;
-            Some(backbone::point_feature_rows(radii, &patched)?)
-        } else {
-            None
+        // Without per-point features where the model needs them, the learned stages name the problem.
+        let point_rows = match self.point_feature_radii {
+            Some(radii) if c.uses_point_features() => Some(backbone::point_feature_rows(radii, &patched)?),
+            _ => None,
         };
         Ok(Prepared { inliers, patched, point_rows, preprocess_ms, rows_ms: ms(t) })
     }
@@ -122,44 +119,39 @@ impl Detector {
     pub fn unscored_batch(&self, clouds: &[&[Point]]) -> Vec<Result<Unscored>> {
         let geometry = self.geometry();
         let prepared: Vec<Result<Prepared>> = clouds.par_iter().map(|points| geometry.prepare(points)).collect();
-        let mut results: Vec<Option<Result<Unscored>>> = Vec::with_capacity(clouds.len());
-        let mut ready = Vec::new();
-        for p in prepared {
-            match p.and_then(|p| {
+        let featured: Vec<Result<(Prepared, Features, f64, f64)>> = prepared
+            .into_iter()
+            .map(|p| {
+                let p = p?;
                 let (features, backbone_ms, sca_ms) = self.features_of(&p.patched, p.point_rows.as_deref())?;
                 Ok((p, features, backbone_ms, sca_ms))
-            }) {
-                Ok(item) => {
-                    ready.push((results.len(), item));
-                    results.push(None);
-                }
-                Err(e) => results.push(Some(Err(e))),
-            }
-        }
+            })
+            .collect();
         let t = Instant::now();
-        let pairs: Vec<(&PatchedCloud, &Features)> = ready.iter().map(|(_, (p, f, ..))| (&p.patched, f)).collect();
-        match self.raw_scores_batch(&pairs) {
-            Ok(raws) => {
-                let heads_ms = ms(t) / ready.len().max(1) as f64;
-                for ((slot, (p, _, backbone_ms, sca_ms)), raw) in ready.into_iter().zip(raws) {
-                    let times = StageTimes {
-                        preprocess_ms: p.preprocess_ms,
-                        backbone_ms: p.rows_ms + backbone_ms,
-                        sca_ms,
-                        heads_ms,
-                        projection_ms: 0.0,
-                    };
-                    results[slot] = Some(Ok(Unscored { inliers: p.inliers, patched: p.patched, raw, times }));
-                }
-            }
-            Err(e) => {
-                let problem = e.to_string();
-                for (slot, _) in ready {
-                    results[slot] = Some(Err(ModelError::Batch(problem.clone())));
-                }
-            }
-        }
-        results.into_iter().map(|r| r.unwrap_or_else(|| Err(ModelError::Batch("cloud left unscored".into())))).collect()
+        let pairs: Vec<(&PatchedCloud, &Features)> =
+            featured.iter().flatten().map(|(p, f, ..)| (&p.patched, f)).collect();
+        let count = pairs.len();
+        let raws: Vec<Result<RawScores>> = match self.raw_scores_batch(&pairs) {
+            Ok(raws) => raws.into_iter().map(Ok).collect(),
+            Err(e) => (0..count).map(|_| Err(ModelError::Batch(e.to_string()))).collect(),
+        };
+        let heads_ms = ms(t) / count.max(1) as f64;
+        let mut raws = raws.into_iter();
+        featured
+            .into_iter()
+            .map(|item| {
+                let (p, _, backbone_ms, sca_ms) = item?;
+                let raw = raws.next().unwrap_or_else(|| Err(ModelError::Batch("cloud left unscored".into())))?;
+                let times = StageTimes {
+                    preprocess_ms: p.preprocess_ms,
+                    backbone_ms: p.rows_ms + backbone_ms,
+                    sca_ms,
+                    heads_ms,
+                    projection_ms: 0.0,
+                };
+                Ok(Unscored { inliers: p.inliers, patched: p.patched, raw, times })
+            })
+            .collect()
     }
 
     /// The raw scores of several patched clouds' features. The discriminator runs once per group of clouds with

@@ -1,8 +1,9 @@
 //! The inspection service, free of ROS: a bounded queue of incoming scans (when full, the oldest is dropped,
 //! counted, and handed back to the caller as a DROPPED report: every scan gets an answer), one worker thread
-//! that scores them with the active model (every scan waiting in one batch: several cameras' scans together), the active model itself (swapped between scans, so a new model
-//! scores the next scan), operator threshold overrides and running statistics. The ROS node
-//! (`crate::ros::node`) feeds it messages and publishes what it reports; tests drive it directly.
+//! that scores them with the active model (the scans waiting together in one batch: several cameras'), the
+//! active model itself (swapped between scans, so a new model scores the next scan), operator threshold
+//! overrides and running statistics. The ROS node (`crate::ros::node`) feeds it messages and publishes what it
+//! reports; tests drive it directly.
 
 pub mod config;
 

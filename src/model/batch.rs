@@ -68,22 +68,46 @@ impl GeometryPart<'_> {
         Ok(inliers)
     }
 
+    /// Steps 0–1 on the finite points of a cloud (registered to the template when the model aligns),
+    /// optionally augmented (training).
+    pub(crate) fn patch(
+        &self,
+        points: &[Point],
+        augment: Option<(&preprocess::Augmentation, &mut dyn rand::RngCore)>,
+    ) -> Result<PatchedCloud> {
+        let c = self.config;
+        let template = self.template.filter(|_| c.preprocess.align);
+        preprocess::patch_cloud(points, &c.preprocess, c.patches.count, c.patches.size, template, augment)
+    }
+
+    /// The samples' per-point feature rows, where the model scores points by their own features (`None`
+    /// otherwise, and where the backbone has none: the learned stages then name the problem).
+    pub(crate) fn point_rows(&self, patched: &PatchedCloud) -> Result<Option<Vec<f32>>> {
+        match self.point_feature_radii {
+            Some(radii) if self.config.uses_point_features() => Ok(Some(backbone::point_feature_rows(radii, patched)?)),
+            _ => Ok(None),
+        }
+    }
+
     fn prepare(&self, points: &[Point]) -> Result<Prepared> {
         let t = Instant::now();
         let inliers = self.inliers(points)?;
-        let c = self.config;
-        let template = self.template.filter(|_| c.preprocess.align);
-        let kept = inliers.kept_points(points);
-        let patched = preprocess::patch_cloud(&kept, &c.preprocess, c.patches.count, c.patches.size, template, None)?;
+        let patched = self.patch(&inliers.kept_points(points), None)?;
         let preprocess_ms = ms(t);
         let t = Instant::now();
-        // Without per-point features where the model needs them, the learned stages name the problem.
-        let point_rows = match self.point_feature_radii {
-            Some(radii) if c.uses_point_features() => Some(backbone::point_feature_rows(radii, &patched)?),
-            _ => None,
-        };
+        let point_rows = self.point_rows(&patched)?;
         Ok(Prepared { inliers, patched, point_rows, preprocess_ms, rows_ms: ms(t) })
     }
+}
+
+/// The only result of a batch of one.
+pub(super) fn only<T>(mut results: Vec<Result<T>>) -> Result<T> {
+    results.pop().unwrap_or_else(left_unscored)
+}
+
+/// What a cloud of a batch gets if the batch returned fewer results than clouds (it never should).
+pub(super) fn left_unscored<T>() -> Result<T> {
+    Err(ModelError::Batch("cloud left unscored".into()))
 }
 
 /// Splits `all` into consecutive pieces of the given lengths.
@@ -141,7 +165,7 @@ impl Detector {
             .into_iter()
             .map(|item| {
                 let (p, _, backbone_ms, sca_ms) = item?;
-                let raw = raws.next().unwrap_or_else(|| Err(ModelError::Batch("cloud left unscored".into())))?;
+                let raw = raws.next().unwrap_or_else(left_unscored)?;
                 let times = StageTimes {
                     preprocess_ms: p.preprocess_ms,
                     backbone_ms: p.rows_ms + backbone_ms,
@@ -175,12 +199,9 @@ impl Detector {
                 logits[k] = piece;
             }
         }
-        let patch_rows = || Tensor::cat(&clouds.iter().map(|(_, f)| &f.patches).collect::<Vec<_>>(), 0);
         let distances = if self.conditioning.has_bank() {
-            split(
-                &to_vec(&self.conditioning.bank_distances(&patch_rows()))?,
-                clouds.iter().map(|(c, _)| c.patch_count()),
-            )
+            let patches = Tensor::cat(&clouds.iter().map(|(_, f)| &f.patches).collect::<Vec<_>>(), 0);
+            split(&to_vec(&self.conditioning.bank_distances(&patches))?, clouds.iter().map(|(c, _)| c.patch_count()))
         } else {
             vec![Vec::new(); clouds.len()]
         };
@@ -238,8 +259,7 @@ impl Detector {
             .into_iter()
             .map(|f| {
                 let finite = f?;
-                let unscored =
-                    unscored.next().unwrap_or_else(|| Err(ModelError::Batch("cloud left unscored".into())))?;
+                let unscored = unscored.next().unwrap_or_else(left_unscored)?;
                 self.decide(&finite, &unscored, thresholds)
             })
             .collect()

@@ -319,9 +319,7 @@ impl Detector {
         points: &[Point],
         augment: Option<(&preprocess::Augmentation, &mut dyn rand::RngCore)>,
     ) -> Result<PatchedCloud> {
-        let c = &self.config;
-        let template = self.conditioning.template.as_ref().filter(|_| c.preprocess.align);
-        preprocess::patch_cloud(points, &c.preprocess, c.patches.count, c.patches.size, template, augment)
+        self.geometry().patch(points, augment)
     }
 
     /// Standardises token rows with the training statistics, when the configuration says so.
@@ -343,10 +341,7 @@ impl Detector {
     /// with the backbone and SCA times.
     pub fn features(&self, cloud: &PatchedCloud) -> Result<(Features, f64, f64)> {
         let t = Instant::now();
-        let rows = match self.backbone.point_feature_radii() {
-            Some(radii) if self.config.uses_point_features() => Some(backbone::point_feature_rows(radii, cloud)?),
-            _ => None,
-        };
+        let rows = self.geometry().point_rows(cloud)?;
         let (features, _, sca_ms) = self.features_of(cloud, rows.as_deref())?;
         Ok((features, ms(t) - sca_ms, sca_ms))
     }
@@ -377,7 +372,7 @@ impl Detector {
     /// The raw scores of a patched cloud's features: discriminator logits and bank distances per patch (the
     /// bank's empty when the model keeps none), point-head logits per voxel point (empty without the head).
     pub fn raw_scores_of(&self, cloud: &PatchedCloud, features: &Features) -> Result<RawScores> {
-        self.raw_scores_batch(&[(cloud, features)])?.pop().ok_or_else(|| ModelError::Batch("no result".into()))
+        self.raw_scores_batch(&[(cloud, features)])?.pop().map_or_else(batch::left_unscored, Ok)
     }
 
     /// Voxel-point scores in (0, 1) from raw scores: the configured patch score (discriminator, bank or both,
@@ -454,7 +449,7 @@ impl Detector {
     /// Everything of [`Self::score_points`] that does not depend on the scoring configuration: outlier removal,
     /// patching, features and the heads' raw outputs.
     pub fn unscored(&self, points: &[Point]) -> Result<Unscored> {
-        self.unscored_batch(&[points]).pop().unwrap_or_else(|| Err(ModelError::Batch("no result".into())))
+        batch::only(self.unscored_batch(&[points]))
     }
 
     /// One score per finite point of an unscored cloud under `scoring` (the model's own, or an evaluation's
@@ -487,6 +482,6 @@ impl Detector {
     /// Scores every point of a cloud and decides with the given thresholds (an operator's override). A verdict
     /// comes only from sound scoring: any score or threshold that is not finite is an error, never a PASS.
     pub fn inspect_with(&self, cloud: &PointCloud, thresholds: Thresholds) -> Result<Inspection> {
-        self.inspect_batch(&[cloud], thresholds).pop().unwrap_or_else(|| Err(ModelError::Batch("no result".into())))
+        batch::only(self.inspect_batch(&[cloud], thresholds))
     }
 }

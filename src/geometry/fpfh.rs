@@ -5,11 +5,12 @@
 //! 200); the tests check against Open3D through that identity.
 
 use std::f64::consts::PI;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use rayon::prelude::*;
 
-use super::neighbors::{Neighbor, NeighborIndex};
-use super::{Point, Result, positive};
+use super::neighbors::NeighborIndex;
+use super::{Point, RadiusSearch, Result, positive};
 
 pub const FPFH_BINS: usize = 33;
 const BINS_PER_ANGLE: usize = 11;
@@ -33,9 +34,10 @@ fn cross64(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
 }
 
 /// PCL's `computePairFeatures`: (θ, α, φ) of the pair, the source chosen so the frame is the same whichever point
-/// comes first. `None` for coincident points, a degenerate frame, or a missing (zero) normal, where PCL would
-/// have a NaN normal.
-fn pair_features(p1: Point, n1: Point, p2: Point, n2: Point) -> Option<[f64; 3]> {
+/// comes first, and whether that choice was a tie (the same |cosine| at both ends: then each end is its own
+/// source and the two orders differ; otherwise they agree bit for bit, negating `d` being exact). `None` for
+/// coincident points, a degenerate frame, or a missing (zero) normal, where PCL would have a NaN normal.
+fn pair_features(p1: Point, n1: Point, p2: Point, n2: Point) -> Option<([f64; 3], bool)> {
     if n1 == [0.0; 3] || n2 == [0.0; 3] {
         return None;
     }
@@ -47,6 +49,7 @@ fn pair_features(p1: Point, n1: Point, p2: Point, n2: Point) -> Option<[f64; 3]>
     }
     let angle1 = dot64(n1, d) / length;
     let angle2 = dot64(n2, d) / length;
+    let tie = angle1.abs() == angle2.abs();
     // PCL compares acos(|angle|); acos falls, so the larger angle is the smaller |cosine|.
     let (u, target, phi) = if angle1.abs() < angle2.abs() {
         d = d.map(|c| -c);
@@ -63,29 +66,22 @@ fn pair_features(p1: Point, n1: Point, p2: Point, n2: Point) -> Option<[f64; 3]>
     let w = cross64(u, v);
     let alpha = dot64(v, target);
     let theta = dot64(w, target).atan2(dot64(u, target));
-    Some([theta, alpha, phi])
+    Some(([theta, alpha, phi], tie))
 }
 
 fn bin(value: f64, low: f64, high: f64) -> usize {
-    let b = (BINS_PER_ANGLE as f64 * (value - low) / (high - low)).floor();
-    (b.max(0.0) as usize).min(BINS_PER_ANGLE - 1)
+    // Truncation is the floor once negatives are 0 (and a call to libm's floor costs more than the rest).
+    let b = (BINS_PER_ANGLE as f64 * (value - low) / (high - low)).max(0.0);
+    (b as usize).min(BINS_PER_ANGLE - 1)
 }
 
-/// Simplified PFH of point `i` over its neighbours within `radius` (the neighbourhood includes `i` itself).
-fn spfh(points: &[Point], normals: &[Point], index: &NeighborIndex, radius: f32, i: usize) -> Fpfh {
-    let (mut counts, mut neighbors) = ([0u32; FPFH_BINS], 0usize);
-    index.for_each_within(&points[i], radius, |n| {
-        neighbors += 1;
-        let j = n.index as usize;
-        if j == i {
-            return;
-        }
-        if let Some([theta, alpha, phi]) = pair_features(points[i], normals[i], points[j], normals[j]) {
-            counts[bin(theta, -PI, PI)] += 1;
-            counts[BINS_PER_ANGLE + bin(alpha, -1.0, 1.0)] += 1;
-            counts[2 * BINS_PER_ANGLE + bin(phi, -1.0, 1.0)] += 1;
-        }
-    });
+/// The three histogram slots (θ, α, φ) of a pair's features.
+fn slots([theta, alpha, phi]: [f64; 3]) -> [usize; 3] {
+    [bin(theta, -PI, PI), BINS_PER_ANGLE + bin(alpha, -1.0, 1.0), 2 * BINS_PER_ANGLE + bin(phi, -1.0, 1.0)]
+}
+
+/// A simplified PFH from its bin counts, `neighbors` counting the point itself.
+fn spfh_from_counts(counts: [u32; FPFH_BINS], neighbors: usize) -> Fpfh {
     if neighbors < 2 {
         return [0.0; FPFH_BINS];
     }
@@ -106,6 +102,67 @@ pub(crate) fn distinct(indices: impl Iterator<Item = u32>, len: usize) -> (Vec<u
     (slot, values)
 }
 
+/// The SPFH of each of `needed` (distinct points; `slot` maps a point to its place in `needed`), over the
+/// neighbourhood `known[k]` (index, squared distance) where given (the point itself included), else a search. A pair of two needed
+/// points is the same pair from either end (PCL picks the frame's source by the normals, not by the order; see
+/// [`pair_features`]), so it is computed once, by the end with the lower index, and counted at both.
+fn spfh_of_needed(
+    points: &[Point],
+    normals: &[Point],
+    search: &RadiusSearch,
+    needed: &[u32],
+    slot: &[u32],
+    known: &[Vec<(u32, f32)>],
+) -> Vec<Fpfh> {
+    let counts: Vec<[AtomicU32; FPFH_BINS]> =
+        needed.iter().map(|_| std::array::from_fn(|_| AtomicU32::new(0))).collect();
+    let count = |k: usize, features: [f64; 3]| {
+        for b in slots(features) {
+            counts[k][b].fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    let sizes: Vec<usize> = needed
+        .par_iter()
+        .enumerate()
+        .map(|(k, &i)| {
+            let mut size = 0;
+            let mut visit = |j: u32| {
+                size += 1;
+                let other = slot[j as usize] as usize;
+                if j == i || (other != u32::MAX as usize && j < i) {
+                    return; // itself, or counted from the other end
+                }
+                let Some((features, tie)) =
+                    pair_features(points[i as usize], normals[i as usize], points[j as usize], normals[j as usize])
+                else {
+                    return;
+                };
+                count(k, features);
+                if other != u32::MAX as usize {
+                    let reverse = if tie {
+                        pair_features(points[j as usize], normals[j as usize], points[i as usize], normals[i as usize])
+                    } else {
+                        Some((features, tie))
+                    };
+                    if let Some((features, _)) = reverse {
+                        count(other, features);
+                    }
+                }
+            };
+            match known.get(k) {
+                Some(list) => list.iter().for_each(|&(j, _)| visit(j)),
+                None => search.for_each_within(&points[i as usize], |j, _| visit(j)),
+            }
+            size
+        })
+        .collect();
+    counts
+        .iter()
+        .zip(sizes)
+        .map(|(c, size)| spfh_from_counts(std::array::from_fn(|b| c[b].load(Ordering::Relaxed)), size))
+        .collect()
+}
+
 /// The SPFH of each queried point (mainly to compare with implementations that add it to the FPFH).
 pub fn spfh_at(
     points: &[Point],
@@ -115,7 +172,10 @@ pub fn spfh_at(
     queries: &[u32],
 ) -> Result<Vec<Fpfh>> {
     let radius = positive("FPFH radius", radius)?;
-    Ok(queries.par_iter().map(|&q| spfh(points, normals, index, radius, q as usize)).collect())
+    let search = RadiusSearch::new(points, index, radius)?;
+    let (slot, needed) = distinct(queries.iter().copied(), points.len());
+    let spfhs = spfh_of_needed(points, normals, &search, &needed, &slot, &[]);
+    Ok(queries.iter().map(|&q| spfhs[slot[q as usize] as usize]).collect())
 }
 
 /// FPFH of each queried point over the whole cloud (`points` and `normals` are the indexed cloud).
@@ -127,22 +187,26 @@ pub fn fpfh_at(
     queries: &[u32],
 ) -> Result<Vec<Fpfh>> {
     let radius = positive("FPFH radius", radius)?;
-    let neighborhoods: Vec<Vec<Neighbor>> =
-        queries.par_iter().map(|&q| index.within_unsorted(&points[q as usize], radius)).collect();
-    // Each neighbour's SPFH once, however many queries share it.
-    let (slot, needed) = distinct(neighborhoods.iter().flatten().map(|n| n.index), points.len());
-    let spfhs = spfh_at(points, normals, index, radius, &needed)?;
-    Ok(neighborhoods
+    let search = RadiusSearch::new(points, index, radius)?;
+    let distinct_queries = distinct(queries.iter().copied(), points.len()).1;
+    let lists: Vec<Vec<(u32, f32)>> =
+        distinct_queries.par_iter().map(|&q| search.within(&points[q as usize])).collect();
+    // Each neighbour's SPFH once, however many queries share it; the queries' own neighbourhoods are known.
+    let (slot, needed) =
+        distinct(distinct_queries.iter().copied().chain(lists.iter().flatten().map(|n| n.0)), points.len());
+    let spfhs = spfh_of_needed(points, normals, &search, &needed, &slot, &lists);
+    Ok(queries
         .par_iter()
-        .map(|neighbors| {
+        .map(|&q| {
+            let neighbors = &lists[slot[q as usize] as usize];
             let mut hist = [0f32; FPFH_BINS];
             let mut sums = [0f32; 3];
-            for n in neighbors {
-                if n.squared_distance == 0.0 {
+            for &(j, squared_distance) in neighbors {
+                if squared_distance == 0.0 {
                     continue;
                 }
-                let weight = 1.0 / n.squared_distance;
-                for (b, value) in spfhs[slot[n.index as usize] as usize].iter().enumerate() {
+                let weight = 1.0 / squared_distance;
+                for (b, value) in spfhs[slot[j as usize] as usize].iter().enumerate() {
                     let v = value * weight;
                     hist[b] += v;
                     sums[b / BINS_PER_ANGLE] += v;
@@ -201,13 +265,44 @@ mod tests {
     #[test]
     fn pair_features_are_symmetric_in_the_frame_choice() {
         let (p1, n1, p2, n2) = ([0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.2], [0.3, 0.0, 0.95]);
-        let a = pair_features(p1, n1, p2, n2).unwrap();
-        let b = pair_features(p2, n2, p1, n1).unwrap();
-        for k in 0..3 {
-            assert!((a[k] - b[k]).abs() < 1e-9);
-        }
+        let (a, tie) = pair_features(p1, n1, p2, n2).unwrap();
+        assert_eq!(pair_features(p2, n2, p1, n1), Some((a, tie)), "bit for bit the same frame");
+        assert!(!tie);
+        // Equal |cosines|: each end is its own source.
+        let (n1, n2) = ([0.0, 0.6, 0.8], [0.0, -0.6, 0.8]);
+        assert!(pair_features(p1, n1, [1.0, 0.0, 0.0], n2).unwrap().1);
         assert!(pair_features(p1, n1, p1, n2).is_none());
         assert!(pair_features(p1, [0.0; 3], p2, n2).is_none());
+    }
+
+    /// SPFH by its definition: every pair computed from the point's own end.
+    fn spfh_by_definition(points: &[Point], normals: &[Point], index: &NeighborIndex, radius: f32, i: usize) -> Fpfh {
+        let neighbors = index.within(&points[i], radius);
+        let mut counts = [0u32; FPFH_BINS];
+        for n in neighbors.iter().filter(|n| n.index as usize != i) {
+            let j = n.index as usize;
+            if let Some((features, _)) = pair_features(points[i], normals[i], points[j], normals[j]) {
+                slots(features).iter().for_each(|&b| counts[b] += 1);
+            }
+        }
+        spfh_from_counts(counts, neighbors.len())
+    }
+
+    #[test]
+    fn pairs_counted_once_give_each_point_its_own_spfh() {
+        // A sphere (no two ends alike) and a flat grid with one normal (every pair a tie: each end is its own
+        // frame's source), queried in part so some neighbours' pairs are not shared.
+        let sphere = sphere(800);
+        let plane: Vec<Point> = (0..400).map(|i| [(i % 20) as f32 * 0.05, (i / 20) as f32 * 0.05, 0.0]).collect();
+        for (pts, radius) in [(sphere, 0.3), (plane, 0.16)] {
+            let index = NeighborIndex::new(&pts).unwrap();
+            let normals = estimate_normals(&pts, &index, Neighborhood::Knn(12), NormalOrientation::AwayFromCentroid);
+            let some: Vec<u32> = (0..pts.len() as u32).filter(|i| i % 3 != 0).collect();
+            let shared = spfh_at(&pts, &normals, &index, radius, &some).unwrap();
+            for (&i, h) in some.iter().zip(&shared) {
+                assert_eq!(*h, spfh_by_definition(&pts, &normals, &index, radius, i as usize), "point {i}");
+            }
+        }
     }
 
     #[test]

@@ -4,17 +4,18 @@
 use rayon::prelude::*;
 
 use super::neighbors::NeighborIndex;
-use super::{Point, Result, positive};
+use super::{Point, RadiusSearch, Result, positive};
 
 pub fn median_filter(points: &[Point], values: &[f32], index: &NeighborIndex, radius: f32) -> Result<Vec<f32>> {
     let radius = positive("median filter radius", radius)?;
+    let search = RadiusSearch::new(points, index, radius)?;
     Ok(points
         .par_iter()
         .zip(values)
-        .map(|(p, &own)| {
-            let mut window = Vec::new();
-            index.for_each_within(p, radius, |n| {
-                let v = values[n.index as usize];
+        .map_init(Vec::new, |window, (p, &own)| {
+            window.clear();
+            search.for_each_within(p, |j, _| {
+                let v = values[j as usize];
                 if v.is_finite() {
                     window.push(v);
                 }
@@ -22,9 +23,15 @@ pub fn median_filter(points: &[Point], values: &[f32], index: &NeighborIndex, ra
             if window.is_empty() {
                 return own;
             }
-            window.sort_unstable_by(f32::total_cmp);
-            let mid = window.len() / 2;
-            if window.len() % 2 == 1 { window[mid] } else { 0.5 * (window[mid - 1] + window[mid]) }
+            // The middle order statistic(s) only; no full sort.
+            let (mid, odd) = (window.len() / 2, window.len() % 2 == 1);
+            let (below, &mut upper, _) = window.select_nth_unstable_by(mid, f32::total_cmp);
+            if odd {
+                upper
+            } else {
+                let lower = below.iter().copied().max_by(f32::total_cmp).unwrap_or(upper);
+                0.5 * (lower + upper)
+            }
         })
         .collect())
 }

@@ -76,14 +76,6 @@ impl NeighborIndex {
             .collect()
     }
 
-    /// Every point within `radius` (inclusive), in no particular order: cheaper than [`Self::within`] where the
-    /// order does not matter (sums, counts, histograms).
-    pub fn within_unsorted(&self, query: &Point, radius: f32) -> Vec<Neighbor> {
-        let mut found = Vec::new();
-        self.for_each_within(query, radius, |n| found.push(n));
-        found
-    }
-
     /// Calls `visit` for every point within `radius` (inclusive), in no particular order, allocating nothing.
     pub fn for_each_within(&self, query: &Point, radius: f32, mut visit: impl FnMut(Neighbor)) {
         self.tree
@@ -91,13 +83,6 @@ impl NeighborIndex {
             .within::<SquaredEuclidean<f32>>(radius * radius)
             .unsorted()
             .visit(|r| visit(Neighbor { index: r.item, squared_distance: r.distance }));
-    }
-
-    /// How many points lie within `radius` (inclusive).
-    pub fn count_within(&self, query: &Point, radius: f32) -> usize {
-        let mut count = 0;
-        self.for_each_within(query, radius, |_| count += 1);
-        count
     }
 
     pub fn neighborhood(&self, query: &Point, of: Neighborhood) -> Vec<Neighbor> {
@@ -146,12 +131,12 @@ mod tests {
         let within = index.within(&q, 1.5);
         assert_eq!(within.len(), brute.iter().filter(|b| b.0 <= 2.25).count());
         assert!(within.windows(2).all(|w| w[0].squared_distance <= w[1].squared_distance));
-        let mut unsorted: Vec<u32> = index.within_unsorted(&q, 1.5).iter().map(|n| n.index).collect();
+        let mut unsorted = Vec::new();
+        index.for_each_within(&q, 1.5, |n| unsorted.push(n.index));
         unsorted.sort_unstable();
         let mut sorted: Vec<u32> = within.iter().map(|n| n.index).collect();
         sorted.sort_unstable();
         assert_eq!(unsorted, sorted);
-        assert_eq!(index.count_within(&q, 1.5), within.len());
         assert_eq!(index.nearest(&q).index, brute[0].1);
         assert_eq!(index.group(&[q, [0.0; 3]], 4).len(), 8);
     }

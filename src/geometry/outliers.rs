@@ -4,7 +4,7 @@
 //! then the voxel points are linked within a few voxels and groups too small to be part of a surface go.
 //! A burr or fin is attached to its part and stays; only what floats apart from everything is removed.
 
-use super::{NeighborIndex, Point, Result, positive, voxel_downsample};
+use super::{Point, Result, linked_components, positive, voxel_downsample};
 
 /// How far is too far, and how small a floating group is noise.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -113,29 +113,12 @@ pub fn drop_floating_groups(points: &[Point], mut inliers: Inliers, rule: &Outli
 
 /// For every point, the size of the group it belongs to when points closer than `link` are joined.
 fn group_sizes(points: &[Point], link: f32) -> Result<Vec<usize>> {
-    let index = NeighborIndex::new(points)?;
-    let mut group = vec![usize::MAX; points.len()];
-    let mut sizes = Vec::new();
-    for start in 0..points.len() {
-        if group[start] != usize::MAX {
-            continue;
-        }
-        let id = sizes.len();
-        let (mut size, mut stack) = (0, vec![start]);
-        group[start] = id;
-        while let Some(k) = stack.pop() {
-            size += 1;
-            index.for_each_within(&points[k], link, |n| {
-                let n = n.index as usize;
-                if group[n] == usize::MAX {
-                    group[n] = id;
-                    stack.push(n);
-                }
-            });
-        }
-        sizes.push(size);
+    let labels = linked_components(points, link)?;
+    let mut sizes = vec![0; points.len()];
+    for &l in &labels {
+        sizes[l as usize] += 1;
     }
-    Ok(group.iter().map(|&g| sizes[g]).collect())
+    Ok(labels.iter().map(|&l| sizes[l as usize]).collect())
 }
 
 #[cfg(test)]

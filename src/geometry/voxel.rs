@@ -3,6 +3,7 @@
 //! downsampled cloud go back to every input point.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use super::{GeometryError, Point, Result, positive};
 
@@ -32,20 +33,59 @@ impl VoxelGrid {
     }
 }
 
+/// Integer grid coordinates, hashed by one multiply per axis: std's SipHash costs more than the rest of a grid
+/// lookup, and grid keys need no protection from adversarial collisions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CellKey(pub [i64; 3]);
+
+impl Hash for CellKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let [x, y, z] = self.0.map(|c| c as u64);
+        state.write_u64(
+            x.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ y.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+                ^ z.wrapping_mul(0x1656_67B1_9E37_79F9),
+        );
+    }
+}
+
+/// Passes [`CellKey`]'s hash on, its high bits folded into the low ones that pick the bucket.
+#[derive(Default)]
+pub(crate) struct CellHasher(u64);
+
+impl Hasher for CellHasher {
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 32)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+/// A map from grid cells.
+pub(crate) type CellMap<V> = HashMap<CellKey, V, BuildHasherDefault<CellHasher>>;
+
 pub fn voxel_downsample(points: &[Point], voxel_size: f32) -> Result<VoxelGrid> {
     let size = positive("voxel size", voxel_size)?;
     if points.is_empty() {
         return Err(GeometryError::Empty);
     }
     let inverse = 1.0 / f64::from(size);
-    let mut index_of: HashMap<[i64; 3], u32> = HashMap::with_capacity(points.len() / 4);
+    let mut index_of: CellMap<u32> = CellMap::with_capacity_and_hasher(points.len() / 4, Default::default());
     let mut sums: Vec<[f64; 4]> = Vec::new();
     let mut representative = Vec::with_capacity(points.len());
     for (i, p) in points.iter().enumerate() {
         if !p.iter().all(|c| c.is_finite()) {
             return Err(GeometryError::NonFinite { index: i, point: *p });
         }
-        let key = p.map(|c| (f64::from(c) * inverse).floor() as i64);
+        let key = CellKey(p.map(|c| (f64::from(c) * inverse).floor() as i64));
         let slot = *index_of.entry(key).or_insert_with(|| {
             sums.push([0.0; 4]);
             (sums.len() - 1) as u32

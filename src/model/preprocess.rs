@@ -6,7 +6,9 @@ use rand::Rng;
 
 use super::config::{AugmentConfig, NormalSide, PreprocessConfig};
 use super::{ModelError, Result};
-use crate::geometry::{self, Fpfh, NeighborIndex, Neighborhood, NormalOrientation, Point, UnitSphere, VoxelGrid};
+use crate::geometry::{
+    self, Fpfh, NeighborIndex, Neighborhood, NormalOrientation, Point, RadiusSearch, UnitSphere, VoxelGrid,
+};
 
 pub struct PatchedCloud {
     /// Voxel grid of the finite input points (sensor frame), with each input point's voxel.
@@ -411,30 +413,45 @@ pub fn surface_context(
     voxel: f32,
     template: Option<&PoseTemplate>,
     at: &[u32],
-) -> Vec<[f32; CONTEXT_DIMS]> {
+) -> Result<Vec<[f32; CONTEXT_DIMS]>> {
     use rayon::prelude::*;
-    at.par_iter()
+    let [near, far] = CONTEXT_RADII_VOXELS.map(|r| r * voxel);
+    // One pass over the wider radius counts both.
+    let scan = RadiusSearch::new(points, index, far)?;
+    let placed = template.map(|t| t.frame.apply_all(&t.points));
+    let template_search = match (template, &placed) {
+        (Some(t), Some(placed)) => Some(RadiusSearch::new(placed, &t.placed, far)?),
+        _ => None,
+    };
+    let counts = |search: &RadiusSearch, centre: &Point| {
+        let mut counts = [0usize; 2];
+        search.for_each_within(centre, |_, squared| {
+            counts[1] += 1;
+            counts[0] += usize::from(squared <= near * near);
+        });
+        counts
+    };
+    Ok(at
+        .par_iter()
         .map(|&i| {
             let (centre, normal) = (points[i as usize], normals[i as usize]);
             let mut out = [0.0; CONTEXT_DIMS];
-            for (k, r) in CONTEXT_RADII_VOXELS.iter().map(|r| r * voxel).enumerate() {
-                let (mut count, mut sum) = (0usize, [0f32; 3]);
-                index.for_each_within(&centre, r, |m| {
-                    count += 1;
-                    if k == 0 {
-                        let p = points[m.index as usize];
-                        sum = [sum[0] + p[0], sum[1] + p[1], sum[2] + p[2]];
-                    }
-                });
-                if k == 0 {
-                    let mean = sum.map(|s| s / count.max(1) as f32);
-                    out[0] = geometry::squared_distance(mean, centre).sqrt() / r;
+            let (mut found, mut sum) = ([0usize; 2], [0f32; 3]);
+            scan.for_each_within(&centre, |j, squared| {
+                found[1] += 1;
+                if squared <= near * near {
+                    found[0] += 1;
+                    let p = points[j as usize];
+                    sum = [sum[0] + p[0], sum[1] + p[1], sum[2] + p[2]];
                 }
-                out[1 + k] = match template {
-                    Some(t) => {
-                        let expected = t.placed.count_within(&centre, r);
-                        if expected == 0 { 2.0 } else { (count as f32 / expected as f32).min(2.0) }
-                    }
+            });
+            let mean = sum.map(|s| s / found[0].max(1) as f32);
+            out[0] = geometry::squared_distance(mean, centre).sqrt() / near;
+            let expected = template_search.as_ref().map(|search| counts(search, &centre));
+            for k in 0..2 {
+                out[1 + k] = match expected {
+                    Some(expected) if expected[k] == 0 => 2.0,
+                    Some(expected) => (found[k] as f32 / expected[k] as f32).min(2.0),
                     None => 1.0,
                 };
             }
@@ -449,7 +466,7 @@ pub fn surface_context(
             }
             out
         })
-        .collect()
+        .collect())
 }
 
 /// Step 1's geometry on a prepared view: FPS centres, kNN patches, normals, the SCA descriptors and the
@@ -508,7 +525,7 @@ pub fn patch_view(
             (samples, cell_count, cells.representative, centre_samples)
         }
     };
-    let context = surface_context(&points, &normals, &index, voxel, template, &samples);
+    let context = surface_context(&points, &normals, &index, voxel, template, &samples)?;
     Ok(PatchedCloud {
         grid,
         frame,

@@ -111,31 +111,18 @@ pub fn decide(
 /// The groups of `flagged` points linked within `link` of each other (all of them as one group when `link` is
 /// not a positive length), highest peak first.
 fn linked_regions(points: &[Point], scores: &[f32], flagged: &[usize], link: f32) -> Vec<DefectRegion> {
-    let groups: Vec<Vec<usize>> = if link > 0.0 && link.is_finite() && !flagged.is_empty() {
-        let candidates: Vec<Point> = flagged.iter().map(|&i| points[i]).collect();
-        let Ok(index) = NeighborIndex::new(&candidates) else { return Vec::new() };
-        let mut reached = vec![false; flagged.len()];
-        let mut groups = Vec::new();
-        for start in 0..flagged.len() {
-            if std::mem::replace(&mut reached[start], true) {
-                continue;
+    let candidates: Vec<Point> = flagged.iter().map(|&i| points[i]).collect();
+    let groups: Vec<Vec<usize>> = match geometry::linked_components(&candidates, link) {
+        Ok(labels) => {
+            let mut groups = vec![Vec::new(); labels.iter().max().map_or(0, |&l| l as usize + 1)];
+            for (&l, &i) in labels.iter().zip(flagged) {
+                groups[l as usize].push(i);
             }
-            let (mut queue, mut members) = (vec![start], Vec::new());
-            while let Some(k) = queue.pop() {
-                members.push(flagged[k]);
-                index.for_each_within(&candidates[k], link, |n| {
-                    if !std::mem::replace(&mut reached[n.index as usize], true) {
-                        queue.push(n.index as usize);
-                    }
-                });
-            }
-            groups.push(members);
+            groups
         }
-        groups
-    } else if flagged.is_empty() {
-        Vec::new()
-    } else {
-        vec![flagged.to_vec()]
+        // Not a positive length: one region.
+        Err(_) if flagged.is_empty() => Vec::new(),
+        Err(_) => vec![flagged.to_vec()],
     };
     let mut regions: Vec<DefectRegion> = groups
         .into_iter()

@@ -6,24 +6,24 @@
 
 pub mod components;
 pub mod fpfh;
+pub mod grid;
 pub mod median;
 pub mod neighbors;
 pub mod normalize;
 pub mod normals;
 pub mod outliers;
-pub mod radius_grid;
 pub mod registration;
 pub mod sampling;
 pub mod voxel;
 
 pub use components::linked_components;
 pub use fpfh::{FPFH_BINS, Fpfh, fpfh, fpfh_at, spfh_at};
+pub use grid::{NearestSearch, RadiusSearch};
 pub use median::median_filter;
 pub use neighbors::{NeighborIndex, Neighborhood};
 pub use normalize::UnitSphere;
 pub use normals::{NormalOrientation, SurfaceEstimate, estimate_normals, estimate_surface};
 pub use outliers::{Inliers, OutlierRule, drop_floating_groups, inside_robust_box};
-pub use radius_grid::RadiusSearch;
 pub use registration::{Registration, Rigid, Template, register};
 pub use sampling::farthest_point_sampling;
 pub use voxel::{VoxelGrid, voxel_downsample};

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::neighbors::{NeighborIndex, Neighborhood};
-use super::{Point, dot, sub};
+use super::{NearestSearch, Point, dot, sub};
 
 /// Which way normals point. PCA leaves the sign arbitrary; descriptors such as FPFH need it consistent.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,10 +48,17 @@ pub fn estimate_surface(
         let s = points.iter().fold([0f32; 3], |a, p| [a[0] + p[0], a[1] + p[1], a[2] + p[2]]);
         s.map(|c| c / n)
     };
+    let nearest = match neighborhood {
+        Neighborhood::Knn(k) | Neighborhood::Hybrid { max_nn: k, .. } => Some(NearestSearch::new(points, index, k)),
+        Neighborhood::Radius(_) => None,
+    };
     let (normals, variation) = points
         .par_iter()
         .map(|p| {
-            let neighbors = index.neighborhood(p, neighborhood);
+            let neighbors = match &nearest {
+                Some(search) => search.neighborhood(p, neighborhood),
+                None => index.neighborhood(p, neighborhood),
+            };
             match pca(neighbors.iter().map(|n| points[n.index as usize])) {
                 Some((normal, variation)) => {
                     let towards = match orientation {

@@ -23,6 +23,7 @@ pub enum RadiusSearch<'a> {
     Tree { index: &'a NeighborIndex, radius: f32 },
 }
 
+/// A point set stored cell by cell over its bounding box.
 pub struct Grid {
     /// What a radius search reaches (the cell width, less the margin).
     radius: f32,
@@ -81,16 +82,16 @@ impl<'a> NearestSearch<'a> {
     pub fn new(points: &[Point], index: &'a NeighborIndex, k: usize) -> Self {
         // Cells as wide as the 3rd quartile of sampled k-th neighbour distances: most blocks hold the answer.
         let step = (points.len() / WIDTH_SAMPLES).max(1);
-        let mut reach: Vec<f32> = points
+        let mut kth: Vec<f32> = points
             .iter()
             .step_by(step)
             .filter_map(|p| index.knn(p, k).last().map(|n| n.squared_distance.sqrt()))
             .collect();
-        let grid = if reach.is_empty() || points.len() <= k {
+        let grid = if kth.is_empty() || points.len() <= k {
             None
         } else {
-            let quartile = reach.len() * 3 / 4;
-            let width = *reach.select_nth_unstable_by(quartile, f32::total_cmp).1;
+            let quartile = kth.len() * 3 / 4;
+            let width = *kth.select_nth_unstable_by(quartile, f32::total_cmp).1;
             (width.is_finite() && width > 0.0).then(|| Grid::new(points, width)).flatten()
         };
         Self { grid, index }

@@ -614,13 +614,7 @@ fn describe(input: &Path, voxel: f32, heatmap: Option<&Path>) -> Result<()> {
         Neighborhood::Hybrid { radius: 4.0 * voxel, max_nn: 30 },
         NormalOrientation::TowardsViewpoint([0.0; 3]),
     );
-    let (mut low, mut high) = ([f32::INFINITY; 3], [f32::NEG_INFINITY; 3]);
-    for p in &finite.points {
-        for a in 0..3 {
-            low[a] = low[a].min(p[a]);
-            high[a] = high[a].max(p[a]);
-        }
-    }
+    let (low, high) = geometry::bounds(&finite.points);
     let mut sorted = surface.variation.clone();
     sorted.sort_unstable_by(f32::total_cmp);
     let p95 = sorted[(sorted.len() * 95 / 100).min(sorted.len() - 1)];

@@ -4,7 +4,7 @@
 //! joined as soon as one pair of their points is close enough.
 
 use super::voxel::{CellKey, CellMap};
-use super::{GeometryError, Point, Result, positive, squared_distance};
+use super::{GeometryError, Point, Result, bounds, positive, squared_distance};
 
 /// Cells this many times `link / √3` wide: every pair in a cell is strictly closer than `link`, whatever the
 /// rounding of the cell keys.
@@ -76,14 +76,8 @@ pub fn linked_components(points: &[Point], link: f32) -> Result<Vec<u32>> {
     }
     let cell = |c: u32| &members[starts[c as usize] as usize..starts[c as usize + 1] as usize];
     // Each cell's bounding box: most pairs of cells two apart are too far to link, whatever their points.
-    let boxes: Vec<(Point, Point)> = (0..keys.len() as u32)
-        .map(|c| {
-            cell(c).iter().fold(([f32::INFINITY; 3], [f32::NEG_INFINITY; 3]), |(lo, hi), &i| {
-                let p = points[i as usize];
-                ([0, 1, 2].map(|a| lo[a].min(p[a])), [0, 1, 2].map(|a| hi[a].max(p[a])))
-            })
-        })
-        .collect();
+    let boxes: Vec<(Point, Point)> =
+        (0..keys.len() as u32).map(|c| bounds(cell(c).iter().map(|&i| &points[i as usize]))).collect();
     let gap = |a: &(Point, Point), b: &(Point, Point)| -> f32 {
         (0..3).map(|k| (a.0[k] - b.1[k]).max(b.0[k] - a.1[k]).max(0.0).powi(2)).sum()
     };

@@ -8,7 +8,7 @@
 //! Where a grid would be much larger than the cloud (a sparse cloud, a huge box), the k-d tree answers instead.
 
 use super::neighbors::{Neighbor, Neighborhood};
-use super::{NeighborIndex, Point, Result, positive};
+use super::{NeighborIndex, Point, Result, bounds, positive};
 
 /// Cells this much wider than the radius, so no rounding of a cell key can put a neighbour two cells away; the
 /// k-nearest search trusts its block only this far inside its faces.
@@ -118,10 +118,10 @@ impl<'a> NearestSearch<'a> {
 
 impl Grid {
     fn new(points: &[Point], radius: f32) -> Option<Self> {
-        let first = points.first()?;
-        let (low, high) = points.iter().fold((*first, *first), |(lo, hi), p| {
-            ([0, 1, 2].map(|a| lo[a].min(p[a])), [0, 1, 2].map(|a| hi[a].max(p[a])))
-        });
+        if points.is_empty() {
+            return None;
+        }
+        let (low, high) = bounds(points);
         let (low, high) = (low.map(f64::from), high.map(f64::from));
         let inverse = 1.0 / (f64::from(radius) * CELL_MARGIN);
         let extent = [0, 1, 2].map(|a| ((high[a] - low[a]) * inverse).floor() + 1.0);

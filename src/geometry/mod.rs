@@ -72,6 +72,13 @@ pub(crate) fn normalised(v: Point) -> Point {
     v.map(|x| x / n)
 }
 
+/// The smallest and largest coordinate on each axis (infinities for no points).
+pub fn bounds<'a>(points: impl IntoIterator<Item = &'a Point>) -> (Point, Point) {
+    points.into_iter().fold(([f32::INFINITY; 3], [f32::NEG_INFINITY; 3]), |(low, high), p| {
+        ([0, 1, 2].map(|a| low[a].min(p[a])), [0, 1, 2].map(|a| high[a].max(p[a])))
+    })
+}
+
 pub(crate) fn squared_distance(a: Point, b: Point) -> f32 {
     let d = sub(a, b);
     dot(d, d)

@@ -1,7 +1,7 @@
 //! Farthest-point sampling: `n` indices spread over the cloud, each the point farthest from those already
 //! chosen. The start index is an argument so inference is deterministic (a cloud always gives the same centres).
 
-use super::Point;
+use super::{Point, bounds};
 
 /// Points per bucket: nearby points (in Morton order) whose bounding box lets a pass skip them all.
 const BUCKET: usize = 64;
@@ -41,10 +41,7 @@ pub fn farthest_point_sampling(points: &[Point], n: usize, start: usize) -> Vec<
         .step_by(BUCKET)
         .map(|first| {
             let range = first..(first + BUCKET).min(points.len());
-            let (low, high) =
-                sorted[range.clone()].iter().fold(([f32::INFINITY; 3], [f32::NEG_INFINITY; 3]), |(lo, hi), p| {
-                    ([0, 1, 2].map(|a| lo[a].min(p[a])), [0, 1, 2].map(|a| hi[a].max(p[a])))
-                });
+            let (low, high) = bounds(&sorted[range.clone()]);
             Bucket { range, low, high, farthest: f32::INFINITY, farthest_index: u32::MAX }
         })
         .collect();
@@ -90,9 +87,7 @@ pub fn farthest_point_sampling(points: &[Point], n: usize, start: usize) -> Vec<
 /// Point indices in Morton (Z-curve) order of their coordinates quantised to 1024 steps per axis over the
 /// bounding box: consecutive points are near each other.
 fn morton_order(points: &[Point]) -> Vec<u32> {
-    let (low, high) = points.iter().fold(([f32::INFINITY; 3], [f32::NEG_INFINITY; 3]), |(lo, hi), p| {
-        ([0, 1, 2].map(|a| lo[a].min(p[a])), [0, 1, 2].map(|a| hi[a].max(p[a])))
-    });
+    let (low, high) = bounds(points);
     let scale = [0, 1, 2].map(|a| if high[a] > low[a] { 1023.0 / (high[a] - low[a]) } else { 0.0 });
     let spread = |v: u64| {
         // Bits of a 10-bit value two apart.

@@ -7,7 +7,7 @@ use super::voxel::{CellKey, CellMap};
 use super::{GeometryError, Point, Result, bounds, positive, squared_distance};
 
 /// Cells this many times `link / √3` wide: every pair in a cell is strictly closer than `link`, whatever the
-/// rounding of the cell keys.
+/// rounding of the cell keys; cell boxes count as apart only when this much farther than `link`.
 const CELL_SHRINK: f64 = 1.0 - 1e-5;
 
 /// Cell offsets that can hold a linked pair, each pair of cells once (the half of the 5×5×5 block after the
@@ -88,7 +88,9 @@ pub fn linked_components(points: &[Point], link: f32) -> Result<Vec<u32>> {
         let c = c as u32;
         for offset in &offsets {
             let Some(other) = key_plus(key, offset).and_then(|k| cell_of_key.get(&k)) else { continue };
-            if sets.find(c) == sets.find(*other) || gap(&boxes[c as usize], &boxes[*other as usize]) > reach {
+            // The margin keeps a box's rounding from hiding a pair just within reach.
+            let apart = gap(&boxes[c as usize], &boxes[*other as usize]) * CELL_SHRINK as f32 > reach;
+            if sets.find(c) == sets.find(*other) || apart {
                 continue;
             }
             let linked = cell(c).iter().any(|&i| {

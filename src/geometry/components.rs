@@ -3,6 +3,7 @@
 //! a grid of cells small enough that any two points of one cell are linked, then each pair of nearby cells is
 //! joined as soon as one pair of their points is close enough.
 
+use super::grid::bucket_by_cell;
 use super::voxel::{CellKey, CellMap};
 use super::{GeometryError, Point, Result, bounds, positive, squared_distance};
 
@@ -50,30 +51,17 @@ pub fn linked_components(points: &[Point], link: f32) -> Result<Vec<u32>> {
     let inverse = 3f64.sqrt() / (f64::from(link) * CELL_SHRINK);
     let mut cell_of_key: CellMap<u32> = CellMap::with_capacity_and_hasher(points.len() / 4, Default::default());
     let mut keys: Vec<CellKey> = Vec::new();
-    let cell_of_point: Vec<u32> = points
+    let cell_of_point: Vec<usize> = points
         .iter()
         .map(|p| {
             let key = CellKey(p.map(|c| (f64::from(c) * inverse).floor() as i64));
             *cell_of_key.entry(key).or_insert_with(|| {
                 keys.push(key);
                 (keys.len() - 1) as u32
-            })
+            }) as usize
         })
         .collect();
-    // Each cell's points, contiguous.
-    let mut starts = vec![0u32; keys.len() + 1];
-    for &c in &cell_of_point {
-        starts[c as usize + 1] += 1;
-    }
-    for c in 0..keys.len() {
-        starts[c + 1] += starts[c];
-    }
-    let mut filled = starts.clone();
-    let mut members = vec![0u32; points.len()];
-    for (i, &c) in cell_of_point.iter().enumerate() {
-        members[filled[c as usize] as usize] = i as u32;
-        filled[c as usize] += 1;
-    }
+    let (starts, members) = bucket_by_cell(&cell_of_point, keys.len());
     let cell = |c: u32| &members[starts[c as usize] as usize..starts[c as usize + 1] as usize];
     // Each cell's bounding box: most pairs of cells two apart are too far to link, whatever their points.
     let boxes: Vec<(Point, Point)> =
@@ -106,7 +94,7 @@ pub fn linked_components(points: &[Point], link: f32) -> Result<Vec<u32>> {
     Ok(cell_of_point
         .iter()
         .map(|&c| {
-            let root = sets.find(c) as usize;
+            let root = sets.find(c as u32) as usize;
             if label_of_root[root] == u32::MAX {
                 label_of_root[root] = next;
                 next += 1;

@@ -231,22 +231,12 @@ pub fn fpfh(points: &[Point], normals: &[Point], index: &NeighborIndex, radius: 
 
 #[cfg(test)]
 mod tests {
-    use super::super::{NormalOrientation, estimate_normals, neighbors::Neighborhood};
+    use super::super::{NormalOrientation, estimate_normals, neighbors::Neighborhood, unit_sphere_points};
     use super::*;
-
-    fn sphere(n: usize) -> Vec<Point> {
-        (0..n)
-            .map(|i| {
-                let (t, z) = (i as f32 * 2.399_963, 1.0 - 2.0 * (i as f32 + 0.5) / n as f32);
-                let r = (1.0 - z * z).sqrt();
-                [r * t.cos(), r * t.sin(), z]
-            })
-            .collect()
-    }
 
     #[test]
     fn histograms_sum_to_100_and_subsets_agree() {
-        let pts = sphere(1500);
+        let pts = unit_sphere_points(1500);
         let index = NeighborIndex::new(&pts).unwrap();
         let normals = estimate_normals(&pts, &index, Neighborhood::Knn(12), NormalOrientation::AwayFromCentroid);
         let all = fpfh(&pts, &normals, &index, 0.25).unwrap();
@@ -292,7 +282,7 @@ mod tests {
     fn pairs_counted_once_give_each_point_its_own_spfh() {
         // A sphere (no two ends alike) and a flat grid with one normal (every pair a tie: each end is its own
         // frame's source), queried in part so some neighbours' pairs are not shared.
-        let sphere = sphere(800);
+        let sphere = unit_sphere_points(800);
         let plane: Vec<Point> = (0..400).map(|i| [(i % 20) as f32 * 0.05, (i / 20) as f32 * 0.05, 0.0]).collect();
         for (pts, radius) in [(sphere, 0.3), (plane, 0.16)] {
             let index = NeighborIndex::new(&pts).unwrap();

@@ -23,6 +23,25 @@ pub enum RadiusSearch<'a> {
     Tree { index: &'a NeighborIndex, radius: f32 },
 }
 
+/// Point indices grouped by cell (a counting sort, input order kept within a cell): per cell the start of its
+/// run in the returned indices, one more entry closing the last run.
+pub(crate) fn bucket_by_cell(cell_of: &[usize], cells: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut starts = vec![0u32; cells + 1];
+    for &c in cell_of {
+        starts[c + 1] += 1;
+    }
+    for c in 0..cells {
+        starts[c + 1] += starts[c];
+    }
+    let mut next = starts.clone();
+    let mut members = vec![0u32; cell_of.len()];
+    for (i, &c) in cell_of.iter().enumerate() {
+        members[next[c] as usize] = i as u32;
+        next[c] += 1;
+    }
+    (starts, members)
+}
+
 /// A point set stored cell by cell over its bounding box.
 pub struct Grid {
     /// What a radius search reaches (the cell width, less the margin).
@@ -139,20 +158,8 @@ impl Grid {
                 grid.flat([0, 1, 2].map(|a| (cell[a] as usize).min(dims[a] - 1)))
             })
             .collect();
-        let mut starts = vec![0u32; cells as usize + 1];
-        for &c in &cell_of {
-            starts[c + 1] += 1;
-        }
-        for c in 0..cells as usize {
-            starts[c + 1] += starts[c];
-        }
-        let mut next = starts.clone();
-        let (mut sorted, mut ids) = (vec![[0.0; 3]; points.len()], vec![0u32; points.len()]);
-        for (i, &c) in cell_of.iter().enumerate() {
-            let slot = next[c] as usize;
-            (sorted[slot], ids[slot]) = (points[i], i as u32);
-            next[c] += 1;
-        }
+        let (starts, ids) = bucket_by_cell(&cell_of, cells as usize);
+        let sorted = ids.iter().map(|&i| points[i as usize]).collect();
         (grid.starts, grid.points, grid.ids) = (starts, sorted, ids);
         Some(grid)
     }

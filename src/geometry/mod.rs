@@ -79,6 +79,18 @@ pub fn bounds<'a>(points: impl IntoIterator<Item = &'a Point>) -> (Point, Point)
     })
 }
 
+/// `n` points spread evenly over the unit sphere (a Fibonacci lattice): the geometry tests' smooth surface.
+#[cfg(test)]
+pub(crate) fn unit_sphere_points(n: usize) -> Vec<Point> {
+    (0..n)
+        .map(|i| {
+            let (t, z) = (i as f32 * 2.399_963, 1.0 - 2.0 * (i as f32 + 0.5) / n as f32);
+            let r = (1.0 - z * z).sqrt();
+            [r * t.cos(), r * t.sin(), z]
+        })
+        .collect()
+}
+
 pub(crate) fn squared_distance(a: Point, b: Point) -> f32 {
     let d = sub(a, b);
     dot(d, d)

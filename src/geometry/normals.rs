@@ -120,13 +120,7 @@ mod tests {
 
     #[test]
     fn sphere_normals_point_outwards() {
-        let pts: Vec<Point> = (0..2000)
-            .map(|i| {
-                let (t, z) = (i as f32 * 2.399_963, 1.0 - 2.0 * (i as f32 + 0.5) / 2000.0);
-                let r = (1.0 - z * z).sqrt();
-                [r * t.cos(), r * t.sin(), z]
-            })
-            .collect();
+        let pts = super::super::unit_sphere_points(2000);
         let index = NeighborIndex::new(&pts).unwrap();
         let normals = estimate_normals(&pts, &index, Neighborhood::Knn(12), NormalOrientation::AwayFromCentroid);
         for (p, n) in pts.iter().zip(&normals) {

@@ -155,13 +155,7 @@ mod tests {
         let ties: Vec<Point> = (0..203).map(|i| [(i % 7) as f32, (i % 3) as f32, 0.0]).collect();
         assert_eq!(farthest_point_sampling(&ties, 30, 0), reference(&ties, 30, 0));
         // A surface with many buckets, most of them skipped once the first centres are placed.
-        let sphere: Vec<Point> = (0..4000)
-            .map(|i| {
-                let (t, z) = (i as f32 * 2.399_963, 1.0 - 2.0 * (i as f32 + 0.5) / 4000.0);
-                let r = (1.0 - z * z).sqrt();
-                [r * t.cos(), r * t.sin(), z]
-            })
-            .collect();
+        let sphere = super::super::unit_sphere_points(4000);
         assert_eq!(farthest_point_sampling(&sphere, 300, 17), reference(&sphere, 300, 17));
     }
 

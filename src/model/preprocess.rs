@@ -190,7 +190,8 @@ pub struct PoseTemplate {
     normals: Vec<Point>,
     index: NeighborIndex,
     voxel: f32,
-    /// The template in its own normalised frame (where registered scans are), indexed.
+    /// The template in its own normalised frame (where registered scans are), and indexed.
+    placed_points: Vec<Point>,
     placed: NeighborIndex,
 }
 
@@ -204,8 +205,9 @@ impl PoseTemplate {
             Neighborhood::Knn(cfg.normal_neighbors),
             NormalOrientation::AwayFromCentroid,
         );
-        let placed = NeighborIndex::new(&frame.apply_all(&points))?;
-        Ok(Self { points, frame, normals, index, voxel: cfg.voxel_size, placed })
+        let placed_points = frame.apply_all(&points);
+        let placed = NeighborIndex::new(&placed_points)?;
+        Ok(Self { points, frame, normals, index, voxel: cfg.voxel_size, placed_points, placed })
     }
 
     /// From a cloud's finite points (sensor frame).
@@ -418,11 +420,7 @@ pub fn surface_context(
     let [near, far] = CONTEXT_RADII_VOXELS.map(|r| r * voxel);
     // One pass over the wider radius counts both.
     let scan = RadiusSearch::new(points, index, far)?;
-    let placed = template.map(|t| t.frame.apply_all(&t.points));
-    let template_search = match (template, &placed) {
-        (Some(t), Some(placed)) => Some(RadiusSearch::new(placed, &t.placed, far)?),
-        _ => None,
-    };
+    let template_search = template.map(|t| RadiusSearch::new(&t.placed_points, &t.placed, far)).transpose()?;
     let counts = |search: &RadiusSearch, centre: &Point| {
         let mut counts = [0usize; 2];
         search.for_each_within(centre, |_, squared| {
@@ -458,7 +456,7 @@ pub fn surface_context(
             if let Some(t) = template {
                 let nearest = t.placed.nearest(&centre);
                 let i = nearest.index as usize;
-                let offset = geometry::sub(centre, t.frame.apply(t.points[i]));
+                let offset = geometry::sub(centre, t.placed_points[i]);
                 let template_normal = t.normals[i];
                 out[3] = (nearest.squared_distance.sqrt() / voxel).min(TEMPLATE_DISTANCE_CAP_VOXELS);
                 out[4] = (geometry::dot(offset, template_normal).abs() / voxel).min(TEMPLATE_DISTANCE_CAP_VOXELS);

@@ -189,6 +189,7 @@ pub struct PoseTemplate {
     pub frame: UnitSphere,
     normals: Vec<Point>,
     index: NeighborIndex,
+    isolation: Vec<f32>,
     voxel: f32,
     /// The template in its own normalised frame (where registered scans are), and indexed.
     placed_points: Vec<Point>,
@@ -205,9 +206,10 @@ impl PoseTemplate {
             Neighborhood::Knn(cfg.normal_neighbors),
             NormalOrientation::AwayFromCentroid,
         );
+        let isolation = geometry::registration::isolation(&points, &index);
         let placed_points = frame.apply_all(&points);
         let placed = NeighborIndex::new(&placed_points)?;
-        Ok(Self { points, frame, normals, index, voxel: cfg.voxel_size, placed_points, placed })
+        Ok(Self { points, frame, normals, index, isolation, voxel: cfg.voxel_size, placed_points, placed })
     }
 
     /// From a cloud's finite points (sensor frame).
@@ -235,7 +237,12 @@ impl PoseTemplate {
     pub fn register(&self, points: &[Point]) -> geometry::Registration {
         let step = (points.len() / ALIGN_MAX_POINTS).max(1);
         let sample: Vec<Point> = points.iter().step_by(step).copied().collect();
-        let template = geometry::Template { points: &self.points, normals: &self.normals, index: &self.index };
+        let template = geometry::Template {
+            points: &self.points,
+            normals: &self.normals,
+            index: &self.index,
+            isolation: &self.isolation,
+        };
         geometry::register(
             &sample,
             &template,

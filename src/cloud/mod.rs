@@ -252,6 +252,13 @@ impl PointCloud {
 
     /// Every point's x, y, z as f32 (NaN holes included), from fields of any numeric type.
     pub fn positions(&self) -> Result<Vec<[f32; 3]>> {
+        let mut all = Vec::with_capacity(self.len());
+        self.for_each_position(|p| all.push(p))?;
+        Ok(all)
+    }
+
+    /// Calls `visit` with every point's x, y, z as f32, in order, without collecting them first.
+    fn for_each_position(&self, mut visit: impl FnMut([f32; 3])) -> Result<()> {
         let axis = |name: &'static str| self.field(name).ok_or(CloudError::MissingCoordinate(name));
         let (x, y, z) = (axis("x")?, axis("y")?, axis("z")?);
         if self.is_empty() {
@@ -259,27 +266,31 @@ impl PointCloud {
         }
         let fast = |f: &Field| f.scalar == ScalarType::F32 && f.count == 1;
         if fast(x) && fast(y) && fast(z) {
-            let f = |d: &[u8], i: usize| f32::from_le_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]]);
-            return Ok((0..self.len()).map(|i| [f(x.bytes(), i), f(y.bytes(), i), f(z.bytes(), i)]).collect());
+            fn values(f: &Field) -> impl Iterator<Item = f32> + '_ {
+                f.bytes().chunks_exact(4).map(|b| f32::from_le_bytes(<[u8; 4]>::try_from(b).unwrap_or_default()))
+            }
+            values(x).zip(values(y)).zip(values(z)).for_each(|((x, y), z)| visit([x, y, z]));
+        } else {
+            (0..self.len()).for_each(|i| visit([x.value(i, 0) as f32, y.value(i, 0) as f32, z.value(i, 0) as f32]));
         }
-        Ok((0..self.len()).map(|i| [x.value(i, 0) as f32, y.value(i, 0) as f32, z.value(i, 0) as f32]).collect())
+        Ok(())
     }
 
     /// The points with finite coordinates, and for each the index of the point it came from.
     pub fn finite_points(&self) -> Result<FinitePoints> {
-        let all = self.positions()?;
-        let mut points = Vec::with_capacity(all.len());
-        let mut source_index = Vec::with_capacity(all.len());
-        for (i, p) in all.iter().enumerate() {
+        let (mut points, mut source_index) = (Vec::with_capacity(self.len()), Vec::with_capacity(self.len()));
+        let mut i = 0u32;
+        self.for_each_position(|p| {
             if p.iter().all(|c| c.is_finite()) {
-                points.push(*p);
-                source_index.push(i as u32);
+                points.push(p);
+                source_index.push(i);
             }
-        }
+            i += 1;
+        })?;
         if points.is_empty() {
-            return Err(CloudError::NoFinitePoints(all.len()));
+            return Err(CloudError::NoFinitePoints(self.len()));
         }
-        Ok(FinitePoints { points, source_index, total: all.len() })
+        Ok(FinitePoints { points, source_index, total: self.len() })
     }
 
     /// True when every point has finite x, y, z (`is_dense` in PointCloud2 and PCL terms).

@@ -88,33 +88,31 @@ impl PointCloud2Layout {
         }
         Ok(slots)
     }
-
-    /// Byte offset of point `i` (row-major) in `data`.
-    fn point_offset(&self, i: usize) -> usize {
-        let w = self.width as usize;
-        (i / w) * self.row_step as usize + (i % w) * self.point_step as usize
-    }
 }
 
 /// Decodes every field of a message into a [`PointCloud`] (little-endian, organised layout kept).
 pub fn decode(msg: &PointCloud2Layout) -> Result<PointCloud> {
     let slots = msg.validate()?;
     let n = msg.width as usize * msg.height as usize;
+    let (point_step, row_step) = (msg.point_step as usize, msg.row_step as usize);
+    // Each row's points (validate checked that every row's points lie inside the data).
+    let points = || {
+        (0..msg.height as usize).flat_map(move |row| {
+            let start = row * row_step;
+            msg.data[start..start + msg.width as usize * point_step].chunks_exact(point_step)
+        })
+    };
     let mut fields = Vec::with_capacity(slots.len());
     for (slot, f) in slots.iter().zip(&msg.fields) {
         let size = slot.scalar.size();
         let stride = size * slot.count;
         let mut out = Vec::with_capacity(n * stride);
-        for i in 0..n {
-            let at = msg.point_offset(i) + slot.offset;
-            let src = &msg.data[at..at + stride];
-            if msg.is_bigendian && size > 1 {
-                for value in src.chunks_exact(size) {
-                    out.extend(value.iter().rev());
-                }
-            } else {
-                out.extend_from_slice(src);
-            }
+        let values = points().map(|point| &point[slot.offset..slot.offset + stride]);
+        match (msg.is_bigendian && size > 1, stride) {
+            (true, _) => values.for_each(|src| src.chunks_exact(size).for_each(|v| out.extend(v.iter().rev()))),
+            // The usual field, one 4-byte value: a fixed-size copy, not a call to memcpy.
+            (false, 4) => values.for_each(|src| out.extend_from_slice(&<[u8; 4]>::try_from(src).unwrap_or_default())),
+            (false, _) => values.for_each(|src| out.extend_from_slice(src)),
         }
         fields.push(Field::from_le_bytes(f.name.clone(), slot.scalar, slot.count, out)?);
     }
@@ -194,18 +192,18 @@ pub fn with_f32_fields(msg: &PointCloud2Layout, extra: &[(&str, &[f32])]) -> Res
     let padding = msg.row_step as usize - width * old_step;
     let row_step = width * point_step + padding;
     let mut data = vec![0u8; row_step * msg.height as usize];
-    for row in 0..msg.height as usize {
-        let (src, dst) = (row * msg.row_step as usize + width * old_step, row * row_step + width * point_step);
-        data[dst..dst + padding].copy_from_slice(&msg.data[src..src + padding]);
-    }
-    for i in 0..n {
-        let src = msg.point_offset(i);
-        let at = (i / width) * row_step + (i % width) * point_step;
-        let dst = &mut data[at..at + point_step];
-        dst[..old_step].copy_from_slice(&msg.data[src..src + old_step]);
-        for ((_, values), &offset) in extra.iter().zip(&targets) {
-            let bytes = if msg.is_bigendian { values[i].to_be_bytes() } else { values[i].to_le_bytes() };
-            dst[offset..offset + 4].copy_from_slice(&bytes);
+    let rows = msg.data.chunks_exact(msg.row_step as usize).zip(data.chunks_exact_mut(row_step));
+    for (row, (src, dst)) in rows.enumerate() {
+        let (src_points, src_padding) = src.split_at(width * old_step);
+        let (dst_points, dst_padding) = dst.split_at_mut(width * point_step);
+        dst_padding.copy_from_slice(src_padding);
+        let points = src_points.chunks_exact(old_step).zip(dst_points.chunks_exact_mut(point_step));
+        for (i, (src, dst)) in (row * width..).zip(points) {
+            dst[..old_step].copy_from_slice(src);
+            for ((_, values), &offset) in extra.iter().zip(&targets) {
+                let bytes = if msg.is_bigendian { values[i].to_be_bytes() } else { values[i].to_le_bytes() };
+                dst[offset..offset + 4].copy_from_slice(&bytes);
+            }
         }
     }
     Ok(PointCloud2Layout {

@@ -119,18 +119,26 @@ impl<'a> NearestSearch<'a> {
     /// The neighbourhood `of` a query, as [`NeighborIndex::neighborhood`] gives it: the same points (up to which of
     /// several at exactly the k-th distance), nearest first.
     pub fn neighborhood(&self, query: &Point, of: Neighborhood) -> Vec<Neighbor> {
-        let knn = |k: usize| match &self.grid {
-            Some(grid) => grid.nearest(query, k).unwrap_or_else(|| self.index.knn(query, k)),
-            None => self.index.knn(query, k),
+        let mut found = Vec::new();
+        self.neighborhood_into(query, of, &mut found);
+        found
+    }
+
+    /// [`Self::neighborhood`] into `found` (cleared first): a buffer reused from query to query allocates once.
+    pub fn neighborhood_into(&self, query: &Point, of: Neighborhood, found: &mut Vec<Neighbor>) {
+        let mut knn = |k: usize| {
+            let sure = self.grid.as_ref().is_some_and(|grid| grid.nearest(query, k, found));
+            if !sure {
+                *found = self.index.knn(query, k);
+            }
         };
         match of {
             Neighborhood::Knn(k) => knn(k),
             Neighborhood::Hybrid { radius, max_nn } => {
-                let mut n = knn(max_nn);
-                n.retain(|m| m.squared_distance <= radius * radius);
-                n
+                knn(max_nn);
+                found.retain(|m| m.squared_distance <= radius * radius);
             }
-            Neighborhood::Radius(_) => self.index.neighborhood(query, of),
+            Neighborhood::Radius(_) => *found = self.index.neighborhood(query, of),
         }
     }
 }
@@ -173,16 +181,16 @@ impl Grid {
         (z * self.dims[1] + y) * self.dims[0] + x
     }
 
-    /// The `k` nearest points, nearest first (ties by index), if the query's block of 3×3×3 cells surely holds
-    /// them: the k-th lies inside the largest ball around the query that the block contains. `None` otherwise.
-    fn nearest(&self, query: &Point, k: usize) -> Option<Vec<Neighbor>> {
+    /// The `k` nearest points into `found`, nearest first (ties by index); whether the query's block of 3×3×3
+    /// cells surely holds them (the k-th lies inside the largest ball around the query that the block contains).
+    fn nearest(&self, query: &Point, k: usize, found: &mut Vec<Neighbor>) -> bool {
         let own = self.cell(query);
         let width = 1.0 / self.inverse;
         // How far the block reaches from the query on each side; cells beyond the grid's edge hold nothing.
         let mut reach = f64::INFINITY;
         for a in 0..3 {
             if !(0.0..self.dims[a] as f64).contains(&own[a]) {
-                return None;
+                return false;
             }
             let q = f64::from(query[a]) - self.low[a];
             if own[a] >= 1.0 {
@@ -192,18 +200,17 @@ impl Grid {
                 reach = reach.min((own[a] + 2.0) * width - q);
             }
         }
-        let mut found = Vec::with_capacity(4 * k);
+        found.clear();
         self.for_each_in_block(query, |index, squared_distance| found.push(Neighbor { index, squared_distance }));
         if found.len() < k || k == 0 {
-            return None;
+            return false;
         }
         let order =
             |a: &Neighbor, b: &Neighbor| a.squared_distance.total_cmp(&b.squared_distance).then(a.index.cmp(&b.index));
         found.select_nth_unstable_by(k - 1, order);
         found.truncate(k);
         found.sort_unstable_by(order);
-        let sure = f64::from(found[k - 1].squared_distance).sqrt() * CELL_MARGIN < reach;
-        sure.then_some(found)
+        f64::from(found[k - 1].squared_distance).sqrt() * CELL_MARGIN < reach
     }
 
     /// Calls `visit(index, squared distance)` for every point in the query's block of 3×3×3 cells.

@@ -54,11 +54,11 @@ pub fn estimate_surface(
     };
     let (normals, variation) = points
         .par_iter()
-        .map(|p| {
-            let neighbors = match &nearest {
-                Some(search) => search.neighborhood(p, neighborhood),
-                None => index.neighborhood(p, neighborhood),
-            };
+        .map_init(Vec::new, |neighbors, p| {
+            match &nearest {
+                Some(search) => search.neighborhood_into(p, neighborhood, neighbors),
+                None => *neighbors = index.neighborhood(p, neighborhood),
+            }
             match pca(neighbors.iter().map(|n| points[n.index as usize])) {
                 Some((normal, variation)) => {
                     let towards = match orientation {

@@ -178,7 +178,7 @@ pub fn standard_normal(rng: &mut impl Rng) -> f32 {
 const ALIGN_START_VOXELS: f32 = 8.0;
 const ALIGN_END_VOXELS: f32 = 1.5;
 const ALIGN_ITERATIONS: usize = 20;
-/// Points of a scan used to register it (every k-th voxel point): registration needs shape, not density.
+/// At most this many points of a scan register it (every k-th voxel point): registration needs shape, not density.
 const ALIGN_MAX_POINTS: usize = 4000;
 
 /// The part as training first saw it: voxel points (sensor frame of that cloud) with normals, and its unit-
@@ -235,7 +235,7 @@ impl PoseTemplate {
 
     /// The rigid transform that takes `points` (sensor frame) onto the template.
     pub fn register(&self, points: &[Point]) -> geometry::Registration {
-        let step = (points.len() / ALIGN_MAX_POINTS).max(1);
+        let step = points.len().div_ceil(ALIGN_MAX_POINTS).max(1);
         let sample: Vec<Point> = points.iter().step_by(step).copied().collect();
         let template = geometry::Template {
             points: &self.points,

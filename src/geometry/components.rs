@@ -5,7 +5,7 @@
 
 use super::grid::bucket_by_cell;
 use super::voxel::{CellKey, CellMap};
-use super::{GeometryError, Point, Result, bounds, positive, squared_distance};
+use super::{GeometryError, Point, Result, bounds, positive, squared_box_gap, squared_distance};
 
 /// Cells this many times `link / √3` wide: every pair in a cell is strictly closer than `link`, whatever the
 /// rounding of the cell keys; cell boxes count as apart only when this much farther than `link`.
@@ -66,9 +66,6 @@ pub fn linked_components(points: &[Point], link: f32) -> Result<Vec<u32>> {
     // Each cell's bounding box: most pairs of cells two apart are too far to link, whatever their points.
     let boxes: Vec<(Point, Point)> =
         (0..keys.len() as u32).map(|c| bounds(cell(c).iter().map(|&i| &points[i as usize]))).collect();
-    let gap = |a: &(Point, Point), b: &(Point, Point)| -> f32 {
-        (0..3).map(|k| (a.0[k] - b.1[k]).max(b.0[k] - a.1[k]).max(0.0).powi(2)).sum()
-    };
     let reach = link * link;
     let mut sets = Sets((0..keys.len() as u32).collect());
     let offsets = forward_offsets();
@@ -77,7 +74,7 @@ pub fn linked_components(points: &[Point], link: f32) -> Result<Vec<u32>> {
         for offset in &offsets {
             let Some(other) = key_plus(key, offset).and_then(|k| cell_of_key.get(&k)) else { continue };
             // The margin keeps a box's rounding from hiding a pair just within reach.
-            let apart = gap(&boxes[c as usize], &boxes[*other as usize]) * CELL_SHRINK as f32 > reach;
+            let apart = squared_box_gap(&boxes[c as usize], &boxes[*other as usize]) * CELL_SHRINK as f32 > reach;
             if sets.find(c) == sets.find(*other) || apart {
                 continue;
             }

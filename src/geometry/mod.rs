@@ -79,6 +79,12 @@ pub fn bounds<'a>(points: impl IntoIterator<Item = &'a Point>) -> (Point, Point)
     })
 }
 
+/// The squared distance between two axis-aligned boxes given as (low, high) corners, 0 where they overlap; a point
+/// is the box (p, p).
+pub(crate) fn squared_box_gap(a: &(Point, Point), b: &(Point, Point)) -> f32 {
+    (0..3).map(|k| (a.0[k] - b.1[k]).max(b.0[k] - a.1[k]).max(0.0).powi(2)).sum()
+}
+
 /// `n` points spread evenly over the unit sphere (a Fibonacci lattice): the geometry tests' smooth surface.
 #[cfg(test)]
 pub(crate) fn unit_sphere_points(n: usize) -> Vec<Point> {

@@ -1,7 +1,7 @@
 //! Farthest-point sampling: `n` indices spread over the cloud, each the point farthest from those already
 //! chosen. The start index is an argument so inference is deterministic (a cloud always gives the same centres).
 
-use super::{Point, bounds};
+use super::{Point, bounds, squared_box_gap};
 
 /// Points per bucket: nearby points (in Morton order) whose bounding box lets a pass skip them all.
 const BUCKET: usize = 64;
@@ -13,8 +13,8 @@ const SKIP_MARGIN: f32 = 1.0 - 1e-5;
 /// (lowest input index) point that has it.
 struct Bucket {
     range: std::ops::Range<usize>,
-    low: Point,
-    high: Point,
+    /// Bounding box (low, high).
+    bounds: (Point, Point),
     farthest: f32,
     farthest_index: u32,
 }
@@ -41,8 +41,8 @@ pub fn farthest_point_sampling(points: &[Point], n: usize, start: usize) -> Vec<
         .step_by(BUCKET)
         .map(|first| {
             let range = first..(first + BUCKET).min(points.len());
-            let (low, high) = bounds(&sorted[range.clone()]);
-            Bucket { range, low, high, farthest: f32::INFINITY, farthest_index: u32::MAX }
+            let bounds = bounds(&sorted[range.clone()]);
+            Bucket { range, bounds, farthest: f32::INFINITY, farthest_index: u32::MAX }
         })
         .collect();
     let mut chosen = Vec::with_capacity(n);
@@ -51,11 +51,10 @@ pub fn farthest_point_sampling(points: &[Point], n: usize, start: usize) -> Vec<
         chosen.push(current as u32);
         let own = place[current];
         nearest[own] = f32::NEG_INFINITY;
-        let [cx, cy, cz] = points[current];
+        let centre = points[current];
+        let [cx, cy, cz] = centre;
         for bucket in &mut buckets {
-            let gap: f32 = (0..3)
-                .map(|a| (bucket.low[a] - points[current][a]).max(points[current][a] - bucket.high[a]).max(0.0).powi(2))
-                .sum();
+            let gap = squared_box_gap(&bucket.bounds, &(centre, centre));
             if gap * SKIP_MARGIN > bucket.farthest && !bucket.range.contains(&own) {
                 continue;
             }
@@ -111,6 +110,7 @@ fn morton_order(points: &[Point]) -> Vec<u32> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::squared_distance;
     use super::*;
 
     #[test]
@@ -123,7 +123,7 @@ mod tests {
         assert!(farthest_point_sampling(&[], 5, 0).is_empty());
     }
 
-    /// The plain sequential definition the lane-wise pass must reproduce index for index.
+    /// The plain sequential definition the bucketed passes must reproduce index for index.
     fn reference(points: &[Point], n: usize, start: usize) -> Vec<u32> {
         let mut chosen = vec![start as u32];
         let mut nearest = vec![f32::INFINITY; points.len()];
@@ -140,8 +140,6 @@ mod tests {
         }
         chosen
     }
-
-    use super::super::squared_distance;
 
     #[test]
     fn matches_the_sequential_definition() {

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::cloud::{CloudError, Result, extension, io_error};
-use crate::geometry::{Point, cross, dot, sub};
+use crate::geometry::{Point, bounds, cross, dot, sub};
 
 #[derive(Clone, Debug)]
 pub struct Mesh {
@@ -178,15 +178,7 @@ impl Mesh {
     }
 
     pub fn bounds(&self) -> (Point, Point) {
-        let mut lo = [f32::INFINITY; 3];
-        let mut hi = [f32::NEG_INFINITY; 3];
-        for v in self.triangles.iter().flatten() {
-            for a in 0..3 {
-                lo[a] = lo[a].min(v[a]);
-                hi[a] = hi[a].max(v[a]);
-            }
-        }
-        (lo, hi)
+        bounds(self.triangles.iter().flatten())
     }
 }
 

@@ -142,7 +142,7 @@ fn ablation_mode_runs_every_switch() {
     let detector_cfg = write(
         dir.path(),
         "detector.json",
-        r#"{"preprocess": {"normals_face": "outward", "augment": {"views_per_cloud": 1}},
+        r#"{"preprocess": {"normals_face": "outward", "augment": {"views_per_cloud": 1, "camera_views": 1}},
             "patches": {"count": 64, "size": 16}, "generator": {"pseudo_defects": {"copies_per_view": 1}},
             "training": {"epochs": 3}, "scoring": {"holdout_fraction": 0.5}}"#,
     );
@@ -166,6 +166,7 @@ fn ablation_mode_runs_every_switch() {
         "Conditioning off",
         "Alignment off",
         "Template: first cloud only (not fused)",
+        "Camera views of all-round clouds off",
         "Positions off",
         "Score: fused",
         "Score: bank only",
@@ -180,4 +181,28 @@ fn ablation_mode_runs_every_switch() {
     for same_as_full in ["Generator: geometric |", "Score: discriminator only |", "Object score: top 1 % mean |"] {
         assert!(!table.contains(same_as_full), "{same_as_full} duplicates the full row:\n{table}");
     }
+}
+
+/// `full_then_camera` writes `<part>_cross`: full training scans, and camera frames moved into the part's frame,
+/// where they lie on the part the training scans show.
+#[test]
+fn cross_classes_train_on_full_scans_and_test_on_camera_frames_in_the_part_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let bench = r#"{"train": 2, "test_good": 1, "test_defective": 1, "points": 20000, "seed": 6,
+                    "modes": ["full_then_camera"], "defects": ["bulge"]}"#;
+    let root = synth(dir.path(), "featuretype.STL", bench);
+    let class = dataset::load_class(&root.join("featuretype_cross")).unwrap();
+    assert!(class.train.iter().all(|c| c.points.len() == 20_000), "training clouds are full scans");
+    let trained: Vec<[f32; 3]> = class.train.iter().flat_map(|c| c.points.iter().copied()).collect();
+    let index = inspect3d::geometry::NeighborIndex::new(&trained).unwrap();
+    for test in &class.test {
+        // A camera frame: fewer points than a full scan, one side of the part.
+        assert!(test.points.len() > 5_000 && test.points.len() < 200_000, "{} points", test.points.len());
+        let mut distances: Vec<f32> = test.points.iter().map(|p| index.nearest(p).squared_distance.sqrt()).collect();
+        distances.sort_by(f32::total_cmp);
+        // The part is 100 mm; the frame's misalignment is at most 2° and 1 mm, the training scans' spacing ~0.4 mm.
+        let median = distances[distances.len() / 2];
+        assert!(median < 3.0, "{}: median distance to the training scans {median} mm", test.name);
+    }
+    assert!(class.test.iter().any(|c| c.is_defective()));
 }

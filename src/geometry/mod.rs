@@ -2,7 +2,7 @@
 //! where each input point went, centring and unit-radius scaling, farthest-point sampling, k-nearest and radius
 //! neighbourhoods (kiddo; a dense grid for the hot fixed-radius loops), groups of linked points, outlier removal,
 //! PCA normals, FPFH descriptors (PCL's definition), rigid registration (ICP) and a median filter over point
-//! scores. Pure Rust on nalgebra and kiddo; points are `[f32; 3]`.
+//! scores, and what a camera sees of a point set. Pure Rust on nalgebra and kiddo; points are `[f32; 3]`.
 
 pub mod components;
 pub mod fpfh;
@@ -14,6 +14,7 @@ pub mod normals;
 pub mod outliers;
 pub mod registration;
 pub mod sampling;
+pub mod visibility;
 pub mod voxel;
 
 pub use components::linked_components;

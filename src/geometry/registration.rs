@@ -1,6 +1,7 @@
-//! Rigid registration of a scan to a template of the same part: coarse by centroids, fine by point-to-plane
-//! ICP with a shrinking correspondence distance (so the part of a single camera view that the template also has
-//! pulls it into place, and what only one side has is ignored). Fixtured parts come back within a few degrees
+//! Rigid registration of a scan to a template of the same part: a start where the scan is (a fixtured part in the
+//! template's frame) or at the template's centroid (a scan in another frame), whichever fits better, then
+//! point-to-plane ICP with a shrinking correspondence distance (so the part of a single camera view that the
+//! template also has pulls it into place, and what only one side has is ignored). Fixtured parts come back within a few degrees
 //! and millimetres; this removes that residual pose so positions mean the same thing in every scan.
 
 use nalgebra::{Matrix3, Matrix6, Rotation3, Vector3, Vector6};
@@ -79,6 +80,27 @@ fn centroid(points: &[Point]) -> Point {
     let n = points.len().max(1) as f64;
     let s = points.iter().fold([0f64; 3], |a, p| [a[0] + p[0] as f64, a[1] + p[1] as f64, a[2] + p[2] as f64]);
     s.map(|v| (v / n) as f32)
+}
+
+/// Source points that judge a start.
+const START_SAMPLE: usize = 256;
+
+/// Where ICP starts: the scan as it is, or moved so its centroid meets the template's — whichever leaves a sample
+/// of its points nearer the template (each distance capped at `cutoff`). A scan in the template's frame (a
+/// fixtured part) is nearly in place already, and a single view's centroid is not the part's: only one side is
+/// seen, so the centroids would pull it off by a good share of the part. A scan in another frame needs them.
+fn start(source: &[Point], template: &Template, cutoff: f32) -> Rigid {
+    let (cs, ct) = (centroid(source), centroid(template.points));
+    let centred = Rigid { translation: [ct[0] - cs[0], ct[1] - cs[1], ct[2] - cs[2]], ..Rigid::IDENTITY };
+    let step = source.len().div_ceil(START_SAMPLE).max(1);
+    let misfit = |pose: &Rigid| -> f64 {
+        source
+            .iter()
+            .step_by(step)
+            .map(|&p| f64::from(template.index.nearest(&pose.apply(p)).squared_distance.min(cutoff * cutoff)))
+            .sum()
+    };
+    if misfit(&centred) < misfit(&Rigid::IDENTITY) { centred } else { Rigid::IDENTITY }
 }
 
 /// A source point's nearest template point, kept from one ICP step to the next while it surely stays the nearest.
@@ -182,8 +204,7 @@ fn icp(
     iterations: usize,
     keep: bool,
 ) -> (Registration, usize) {
-    let (cs, ct) = (centroid(source), centroid(template.points));
-    let mut transform = Rigid { translation: [ct[0] - cs[0], ct[1] - cs[1], ct[2] - cs[2]], ..Rigid::IDENTITY };
+    let mut transform = start(source, template, start_distance);
     let mut result = Registration { transform, overlap: 0.0, rms: f32::INFINITY };
     let iterations = iterations.max(1);
     // Each source point's template point, and how far the point may move from where it was searched.
@@ -297,5 +318,39 @@ mod tests {
             assert_eq!(all, 30 * scan.len());
             assert!(searches < all / 3, "{searches} of {all} searches");
         }
+    }
+
+    #[test]
+    fn a_view_of_one_side_registers_from_where_it_is() {
+        let template_points = part(0.0);
+        let index = NeighborIndex::new(&template_points).unwrap();
+        let normals =
+            estimate_normals(&template_points, &index, Neighborhood::Knn(12), NormalOrientation::AwayFromCentroid);
+        let isolation = isolation(&template_points, &index);
+        let template = Template { points: &template_points, normals: &normals, index: &index, isolation: &isolation };
+        // A camera sees the near third of the part (its centroid 10 units off the part's), placed 1.5 units and
+        // 2° off.
+        let rotation = Rotation3::from_euler_angles(0.0, 0.0, 2f64.to_radians());
+        let m = rotation.matrix();
+        let pose = Rigid {
+            rotation: std::array::from_fn(|i| std::array::from_fn(|j| m[(i, j)] as f32)),
+            translation: [1.0, -1.0, 0.5],
+        };
+        let seen: Vec<Point> = template_points.iter().copied().filter(|p| p[0] < 10.0).collect();
+        let scan: Vec<Point> = seen.iter().map(|&p| pose.apply(p)).collect();
+        assert_eq!(start(&scan, &template, 5.0), Rigid::IDENTITY, "the view starts where it is");
+        let found = register(&scan, &template, 5.0, 0.5, 30);
+        let worst = seen
+            .iter()
+            .zip(&scan)
+            .map(|(p, &q)| squared_distance(found.transform.apply(q), *p).sqrt())
+            .fold(0f32, f32::max);
+        assert!(worst < 0.02, "a point comes back {worst} away");
+        // The same view in another frame (30 units away) starts from the centroids and still lands.
+        let far: Vec<Point> = scan.iter().map(|p| [p[0] + 30.0, p[1], p[2]]).collect();
+        assert_ne!(start(&far, &template, 5.0), Rigid::IDENTITY, "the far view starts from the centroids");
+        let found = register(&far, &template, 5.0, 0.5, 30);
+        let start = found.transform.apply(far[0]);
+        assert!(start[0] < 15.0, "the far view was not moved onto the part: {start:?}");
     }
 }

@@ -44,7 +44,7 @@ impl DetectorConfig {
 
     /// Checks values a typo could make meaningless, naming the key.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 22] = [
+        let checks: [(bool, &str); 23] = [
             (
                 self.preprocess.voxel_size >= 0.0 && self.preprocess.voxel_size.is_finite(),
                 "preprocess.voxel_size must be >= 0 (0: derived from the training clouds)",
@@ -66,6 +66,13 @@ impl DetectorConfig {
                 "preprocess.outliers.margin must be >= 0 and .link_voxels > 0",
             ),
             (self.preprocess.max_voxel_points >= 1000, "preprocess.max_voxel_points must be at least 1000"),
+            (
+                {
+                    let [lo, hi] = self.preprocess.augment.camera_elevation_degrees;
+                    (-90.0..=90.0).contains(&lo) && (-90.0..=90.0).contains(&hi) && lo <= hi
+                },
+                "preprocess.augment.camera_elevation_degrees must be [a, b] with -90 <= a <= b <= 90",
+            ),
             (self.conditioning.bank_size >= 1, "conditioning.bank_size must be at least 1"),
             ((0.0..=1.0).contains(&self.scoring.point_weight), "scoring.point_weight must be in [0, 1]"),
             ((0.0..=1.0).contains(&self.scoring.point_bank_weight), "scoring.point_bank_weight must be in [0, 1]"),
@@ -212,12 +219,26 @@ pub struct AugmentConfig {
     /// Augmented copies drawn per training cloud. The frozen backbone and SCA dominate the cost of a training
     /// step, so copies are drawn once and their features cached, not redrawn every epoch.
     pub views_per_cloud: usize,
+    /// Further views of each all-round training cloud (one whose frame's origin lies inside the part, so no
+    /// single sensor took it: a turntable scan, views fused in a world frame), each cut to what one camera sees,
+    /// so that training views look like a cell camera's inspection views: their occlusion borders, their
+    /// missing far side. Their pseudo-defects are made on the cut view. Also used to calibrate. 0: none.
+    pub camera_views: usize,
+    /// Elevation range of those cameras above the cloud frame's xy plane (z up), degrees; any azimuth.
+    pub camera_elevation_degrees: [f32; 2],
 }
 
 impl Default for AugmentConfig {
     fn default() -> Self {
         // A fixtured part comes back within a few degrees: that, not any yaw, is what training should see.
-        Self { yaw_degrees: 5.0, jitter: 0.002, scale: 0.0, views_per_cloud: 4 }
+        Self {
+            yaw_degrees: 5.0,
+            jitter: 0.002,
+            scale: 0.0,
+            views_per_cloud: 4,
+            camera_views: 4,
+            camera_elevation_degrees: [20.0, 90.0],
+        }
     }
 }
 

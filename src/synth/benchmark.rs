@@ -2,7 +2,8 @@
 //! and test scans, some with a bulge or sink whose every point is labelled. Capture modes: full 360° scans (a
 //! turntable scanner: dense, precise; class `<part>`) and single frames of a cell's depth camera (organised,
 //! noisy, with holes; class `<part>_camera`). Each part is scaled to `diagonal` millimetres. Deterministic for
-//! a seed.
+//! a seed. A third mode, `full_then_camera` (class `<part>_cross`), trains on full scans and tests on camera frames
+//! expressed in the part's frame: a cell taught from fused all-round scans that inspects single views.
 
 use std::path::{Path, PathBuf};
 
@@ -47,6 +48,18 @@ pub struct BenchmarkConfig {
 pub enum CaptureMode {
     FullScan,
     Camera,
+    /// Training scans full, test scans camera frames (in the part's frame).
+    FullThenCamera,
+}
+
+impl CaptureMode {
+    /// How the class's training and test scans are captured.
+    fn captures(self) -> (CaptureMode, CaptureMode) {
+        match self {
+            Self::FullThenCamera => (Self::FullScan, Self::Camera),
+            mode => (mode, mode),
+        }
+    }
 }
 
 impl Default for BenchmarkConfig {
@@ -179,7 +192,7 @@ struct Scan {
 
 fn scan(mesh: &Mesh, mode: CaptureMode, cfg: &BenchmarkConfig, rng: &mut impl Rng) -> Scan {
     match mode {
-        CaptureMode::FullScan => {
+        CaptureMode::FullScan | CaptureMode::FullThenCamera => {
             let s = sample::sample_surface(mesh, cfg.points, cfg.noise, rng);
             Scan { width: s.points.len(), height: 1, points: s.points, normals: s.normals }
         }
@@ -187,6 +200,15 @@ fn scan(mesh: &Mesh, mode: CaptureMode, cfg: &BenchmarkConfig, rng: &mut impl Rn
             let f = camera::capture(mesh, &cfg.camera, rng);
             Scan { width: f.width, height: f.height, points: f.points, normals: f.normals }
         }
+    }
+}
+
+impl Scan {
+    /// A camera frame's points and normals moved from the camera's frame into the part's.
+    fn in_part_frame(self, camera: &CameraConfig) -> Self {
+        let points = self.points.iter().map(|&p| camera::camera_to_part(camera, p)).collect();
+        let normals = self.normals.iter().map(|&n| camera::camera_to_part_direction(camera, n)).collect();
+        Self { points, normals, ..self }
     }
 }
 
@@ -213,7 +235,12 @@ pub fn generate(meshes: &[PathBuf], out: &Path, cfg: &BenchmarkConfig) -> anyhow
             let class = match mode {
                 CaptureMode::FullScan => part.clone(),
                 CaptureMode::Camera => format!("{part}_camera"),
+                CaptureMode::FullThenCamera => format!("{part}_cross"),
             };
+            let (train_mode, test_mode) = mode.captures();
+            // Test frames of a cross class are written in the part's frame, where its training scans are.
+            let in_part_frame = mode == CaptureMode::FullThenCamera;
+            let test_scan = |s: Scan| if in_part_frame { s.in_part_frame(&cfg.camera) } else { s };
             let dir = out.join(&class);
             for sub in ["train", "test", "gt"] {
                 std::fs::create_dir_all(dir.join(sub))?;
@@ -223,21 +250,22 @@ pub fn generate(meshes: &[PathBuf], out: &Path, cfg: &BenchmarkConfig) -> anyhow
             for i in 0..cfg.train {
                 write_scan(
                     &dir.join(format!("train/{i:03}_template.pcd")),
-                    &scan(&mesh, mode, cfg, &mut rng),
+                    &scan(&mesh, train_mode, cfg, &mut rng),
                     cfg.unit_scale,
                 )?;
             }
             for i in 0..cfg.test_good {
                 write_scan(
                     &dir.join(format!("test/{i:03}_good.pcd")),
-                    &scan(&mesh, mode, cfg, &mut rng),
+                    &test_scan(scan(&mesh, test_mode, cfg, &mut rng)),
                     cfg.unit_scale,
                 )?;
             }
             for i in 0..cfg.test_defective {
                 anyhow::ensure!(!cfg.defects.is_empty(), "the benchmark configuration lists no defect kinds");
                 let kind = cfg.defects[i % cfg.defects.len()];
-                let (s, mask) = defective_scan(&mesh, mode, kind, cfg, &mut rng)?;
+                let (s, mask) = defective_scan(&mesh, test_mode, kind, cfg, &mut rng)?;
+                let s = test_scan(s);
                 let name = format!("{i:03}_{}", kind.name());
                 write_scan(&dir.join(format!("test/{name}.pcd")), &s, cfg.unit_scale)?;
                 let (points, labels): (Vec<_>, Vec<_>) = s

@@ -87,6 +87,23 @@ fn compose(a: &Rotation, b: &Rotation) -> Rotation {
     [0, 1, 2].map(|i| [0, 1, 2].map(|j| dot(a[i], col(j))))
 }
 
+/// The camera looks down at the elevation angle: world z up becomes the camera's −y, depth along +z.
+fn view_rotation(cfg: &CameraConfig) -> Rotation {
+    rotation_about(0, -(90.0 + cfg.elevation_degrees).to_radians())
+}
+
+/// A point of a frame in the part's (world) frame: where the camera's pose puts it, before the part's own
+/// misalignment (a cell's fixture error stays in the scan). NaN stays NaN.
+pub fn camera_to_part(cfg: &CameraConfig, p: Point) -> Point {
+    camera_to_part_direction(cfg, [p[0], p[1], p[2] - cfg.distance])
+}
+
+/// A direction (a normal) of the camera's frame in the part's frame.
+pub fn camera_to_part_direction(cfg: &CameraConfig, d: Point) -> Point {
+    let r = view_rotation(cfg);
+    [0, 1, 2].map(|j| r[0][j] * d[0] + r[1][j] * d[1] + r[2][j] * d[2])
+}
+
 /// Material cut out of the part: a ball, in the camera's frame.
 #[derive(Clone, Copy, Debug)]
 pub struct Ball {
@@ -117,8 +134,7 @@ pub fn capture_carved<R: Rng>(
     let jitter = [0, 1, 2].map(|a| rotation_about(a, rot_deg.to_radians() * rng.gen_range(-1.0f32..=1.0)));
     let part_rotation = compose(&jitter[0], &compose(&jitter[1], &jitter[2]));
     let part_shift = [0, 1, 2].map(|_| shift * rng.gen_range(-1.0f32..=1.0));
-    // Camera looks down at the elevation angle: world z up becomes the camera's −y, depth along +z.
-    let view = rotation_about(0, -(90.0 + cfg.elevation_degrees).to_radians());
+    let view = view_rotation(cfg);
     let to_camera = |p: Point| {
         let q = rotate(&part_rotation, p);
         let q = [q[0] + part_shift[0], q[1] + part_shift[1], q[2] + part_shift[2]];
@@ -321,6 +337,26 @@ mod tests {
         assert!(valid.iter().all(|p| p[2] > 180.0 - 80.0 && p[2] < 180.0 + 80.0));
         let occluded = capture(&cube(), &CameraConfig { occlusion: 0.5, ..cfg.clone() }, &mut rng);
         assert!(visible_points(&occluded).count() < valid.len());
+    }
+
+    #[test]
+    fn a_frame_moved_to_the_part_frame_lies_on_the_part() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let cfg = CameraConfig { misalignment: [0.0, 0.0], ..exact() };
+        let frame = capture(&cube(), &cfg, &mut rng);
+        let on_surface = |p: Point| {
+            let m = p.iter().fold(0f32, |m, c| m.max(c.abs()));
+            (m - 40.0).abs() < 0.01
+        };
+        let mut seen_top = false;
+        for ((_, p), n) in visible_points(&frame).zip(frame.normals.iter().filter(|n| n.iter().any(|c| *c != 0.0))) {
+            let q = camera_to_part(&cfg, p);
+            assert!(on_surface(q), "{q:?} is not on the cube");
+            // The camera is above the part: it sees the top face, never the bottom one.
+            assert!(q[2] > -39.9, "{q:?}");
+            seen_top |= q[2] > 39.99 && camera_to_part_direction(&cfg, *n)[2] > 0.99;
+        }
+        assert!(seen_top, "the top face with its normal up");
     }
 
     /// A frame without sensor faults: exact surface points.

@@ -15,6 +15,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use tch::{Device, Kind, Reduction, Tensor, nn, nn::OptimizerConfig};
 
+pub mod camera_views;
 pub mod pseudo_defects;
 
 use crate::geometry::Point;
@@ -235,7 +236,7 @@ pub fn train(
     let prepared = prepare_views(&detector, clouds, training, &mut rng, monitor, start)?;
     let samples = condition(&mut detector, prepared)?;
     let epoch_loss = fit_heads(&detector, &samples, training.len(), &mut rng, monitor)?;
-    let cloud_scores = calibrate(&mut detector, clouds, calibration, training.len(), epoch_loss, monitor)?;
+    let cloud_scores = calibrate(&mut detector, clouds, calibration, training.len(), epoch_loss, &mut rng, monitor)?;
     if !validation.is_empty() {
         set_point_threshold_by_f1(&mut detector, validation)?;
     }
@@ -282,21 +283,34 @@ fn prepare_views(
     let pd = &cfg.generator.pseudo_defects;
     let (count, size) = (cfg.patches.count, cfg.patches.size);
     let mut out = Vec::new();
-    let total_views = training.len() * views;
+    let cuts = training
+        .iter()
+        .map(|&i| {
+            camera_views::cut_views(&clouds[i].points, &cfg.preprocess, 2 * size, rng)
+                .map_err(|e| ModelError::Training(format!("{}: {e}", clouds[i].name)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let cut = cuts.iter().map(Vec::len).sum::<usize>();
+    if cut > 0 {
+        tracing::info!(views = cut, "camera views cut from the all-round training clouds");
+    }
+    let total_views = training.len() * views + cut;
+    let mut done = 0;
     for (k, &i) in training.iter().enumerate() {
         let cloud = &clouds[i];
         let named = |e: ModelError| ModelError::Training(format!("{}: {e}", cloud.name));
-        for v in 0..views {
+        // The cloud as recorded, then turned a little; then its camera views (also turned).
+        let sources = std::iter::repeat_n(cloud.points.as_slice(), views).chain(cuts[k].iter().map(Vec::as_slice));
+        for (v, points) in sources.enumerate() {
             if monitor.cancelled() {
                 return Err(ModelError::Cancelled);
             }
+            done += 1;
             let aug = (v > 0).then(|| Augmentation::draw(&cfg.preprocess.augment, rng));
             let template = detector.conditioning.template.as_ref().filter(|_| cfg.preprocess.align);
             let view = match &aug {
-                Some(a) => {
-                    preprocess::prepare_view(&cloud.points, &cfg.preprocess, size, template, Some((a, &mut *rng)))
-                }
-                None => preprocess::prepare_view(&cloud.points, &cfg.preprocess, size, template, None),
+                Some(a) => preprocess::prepare_view(points, &cfg.preprocess, size, template, Some((a, &mut *rng))),
+                None => preprocess::prepare_view(points, &cfg.preprocess, size, template, None),
             }
             .map_err(named)?;
             if geometric {
@@ -320,7 +334,6 @@ fn prepare_views(
                 .map_err(named)?;
             let untouched = vec![false; patched.points.len()];
             out.push(view_tokens(detector, &patched, None, &untouched, rng)?);
-            let done = k * views + v + 1;
             let elapsed = start.elapsed().as_secs_f32();
             monitor.report(&Progress {
                 stage: Stage::Preparing,
@@ -557,24 +570,32 @@ fn calibrate(
     calibration: &[usize],
     clouds_trained: usize,
     epoch_loss: f32,
+    rng: &mut StdRng,
     monitor: &mut dyn Monitor,
 ) -> Result<Vec<f32>> {
     let epochs = detector.config.training.epochs;
-    let mut raw = Vec::with_capacity(calibration.len());
-    for (k, &i) in calibration.iter().enumerate() {
+    // The held-out clouds, and of an all-round one also the camera views training cut from the others, so the
+    // references and thresholds know what an inspection view scores.
+    let mut scans: Vec<(&str, std::borrow::Cow<[Point]>)> = Vec::new();
+    for &i in calibration {
+        let cloud = &clouds[i];
+        let cuts =
+            camera_views::cut_views(&cloud.points, &detector.config.preprocess, 2 * detector.config.patches.size, rng)
+                .map_err(|e| ModelError::Training(format!("{}: {e}", cloud.name)))?;
+        scans.push((&cloud.name, cloud.points.as_slice().into()));
+        scans.extend(cuts.into_iter().map(|cut| (cloud.name.as_str(), cut.into())));
+    }
+    let mut raw = Vec::with_capacity(scans.len());
+    for (k, (name, points)) in scans.iter().enumerate() {
         if monitor.cancelled() {
             return Err(ModelError::Cancelled);
         }
-        raw.push(
-            detector
-                .raw_scores(&clouds[i].points)
-                .map_err(|e| ModelError::Training(format!("{}: {e}", clouds[i].name)))?,
-        );
+        raw.push(detector.raw_scores(points).map_err(|e| ModelError::Training(format!("{name}: {e}")))?);
         monitor.report(&Progress {
             stage: Stage::Calibrating,
             fraction: PREPARE_SHARE
                 + TRAIN_SHARE
-                + (1.0 - PREPARE_SHARE - TRAIN_SHARE) * (k + 1) as f32 / calibration.len() as f32,
+                + (1.0 - PREPARE_SHARE - TRAIN_SHARE) * (k + 1) as f32 / scans.len() as f32,
             epoch: epochs,
             epochs,
             loss: epoch_loss,

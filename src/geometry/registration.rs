@@ -1,8 +1,8 @@
 //! Rigid registration of a scan to a template of the same part: a start where the scan is (a fixtured part in the
 //! template's frame) or at the template's centroid (a scan in another frame), whichever fits better, then
 //! point-to-plane ICP with a shrinking correspondence distance (so the part of a single camera view that the
-//! template also has pulls it into place, and what only one side has is ignored). Fixtured parts come back within a few degrees
-//! and millimetres; this removes that residual pose so positions mean the same thing in every scan.
+//! template also has pulls it into place, and what only one side has is ignored). Fixtured parts come back within
+//! a few degrees and millimetres; this removes that residual pose so positions mean the same thing in every scan.
 
 use nalgebra::{Matrix3, Matrix6, Rotation3, Vector3, Vector6};
 use rayon::prelude::*;
@@ -328,8 +328,8 @@ mod tests {
             estimate_normals(&template_points, &index, Neighborhood::Knn(12), NormalOrientation::AwayFromCentroid);
         let isolation = isolation(&template_points, &index);
         let template = Template { points: &template_points, normals: &normals, index: &index, isolation: &isolation };
-        // A camera sees the near third of the part (its centroid 10 units off the part's), placed 1.5 units and
-        // 2° off.
+        // A camera sees the near third of the part (its centroid several units off the part's), placed 1.5 units
+        // and 2° off.
         let rotation = Rotation3::from_euler_angles(0.0, 0.0, 2f64.to_radians());
         let m = rotation.matrix();
         let pose = Rigid {
@@ -350,7 +350,7 @@ mod tests {
         let far: Vec<Point> = scan.iter().map(|p| [p[0] + 30.0, p[1], p[2]]).collect();
         assert_ne!(start(&far, &template, 5.0), Rigid::IDENTITY, "the far view starts from the centroids");
         let found = register(&far, &template, 5.0, 0.5, 30);
-        let start = found.transform.apply(far[0]);
-        assert!(start[0] < 15.0, "the far view was not moved onto the part: {start:?}");
+        let landed = found.transform.apply(far[0]);
+        assert!(landed[0] < 15.0, "the far view was not moved onto the part: {landed:?}");
     }
 }

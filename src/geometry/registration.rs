@@ -30,6 +30,11 @@ impl Rigid {
         ]
     }
 
+    fn from_rotation(rotation: &Rotation3<f64>, translation: Point) -> Self {
+        let m = rotation.matrix();
+        Self { rotation: std::array::from_fn(|i| std::array::from_fn(|j| m[(i, j)] as f32)), translation }
+    }
+
     /// `self` after `first`.
     fn after(&self, first: &Self) -> Self {
         let a = Matrix3::from_fn(|i, j| self.rotation[i][j]);
@@ -241,11 +246,7 @@ fn icp(
         };
         let Some(x) = ata.cholesky().map(|c| c.solve(&atb)) else { break };
         let rotation = Rotation3::from_euler_angles(x[0], x[1], x[2]);
-        let m = rotation.matrix();
-        let step = Rigid {
-            rotation: std::array::from_fn(|i| std::array::from_fn(|j| m[(i, j)] as f32)),
-            translation: [x[3] as f32, x[4] as f32, x[5] as f32],
-        };
+        let step = Rigid::from_rotation(&rotation, [x[3] as f32, x[4] as f32, x[5] as f32]);
         transform = step.after(&transform);
         result.transform = transform;
     }
@@ -280,22 +281,35 @@ mod tests {
         pts
     }
 
+    /// The part's points with what registration needs of a template.
+    struct TestTemplate {
+        points: Vec<Point>,
+        index: NeighborIndex,
+        normals: Vec<Point>,
+        isolation: Vec<f32>,
+    }
+
+    impl TestTemplate {
+        fn of(points: Vec<Point>) -> Self {
+            let index = NeighborIndex::new(&points).unwrap();
+            let normals = estimate_normals(&points, &index, Neighborhood::Knn(12), NormalOrientation::AwayFromCentroid);
+            let isolation = isolation(&points, &index);
+            Self { points, index, normals, isolation }
+        }
+
+        fn template(&self) -> Template<'_> {
+            Template { points: &self.points, normals: &self.normals, index: &self.index, isolation: &self.isolation }
+        }
+    }
+
     #[test]
     fn recovers_a_known_pose() {
-        let template_points = part(0.0);
-        let index = NeighborIndex::new(&template_points).unwrap();
-        let normals =
-            estimate_normals(&template_points, &index, Neighborhood::Knn(12), NormalOrientation::AwayFromCentroid);
-        let isolation = isolation(&template_points, &index);
-        let template = Template { points: &template_points, normals: &normals, index: &index, isolation: &isolation };
+        let owned = TestTemplate::of(part(0.0));
+        let (template_points, template) = (&owned.points, owned.template());
         // The part moved by 4° about a tilted axis and 1.5 units; the scan misses a tenth of it.
         let axis = Vector3::new(0.2, 0.3, 1.0).normalize();
         let rotation = Rotation3::from_axis_angle(&nalgebra::Unit::new_normalize(axis), 4f64.to_radians());
-        let m = rotation.matrix();
-        let pose = Rigid {
-            rotation: std::array::from_fn(|i| std::array::from_fn(|j| m[(i, j)] as f32)),
-            translation: [1.5, -1.0, 0.5],
-        };
+        let pose = Rigid::from_rotation(&rotation, [1.5, -1.0, 0.5]);
         let scan: Vec<Point> =
             template_points.iter().skip(template_points.len() / 10).map(|&p| pose.apply(p)).collect();
         let found = register(&scan, &template, 5.0, 0.5, 30);
@@ -322,20 +336,12 @@ mod tests {
 
     #[test]
     fn a_view_of_one_side_registers_from_where_it_is() {
-        let template_points = part(0.0);
-        let index = NeighborIndex::new(&template_points).unwrap();
-        let normals =
-            estimate_normals(&template_points, &index, Neighborhood::Knn(12), NormalOrientation::AwayFromCentroid);
-        let isolation = isolation(&template_points, &index);
-        let template = Template { points: &template_points, normals: &normals, index: &index, isolation: &isolation };
+        let owned = TestTemplate::of(part(0.0));
+        let (template_points, template) = (&owned.points, owned.template());
         // A camera sees the near third of the part (its centroid several units off the part's), placed 1.5 units
         // and 2° off.
         let rotation = Rotation3::from_euler_angles(0.0, 0.0, 2f64.to_radians());
-        let m = rotation.matrix();
-        let pose = Rigid {
-            rotation: std::array::from_fn(|i| std::array::from_fn(|j| m[(i, j)] as f32)),
-            translation: [1.0, -1.0, 0.5],
-        };
+        let pose = Rigid::from_rotation(&rotation, [1.0, -1.0, 0.5]);
         let seen: Vec<Point> = template_points.iter().copied().filter(|p| p[0] < 10.0).collect();
         let scan: Vec<Point> = seen.iter().map(|&p| pose.apply(p)).collect();
         assert_eq!(start(&scan, &template, 5.0), Rigid::IDENTITY, "the view starts where it is");

@@ -167,6 +167,7 @@ fn ablation_mode_runs_every_switch() {
         "Alignment off",
         "Template: first cloud only (not fused)",
         "Camera views of all-round clouds off",
+        "Template counts through the camera",
         "Positions off",
         "Score: fused",
         "Score: bank only",

@@ -14,6 +14,17 @@ pub struct Camera {
     pub pixel: f32,
 }
 
+/// A cell camera's distance from the part's centre, in part radii (about 1.8 part diagonals away): where training
+/// puts its cameras, and where a view's camera is assumed to be when its cloud does not say.
+pub const CELL_CAMERA_DISTANCE: f32 = 3.5;
+/// A depth camera gets no return from a surface turned further than this from the ray.
+pub const GRAZING_LIMIT_DEGREES: f32 = 75.0;
+
+/// The cosine of [`GRAZING_LIMIT_DEGREES`], as [`visible`] takes it.
+pub fn grazing_cos() -> f32 {
+    GRAZING_LIMIT_DEGREES.to_radians().cos()
+}
+
 /// The image is at most this many pixels on a side; a finer pixel is coarsened to fit.
 const MAX_SIDE: f32 = 4096.0;
 /// A disc covers at most this many pixels either side of its own (a camera far finer than the points).

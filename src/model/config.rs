@@ -144,6 +144,13 @@ pub struct PreprocessConfig {
     /// With `align`: the template is every training cloud registered to the first and fused on the voxel grid,
     /// so it has the whole part where one view has holes (specular patches, occlusion); else the first cloud.
     pub fuse_template: bool,
+    /// With `align`: the surface context's count of template points around a point counts only those the
+    /// view's camera can see (or that the view has), so an occlusion border is not mistaken for the rim of
+    /// missing material. The camera is the cloud frame's origin where that lies outside the part; else, for a
+    /// view that covers under 80 % of the template, a camera 3.5 part radii off on the side the view covers;
+    /// a scan covering more (all round) expects the whole template. Off by default: measured no better on full
+    /// scans and sensor-frame views, and worse on views in the part's frame (docs/evaluation.md).
+    pub template_visibility: bool,
     /// PCA normals over this many nearest neighbours.
     pub normal_neighbors: usize,
     /// Which side normals face: `sensor` (towards the cloud frame's origin, i.e. a depth camera) or `outward`
@@ -166,6 +173,7 @@ impl Default for PreprocessConfig {
             voxel_spacing_factor: 3.0,
             align: true,
             fuse_template: true,
+            template_visibility: false,
             normal_neighbors: 16,
             normals_face: NormalSide::Sensor,
             fpfh_radius: 0.1,

@@ -8,7 +8,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::geometry::{self, NeighborIndex, Neighborhood, NormalOrientation, Point};
+use crate::geometry::{self, NeighborIndex, Point};
 use crate::model::Result;
 use crate::model::conditioning::{greedy_coreset, nearest_distances};
 use crate::train::TrainingCloud;
@@ -70,13 +70,7 @@ fn features(kind: Baseline, cfg: &BaselineConfig, points: &[Point]) -> Result<(g
             Ok((grid, flat, 3))
         }
         Baseline::BtfFpfh | Baseline::PatchCoreFpfhRaw => {
-            let index = NeighborIndex::new(&grid.points)?;
-            let normals = geometry::estimate_normals(
-                &grid.points,
-                &index,
-                Neighborhood::Knn(cfg.normal_neighbors),
-                NormalOrientation::AwayFromCentroid,
-            );
+            let (index, normals) = geometry::outward_normals(&grid.points, cfg.normal_neighbors)?;
             let fpfh = geometry::fpfh(&grid.points, &normals, &index, cfg.fpfh_radius_voxels * cfg.voxel)?;
             let flat = fpfh.iter().flatten().copied().collect();
             Ok((grid, flat, geometry::FPFH_BINS))

@@ -23,7 +23,7 @@ pub use grid::{NearestSearch, RadiusSearch};
 pub use median::median_filter;
 pub use neighbors::{NeighborIndex, Neighborhood};
 pub use normalize::UnitSphere;
-pub use normals::{NormalOrientation, SurfaceEstimate, estimate_normals, estimate_surface};
+pub use normals::{NormalOrientation, SurfaceEstimate, estimate_normals, estimate_surface, outward_normals};
 pub use outliers::{Inliers, OutlierRule, drop_floating_groups, inside_robust_box};
 pub use registration::{Registration, Rigid, Template, register};
 pub use sampling::farthest_point_sampling;

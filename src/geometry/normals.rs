@@ -37,6 +37,14 @@ pub fn estimate_normals(
     estimate_surface(points, index, neighborhood, orientation).normals
 }
 
+/// A point set's k-d tree and its normals over the `k` nearest, away from the centroid: what a cloud without a
+/// sensor (a template, a fused or all-round scan, a baseline's bank) is described with.
+pub fn outward_normals(points: &[Point], k: usize) -> super::Result<(NeighborIndex, Vec<Point>)> {
+    let index = NeighborIndex::new(points)?;
+    let normals = estimate_normals(points, &index, Neighborhood::Knn(k), NormalOrientation::AwayFromCentroid);
+    Ok((index, normals))
+}
+
 pub fn estimate_surface(
     points: &[Point],
     index: &NeighborIndex,

@@ -204,13 +204,7 @@ pub struct PoseTemplate {
 impl PoseTemplate {
     /// From the voxel points of a cloud and its frame.
     pub fn new(points: Vec<Point>, frame: UnitSphere, cfg: &PreprocessConfig) -> Result<Self> {
-        let index = NeighborIndex::new(&points)?;
-        let normals = geometry::estimate_normals(
-            &points,
-            &index,
-            Neighborhood::Knn(cfg.normal_neighbors),
-            NormalOrientation::AwayFromCentroid,
-        );
+        let (index, normals) = geometry::outward_normals(&points, cfg.normal_neighbors)?;
         let isolation = geometry::registration::isolation(&points, &index);
         let placed_points = frame.apply_all(&points);
         let placed = NeighborIndex::new(&placed_points)?;

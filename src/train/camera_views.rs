@@ -7,7 +7,7 @@
 use rand::Rng;
 
 use crate::geometry::visibility::{self, CELL_CAMERA_DISTANCE, Camera, grazing_cos};
-use crate::geometry::{self, NeighborIndex, Neighborhood, NormalOrientation, Point, UnitSphere};
+use crate::geometry::{self, Point, UnitSphere};
 use crate::model::Result;
 use crate::model::config::PreprocessConfig;
 
@@ -45,13 +45,7 @@ pub fn cut_views(
         return Ok(Vec::new());
     }
     let grid = geometry::voxel_downsample(points, cfg.voxel_size)?;
-    let index = NeighborIndex::new(&grid.points)?;
-    let normals = geometry::estimate_normals(
-        &grid.points,
-        &index,
-        Neighborhood::Knn(cfg.normal_neighbors),
-        NormalOrientation::AwayFromCentroid,
-    );
+    let (_, normals) = geometry::outward_normals(&grid.points, cfg.normal_neighbors)?;
     let sphere = UnitSphere::fit(&grid.points)?;
     if !is_all_round(&grid.points, &normals, &sphere, cfg.voxel_size) {
         return Ok(Vec::new());

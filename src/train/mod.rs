@@ -574,8 +574,8 @@ fn calibrate(
     monitor: &mut dyn Monitor,
 ) -> Result<Vec<f32>> {
     let epochs = detector.config.training.epochs;
-    // The held-out clouds, and of an all-round one also the camera views training cut from the others, so the
-    // references and thresholds know what an inspection view scores.
+    // The held-out clouds and, of an all-round one, its own camera views (cut as training cut the others'), so
+    // the references and thresholds know what an inspection view scores.
     let mut scans: Vec<(&str, std::borrow::Cow<[Point]>)> = Vec::new();
     for &i in calibration {
         let cloud = &clouds[i];

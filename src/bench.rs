@@ -372,7 +372,7 @@ pub fn detector(input: &BenchInput, voxel: Option<f32>, repeats: usize) -> Resul
         r,
         || sca::aggregate(&cfg.sca, &tokens, &centres, &patched.descriptors),
     );
-    let centre_t = centre_tensor(&patched, device);
+    let centre_t = det.heads.with_capture(&centre_tensor(&patched, device), patched.all_round);
     let x = refined.unsqueeze(0);
     let adapted = table.stage("adaptor", "C → C/2 → C".into(), r, || {
         let _g = tch::no_grad_guard();
@@ -400,11 +400,12 @@ pub fn detector(input: &BenchInput, voxel: Option<f32>, repeats: usize) -> Resul
         || det.backbone.point_features(&patched),
     )?;
     let cells = points.narrow(0, 0, patched.cell_count as i64);
+    let head_cells = det.heads.with_capture(&cells, patched.all_round);
     if let Some(head) = &det.heads.point_head {
         let work = format!("MLP {width} → {:?} → 1 per feature cell ({})", cfg.point_head.hidden, patched.cell_count);
         let _ = table.stage("point head", work, r, || {
             let _g = tch::no_grad_guard();
-            head.forward(&cells)
+            head.forward(&head_cells)
         });
     }
     if det.conditioning.has_point_bank() {

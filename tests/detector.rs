@@ -147,6 +147,10 @@ fn a_bulge_scores_higher_and_the_model_folder_round_trips() {
     check("a model from before conditioning", "no token conditioning statistics");
     std::fs::write(&manifest_path, text.replace("\"kind\": \"multiscale_fpfh\"", "\"kind\": \"pointnet9\"")).unwrap();
     check("unknown backbone", "pointnet9");
+    // A manifest from before the capture input reads as trained without it (its heads are one input narrower).
+    assert!(manifest.config.preprocess.capture_input);
+    std::fs::write(&manifest_path, text.replace("\"capture_input\": true,", "")).unwrap();
+    assert!(!store::read_manifest(&path).unwrap().config.preprocess.capture_input);
     std::fs::write(&manifest_path, &text).unwrap();
     // The conditioning statistics live in the folder; a folder without them is refused, naming them.
     let conditioning = path.join("conditioning.safetensors");

@@ -76,6 +76,7 @@ pub fn ablations(base: &DetectorConfig) -> Vec<Method> {
         variant("Template: first cloud only (not fused)", &|c| c.preprocess.fuse_template = false),
         variant("Camera views of all-round clouds off", &|c| c.preprocess.augment.camera_views = 0),
         variant("Template counts through the camera", &|c| c.preprocess.template_visibility = true),
+        variant("Capture input off", &|c| c.preprocess.capture_input = false),
         variant("Positions off", &|c| c.discriminator.positional = false),
     ]
     .into_iter()

@@ -192,8 +192,11 @@ impl Detector {
         for n in patch_counts {
             let members: Vec<usize> = (0..clouds.len()).filter(|&k| clouds[k].0.patch_count() == n).collect();
             let features = Tensor::stack(&members.iter().map(|&k| &clouds[k].1.patches).collect::<Vec<_>>(), 0);
-            let centres =
-                Tensor::cat(&members.iter().map(|&k| centre_tensor(clouds[k].0, self.device)).collect::<Vec<_>>(), 0);
+            let centres = members
+                .iter()
+                .map(|&k| self.heads.with_capture(&centre_tensor(clouds[k].0, self.device), clouds[k].0.all_round))
+                .collect::<Vec<_>>();
+            let centres = Tensor::cat(&centres, 0);
             let all = to_vec(&self.heads.logits(&features, &centres))?;
             for (piece, k) in split(&all, members.iter().map(|_| n)).into_iter().zip(members) {
                 logits[k] = piece;
@@ -206,9 +209,8 @@ impl Detector {
             vec![Vec::new(); clouds.len()]
         };
         // Point-level scores once per feature cell (its first sample), spread to the cell's voxel points.
-        let cells: Option<Vec<Tensor>> =
+        let per_cloud_cells: Option<Vec<Tensor>> =
             clouds.iter().map(|(c, f)| f.points.as_ref().map(|p| p.narrow(0, 0, c.cell_count as i64))).collect();
-        let cells = cells.map(|c| Tensor::cat(&c, 0));
         let per_cell = |values: Vec<f32>| -> Vec<Vec<f32>> {
             split(&values, clouds.iter().map(|(c, _)| c.cell_count))
                 .iter()
@@ -216,16 +218,18 @@ impl Detector {
                 .map(|(v, (c, _))| c.spread_cells(v))
                 .collect()
         };
-        let point_logits = match (&self.heads.point_head, &cells) {
-            (Some(head), Some(cells)) => {
+        let point_logits = match (&self.heads.point_head, &per_cloud_cells) {
+            (Some(head), Some(per_cloud)) => {
                 let _guard = tch::no_grad_guard();
-                per_cell(to_vec(&head.forward(cells))?)
+                let inputs: Vec<Tensor> =
+                    per_cloud.iter().zip(clouds).map(|(x, (c, _))| self.heads.with_capture(x, c.all_round)).collect();
+                per_cell(to_vec(&head.forward(&Tensor::cat(&inputs, 0)))?)
             }
             _ => vec![Vec::new(); clouds.len()],
         };
-        let point_distances = match &cells {
-            Some(cells) if self.conditioning.has_point_bank() => {
-                per_cell(to_vec(&self.conditioning.point_bank_distances(cells))?)
+        let point_distances = match &per_cloud_cells {
+            Some(per_cloud) if self.conditioning.has_point_bank() => {
+                per_cell(to_vec(&self.conditioning.point_bank_distances(&Tensor::cat(per_cloud, 0)))?)
             }
             _ => vec![Vec::new(); clouds.len()],
         };

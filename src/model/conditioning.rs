@@ -56,6 +56,9 @@ pub struct Conditioning {
     /// The point head's logits.
     pub point_reference: Reference,
     pub point_bank_reference: Reference,
+    /// Where the heads see the capture and calibration had both kinds: the four references of the partial views
+    /// (discriminator, bank, point head, point bank); the fields above are then the all-round scans'.
+    pub partial_view_references: Option<[Reference; 4]>,
     /// The part as first trained on, when scans are registered (`preprocess.align`).
     pub template: Option<PoseTemplate>,
 }
@@ -72,6 +75,7 @@ impl Conditioning {
             bank_reference: Reference::IDENTITY,
             point_reference: Reference::IDENTITY,
             point_bank_reference: Reference::IDENTITY,
+            partial_view_references: None,
             template: None,
         }
     }
@@ -105,6 +109,14 @@ impl Conditioning {
         self.point_bank = greedy_coreset(&Tensor::cat(features, 0), size);
     }
 
+    /// The references (discriminator, bank, point head, point bank) for a cloud of this capture.
+    pub fn references(&self, all_round: f32) -> [Reference; 4] {
+        match self.partial_view_references {
+            Some(partial) if all_round < 0.5 => partial,
+            _ => [self.discriminator_reference, self.bank_reference, self.point_reference, self.point_bank_reference],
+        }
+    }
+
     pub fn has_bank(&self) -> bool {
         self.bank.size()[0] > 0
     }
@@ -124,16 +136,13 @@ impl Conditioning {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        let references = Tensor::from_slice(&[
-            self.discriminator_reference.low,
-            self.discriminator_reference.high,
-            self.bank_reference.low,
-            self.bank_reference.high,
-            self.point_reference.low,
-            self.point_reference.high,
-            self.point_bank_reference.low,
-            self.point_bank_reference.high,
-        ]);
+        // The all-round (or only) references, then the partial views' where kept apart.
+        let references: Vec<f32> = std::iter::once(self.references(1.0))
+            .chain(self.partial_view_references)
+            .flatten()
+            .flat_map(|r| [r.low, r.high])
+            .collect();
+        let references = Tensor::from_slice(&references);
         let cpu = |t: &Tensor| t.to_device(Device::Cpu).contiguous();
         let mut named = vec![
             ("mean", cpu(&self.mean)),
@@ -172,12 +181,14 @@ impl Conditioning {
         let mean = get("mean", &|s| s == [w])?;
         let std = get("std", &|s| s == [w])?;
         let bank = get("bank", &|s| s.len() == 2 && s[1] == w)?;
-        // Models made before the point bank have 6 references and no point bank.
+        // Models made before the point bank have 6 references and no point bank; 16 are two kinds' 8.
         let mut references: Vec<f32> =
-            get("references", &|s| s == [6] || s == [8])?.try_into().map_err(|e| format!("{e}"))?;
+            get("references", &|s| s == [6] || s == [8] || s == [16])?.try_into().map_err(|e| format!("{e}"))?;
         if references.len() == 6 {
             references.extend([Reference::IDENTITY.low, Reference::IDENTITY.high]);
         }
+        let reference = |k: usize| Reference { low: references[2 * k], high: references[2 * k + 1] };
+        let partial_view_references = (references.len() == 16).then(|| [4, 5, 6, 7].map(reference));
         let point_bank = if tensors.contains_key("point_bank") {
             get("point_bank", &|s| s.len() == 2 && s[1] == w)?
         } else {
@@ -204,10 +215,11 @@ impl Conditioning {
             std,
             bank,
             point_bank,
-            discriminator_reference: Reference { low: references[0], high: references[1] },
-            bank_reference: Reference { low: references[2], high: references[3] },
-            point_reference: Reference { low: references[4], high: references[5] },
-            point_bank_reference: Reference { low: references[6], high: references[7] },
+            discriminator_reference: reference(0),
+            bank_reference: reference(1),
+            point_reference: reference(2),
+            point_bank_reference: reference(3),
+            partial_view_references,
             template,
         })
     }
@@ -301,6 +313,7 @@ mod tests {
         c.point_bank = Tensor::randn([5, 4], (Kind::Float, Device::Cpu));
         c.bank_reference = Reference { low: 0.5, high: 2.0 };
         c.point_bank_reference = Reference { low: 1.5, high: 3.0 };
+        c.partial_view_references = Some([0.1, 0.2, 0.3, 0.4].map(|low| Reference { low, high: 1.0 + low }));
         c.save(&path).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         let cfg = PreprocessConfig { align: false, ..Default::default() };
@@ -309,6 +322,8 @@ mod tests {
         assert_eq!(back.point_bank.size(), [5, 4]);
         assert_eq!(back.bank_reference, c.bank_reference);
         assert_eq!(back.point_bank_reference, c.point_bank_reference);
+        assert_eq!(back.partial_view_references, c.partial_view_references);
+        assert_eq!(back.references(0.0)[2], Reference { low: 0.3, high: 1.3 }, "a partial view's point head");
         let err = Conditioning::from_bytes(&bytes, 5, &cfg, Device::Cpu).err().unwrap();
         assert!(err.contains("'mean' has shape"), "{err}");
         let aligned = PreprocessConfig { align: true, ..Default::default() };

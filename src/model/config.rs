@@ -151,6 +151,11 @@ pub struct PreprocessConfig {
     /// a scan covering more (all round) expects the whole template. Off by default: measured no better on full
     /// scans and sensor-frame views, and worse on views in the part's frame (docs/evaluation.md).
     pub template_visibility: bool,
+    /// With `align`: the heads (positional MLP and point head) get one more input, 1 where the scan has at
+    /// least 80 % of the template (taken all round) and 0 where it is a partial view, so one model can learn
+    /// that an occlusion border is normal in a view and the same thin rim is material gone on a full scan; and
+    /// where calibration cuts camera views, each kind's scores are normalised by its own kind's held-out scores.
+    pub capture_input: bool,
     /// PCA normals over this many nearest neighbours.
     pub normal_neighbors: usize,
     /// Which side normals face: `sensor` (towards the cloud frame's origin, i.e. a depth camera) or `outward`
@@ -166,6 +171,13 @@ pub struct PreprocessConfig {
     pub max_voxel_points: usize,
 }
 
+impl PreprocessConfig {
+    /// Whether the heads get the capture input (it needs the template).
+    pub fn heads_see_capture(&self) -> bool {
+        self.align && self.capture_input
+    }
+}
+
 impl Default for PreprocessConfig {
     fn default() -> Self {
         Self {
@@ -174,6 +186,7 @@ impl Default for PreprocessConfig {
             align: true,
             fuse_template: true,
             template_visibility: false,
+            capture_input: true,
             normal_neighbors: 16,
             normals_face: NormalSide::Sensor,
             fpfh_radius: 0.1,

@@ -25,12 +25,19 @@ pub struct Discriminator {
 }
 
 impl Discriminator {
-    pub fn new(path: &nn::Path, width: usize, cfg: &DiscriminatorConfig) -> Result<Self, String> {
+    /// `position_inputs`: the numbers per patch that the positional MLP sees (its centre, and the capture input
+    /// where the heads get it).
+    pub fn new(
+        path: &nn::Path,
+        width: usize,
+        position_inputs: usize,
+        cfg: &DiscriminatorConfig,
+    ) -> Result<Self, String> {
         let c = width as i64;
         if cfg.kind == DiscriminatorKind::Attention && c % cfg.heads as i64 != 0 {
             return Err(format!("token width {c} is not divisible by discriminator.heads {}", cfg.heads));
         }
-        let pos1 = nn::linear(path / "pos" / "0", 3, c, Default::default());
+        let pos1 = nn::linear(path / "pos" / "0", position_inputs as i64, c, Default::default());
         // Small last layer: the embedding starts as a nudge, not as noise over the tokens.
         let small = nn::LinearConfig {
             ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
@@ -56,7 +63,7 @@ impl Discriminator {
         })
     }
 
-    /// `q`: (B, n, C) tokens, `centres`: (B, n, 3) → logits (B, n).
+    /// `q`: (B, n, C) tokens, `centres`: (B, n, position inputs) → logits (B, n).
     pub fn forward_t(&self, q: &Tensor, centres: &Tensor, train: bool) -> Tensor {
         let q = if self.positional {
             q + self.pos2.forward(&self.pos1.forward(centres).gelu("none"))
@@ -102,10 +109,11 @@ mod tests {
         tch::manual_seed(1);
         let q = Tensor::randn([2, 12, 18], (Kind::Float, Device::Cpu));
         let centres = Tensor::randn([2, 12, 3], (Kind::Float, Device::Cpu));
-        let attn = Discriminator::new(&(vs.root() / "a"), 18, &DiscriminatorConfig::default()).unwrap();
+        let attn = Discriminator::new(&(vs.root() / "a"), 18, 3, &DiscriminatorConfig::default()).unwrap();
         let mlp = Discriminator::new(
             &(vs.root() / "m"),
             18,
+            3,
             &DiscriminatorConfig { kind: DiscriminatorKind::Mlp, ..Default::default() },
         )
         .unwrap();
@@ -120,6 +128,6 @@ mod tests {
         };
         assert!(delta(&attn) > 1e-6);
         assert_eq!(delta(&mlp), 0.0);
-        assert!(Discriminator::new(&(vs.root() / "x"), 16, &DiscriminatorConfig::default()).is_err());
+        assert!(Discriminator::new(&(vs.root() / "x"), 16, 3, &DiscriminatorConfig::default()).is_err());
     }
 }

@@ -27,7 +27,7 @@ use crate::cloud::{CloudError, PointCloud};
 use crate::geometry::{self, GeometryError, Point};
 use adaptor::Adaptor;
 use backbone::Backbone;
-use conditioning::Conditioning;
+use conditioning::{Conditioning, Reference};
 use config::{DetectorConfig, ScoreSource, ScoringConfig};
 use discriminator::Discriminator;
 use generator::Generator;
@@ -141,6 +141,8 @@ pub struct Heads {
     pub generator: Generator,
     pub discriminator: Discriminator,
     pub point_head: Option<PointHead>,
+    /// Whether the positional MLP and the point head get the capture input ([`PatchedCloud::all_round`]).
+    pub sees_capture: bool,
 }
 
 impl Heads {
@@ -149,16 +151,31 @@ impl Heads {
         // Group 0 carries the adaptor (weight decay), group 1 the rest.
         let adaptor = Adaptor::new(&(vs.root().set_group(0) / "adaptor"), width, &cfg.adaptor);
         let generator = Generator::new(&(vs.root().set_group(1) / "generator"), &cfg.generator);
-        let discriminator = Discriminator::new(&(vs.root().set_group(1) / "discriminator"), width, &cfg.discriminator)
-            .map_err(ModelError::Config)?;
+        let sees_capture = cfg.preprocess.heads_see_capture();
+        let extra = usize::from(sees_capture);
+        let discriminator =
+            Discriminator::new(&(vs.root().set_group(1) / "discriminator"), width, 3 + extra, &cfg.discriminator)
+                .map_err(ModelError::Config)?;
         let point_head = cfg
             .point_head
             .enabled
-            .then(|| PointHead::new(&(vs.root().set_group(1) / "point_head"), width, &cfg.point_head));
-        Ok(Self { vs, adaptor, generator, discriminator, point_head })
+            .then(|| PointHead::new(&(vs.root().set_group(1) / "point_head"), width + extra, &cfg.point_head));
+        Ok(Self { vs, adaptor, generator, discriminator, point_head, sees_capture })
     }
 
-    /// Patch logits for features (B, n, C) with centres (B, n, 3).
+    /// `x` (…, k) with the capture input `all_round` appended as one more column where the heads get it.
+    pub fn with_capture(&self, x: &Tensor, all_round: f32) -> Tensor {
+        if !self.sees_capture {
+            return x.shallow_clone();
+        }
+        let mut shape = x.size();
+        if let Some(last) = shape.last_mut() {
+            *last = 1;
+        }
+        Tensor::cat(&[x, &Tensor::full(shape.as_slice(), f64::from(all_round), (x.kind(), x.device()))], -1)
+    }
+
+    /// Patch logits for features (B, n, C) with centres (B, n, 3), or (B, n, 4) with the capture input.
     pub fn logits(&self, features: &Tensor, centres: &Tensor) -> Tensor {
         let _guard = tch::no_grad_guard();
         self.discriminator.forward_t(&self.adaptor.forward(features), centres, false).to_kind(Kind::Float)
@@ -382,10 +399,9 @@ impl Detector {
     /// (discriminator only, nothing per point) keeps the discriminator's probability as it is.
     pub fn voxel_scores(&self, cloud: &PatchedCloud, raw: &RawScores, scoring: &ScoringConfig) -> Result<Vec<f32>> {
         let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
-        let refs = &self.conditioning;
-        let (d, b) = (&refs.discriminator_reference, &refs.bank_reference);
+        let [d, b, point, point_bank] = self.conditioning.references(cloud.all_round);
         let radius = scoring.median_radius_voxels * cloud.voxel;
-        let point_level = self.point_level_scores(raw, scoring);
+        let point_level = Self::point_level_scores(raw, scoring, point, point_bank);
         let probability_only = scoring.source == ScoreSource::Discriminator && point_level.is_empty();
         if probability_only {
             let patch: Vec<f32> = raw.logits.iter().map(|&l| sigmoid(l)).collect();
@@ -412,10 +428,9 @@ impl Detector {
 
     /// Per voxel point, the point-level score: the point head's and the point bank's normalised scores, mixed by
     /// `scoring.point_bank_weight` where there are both. Empty when the model has neither.
-    fn point_level_scores(&self, raw: &RawScores, scoring: &ScoringConfig) -> Vec<f32> {
-        let refs = &self.conditioning;
-        let head = raw.point_logits.iter().map(|&l| refs.point_reference.normalise(l));
-        let bank = raw.point_distances.iter().map(|&x| refs.point_bank_reference.normalise(x));
+    fn point_level_scores(raw: &RawScores, scoring: &ScoringConfig, head: Reference, bank: Reference) -> Vec<f32> {
+        let head = raw.point_logits.iter().map(|&l| head.normalise(l));
+        let bank = raw.point_distances.iter().map(|&x| bank.normalise(x));
         match (raw.point_logits.is_empty(), raw.point_distances.is_empty()) {
             (true, true) => Vec::new(),
             (false, true) => head.collect(),

@@ -40,6 +40,9 @@ pub struct PatchedCloud {
     pub centre_samples: Vec<u32>,
     /// Per sample, what FPFH cannot see: [`CONTEXT_DIMS`] numbers (see [`surface_context`]).
     pub context: Vec<[f32; CONTEXT_DIMS]>,
+    /// 1 where the scan has [`ALL_ROUND_COVERAGE`] of the registered template (taken all round), 0 where it is a
+    /// partial view; 1 without a template. The heads' capture input.
+    pub all_round: f32,
 }
 
 /// Edge of the cells that share one set of per-point features, in voxels. Per-point features (multi-scale FPFH
@@ -243,12 +246,8 @@ impl PoseTemplate {
         let reach = COVERED_VOXELS * voxel;
         let has = |p: &Point| scan.nearest(p).squared_distance <= reach * reach;
         let sensor_outside = geometry::dot(viewpoint, viewpoint) > 1.0;
-        if !sensor_outside {
-            // Every 8th template point tells an all-round scan, which needs nothing more.
-            let sampled: Vec<bool> = self.placed_points.par_iter().step_by(8).map(has).collect();
-            if sampled.iter().filter(|&&c| c).count() as f32 >= ALL_ROUND_COVERAGE * sampled.len() as f32 {
-                return None;
-            }
+        if !sensor_outside && self.is_all_round(scan, voxel) {
+            return None;
         }
         let covered: Vec<bool> = self.placed_points.par_iter().map(has).collect();
         let camera = if sensor_outside {
@@ -270,6 +269,16 @@ impl PoseTemplate {
         let lens = Camera { position: camera, target: [0.0; 3], pixel: voxel / distance };
         let seen = visibility::visible(&self.placed_points, &self.normals, &lens, voxel, visibility::grazing_cos());
         Some(seen.into_iter().zip(covered).map(|(s, c)| s || c).collect())
+    }
+
+    /// Whether a registered scan (`scan`, indexed, in the template's normalised frame) has at least
+    /// [`ALL_ROUND_COVERAGE`] of the template, judged on every 8th template point.
+    pub fn is_all_round(&self, scan: &NeighborIndex, voxel: f32) -> bool {
+        use rayon::prelude::*;
+        let reach = COVERED_VOXELS * voxel;
+        let covered =
+            self.placed_points.par_iter().step_by(8).filter(|p| scan.nearest(p).squared_distance <= reach * reach);
+        covered.count() as f32 >= ALL_ROUND_COVERAGE * self.placed_points.len().div_ceil(8) as f32
     }
 
     /// The rigid transform that takes `points` (sensor frame) onto the template.
@@ -574,6 +583,10 @@ pub fn patch_view(
         }
     };
     let expected = template.filter(|_| cfg.template_visibility).and_then(|t| t.expected(&index, viewpoint, voxel));
+    let all_round = match template {
+        Some(t) if cfg.heads_see_capture() && !t.is_all_round(&index, voxel) => 0.0,
+        _ => 1.0,
+    };
     let template = template.map(|t| (t, expected.as_deref()));
     let context = surface_context(&points, &normals, &index, voxel, template, &samples)?;
     Ok(PatchedCloud {
@@ -593,6 +606,7 @@ pub fn patch_view(
         cell_of,
         centre_samples,
         context,
+        all_round,
     })
 }
 
@@ -720,6 +734,22 @@ mod tests {
         assert!(mean(&on_bump) > 1.5, "the bump's top is off the template's plane: {} voxels", mean(&on_bump));
         assert!(mean(&elsewhere) < 0.5, "the rest lies on it: {} voxels", mean(&elsewhere));
     }
+    #[test]
+    fn the_capture_input_tells_a_view_from_an_all_round_scan() {
+        let pts = box_surface();
+        let cfg = PreprocessConfig { voxel_size: 0.5, ..Default::default() };
+        let template = PoseTemplate::from_cloud(&pts, &cfg).unwrap();
+        // The top face and the sides' upper halves: what a camera above sees, about half the part.
+        let view: Vec<Point> = pts.iter().copied().filter(|p| p[2] > 6.5).collect();
+        let capture = |points: &[Point], cfg: &PreprocessConfig| {
+            patch_cloud(points, cfg, 64, 16, Some(&template), None).unwrap().all_round
+        };
+        assert_eq!(capture(&pts, &cfg), 1.0, "the whole part");
+        assert_eq!(capture(&view, &cfg), 0.0, "a view");
+        let off = PreprocessConfig { capture_input: false, ..cfg.clone() };
+        assert_eq!(capture(&view, &off), 1.0, "without the capture input every scan reads alike");
+    }
+
     #[test]
     fn a_views_occlusion_border_keeps_the_template_counts_that_a_hole_lowers() {
         // The box centred on the frame's origin: a view in the part's frame, its sensor unknown.

@@ -176,7 +176,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let bad = |problem: String| ModelError::Model { path: dir.display().to_string(), problem };
     let path = dir.join(MANIFEST);
     let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read {MANIFEST}: {e}")))?;
-    let value: serde_json::Value =
+    let mut value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("{MANIFEST} is not JSON: {e}")))?;
     match value.get("format_version").and_then(|v| v.as_u64()) {
         Some(v) if v == u64::from(FORMAT_VERSION) => {}
@@ -194,6 +194,10 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
             return Err(bad(format!("format version {v} is not supported (this build reads {FORMAT_VERSION})")));
         }
         None => return Err(bad(format!("{MANIFEST} has no format_version"))),
+    }
+    // Models from before the capture input were trained without it (their heads are one input narrower).
+    if let Some(preprocess) = value.pointer_mut("/config/preprocess").and_then(|p| p.as_object_mut()) {
+        preprocess.entry("capture_input").or_insert(serde_json::Value::Bool(false));
     }
     serde_json::from_value(value).map_err(|e| bad(format!("{MANIFEST}: {e}")))
 }

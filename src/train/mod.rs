@@ -21,7 +21,7 @@ pub mod pseudo_defects;
 use crate::geometry::Point;
 use crate::model::conditioning::Reference;
 use crate::model::config::{DetectorConfig, GeneratorKind, ScoreSource};
-use crate::model::preprocess::{self, Augmentation, Sampling};
+use crate::model::preprocess::{self, Augmentation, PatchedCloud, Sampling};
 use crate::model::store::TrainingSummary;
 use crate::model::{Detector, ModelError, RawScores, Result, sca, scoring};
 
@@ -130,6 +130,8 @@ struct ViewTokens {
     /// None for a clean view (every patch good).
     targets: Option<(Vec<f32>, Vec<f32>)>,
     points: Option<(Tensor, Tensor)>,
+    /// The view's capture input ([`crate::model::preprocess::PatchedCloud::all_round`]).
+    all_round: f32,
 }
 
 struct Sample {
@@ -141,6 +143,7 @@ struct Sample {
     clean: bool,
     /// (P, C) conditioned point features and (P) labels, with a point head.
     points: Option<(Tensor, Tensor)>,
+    all_round: f32,
 }
 
 /// The voxel edge for clouds like these: `factor` × the median nearest-neighbour spacing of their points, at
@@ -380,12 +383,17 @@ fn view_tokens(
         descriptors: patched.descriptors.clone(),
         targets,
         points,
+        all_round: patched.all_round,
     })
 }
 
 /// Fits the token statistics on the clean views, runs SCA on every view's conditioned tokens, and keeps the
 /// clean features as the memory bank when the score uses it.
 fn condition(detector: &mut Detector, prepared: Vec<ViewTokens>) -> Result<Vec<Sample>> {
+    if detector.heads.sees_capture {
+        let all_round = prepared.iter().filter(|v| v.all_round > 0.5).count();
+        tracing::info!(all_round, partial = prepared.len() - all_round, "training views by capture");
+    }
     // Statistics of clean views: of their points' features where there are any (more rows, same space), else
     // of their tokens.
     let clean: Vec<Tensor> = prepared
@@ -403,6 +411,7 @@ fn condition(detector: &mut Detector, prepared: Vec<ViewTokens>) -> Result<Vec<S
         let n = view.centre_points.len();
         let flat: Vec<f32> = view.centre_points.iter().flatten().copied().collect();
         let centres = Tensor::from_slice(&flat).reshape([n as i64, 3]).to_device(device);
+        let centres = detector.heads.with_capture(&centres, view.all_round);
         let clean = view.targets.is_none();
         let (targets, weights) = view.targets.unwrap_or_else(|| (vec![0.0; n], vec![1.0; n]));
         samples.push(Sample {
@@ -412,6 +421,7 @@ fn condition(detector: &mut Detector, prepared: Vec<ViewTokens>) -> Result<Vec<S
             weights: Tensor::from_slice(&weights).to_device(device),
             clean,
             points,
+            all_round: view.all_round,
         });
     }
     if detector.config.scoring.source != ScoreSource::Discriminator {
@@ -430,6 +440,21 @@ fn condition(detector: &mut Detector, prepared: Vec<ViewTokens>) -> Result<Vec<S
         tracing::info!(entries = detector.conditioning.point_bank.size()[0], "point memory bank (coreset)");
     }
     Ok(samples)
+}
+
+/// The references (discriminator, bank, point head, point bank) of held-out clouds' raw scores; a score that
+/// none of them has keeps `unchanged`'s.
+fn references(raw: &[&(PatchedCloud, RawScores)], unchanged: [Reference; 4]) -> [Reference; 4] {
+    let getters: [fn(&RawScores) -> &Vec<f32>; 4] =
+        [|r| &r.logits, |r| &r.distances, |r| &r.point_logits, |r| &r.point_distances];
+    let mut out = unchanged;
+    for (reference, get) in out.iter_mut().zip(getters) {
+        let pooled: Vec<f32> = raw.iter().flat_map(|r| get(&r.1).iter().copied()).collect();
+        if !pooled.is_empty() {
+            *reference = Reference::from_scores(&pooled);
+        }
+    }
+    out
 }
 
 /// Patch-wise BCE with positives and negatives weighing the same, whatever their counts (pseudo-defective
@@ -519,7 +544,9 @@ fn fit_heads(
                     let rows = Tensor::cat(
                         &batch
                             .iter()
-                            .filter_map(|&i| samples[i].points.as_ref().map(|p| p.0.shallow_clone()))
+                            .filter_map(|&i| {
+                                samples[i].points.as_ref().map(|p| heads.with_capture(&p.0, samples[i].all_round))
+                            })
                             .collect::<Vec<_>>(),
                         0,
                     );
@@ -603,20 +630,20 @@ fn calibrate(
             eta_s: 0.0,
         });
     }
-    let pooled =
-        |get: fn(&RawScores) -> &Vec<f32>| -> Vec<f32> { raw.iter().flat_map(|r| get(&r.1).iter().copied()).collect() };
-    let (logits, distances, point_logits, point_distances) =
-        (pooled(|r| &r.logits), pooled(|r| &r.distances), pooled(|r| &r.point_logits), pooled(|r| &r.point_distances));
+    // Where the heads see the capture and the held-out clouds were cut into camera views, each kind's scores
+    // are put on a scale of its own kind's: the views' borders would otherwise set the scale of the full scans.
+    // (Camera frames of one class that happen to read as both kinds share one scale: few clouds each.)
+    let partial = |r: &&(PatchedCloud, RawScores)| r.0.all_round < 0.5;
+    let both_kinds = raw.iter().any(|r| partial(&r)) && !raw.iter().all(|r| partial(&r));
+    let by_kind = detector.heads.sees_capture && scans.len() > calibration.len() && both_kinds;
     let c = &mut detector.conditioning;
-    c.discriminator_reference = Reference::from_scores(&logits);
-    if !distances.is_empty() {
-        c.bank_reference = Reference::from_scores(&distances);
-    }
-    if !point_logits.is_empty() {
-        c.point_reference = Reference::from_scores(&point_logits);
-    }
-    if !point_distances.is_empty() {
-        c.point_bank_reference = Reference::from_scores(&point_distances);
+    c.partial_view_references = None;
+    let all_round: Vec<&(PatchedCloud, RawScores)> = raw.iter().filter(|r| !by_kind || !partial(r)).collect();
+    [c.discriminator_reference, c.bank_reference, c.point_reference, c.point_bank_reference] =
+        references(&all_round, c.references(1.0));
+    if by_kind {
+        let partial_views: Vec<&(PatchedCloud, RawScores)> = raw.iter().filter(partial).collect();
+        c.partial_view_references = Some(references(&partial_views, c.references(1.0)));
     }
     let (mut cloud_scores, mut point_scores) = (Vec::new(), Vec::new());
     for (patched, raw) in &raw {

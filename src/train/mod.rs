@@ -130,7 +130,7 @@ struct ViewTokens {
     /// None for a clean view (every patch good).
     targets: Option<(Vec<f32>, Vec<f32>)>,
     points: Option<(Tensor, Tensor)>,
-    /// The view's capture input ([`crate::model::preprocess::PatchedCloud::all_round`]).
+    /// The view's capture input ([`PatchedCloud::all_round`]).
     all_round: f32,
 }
 

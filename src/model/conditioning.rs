@@ -110,9 +110,9 @@ impl Conditioning {
     }
 
     /// The references (discriminator, bank, point head, point bank) for a cloud of this capture.
-    pub fn references(&self, all_round: f32) -> [Reference; 4] {
+    pub fn references(&self, all_round: bool) -> [Reference; 4] {
         match self.partial_view_references {
-            Some(partial) if all_round < 0.5 => partial,
+            Some(partial) if !all_round => partial,
             _ => [self.discriminator_reference, self.bank_reference, self.point_reference, self.point_bank_reference],
         }
     }
@@ -137,7 +137,7 @@ impl Conditioning {
 
     pub fn save(&self, path: &Path) -> Result<()> {
         // The all-round (or only) references, then the partial views' where kept apart.
-        let references: Vec<f32> = std::iter::once(self.references(1.0))
+        let references: Vec<f32> = std::iter::once(self.references(true))
             .chain(self.partial_view_references)
             .flatten()
             .flat_map(|r| [r.low, r.high])
@@ -323,7 +323,7 @@ mod tests {
         assert_eq!(back.bank_reference, c.bank_reference);
         assert_eq!(back.point_bank_reference, c.point_bank_reference);
         assert_eq!(back.partial_view_references, c.partial_view_references);
-        assert_eq!(back.references(0.0)[2], Reference { low: 0.3, high: 1.3 }, "a partial view's point head");
+        assert_eq!(back.references(false)[2], Reference { low: 0.3, high: 1.3 }, "a partial view's point head");
         let err = Conditioning::from_bytes(&bytes, 5, &cfg, Device::Cpu).err().unwrap();
         assert!(err.contains("'mean' has shape"), "{err}");
         let aligned = PreprocessConfig { align: true, ..Default::default() };

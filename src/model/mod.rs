@@ -164,7 +164,7 @@ impl Heads {
     }
 
     /// `x` (…, k) with the capture input `all_round` appended as one more column where the heads get it.
-    pub fn with_capture(&self, x: &Tensor, all_round: f32) -> Tensor {
+    pub fn with_capture(&self, x: &Tensor, all_round: bool) -> Tensor {
         if !self.sees_capture {
             return x.shallow_clone();
         }
@@ -172,7 +172,7 @@ impl Heads {
         if let Some(last) = shape.last_mut() {
             *last = 1;
         }
-        Tensor::cat(&[x, &Tensor::full(shape.as_slice(), f64::from(all_round), (x.kind(), x.device()))], -1)
+        Tensor::cat(&[x, &Tensor::full(shape.as_slice(), f64::from(u8::from(all_round)), (x.kind(), x.device()))], -1)
     }
 
     /// Patch logits for features (B, n, C) with centres (B, n, 3), or (B, n, 4) with the capture input.

@@ -40,9 +40,9 @@ pub struct PatchedCloud {
     pub centre_samples: Vec<u32>,
     /// Per sample, what FPFH cannot see: [`CONTEXT_DIMS`] numbers (see [`surface_context`]).
     pub context: Vec<[f32; CONTEXT_DIMS]>,
-    /// 1 where the scan has [`ALL_ROUND_COVERAGE`] of the registered template (taken all round), 0 where it is a
-    /// partial view; 1 without a template. The heads' capture input.
-    pub all_round: f32,
+    /// Whether the scan has [`ALL_ROUND_COVERAGE`] of the registered template (taken all round) or is a partial
+    /// view; all round without a template or without the capture input. The heads' capture input (1 or 0).
+    pub all_round: bool,
 }
 
 /// Edge of the cells that share one set of per-point features, in voxels. Per-point features (multi-scale FPFH
@@ -583,10 +583,7 @@ pub fn patch_view(
         }
     };
     let expected = template.filter(|_| cfg.template_visibility).and_then(|t| t.expected(&index, viewpoint, voxel));
-    let all_round = match template {
-        Some(t) if cfg.heads_see_capture() && !t.is_all_round(&index, voxel) => 0.0,
-        _ => 1.0,
-    };
+    let all_round = template.is_none_or(|t| !cfg.heads_see_capture() || t.is_all_round(&index, voxel));
     let template = template.map(|t| (t, expected.as_deref()));
     let context = surface_context(&points, &normals, &index, voxel, template, &samples)?;
     Ok(PatchedCloud {
@@ -742,7 +739,7 @@ mod tests {
         // The top face and the sides' upper halves: what a camera above sees, about half the part.
         let view: Vec<Point> = pts.iter().copied().filter(|p| p[2] > 6.5).collect();
         let capture = |points: &[Point], cfg: &PreprocessConfig| {
-            patch_cloud(points, cfg, 64, 16, Some(&template), None).unwrap().all_round
+            f32::from(u8::from(patch_cloud(points, cfg, 64, 16, Some(&template), None).unwrap().all_round))
         };
         assert_eq!(capture(&pts, &cfg), 1.0, "the whole part");
         assert_eq!(capture(&view, &cfg), 0.0, "a view");

@@ -131,7 +131,7 @@ struct ViewTokens {
     targets: Option<(Vec<f32>, Vec<f32>)>,
     points: Option<(Tensor, Tensor)>,
     /// The view's capture input ([`PatchedCloud::all_round`]).
-    all_round: f32,
+    all_round: bool,
 }
 
 struct Sample {
@@ -143,7 +143,7 @@ struct Sample {
     clean: bool,
     /// (P, C) conditioned point features and (P) labels, with a point head.
     points: Option<(Tensor, Tensor)>,
-    all_round: f32,
+    all_round: bool,
 }
 
 /// The voxel edge for clouds like these: `factor` × the median nearest-neighbour spacing of their points, at
@@ -391,7 +391,7 @@ fn view_tokens(
 /// clean features as the memory bank when the score uses it.
 fn condition(detector: &mut Detector, prepared: Vec<ViewTokens>) -> Result<Vec<Sample>> {
     if detector.heads.sees_capture {
-        let all_round = prepared.iter().filter(|v| v.all_round > 0.5).count();
+        let all_round = prepared.iter().filter(|v| v.all_round).count();
         tracing::info!(all_round, partial = prepared.len() - all_round, "training views by capture");
     }
     // Statistics of clean views: of their points' features where there are any (more rows, same space), else
@@ -633,17 +633,17 @@ fn calibrate(
     // Where the heads see the capture and the held-out clouds were cut into camera views, each kind's scores
     // are put on a scale of its own kind's: the views' borders would otherwise set the scale of the full scans.
     // (Camera frames of one class that happen to read as both kinds share one scale: few clouds each.)
-    let partial = |r: &&(PatchedCloud, RawScores)| r.0.all_round < 0.5;
+    let partial = |r: &&(PatchedCloud, RawScores)| !r.0.all_round;
     let both_kinds = raw.iter().any(|r| partial(&r)) && !raw.iter().all(|r| partial(&r));
     let by_kind = detector.heads.sees_capture && scans.len() > calibration.len() && both_kinds;
     let c = &mut detector.conditioning;
     c.partial_view_references = None;
     let all_round: Vec<&(PatchedCloud, RawScores)> = raw.iter().filter(|r| !by_kind || !partial(r)).collect();
     [c.discriminator_reference, c.bank_reference, c.point_reference, c.point_bank_reference] =
-        references(&all_round, c.references(1.0));
+        references(&all_round, c.references(true));
     if by_kind {
         let partial_views: Vec<&(PatchedCloud, RawScores)> = raw.iter().filter(partial).collect();
-        c.partial_view_references = Some(references(&partial_views, c.references(1.0)));
+        c.partial_view_references = Some(references(&partial_views, c.references(true)));
     }
     let (mut cloud_scores, mut point_scores) = (Vec::new(), Vec::new());
     for (patched, raw) in &raw {

@@ -444,8 +444,8 @@ impl Default for PseudoDefectConfig {
         Self {
             copies_per_view: 2,
             defects_per_copy: [1, 3],
-            radius: [0.02, 0.10],
-            magnitude: [0.08, 0.5],
+            radius: [0.02, 0.15],
+            magnitude: [0.03, 0.5],
             patch_share: 0.25,
             families: PseudoDefectFamily::ALL.to_vec(),
         }

@@ -368,7 +368,15 @@ pub fn prepare_view(
     }
     let (frame, mut points, mut viewpoint) = match template {
         Some(t) => {
-            let pose = t.register(&sensor_points).transform;
+            let registration = t.register(&sensor_points);
+            let pose = registration.transform;
+            tracing::debug!(
+                rms_voxels = registration.rms / cfg.voxel_size,
+                overlap = registration.overlap,
+                degrees = pose.angle_degrees(),
+                shift_voxels = geometry::dot(pose.translation, pose.translation).sqrt() / cfg.voxel_size,
+                "registered"
+            );
             let placed: Vec<Point> = sensor_points.iter().map(|&p| t.frame.apply(pose.apply(p))).collect();
             (t.frame, placed, t.frame.apply(pose.apply(sensor)))
         }
@@ -584,6 +592,7 @@ pub fn patch_view(
     };
     let expected = template.filter(|_| cfg.template_visibility).and_then(|t| t.expected(&index, viewpoint, voxel));
     let all_round = template.is_none_or(|t| !cfg.heads_see_capture() || t.is_all_round(&index, voxel));
+    tracing::debug!(all_round, "capture");
     let template = template.map(|t| (t, expected.as_deref()));
     let context = surface_context(&points, &normals, &index, voxel, template, &samples)?;
     Ok(PatchedCloud {

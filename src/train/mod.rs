@@ -23,7 +23,7 @@ use crate::model::conditioning::Reference;
 use crate::model::config::{DetectorConfig, GeneratorKind, ScoreSource};
 use crate::model::preprocess::{self, Augmentation, PatchedCloud, Sampling};
 use crate::model::store::TrainingSummary;
-use crate::model::{Detector, ModelError, RawScores, Result, sca, scoring};
+use crate::model::{Detector, Heads, ModelError, RawScores, Result, sca, scoring};
 
 /// Mixed into the training seed for the patch bank's draw.
 const BANK_SEED: u64 = 0xBA4C;
@@ -236,7 +236,16 @@ pub fn train(
     let views = config.preprocess.augment.views_per_cloud.max(1);
     tracing::info!(training = training.len(), held_out, views, backbone = %detector.backbone.identity.kind, "training set");
 
-    let prepared = prepare_views(&detector, clouds, training, &mut rng, monitor, start)?;
+    let cuts = cut_views_of(&detector, clouds, training, &mut rng)?;
+    if detector.config.preprocess.heads_see_capture() && cuts.iter().all(Vec::is_empty) {
+        // The capture input tells full scans from the camera views cut from them. Without cut views every
+        // training view is of one kind, and a scan that reads as the other (a frame that lost a face to glare or
+        // a clamp) would give the heads an input they never learnt.
+        detector.config.preprocess.capture_input = false;
+        detector.heads = Heads::new(&detector.config, detector.backbone.width(), device)?;
+        tracing::info!("capture input off: no camera views were cut from the training clouds");
+    }
+    let prepared = prepare_views(&detector, clouds, training, cuts, &mut rng, monitor, start)?;
     let samples = condition(&mut detector, prepared)?;
     let epoch_loss = fit_heads(&detector, &samples, training.len(), &mut rng, monitor)?;
     let cloud_scores = calibrate(&mut detector, clouds, calibration, training.len(), epoch_loss, &mut rng, monitor)?;
@@ -270,12 +279,32 @@ pub fn train(
     Ok((detector, summary))
 }
 
-/// Every training view (the first of each cloud as recorded, the others augmented) and, with a geometric
-/// generator, its pseudo-defective copies, through the frozen geometry and backbone.
+/// The camera views of each of `clouds[indices]` ([`camera_views::cut_views`]; none of a cloud that already is
+/// one sensor's view), in that order.
+fn cut_views_of(
+    detector: &Detector,
+    clouds: &[TrainingCloud],
+    indices: &[usize],
+    rng: &mut StdRng,
+) -> Result<Vec<Vec<Vec<Point>>>> {
+    let min_points = 2 * detector.config.patches.size;
+    indices
+        .iter()
+        .map(|&i| {
+            camera_views::cut_views(&clouds[i].points, &detector.config.preprocess, min_points, rng)
+                .map_err(|e| ModelError::Training(format!("{}: {e}", clouds[i].name)))
+        })
+        .collect()
+}
+
+/// Every training view (the first of each cloud as recorded, the others augmented, then the camera views `cuts`
+/// of each) and, with a geometric generator, its pseudo-defective copies, through the frozen geometry and
+/// backbone.
 fn prepare_views(
     detector: &Detector,
     clouds: &[TrainingCloud],
     training: &[usize],
+    cuts: Vec<Vec<Vec<Point>>>,
     rng: &mut StdRng,
     monitor: &mut dyn Monitor,
     start: Instant,
@@ -286,13 +315,6 @@ fn prepare_views(
     let pd = &cfg.generator.pseudo_defects;
     let (count, size) = (cfg.patches.count, cfg.patches.size);
     let mut out = Vec::new();
-    let cuts = training
-        .iter()
-        .map(|&i| {
-            camera_views::cut_views(&clouds[i].points, &cfg.preprocess, 2 * size, rng)
-                .map_err(|e| ModelError::Training(format!("{}: {e}", clouds[i].name)))
-        })
-        .collect::<Result<Vec<_>>>()?;
     let cut = cuts.iter().map(Vec::len).sum::<usize>();
     if cut > 0 {
         tracing::info!(views = cut, "camera views cut from the all-round training clouds");
@@ -604,11 +626,8 @@ fn calibrate(
     // The held-out clouds and, of an all-round one, its own camera views (cut as training cut the others'), so
     // the references and thresholds know what an inspection view scores.
     let mut scans: Vec<(&str, std::borrow::Cow<[Point]>)> = Vec::new();
-    for &i in calibration {
+    for (&i, cuts) in calibration.iter().zip(cut_views_of(detector, clouds, calibration, rng)?) {
         let cloud = &clouds[i];
-        let cuts =
-            camera_views::cut_views(&cloud.points, &detector.config.preprocess, 2 * detector.config.patches.size, rng)
-                .map_err(|e| ModelError::Training(format!("{}: {e}", cloud.name)))?;
         scans.push((&cloud.name, cloud.points.as_slice().into()));
         scans.extend(cuts.into_iter().map(|cut| (cloud.name.as_str(), cut.into())));
     }
@@ -632,7 +651,6 @@ fn calibrate(
     }
     // Where the heads see the capture and the held-out clouds were cut into camera views, each kind's scores
     // are put on a scale of its own kind's: the views' borders would otherwise set the scale of the full scans.
-    // (Camera frames of one class that happen to read as both kinds share one scale: few clouds each.)
     let partial = |r: &&(PatchedCloud, RawScores)| !r.0.all_round;
     let both_kinds = raw.iter().any(|r| partial(&r)) && !raw.iter().all(|r| partial(&r));
     let by_kind = detector.heads.sees_capture && scans.len() > calibration.len() && both_kinds;

@@ -651,16 +651,17 @@ fn calibrate(
     }
     // Where the heads see the capture and the held-out clouds were cut into camera views, each kind's scores
     // are put on a scale of its own kind's: the views' borders would otherwise set the scale of the full scans.
-    let partial = |r: &&(PatchedCloud, RawScores)| !r.0.all_round;
-    let both_kinds = raw.iter().any(|r| partial(&r)) && !raw.iter().all(|r| partial(&r));
-    let by_kind = detector.heads.sees_capture && scans.len() > calibration.len() && both_kinds;
+    let (partial_views, all_round): (Vec<_>, Vec<_>) = raw.iter().partition(|r| !r.0.all_round);
+    let by_kind = detector.heads.sees_capture
+        && scans.len() > calibration.len()
+        && !partial_views.is_empty()
+        && !all_round.is_empty();
+    let own_kind = if by_kind { all_round } else { raw.iter().collect() };
     let c = &mut detector.conditioning;
     c.partial_view_references = None;
-    let all_round: Vec<&(PatchedCloud, RawScores)> = raw.iter().filter(|r| !by_kind || !partial(r)).collect();
     [c.discriminator_reference, c.bank_reference, c.point_reference, c.point_bank_reference] =
-        references(&all_round, c.references(true));
+        references(&own_kind, c.references(true));
     if by_kind {
-        let partial_views: Vec<&(PatchedCloud, RawScores)> = raw.iter().filter(partial).collect();
         c.partial_view_references = Some(references(&partial_views, c.references(true)));
     }
     let (mut cloud_scores, mut point_scores) = (Vec::new(), Vec::new());

@@ -69,20 +69,21 @@ pub fn linked_components(points: &[Point], link: f32) -> Result<Vec<u32>> {
     let reach = link * link;
     let mut sets = Sets((0..keys.len() as u32).collect());
     let offsets = forward_offsets();
+    let lookup = CellLookup::new(&keys, &cell_of_key);
     for (c, key) in keys.iter().enumerate() {
         let c = c as u32;
         for offset in &offsets {
-            let Some(other) = key_plus(key, offset).and_then(|k| cell_of_key.get(&k)) else { continue };
+            let Some(other) = key_plus(key, offset).and_then(|k| lookup.get(&k)) else { continue };
             // The margin keeps a box's rounding from hiding a pair just within reach.
-            let apart = squared_box_gap(&boxes[c as usize], &boxes[*other as usize]) * CELL_SHRINK as f32 > reach;
-            if sets.find(c) == sets.find(*other) || apart {
+            let apart = squared_box_gap(&boxes[c as usize], &boxes[other as usize]) * CELL_SHRINK as f32 > reach;
+            if sets.find(c) == sets.find(other) || apart {
                 continue;
             }
             let linked = cell(c).iter().any(|&i| {
-                cell(*other).iter().any(|&j| squared_distance(points[i as usize], points[j as usize]) <= reach)
+                cell(other).iter().any(|&j| squared_distance(points[i as usize], points[j as usize]) <= reach)
             });
             if linked {
-                sets.union(c, *other);
+                sets.union(c, other);
             }
         }
     }
@@ -99,6 +100,57 @@ pub fn linked_components(points: &[Point], link: f32) -> Result<Vec<u32>> {
             label_of_root[root]
         })
         .collect())
+}
+
+/// Cells in a grid this much larger than the number of cells (plus a constant) are looked up by hash instead.
+const MAX_DENSE_PER_CELL: i64 = 64;
+const MIN_DENSE_BUDGET: i64 = 1 << 16;
+
+/// A cell's number from its key: a dense table over the cells' bounding box where that is small (one load per
+/// lookup instead of a hash), else the hash map.
+enum CellLookup<'a> {
+    Dense { low: [i64; 3], dims: [i64; 3], table: Vec<u32> },
+    Hashed(&'a CellMap<u32>),
+}
+
+impl<'a> CellLookup<'a> {
+    fn new(keys: &[CellKey], cell_of_key: &'a CellMap<u32>) -> Self {
+        let (mut low, mut high) = ([i64::MAX; 3], [i64::MIN; 3]);
+        for CellKey(k) in keys {
+            for a in 0..3 {
+                low[a] = low[a].min(k[a]);
+                high[a] = high[a].max(k[a]);
+            }
+        }
+        let dims = [0, 1, 2].map(|a| high[a].saturating_sub(low[a]).saturating_add(1));
+        let size = dims.iter().try_fold(1i64, |size, &d| size.checked_mul(d));
+        let budget = MAX_DENSE_PER_CELL.saturating_mul(keys.len() as i64).saturating_add(MIN_DENSE_BUDGET);
+        match size {
+            Some(size) if !keys.is_empty() && size <= budget => {
+                let mut table = vec![u32::MAX; size as usize];
+                for (c, CellKey(k)) in keys.iter().enumerate() {
+                    table[Self::flat(low, dims, k)] = c as u32;
+                }
+                Self::Dense { low, dims, table }
+            }
+            _ => Self::Hashed(cell_of_key),
+        }
+    }
+
+    fn flat(low: [i64; 3], dims: [i64; 3], k: &[i64; 3]) -> usize {
+        (((k[2] - low[2]) * dims[1] + (k[1] - low[1])) * dims[0] + (k[0] - low[0])) as usize
+    }
+
+    fn get(&self, key: &CellKey) -> Option<u32> {
+        match self {
+            Self::Dense { low, dims, table } => {
+                let k = &key.0;
+                let inside = (0..3).all(|a| k[a] >= low[a] && k[a] - low[a] < dims[a]);
+                inside.then(|| table[Self::flat(*low, *dims, k)]).filter(|&c| c != u32::MAX)
+            }
+            Self::Hashed(map) => map.get(key).copied(),
+        }
+    }
 }
 
 fn key_plus(CellKey(key): &CellKey, offset: &[i64; 3]) -> Option<CellKey> {
@@ -138,7 +190,16 @@ mod tests {
     #[test]
     fn the_same_groups_as_radius_queries() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for (count, spread, link) in [(2000, 40.0, 1.0), (3000, 20.0, 0.7), (500, 100.0, 3.0), (1500, 5.0, 0.2)] {
+        // Spread clumps look their cells up by hash; the last two are compact enough for the dense table.
+        let cases = [
+            (2000, 40.0, 1.0),
+            (3000, 20.0, 0.7),
+            (500, 100.0, 3.0),
+            (1500, 5.0, 0.2),
+            (3000, 2.0, 0.3),
+            (4000, 1.0, 0.1),
+        ];
+        for (count, spread, link) in cases {
             // Clumps and strays, negative coordinates included.
             let points: Vec<Point> = (0..count)
                 .map(|_| {

@@ -5,7 +5,6 @@
 //! 200); the tests check against Open3D through that identity.
 
 use std::f64::consts::PI;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use rayon::prelude::*;
 
@@ -33,11 +32,12 @@ fn cross64(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
     [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
 }
 
-/// PCL's `computePairFeatures`: (θ, α, φ) of the pair, the source chosen so the frame is the same whichever point
+/// PCL's `computePairFeatures`: (θ, α, φ) of the pair, θ as the arguments of its `atan2` (binned by
+/// [`theta_bin`] without computing it in almost every case), the source chosen so the frame is the same whichever point
 /// comes first, and whether that choice was a tie (the same |cosine| at both ends: then each end is its own
 /// source and the two orders differ; otherwise they agree bit for bit, negating `d` being exact). `None` for
 /// coincident points, a degenerate frame, or a missing (zero) normal, where PCL would have a NaN normal.
-fn pair_features(p1: Point, n1: Point, p2: Point, n2: Point) -> Option<([f64; 3], bool)> {
+fn pair_features(p1: Point, n1: Point, p2: Point, n2: Point) -> Option<(PairAngles, bool)> {
     if n1 == [0.0; 3] || n2 == [0.0; 3] {
         return None;
     }
@@ -65,8 +65,65 @@ fn pair_features(p1: Point, n1: Point, p2: Point, n2: Point) -> Option<([f64; 3]
     let v = v.map(|c| c / v_norm);
     let w = cross64(u, v);
     let alpha = dot64(v, target);
-    let theta = dot64(w, target).atan2(dot64(u, target));
-    Some(([theta, alpha, phi], tie))
+    Some((PairAngles { theta_y: dot64(w, target), theta_x: dot64(u, target), alpha, phi }, tie))
+}
+
+/// A pair's angles: θ = atan2(`theta_y`, `theta_x`), α and φ.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct PairAngles {
+    theta_y: f64,
+    theta_x: f64,
+    alpha: f64,
+    phi: f64,
+}
+
+/// atan(a) / a as a polynomial in a² on [0, 1], fitted (least squares) to within 3e-7 rad of atan.
+const ATAN_COEFFICIENTS: [f64; 7] = [
+    0.999_996_046_845_064_9,
+    -0.333_172_656_374_513_2,
+    0.198_075_553_524_114_6,
+    -0.132_341_671_585_224_6,
+    0.079_663_256_922_708_4,
+    -0.033_654_662_084_918_12,
+    0.006_832_589_977_999_974,
+];
+
+/// atan2 within 3e-7 rad (a quarter of libm's cost; NaN where either argument is).
+fn approximate_atan2(y: f64, x: f64) -> f64 {
+    if y.is_nan() || x.is_nan() {
+        return f64::NAN; // `min` and `max` below would drop it
+    }
+    let (ay, ax) = (y.abs(), x.abs());
+    let a = ay.min(ax) / ay.max(ax);
+    let s = a * a;
+    let mut r = a * ATAN_COEFFICIENTS.iter().rev().fold(0.0, |acc, c| acc * s + c);
+    if ay > ax {
+        r = std::f64::consts::FRAC_PI_2 - r;
+    }
+    if x < 0.0 {
+        r = PI - r;
+    }
+    if y < 0.0 { -r } else { r }
+}
+
+/// How close (in bins) to a bin edge the approximate angle may fall before libm's atan2 decides: far above the
+/// approximation's 5e-7 bins.
+const THETA_GUARD_BINS: f64 = 1e-5;
+
+/// θ's bin, exactly as binning libm's atan2 gives it: the approximation decides wherever it lies clear of a bin
+/// edge (all but about one pair in 10⁴), libm's atan2 elsewhere (edges, ±π, NaN).
+fn theta_bin(y: f64, x: f64) -> usize {
+    const BINS_PER_RADIAN: f64 = BINS_PER_ANGLE as f64 / (2.0 * PI);
+    let scaled = (approximate_atan2(y, x) + PI) * BINS_PER_RADIAN;
+    if scaled > 0.0 && scaled < BINS_PER_ANGLE as f64 {
+        // Truncation is the floor here (libm's floor is a call on baseline x86-64).
+        let whole = scaled as usize;
+        let fraction = scaled - whole as f64;
+        if fraction > THETA_GUARD_BINS && fraction < 1.0 - THETA_GUARD_BINS {
+            return whole;
+        }
+    }
+    bin(y.atan2(x), -PI, PI)
 }
 
 fn bin(value: f64, low: f64, high: f64) -> usize {
@@ -75,9 +132,13 @@ fn bin(value: f64, low: f64, high: f64) -> usize {
     (b as usize).min(BINS_PER_ANGLE - 1)
 }
 
-/// The three histogram slots (θ, α, φ) of a pair's features.
-fn slots([theta, alpha, phi]: [f64; 3]) -> [usize; 3] {
-    [bin(theta, -PI, PI), BINS_PER_ANGLE + bin(alpha, -1.0, 1.0), 2 * BINS_PER_ANGLE + bin(phi, -1.0, 1.0)]
+/// The three histogram slots (θ, α, φ) of a pair's angles.
+fn slots(angles: PairAngles) -> [usize; 3] {
+    [
+        theta_bin(angles.theta_y, angles.theta_x),
+        BINS_PER_ANGLE + bin(angles.alpha, -1.0, 1.0),
+        2 * BINS_PER_ANGLE + bin(angles.phi, -1.0, 1.0),
+    ]
 }
 
 /// A simplified PFH from its bin counts, `neighbors` counting the point itself.
@@ -102,10 +163,19 @@ pub(crate) fn distinct(indices: impl Iterator<Item = u32>, len: usize) -> (Vec<u
     (slot, values)
 }
 
+/// Needed points per task of [`spfh_of_needed`].
+const SPFH_CHUNK: usize = 512;
+/// A point's bin counts and its neighbourhood's size (itself included).
+type PointCounts = ([u32; FPFH_BINS], usize);
+/// Bins a task owes a point outside it: the point's place in `needed` and one bin per angle.
+type OwedBins = (u32, [u8; 3]);
+
 /// The SPFH of each of `needed` (distinct points; `slot` maps a point to its place in `needed`), over the
-/// neighbourhood `known[k]` (index, squared distance) where given (the point itself included), else a search. A pair of two needed
-/// points is the same pair from either end (PCL picks the frame's source by the normals, not by the order; see
-/// [`pair_features`]), so it is computed once, by the end with the lower index, and counted at both.
+/// neighbourhood `known[k]` (index, squared distance) where given (the point itself included), else a search.
+/// A pair of two needed points is the same pair from either end (PCL picks the frame's source by the normals,
+/// not by the order; see [`pair_features`]), so it is computed once, by the end with the lower index, and
+/// counted at both: each task counts its own points' pairs and lists the bins it owes the other ends, which are
+/// added after (plain counters, no atomics).
 fn spfh_of_needed(
     points: &[Point],
     normals: &[Point],
@@ -114,53 +184,50 @@ fn spfh_of_needed(
     slot: &[u32],
     known: &[Vec<(u32, f32)>],
 ) -> Vec<Fpfh> {
-    let counts: Vec<[AtomicU32; FPFH_BINS]> =
-        needed.iter().map(|_| std::array::from_fn(|_| AtomicU32::new(0))).collect();
-    let count = |k: usize, features: [f64; 3]| {
-        for b in slots(features) {
-            counts[k][b].fetch_add(1, Ordering::Relaxed);
-        }
+    let pair = |a: u32, b: u32| {
+        pair_features(points[a as usize], normals[a as usize], points[b as usize], normals[b as usize])
     };
-    let sizes: Vec<usize> = needed
-        .par_iter()
+    let tasks: Vec<(Vec<PointCounts>, Vec<OwedBins>)> = needed
+        .par_chunks(SPFH_CHUNK)
         .enumerate()
-        .map(|(k, &i)| {
-            let mut size = 0;
-            let mut visit = |j: u32| {
-                size += 1;
-                let other = slot[j as usize] as usize;
-                if j == i || (other != u32::MAX as usize && j < i) {
-                    return; // itself, or counted from the other end
-                }
-                let Some((features, tie)) =
-                    pair_features(points[i as usize], normals[i as usize], points[j as usize], normals[j as usize])
-                else {
-                    return;
-                };
-                count(k, features);
-                if other != u32::MAX as usize {
-                    let reverse = if tie {
-                        pair_features(points[j as usize], normals[j as usize], points[i as usize], normals[i as usize])
-                    } else {
-                        Some((features, tie))
-                    };
-                    if let Some((features, _)) = reverse {
-                        count(other, features);
+        .map(|(task, chunk)| {
+            let mut own = Vec::with_capacity(chunk.len());
+            let mut owed = Vec::new();
+            for (k, &i) in (task * SPFH_CHUNK..).zip(chunk) {
+                let (mut counts, mut size) = ([0u32; FPFH_BINS], 0);
+                let mut visit = |j: u32| {
+                    size += 1;
+                    let other = slot[j as usize];
+                    if j == i || (other != u32::MAX && j < i) {
+                        return; // itself, or counted from the other end
                     }
+                    let Some((angles, tie)) = pair(i, j) else { return };
+                    let bins = slots(angles);
+                    bins.iter().for_each(|&b| counts[b] += 1);
+                    if other != u32::MAX {
+                        let reverse = if tie { pair(j, i).map(|(angles, _)| slots(angles)) } else { Some(bins) };
+                        if let Some(bins) = reverse {
+                            owed.push((other, bins.map(|b| b as u8)));
+                        }
+                    }
+                };
+                match known.get(k) {
+                    Some(list) => list.iter().for_each(|&(j, _)| visit(j)),
+                    None => search.for_each_within(&points[i as usize], |j, _| visit(j)),
                 }
-            };
-            match known.get(k) {
-                Some(list) => list.iter().for_each(|&(j, _)| visit(j)),
-                None => search.for_each_within(&points[i as usize], |j, _| visit(j)),
+                own.push((counts, size));
             }
-            size
+            (own, owed)
         })
         .collect();
-    counts
-        .iter()
-        .zip(sizes)
-        .map(|(c, size)| spfh_from_counts(std::array::from_fn(|b| c[b].load(Ordering::Relaxed)), size))
-        .collect()
+    let mut counts: Vec<PointCounts> = Vec::with_capacity(needed.len());
+    tasks.iter().for_each(|(own, _)| counts.extend_from_slice(own));
+    for (_, owed) in &tasks {
+        for &(other, bins) in owed {
+            bins.iter().for_each(|&b| counts[other as usize].0[b as usize] += 1);
+        }
+    }
+    counts.into_iter().map(|(c, size)| spfh_from_counts(c, size)).collect()
 }
 
 /// The SPFH of each queried point (mainly to compare with implementations that add it to the FPFH).
@@ -200,22 +267,20 @@ pub fn fpfh_at(
         .map(|&q| {
             let neighbors = &lists[slot[q as usize] as usize];
             let mut hist = [0f32; FPFH_BINS];
-            let mut sums = [0f32; 3];
             for &(j, squared_distance) in neighbors {
                 if squared_distance == 0.0 {
                     continue;
                 }
                 let weight = 1.0 / squared_distance;
-                for (b, value) in spfhs[slot[j as usize] as usize].iter().enumerate() {
-                    let v = value * weight;
-                    hist[b] += v;
-                    sums[b / BINS_PER_ANGLE] += v;
+                // Bin by bin, no dependence between them: the compiler vectorises it.
+                for (h, value) in hist.iter_mut().zip(&spfhs[slot[j as usize] as usize]) {
+                    *h += value * weight;
                 }
             }
-            for (b, h) in hist.iter_mut().enumerate() {
-                let s = sums[b / BINS_PER_ANGLE];
-                if s != 0.0 {
-                    *h *= 100.0 / s;
+            for angle in hist.chunks_mut(BINS_PER_ANGLE) {
+                let sum: f32 = angle.iter().sum();
+                if sum != 0.0 {
+                    angle.iter_mut().for_each(|h| *h *= 100.0 / sum);
                 }
             }
             hist
@@ -263,6 +328,31 @@ mod tests {
         assert!(pair_features(p1, n1, [1.0, 0.0, 0.0], n2).unwrap().1);
         assert!(pair_features(p1, n1, p1, n2).is_none());
         assert!(pair_features(p1, [0.0; 3], p2, n2).is_none());
+    }
+
+    #[test]
+    fn theta_bins_are_those_of_libm_atan2() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut worst = 0f64;
+        for _ in 0..200_000 {
+            let (y, x): (f64, f64) = (rng.gen_range(-1.0..1.0), rng.gen_range(-1.0..1.0));
+            worst = worst.max((approximate_atan2(y, x) - y.atan2(x)).abs());
+            assert_eq!(theta_bin(y, x), bin(y.atan2(x), -PI, PI), "({y}, {x})");
+        }
+        assert!(worst < 5e-7, "approximation error {worst}");
+        // On and next to every bin edge, on the axes, at ±π and ±0, and NaN.
+        let mut cases = vec![(0.0, 0.0), (0.0, -1.0), (-0.0, -1.0), (0.0, 1.0), (-0.0, 1.0), (1.0, 0.0), (-1.0, 0.0)];
+        cases.push((f64::NAN, 1.0));
+        for edge in 0..=BINS_PER_ANGLE {
+            let angle = -PI + 2.0 * PI * edge as f64 / BINS_PER_ANGLE as f64;
+            for nudge in [-1e-9, -1e-15, 0.0, 1e-15, 1e-9] {
+                cases.push(((angle + nudge).sin(), (angle + nudge).cos()));
+            }
+        }
+        for (y, x) in cases {
+            assert_eq!(theta_bin(y, x), bin(y.atan2(x), -PI, PI), "({y}, {x})");
+        }
     }
 
     /// SPFH by its definition: every pair computed from the point's own end.

@@ -4,6 +4,8 @@
 //! then the voxel points are linked within a few voxels and groups too small to be part of a surface go.
 //! A burr or fin is attached to its part and stays; only what floats apart from everything is removed.
 
+use rayon::prelude::*;
+
 use super::{Point, Result, linked_components, positive, voxel_downsample};
 
 /// How far is too far, and how small a floating group is noise.
@@ -55,7 +57,9 @@ pub fn inside_robust_box(points: &[Point], rule: &OutlierRule) -> Result<Inliers
     if points.is_empty() {
         return Err(super::GeometryError::Empty);
     }
-    let ranges = [0, 1, 2].map(|a| quantile_range(points, a, quantile.clamp(0.0, 0.5)));
+    let ranges: Vec<(f32, f32)> =
+        (0..3).into_par_iter().map(|a| quantile_range(points, a, quantile.clamp(0.0, 0.5))).collect();
+    let ranges = [ranges[0], ranges[1], ranges[2]];
     let spans = ranges.map(|(lo, hi)| f64::from(hi) - f64::from(lo));
     let robust_diagonal = spans.iter().map(|s| s * s).sum::<f64>().sqrt();
     // A flat part has a zero span on one axis: it still gets a tenth of the part's size as room there.

@@ -342,10 +342,12 @@ impl Backbone {
 }
 
 /// Multi-scale tokens of every sample point, row after row: the FPFH of each radius (voxels), Hellinger-scaled,
-/// then the surface context. Plain numbers, no tensors: any thread may compute them.
+/// then the surface context. Plain numbers, no tensors: any thread may compute them. The scales are computed
+/// side by side: each has serial steps (its coarse copy's grid and tree) that leave a core to the others.
 pub fn point_feature_rows(radii_voxels: &[f32], cloud: &PatchedCloud) -> Result<Vec<f32>> {
+    use rayon::prelude::*;
     let scales: Vec<Vec<Fpfh>> =
-        radii_voxels.iter().map(|r| cloud.sample_descriptors(r * cloud.voxel)).collect::<Result<_>>()?;
+        radii_voxels.par_iter().map(|r| cloud.sample_descriptors(r * cloud.voxel)).collect::<Result<_>>()?;
     let mut rows: Vec<f32> = Vec::with_capacity(cloud.samples.len() * multiscale_width(scales.len()));
     for p in 0..cloud.samples.len() {
         rows.extend(scales.iter().flat_map(|s| s[p].iter()).map(|v| (v / 100.0).sqrt()));

@@ -3,6 +3,7 @@
 //! that the backbone, SCA and scoring read, and that remembers how to map results back to every input point.
 
 use rand::Rng;
+use rayon::prelude::*;
 
 use super::config::{AugmentConfig, NormalSide, PreprocessConfig};
 use super::{ModelError, Result};
@@ -242,7 +243,6 @@ impl PoseTemplate {
     /// template is expected to have all of it (`None`); else its camera is assumed [`CELL_CAMERA_DISTANCE`]
     /// radii off on the side the view has (the mean outward normal of the template points it covers).
     pub fn expected(&self, scan: &NeighborIndex, viewpoint: Point, voxel: f32) -> Option<Vec<bool>> {
-        use rayon::prelude::*;
         let reach = COVERED_VOXELS * voxel;
         let has = |p: &Point| scan.nearest(p).squared_distance <= reach * reach;
         let sensor_outside = geometry::dot(viewpoint, viewpoint) > 1.0;
@@ -274,7 +274,6 @@ impl PoseTemplate {
     /// Whether a registered scan (`scan`, indexed, in the template's normalised frame) has at least
     /// [`ALL_ROUND_COVERAGE`] of the template, judged on every 8th template point.
     pub fn is_all_round(&self, scan: &NeighborIndex, voxel: f32) -> bool {
-        use rayon::prelude::*;
         let reach = COVERED_VOXELS * voxel;
         let covered =
             self.placed_points.par_iter().step_by(8).filter(|p| scan.nearest(p).squared_distance <= reach * reach);
@@ -433,7 +432,7 @@ impl CoarseCopy {
             return Ok(None);
         }
         let grid = geometry::voxel_downsample(points, coarse_voxel)?;
-        let normals = grid.points.iter().map(|p| normals[index.nearest(p).index as usize]).collect();
+        let normals = grid.points.par_iter().map(|p| normals[index.nearest(p).index as usize]).collect();
         let index = NeighborIndex::new(&grid.points)?;
         Ok(Some(Self { points: grid.points, normals, index, representative: grid.representative }))
     }
@@ -480,7 +479,6 @@ pub fn surface_context(
     template: Option<(&PoseTemplate, Option<&[bool]>)>,
     at: &[u32],
 ) -> Result<Vec<[f32; CONTEXT_DIMS]>> {
-    use rayon::prelude::*;
     let [near, far] = CONTEXT_RADII_VOXELS.map(|r| r * voxel);
     // One pass over the wider radius counts both.
     let scan = RadiusSearch::new(points, index, far)?;
@@ -548,7 +546,6 @@ pub fn patch_view(
         return Err(ModelError::TooFewPoints { points: view.points.len(), needed: patch_size, voxel: cfg.voxel_size });
     }
     let View { grid, frame, points, viewpoint, voxel } = view;
-    let index = NeighborIndex::new(&points)?;
     // A deterministic start (the point farthest from the centre) so a cloud always gives the same patches,
     // whatever order its points arrive in.
     let start = points
@@ -556,45 +553,34 @@ pub fn patch_view(
         .enumerate()
         .max_by(|a, b| geometry::dot(*a.1, *a.1).total_cmp(&geometry::dot(*b.1, *b.1)))
         .map_or(0, |(i, _)| i);
-    let centres = geometry::farthest_point_sampling(&points, patch_count, start);
+    // FPS is serial: the tree and the normals take the other core meanwhile; likewise the SCA descriptors and
+    // the samples' surface context below.
+    let (centres, indexed) = rayon::join(
+        || geometry::farthest_point_sampling(&points, patch_count, start),
+        || -> Result<_> {
+            let index = NeighborIndex::new(&points)?;
+            let side = orientation(cfg.normals_face, viewpoint);
+            let normals = geometry::estimate_normals(&points, &index, Neighborhood::Knn(cfg.normal_neighbors), side);
+            Ok((index, normals))
+        },
+    );
+    let (index, normals) = indexed?;
     let centre_points: Vec<Point> = centres.iter().map(|&c| points[c as usize]).collect();
     let groups = index.group(&centre_points, patch_size);
-    let normals = geometry::estimate_normals(
-        &points,
-        &index,
-        Neighborhood::Knn(cfg.normal_neighbors),
-        orientation(cfg.normals_face, viewpoint),
+    let (descriptors, sampled) = rayon::join(
+        || centre_descriptors(&points, &normals, &index, voxel, &centres, cfg.fpfh_radius),
+        || -> Result<_> {
+            let cells = FeatureSamples::of(&points, voxel, &centres, sampling)?;
+            let expected =
+                template.filter(|_| cfg.template_visibility).and_then(|t| t.expected(&index, viewpoint, voxel));
+            let all_round = template.is_none_or(|t| !cfg.heads_see_capture() || t.is_all_round(&index, voxel));
+            tracing::debug!(all_round, "capture");
+            let template = template.map(|t| (t, expected.as_deref()));
+            let context = surface_context(&points, &normals, &index, voxel, template, &cells.samples)?;
+            Ok((cells, context, all_round))
+        },
     );
-    let descriptors = centre_descriptors(&points, &normals, &index, voxel, &centres, cfg.fpfh_radius)?;
-    let (samples, cell_count, cell_of, centre_samples) = match sampling {
-        Sampling::EveryPoint => {
-            let every: Vec<u32> = (0..points.len() as u32).collect();
-            (every.clone(), points.len(), every, centres.clone())
-        }
-        Sampling::Cells => {
-            let cells = geometry::voxel_downsample(&points, FEATURE_CELL_VOXELS * voxel)?;
-            let mut samples = cells.first_members();
-            let cell_count = samples.len();
-            let centre_samples = centres
-                .iter()
-                .map(|&c| {
-                    let cell = cells.representative[c as usize];
-                    if samples[cell as usize] == c {
-                        cell
-                    } else {
-                        samples.push(c);
-                        samples.len() as u32 - 1
-                    }
-                })
-                .collect();
-            (samples, cell_count, cells.representative, centre_samples)
-        }
-    };
-    let expected = template.filter(|_| cfg.template_visibility).and_then(|t| t.expected(&index, viewpoint, voxel));
-    let all_round = template.is_none_or(|t| !cfg.heads_see_capture() || t.is_all_round(&index, voxel));
-    tracing::debug!(all_round, "capture");
-    let template = template.map(|t| (t, expected.as_deref()));
-    let context = surface_context(&points, &normals, &index, voxel, template, &samples)?;
+    let (descriptors, (cells, context, all_round)) = (descriptors?, sampled?);
     Ok(PatchedCloud {
         grid,
         frame,
@@ -607,13 +593,55 @@ pub fn patch_view(
         descriptors,
         fpfh_radius: cfg.fpfh_radius,
         voxel,
-        samples,
-        cell_count,
-        cell_of,
-        centre_samples,
+        samples: cells.samples,
+        cell_count: cells.cell_count,
+        cell_of: cells.cell_of,
+        centre_samples: cells.centre_samples,
         context,
         all_round,
     })
+}
+
+/// The points that carry per-point features (see the fields of the same names in [`PatchedCloud`]).
+struct FeatureSamples {
+    samples: Vec<u32>,
+    cell_count: usize,
+    cell_of: Vec<u32>,
+    centre_samples: Vec<u32>,
+}
+
+impl FeatureSamples {
+    fn of(points: &[Point], voxel: f32, centres: &[u32], sampling: Sampling) -> Result<Self> {
+        Ok(match sampling {
+            Sampling::EveryPoint => {
+                let every: Vec<u32> = (0..points.len() as u32).collect();
+                Self {
+                    samples: every.clone(),
+                    cell_count: points.len(),
+                    cell_of: every,
+                    centre_samples: centres.to_vec(),
+                }
+            }
+            Sampling::Cells => {
+                let cells = geometry::voxel_downsample(points, FEATURE_CELL_VOXELS * voxel)?;
+                let mut samples = cells.first_members();
+                let cell_count = samples.len();
+                let centre_samples = centres
+                    .iter()
+                    .map(|&c| {
+                        let cell = cells.representative[c as usize];
+                        if samples[cell as usize] == c {
+                            cell
+                        } else {
+                            samples.push(c);
+                            samples.len() as u32 - 1
+                        }
+                    })
+                    .collect();
+                Self { samples, cell_count, cell_of: cells.representative, centre_samples }
+            }
+        })
+    }
 }
 
 #[cfg(test)]

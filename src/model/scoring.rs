@@ -3,6 +3,7 @@
 //! the mean of the top share), the decision, the defect region (the linked anomalous group around the top
 //! score), and threshold calibration.
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use super::Thresholds;
@@ -30,11 +31,11 @@ pub fn spread_patch_scores(cloud: &PatchedCloud, patch_scores: &[f32]) -> crate:
         }
     }
     let centre_index = NeighborIndex::new(&cloud.centre_points())?;
-    for (p, s) in cloud.points.iter().zip(scores.iter_mut()) {
+    scores.par_iter_mut().zip(&cloud.points).for_each(|(s, p)| {
         if *s == f32::NEG_INFINITY {
             *s = patch_scores[centre_index.nearest(p).index as usize];
         }
-    }
+    });
     Ok(scores)
 }
 

@@ -13,7 +13,8 @@ use r2r::inspect3d_msgs::msg::InspectionResult;
 
 use super::client::{InspectorClient, unique_stamp};
 use crate::bench::peak_memory_mib_of;
-use crate::cloud::{PointCloud, pointcloud2};
+use crate::cloud::PointCloud;
+use crate::cloud::pointcloud2::{self, PointCloud2Layout};
 use crate::inspector::median_and_p95;
 
 pub struct NodeBenchInput {
@@ -26,8 +27,13 @@ pub struct NodeBenchInput {
 pub(crate) struct BenchNode(Child);
 
 impl BenchNode {
-    /// Starts the node with `model` and connects a client to it.
-    pub(crate) fn start(repo: &Path, model: &Path, timeout: Duration) -> Result<(Self, InspectorClient)> {
+    /// Starts the node with `model` (and `params`, `name:=value` each) and connects a client to it.
+    pub(crate) fn start(
+        repo: &Path,
+        model: &Path,
+        params: &[String],
+        timeout: Duration,
+    ) -> Result<(Self, InspectorClient)> {
         let exe = std::env::current_exe()?.with_file_name("inspect3d_node");
         if !exe.exists() {
             bail!("{} not found: build it with `cargo build --release --bins`", exe.display());
@@ -39,6 +45,7 @@ impl BenchNode {
             .arg(repo.join("config/inspector.yaml"))
             .args(["-r", &format!("__node:={name}"), "-p", &format!("input_topic:={topic}"), "-p"])
             .arg(format!("model_path:={}", model.display()))
+            .args(params.iter().flat_map(|p| ["-p", p.as_str()]))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -65,6 +72,38 @@ impl Drop for BenchNode {
     }
 }
 
+/// The queue depth of the node that measures batched throughput.
+const BATCHING_QUEUE_DEPTH: usize = 4;
+
+/// Offers `layout` at `hz` for `seconds` and collects every result: the scored ones per second (PASS or
+/// REJECT, not the DROPPED answers), and the rate offered.
+fn flood(client: &mut InspectorClient, layout: &PointCloud2Layout, hz: f64, seconds: f64) -> Result<(f64, f64)> {
+    let period = Duration::from_secs_f64(1.0 / hz);
+    let start = Instant::now();
+    let mut next = start;
+    let mut sent = 0usize;
+    let mut stamp = client.last_stamp().clone();
+    while start.elapsed().as_secs_f64() < seconds {
+        client.send(layout, "camera", unique_stamp(&mut stamp))?;
+        sent += 1;
+        next += period;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    // Results of the flood arrive until the node has worked through what it kept.
+    let mut scored = 0usize;
+    let mut last = start;
+    while let Some((result, at)) = client.next_result(Duration::from_secs(5)) {
+        if result.status <= InspectionResult::REJECT as u8 {
+            scored += 1;
+            last = at;
+        }
+    }
+    let busy = (last - start).as_secs_f64().max(1e-9);
+    Ok((scored as f64 / busy, sent as f64 / seconds))
+}
+
 /// Runs the benchmark; `repeats` sequential scans and `flood_seconds` of scans at `flood_hz` per input.
 pub fn node(
     repo: &Path,
@@ -75,12 +114,13 @@ pub fn node(
     flood_seconds: f64,
 ) -> Result<String> {
     let timeout = Duration::from_secs(60);
-    let (node, mut client) = BenchNode::start(repo, model, timeout)?;
+    let (node, mut client) = BenchNode::start(repo, model, &[], timeout)?;
     let pid = node.pid();
     let mut table = String::from(
         "| input | points (finite) | round trip p50 / p95 ms | node latency p50 / p95 ms | sustained scans/s | \
-         offered scans/s |\n|---|---:|---:|---:|---:|---:|\n",
+         sustained, batched | offered scans/s |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
+    let (mut rows, mut offered_rates) = (Vec::new(), Vec::new());
     for input in inputs {
         let layout = pointcloud2::encode(&input.cloud);
         let finite = input.cloud.finite_points()?.points.len();
@@ -95,45 +135,33 @@ pub fn node(
             node_latencies.push(f64::from(result.latency_ms));
         }
         tracing::info!(input = input.name, "sequential done; flooding");
-        let period = Duration::from_secs_f64(1.0 / flood_hz);
-        let start = Instant::now();
-        let mut next = start;
-        let mut sent = 0usize;
-        let mut stamp = client.last_stamp().clone();
-        while start.elapsed().as_secs_f64() < flood_seconds {
-            client.send(&layout, "camera", unique_stamp(&mut stamp))?;
-            sent += 1;
-            next += period;
-            if let Some(wait) = next.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-        }
-        // Results of the flood arrive until the node has worked through what it kept.
-        // Every scan gets a result; only the scored ones (PASS or REJECT) count, not the DROPPED answers.
-        let mut scored = 0usize;
-        let mut last = start;
-        while let Some((result, at)) = client.next_result(Duration::from_secs(5)) {
-            if result.status <= InspectionResult::REJECT as u8 {
-                scored += 1;
-                last = at;
-            }
-        }
-        let busy = (last - start).as_secs_f64().max(1e-9);
+        let (sustained, offered) = flood(&mut client, &layout, flood_hz, flood_seconds)?;
+        offered_rates.push(offered);
         let (rt50, rt95) = median_and_p95(round_trips);
         let (n50, n95) = median_and_p95(node_latencies);
-        table.push_str(&format!(
-            "| {} | {} ({finite}) | {rt50:.0} / {rt95:.0} | {n50:.0} / {n95:.0} | {:.1} | {:.1} |\n",
+        rows.push(format!(
+            "| {} | {} ({finite}) | {rt50:.0} / {rt95:.0} | {n50:.0} / {n95:.0} | {sustained:.1}",
             input.name,
             input.cloud.len(),
-            scored as f64 / busy,
-            sent as f64 / flood_seconds,
         ));
     }
     let memory = peak_memory_mib_of(&pid).map_or("unknown".into(), |m| format!("{m:.0} MiB"));
+    drop(node);
+    // The same floods into a node that lets scans wait: it scores the waiting ones as one batch.
+    let depth = format!("queue_depth:={BATCHING_QUEUE_DEPTH}");
+    let (_batching, mut client) = BenchNode::start(repo, model, &[depth], timeout)?;
+    for ((row, input), offered) in rows.iter().zip(inputs).zip(offered_rates) {
+        let layout = pointcloud2::encode(&input.cloud);
+        client.inspect(&layout, timeout)?;
+        let (batched, _) = flood(&mut client, &layout, flood_hz, flood_seconds)?;
+        table.push_str(&format!("{row} | {batched:.1} | {offered:.1} |\n"));
+    }
     table.push_str(&format!(
         "\nNode peak memory (VmHWM): {memory}. Round trip = publish → result received by this process; node \
-         latency = receipt → scored, as in InspectionResult.latency_ms; sustained = results per second while scans \
-         were offered at the last column's rate (queue_depth 1: the newest waits, older ones are dropped).\n"
+         latency = receipt → scored, as in InspectionResult.latency_ms; sustained = scored results per second while \
+         scans were offered at the last column's rate (queue_depth 1: the newest waits, older ones are dropped); \
+         batched = the same into a node with queue_depth {BATCHING_QUEUE_DEPTH}, which scores the scans waiting \
+         together as one batch (each waits longer).\n"
     ));
     Ok(table)
 }

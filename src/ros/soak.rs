@@ -86,7 +86,7 @@ struct Fate {
 pub fn soak(repo: &Path, model: &Path, minutes: f64, rate_hz: f64) -> Result<String> {
     let cases = catalogue(repo)?;
     let timeout = Duration::from_secs(60);
-    let (mut node, mut client) = BenchNode::start(repo, model, timeout)?;
+    let (mut node, mut client) = BenchNode::start(repo, model, &[], timeout)?;
     let pid = node.pid();
     // One scored scan first: model loading and LibTorch's first call are start-up, not steady state.
     client.inspect(&cases[0].message, timeout)?;

@@ -32,8 +32,8 @@ fn cross64(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
     [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
 }
 
-/// PCL's `computePairFeatures`: (θ, α, φ) of the pair, θ as the arguments of its `atan2` (binned by
-/// [`theta_bin`] without computing it in almost every case), the source chosen so the frame is the same whichever point
+/// PCL's `computePairFeatures`: (θ, α, φ) of the pair (θ as the arguments of its `atan2`, which [`theta_bin`]
+/// bins without computing it in almost every case), the source chosen so the frame is the same whichever point
 /// comes first, and whether that choice was a tie (the same |cosine| at both ends: then each end is its own
 /// source and the two orders differ; otherwise they agree bit for bit, negating `d` being exact). `None` for
 /// coincident points, a degenerate frame, or a missing (zero) normal, where PCL would have a NaN normal.
@@ -88,7 +88,7 @@ const ATAN_COEFFICIENTS: [f64; 7] = [
     0.006_832_589_977_999_974,
 ];
 
-/// atan2 within 3e-7 rad (a quarter of libm's cost; NaN where either argument is).
+/// atan2 within 3e-7 rad by a polynomial, no libm call (NaN where either argument is).
 fn approximate_atan2(y: f64, x: f64) -> f64 {
     if y.is_nan() || x.is_nan() {
         return f64::NAN; // `min` and `max` below would drop it

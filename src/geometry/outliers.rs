@@ -57,9 +57,8 @@ pub fn inside_robust_box(points: &[Point], rule: &OutlierRule) -> Result<Inliers
     if points.is_empty() {
         return Err(super::GeometryError::Empty);
     }
-    let ranges: Vec<(f32, f32)> =
-        (0..3).into_par_iter().map(|a| quantile_range(points, a, quantile.clamp(0.0, 0.5))).collect();
-    let ranges = [ranges[0], ranges[1], ranges[2]];
+    let mut ranges = [(0.0, 0.0); 3];
+    ranges.par_iter_mut().enumerate().for_each(|(a, r)| *r = quantile_range(points, a, quantile.clamp(0.0, 0.5)));
     let spans = ranges.map(|(lo, hi)| f64::from(hi) - f64::from(lo));
     let robust_diagonal = spans.iter().map(|s| s * s).sum::<f64>().sqrt();
     // A flat part has a zero span on one axis: it still gets a tenth of the part's size as room there.

@@ -121,13 +121,13 @@ pub fn node(
          sustained, batched | offered scans/s |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
     let (mut rows, mut offered_rates) = (Vec::new(), Vec::new());
-    for input in inputs {
-        let layout = pointcloud2::encode(&input.cloud);
+    let layouts: Vec<PointCloud2Layout> = inputs.iter().map(|input| pointcloud2::encode(&input.cloud)).collect();
+    for (input, layout) in inputs.iter().zip(&layouts) {
         let finite = input.cloud.finite_points()?.points.len();
-        client.inspect(&layout, timeout)?; // warm-up: the first scan pays one-off start-up costs
+        client.inspect(layout, timeout)?; // warm-up: the first scan pays one-off start-up costs
         let (mut round_trips, mut node_latencies) = (Vec::new(), Vec::new());
         for k in 0..repeats.max(1) {
-            let (result, round_trip) = client.inspect(&layout, timeout)?;
+            let (result, round_trip) = client.inspect(layout, timeout)?;
             if result.status > 1 {
                 bail!("{}: scan {k} was not scored: {}", input.name, result.message);
             }
@@ -135,7 +135,7 @@ pub fn node(
             node_latencies.push(f64::from(result.latency_ms));
         }
         tracing::info!(input = input.name, "sequential done; flooding");
-        let (sustained, offered) = flood(&mut client, &layout, flood_hz, flood_seconds)?;
+        let (sustained, offered) = flood(&mut client, layout, flood_hz, flood_seconds)?;
         offered_rates.push(offered);
         let (rt50, rt95) = median_and_p95(round_trips);
         let (n50, n95) = median_and_p95(node_latencies);
@@ -150,10 +150,9 @@ pub fn node(
     // The same floods into a node that lets scans wait: it scores the waiting ones as one batch.
     let depth = format!("queue_depth:={BATCHING_QUEUE_DEPTH}");
     let (_batching, mut client) = BenchNode::start(repo, model, &[depth], timeout)?;
-    for ((row, input), offered) in rows.iter().zip(inputs).zip(offered_rates) {
-        let layout = pointcloud2::encode(&input.cloud);
-        client.inspect(&layout, timeout)?;
-        let (batched, _) = flood(&mut client, &layout, flood_hz, flood_seconds)?;
+    for ((row, layout), offered) in rows.iter().zip(&layouts).zip(offered_rates) {
+        client.inspect(layout, timeout)?;
+        let (batched, _) = flood(&mut client, layout, flood_hz, flood_seconds)?;
         table.push_str(&format!("{row} | {batched:.1} | {offered:.1} |\n"));
     }
     table.push_str(&format!(

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check (docs/toolchain.md, "GPU check"): run on a machine with an NVIDIA GPU and PyTorch's LibTorch,
 # with .gpu/inspect3d built for that LibTorch (`--no-default-features --features cuda`). Compares CPU and CUDA
-# verdicts and per-point scores of the bundled model on the bundled scans, times training on both, and runs the
-# detector benchmark on both. Writes everything to ${OUT:-out/gpu}/log.txt.
+# verdicts and per-point scores of the bundled model on the bundled scans (CUDA with the host's geometry and with
+# the device geometry, `--device-geometry`), times training on both, and runs the detector benchmark on both and
+# the geometry benchmark's device table. Writes everything to ${OUT:-out/gpu}/log.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-out/gpu}
@@ -16,15 +17,18 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
 nproc
 
-echo "== 1. bundled model, bundled scans: CPU vs CUDA"
+echo "== 1. bundled model, bundled scans: CPU vs CUDA (host geometry), CPU vs CUDA (device geometry)"
 for scan in tests/data/cell_scans/*.pcd; do
   name=$(basename "$scan" .pcd)
   for device in cpu "$gpu"; do
     "$bin" infer --model models/featuretype --input "$scan" --device "$device" \
       --out "$out/work/${name}_$device.ply" >"$out/work/${name}_$device.json" || echo "infer $name $device failed"
   done
+  "$bin" infer --model models/featuretype --input "$scan" --device "$gpu" --device-geometry \
+    --out "$out/work/${name}_${gpu}geometry.ply" >"$out/work/${name}_${gpu}geometry.json" || echo "infer $name geometry failed"
 done
-python3 - "$out/work" "$gpu" <<'PY'
+for variant in "$gpu" "${gpu}geometry"; do
+python3 - "$out/work" "$variant" <<'PY'
 import json, sys, pathlib
 import numpy as np
 work = pathlib.Path(sys.argv[1])
@@ -34,6 +38,7 @@ def scores(path):
     props = [l.split() for l in data[:end].decode().splitlines() if l.startswith("property")]
     dtype = np.dtype([(p[2], {"float": "<f4", "uchar": "u1"}[p[1]]) for p in props])
     return np.frombuffer(data[end:], dtype=dtype)["anomaly_score"]
+print(f"CPU against {sys.argv[2]}")
 print("| scan | verdict CPU / CUDA | cloud score CPU / CUDA | max abs point-score diff | points | latency ms CPU / CUDA |")
 print("|---|---|---|---:|---:|---|")
 for cpu_json in sorted(work.glob("*_cpu.json")):
@@ -43,6 +48,7 @@ for cpu_json in sorted(work.glob("*_cpu.json")):
     diff = float(np.max(np.abs(sa - sb))) if sa.shape == sb.shape else float("nan")
     print(f"| {name} | {a['passed']} / {b['passed']} | {a['cloud_score']:.6f} / {b['cloud_score']:.6f} | {diff:.2e} | {sa.size} | {a['latency_ms']:.0f} / {b['latency_ms']:.0f} |")
 PY
+done
 
 echo "== 2. training (config/detector.json, 10 simulated frames): CPU vs CUDA"
 "$bin" synth --meshes tests/data/meshes/featuretype.STL --out "$out/work/bench" \
@@ -54,7 +60,10 @@ for device in cpu "$gpu"; do
   echo " | $device wall $(python3 -c "print(round($EPOCHREALTIME - $start, 1))") s"
 done
 
-echo "== 3. detector benchmark on CUDA, then on CPU (CUDA hidden)"
+echo "== 3. detector benchmark on CUDA (host geometry, then device geometry), then on CPU (CUDA hidden)"
 "$bin" bench detector --repeats 7
+"$bin" bench detector --repeats 7 --device-geometry
 CUDA_VISIBLE_DEVICES= "$bin" bench detector --repeats 7
+echo "== 4. geometry stages: host, and as tensor code on CUDA"
+"$bin" bench geometry --repeats 7 --device-geometry
 echo "== done"

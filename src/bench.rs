@@ -195,6 +195,67 @@ pub fn geometry(input: &BenchInput, cfg: &GeometryBench) -> Result<Table> {
     Ok(table)
 }
 
+/// The same stages as [`geometry`] as tensor code (`geometry::device`) on CUDA where LibTorch sees a GPU, else on
+/// the CPU; each stage ends with its result on the host, so GPU work is timed to completion. FPS also runs on a
+/// batch of four copies of the cloud, the way several waiting scans would go.
+pub fn device_geometry(input: &BenchInput, cfg: &GeometryBench) -> Result<Table> {
+    use geometry::device;
+    let r = cfg.repeats;
+    let torch_device = tch::Device::cuda_if_available();
+    let (cloud, name) = input.load()?;
+    let finite = cloud.finite_points()?;
+    let mut table = Table::new(format!("Device geometry on {name} (voxel {}, {torch_device:?})", cfg.voxel));
+    let host_points = finite.points.clone();
+    let input_points = table.stage("copy in", format!("{} points", host_points.len()), r, || {
+        device::points_tensor(&host_points, torch_device)
+    });
+    let (points, representative) = table.stage("voxel grid", String::new(), r, || {
+        let (points, representative) = device::voxel_downsample(&input_points, cfg.voxel)?;
+        let _ = device::host_points(&points)?;
+        Ok::<_, geometry::GeometryError>((points, representative))
+    })?;
+    let n = points.size()[0];
+    if let Some(stage) = table.stages.last_mut() {
+        stage.detail = format!("{} → {n} points", host_points.len());
+    }
+    let centres = table.stage("FPS", format!("{} centres", cfg.centres), r, || {
+        let chosen = device::farthest_point_sampling(&points.unsqueeze(0), &[n], cfg.centres as i64, &[0]);
+        chosen.view(-1).narrow(0, 0, n.min(cfg.centres as i64)).to_device(tch::Device::Cpu)
+    });
+    let four = tch::Tensor::stack(&[&points, &points, &points, &points], 0);
+    let _ = table.stage("FPS, batch of 4", format!("4 × {} centres", cfg.centres), r, || {
+        device::farthest_point_sampling(&four, &[n; 4], cfg.centres as i64, &[0; 4]).to_device(tch::Device::Cpu)
+    });
+    let centres = centres.to_device(torch_device);
+    let centre_points = points.index_select(0, &centres);
+    let _ = table.stage("kNN grouping", format!("{} × {}", cfg.centres, cfg.group_size), r, || {
+        device::knn(&points, &centre_points, cfg.group_size as i64, 4.0 * cfg.voxel).index.to_device(tch::Device::Cpu)
+    });
+    let orientation = NormalOrientation::TowardsViewpoint([0.0; 3]);
+    let normals = table.stage("normals (PCA)", format!("{n} points, {} nn", cfg.normal_max_nn), r, || {
+        let normals = device::normals(&points, cfg.normal_max_nn as i64, cfg.normal_radius, orientation);
+        let _ = normals.to_device(tch::Device::Cpu);
+        normals
+    });
+    let _ =
+        table.stage("FPFH at centres", format!("{} centres, r {}", cfg.centres, length(cfg.fpfh_radius)), r, || {
+            device::fpfh_at(&points, &normals, cfg.fpfh_radius, &centres).map(|h| h.to_device(tch::Device::Cpu))
+        })?;
+    let scores = tch::Tensor::arange(n, (tch::Kind::Float, torch_device)).remainder(97);
+    let _ = table.stage("median filter", format!("{n} points, r {}", length(cfg.median_radius)), r, || {
+        device::median_filter(&points, &scores, cfg.median_radius).map(|m| m.to_device(tch::Device::Cpu))
+    })?;
+    table.stage("copy out", format!("{} scores", host_points.len()), r, || {
+        Vec::<f32>::try_from(scores.index_select(0, &representative).to_device(tch::Device::Cpu))
+    })?;
+    table.notes.push(
+        "Tensor code (`geometry::device`): searches over the 27 cells around each query. Normals here are plain \
+         kNN (the detector's); the host table's are hybrid radius-kNN."
+            .into(),
+    );
+    Ok(table)
+}
+
 /// Our geometry stages against Open3D's equivalents on the same points with the same thread count.
 pub struct Comparison {
     pub title: String,
@@ -309,7 +370,7 @@ const THROUGHPUT_BATCH: usize = 4;
 /// training step. Weights are untrained (timing does not depend on their values); the Point-MAE row uses the
 /// public release's size (C = 384, 12 blocks, 6 heads) with random weights.
 /// `voxel` in the cloud's unit; `None` derives it from the cloud as training does.
-pub fn detector(input: &BenchInput, voxel: Option<f32>, repeats: usize) -> Result<Table> {
+pub fn detector(input: &BenchInput, voxel: Option<f32>, repeats: usize, device_geometry: bool) -> Result<Table> {
     let r = repeats;
     let device = tch::Device::cuda_if_available();
     let (cloud, name) = input.load()?;
@@ -324,7 +385,7 @@ pub fn detector(input: &BenchInput, voxel: Option<f32>, repeats: usize) -> Resul
     };
     cfg.preprocess.voxel_size = voxel;
     cfg.preprocess.normals_face = NormalSide::Outward;
-    let mut det = Detector::new(cfg.clone(), device)?;
+    let mut det = Detector::new(cfg.clone(), device)?.with_device_geometry(device_geometry);
     // Thresholds as a trained model has them (an untrained one's are NaN, which gives no verdict); their values
     // do not change the cost.
     let thresholds = crate::model::Thresholds { cloud: 0.5, point: 0.5 };
@@ -342,8 +403,10 @@ pub fn detector(input: &BenchInput, voxel: Option<f32>, repeats: usize) -> Resul
     det.conditioning.template =
         Some(crate::model::preprocess::PoseTemplate::from_cloud(&finite.points, &cfg.preprocess)?);
     let (n, k) = (cfg.patches.count, cfg.patches.size);
-    let mut table =
-        Table::new(format!("Detector stages on {name} (n = {n}, k = {k}, voxel {voxel}, device {device:?})"));
+    let mut table = Table::new(format!(
+        "Detector stages on {name} (n = {n}, k = {k}, voxel {voxel}, device {device:?}, geometry {:?})",
+        det.compute
+    ));
     let patched = table.stage(
         "pre-processing",
         format!("{} points → voxel, registration, FPS, kNN, normals, FPFH", finite.points.len()),

@@ -84,6 +84,9 @@ enum Command {
         out: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
+        /// Run the per-scan geometry as tensor code on the device (`geometry::device`) instead of the host's.
+        #[arg(long)]
+        device_geometry: bool,
     },
     /// Writes a benchmark in Real3D-AD's layout from CAD meshes: good training scans, good and defective test
     /// scans (bulges and sinks, every point labelled). Full 360° scans.
@@ -159,6 +162,10 @@ enum Command {
         /// with Open3D) and print a ratio table.
         #[arg(long, value_enum)]
         compare: Option<Compare>,
+        /// geometry: also time the stages as tensor code (`geometry::device`, CUDA where present); detector: run
+        /// the detector's geometry that way.
+        #[arg(long)]
+        device_geometry: bool,
         /// soak: how long to run.
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
@@ -253,7 +260,9 @@ fn main() -> Result<()> {
             };
             train_model(&source, &out, config.as_deref(), epochs, voxel, validation.as_deref(), device)
         }
-        Command::Infer { model, input, out, device } => infer(&model, &input, out.as_deref(), device),
+        Command::Infer { model, input, out, device, device_geometry } => {
+            infer(&model, &input, out.as_deref(), device, device_geometry)
+        }
         Command::Synth { meshes, out, config, seed } => synth(meshes, &out, config.as_deref(), seed),
         Command::Eval { data, methods, config, voxel, report, ablations, scale_data, device } => {
             let run = EvalRun { methods: &methods, config: config.as_deref(), voxel, ablations, scale: scale_data };
@@ -265,7 +274,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Report { merge, out } => merge_reports(&merge, &out),
-        Command::Bench { suite, input, voxel, repeats, compare, minutes, rate } => {
+        Command::Bench { suite, input, voxel, repeats, compare, device_geometry, minutes, rate } => {
             anyhow::ensure!(
                 compare.is_none() || matches!(suite, Suite::Geometry),
                 "--compare applies to the geometry suite only"
@@ -289,6 +298,9 @@ fn main() -> Result<()> {
                         if compare.is_some() {
                             println!("{}", inspect3d::bench::compare_open3d(&source, &cfg, &table, &bundled(""))?);
                         }
+                        if device_geometry {
+                            println!("{}", inspect3d::bench::device_geometry(&source, &cfg)?);
+                        }
                     }
                     return Ok(());
                 }
@@ -298,7 +310,7 @@ fn main() -> Result<()> {
                         Some(path) => (BenchInput::File(path), voxel),
                         None => (BenchInput::SimulatedPart { mesh: &mesh, points: 60_000 }, voxel.or(Some(0.75))),
                     };
-                    inspect3d::bench::detector(&source, voxel, repeats)?
+                    inspect3d::bench::detector(&source, voxel, repeats, device_geometry)?
                 }
                 #[cfg(feature = "ros")]
                 Suite::Node => {
@@ -546,8 +558,15 @@ fn merge_reports(reports: &[PathBuf], out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn infer(model: &Path, input: &Path, heatmap: Option<&Path>, device: DeviceChoice) -> Result<()> {
+fn infer(
+    model: &Path,
+    input: &Path,
+    heatmap: Option<&Path>,
+    device: DeviceChoice,
+    device_geometry: bool,
+) -> Result<()> {
     let (detector, manifest) = store::load(model, device.resolve()?)?;
+    let detector = detector.with_device_geometry(device_geometry);
     let cloud = cloud::read_cloud(input)?;
     let start = Instant::now();
     let inspection = detector.inspect(&cloud).with_context(|| format!("inspecting {}", input.display()))?;

@@ -2,9 +2,11 @@
 //! where each input point went, centring and unit-radius scaling, farthest-point sampling, k-nearest and radius
 //! neighbourhoods (kiddo; a dense grid for the hot fixed-radius loops), groups of linked points, outlier removal,
 //! PCA normals, FPFH descriptors (PCL's definition), rigid registration (ICP) and a median filter over point
-//! scores, and what a camera sees of a point set. Pure Rust on nalgebra and kiddo; points are `[f32; 3]`.
+//! scores, and what a camera sees of a point set. Pure Rust on nalgebra and kiddo; points are `[f32; 3]`. `device`
+//! holds the per-scan stages again as tensor code, for a detector on CUDA.
 
 pub mod components;
+pub mod device;
 pub mod fpfh;
 pub mod grid;
 pub mod median;
@@ -43,6 +45,8 @@ pub enum GeometryError {
     NonFinite { index: usize, point: Point },
     #[error("building the k-d tree: {0}")]
     KdTree(String),
+    #[error("device geometry: {0}")]
+    Tensor(String),
 }
 
 pub type Result<T, E = GeometryError> = std::result::Result<T, E>;

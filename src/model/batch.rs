@@ -9,12 +9,13 @@ use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use super::config::DetectorConfig;
-use super::preprocess::{self, PatchedCloud, PoseTemplate};
+use super::preprocess::{self, PatchedCloud, PoseTemplate, Sampling};
 use super::{
     Detector, Features, Inspection, ModelError, RawScores, Result, StageTimes, Thresholds, UNIT_MISMATCH_RATIO,
     Unscored, backbone, centre_tensor, ms, scoring,
 };
 use crate::cloud::{FinitePoints, PointCloud};
+use crate::geometry::device::Compute;
 use crate::geometry::{self, Point};
 
 /// What the geometry of a cloud needs of a detector: configuration, template and feature radii, no tensors.
@@ -22,6 +23,7 @@ pub(crate) struct GeometryPart<'a> {
     config: &'a DetectorConfig,
     template: Option<&'a PoseTemplate>,
     point_feature_radii: Option<&'a [f32]>,
+    compute: Compute,
 }
 
 /// A cloud after its geometry, before any learned stage.
@@ -77,7 +79,15 @@ impl GeometryPart<'_> {
     ) -> Result<PatchedCloud> {
         let c = self.config;
         let template = self.template.filter(|_| c.preprocess.align);
-        preprocess::patch_cloud(points, &c.preprocess, c.patches.count, c.patches.size, template, augment)
+        let view = preprocess::prepare_view(points, &c.preprocess, c.patches.size, template, augment)?;
+        preprocess::patch_view(
+            view.on(self.compute),
+            &c.preprocess,
+            c.patches.count,
+            c.patches.size,
+            template,
+            Sampling::Cells,
+        )
     }
 
     /// The samples' per-point feature rows, where the model scores points by their own features (`None`
@@ -133,6 +143,7 @@ impl Detector {
             config: &self.config,
             template: self.conditioning.template.as_ref(),
             point_feature_radii: self.backbone.point_feature_radii(),
+            compute: self.compute,
         }
     }
 

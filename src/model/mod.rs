@@ -24,6 +24,7 @@ use tch::{Device, Kind, Tensor, nn};
 use thiserror::Error;
 
 use crate::cloud::{CloudError, PointCloud};
+use crate::geometry::device::Compute;
 use crate::geometry::{self, GeometryError, Point};
 use adaptor::Adaptor;
 use backbone::Backbone;
@@ -265,6 +266,9 @@ pub struct Detector {
     pub heads: Heads,
     pub thresholds: Thresholds,
     pub device: Device,
+    /// Where the per-scan geometry runs: the host (the default) or tensor code on `device`
+    /// ([`Self::with_device_geometry`]).
+    pub compute: Compute,
 }
 
 fn ms(t: Instant) -> f64 {
@@ -326,7 +330,17 @@ impl Detector {
             heads,
             thresholds: Thresholds { cloud: f32::NAN, point: f32::NAN },
             device,
+            compute: Compute::Host,
         })
+    }
+
+    /// The detector with its per-scan geometry (FPS, grouping, normals, FPFH, median filter) run as tensor code
+    /// on its own device (`geometry::device`), or on the host. The host's is the default: on two CPU cores its
+    /// k-d trees beat the tensor code's brute-force searches many times over; on a GPU, measure first
+    /// (`scripts/gpu_check.sh`).
+    pub fn with_device_geometry(self, on: bool) -> Self {
+        let compute = if on { Compute::Tensors(self.device) } else { Compute::Host };
+        Self { compute, ..self }
     }
 
     /// Steps 0–1 on the finite points of a cloud (registered to the template when the model aligns),
@@ -422,7 +436,7 @@ impl Detector {
             }
         }
         // Normalised scores are 0 on a typical good point and 1 on the rarest good ones: 1 maps to 0.5.
-        let filtered = geometry::median_filter(&cloud.points, &voxel, &cloud.index, radius)?;
+        let filtered = cloud.compute.median_filter(&cloud.points, &voxel, &cloud.index, radius)?;
         Ok(filtered.into_iter().map(|u| sigmoid(4.0 * (u - 1.0))).collect())
     }
 

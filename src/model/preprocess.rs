@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use super::config::{AugmentConfig, NormalSide, PreprocessConfig};
 use super::{ModelError, Result};
+use crate::geometry::device::Compute;
 use crate::geometry::visibility::{self, CELL_CAMERA_DISTANCE, Camera};
 use crate::geometry::{
     self, Fpfh, NeighborIndex, Neighborhood, NormalOrientation, Point, RadiusSearch, UnitSphere, VoxelGrid,
@@ -44,6 +45,8 @@ pub struct PatchedCloud {
     /// Whether the scan has [`ALL_ROUND_COVERAGE`] of the registered template (taken all round) or is a partial
     /// view; all round without a template or without the capture input. The heads' capture input (1 or 0).
     pub all_round: bool,
+    /// Where this cloud's FPS, grouping, normals, FPFH and median filter run.
+    pub compute: Compute,
 }
 
 /// Edge of the cells that share one set of per-point features, in voxels. Per-point features (multi-scale FPFH
@@ -108,19 +111,19 @@ impl PatchedCloud {
         let normals: Vec<Point> = keep.iter().map(|&i| self.normals[i as usize]).collect();
         let queries: Vec<u32> = self.centres.iter().map(|c| keep.binary_search(c).map_or(0, |k| k as u32)).collect();
         let index = NeighborIndex::new(&points)?;
-        Ok(geometry::fpfh_at(&points, &normals, &index, radius, &queries)?)
+        Ok(self.compute.fpfh_at(&points, &normals, &index, radius, &queries)?)
     }
 
     /// FPFH of each sample over `radius` (normalised frame), on a [`CoarseCopy`] where the radius holds many
     /// more than ~30 points: each sample takes the descriptor of its nearest coarse point.
     pub fn sample_descriptors(&self, radius: f32) -> Result<Vec<Fpfh>> {
         match CoarseCopy::for_radius(&self.points, &self.normals, &self.index, self.voxel, radius)? {
-            None => Ok(geometry::fpfh_at(&self.points, &self.normals, &self.index, radius, &self.samples)?),
+            None => Ok(self.compute.fpfh_at(&self.points, &self.normals, &self.index, radius, &self.samples)?),
             Some(copy) => {
                 let coarse_of = |s: u32| copy.representative[s as usize];
                 let (slot, needed) =
                     geometry::fpfh::distinct(self.samples.iter().map(|&s| coarse_of(s)), copy.points.len());
-                let coarse = geometry::fpfh_at(&copy.points, &copy.normals, &copy.index, radius, &needed)?;
+                let coarse = self.compute.fpfh_at(&copy.points, &copy.normals, &copy.index, radius, &needed)?;
                 Ok(self.samples.iter().map(|&s| coarse[slot[coarse_of(s) as usize] as usize]).collect())
             }
         }
@@ -309,6 +312,8 @@ pub struct View {
     pub viewpoint: Point,
     /// The voxel edge in the normalised frame.
     pub voxel: f32,
+    /// Where the patch step's geometry will run.
+    pub compute: Compute,
 }
 
 impl View {
@@ -326,7 +331,12 @@ impl View {
     /// for training only: its grid maps each new point to itself, not to the input.
     pub fn with_points(&self, points: Vec<Point>) -> Self {
         let grid = VoxelGrid { points: points.clone(), representative: (0..points.len() as u32).collect() };
-        Self { grid, frame: self.frame, points, viewpoint: self.viewpoint, voxel: self.voxel }
+        Self { grid, frame: self.frame, points, viewpoint: self.viewpoint, voxel: self.voxel, compute: self.compute }
+    }
+
+    /// The same view, its patch step's geometry run by `compute`.
+    pub fn on(self, compute: Compute) -> Self {
+        Self { compute, ..self }
     }
 }
 
@@ -390,7 +400,7 @@ pub fn prepare_view(
         viewpoint = viewpoint.map(|c| c * aug.scale);
         voxel *= aug.scale;
     }
-    Ok(View { grid, frame, points, viewpoint, voxel })
+    Ok(View { grid, frame, points, viewpoint, voxel, compute: Compute::Host })
 }
 
 /// Runs the geometry of steps 0–1 on the finite points of one cloud (sensor frame).
@@ -441,6 +451,7 @@ impl CoarseCopy {
 /// SCA's descriptor: FPFH at each centre over `radius`, on a [`CoarseCopy`] (with the centres added to it, so
 /// each histogram is still taken at its centre) where the radius holds many points.
 fn centre_descriptors(
+    compute: Compute,
     points: &[Point],
     normals: &[Point],
     index: &NeighborIndex,
@@ -449,7 +460,7 @@ fn centre_descriptors(
     radius: f32,
 ) -> Result<Vec<Fpfh>> {
     let Some(copy) = CoarseCopy::for_radius(points, normals, index, voxel, radius)? else {
-        return Ok(geometry::fpfh_at(points, normals, index, radius, centres)?);
+        return Ok(compute.fpfh_at(points, normals, index, radius, centres)?);
     };
     let (mut coarse_points, mut coarse_normals) = (copy.points, copy.normals);
     let first = coarse_points.len() as u32;
@@ -457,7 +468,7 @@ fn centre_descriptors(
     coarse_normals.extend(centres.iter().map(|&c| normals[c as usize]));
     let queries: Vec<u32> = (first..coarse_points.len() as u32).collect();
     let index = NeighborIndex::new(&coarse_points)?;
-    Ok(geometry::fpfh_at(&coarse_points, &coarse_normals, &index, radius, &queries)?)
+    Ok(compute.fpfh_at(&coarse_points, &coarse_normals, &index, radius, &queries)?)
 }
 
 /// At each voxel point `at` (normalised frame, `voxel` its edge), what FPFH cannot see:
@@ -545,7 +556,7 @@ pub fn patch_view(
     if view.points.len() < patch_size {
         return Err(ModelError::TooFewPoints { points: view.points.len(), needed: patch_size, voxel: cfg.voxel_size });
     }
-    let View { grid, frame, points, viewpoint, voxel } = view;
+    let View { grid, frame, points, viewpoint, voxel, compute } = view;
     // A deterministic start (the point farthest from the centre) so a cloud always gives the same patches,
     // whatever order its points arrive in.
     let start = points
@@ -556,19 +567,19 @@ pub fn patch_view(
     // FPS is serial: the tree and the normals take the other core meanwhile; likewise the SCA descriptors and
     // the samples' surface context below.
     let (centres, indexed) = rayon::join(
-        || geometry::farthest_point_sampling(&points, patch_count, start),
+        || compute.farthest_point_sampling(&points, patch_count, start),
         || -> Result<_> {
             let index = NeighborIndex::new(&points)?;
             let side = orientation(cfg.normals_face, viewpoint);
-            let normals = geometry::estimate_normals(&points, &index, Neighborhood::Knn(cfg.normal_neighbors), side);
+            let normals = compute.normals(&points, &index, cfg.normal_neighbors, voxel, side)?;
             Ok((index, normals))
         },
     );
-    let (index, normals) = indexed?;
+    let (centres, (index, normals)) = (centres?, indexed?);
     let centre_points: Vec<Point> = centres.iter().map(|&c| points[c as usize]).collect();
-    let groups = index.group(&centre_points, patch_size);
+    let groups = compute.group(&points, &index, &centre_points, patch_size, voxel)?;
     let (descriptors, sampled) = rayon::join(
-        || centre_descriptors(&points, &normals, &index, voxel, &centres, cfg.fpfh_radius),
+        || centre_descriptors(compute, &points, &normals, &index, voxel, &centres, cfg.fpfh_radius),
         || -> Result<_> {
             let cells = FeatureSamples::of(&points, voxel, &centres, sampling)?;
             let expected =
@@ -599,6 +610,7 @@ pub fn patch_view(
         centre_samples: cells.centre_samples,
         context,
         all_round,
+        compute,
     })
 }
 

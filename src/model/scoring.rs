@@ -18,7 +18,7 @@ pub fn project_to_points(
     median_radius: f32,
 ) -> crate::geometry::Result<Vec<f32>> {
     let scores = spread_patch_scores(cloud, patch_scores)?;
-    geometry::median_filter(&cloud.points, &scores, &cloud.index, median_radius)
+    cloud.compute.median_filter(&cloud.points, &scores, &cloud.index, median_radius)
 }
 
 /// Each voxel point's score: the maximum over the patches that contain it, else its nearest patch's.

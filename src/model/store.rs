@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::Device;
 
+use crate::geometry::device::Compute;
+
 use super::backbone::{Backbone, BackboneIdentity};
 use super::conditioning::Conditioning;
 use super::config::DetectorConfig;
@@ -243,6 +245,7 @@ pub fn load(dir: &Path, device: Device) -> Result<(Detector, Manifest)> {
         heads,
         thresholds: manifest.thresholds,
         device,
+        compute: Compute::Host,
     };
     Ok((detector, manifest))
 }

@@ -337,7 +337,8 @@ fn prepare_views(
                 Some(a) => preprocess::prepare_view(points, &cfg.preprocess, size, template, Some((a, &mut *rng))),
                 None => preprocess::prepare_view(points, &cfg.preprocess, size, template, None),
             }
-            .map_err(named)?;
+            .map_err(named)?
+            .on(detector.compute);
             if geometric {
                 let index = crate::geometry::NeighborIndex::new(&view.points)?;
                 let normals = view.normals(&cfg.preprocess, &index);

@@ -1,0 +1,763 @@
+//! Device geometry: the per-scan geometry of steps 0–1 and of the scores' way back to the points — voxel grid with
+//! back-index, farthest-point sampling (a batch of clouds at once), kNN grouping, PCA normals, FPFH at chosen
+//! points, the spread of patch scores and the median filter — as tensor code on a LibTorch device, so that a
+//! detector on CUDA runs them on the GPU. Each function follows the definition of its host twin in this module's
+//! siblings; the tests hold them to it on CPU tensors. Searches are brute force over blocks of queries (each
+//! query against every point): the GPU's way, not two CPU cores'.
+//!
+//! [`Compute`] picks host or device per call and keeps the host's types at its edges, so the pipeline can switch.
+
+use tch::{Device, Kind, Tensor};
+
+use super::{FPFH_BINS, Fpfh, GeometryError, NeighborIndex, Neighborhood, NormalOrientation, Point, Result, positive};
+
+/// Elements of one block of a brute-force search (queries × points): 64 MiB per f32 temporary.
+const SEARCH_BLOCK_ELEMENTS: i64 = 1 << 24;
+/// Elements of one block of pair work (points × neighbours), each pair holding a few dozen f64 temporaries.
+const PAIR_BLOCK_ELEMENTS: i64 = 1 << 18;
+const BINS_PER_ANGLE: i64 = (FPFH_BINS / 3) as i64;
+
+fn tensor_error(e: tch::TchError) -> GeometryError {
+    GeometryError::Tensor(e.to_string())
+}
+
+/// Points as an N × 3 float tensor on `device`.
+pub fn points_tensor(points: &[Point], device: Device) -> Tensor {
+    Tensor::from_slice(points.as_flattened()).view([-1, 3]).to_device(device)
+}
+
+fn host_floats(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view(-1).try_into().map_err(tensor_error)
+}
+
+fn host_indices(t: &Tensor) -> Result<Vec<u32>> {
+    let wide: Vec<i64> =
+        t.to_device(Device::Cpu).to_kind(Kind::Int64).contiguous().view(-1).try_into().map_err(tensor_error)?;
+    Ok(wide.into_iter().map(|i| i as u32).collect())
+}
+
+/// An N × 3 tensor's rows as points.
+pub fn host_points(t: &Tensor) -> Result<Vec<Point>> {
+    Ok(host_floats(t)?.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect())
+}
+
+fn indices_tensor(indices: &[u32], device: Device) -> Tensor {
+    let wide: Vec<i64> = indices.iter().map(|&i| i64::from(i)).collect();
+    Tensor::from_slice(&wide).to_device(device)
+}
+
+/// a·b over the last axis (of size 3), summed x, y, z in that order as the host does, so the same inputs round
+/// the same way.
+fn dot(a: &Tensor, b: &Tensor) -> Tensor {
+    a.select(-1, 0) * b.select(-1, 0) + a.select(-1, 1) * b.select(-1, 1) + a.select(-1, 2) * b.select(-1, 2)
+}
+
+fn cross(a: &Tensor, b: &Tensor) -> Tensor {
+    let (a0, a1, a2) = (a.select(-1, 0), a.select(-1, 1), a.select(-1, 2));
+    let (b0, b1, b2) = (b.select(-1, 0), b.select(-1, 1), b.select(-1, 2));
+    Tensor::stack(&[&a1 * &b2 - &a2 * &b1, &a2 * &b0 - &a0 * &b2, &a0 * &b1 - &a1 * &b0], -1)
+}
+
+/// Squared distances of each query (Q × 3) to each point (N × 3): Q × N, rounded as the host's searches round.
+fn squared_distances(queries: &Tensor, points: &Tensor) -> Tensor {
+    let axis = |a: i64| (queries.select(1, a).unsqueeze(1) - points.select(1, a).unsqueeze(0)).square();
+    axis(0) + axis(1) + axis(2)
+}
+
+/// (first row, rows) of the blocks that split `rows` so that each block × `width` ≤ `elements`.
+fn blocks(rows: i64, width: i64, elements: i64) -> impl Iterator<Item = (i64, i64)> {
+    let size = (elements / width.max(1)).max(1);
+    (0..rows).step_by(size as usize).map(move |start| (start, size.min(rows - start)))
+}
+
+/// Neighbourhoods of a batch of queries, padded to the largest: indices into the searched points (−1 past a
+/// query's own) and squared distances (+∞ there), nearest first.
+pub struct Neighbors {
+    pub index: Tensor,
+    pub squared_distance: Tensor,
+}
+
+impl Neighbors {
+    fn empty(device: Device) -> Self {
+        Self {
+            index: Tensor::zeros([0, 0], (Kind::Int64, device)),
+            squared_distance: Tensor::zeros([0, 0], (Kind::Float, device)),
+        }
+    }
+
+    fn valid(&self) -> Tensor {
+        self.index.ge(0)
+    }
+
+    /// The blocks' neighbourhoods as one, each padded to the widest.
+    fn concatenated(parts: Vec<Self>, device: Device) -> Self {
+        if parts.is_empty() {
+            return Self::empty(device);
+        }
+        let width = parts.iter().map(|p| p.index.size()[1]).max().unwrap_or(0);
+        let pad = |t: &Tensor, value: f64| {
+            let [rows, columns] = [t.size()[0], t.size()[1]];
+            Tensor::cat(&[t.shallow_clone(), Tensor::full([rows, width - columns], value, (t.kind(), device))], 1)
+        };
+        let index: Vec<Tensor> = parts.iter().map(|p| pad(&p.index, -1.0)).collect();
+        let squared_distance: Vec<Tensor> = parts.iter().map(|p| pad(&p.squared_distance, f64::INFINITY)).collect();
+        Self { index: Tensor::cat(&index, 0), squared_distance: Tensor::cat(&squared_distance, 0) }
+    }
+}
+
+/// Points bucketed in a cubic grid, so a search looks only at the 27 cells around each query: every point within
+/// one cell edge of a query is among them.
+pub struct CellGrid<'a> {
+    points: &'a Tensor,
+    cell: f64,
+    /// The box of cells (with a margin of one), as the lowest cell and the strides that fold a cell into a code.
+    low: Tensor,
+    span: [i64; 3],
+    /// Occupied cells' codes (ascending), the first place in `order` of each and its count.
+    codes: Tensor,
+    starts: Tensor,
+    counts: Tensor,
+    /// Point indices, cell after cell.
+    order: Tensor,
+}
+
+impl<'a> CellGrid<'a> {
+    /// `None` where the cell is not a finite positive size, or the box holds too many cells to number.
+    pub fn new(points: &'a Tensor, cell: f32) -> Option<Self> {
+        if !(cell.is_finite() && cell > 0.0) || points.size()[0] == 0 {
+            return None;
+        }
+        let cell = f64::from(cell);
+        let keys = (points.to_kind(Kind::Double) / cell).floor().to_kind(Kind::Int64);
+        let low = keys.amin(0, false) - 1;
+        let high: Vec<i64> = (keys.amax(0, false) + 1).try_into().ok()?;
+        let low_host: Vec<i64> = (&low).try_into().ok()?;
+        let span: [i64; 3] = std::array::from_fn(|a| high[a] - low_host[a] + 1);
+        span[0].checked_mul(span[1])?.checked_mul(span[2])?;
+        let code = fold(&(keys - &low), span);
+        let order = code.argsort(0, false);
+        let (codes, _, counts) = code.index_select(0, &order).unique_consecutive(false, true, 0);
+        let starts = counts.cumsum(0, Kind::Int64) - &counts;
+        Some(Self { points, cell, low, span, codes, starts, counts, order })
+    }
+
+    /// Every point of the 27 cells around each query: Q × C indices, −1 where a query's cells hold fewer than the
+    /// block's most.
+    fn candidates(&self, queries: &Tensor) -> Tensor {
+        let device = queries.device();
+        let q = queries.size()[0];
+        let offsets: Vec<i64> = (0..27).flat_map(|o| [o / 9 - 1, (o / 3) % 3 - 1, o % 3 - 1]).collect();
+        let offsets = Tensor::from_slice(&offsets).to_device(device).view([1, 27, 3]);
+        let keys = (queries.to_kind(Kind::Double) / self.cell).floor().to_kind(Kind::Int64) - &self.low;
+        let around = keys.unsqueeze(1) + offsets;
+        let span = Tensor::from_slice(&self.span).to_device(device);
+        let inside = around.ge(0).logical_and(&around.lt_tensor(&span)).all_dim(2, false);
+        let code = fold(&around.clamp_min(0), self.span);
+        let last = self.codes.size()[0] - 1;
+        let place = code.searchsorted(&self.codes, false, false, "left", None::<Tensor>).clamp_max(last);
+        let found = inside.logical_and(&self.codes.index_select(0, &place.view(-1)).view([q, 27]).eq_tensor(&code));
+        let count = self.counts.index_select(0, &place.view(-1)).view([q, 27]) * found;
+        let width = i64::try_from(&count.max()).unwrap_or(0);
+        let step = Tensor::arange(width, (Kind::Int64, device)).view([1, 1, width]);
+        let slot =
+            (self.starts.index_select(0, &place.view(-1)).view([q, 27, 1]) + &step).clamp_max(self.order.size()[0] - 1);
+        let index = self.order.index_select(0, &slot.view(-1)).view([q, 27, width]);
+        index.masked_fill(&step.ge_tensor(&count.unsqueeze(2)), -1).view([q, 27 * width])
+    }
+
+    /// Squared distances from each query to its candidates (+∞ for padding), rounded as the host's are.
+    fn candidate_distances(&self, queries: &Tensor, candidates: &Tensor) -> Tensor {
+        let (q, c) = (candidates.size()[0], candidates.size()[1]);
+        let at = self.points.index_select(0, &candidates.clamp_min(0).view(-1)).view([q, c, 3]);
+        let axis = |a: i64| (queries.select(1, a).unsqueeze(1) - at.select(2, a)).square();
+        (axis(0) + axis(1) + axis(2)).masked_fill(&candidates.lt(0), f64::INFINITY)
+    }
+
+    /// Rows of queries per block, given the candidates a query has at most (27 cells of the fullest).
+    fn block_rows(&self) -> i64 {
+        let fullest = i64::try_from(&self.counts.max()).unwrap_or(1);
+        (SEARCH_BLOCK_ELEMENTS / (27 * fullest).max(1)).max(1)
+    }
+}
+
+/// Cell coordinates (… × 3, each within `span`) folded into one integer each.
+fn fold(cells: &Tensor, span: [i64; 3]) -> Tensor {
+    cells.select(-1, 0) * (span[1] * span[2]) + cells.select(-1, 1) * span[2] + cells.select(-1, 2)
+}
+
+/// The `k` nearest points of each query, nearest first (fewer when there are fewer points). `reach`: a distance
+/// within which most queries have their `k` (about the k-th neighbour's distance on the cloud's surface): those
+/// queries search only the cells of that edge around them, the rest (and every query where `reach` is not a
+/// positive number) all the points.
+pub fn knn(points: &Tensor, queries: &Tensor, k: i64, reach: f32) -> Neighbors {
+    let (n, q) = (points.size()[0], queries.size()[0]);
+    let k = k.min(n);
+    let every = |queries: &Tensor| {
+        let parts = blocks(queries.size()[0], n, SEARCH_BLOCK_ELEMENTS)
+            .map(|(start, rows)| {
+                let (squared_distance, index) =
+                    squared_distances(&queries.narrow(0, start, rows), points).topk(k, 1, false, true);
+                Neighbors { index, squared_distance }
+            })
+            .collect();
+        Neighbors::concatenated(parts, points.device())
+    };
+    let Some(grid) = CellGrid::new(points, reach) else {
+        return every(queries);
+    };
+    let parts = blocks(q, 1, grid.block_rows())
+        .map(|(start, rows)| {
+            let block = queries.narrow(0, start, rows);
+            let candidates = grid.candidates(&block);
+            if candidates.size()[1] < k {
+                return every(&block);
+            }
+            let d2 = grid.candidate_distances(&block, &candidates);
+            let (squared_distance, slot) = d2.topk(k, 1, false, true);
+            let index = candidates.gather(1, &slot, false);
+            // Exact where the k-th lies within one cell edge: nothing nearer can be outside the 27 cells.
+            let unsure = squared_distance.select(1, k - 1).gt(grid.cell * grid.cell).nonzero().view(-1);
+            if unsure.size()[0] == 0 {
+                return Neighbors { index, squared_distance };
+            }
+            let redone = every(&block.index_select(0, &unsure));
+            Neighbors {
+                index: index.index_copy(0, &unsure, &redone.index),
+                squared_distance: squared_distance.index_copy(0, &unsure, &redone.squared_distance),
+            }
+        })
+        .collect();
+    Neighbors::concatenated(parts, points.device())
+}
+
+/// Every point within `radius` (inclusive, as the host's searches) of each query, nearest first.
+pub fn within(points: &Tensor, queries: &Tensor, radius: f32) -> Neighbors {
+    match CellGrid::new(points, radius) {
+        Some(grid) => within_grid(&grid, queries, radius),
+        None => Neighbors::concatenated(Vec::new(), points.device()),
+    }
+}
+
+fn within_grid(grid: &CellGrid, queries: &Tensor, radius: f32) -> Neighbors {
+    let reach = f64::from(radius * radius);
+    let parts = blocks(queries.size()[0], 1, grid.block_rows())
+        .map(|(start, rows)| {
+            let block = queries.narrow(0, start, rows);
+            let candidates = grid.candidates(&block);
+            let d2 = grid.candidate_distances(&block, &candidates);
+            let outside = d2.gt(reach);
+            let widest =
+                i64::try_from(&outside.logical_not().sum_dim_intlist(1, false, Kind::Int64).max()).unwrap_or(0);
+            let (squared_distance, slot) = d2.masked_fill(&outside, f64::INFINITY).topk(widest, 1, false, true);
+            let index = candidates.gather(1, &slot, false).masked_fill(&squared_distance.isinf(), -1);
+            Neighbors { index, squared_distance }
+        })
+        .collect();
+    Neighbors::concatenated(parts, grid.points.device())
+}
+
+/// Voxel-grid downsampling as [`super::voxel_downsample`] defines it: the centroid of each occupied voxel (f64
+/// sums), voxels in order of first occurrence, and each input point's voxel. Returns (M × 3, N int64).
+pub fn voxel_downsample(points: &Tensor, voxel_size: f32) -> Result<(Tensor, Tensor)> {
+    let size = positive("voxel size", voxel_size)?;
+    let n = points.size()[0];
+    if n == 0 {
+        return Err(GeometryError::Empty);
+    }
+    let finite = points.isfinite().all_dim(1, false);
+    if !bool::try_from(&finite.all()).map_err(tensor_error)? {
+        let index = i64::try_from(&finite.logical_not().to_kind(Kind::Int64).argmax(0, false)).unwrap_or(0);
+        let point = host_points(&points.narrow(0, index, 1))?.first().copied().unwrap_or([f32::NAN; 3]);
+        return Err(GeometryError::NonFinite { index: index as usize, point });
+    }
+    let (device, wide) = (points.device(), points.to_kind(Kind::Double));
+    let keys = (&wide * (1.0 / f64::from(size))).floor().to_kind(Kind::Int64);
+    let (cell, counts) = cells_of(&keys);
+    let cells = counts.size()[0];
+    let order = Tensor::arange(n, (Kind::Int64, device));
+    let first = Tensor::full([cells], n, (Kind::Int64, device)).index_reduce(0, &cell, &order, "amin", true);
+    // Sorted cells renumbered by their first point.
+    let by_first = first.argsort(0, false);
+    let rank = Tensor::zeros([cells], (Kind::Int64, device)).scatter(
+        0,
+        &by_first,
+        &Tensor::arange(cells, (Kind::Int64, device)),
+    );
+    let representative = rank.index_select(0, &cell);
+    let sums = Tensor::zeros([cells, 3], (Kind::Double, device)).index_add(0, &representative, &wide);
+    let counts = counts.index_select(0, &by_first).to_kind(Kind::Double).unsqueeze(1);
+    Ok(((sums / counts).to_kind(Kind::Float), representative))
+}
+
+/// Each point's cell among the distinct rows of `keys` (N × 3 integer cell coordinates, numbered in sorted order)
+/// and each cell's count. Rows are folded into one integer where the box of cells allows it: unique over N
+/// numbers is many times cheaper than over N rows.
+fn cells_of(keys: &Tensor) -> (Tensor, Tensor) {
+    let low = keys.amin(0, true);
+    let span: Vec<i64> = (keys.amax(0, false) - low.squeeze_dim(0) + 1).try_into().unwrap_or_default();
+    let folded = match span.as_slice() {
+        [_, y, z] => y.checked_mul(*z).and_then(|yz| span[0].checked_mul(yz)).map(|_| (y * z, *z)),
+        _ => None,
+    };
+    let Some((x_stride, y_stride)) = folded else {
+        let (_, cell, counts) = keys.unique_dim(0, true, true, true);
+        return (cell, counts);
+    };
+    let relative = keys - low;
+    let code = relative.select(1, 0) * x_stride + relative.select(1, 1) * y_stride + relative.select(1, 2);
+    let (distinct, cell) = code.internal_unique(true, true);
+    let ones = Tensor::ones_like(&cell);
+    (cell.shallow_clone(), Tensor::zeros([distinct.size()[0]], (Kind::Int64, keys.device())).index_add(0, &cell, &ones))
+}
+
+/// Farthest-point sampling of a batch of clouds at once (`points` B × N × 3, each cloud's first `lengths[b]` rows
+/// real and the rest padding), as [`super::farthest_point_sampling`] defines it, from `starts[b]`. Returns
+/// B × `count` indices, of which each cloud's first min(`count`, length) are its samples.
+pub fn farthest_point_sampling(points: &Tensor, lengths: &[i64], count: i64, starts: &[i64]) -> Tensor {
+    let (batch, n, device) = (points.size()[0], points.size()[1], points.device());
+    let real = Tensor::arange(n, (Kind::Int64, device))
+        .unsqueeze(0)
+        .lt_tensor(&Tensor::from_slice(lengths).to_device(device).unsqueeze(1));
+    // Chosen and padding points are at −∞: never the farthest; a chosen point's duplicates (0) stay eligible.
+    let mut nearest = Tensor::full([batch, n], f64::INFINITY, (Kind::Float, device))
+        .masked_fill(&real.logical_not(), f64::NEG_INFINITY);
+    let starts: Vec<i64> = starts.iter().zip(lengths).map(|(&s, &len)| s.clamp(0, (len - 1).max(0))).collect();
+    let mut current = Tensor::from_slice(&starts).to_device(device);
+    let chosen_mark = Tensor::full([batch, 1], f64::NEG_INFINITY, (Kind::Float, device));
+    let mut chosen = Vec::with_capacity(count.max(0) as usize);
+    for _ in 0..count {
+        chosen.push(current.shallow_clone());
+        let centre = points.gather(1, &current.view([batch, 1, 1]).expand([batch, 1, 3], false), false);
+        let axis = |a: i64| (points.select(2, a) - centre.select(2, a)).square();
+        nearest = nearest.minimum(&(axis(0) + axis(1) + axis(2))).scatter(1, &current.unsqueeze(1), &chosen_mark);
+        current = nearest.argmax(1, false);
+    }
+    if chosen.is_empty() {
+        return Tensor::zeros([batch, 0], (Kind::Int64, device));
+    }
+    Tensor::stack(&chosen, 1)
+}
+
+/// PCA normals over the `k` nearest points as [`super::estimate_normals`] computes them (f64 covariance; the
+/// eigenvector of the smallest eigenvalue), turned to `orientation`; zero with fewer than 3 points. `reach` as
+/// for [`knn`].
+pub fn normals(points: &Tensor, k: i64, reach: f32, orientation: NormalOrientation) -> Tensor {
+    let (n, device) = (points.size()[0], points.device());
+    let k = k.min(n);
+    if k < 3 {
+        return Tensor::zeros([n, 3], (Kind::Float, device));
+    }
+    let near = knn(points, points, k, reach);
+    let members = points.to_kind(Kind::Double).index_select(0, &near.index.view(-1)).view([n, k, 3]);
+    let centred = &members - members.mean_dim(1, true, Kind::Double);
+    let covariance = centred.transpose(1, 2).matmul(&centred);
+    let (_, vectors) = covariance.linalg_eigh("L");
+    let normal = vectors.select(2, 0);
+    let towards = match orientation {
+        NormalOrientation::TowardsViewpoint(v) => Tensor::from_slice(&v).to_device(device).unsqueeze(0) - points,
+        NormalOrientation::AwayFromCentroid => points - points.mean_dim(0, true, Kind::Float),
+    };
+    let away = dot(&normal, &towards.to_kind(Kind::Double)).lt(0.0).unsqueeze(1);
+    normal.neg().where_self(&away, &normal).to_kind(Kind::Float)
+}
+
+/// The bin of each value of `value` in 11 equal bins over [low, high], as the host bins (truncation, clamped).
+fn bin(value: &Tensor, low: f64, high: f64) -> Tensor {
+    ((value - low) * BINS_PER_ANGLE as f64 / (high - low))
+        .nan_to_num(0.0, None, None)
+        .clamp_min(0.0)
+        .to_kind(Kind::Int64)
+        .clamp_max(BINS_PER_ANGLE - 1)
+}
+
+/// PCL's pair features of each point (R × 1 × 3, f64) with each of its neighbours (R × K × 3), the point the
+/// source when the |cosines| tie, as the host's `pair_features`: the three histogram slots (θ, α, φ) per pair,
+/// R × K × 3, and whether the pair has any (not coincident, both normals set, a frame).
+fn pair_slots(p1: &Tensor, n1: &Tensor, p2: &Tensor, n2: &Tensor) -> (Tensor, Tensor) {
+    let set = |n: &Tensor| n.ne(0.0).any_dim(-1, false);
+    let d = p2 - p1;
+    let length = dot(&d, &d).sqrt();
+    let angle1 = dot(n1, &d) / &length;
+    let angle2 = dot(n2, &d) / &length;
+    let swap = angle1.abs().lt_tensor(&angle2.abs());
+    let swap3 = swap.unsqueeze(-1);
+    let (n1, n2) = (n1.expand_as(&d), n2.expand_as(&d));
+    let d = d.neg().where_self(&swap3, &d);
+    let u = n2.where_self(&swap3, &n1);
+    let target = n1.where_self(&swap3, &n2);
+    let phi = angle2.neg().where_self(&swap, &angle1);
+    let v = cross(&d, &u);
+    let v_norm = dot(&v, &v).sqrt();
+    let v = v / v_norm.unsqueeze(-1);
+    let w = cross(&u, &v);
+    let alpha = dot(&v, &target);
+    let theta = dot(&w, &target).atan2(&dot(&u, &target));
+    let ok = set(&n1).logical_and(&set(&n2)).logical_and(&length.ne(0.0)).logical_and(&v_norm.ne(0.0));
+    let slots = Tensor::stack(
+        &[
+            bin(&theta, -std::f64::consts::PI, std::f64::consts::PI),
+            bin(&alpha, -1.0, 1.0) + BINS_PER_ANGLE,
+            bin(&phi, -1.0, 1.0) + 2 * BINS_PER_ANGLE,
+        ],
+        -1,
+    );
+    (slots, ok)
+}
+
+/// The SPFH of each of `centres` (indices into `points`) over its neighbours within `radius`: R × 33.
+fn spfh(points: &Tensor, normals: &Tensor, centres: &Tensor, radius: f32) -> Tensor {
+    let device = points.device();
+    let (wide_points, wide_normals) = (points.to_kind(Kind::Double), normals.to_kind(Kind::Double));
+    let Some(grid) = CellGrid::new(points, radius) else {
+        return Tensor::zeros([0, FPFH_BINS as i64], (Kind::Float, device));
+    };
+    let parts: Vec<Tensor> = blocks(centres.size()[0], 1, PAIR_BLOCK_ELEMENTS / 64)
+        .map(|(start, rows)| {
+            let own = centres.narrow(0, start, rows);
+            let near = within_grid(&grid, &points.index_select(0, &own), radius);
+            let width = near.index.size()[1];
+            let others = near.index.clamp_min(0).view(-1);
+            let gather = |t: &Tensor| t.index_select(0, &others).view([rows, width, 3]);
+            let at_own = |t: &Tensor| t.index_select(0, &own).unsqueeze(1);
+            let (slots, ok) = pair_slots(
+                &at_own(&wide_points),
+                &at_own(&wide_normals),
+                &gather(&wide_points),
+                &gather(&wide_normals),
+            );
+            let counted = ok.logical_and(&near.valid()).logical_and(&near.index.ne_tensor(&own.unsqueeze(1)));
+            let flat =
+                (slots + (Tensor::arange(rows, (Kind::Int64, device)) * FPFH_BINS as i64).view([rows, 1, 1])).view(-1);
+            let ones = counted.unsqueeze(-1).expand([rows, width, 3], false).to_kind(Kind::Float).reshape([-1]);
+            let counts = Tensor::zeros([rows * FPFH_BINS as i64], (Kind::Float, device)).index_add(0, &flat, &ones);
+            // Increments of 100 / (neighbours − 1), the point itself among its neighbours; none below 2.
+            let size = near.valid().sum_dim_intlist(1, false, Kind::Float);
+            let increment = (size.ones_like() * 100.0 / (&size - 1.0)).where_self(&size.ge(2.0), &size.zeros_like());
+            counts.view([rows, FPFH_BINS as i64]) * increment.unsqueeze(1)
+        })
+        .collect();
+    if parts.is_empty() {
+        return Tensor::zeros([0, FPFH_BINS as i64], (Kind::Float, device));
+    }
+    Tensor::cat(&parts, 0)
+}
+
+/// FPFH of each of `queries` (indices into `points`) over `radius`, as [`super::fpfh_at`] defines it: the
+/// 1/d²-weighted sum of the neighbours' SPFHs, each angle's histogram normalised to 100. Q × 33.
+pub fn fpfh_at(points: &Tensor, normals: &Tensor, radius: f32, queries: &Tensor) -> Result<Tensor> {
+    let radius = positive("FPFH radius", radius)?;
+    let (n, device) = (points.size()[0], points.device());
+    let near = within(points, &points.index_select(0, queries), radius);
+    let (q, width) = (near.index.size()[0], near.index.size()[1]);
+    // Each neighbour's SPFH once, however many queries share it.
+    let (needed, _) = Tensor::cat(&[queries.shallow_clone(), near.index.masked_select(&near.valid())], 0)
+        .internal_unique(true, false);
+    let spfhs = spfh(points, normals, &needed, radius);
+    let slot = Tensor::zeros([n], (Kind::Int64, device)).scatter(
+        0,
+        &needed,
+        &Tensor::arange(needed.size()[0], (Kind::Int64, device)),
+    );
+    let weighted = near.valid().logical_and(&near.squared_distance.ne(0.0));
+    let weight = near.squared_distance.reciprocal().where_self(&weighted, &near.squared_distance.zeros_like());
+    let parts: Vec<Tensor> = blocks(q, width * FPFH_BINS as i64, PAIR_BLOCK_ELEMENTS * 32)
+        .map(|(start, rows)| {
+            let rows_of = slot.index_select(0, &near.index.narrow(0, start, rows).clamp_min(0).view(-1));
+            let neighbours = spfhs.index_select(0, &rows_of).view([rows, width, FPFH_BINS as i64]);
+            (neighbours * weight.narrow(0, start, rows).unsqueeze(2)).sum_dim_intlist(1, false, Kind::Float)
+        })
+        .collect();
+    if parts.is_empty() {
+        return Ok(Tensor::zeros([0, FPFH_BINS as i64], (Kind::Float, device)));
+    }
+    let hist = Tensor::cat(&parts, 0).view([q, 3, BINS_PER_ANGLE]);
+    let sum = hist.sum_dim_intlist(2, true, Kind::Float);
+    let scaled = &hist * (sum.ones_like() * 100.0 / &sum);
+    Ok(scaled.where_self(&sum.ne(0.0), &hist).view([q, FPFH_BINS as i64]))
+}
+
+/// Each voxel point's score from one score per patch (`groups` P × k indices, `patch_scores` P), as
+/// `scoring::spread_patch_scores` defines it: the maximum over the patches that contain it, else its nearest
+/// centre's (`centres` P × 3).
+pub fn spread_patch_scores(points: &Tensor, centres: &Tensor, groups: &Tensor, patch_scores: &Tensor) -> Tensor {
+    let (n, device) = (points.size()[0], points.device());
+    let k = groups.size()[1];
+    let per_member = patch_scores.unsqueeze(1).expand([-1, k], false).reshape([-1]);
+    let scores = Tensor::full([n], f64::NEG_INFINITY, (Kind::Float, device)).index_reduce(
+        0,
+        &groups.reshape([-1]),
+        &per_member,
+        "amax",
+        true,
+    );
+    let uncovered = scores.isneginf().nonzero().view(-1);
+    if uncovered.size()[0] == 0 {
+        return scores;
+    }
+    let nearest = knn(centres, &points.index_select(0, &uncovered), 1, 0.0).index.view(-1);
+    scores.index_copy(0, &uncovered, &patch_scores.index_select(0, &nearest))
+}
+
+/// The median of the finite values within `radius` of each point, itself included (the mean of the middle two
+/// for an even count; its own value where none is finite), as [`super::median_filter`] defines it.
+pub fn median_filter(points: &Tensor, values: &Tensor, radius: f32) -> Result<Tensor> {
+    let radius = positive("median filter radius", radius)?;
+    let grid = CellGrid::new(points, radius).ok_or(GeometryError::Empty)?;
+    let parts: Vec<Tensor> = blocks(points.size()[0], 1, PAIR_BLOCK_ELEMENTS)
+        .map(|(start, rows)| {
+            let near = within_grid(&grid, &points.narrow(0, start, rows), radius);
+            let window = values.index_select(0, &near.index.clamp_min(0).view(-1)).view([rows, -1]);
+            let kept = near.valid().logical_and(&window.isfinite());
+            let (sorted, _) = window.masked_fill(&kept.logical_not(), f64::INFINITY).sort(1, false);
+            let count = kept.sum_dim_intlist(1, false, Kind::Int64);
+            let middle = count.divide_scalar_mode(2, "floor").unsqueeze(1);
+            let upper = sorted.gather(1, &middle.clamp_max(sorted.size()[1] - 1).clamp_min(0), false).squeeze_dim(1);
+            let lower = sorted.gather(1, &(&middle - 1).clamp_min(0), false).squeeze_dim(1);
+            let even = (&lower + &upper) * 0.5;
+            let median = upper.where_self(&count.remainder(2).eq(1), &even);
+            median.where_self(&count.gt(0), &values.narrow(0, start, rows))
+        })
+        .collect();
+    if parts.is_empty() {
+        return Err(GeometryError::Empty);
+    }
+    Ok(Tensor::cat(&parts, 0))
+}
+
+/// The distance within which a surface sampled every `spacing` has a point's `k` nearest, with a margin: the
+/// reach of [`knn`]'s cell search.
+fn surface_reach(k: usize, spacing: f32) -> f32 {
+    1.5 * spacing * (k as f32 / std::f32::consts::PI).sqrt()
+}
+
+/// Where a scan's geometry runs: the host's code (k-d trees, rayon) or the tensor code above on a device. Takes
+/// and gives the host's types, so a stage switches without its callers knowing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compute {
+    Host,
+    Tensors(Device),
+}
+
+impl Compute {
+    pub fn farthest_point_sampling(&self, points: &[Point], count: usize, start: usize) -> Result<Vec<u32>> {
+        match *self {
+            Self::Host => Ok(super::farthest_point_sampling(points, count, start)),
+            Self::Tensors(device) => {
+                let n = points.len() as i64;
+                let chosen = farthest_point_sampling(
+                    &points_tensor(points, device).unsqueeze(0),
+                    &[n],
+                    count as i64,
+                    &[start as i64],
+                );
+                let mut chosen = host_indices(&chosen)?;
+                chosen.truncate(count.min(points.len()));
+                Ok(chosen)
+            }
+        }
+    }
+
+    /// Normals over the `k` nearest points, of points about `spacing` apart.
+    pub fn normals(
+        &self,
+        points: &[Point],
+        index: &NeighborIndex,
+        k: usize,
+        spacing: f32,
+        orientation: NormalOrientation,
+    ) -> Result<Vec<Point>> {
+        match *self {
+            Self::Host => Ok(super::estimate_normals(points, index, Neighborhood::Knn(k), orientation)),
+            Self::Tensors(device) => {
+                let points = points_tensor(points, device);
+                host_points(&normals(&points, k as i64, surface_reach(k, spacing), orientation))
+            }
+        }
+    }
+
+    /// The `k` nearest points of each centre, row after row, as [`NeighborIndex::group`], of points about `spacing`
+    /// apart.
+    pub fn group(
+        &self,
+        points: &[Point],
+        index: &NeighborIndex,
+        centres: &[Point],
+        k: usize,
+        spacing: f32,
+    ) -> Result<Vec<u32>> {
+        match *self {
+            Self::Host => Ok(index.group(centres, k)),
+            Self::Tensors(device) => {
+                let (points, centres) = (points_tensor(points, device), points_tensor(centres, device));
+                host_indices(&knn(&points, &centres, k as i64, surface_reach(k, spacing)).index)
+            }
+        }
+    }
+
+    pub fn fpfh_at(
+        &self,
+        points: &[Point],
+        normals: &[Point],
+        index: &NeighborIndex,
+        radius: f32,
+        queries: &[u32],
+    ) -> Result<Vec<Fpfh>> {
+        match *self {
+            Self::Host => super::fpfh_at(points, normals, index, radius, queries),
+            Self::Tensors(device) => {
+                let (points, normals) = (points_tensor(points, device), points_tensor(normals, device));
+                let hist = fpfh_at(&points, &normals, radius, &indices_tensor(queries, device))?;
+                let flat = host_floats(&hist)?;
+                Ok(flat.chunks_exact(FPFH_BINS).map(|h| std::array::from_fn(|b| h[b])).collect())
+            }
+        }
+    }
+
+    pub fn median_filter(
+        &self,
+        points: &[Point],
+        values: &[f32],
+        index: &NeighborIndex,
+        radius: f32,
+    ) -> Result<Vec<f32>> {
+        match *self {
+            Self::Host => super::median_filter(points, values, index, radius),
+            Self::Tensors(device) => {
+                let values = Tensor::from_slice(values).to_device(device);
+                host_floats(&median_filter(&points_tensor(points, device), &values, radius)?)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+
+    use super::super::{unit_sphere_points, voxel_downsample as host_voxels};
+    use super::*;
+
+    const CPU: Compute = Compute::Tensors(Device::Cpu);
+
+    /// A bumpy sphere, jittered: no exact distance ties, curvature for the normals and FPFH to see.
+    fn surface(n: usize, seed: u64) -> Vec<Point> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        unit_sphere_points(n)
+            .into_iter()
+            .map(|p| {
+                let r = 1.0 + 0.1 * (3.0 * p[0]).sin() * (2.0 * p[1]).cos() + rng.gen_range(-1e-3..1e-3);
+                p.map(|c| c * r)
+            })
+            .collect()
+    }
+
+    fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn voxel_grid_is_the_hosts() {
+        let mut pts = surface(5000, 1);
+        pts.extend(pts[..100].to_vec()); // repeated points land in the same voxels
+        let host = host_voxels(&pts, 0.05).unwrap();
+        let (centroids, representative) = voxel_downsample(&points_tensor(&pts, Device::Cpu), 0.05).unwrap();
+        assert_eq!(host_indices(&representative).unwrap(), host.representative);
+        assert_eq!(host_points(&centroids).unwrap(), host.points, "f64 sums give the same f32 centroids");
+        assert!(voxel_downsample(&points_tensor(&[[f32::NAN, 0.0, 0.0]], Device::Cpu), 1.0).is_err());
+        assert!(voxel_downsample(&points_tensor(&pts, Device::Cpu), 0.0).is_err());
+    }
+
+    #[test]
+    fn batched_farthest_point_sampling_is_the_hosts_for_each_cloud() {
+        let (a, b) = (surface(3000, 2), surface(1800, 3));
+        let padded: Vec<Point> = a.iter().chain(&b).chain(std::iter::repeat_n(&[9.0f32; 3], 1200)).copied().collect();
+        let batch = points_tensor(&padded, Device::Cpu).view([2, 3000, 3]);
+        let chosen = farthest_point_sampling(&batch, &[3000, 1800], 256, &[5, 17]);
+        let rows: Vec<Vec<u32>> = (0..2).map(|r| host_indices(&chosen.get(r)).unwrap()).collect();
+        assert_eq!(rows[0], super::super::farthest_point_sampling(&a, 256, 5));
+        assert_eq!(rows[1], super::super::farthest_point_sampling(&b, 256, 17), "padding is never chosen");
+        let few = CPU.farthest_point_sampling(&a[..10], 50, 0).unwrap();
+        assert_eq!(few, super::super::farthest_point_sampling(&a[..10], 50, 0), "no more samples than points");
+    }
+
+    #[test]
+    fn knn_groups_and_normals_are_the_hosts() {
+        let pts = surface(4000, 4);
+        let index = NeighborIndex::new(&pts).unwrap();
+        let centres: Vec<Point> = pts.iter().step_by(37).copied().collect();
+        // The sphere's points are about 0.056 apart; at a spacing of 0.001 every query leaves the cells for all
+        // points, at 0.056 the cells serve almost all, at 1.0 the cells hold every point.
+        let host = index.group(&centres, 32);
+        for spacing in [0.001, 0.056, 1.0] {
+            let ours = CPU.group(&pts, &index, &centres, 32, spacing).unwrap();
+            assert_eq!(ours, host, "spacing {spacing}: no ties on a jittered surface, the same members in order");
+        }
+        for orientation in [NormalOrientation::AwayFromCentroid, NormalOrientation::TowardsViewpoint([3.0, 0.0, 0.0])] {
+            let host = Compute::Host.normals(&pts, &index, 16, 0.056, orientation).unwrap();
+            for spacing in [0.001, 0.056] {
+                let ours = CPU.normals(&pts, &index, 16, spacing, orientation).unwrap();
+                assert!(max_difference(host.as_flattened(), ours.as_flattened()) < 1e-5, "same side, same direction");
+            }
+        }
+        let few = NeighborIndex::new(&pts[..2]).unwrap();
+        let zero = CPU.normals(&pts[..2], &few, 16, 0.056, NormalOrientation::AwayFromCentroid);
+        assert_eq!(zero.unwrap(), vec![[0.0; 3]; 2], "too few points: no normal");
+    }
+
+    #[test]
+    fn fpfh_is_the_hosts() {
+        let pts = surface(3000, 5);
+        let index = NeighborIndex::new(&pts).unwrap();
+        let mut normals = Compute::Host.normals(&pts, &index, 16, 0.1, NormalOrientation::AwayFromCentroid).unwrap();
+        normals[7] = [0.0; 3]; // a point without a normal takes part in no pair
+        let queries: Vec<u32> = (0..3000).step_by(7).chain([7, 7, 2999]).collect();
+        for radius in [0.08, 0.15] {
+            let host = Compute::Host.fpfh_at(&pts, &normals, &index, radius, &queries).unwrap();
+            let ours = CPU.fpfh_at(&pts, &normals, &index, radius, &queries).unwrap();
+            // Weighted sums in another order: the last digits of f32 histograms that sum to 100 per angle.
+            let worst = max_difference(host.as_flattened(), ours.as_flattened());
+            assert!(worst < 1e-3, "radius {radius}: {worst}");
+            assert!(host.iter().flatten().any(|&h| h > 0.0));
+        }
+        assert!(CPU.fpfh_at(&pts, &normals, &index, -1.0, &queries).is_err());
+    }
+
+    #[test]
+    fn spread_and_median_filter_are_the_hosts() {
+        let pts = surface(2500, 6);
+        let index = NeighborIndex::new(&pts).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        let mut values: Vec<f32> = (0..pts.len()).map(|_| rng.gen_range(0.0..1.0)).collect();
+        values[3] = f32::NAN;
+        values[4] = f32::INFINITY;
+        for radius in [0.02, 0.1] {
+            let host = Compute::Host.median_filter(&pts, &values, &index, radius).unwrap();
+            let ours = CPU.median_filter(&pts, &values, &index, radius).unwrap();
+            let same = host.iter().zip(&ours).all(|(a, b)| a == b || (a.is_nan() && b.is_nan()));
+            assert!(same, "radius {radius}: order statistics are exact");
+        }
+
+        let centres: Vec<u32> = super::super::farthest_point_sampling(&pts, 40, 0);
+        let centre_points: Vec<Point> = centres.iter().map(|&c| pts[c as usize]).collect();
+        let groups = index.group(&centre_points, 20);
+        let patch_scores: Vec<f32> = (0..40).map(|p| (p * 7 % 13) as f32).collect();
+        let ours = spread_patch_scores(
+            &points_tensor(&pts, Device::Cpu),
+            &points_tensor(&centre_points, Device::Cpu),
+            &indices_tensor(&groups, Device::Cpu).view([40, 20]),
+            &Tensor::from_slice(&patch_scores),
+        );
+        let mut host = vec![f32::NEG_INFINITY; pts.len()];
+        for (members, &s) in groups.chunks(20).zip(&patch_scores) {
+            members.iter().for_each(|&m| host[m as usize] = host[m as usize].max(s));
+        }
+        let centre_index = NeighborIndex::new(&centre_points).unwrap();
+        for (s, p) in host.iter_mut().zip(&pts) {
+            if *s == f32::NEG_INFINITY {
+                *s = patch_scores[centre_index.nearest(p).index as usize];
+            }
+        }
+        assert_eq!(host_floats(&ours).unwrap(), host);
+    }
+}

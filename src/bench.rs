@@ -497,7 +497,7 @@ pub fn detector(input: &BenchInput, voxel: Option<f32>, repeats: usize, device_g
     let mut paper = crate::eval::paper_config();
     paper.preprocess.voxel_size = voxel;
     paper.preprocess.normals_face = NormalSide::Outward;
-    let mut paper = Detector::new(paper, device)?;
+    let mut paper = Detector::new(paper, device)?.with_device_geometry(device_geometry);
     paper.thresholds = thresholds;
     table.stage(
         "whole inspection, config/paper.json",

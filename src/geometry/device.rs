@@ -256,6 +256,15 @@ fn within_grid(grid: &CellGrid, queries: &Tensor, radius: f32) -> Neighbors {
     Neighbors::concatenated(parts, grid.points.device())
 }
 
+/// Per group (`group` of each value, the groups numbered in ascending order, `counts` of each), the largest of
+/// its `values`: two stable sorts, by value then by group, leave each group's largest last in its run.
+fn last_of_each(group: &Tensor, values: &Tensor, counts: &Tensor) -> Tensor {
+    let by_value = values.argsort_stable(true, 0, false);
+    let by_group = group.index_select(0, &by_value).argsort_stable(true, 0, false);
+    let last = counts.cumsum(0, Kind::Int64) - 1;
+    values.index_select(0, &by_value.index_select(0, &by_group).index_select(0, &last))
+}
+
 /// Voxel-grid downsampling as [`super::voxel_downsample`] defines it: the centroid of each occupied voxel (f64
 /// sums), voxels in order of first occurrence, and each input point's voxel. Returns (M × 3, N int64).
 pub fn voxel_downsample(points: &Tensor, voxel_size: f32) -> Result<(Tensor, Tensor)> {
@@ -274,8 +283,7 @@ pub fn voxel_downsample(points: &Tensor, voxel_size: f32) -> Result<(Tensor, Ten
     let keys = (&wide * (1.0 / f64::from(size))).floor().to_kind(Kind::Int64);
     let (cell, counts) = cells_of(&keys);
     let cells = counts.size()[0];
-    let order = Tensor::arange(n, (Kind::Int64, device));
-    let first = Tensor::full([cells], n, (Kind::Int64, device)).index_reduce(0, &cell, &order, "amin", true);
+    let first = last_of_each(&cell, &Tensor::arange(n, (Kind::Int64, device)).neg(), &counts).neg();
     // Sorted cells renumbered by their first point.
     let by_first = first.argsort(0, false);
     let rank = Tensor::zeros([cells], (Kind::Int64, device)).scatter(
@@ -483,12 +491,12 @@ pub fn spread_patch_scores(points: &Tensor, centres: &Tensor, groups: &Tensor, p
     let (n, device) = (points.size()[0], points.device());
     let k = groups.size()[1];
     let per_member = patch_scores.unsqueeze(1).expand([-1, k], false).reshape([-1]);
-    let scores = Tensor::full([n], f64::NEG_INFINITY, (Kind::Float, device)).index_reduce(
+    let members = groups.reshape([-1]);
+    let (covered, _, counts) = members.sort(0, false).0.unique_consecutive(false, true, 0);
+    let scores = Tensor::full([n], f64::NEG_INFINITY, (Kind::Float, device)).index_copy(
         0,
-        &groups.reshape([-1]),
-        &per_member,
-        "amax",
-        true,
+        &covered,
+        &last_of_each(&members, &per_member, &counts),
     );
     let uncovered = scores.isneginf().nonzero().view(-1);
     if uncovered.size()[0] == 0 {
@@ -496,6 +504,20 @@ pub fn spread_patch_scores(points: &Tensor, centres: &Tensor, groups: &Tensor, p
     }
     let nearest = knn(centres, &points.index_select(0, &uncovered), 1, 0.0).index.view(-1);
     scores.index_copy(0, &uncovered, &patch_scores.index_select(0, &nearest))
+}
+
+/// [`spread_patch_scores`] from and to the host's types (`groups` patch after patch, `patch_size` each).
+pub fn spread_patch_scores_of(
+    points: &[Point],
+    centres: &[Point],
+    groups: &[u32],
+    patch_size: usize,
+    patch_scores: &[f32],
+    device: Device,
+) -> Result<Vec<f32>> {
+    let groups = indices_tensor(groups, device).view([-1, patch_size as i64]);
+    let scores = Tensor::from_slice(patch_scores).to_device(device);
+    host_floats(&spread_patch_scores(&points_tensor(points, device), &points_tensor(centres, device), &groups, &scores))
 }
 
 /// The median of the finite values within `radius` of each point, itself included (the mean of the middle two

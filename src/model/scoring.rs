@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::Thresholds;
 use super::config::{ObjectScore, ScoringConfig};
 use super::preprocess::PatchedCloud;
+use crate::geometry::device::Compute;
 use crate::geometry::{self, NeighborIndex, Point};
 
 /// Scores of the voxel points (normalised frame) from one score per patch, median-filtered.
@@ -23,6 +24,16 @@ pub fn project_to_points(
 
 /// Each voxel point's score: the maximum over the patches that contain it, else its nearest patch's.
 pub fn spread_patch_scores(cloud: &PatchedCloud, patch_scores: &[f32]) -> crate::geometry::Result<Vec<f32>> {
+    if let Compute::Tensors(device) = cloud.compute {
+        return geometry::device::spread_patch_scores_of(
+            &cloud.points,
+            &cloud.centre_points(),
+            &cloud.groups,
+            cloud.patch_size,
+            patch_scores,
+            device,
+        );
+    }
     let mut scores = vec![f32::NEG_INFINITY; cloud.points.len()];
     for (members, &s) in cloud.groups.chunks(cloud.patch_size).zip(patch_scores) {
         for &m in members {

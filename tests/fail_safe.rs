@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use inspect3d::cloud::{PointCloud, pointcloud2, read_cloud};
 use inspect3d::geometry::Point;
+use inspect3d::inspector::config::InspectorConfig;
 use inspect3d::inspector::{Inspector, LoadedModel, Outcome, Report, ThresholdOverrides};
 
 fn root() -> PathBuf {
@@ -15,7 +16,7 @@ fn root() -> PathBuf {
 }
 
 fn bundled_model() -> LoadedModel {
-    LoadedModel::load(&root().join("models/featuretype"), tch::Device::Cpu, 0.0, 0).unwrap()
+    LoadedModel::load(&root().join("models/featuretype"), tch::Device::Cpu, &InspectorConfig::default()).unwrap()
 }
 
 fn finite_points(path: &Path) -> Vec<Point> {

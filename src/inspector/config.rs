@@ -46,6 +46,9 @@ pub struct InspectorConfig {
     /// Where the training action writes models/<model_name>/.
     pub models_dir: String,
     pub device: DeviceChoice,
+    /// Run the per-scan geometry as tensor code on `device` (`geometry::device`) rather than on the host's cores:
+    /// for a GPU cell, once `scripts/gpu_check.sh` has shown it faster there (the same verdicts either way).
+    pub device_geometry: bool,
     /// Overrides of the model's calibrated thresholds, in [0, 1]; negative keeps the model's. Changeable at
     /// run time.
     pub cloud_threshold: f64,
@@ -77,6 +80,7 @@ impl Default for InspectorConfig {
             model_path: String::new(),
             models_dir: "models".into(),
             device: DeviceChoice::Auto,
+            device_geometry: false,
             cloud_threshold: -1.0,
             point_threshold: -1.0,
             voxel_size: 0.0,
@@ -95,7 +99,7 @@ const ROS_OWN: [&str; 1] = ["use_sim_time"];
 
 impl InspectorConfig {
     /// Every parameter name the inspector reads, in the YAML's order.
-    pub const NAMES: [&'static str; 19] = [
+    pub const NAMES: [&'static str; 20] = [
         "input_topic",
         "input_topics",
         "anomaly_cloud_topic",
@@ -106,6 +110,7 @@ impl InspectorConfig {
         "model_path",
         "models_dir",
         "device",
+        "device_geometry",
         "cloud_threshold",
         "point_threshold",
         "voxel_size",
@@ -182,6 +187,7 @@ impl InspectorConfig {
                     other => return Err(format!("parameter device must be auto, cpu or cuda, got '{other}'")),
                 }
             }
+            "device_geometry" => self.device_geometry = boolean(name, value)?,
             "cloud_threshold" => self.cloud_threshold = number(name, value)?,
             "point_threshold" => self.point_threshold = number(name, value)?,
             "voxel_size" => self.voxel_size = number(name, value)?,
@@ -318,9 +324,11 @@ mod tests {
             ("cloud_threshold", ParamValue::Integer(1)),
             ("queue_depth", ParamValue::Integer(4)),
             ("use_sim_time", ParamValue::Bool(false)),
+            ("device_geometry", ParamValue::Bool(true)),
         ])
         .unwrap();
         assert_eq!(config.input_topic, "/cell3/points");
+        assert!(config.device_geometry);
         assert_eq!(config.cloud_threshold, 1.0);
         assert_eq!(config.queue_depth, 4);
         let typo = InspectorConfig::from_params([("input_topik", ParamValue::String("/x".into()))]).unwrap_err();
@@ -331,6 +339,8 @@ mod tests {
         assert!(range.contains("point_threshold must be in [0, 1]"), "{range}");
         let device = InspectorConfig::from_params([("device", ParamValue::String("gpu".into()))]).unwrap_err();
         assert!(device.contains("auto, cpu or cuda"), "{device}");
+        let flag = InspectorConfig::from_params([("device_geometry", ParamValue::String("yes".into()))]).unwrap_err();
+        assert!(flag.contains("device_geometry must be true or false"), "{flag}");
         let cameras = ParamValue::StringArray(vec!["/cell3/left/points".into(), "/cell3/right/points".into()]);
         let config = InspectorConfig::from_params([("input_topics", cameras)]).unwrap();
         assert_eq!(config.inputs(), ["/camera/points", "/cell3/left/points", "/cell3/right/points"]);

@@ -20,6 +20,7 @@ use crate::cloud::PointCloud;
 use crate::cloud::pointcloud2::{self, PointCloud2Layout};
 use crate::model::store::{self, Manifest};
 use crate::model::{Detector, Inspection, ModelError, Thresholds};
+use config::InspectorConfig;
 
 /// The field added to every anomaly cloud.
 pub const SCORE_FIELD: &str = "anomaly_score";
@@ -41,9 +42,12 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Loads a model folder, applying the voxel-size and patch-count overrides (0: the model's own).
-    pub fn load(path: &Path, device: Device, voxel_size: f64, patch_count: i64) -> Result<Self, ModelError> {
-        let (mut detector, manifest) = store::load(path, device)?;
+    /// Loads a model folder, applying the configuration's voxel-size and patch-count overrides (0: the model's
+    /// own) and its choice of where the geometry runs.
+    pub fn load(path: &Path, device: Device, config: &InspectorConfig) -> Result<Self, ModelError> {
+        let (detector, manifest) = store::load(path, device)?;
+        let (voxel_size, patch_count) = (config.voxel_size, config.patch_count);
+        let mut detector = detector.with_device_geometry(config.device_geometry);
         if voxel_size > 0.0 {
             detector.config.preprocess.voxel_size = voxel_size as f32;
         }

@@ -41,7 +41,7 @@ impl NodeState {
     /// Loads a model folder with the configured overrides and makes it active for the next scan.
     pub fn activate_path(&self, path: &std::path::Path) -> Result<Option<String>, String> {
         let config = self.config();
-        let model = LoadedModel::load(path, self.device, config.voxel_size, config.patch_count)
+        let model = LoadedModel::load(path, self.device, &config)
             .map_err(|e| format!("cannot activate {}: {e}", path.display()))?;
         let previous = self.inspector.activate(model);
         self.config.lock().unwrap_or_else(|p| p.into_inner()).model_path = path.display().to_string();
@@ -346,7 +346,7 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
     let device = config.device.resolve()?;
     let model = match config.initial_model() {
         Some(path) => Some(
-            LoadedModel::load(&path, device, config.voxel_size, config.patch_count)
+            LoadedModel::load(&path, device, &config)
                 .with_context(|| format!("parameter model_path: loading {}", path.display()))?,
         ),
         None => None,

@@ -9,7 +9,9 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::{FPFH_BINS, Fpfh, GeometryError, NeighborIndex, Neighborhood, NormalOrientation, Point, Result, positive};
+use super::{
+    FPFH_BINS, Fpfh, GeometryError, NeighborIndex, Neighborhood, NormalOrientation, Point, Result, VoxelGrid, positive,
+};
 
 /// Elements of one block of a brute-force search (queries × points): 64 MiB per f32 temporary.
 const SEARCH_BLOCK_ELEMENTS: i64 = 1 << 24;
@@ -561,6 +563,16 @@ pub enum Compute {
 }
 
 impl Compute {
+    pub fn voxel_downsample(&self, points: &[Point], voxel_size: f32) -> Result<VoxelGrid> {
+        match *self {
+            Self::Host => super::voxel_downsample(points, voxel_size),
+            Self::Tensors(device) => {
+                let (centroids, representative) = voxel_downsample(&points_tensor(points, device), voxel_size)?;
+                Ok(VoxelGrid { points: host_points(&centroids)?, representative: host_indices(&representative)? })
+            }
+        }
+    }
+
     pub fn farthest_point_sampling(&self, points: &[Point], count: usize, start: usize) -> Result<Vec<u32>> {
         match *self {
             Self::Host => Ok(super::farthest_point_sampling(points, count, start)),

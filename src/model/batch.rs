@@ -79,15 +79,8 @@ impl GeometryPart<'_> {
     ) -> Result<PatchedCloud> {
         let c = self.config;
         let template = self.template.filter(|_| c.preprocess.align);
-        let view = preprocess::prepare_view(points, &c.preprocess, c.patches.size, template, augment)?;
-        preprocess::patch_view(
-            view.on(self.compute),
-            &c.preprocess,
-            c.patches.count,
-            c.patches.size,
-            template,
-            Sampling::Cells,
-        )
+        let view = preprocess::prepare_view(points, &c.preprocess, c.patches.size, template, augment, self.compute)?;
+        preprocess::patch_view(view, &c.preprocess, c.patches.count, c.patches.size, template, Sampling::Cells)
     }
 
     /// The samples' per-point feature rows, where the model scores points by their own features (`None`

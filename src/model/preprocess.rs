@@ -333,11 +333,6 @@ impl View {
         let grid = VoxelGrid { points: points.clone(), representative: (0..points.len() as u32).collect() };
         Self { grid, frame: self.frame, points, viewpoint: self.viewpoint, voxel: self.voxel, compute: self.compute }
     }
-
-    /// The same view, its patch step's geometry run by `compute`.
-    pub fn on(self, compute: Compute) -> Self {
-        Self { compute, ..self }
-    }
 }
 
 fn orientation(side: NormalSide, viewpoint: Point) -> NormalOrientation {
@@ -348,15 +343,17 @@ fn orientation(side: NormalSide, viewpoint: Point) -> NormalOrientation {
 }
 
 /// Step 0 on the finite points of one cloud (sensor frame): voxel grid, registration to the template (when
-/// given) and the template's unit sphere, or the cloud's own; then augmentation.
+/// given) and the template's unit sphere, or the cloud's own; then augmentation. `compute` runs the voxel grid
+/// and, later, the patch step's geometry.
 pub fn prepare_view(
     finite_points: &[Point],
     cfg: &PreprocessConfig,
     patch_size: usize,
     template: Option<&PoseTemplate>,
     augment: Option<(&Augmentation, &mut dyn rand::RngCore)>,
+    compute: Compute,
 ) -> Result<View> {
-    let grid = geometry::voxel_downsample(finite_points, cfg.voxel_size)?;
+    let grid = compute.voxel_downsample(finite_points, cfg.voxel_size)?;
     if grid.points.len() > cfg.max_voxel_points {
         return Err(ModelError::TooManyVoxels {
             points: grid.points.len(),
@@ -400,7 +397,7 @@ pub fn prepare_view(
         viewpoint = viewpoint.map(|c| c * aug.scale);
         voxel *= aug.scale;
     }
-    Ok(View { grid, frame, points, viewpoint, voxel, compute: Compute::Host })
+    Ok(View { grid, frame, points, viewpoint, voxel, compute })
 }
 
 /// Runs the geometry of steps 0–1 on the finite points of one cloud (sensor frame).
@@ -412,7 +409,7 @@ pub fn patch_cloud(
     template: Option<&PoseTemplate>,
     augment: Option<(&Augmentation, &mut dyn rand::RngCore)>,
 ) -> Result<PatchedCloud> {
-    let view = prepare_view(finite_points, cfg, patch_size, template, augment)?;
+    let view = prepare_view(finite_points, cfg, patch_size, template, augment, Compute::Host)?;
     patch_view(view, cfg, patch_count, patch_size, template, Sampling::Cells)
 }
 
@@ -581,7 +578,7 @@ pub fn patch_view(
     let (descriptors, sampled) = rayon::join(
         || centre_descriptors(compute, &points, &normals, &index, voxel, &centres, cfg.fpfh_radius),
         || -> Result<_> {
-            let cells = FeatureSamples::of(&points, voxel, &centres, sampling)?;
+            let cells = FeatureSamples::of(compute, &points, voxel, &centres, sampling)?;
             let expected =
                 template.filter(|_| cfg.template_visibility).and_then(|t| t.expected(&index, viewpoint, voxel));
             let all_round = template.is_none_or(|t| !cfg.heads_see_capture() || t.is_all_round(&index, voxel));
@@ -623,7 +620,7 @@ struct FeatureSamples {
 }
 
 impl FeatureSamples {
-    fn of(points: &[Point], voxel: f32, centres: &[u32], sampling: Sampling) -> Result<Self> {
+    fn of(compute: Compute, points: &[Point], voxel: f32, centres: &[u32], sampling: Sampling) -> Result<Self> {
         Ok(match sampling {
             Sampling::EveryPoint => {
                 let every: Vec<u32> = (0..points.len() as u32).collect();
@@ -635,7 +632,7 @@ impl FeatureSamples {
                 }
             }
             Sampling::Cells => {
-                let cells = geometry::voxel_downsample(points, FEATURE_CELL_VOXELS * voxel)?;
+                let cells = compute.voxel_downsample(points, FEATURE_CELL_VOXELS * voxel)?;
                 let mut samples = cells.first_members();
                 let cell_count = samples.len();
                 let centre_samples = centres
@@ -703,7 +700,7 @@ mod tests {
             assert_eq!(cloud.samples[cloud.centre_samples[k] as usize], c, "each centre has its own features");
         }
         assert_eq!(cloud.context.len(), cloud.samples.len());
-        let view = prepare_view(&pts, &cfg, 16, None, None).unwrap();
+        let view = prepare_view(&pts, &cfg, 16, None, None, Compute::Host).unwrap();
         let every = patch_view(view, &cfg, 64, 16, None, Sampling::EveryPoint).unwrap();
         assert_eq!(every.samples, (0..every.points.len() as u32).collect::<Vec<_>>());
         assert_eq!(every.centre_samples, every.centres);

@@ -333,12 +333,14 @@ fn prepare_views(
             done += 1;
             let aug = (v > 0).then(|| Augmentation::draw(&cfg.preprocess.augment, rng));
             let template = detector.conditioning.template.as_ref().filter(|_| cfg.preprocess.align);
+            let compute = detector.compute;
             let view = match &aug {
-                Some(a) => preprocess::prepare_view(points, &cfg.preprocess, size, template, Some((a, &mut *rng))),
-                None => preprocess::prepare_view(points, &cfg.preprocess, size, template, None),
+                Some(a) => {
+                    preprocess::prepare_view(points, &cfg.preprocess, size, template, Some((a, &mut *rng)), compute)
+                }
+                None => preprocess::prepare_view(points, &cfg.preprocess, size, template, None, compute),
             }
-            .map_err(named)?
-            .on(detector.compute);
+            .map_err(named)?;
             if geometric {
                 let index = crate::geometry::NeighborIndex::new(&view.points)?;
                 let normals = view.normals(&cfg.preprocess, &index);

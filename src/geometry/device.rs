@@ -2,8 +2,8 @@
 //! back-index, farthest-point sampling (a batch of clouds at once), kNN grouping, PCA normals, FPFH at chosen
 //! points, the spread of patch scores and the median filter — as tensor code on a LibTorch device, so that a
 //! detector on CUDA runs them on the GPU. Each function follows the definition of its host twin in this module's
-//! siblings; the tests hold them to it on CPU tensors. Searches are brute force over blocks of queries (each
-//! query against every point): the GPU's way, not two CPU cores'.
+//! siblings; the tests hold them to it on CPU tensors. Searches look at the points of the 27 grid cells around
+//! each query, padded into one tensor per block of queries: the GPU's way, not two CPU cores'.
 //!
 //! [`Compute`] picks host or device per call and keeps the host's types at its edges, so the pipeline can switch.
 
@@ -13,7 +13,7 @@ use super::{
     FPFH_BINS, Fpfh, GeometryError, NeighborIndex, Neighborhood, NormalOrientation, Point, Result, VoxelGrid, positive,
 };
 
-/// Elements of one block of a brute-force search (queries × points): 64 MiB per f32 temporary.
+/// Elements of one block of a search (queries × candidates): 64 MiB per f32 temporary.
 const SEARCH_BLOCK_ELEMENTS: i64 = 1 << 24;
 /// Elements of one block of pair work (points × neighbours), each pair holding a few dozen f64 temporaries.
 const PAIR_BLOCK_ELEMENTS: i64 = 1 << 18;
@@ -109,7 +109,7 @@ impl Neighbors {
 
 /// Points bucketed in a cubic grid, so a search looks only at the 27 cells around each query: every point within
 /// one cell edge of a query is among them.
-pub struct CellGrid<'a> {
+struct CellGrid<'a> {
     points: &'a Tensor,
     cell: f64,
     /// The box of cells (with a margin of one), as the lowest cell and the strides that fold a cell into a code.
@@ -124,18 +124,25 @@ pub struct CellGrid<'a> {
 }
 
 impl<'a> CellGrid<'a> {
-    /// `None` where the cell is not a finite positive size, or the box holds too many cells to number.
-    pub fn new(points: &'a Tensor, cell: f32) -> Option<Self> {
+    /// Cells of edge `cell` at least (larger where the cloud's box would hold too many cells to number: a larger
+    /// cell still holds every point within `cell`). `None` where `cell` is not a finite positive size, or for no
+    /// points.
+    fn new(points: &'a Tensor, cell: f32) -> Option<Self> {
         if !(cell.is_finite() && cell > 0.0) || points.size()[0] == 0 {
             return None;
         }
-        let cell = f64::from(cell);
-        let keys = (points.to_kind(Kind::Double) / cell).floor().to_kind(Kind::Int64);
-        let low = keys.amin(0, false) - 1;
-        let high: Vec<i64> = (keys.amax(0, false) + 1).try_into().ok()?;
-        let low_host: Vec<i64> = (&low).try_into().ok()?;
-        let span: [i64; 3] = std::array::from_fn(|a| high[a] - low_host[a] + 1);
-        span[0].checked_mul(span[1])?.checked_mul(span[2])?;
+        let mut cell = f64::from(cell);
+        let (keys, low, span) = loop {
+            let keys = (points.to_kind(Kind::Double) / cell).floor().to_kind(Kind::Int64);
+            let low = keys.amin(0, false) - 1;
+            let high: Vec<i64> = (keys.amax(0, false) + 1).try_into().ok()?;
+            let low_host: Vec<i64> = (&low).try_into().ok()?;
+            let span: [i64; 3] = std::array::from_fn(|a| high[a] - low_host[a] + 1);
+            if span[0].checked_mul(span[1]).and_then(|xy| xy.checked_mul(span[2])).is_some() {
+                break (keys, low, span);
+            }
+            cell *= 2.0;
+        };
         let code = fold(&(keys - &low), span);
         let order = code.argsort(0, false);
         let (codes, _, counts) = code.index_select(0, &order).unique_consecutive(false, true, 0);
@@ -305,17 +312,15 @@ pub fn voxel_downsample(points: &Tensor, voxel_size: f32) -> Result<(Tensor, Ten
 fn cells_of(keys: &Tensor) -> (Tensor, Tensor) {
     let low = keys.amin(0, true);
     let span: Vec<i64> = (keys.amax(0, false) - low.squeeze_dim(0) + 1).try_into().unwrap_or_default();
-    let folded = match span.as_slice() {
-        [_, y, z] => y.checked_mul(*z).and_then(|yz| span[0].checked_mul(yz)).map(|_| (y * z, *z)),
+    let foldable = match span.as_slice() {
+        [x, y, z] => x.checked_mul(*y).and_then(|xy| xy.checked_mul(*z)).map(|_| [*x, *y, *z]),
         _ => None,
     };
-    let Some((x_stride, y_stride)) = folded else {
+    let Some(span) = foldable else {
         let (_, cell, counts) = keys.unique_dim(0, true, true, true);
         return (cell, counts);
     };
-    let relative = keys - low;
-    let code = relative.select(1, 0) * x_stride + relative.select(1, 1) * y_stride + relative.select(1, 2);
-    let (distinct, cell) = code.internal_unique(true, true);
+    let (distinct, cell) = fold(&(keys - low), span).internal_unique(true, true);
     let ones = Tensor::ones_like(&cell);
     (cell.shallow_clone(), Tensor::zeros([distinct.size()[0]], (Kind::Int64, keys.device())).index_add(0, &cell, &ones))
 }
@@ -771,6 +776,16 @@ mod tests {
             let same = host.iter().zip(&ours).all(|(a, b)| a == b || (a.is_nan() && b.is_nan()));
             assert!(same, "radius {radius}: order statistics are exact");
         }
+        // A point far out: cells of the radius would be too many to number, larger ones still find every neighbour.
+        let mut far = pts.clone();
+        far.push([3e6, -3e6, 3e6]);
+        values.push(0.5);
+        let index = NeighborIndex::new(&far).unwrap();
+        let host = Compute::Host.median_filter(&far, &values, &index, 0.02).unwrap();
+        let ours = CPU.median_filter(&far, &values, &index, 0.02).unwrap();
+        assert!(host.iter().zip(&ours).all(|(a, b)| a == b || (a.is_nan() && b.is_nan())), "with a far point");
+        let index = NeighborIndex::new(&pts).unwrap();
+        values.pop();
 
         let centres: Vec<u32> = super::super::farthest_point_sampling(&pts, 40, 0);
         let centre_points: Vec<Point> = centres.iter().map(|&c| pts[c as usize]).collect();

@@ -334,10 +334,10 @@ impl Detector {
         })
     }
 
-    /// The detector with its per-scan geometry (FPS, grouping, normals, FPFH, median filter) run as tensor code
-    /// on its own device (`geometry::device`), or on the host. The host's is the default: on two CPU cores its
-    /// k-d trees beat the tensor code's brute-force searches many times over; on a GPU, measure first
-    /// (`scripts/gpu_check.sh`).
+    /// The detector with its per-scan geometry (voxel grid, FPS, grouping, normals, FPFH, projection and median
+    /// filter) run as tensor code on its own device (`geometry::device`), or on the host. The host's is the
+    /// default: on two CPU cores its k-d trees beat the tensor code's padded searches about tenfold
+    /// (docs/benchmarks.md); on a GPU, measure first (`scripts/gpu_check.sh`).
     pub fn with_device_geometry(self, on: bool) -> Self {
         let compute = if on { Compute::Tensors(self.device) } else { Compute::Host };
         Self { compute, ..self }

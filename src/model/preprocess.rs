@@ -45,7 +45,7 @@ pub struct PatchedCloud {
     /// Whether the scan has [`ALL_ROUND_COVERAGE`] of the registered template (taken all round) or is a partial
     /// view; all round without a template or without the capture input. The heads' capture input (1 or 0).
     pub all_round: bool,
-    /// Where this cloud's FPS, grouping, normals, FPFH and median filter run.
+    /// Where this cloud's geometry (voxel grid, FPS, grouping, normals, FPFH, projection) runs.
     pub compute: Compute,
 }
 

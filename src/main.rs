@@ -10,7 +10,7 @@ use inspect3d::bench::BenchInput;
 use inspect3d::cloud::{self, pcd, ply};
 use inspect3d::geometry::{self, Neighborhood, NormalOrientation};
 use inspect3d::model::config::DetectorConfig;
-use inspect3d::model::{DeviceChoice, store};
+use inspect3d::model::{DeviceChoice, Placement, store};
 use inspect3d::train;
 
 #[derive(Parser)]
@@ -72,6 +72,9 @@ enum Command {
         validation: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
+        /// Run the per-cloud geometry of training as tensor code on the device (`geometry::device`).
+        #[arg(long)]
+        device_geometry: bool,
     },
     /// Scores a cloud with a model and prints the verdict as JSON.
     Infer {
@@ -252,13 +255,14 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Convert { input, output, encoding } => convert(&input, &output, encoding),
         Command::Describe { input, voxel, heatmap } => describe(&input, voxel, heatmap.as_deref()),
-        Command::Train { data, bag, topic, out, config, epochs, voxel, validation, device } => {
+        Command::Train { data, bag, topic, out, config, epochs, voxel, validation, device, device_geometry } => {
             let source = match (data, topic) {
                 (Some(dir), _) => TrainingSource::Folder(dir),
                 (None, Some(topic)) => TrainingSource::Bags(bag, topic),
                 (None, None) => bail!("--data or --bag with --topic is required"),
             };
-            train_model(&source, &out, config.as_deref(), epochs, voxel, validation.as_deref(), device)
+            let placement = Placement { device: device.resolve()?, device_geometry };
+            train_model(&source, &out, config.as_deref(), epochs, voxel, validation.as_deref(), placement)
         }
         Command::Infer { model, input, out, device, device_geometry } => {
             infer(&model, &input, out.as_deref(), device, device_geometry)
@@ -380,7 +384,7 @@ fn train_model(
     epochs: Option<usize>,
     voxel: Option<f32>,
     validation: Option<&Path>,
-    device: DeviceChoice,
+    placement: Placement,
 ) -> Result<()> {
     let mut cfg = read_detector_config(config)?;
     if let Some(e) = epochs {
@@ -405,8 +409,7 @@ fn train_model(
         Some(dir) => train::load_labelled_dir(dir)?,
         None => Vec::new(),
     };
-    let (detector, summary) =
-        train::train(cfg, &clouds, &labelled, device.resolve()?, &mut train::LogMonitor::default())?;
+    let (detector, summary) = train::train(cfg, &clouds, &labelled, placement, &mut train::LogMonitor::default())?;
     let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("model");
     let manifest = store::save(&detector, out, name, summary)?;
     println!(

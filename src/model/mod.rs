@@ -101,6 +101,20 @@ pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 /// A scan spanning more than this many times the learnt part (or less than its inverse) is in another unit.
 const UNIT_MISMATCH_RATIO: f32 = 20.0;
 
+/// Where a detector runs: its tensors' device, and whether its per-scan geometry runs there too
+/// ([`Detector::with_device_geometry`]). A bare device keeps the geometry on the host.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Placement {
+    pub device: Device,
+    pub device_geometry: bool,
+}
+
+impl From<Device> for Placement {
+    fn from(device: Device) -> Self {
+        Self { device, device_geometry: false }
+    }
+}
+
 /// Where the detector runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]

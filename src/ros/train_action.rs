@@ -16,7 +16,7 @@ use r2r::inspect3d_msgs::action::TrainModel;
 use super::node::NodeState;
 use crate::bag::{Bag, POINT_CLOUD2};
 use crate::model::config::DetectorConfig;
-use crate::model::{ModelError, store};
+use crate::model::{ModelError, Placement, store};
 use crate::train::{self, Monitor, Progress, Stage};
 
 /// Fewest usable clouds: at least one to calibrate on and two to learn from.
@@ -281,7 +281,8 @@ fn run(job: Job, state: &NodeState, monitor: &mut ActionMonitor) -> Result<Train
             read.skipped.first().map_or("", String::as_str)
         )));
     }
-    let (detector, summary) = train::train(job.config, &read.clouds, &[], state.device, monitor)?;
+    let placement = Placement { device: state.device, device_geometry: state.config().device_geometry };
+    let (detector, summary) = train::train(job.config, &read.clouds, &[], placement, monitor)?;
     monitor.report(&Progress {
         stage: Stage::Saving,
         fraction: 1.0,

@@ -13,7 +13,7 @@ use std::time::Instant;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use tch::{Device, Kind, Reduction, Tensor, nn, nn::OptimizerConfig};
+use tch::{Kind, Reduction, Tensor, nn, nn::OptimizerConfig};
 
 pub mod camera_views;
 pub mod pseudo_defects;
@@ -23,7 +23,7 @@ use crate::model::conditioning::Reference;
 use crate::model::config::{DetectorConfig, GeneratorKind, ScoreSource};
 use crate::model::preprocess::{self, Augmentation, PatchedCloud, Sampling};
 use crate::model::store::TrainingSummary;
-use crate::model::{Detector, Heads, ModelError, RawScores, Result, sca, scoring};
+use crate::model::{Detector, Heads, ModelError, Placement, RawScores, Result, sca, scoring};
 
 /// Mixed into the training seed for the patch bank's draw.
 const BANK_SEED: u64 = 0xBA4C;
@@ -178,14 +178,15 @@ pub fn derive_voxel_size(clouds: &[&TrainingCloud], factor: f32) -> Result<f32> 
 }
 
 /// Trains and calibrates a detector on good clouds; `validation` (clouds with labelled defects, may be empty)
-/// sets the point threshold by F1.
+/// sets the point threshold by F1. `placement`: a device, or a device with the geometry on it too.
 pub fn train(
     config: DetectorConfig,
     clouds: &[TrainingCloud],
     validation: &[LabelledCloud],
-    device: Device,
+    placement: impl Into<Placement>,
     monitor: &mut dyn Monitor,
 ) -> Result<(Detector, TrainingSummary)> {
+    let placement = placement.into();
     config.validate().map_err(ModelError::Config)?;
     if clouds.len() < 2 {
         return Err(ModelError::Training(format!(
@@ -197,7 +198,7 @@ pub fn train(
     let tc = config.training.clone();
     let mut rng = StdRng::seed_from_u64(tc.seed);
     tch::manual_seed(tc.seed as i64);
-    let mut detector = Detector::new(config.clone(), device)?;
+    let mut detector = Detector::new(config.clone(), placement.device)?.with_device_geometry(placement.device_geometry);
 
     let mut order: Vec<usize> = (0..clouds.len()).collect();
     order.shuffle(&mut rng);
@@ -242,7 +243,7 @@ pub fn train(
         // training view is of one kind, and a scan that reads as the other (a frame that lost a face to glare or
         // a clamp) would give the heads an input they never learnt.
         detector.config.preprocess.capture_input = false;
-        detector.heads = Heads::new(&detector.config, detector.backbone.width(), device)?;
+        detector.heads = Heads::new(&detector.config, detector.backbone.width(), placement.device)?;
         tracing::info!("capture input off: no camera views were cut from the training clouds");
     }
     let prepared = prepare_views(&detector, clouds, training, cuts, &mut rng, monitor, start)?;

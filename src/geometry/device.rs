@@ -240,13 +240,6 @@ pub fn knn(points: &Tensor, queries: &Tensor, k: i64, reach: f32) -> Neighbors {
 }
 
 /// Every point within `radius` (inclusive, as the host's searches) of each query, nearest first.
-pub fn within(points: &Tensor, queries: &Tensor, radius: f32) -> Neighbors {
-    match CellGrid::new(points, radius) {
-        Some(grid) => within_grid(&grid, queries, radius),
-        None => Neighbors::concatenated(Vec::new(), points.device()),
-    }
-}
-
 fn within_grid(grid: &CellGrid, queries: &Tensor, radius: f32) -> Neighbors {
     let reach = f64::from(radius * radius);
     let parts = blocks(queries.size()[0], 1, grid.block_rows())
@@ -419,17 +412,14 @@ fn pair_slots(p1: &Tensor, n1: &Tensor, p2: &Tensor, n2: &Tensor) -> (Tensor, Te
     (slots, ok)
 }
 
-/// The SPFH of each of `centres` (indices into `points`) over its neighbours within `radius`: R × 33.
-fn spfh(points: &Tensor, normals: &Tensor, centres: &Tensor, radius: f32) -> Tensor {
-    let device = points.device();
+/// The SPFH of each of `centres` (indices into the grid's points) over its neighbours within `radius`: R × 33.
+fn spfh(grid: &CellGrid, normals: &Tensor, centres: &Tensor, radius: f32) -> Tensor {
+    let (points, device) = (grid.points, grid.points.device());
     let (wide_points, wide_normals) = (points.to_kind(Kind::Double), normals.to_kind(Kind::Double));
-    let Some(grid) = CellGrid::new(points, radius) else {
-        return Tensor::zeros([0, FPFH_BINS as i64], (Kind::Float, device));
-    };
     let parts: Vec<Tensor> = blocks(centres.size()[0], 1, PAIR_BLOCK_ELEMENTS / 64)
         .map(|(start, rows)| {
             let own = centres.narrow(0, start, rows);
-            let near = within_grid(&grid, &points.index_select(0, &own), radius);
+            let near = within_grid(grid, &points.index_select(0, &own), radius);
             let width = near.index.size()[1];
             let others = near.index.clamp_min(0).view(-1);
             let gather = |t: &Tensor| t.index_select(0, &others).view([rows, width, 3]);
@@ -462,12 +452,13 @@ fn spfh(points: &Tensor, normals: &Tensor, centres: &Tensor, radius: f32) -> Ten
 pub fn fpfh_at(points: &Tensor, normals: &Tensor, radius: f32, queries: &Tensor) -> Result<Tensor> {
     let radius = positive("FPFH radius", radius)?;
     let (n, device) = (points.size()[0], points.device());
-    let near = within(points, &points.index_select(0, queries), radius);
+    let grid = CellGrid::new(points, radius).ok_or(GeometryError::Empty)?;
+    let near = within_grid(&grid, &points.index_select(0, queries), radius);
     let (q, width) = (near.index.size()[0], near.index.size()[1]);
     // Each neighbour's SPFH once, however many queries share it.
     let (needed, _) = Tensor::cat(&[queries.shallow_clone(), near.index.masked_select(&near.valid())], 0)
         .internal_unique(true, false);
-    let spfhs = spfh(points, normals, &needed, radius);
+    let spfhs = spfh(&grid, normals, &needed, radius);
     let slot = Tensor::zeros([n], (Kind::Int64, device)).scatter(
         0,
         &needed,

@@ -483,7 +483,7 @@ pub fn fpfh_at(points: &Tensor, normals: &Tensor, radius: f32, queries: &Tensor)
 }
 
 /// Each voxel point's score from one score per patch (`groups` P × k indices, `patch_scores` P), as
-/// `scoring::spread_patch_scores` defines it: the maximum over the patches that contain it, else its nearest
+/// [`super::projection::spread_patch_scores`] defines it: the maximum over the patches that contain it, else its nearest
 /// centre's (`centres` P × 3).
 pub fn spread_patch_scores(points: &Tensor, centres: &Tensor, groups: &Tensor, patch_scores: &Tensor) -> Tensor {
     let (n, device) = (points.size()[0], points.device());
@@ -502,20 +502,6 @@ pub fn spread_patch_scores(points: &Tensor, centres: &Tensor, groups: &Tensor, p
     }
     let nearest = knn(centres, &points.index_select(0, &uncovered), 1, 0.0).index.view(-1);
     scores.index_copy(0, &uncovered, &patch_scores.index_select(0, &nearest))
-}
-
-/// [`spread_patch_scores`] from and to the host's types (`groups` patch after patch, `patch_size` each).
-pub fn spread_patch_scores_of(
-    points: &[Point],
-    centres: &[Point],
-    groups: &[u32],
-    patch_size: usize,
-    patch_scores: &[f32],
-    device: Device,
-) -> Result<Vec<f32>> {
-    let groups = indices_tensor(groups, device).view([-1, patch_size as i64]);
-    let scores = Tensor::from_slice(patch_scores).to_device(device);
-    host_floats(&spread_patch_scores(&points_tensor(points, device), &points_tensor(centres, device), &groups, &scores))
 }
 
 /// The median of the finite values within `radius` of each point, itself included (the mean of the middle two
@@ -639,6 +625,26 @@ impl Compute {
                 let hist = fpfh_at(&points, &normals, radius, &indices_tensor(queries, device))?;
                 let flat = host_floats(&hist)?;
                 Ok(flat.chunks_exact(FPFH_BINS).map(|h| std::array::from_fn(|b| h[b])).collect())
+            }
+        }
+    }
+
+    /// As [`super::projection::spread_patch_scores`].
+    pub fn spread_patch_scores(
+        &self,
+        points: &[Point],
+        centres: &[Point],
+        groups: &[u32],
+        patch_size: usize,
+        patch_scores: &[f32],
+    ) -> Result<Vec<f32>> {
+        match *self {
+            Self::Host => super::projection::spread_patch_scores(points, centres, groups, patch_size, patch_scores),
+            Self::Tensors(device) => {
+                let groups = indices_tensor(groups, device).view([-1, patch_size as i64]);
+                let (points, centres) = (points_tensor(points, device), points_tensor(centres, device));
+                let scores = Tensor::from_slice(patch_scores).to_device(device);
+                host_floats(&spread_patch_scores(&points, &centres, &groups, &scores))
             }
         }
     }
@@ -782,22 +788,8 @@ mod tests {
         let centre_points: Vec<Point> = centres.iter().map(|&c| pts[c as usize]).collect();
         let groups = index.group(&centre_points, 20);
         let patch_scores: Vec<f32> = (0..40).map(|p| (p * 7 % 13) as f32).collect();
-        let ours = spread_patch_scores(
-            &points_tensor(&pts, Device::Cpu),
-            &points_tensor(&centre_points, Device::Cpu),
-            &indices_tensor(&groups, Device::Cpu).view([40, 20]),
-            &Tensor::from_slice(&patch_scores),
-        );
-        let mut host = vec![f32::NEG_INFINITY; pts.len()];
-        for (members, &s) in groups.chunks(20).zip(&patch_scores) {
-            members.iter().for_each(|&m| host[m as usize] = host[m as usize].max(s));
-        }
-        let centre_index = NeighborIndex::new(&centre_points).unwrap();
-        for (s, p) in host.iter_mut().zip(&pts) {
-            if *s == f32::NEG_INFINITY {
-                *s = patch_scores[centre_index.nearest(p).index as usize];
-            }
-        }
-        assert_eq!(host_floats(&ours).unwrap(), host);
+        let host = Compute::Host.spread_patch_scores(&pts, &centre_points, &groups, 20, &patch_scores).unwrap();
+        let ours = CPU.spread_patch_scores(&pts, &centre_points, &groups, 20, &patch_scores).unwrap();
+        assert_eq!(ours, host);
     }
 }

@@ -1,9 +1,10 @@
 //! Geometry core: the point-set operations every stage of the detector needs — voxel downsampling that remembers
 //! where each input point went, centring and unit-radius scaling, farthest-point sampling, k-nearest and radius
 //! neighbourhoods (kiddo; a dense grid for the hot fixed-radius loops), groups of linked points, outlier removal,
-//! PCA normals, FPFH descriptors (PCL's definition), rigid registration (ICP) and a median filter over point
-//! scores, and what a camera sees of a point set. Pure Rust on nalgebra and kiddo; points are `[f32; 3]`. `device`
-//! holds the per-scan stages again as tensor code, for a detector on CUDA.
+//! PCA normals, FPFH descriptors (PCL's definition), rigid registration (ICP), patch scores spread back to
+//! points and a median filter over point scores, and what a camera sees of a point set. Pure Rust on nalgebra
+//! and kiddo; points are `[f32; 3]`. `device` holds the per-scan stages again as tensor code, for a detector on
+//! CUDA.
 
 pub mod components;
 pub mod device;
@@ -14,6 +15,7 @@ pub mod neighbors;
 pub mod normalize;
 pub mod normals;
 pub mod outliers;
+pub mod projection;
 pub mod registration;
 pub mod sampling;
 pub mod visibility;

@@ -3,14 +3,12 @@
 //! the mean of the top share), the decision, the defect region (the linked anomalous group around the top
 //! score), and threshold calibration.
 
-use rayon::prelude::*;
 use serde::Serialize;
 
 use super::Thresholds;
 use super::config::{ObjectScore, ScoringConfig};
 use super::preprocess::PatchedCloud;
-use crate::geometry::device::Compute;
-use crate::geometry::{self, NeighborIndex, Point};
+use crate::geometry::{self, Point};
 
 /// Scores of the voxel points (normalised frame) from one score per patch, median-filtered.
 pub fn project_to_points(
@@ -24,30 +22,8 @@ pub fn project_to_points(
 
 /// Each voxel point's score: the maximum over the patches that contain it, else its nearest patch's.
 pub fn spread_patch_scores(cloud: &PatchedCloud, patch_scores: &[f32]) -> crate::geometry::Result<Vec<f32>> {
-    if let Compute::Tensors(device) = cloud.compute {
-        return geometry::device::spread_patch_scores_of(
-            &cloud.points,
-            &cloud.centre_points(),
-            &cloud.groups,
-            cloud.patch_size,
-            patch_scores,
-            device,
-        );
-    }
-    let mut scores = vec![f32::NEG_INFINITY; cloud.points.len()];
-    for (members, &s) in cloud.groups.chunks(cloud.patch_size).zip(patch_scores) {
-        for &m in members {
-            let slot = &mut scores[m as usize];
-            *slot = slot.max(s);
-        }
-    }
-    let centre_index = NeighborIndex::new(&cloud.centre_points())?;
-    scores.par_iter_mut().zip(&cloud.points).for_each(|(s, p)| {
-        if *s == f32::NEG_INFINITY {
-            *s = patch_scores[centre_index.nearest(p).index as usize];
-        }
-    });
-    Ok(scores)
+    let centres = cloud.centre_points();
+    cloud.compute.spread_patch_scores(&cloud.points, &centres, &cloud.groups, cloud.patch_size, patch_scores)
 }
 
 /// A group of anomalous points linked to each other.

@@ -401,7 +401,7 @@ pub fn detector(input: &BenchInput, voxel: Option<f32>, repeats: usize, device_g
         tch::Tensor::randn([cfg.conditioning.point_bank_size as i64, width], (tch::Kind::Float, device));
     // A template to register to (the scan itself, as a trained model's first training cloud would be).
     det.conditioning.template =
-        Some(crate::model::preprocess::PoseTemplate::from_cloud(&finite.points, &cfg.preprocess)?);
+        Some(std::sync::Arc::new(crate::model::preprocess::PoseTemplate::from_cloud(&finite.points, &cfg.preprocess)?));
     let (n, k) = (cfg.patches.count, cfg.patches.size);
     let mut table = Table::new(format!(
         "Detector stages on {name} (n = {n}, k = {k}, voxel {voxel}, device {device:?}, geometry {:?})",

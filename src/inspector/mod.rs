@@ -1,8 +1,9 @@
 //! The inspection service, free of ROS: a bounded queue of incoming scans (when full, the oldest is dropped,
-//! counted, and handed back to the caller as a DROPPED report: every scan gets an answer), one worker thread
-//! that scores them with the active model (the scans waiting together in one batch: several cameras'), the
-//! active model itself (swapped between scans, so a new model scores the next scan), operator threshold
-//! overrides and running statistics. The ROS node (`crate::ros::node`) feeds it messages and publishes what it
+//! counted, and handed back to the caller as a DROPPED report: every scan gets an answer), two threads that
+//! score them with the active model as a pipeline (the scans waiting together in one batch: several cameras'):
+//! one decodes the next scans and runs their geometry while the other runs the learned stages of the previous
+//! ones and reports them, so both cores stay busy; the active model itself (swapped between scans, so a new
+//! model scores the next scan), operator threshold overrides and running statistics. The ROS node (`crate::ros::node`) feeds it messages and publishes what it
 //! reports; tests drive it directly.
 
 pub mod config;
@@ -10,6 +11,7 @@ pub mod config;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,7 +21,7 @@ use tch::Device;
 use crate::cloud::PointCloud;
 use crate::cloud::pointcloud2::{self, PointCloud2Layout};
 use crate::model::store::{self, Manifest};
-use crate::model::{Detector, Inspection, ModelError, Thresholds};
+use crate::model::{Detector, GeometryPart, Inspection, ModelError, PreparedClouds, Thresholds};
 use config::InspectorConfig;
 
 /// The field added to every anomaly cloud.
@@ -117,29 +119,37 @@ pub struct Report<M> {
     pub latency_ms: f64,
 }
 
-/// Scores messages with a model, in one batch: one outcome per message, in order.
-fn inspect_messages(
-    model: Option<&LoadedModel>,
-    msgs: &[&PointCloud2Layout],
+/// Scores a batch with a model: one outcome per scan, in order. Clouds prepared with another model's geometry
+/// (one activated while they were prepared), or not prepared, are prepared again with this model's.
+fn inspect_messages<M>(
+    model: Option<&(u64, LoadedModel)>,
+    scans: &[Scan<M>],
+    decoded: Vec<Result<PointCloud, String>>,
+    prepared: Option<(u64, PreparedClouds)>,
     overrides: ThresholdOverrides,
     rgb: bool,
 ) -> Vec<Outcome> {
-    let Some(model) = model else {
-        return msgs.iter().map(|_| Outcome::NoModel).collect();
+    let Some((generation, model)) = model else {
+        return scans.iter().map(|_| Outcome::NoModel).collect();
     };
-    let decoded: Vec<Result<PointCloud, String>> =
-        msgs.iter().map(|msg| pointcloud2::decode(msg).map_err(|e| e.to_string())).collect();
-    let clouds: Vec<&PointCloud> = decoded.iter().filter_map(|c| c.as_ref().ok()).collect();
+    let prepared = match prepared {
+        Some((prepared_by, clouds)) if prepared_by == *generation => clouds,
+        _ => model
+            .detector
+            .geometry()
+            .prepare_clouds(&decoded.iter().filter_map(|c| c.as_ref().ok()).collect::<Vec<_>>()),
+    };
     let thresholds = overrides.apply(model.detector.thresholds);
-    let mut inspections = model.detector.inspect_batch(&clouds, thresholds).into_iter();
-    msgs.iter()
+    let mut inspections = model.detector.inspect_prepared(prepared, thresholds).into_iter();
+    scans
+        .iter()
         .zip(decoded)
-        .map(|(msg, cloud)| {
+        .map(|(scan, cloud)| {
             if let Err(problem) = cloud {
                 return Outcome::InvalidInput(problem);
             }
             match inspections.next() {
-                Some(Ok(inspection)) => with_scores(msg, inspection, rgb),
+                Some(Ok(inspection)) => with_scores(&scan.msg, inspection, rgb),
                 Some(Err(e)) if e.is_input_problem() => Outcome::InvalidInput(e.to_string()),
                 Some(Err(e)) => Outcome::Failed(e.to_string()),
                 None => Outcome::Failed("the batch returned fewer results than scans".into()),
@@ -227,11 +237,39 @@ impl<M> State<M> {
     }
 }
 
+/// Scans taken from the queue together, decoded and through their geometry: what the geometry thread hands
+/// the scoring thread.
+struct Batch<M> {
+    scans: Vec<Scan<M>>,
+    decoded: Vec<Result<PointCloud, String>>,
+    /// The decoded clouds' geometry, with the generation of the model whose geometry it is; `None` where no
+    /// model was active, or the geometry panicked (the scoring thread then prepares them and reports the panic).
+    prepared: Option<(u64, PreparedClouds)>,
+}
+
+/// The model the scoring thread takes next and the geometry that goes with it, each with the model's
+/// generation (activations counted from 1): changed together, under one lock.
+#[derive(Default)]
+struct Models {
+    pending: Option<(u64, LoadedModel)>,
+    geometry: Option<(u64, Arc<GeometryPart>)>,
+    generation: u64,
+}
+
+impl Models {
+    fn activate(&mut self, model: LoadedModel) {
+        self.generation += 1;
+        self.geometry = Some((self.generation, Arc::new(model.detector.geometry())));
+        self.pending = Some((self.generation, model));
+    }
+}
+
 struct Shared<M> {
     state: Mutex<State<M>>,
     work: Condvar,
-    /// The next model to use; the worker takes it before its next scan.
-    pending: Mutex<Option<LoadedModel>>,
+    /// The next model to use (the scoring thread takes it before its next batch) and the geometry that the
+    /// geometry thread prepares scans with.
+    models: Mutex<Models>,
     /// The model that scores the next scan.
     active: Mutex<Option<ModelInfo>>,
     overrides: Mutex<ThresholdOverrides>,
@@ -249,11 +287,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The running service: submit scans, receive reports through the sink given to [`Inspector::start`].
 pub struct Inspector<M: Send + 'static> {
     shared: Arc<Shared<M>>,
-    worker: Mutex<Option<JoinHandle<()>>>,
+    /// The geometry thread, then the scoring thread.
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl<M: Send + 'static> Inspector<M> {
-    /// Starts the worker thread. `sink` receives every report, on the worker thread, in submission order.
+    /// Starts the geometry and scoring threads. `sink` receives every report, on the scoring thread, in
+    /// submission order.
     pub fn start(
         queue_depth: usize,
         model: Option<LoadedModel>,
@@ -269,17 +309,29 @@ impl<M: Send + 'static> Inspector<M> {
             }),
             work: Condvar::new(),
             active: Mutex::new(model.as_ref().map(LoadedModel::info)),
-            pending: Mutex::new(model),
+            models: Mutex::new(Models::default()),
             overrides: Mutex::new(overrides),
             rgb: std::sync::atomic::AtomicBool::new(false),
             depth: queue_depth.max(1),
         });
-        let worker_shared = shared.clone();
-        let worker = std::thread::Builder::new()
-            .name("inspect3d-worker".into())
-            .spawn(move || work(&worker_shared, sink))
-            .expect("spawning the inspection thread");
-        Self { shared, worker: Mutex::new(Some(worker)) }
+        if let Some(model) = model {
+            lock(&shared.models).activate(model);
+        }
+        // No slack between the threads: a prepared batch waits for the scoring thread, and newer scans wait in
+        // the queue, where the newest wins.
+        let (handoff, batches) = std::sync::mpsc::sync_channel(0);
+        let (geometry_shared, scoring_shared) = (shared.clone(), shared.clone());
+        let threads = vec![
+            std::thread::Builder::new()
+                .name("inspect3d-geometry".into())
+                .spawn(move || prepare_scans(&geometry_shared, &handoff))
+                .expect("spawning the geometry thread"),
+            std::thread::Builder::new()
+                .name("inspect3d-scoring".into())
+                .spawn(move || score_scans(&scoring_shared, batches, sink))
+                .expect("spawning the scoring thread"),
+        ];
+        Self { shared, threads: Mutex::new(threads) }
     }
 
     /// Queues a scan from the only input (lane 0); see [`Self::submit_on`].
@@ -322,7 +374,7 @@ impl<M: Send + 'static> Inspector<M> {
     pub fn activate(&self, model: LoadedModel) -> Option<ModelInfo> {
         tracing::info!(model = model.id(), path = %model.path.display(), "model active");
         let previous = lock(&self.shared.active).replace(model.info());
-        *lock(&self.shared.pending) = Some(model);
+        lock(&self.shared.models).activate(model);
         previous
     }
 
@@ -356,8 +408,9 @@ impl<M: Send + 'static> Inspector<M> {
             state.queue.clear();
         }
         self.shared.work.notify_all();
-        if let Some(worker) = lock(&self.worker).take() {
-            let _ = worker.join();
+        // The geometry thread stops at once; the scoring thread when it has reported what it was handed.
+        for thread in lock(&self.threads).drain(..) {
+            let _ = thread.join();
         }
     }
 }
@@ -368,43 +421,64 @@ impl<M: Send + 'static> Drop for Inspector<M> {
     }
 }
 
-fn work<M>(shared: &Shared<M>, mut sink: impl FnMut(Report<M>)) {
-    let mut model: Option<LoadedModel> = None;
+/// The waiting scans (several cameras' latest, up to a batch), once there are any; `None` once closed.
+fn take_waiting<M>(shared: &Shared<M>) -> Option<Vec<Scan<M>>> {
+    let mut state = lock(&shared.state);
     loop {
-        // Every scan waiting (several cameras' latest), up to a batch: scored together, they finish sooner
-        // than one after another.
-        let scans: Vec<Scan<M>> = {
-            let mut state = lock(&shared.state);
-            loop {
-                if state.closed {
-                    return;
-                }
-                if !state.queue.is_empty() {
-                    let n = state.queue.len().min(MAX_BATCH);
-                    break state.queue.drain(..n).collect();
-                }
-                state = shared.work.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
-            }
-        };
-        if let Some(next) = lock(&shared.pending).take() {
+        if state.closed {
+            return None;
+        }
+        if !state.queue.is_empty() {
+            let n = state.queue.len().min(MAX_BATCH);
+            return Some(state.queue.drain(..n).collect());
+        }
+        state = shared.work.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+    }
+}
+
+/// The pipeline's first stage: decodes the waiting scans and runs their geometry with the active model's, then
+/// hands them to the scoring thread (waiting for it to finish the previous batch). Scored together, scans
+/// waiting together finish sooner than one after another.
+fn prepare_scans<M>(shared: &Shared<M>, handoff: &SyncSender<Batch<M>>) {
+    while let Some(scans) = take_waiting(shared) {
+        let geometry = lock(&shared.models).geometry.clone();
+        let decoded: Vec<Result<PointCloud, String>> =
+            scans.iter().map(|scan| pointcloud2::decode(&scan.msg).map_err(|e| e.to_string())).collect();
+        let prepared = geometry.and_then(|(generation, geometry)| {
+            let clouds: Vec<&PointCloud> = decoded.iter().filter_map(|c| c.as_ref().ok()).collect();
+            std::panic::catch_unwind(AssertUnwindSafe(|| geometry.prepare_clouds(&clouds)))
+                .ok()
+                .map(|prepared| (generation, prepared))
+        });
+        if handoff.send(Batch { scans, decoded, prepared }).is_err() {
+            return;
+        }
+    }
+}
+
+/// The pipeline's second stage: the learned stages and the verdicts of each prepared batch, reported in order.
+/// Ends when the geometry thread does.
+fn score_scans<M>(shared: &Shared<M>, batches: Receiver<Batch<M>>, mut sink: impl FnMut(Report<M>)) {
+    let mut model: Option<(u64, LoadedModel)> = None;
+    for batch in batches {
+        if let Some(next) = lock(&shared.models).pending.take() {
             model = Some(next);
         }
         let overrides = *lock(&shared.overrides);
         let rgb = shared.rgb.load(std::sync::atomic::Ordering::Relaxed);
-        let msgs: Vec<&PointCloud2Layout> = scans.iter().map(|s| &s.msg).collect();
+        let Batch { scans, decoded, prepared } = batch;
         // A LibTorch error surfaces as a panic in tch; it must cost these scans, not the node.
-        let outcomes =
-            std::panic::catch_unwind(AssertUnwindSafe(|| inspect_messages(model.as_ref(), &msgs, overrides, rgb)))
-                .unwrap_or_else(|panic| {
-                    let what = panic
-                        .downcast_ref::<String>()
-                        .map(String::as_str)
-                        .or_else(|| panic.downcast_ref::<&str>().copied())
-                        .unwrap_or("unknown panic");
-                    msgs.iter().map(|_| Outcome::Failed(format!("internal error while scoring: {what}"))).collect()
-                });
-        let model_id = model.as_ref().map(|m| m.id().to_string()).unwrap_or_default();
-        let thresholds = model.as_ref().map(|m| overrides.apply(m.detector.thresholds));
+        let inspect = || inspect_messages(model.as_ref(), &scans, decoded, prepared, overrides, rgb);
+        let outcomes = std::panic::catch_unwind(AssertUnwindSafe(inspect)).unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            scans.iter().map(|_| Outcome::Failed(format!("internal error while scoring: {what}"))).collect()
+        });
+        let model_id = model.as_ref().map(|(_, m)| m.id().to_string()).unwrap_or_default();
+        let thresholds = model.as_ref().map(|(_, m)| overrides.apply(m.detector.thresholds));
         for (scan, outcome) in scans.into_iter().zip(outcomes) {
             let latency_ms = scan.received.elapsed().as_secs_f64() * 1e3;
             {
@@ -460,8 +534,9 @@ mod tests {
         inspector.shutdown();
     }
 
-    /// A queue of depth 1 whose sink blocks the worker on scan 0's report until released, so later scans pile
-    /// up; the receiver sees each report's tag.
+    /// A queue of depth 1 whose sink blocks the scoring thread on scan 0's report until released, with scan
+    /// 100 taken by the geometry thread and waiting for the scoring thread: later scans pile up in the queue.
+    /// The receiver sees each report's tag.
     fn held_at_first_scan() -> (Inspector<u32>, mpsc::Sender<()>, mpsc::Receiver<u32>) {
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let (tx, rx) = mpsc::channel();
@@ -471,33 +546,35 @@ mod tests {
             }
             let _ = tx.send(r.tag);
         });
+        let taken = |inspector: &Inspector<u32>| {
+            while inspector.stats().waiting > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        assert!(inspector.submit(0, message(&[[0.0, 0.0, 1.0]])).is_none());
+        while inspector.stats().no_model == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(inspector.submit(100, message(&[[0.0, 0.0, 1.0]])).is_none());
+        taken(&inspector);
         (inspector, release_tx, rx)
     }
 
     #[test]
     fn a_full_queue_drops_the_oldest_waiting_scan() {
         let (inspector, release_tx, rx) = held_at_first_scan();
-        assert!(inspector.submit(0, message(&[[0.0, 0.0, 1.0]])).is_none());
-        // Wait until the worker has taken scan 0, so the queue is empty when 1, 2, 3 arrive.
-        while inspector.stats().no_model == 0 {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
         let dropped: Vec<u32> =
             (1..4).filter_map(|tag| inspector.submit(tag, message(&[[0.0, 0.0, 1.0]]))).map(|r| r.tag).collect();
         assert_eq!(dropped, vec![1, 2], "each dropped scan is handed back at once");
         release_tx.send(()).unwrap();
-        let seen: Vec<u32> = (0..2).map(|_| rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap()).collect();
-        assert_eq!(seen, vec![0, 3], "the newest scan wins");
+        let seen: Vec<u32> = (0..3).map(|_| rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap()).collect();
+        assert_eq!(seen, vec![0, 100, 3], "the scan being prepared, then the newest");
         assert_eq!(inspector.stats().dropped, 2);
     }
 
     #[test]
     fn each_input_keeps_its_own_queue_depth() {
         let (inspector, release_tx, rx) = held_at_first_scan();
-        assert!(inspector.submit_on(0, 0, message(&[[0.0, 0.0, 1.0]])).is_none());
-        while inspector.stats().no_model == 0 {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
         // A fast camera (lane 0) and a slow one (lane 1): the fast one's backlog never drops the slow one's scan.
         let arrivals = [(0, 1), (1, 10), (0, 2), (0, 3), (1, 11)];
         let dropped: Vec<u32> = arrivals
@@ -507,8 +584,8 @@ mod tests {
             .collect();
         assert_eq!(dropped, vec![1, 2, 10]);
         release_tx.send(()).unwrap();
-        let seen: Vec<u32> = (0..3).map(|_| rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap()).collect();
-        assert_eq!(seen, vec![0, 3, 11], "the newest of each input, in arrival order");
+        let seen: Vec<u32> = (0..4).map(|_| rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap()).collect();
+        assert_eq!(seen, vec![0, 100, 3, 11], "the newest of each input, in arrival order");
     }
 
     #[test]

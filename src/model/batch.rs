@@ -1,8 +1,11 @@
 //! Scoring several clouds at once: each cloud's geometry (outliers, registration, patches, per-point features)
 //! on every core at the same time, then the learned stages in one batch. Geometry holds no tensors (LibTorch's
-//! are not `Sync`), so it runs on rayon's threads; the heads run once per batch on the detector's device.
-//! A single cloud is a batch of one: [`Detector::inspect`] and [`Detector::unscored`] go through here too.
+//! are not `Sync`), so it runs on rayon's threads, or on a thread that does not hold the detector at all (the
+//! inspector prepares the next scans while the detector scores the previous ones: [`GeometryPart`],
+//! [`PreparedClouds`]); the heads run once per batch on the detector's device. A single cloud is a batch of
+//! one: [`Detector::inspect`] and [`Detector::unscored`] go through here too.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -19,11 +22,20 @@ use crate::geometry::device::Compute;
 use crate::geometry::{self, Point};
 
 /// What the geometry of a cloud needs of a detector: configuration, template and feature radii, no tensors.
-pub(crate) struct GeometryPart<'a> {
-    config: &'a DetectorConfig,
-    template: Option<&'a PoseTemplate>,
-    point_feature_radii: Option<&'a [f32]>,
+/// Owned (the template shared), so a thread without the detector can hold it ([`Detector::geometry`]).
+#[derive(Clone)]
+pub struct GeometryPart {
+    config: DetectorConfig,
+    template: Option<Arc<PoseTemplate>>,
+    point_feature_radii: Option<Vec<f32>>,
     compute: Compute,
+}
+
+/// Clouds after their geometry, before any learned stage: the first half of [`Detector::inspect_batch`]
+/// ([`GeometryPart::prepare_clouds`]), the second being [`Detector::inspect_prepared`].
+pub struct PreparedClouds {
+    finite: Vec<Result<FinitePoints>>,
+    prepared: Vec<Result<Prepared>>,
 }
 
 /// A cloud after its geometry, before any learned stage.
@@ -36,7 +48,7 @@ struct Prepared {
     rows_ms: f64,
 }
 
-impl GeometryPart<'_> {
+impl GeometryPart {
     /// The finite points (sensor frame) worth scoring: outliers removed when the configuration says so, and the
     /// scan checked against the part the model learnt (its unit and size), before any costly work.
     pub(crate) fn inliers(&self, points: &[Point]) -> Result<geometry::Inliers> {
@@ -55,7 +67,7 @@ impl GeometryPart<'_> {
         };
         let boxed = geometry::inside_robust_box(points, &rule)?;
         // The unit is checked on the robust box, before the voxel-sized steps that a wrong unit would derail.
-        if let Some(template) = self.template {
+        if let Some(template) = &self.template {
             let part = 2.0 * template.frame.scale;
             let ratio = boxed.robust_diagonal / part;
             if !(1.0 / UNIT_MISMATCH_RATIO..=UNIT_MISMATCH_RATIO).contains(&ratio) {
@@ -77,8 +89,8 @@ impl GeometryPart<'_> {
         points: &[Point],
         augment: Option<(&preprocess::Augmentation, &mut dyn rand::RngCore)>,
     ) -> Result<PatchedCloud> {
-        let c = self.config;
-        let template = self.template.filter(|_| c.preprocess.align);
+        let c = &self.config;
+        let template = self.template.as_deref().filter(|_| c.preprocess.align);
         let view = preprocess::prepare_view(points, &c.preprocess, c.patches.size, template, augment, self.compute)?;
         preprocess::patch_view(view, &c.preprocess, c.patches.count, c.patches.size, template, Sampling::Cells)
     }
@@ -86,7 +98,7 @@ impl GeometryPart<'_> {
     /// The samples' per-point feature rows, where the model scores points by their own features (`None`
     /// otherwise, and where the backbone has none: the learned stages then name the problem).
     pub(crate) fn point_rows(&self, patched: &PatchedCloud) -> Result<Option<Vec<f32>>> {
-        match self.point_feature_radii {
+        match &self.point_feature_radii {
             Some(radii) if self.config.uses_point_features() => Ok(Some(backbone::point_feature_rows(radii, patched)?)),
             _ => Ok(None),
         }
@@ -100,6 +112,27 @@ impl GeometryPart<'_> {
         let t = Instant::now();
         let point_rows = self.point_rows(&patched)?;
         Ok(Prepared { inliers, patched, point_rows, preprocess_ms, rows_ms: ms(t) })
+    }
+
+    /// The geometry of several clouds (finite points, sensor frame), concurrently.
+    fn prepare_all(&self, clouds: &[&[Point]]) -> Vec<Result<Prepared>> {
+        clouds.par_iter().map(|points| self.prepare(points)).collect()
+    }
+
+    /// The geometry of several clouds, each checked first (finite, plausible): what
+    /// [`Detector::inspect_prepared`] finishes.
+    pub fn prepare_clouds(&self, clouds: &[&PointCloud]) -> PreparedClouds {
+        let finite: Vec<Result<FinitePoints>> = clouds
+            .iter()
+            .map(|cloud| {
+                let finite = cloud.finite_points()?;
+                crate::cloud::check_plausible(&finite.points)?;
+                Ok(finite)
+            })
+            .collect();
+        let valid: Vec<&[Point]> = finite.iter().filter_map(|f| f.as_ref().ok().map(|f| f.points.as_slice())).collect();
+        let prepared = self.prepare_all(&valid);
+        PreparedClouds { finite, prepared }
     }
 }
 
@@ -131,11 +164,12 @@ fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
 }
 
 impl Detector {
-    pub(crate) fn geometry(&self) -> GeometryPart<'_> {
+    /// The detector's geometry, for a thread that does not hold the detector.
+    pub fn geometry(&self) -> GeometryPart {
         GeometryPart {
-            config: &self.config,
-            template: self.conditioning.template.as_ref(),
-            point_feature_radii: self.backbone.point_feature_radii(),
+            config: self.config.clone(),
+            template: self.conditioning.template.clone(),
+            point_feature_radii: self.backbone.point_feature_radii().map(<[f32]>::to_vec),
             compute: self.compute,
         }
     }
@@ -145,8 +179,11 @@ impl Detector {
     /// concurrently, the heads in one batch. One result per cloud, in order; a cloud that cannot be scored
     /// costs only its own result.
     pub fn unscored_batch(&self, clouds: &[&[Point]]) -> Vec<Result<Unscored>> {
-        let geometry = self.geometry();
-        let prepared: Vec<Result<Prepared>> = clouds.par_iter().map(|points| geometry.prepare(points)).collect();
+        self.unscored_prepared(self.geometry().prepare_all(clouds))
+    }
+
+    /// The learned stages of clouds whose geometry is done.
+    fn unscored_prepared(&self, prepared: Vec<Result<Prepared>>) -> Vec<Result<Unscored>> {
         let featured: Vec<Result<(Prepared, Features, f64, f64)>> = prepared
             .into_iter()
             .map(|p| {
@@ -253,16 +290,14 @@ impl Detector {
     /// Inspects several clouds in one batch ([`Self::unscored_batch`]) and decides each with `thresholds`: one
     /// result per cloud, in order, each what [`Self::inspect_with`] gives for that cloud alone.
     pub fn inspect_batch(&self, clouds: &[&PointCloud], thresholds: Thresholds) -> Vec<Result<Inspection>> {
-        let finite: Vec<Result<FinitePoints>> = clouds
-            .iter()
-            .map(|cloud| {
-                let finite = cloud.finite_points()?;
-                crate::cloud::check_plausible(&finite.points)?;
-                Ok(finite)
-            })
-            .collect();
-        let valid: Vec<&[Point]> = finite.iter().filter_map(|f| f.as_ref().ok().map(|f| f.points.as_slice())).collect();
-        let mut unscored = self.unscored_batch(&valid).into_iter();
+        self.inspect_prepared(self.geometry().prepare_clouds(clouds), thresholds)
+    }
+
+    /// [`Self::inspect_batch`] of clouds whose geometry is done ([`GeometryPart::prepare_clouds`], with this
+    /// detector's geometry).
+    pub fn inspect_prepared(&self, clouds: PreparedClouds, thresholds: Thresholds) -> Vec<Result<Inspection>> {
+        let PreparedClouds { finite, prepared } = clouds;
+        let mut unscored = self.unscored_prepared(prepared).into_iter();
         finite
             .into_iter()
             .map(|f| {

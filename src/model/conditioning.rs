@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use rand::Rng;
 use tch::{Device, Kind, Tensor};
@@ -61,8 +62,9 @@ pub struct Conditioning {
     /// Where the heads see the capture and calibration had both kinds: the four references of the partial views
     /// (discriminator, bank, point head, point bank); the fields above are then the all-round scans'.
     pub partial_view_references: Option<[Reference; 4]>,
-    /// The part as first trained on, when scans are registered (`preprocess.align`).
-    pub template: Option<PoseTemplate>,
+    /// The part as first trained on, when scans are registered (`preprocess.align`). Shared with the
+    /// detector's [`GeometryPart`](super::batch::GeometryPart)s, which other threads hold.
+    pub template: Option<Arc<PoseTemplate>>,
 }
 
 impl Conditioning {
@@ -206,7 +208,7 @@ impl Conditioning {
                 get("template_frame", &|s| s == [4])?.to_device(Device::Cpu).try_into().map_err(|e| format!("{e}"))?;
             let points: Vec<Point> = flat.chunks(3).map(|c| [c[0], c[1], c[2]]).collect();
             let frame = UnitSphere { centre: [f[0], f[1], f[2]], scale: f[3] };
-            Some(PoseTemplate::new(points, frame, preprocess).map_err(|e| format!("template: {e}"))?)
+            Some(Arc::new(PoseTemplate::new(points, frame, preprocess).map_err(|e| format!("template: {e}"))?))
         } else if preprocess.align {
             return Err("no 'template_points' tensor, but the model registers scans (preprocess.align)".into());
         } else {

@@ -16,6 +16,8 @@ pub mod sca;
 pub mod scoring;
 pub mod store;
 
+pub use batch::{GeometryPart, PreparedClouds};
+
 use std::collections::HashMap;
 use std::time::Instant;
 

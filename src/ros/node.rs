@@ -1,7 +1,7 @@
 //! `inspect3d_node`: subscribes to a camera's PointCloud2 and publishes, for every scan, the cloud with a
 //! per-point `anomaly_score` and an InspectionResult; diagnostics about once a second; thresholds and the
 //! active model changeable through parameters; the training action (see [`super::train_action`]). Everything
-//! it computes happens in [`crate::inspector`] on a worker thread, so the executor keeps answering meanwhile.
+//! it computes happens in [`crate::inspector`] on threads of its own, so the executor keeps answering meanwhile.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

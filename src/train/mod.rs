@@ -232,7 +232,7 @@ pub fn train(
         let template = preprocess::PoseTemplate::fused(&first.points, &others, &detector.config.preprocess)
             .map_err(|e| ModelError::Training(format!("template from {}: {e}", first.name)))?;
         tracing::info!(clouds = 1 + others.len(), points = template.points.len(), "pose template");
-        detector.conditioning.template = Some(template);
+        detector.conditioning.template = Some(std::sync::Arc::new(template));
     }
     let views = config.preprocess.augment.views_per_cloud.max(1);
     tracing::info!(training = training.len(), held_out, views, backbone = %detector.backbone.identity.kind, "training set");
@@ -333,7 +333,7 @@ fn prepare_views(
             }
             done += 1;
             let aug = (v > 0).then(|| Augmentation::draw(&cfg.preprocess.augment, rng));
-            let template = detector.conditioning.template.as_ref().filter(|_| cfg.preprocess.align);
+            let template = detector.conditioning.template.as_deref().filter(|_| cfg.preprocess.align);
             let compute = detector.compute;
             let view = match &aug {
                 Some(a) => {

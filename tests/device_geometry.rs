@@ -2,26 +2,17 @@
 //! run here on CPU tensors, against the host's geometry: the same verdicts, and training that learns the same.
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
 
 use inspect3d::cloud::read_cloud;
 use inspect3d::model::config::DetectorConfig;
 use inspect3d::model::store;
 use inspect3d::train::{self, TrainingCloud};
 
-/// LibTorch's random generator is one per process: a model loaded on another thread while one trains draws from
-/// it and changes the initial weights. These tests take turns, so each training sees only its own draws.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static TURN: Mutex<()> = Mutex::new(());
-    TURN.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// The per-scan geometry as tensor code (`geometry::device`, the detector's path on CUDA), run here on CPU
 /// tensors, gives the bundled scans the host's verdicts: same decision and anomalous points, scores within float
 /// rounding (measured 2026-12-03: at most 1.7e-6 apart on all six scans).
 #[test]
 fn the_device_geometry_gives_the_hosts_verdicts() {
-    let _turn = one_at_a_time();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (host, _) = store::load(&root.join("models/featuretype"), tch::Device::Cpu).unwrap();
     let (device, _) = store::load(&root.join("models/featuretype"), tch::Device::Cpu).unwrap();
@@ -46,7 +37,6 @@ fn the_device_geometry_gives_the_hosts_verdicts() {
 /// 2.258973, point threshold 0.190454 vs 0.190460).
 #[test]
 fn training_with_the_device_geometry_learns_what_the_host_learns() {
-    let _turn = one_at_a_time();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let clouds: Vec<TrainingCloud> = ["000_good", "001_good"]
         .iter()

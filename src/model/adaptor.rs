@@ -3,6 +3,7 @@
 
 use tch::{Tensor, nn, nn::Module};
 
+use super::LayerInit;
 use super::config::AdaptorConfig;
 
 pub struct Adaptor {
@@ -15,14 +16,14 @@ pub fn leaky_relu(x: &Tensor, slope: f64) -> Tensor {
 }
 
 impl Adaptor {
-    pub fn new(path: &nn::Path, width: usize, cfg: &AdaptorConfig) -> Self {
+    pub fn new(path: &nn::Path, width: usize, cfg: &AdaptorConfig, init: LayerInit) -> Self {
         let c = width as i64;
         let h = (c / 2).max(1);
         let layers = cfg.enabled.then(|| {
             (
-                nn::linear(path / "fc1", c, h, Default::default()),
+                nn::linear(path / "fc1", c, h, init.linear(Default::default())),
                 nn::layer_norm(path / "norm1", vec![h], Default::default()),
-                nn::linear(path / "fc2", h, c, Default::default()),
+                nn::linear(path / "fc2", h, c, init.linear(Default::default())),
                 nn::layer_norm(path / "norm2", vec![c], Default::default()),
             )
         });
@@ -49,11 +50,13 @@ mod tests {
     fn shapes_residual_and_bypass() {
         let vs = nn::VarStore::new(Device::Cpu);
         let z = Tensor::randn([2, 10, 16], (Kind::Float, Device::Cpu));
-        let on = Adaptor::new(&(vs.root() / "a"), 16, &AdaptorConfig::default());
+        let on = Adaptor::new(&(vs.root() / "a"), 16, &AdaptorConfig::default(), LayerInit::Random);
         assert_eq!(on.forward(&z).size(), vec![2, 10, 16]);
-        let pure_residual = Adaptor::new(&(vs.root() / "b"), 16, &AdaptorConfig { enabled: true, alpha: 1.0 });
+        let pure_residual =
+            Adaptor::new(&(vs.root() / "b"), 16, &AdaptorConfig { enabled: true, alpha: 1.0 }, LayerInit::Random);
         assert!(pure_residual.forward(&z).allclose(&z, 1e-6, 1e-6, false));
-        let off = Adaptor::new(&(vs.root() / "c"), 16, &AdaptorConfig { enabled: false, alpha: 0.5 });
+        let off =
+            Adaptor::new(&(vs.root() / "c"), 16, &AdaptorConfig { enabled: false, alpha: 0.5 }, LayerInit::Random);
         assert!(off.forward(&z).equal(&z));
         assert_eq!(leaky_relu(&Tensor::from_slice(&[-1.0f32, 2.0]), 0.1), Tensor::from_slice(&[-0.1f32, 2.0]));
     }

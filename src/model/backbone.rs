@@ -16,7 +16,7 @@ use tch::{Device, Tensor, nn, nn::Module, nn::ModuleT};
 
 use super::config::BackboneConfig;
 use super::preprocess::{CONTEXT_DIMS, PatchedCloud};
-use super::{ModelError, Result, copy_into, tensors_from_bytes};
+use super::{LayerInit, ModelError, Result, copy_into, tensors_from_bytes};
 use crate::geometry::{FPFH_BINS, Fpfh};
 
 /// What a model's tokens came from; stored in the manifest and checked on load.
@@ -60,10 +60,10 @@ struct Block {
 }
 
 impl PointMae {
-    fn new(root: &nn::Path, width: usize, depth: usize, heads: usize) -> Self {
+    fn new(root: &nn::Path, width: usize, depth: usize, heads: usize, init: LayerInit) -> Self {
         let p = root / PREFIX;
         let enc = &p / "encoder";
-        let conv = |path: nn::Path, i: i64, o: i64| nn::conv1d(path, i, o, 1, Default::default());
+        let conv = |path: nn::Path, i: i64, o: i64| nn::conv1d(path, i, o, 1, init.conv(Default::default()));
         let first = &enc / "first_conv";
         let second = &enc / "second_conv";
         let c = width as i64;
@@ -78,19 +78,19 @@ impl PointMae {
             conv(&second / "3", 512, c),
         );
         let pe = &p / "pos_embed";
-        let pos_embed =
-            (nn::linear(&pe / "0", 3, 128, Default::default()), nn::linear(&pe / "2", 128, c, Default::default()));
-        let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
+        let linear = init.linear(Default::default());
+        let pos_embed = (nn::linear(&pe / "0", 3, 128, linear), nn::linear(&pe / "2", 128, c, linear));
+        let no_bias = init.linear(nn::LinearConfig { bias: false, ..Default::default() });
         let blocks = (0..depth)
             .map(|i| {
                 let b = &p / "blocks" / "blocks" / i;
                 Block {
                     norm1: nn::layer_norm(&b / "norm1", vec![c], Default::default()),
                     qkv: nn::linear(&b / "attn" / "qkv", c, 3 * c, no_bias),
-                    proj: nn::linear(&b / "attn" / "proj", c, c, Default::default()),
+                    proj: nn::linear(&b / "attn" / "proj", c, c, linear),
                     norm2: nn::layer_norm(&b / "norm2", vec![c], Default::default()),
-                    fc1: nn::linear(&b / "mlp" / "fc1", c, 4 * c, Default::default()),
-                    fc2: nn::linear(&b / "mlp" / "fc2", 4 * c, c, Default::default()),
+                    fc1: nn::linear(&b / "mlp" / "fc1", c, 4 * c, linear),
+                    fc2: nn::linear(&b / "mlp" / "fc2", 4 * c, c, linear),
                 }
             })
             .collect();
@@ -159,13 +159,13 @@ impl Backbone {
     pub fn from_config(cfg: &BackboneConfig, device: Device) -> Result<Self> {
         match cfg {
             BackboneConfig::PointMae { checkpoint } => Self::load_point_mae(Path::new(checkpoint), device),
-            BackboneConfig::Fpfh { width, seed } => Ok(Self::fpfh(*width, *seed, device)),
+            BackboneConfig::Fpfh { width, seed } => Ok(Self::fpfh(*width, Some(*seed), device)),
             BackboneConfig::MultiscaleFpfh { radii_voxels } => Ok(Self::multiscale_fpfh(radii_voxels, device)),
             BackboneConfig::RandomPointMae { width, depth, heads, seed } => {
                 tracing::warn!(width, depth, heads, seed, "backbone: Point-MAE with RANDOM weights (explicit choice)");
                 tch::manual_seed(*seed as i64);
                 let mut vs = nn::VarStore::new(device);
-                let model = PointMae::new(&vs.root(), *width, *depth, *heads);
+                let model = PointMae::new(&vs.root(), *width, *depth, *heads, LayerInit::Random);
                 vs.freeze();
                 let identity = BackboneIdentity {
                     kind: "random_point_mae".into(),
@@ -180,14 +180,21 @@ impl Backbone {
         }
     }
 
-    fn fpfh(width: usize, seed: u64, device: Device) -> Self {
+    /// The FPFH tokens' random projection, drawn from `seed`; `None`: zero, to be loaded.
+    fn fpfh(width: usize, seed: Option<u64>, device: Device) -> Self {
         let mut vs = nn::VarStore::new(device);
-        tch::manual_seed(seed as i64);
+        let init = match seed {
+            Some(seed) => {
+                tch::manual_seed(seed as i64);
+                LayerInit::Random
+            }
+            None => LayerInit::Zeros,
+        };
         let input = 2 * FPFH_BINS as i64;
         let projection = vs.root().var(
             "projection",
             &[input, width as i64],
-            nn::Init::Randn { mean: 0.0, stdev: 1.0 / (input as f64).sqrt() },
+            init.or_zero(nn::Init::Randn { mean: 0.0, stdev: 1.0 / (input as f64).sqrt() }),
         );
         vs.freeze();
         let identity =
@@ -230,7 +237,7 @@ impl Backbone {
             return Err(bad(format!("width {width} is not divisible by {heads} heads")));
         }
         let mut vs = nn::VarStore::new(device);
-        let model = PointMae::new(&vs.root(), width, depth, heads);
+        let model = PointMae::new(&vs.root(), width, depth, heads, LayerInit::Zeros);
         copy_into(&mut vs, &tensors).map_err(bad)?;
         vs.freeze();
         let identity = BackboneIdentity {
@@ -251,7 +258,7 @@ impl Backbone {
         let bad = |problem: String| ModelError::Checkpoint { path: path.display().to_string(), problem };
         let tensors = tensors_from_bytes(bytes).map_err(bad)?;
         let mut backbone = match identity.kind.as_str() {
-            "fpfh" => Self::fpfh(identity.width, 0, device),
+            "fpfh" => Self::fpfh(identity.width, None, device),
             "multiscale_fpfh" if identity.width == multiscale_width(identity.radii_voxels.len()) => {
                 Self::multiscale_fpfh(&identity.radii_voxels, device)
             }
@@ -264,7 +271,7 @@ impl Backbone {
             }
             "point_mae" | "random_point_mae" => {
                 let mut vs = nn::VarStore::new(device);
-                let model = PointMae::new(&vs.root(), identity.width, identity.depth, identity.heads);
+                let model = PointMae::new(&vs.root(), identity.width, identity.depth, identity.heads, LayerInit::Zeros);
                 vs.freeze();
                 Self { vs, source: Source::PointMae(Box::new(model)), identity: identity.clone() }
             }

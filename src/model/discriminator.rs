@@ -5,6 +5,7 @@
 
 use tch::{Kind, Tensor, nn, nn::Module};
 
+use super::LayerInit;
 use super::config::{DiscriminatorConfig, DiscriminatorKind};
 
 struct Attention {
@@ -32,22 +33,24 @@ impl Discriminator {
         width: usize,
         position_inputs: usize,
         cfg: &DiscriminatorConfig,
+        init: LayerInit,
     ) -> Result<Self, String> {
         let c = width as i64;
         if cfg.kind == DiscriminatorKind::Attention && c % cfg.heads as i64 != 0 {
             return Err(format!("token width {c} is not divisible by discriminator.heads {}", cfg.heads));
         }
-        let pos1 = nn::linear(path / "pos" / "0", position_inputs as i64, c, Default::default());
+        let linear = init.linear(Default::default());
+        let pos1 = nn::linear(path / "pos" / "0", position_inputs as i64, c, linear);
         // Small last layer: the embedding starts as a nudge, not as noise over the tokens.
-        let small = nn::LinearConfig {
+        let small = init.linear(nn::LinearConfig {
             ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
             bs_init: Some(nn::Init::Const(0.0)),
             bias: true,
-        };
+        });
         let pos2 = nn::linear(path / "pos" / "2", c, c, small);
         let attention = (cfg.kind == DiscriminatorKind::Attention).then(|| Attention {
-            in_proj: nn::linear(path / "attn" / "in_proj", c, 3 * c, Default::default()),
-            out_proj: nn::linear(path / "attn" / "out_proj", c, c, Default::default()),
+            in_proj: nn::linear(path / "attn" / "in_proj", c, 3 * c, linear),
+            out_proj: nn::linear(path / "attn" / "out_proj", c, c, linear),
             norm: nn::layer_norm(path / "attn" / "norm", vec![c], Default::default()),
             heads: cfg.heads as i64,
         });
@@ -56,8 +59,8 @@ impl Discriminator {
             pos1,
             pos2,
             attention,
-            head1: nn::linear(path / "head" / "0", c, hidden, Default::default()),
-            head2: nn::linear(path / "head" / "3", hidden, 1, Default::default()),
+            head1: nn::linear(path / "head" / "0", c, hidden, linear),
+            head2: nn::linear(path / "head" / "3", hidden, 1, linear),
             dropout: cfg.dropout,
             positional: cfg.positional,
         })
@@ -109,12 +112,14 @@ mod tests {
         tch::manual_seed(1);
         let q = Tensor::randn([2, 12, 18], (Kind::Float, Device::Cpu));
         let centres = Tensor::randn([2, 12, 3], (Kind::Float, Device::Cpu));
-        let attn = Discriminator::new(&(vs.root() / "a"), 18, 3, &DiscriminatorConfig::default()).unwrap();
+        let attn =
+            Discriminator::new(&(vs.root() / "a"), 18, 3, &DiscriminatorConfig::default(), LayerInit::Random).unwrap();
         let mlp = Discriminator::new(
             &(vs.root() / "m"),
             18,
             3,
             &DiscriminatorConfig { kind: DiscriminatorKind::Mlp, ..Default::default() },
+            LayerInit::Random,
         )
         .unwrap();
         for d in [&attn, &mlp] {
@@ -128,6 +133,8 @@ mod tests {
         };
         assert!(delta(&attn) > 1e-6);
         assert_eq!(delta(&mlp), 0.0);
-        assert!(Discriminator::new(&(vs.root() / "x"), 16, 3, &DiscriminatorConfig::default()).is_err());
+        assert!(
+            Discriminator::new(&(vs.root() / "x"), 16, 3, &DiscriminatorConfig::default(), LayerInit::Random).is_err()
+        );
     }
 }

@@ -151,6 +151,42 @@ pub struct Thresholds {
     pub point: f32,
 }
 
+/// How a module's layers start: drawn from LibTorch's random generator (a model about to be trained), or zero
+/// (weights about to be copied in). Loading draws nothing: the generator is one per process, and a training
+/// running meanwhile (the node's training action) must get the numbers its seed gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerInit {
+    Random,
+    Zeros,
+}
+
+impl LayerInit {
+    /// `init` for a random start; zero for a load.
+    pub fn or_zero(self, init: nn::Init) -> nn::Init {
+        match self {
+            Self::Random => init,
+            Self::Zeros => nn::Init::Const(0.0),
+        }
+    }
+
+    /// A linear layer's configuration, its weights and bias through [`Self::or_zero`].
+    pub fn linear(self, config: nn::LinearConfig) -> nn::LinearConfig {
+        match self {
+            Self::Random => config,
+            Self::Zeros => nn::LinearConfig {
+                ws_init: self.or_zero(config.ws_init),
+                bs_init: Some(nn::Init::Const(0.0)),
+                ..config
+            },
+        }
+    }
+
+    /// A convolution's configuration, its weights and bias through [`Self::or_zero`].
+    pub fn conv(self, config: nn::ConvConfig) -> nn::ConvConfig {
+        nn::ConvConfig { ws_init: self.or_zero(config.ws_init), bs_init: self.or_zero(config.bs_init), ..config }
+    }
+}
+
 /// The trained parts: adaptor, generator scale, positional MLP, discriminator and point head, in one VarStore.
 pub struct Heads {
     pub vs: nn::VarStore,
@@ -163,20 +199,20 @@ pub struct Heads {
 }
 
 impl Heads {
-    pub fn new(cfg: &DetectorConfig, width: usize, device: Device) -> Result<Self> {
+    pub fn new(cfg: &DetectorConfig, width: usize, device: Device, init: LayerInit) -> Result<Self> {
         let vs = nn::VarStore::new(device);
         // Group 0 carries the adaptor (weight decay), group 1 the rest.
-        let adaptor = Adaptor::new(&(vs.root().set_group(0) / "adaptor"), width, &cfg.adaptor);
+        let adaptor = Adaptor::new(&(vs.root().set_group(0) / "adaptor"), width, &cfg.adaptor, init);
         let generator = Generator::new(&(vs.root().set_group(1) / "generator"), &cfg.generator);
         let sees_capture = cfg.preprocess.heads_see_capture();
         let extra = usize::from(sees_capture);
         let discriminator =
-            Discriminator::new(&(vs.root().set_group(1) / "discriminator"), width, 3 + extra, &cfg.discriminator)
+            Discriminator::new(&(vs.root().set_group(1) / "discriminator"), width, 3 + extra, &cfg.discriminator, init)
                 .map_err(ModelError::Config)?;
         let point_head = cfg
             .point_head
             .enabled
-            .then(|| PointHead::new(&(vs.root().set_group(1) / "point_head"), width + extra, &cfg.point_head));
+            .then(|| PointHead::new(&(vs.root().set_group(1) / "point_head"), width + extra, &cfg.point_head, init));
         Ok(Self { vs, adaptor, generator, discriminator, point_head, sees_capture })
     }
 
@@ -337,7 +373,7 @@ impl Detector {
     pub fn new(config: DetectorConfig, device: Device) -> Result<Self> {
         config.validate().map_err(ModelError::Config)?;
         let backbone = Backbone::from_config(&config.backbone, device)?;
-        let heads = Heads::new(&config, backbone.width(), device)?;
+        let heads = Heads::new(&config, backbone.width(), device, LayerInit::Random)?;
         let conditioning = Conditioning::identity(backbone.width(), device);
         Ok(Self {
             config,

@@ -4,6 +4,7 @@
 
 use tch::{Tensor, nn, nn::Module};
 
+use super::LayerInit;
 use super::adaptor::leaky_relu;
 use super::config::PointHeadConfig;
 
@@ -12,12 +13,13 @@ pub struct PointHead {
 }
 
 impl PointHead {
-    pub fn new(path: &nn::Path, width: usize, cfg: &PointHeadConfig) -> Self {
+    pub fn new(path: &nn::Path, width: usize, cfg: &PointHeadConfig, init: LayerInit) -> Self {
         let [h1, h2] = cfg.hidden.map(|h| h.max(1) as i64);
+        let linear = init.linear(Default::default());
         let layers = [
-            nn::linear(path / "0", width as i64, h1, Default::default()),
-            nn::linear(path / "1", h1, h2, Default::default()),
-            nn::linear(path / "2", h2, 1, Default::default()),
+            nn::linear(path / "0", width as i64, h1, linear),
+            nn::linear(path / "1", h1, h2, linear),
+            nn::linear(path / "2", h2, 1, linear),
         ];
         Self { layers }
     }

@@ -17,7 +17,7 @@ use crate::geometry::device::Compute;
 use super::backbone::{Backbone, BackboneIdentity};
 use super::conditioning::Conditioning;
 use super::config::DetectorConfig;
-use super::{Detector, Heads, ModelError, Result, Thresholds, copy_into, tensors_from_bytes};
+use super::{Detector, Heads, LayerInit, ModelError, Result, Thresholds, copy_into, tensors_from_bytes};
 
 /// 2: token conditioning (`conditioning.safetensors`) and data-derived voxel sizes.
 pub const FORMAT_VERSION: u32 = 3;
@@ -230,7 +230,7 @@ pub fn load(dir: &Path, device: Device) -> Result<(Detector, Manifest)> {
     }
     let backbone = Backbone::load_saved(&manifest.backbone, &contents[0], &dir.join(BACKBONE), device)
         .map_err(|e| bad(format!("backbone: {e}")))?;
-    let mut heads = Heads::new(&manifest.config, backbone.width(), device)?;
+    let mut heads = Heads::new(&manifest.config, backbone.width(), device, LayerInit::Zeros)?;
     let tensors = tensors_from_bytes(&contents[1]).map_err(|e| bad(format!("{HEADS}: {e}")))?;
     copy_into(&mut heads.vs, &tensors).map_err(|e| bad(format!("{HEADS}: {e}")))?;
     if manifest.config.preprocess.voxel_size <= 0.0 {

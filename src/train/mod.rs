@@ -23,7 +23,7 @@ use crate::model::conditioning::Reference;
 use crate::model::config::{DetectorConfig, GeneratorKind, ScoreSource};
 use crate::model::preprocess::{self, Augmentation, PatchedCloud, Sampling};
 use crate::model::store::TrainingSummary;
-use crate::model::{Detector, Heads, ModelError, Placement, RawScores, Result, sca, scoring};
+use crate::model::{Detector, Heads, LayerInit, ModelError, Placement, RawScores, Result, sca, scoring};
 
 /// Mixed into the training seed for the patch bank's draw.
 const BANK_SEED: u64 = 0xBA4C;
@@ -243,7 +243,7 @@ pub fn train(
         // training view is of one kind, and a scan that reads as the other (a frame that lost a face to glare or
         // a clamp) would give the heads an input they never learnt.
         detector.config.preprocess.capture_input = false;
-        detector.heads = Heads::new(&detector.config, detector.backbone.width(), placement.device)?;
+        detector.heads = Heads::new(&detector.config, detector.backbone.width(), placement.device, LayerInit::Random)?;
         tracing::info!("capture input off: no camera views were cut from the training clouds");
     }
     let prepared = prepare_views(&detector, clouds, training, cuts, &mut rng, monitor, start)?;

@@ -119,19 +119,20 @@ pub struct Report<M> {
     pub latency_ms: f64,
 }
 
-/// Scores a batch with a model: one outcome per scan, in order. Clouds prepared with another model's geometry
-/// (one activated while they were prepared), or not prepared, are prepared again with this model's.
+/// Scores a batch with a model: one outcome per scan, in order. Scans the geometry thread could not decode (it
+/// panicked) are decoded here; clouds prepared with another model's geometry (one activated while they were
+/// prepared), or not prepared, are prepared again with this model's.
 fn inspect_messages<M>(
     model: Option<&(u64, LoadedModel)>,
     scans: &[Scan<M>],
-    decoded: Vec<Result<PointCloud, String>>,
-    prepared: Option<(u64, PreparedClouds)>,
+    ready: Option<Ready>,
     overrides: ThresholdOverrides,
     rgb: bool,
 ) -> Vec<Outcome> {
     let Some((generation, model)) = model else {
         return scans.iter().map(|_| Outcome::NoModel).collect();
     };
+    let Ready { decoded, prepared } = ready.unwrap_or_else(|| prepare(scans, None));
     let prepared = match prepared {
         Some((prepared_by, clouds)) if prepared_by == *generation => clouds,
         _ => model
@@ -237,14 +238,31 @@ impl<M> State<M> {
     }
 }
 
-/// Scans taken from the queue together, decoded and through their geometry: what the geometry thread hands
-/// the scoring thread.
+/// Scans taken from the queue together, with what the geometry thread made of them: what it hands the scoring
+/// thread. `ready` is `None` where the geometry thread panicked: the scoring thread then does that work again
+/// and reports what goes wrong.
 struct Batch<M> {
     scans: Vec<Scan<M>>,
+    ready: Option<Ready>,
+}
+
+/// Scans decoded and through their geometry.
+struct Ready {
     decoded: Vec<Result<PointCloud, String>>,
     /// The decoded clouds' geometry, with the generation of the model whose geometry it is; `None` where no
-    /// model was active, or the geometry panicked (the scoring thread then prepares them and reports the panic).
+    /// model was active.
     prepared: Option<(u64, PreparedClouds)>,
+}
+
+/// Decodes scans and, given a model's geometry, prepares the clouds that decoded.
+fn prepare<M>(scans: &[Scan<M>], geometry: Option<(u64, Arc<GeometryPart>)>) -> Ready {
+    let decoded: Vec<Result<PointCloud, String>> =
+        scans.iter().map(|scan| pointcloud2::decode(&scan.msg).map_err(|e| e.to_string())).collect();
+    let prepared = geometry.map(|(generation, geometry)| {
+        let clouds: Vec<&PointCloud> = decoded.iter().filter_map(|c| c.as_ref().ok()).collect();
+        (generation, geometry.prepare_clouds(&clouds))
+    });
+    Ready { decoded, prepared }
 }
 
 /// The model the scoring thread takes next and the geometry that goes with it, each with the model's
@@ -442,15 +460,8 @@ fn take_waiting<M>(shared: &Shared<M>) -> Option<Vec<Scan<M>>> {
 fn prepare_scans<M>(shared: &Shared<M>, handoff: &SyncSender<Batch<M>>) {
     while let Some(scans) = take_waiting(shared) {
         let geometry = lock(&shared.models).geometry.clone();
-        let decoded: Vec<Result<PointCloud, String>> =
-            scans.iter().map(|scan| pointcloud2::decode(&scan.msg).map_err(|e| e.to_string())).collect();
-        let prepared = geometry.and_then(|(generation, geometry)| {
-            let clouds: Vec<&PointCloud> = decoded.iter().filter_map(|c| c.as_ref().ok()).collect();
-            std::panic::catch_unwind(AssertUnwindSafe(|| geometry.prepare_clouds(&clouds)))
-                .ok()
-                .map(|prepared| (generation, prepared))
-        });
-        if handoff.send(Batch { scans, decoded, prepared }).is_err() {
+        let ready = std::panic::catch_unwind(AssertUnwindSafe(|| prepare(&scans, geometry))).ok();
+        if handoff.send(Batch { scans, ready }).is_err() {
             return;
         }
     }
@@ -466,9 +477,9 @@ fn score_scans<M>(shared: &Shared<M>, batches: Receiver<Batch<M>>, mut sink: imp
         }
         let overrides = *lock(&shared.overrides);
         let rgb = shared.rgb.load(std::sync::atomic::Ordering::Relaxed);
-        let Batch { scans, decoded, prepared } = batch;
+        let Batch { scans, ready } = batch;
         // A LibTorch error surfaces as a panic in tch; it must cost these scans, not the node.
-        let inspect = || inspect_messages(model.as_ref(), &scans, decoded, prepared, overrides, rgb);
+        let inspect = || inspect_messages(model.as_ref(), &scans, ready, overrides, rgb);
         let outcomes = std::panic::catch_unwind(AssertUnwindSafe(inspect)).unwrap_or_else(|panic| {
             let what = panic
                 .downcast_ref::<String>()

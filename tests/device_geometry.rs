@@ -1,12 +1,14 @@
 //! The per-scan geometry as tensor code (`inspect3d::geometry::device`, the path a detector on CUDA can take),
 //! run here on CPU tensors, against the host's geometry: the same verdicts, and training that learns the same.
 
+mod common;
+
 use std::path::Path;
 
 use inspect3d::cloud::read_cloud;
 use inspect3d::model::config::DetectorConfig;
 use inspect3d::model::store;
-use inspect3d::train::{self, TrainingCloud};
+use inspect3d::train;
 
 /// The per-scan geometry as tensor code (`geometry::device`, the detector's path on CUDA), run here on CPU
 /// tensors, gives the bundled scans the host's verdicts: same decision and anomalous points, scores within float
@@ -37,14 +39,7 @@ fn the_device_geometry_gives_the_hosts_verdicts() {
 /// 2.258973, point threshold 0.190454 vs 0.190460).
 #[test]
 fn training_with_the_device_geometry_learns_what_the_host_learns() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let clouds: Vec<TrainingCloud> = ["000_good", "001_good"]
-        .iter()
-        .map(|name| {
-            let cloud = read_cloud(&root.join(format!("tests/data/cell_scans/{name}.pcd"))).unwrap();
-            TrainingCloud { name: name.to_string(), points: cloud.finite_points().unwrap().points }
-        })
-        .collect();
+    let clouds = common::bundled_good_clouds();
     let mut config = DetectorConfig::default();
     config.training.epochs = 3;
     let train_on = |device_geometry: bool| {

@@ -3,13 +3,13 @@
 //! action runs would change what that training learns. Its own test binary (its own process): another test
 //! training beside it would draw from the same generator.
 
-use std::path::Path;
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use inspect3d::cloud::read_cloud;
 use inspect3d::model::config::DetectorConfig;
 use inspect3d::model::{Detector, store};
-use inspect3d::train::{self, TrainingCloud};
+use inspect3d::train;
 
 /// The heads' weights by name.
 fn weights(detector: &Detector) -> Vec<(String, Vec<f32>)> {
@@ -26,14 +26,8 @@ fn weights(detector: &Detector) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn loading_models_meanwhile_does_not_change_what_training_learns() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let clouds: Vec<TrainingCloud> = ["000_good", "001_good"]
-        .iter()
-        .map(|name| {
-            let cloud = read_cloud(&root.join(format!("tests/data/cell_scans/{name}.pcd"))).unwrap();
-            TrainingCloud { name: name.to_string(), points: cloud.finite_points().unwrap().points }
-        })
-        .collect();
+    let root = common::repo();
+    let clouds = common::bundled_good_clouds();
     let mut config = DetectorConfig::default();
     config.training.epochs = 3;
     let train_once =

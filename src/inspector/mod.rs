@@ -557,17 +557,14 @@ mod tests {
             }
             let _ = tx.send(r.tag);
         });
-        let taken = |inspector: &Inspector<u32>| {
-            while inspector.stats().waiting > 0 {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        };
         assert!(inspector.submit(0, message(&[[0.0, 0.0, 1.0]])).is_none());
         while inspector.stats().no_model == 0 {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert!(inspector.submit(100, message(&[[0.0, 0.0, 1.0]])).is_none());
-        taken(&inspector);
+        while inspector.stats().waiting > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         (inspector, release_tx, rx)
     }
 

@@ -1,5 +1,6 @@
-//! Helpers shared by the tests that run real processes over DDS: child processes that die with the test,
-//! a spinning r2r node, and an inspect3d_node started with its own name and topics.
+//! Helpers shared by the tests: the bundled good cell scans as training clouds; for the tests that run real
+//! processes over DDS, child processes that die with the test, a spinning r2r node, and an inspect3d_node
+//! started with its own name and topics.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -10,6 +11,18 @@ use std::time::Duration;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The two good bundled cell scans (tests/data/cell_scans), as training clouds.
+pub fn bundled_good_clouds() -> Vec<inspect3d::train::TrainingCloud> {
+    ["000_good", "001_good"]
+        .iter()
+        .map(|name| {
+            let path = repo().join(format!("tests/data/cell_scans/{name}.pcd"));
+            let cloud = inspect3d::cloud::read_cloud(&path).unwrap();
+            inspect3d::train::TrainingCloud { name: name.to_string(), points: cloud.finite_points().unwrap().points }
+        })
+        .collect()
 }
 
 /// Kills the child process when dropped, so a failing assertion leaves nothing running.

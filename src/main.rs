@@ -172,9 +172,14 @@ enum Command {
         /// soak: how long to run.
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
-        /// soak: scans published per second.
-        #[arg(long, default_value_t = 30.0)]
-        rate: f64,
+        /// soak: scans published per second (default 30); node: the rate its floods offer (default 20). Offered more
+        /// than the node sustains, the sustained column is the node's capacity (the publisher, on the same host,
+        /// works more too).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// node, soak: the model the node loads. Default: the bundled models/featuretype.
+        #[arg(long)]
+        model: Option<PathBuf>,
     },
     /// Sends recorded scans to a running inspect3d_node over DDS, one at a time, and prints each verdict as it
     /// arrives (scan, verdict, score, defect location, latency); optionally writes PLY heatmaps of the anomaly
@@ -278,7 +283,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Report { merge, out } => merge_reports(&merge, &out),
-        Command::Bench { suite, input, voxel, repeats, compare, device_geometry, minutes, rate } => {
+        Command::Bench { suite, input, voxel, repeats, compare, device_geometry, minutes, rate, model } => {
             anyhow::ensure!(
                 compare.is_none() || matches!(suite, Suite::Geometry),
                 "--compare applies to the geometry suite only"
@@ -337,24 +342,22 @@ fn main() -> Result<()> {
                         },
                     ];
                     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-                    let table = inspect3d::ros::bench::node(
-                        repo,
-                        &repo.join("models/featuretype"),
-                        &inputs,
-                        repeats,
-                        20.0,
-                        10.0,
-                    )?;
+                    let model = node_model(model.as_deref(), repo)?;
+                    let rate = rate.unwrap_or(20.0);
+                    anyhow::ensure!(rate > 0.0, "--rate must be > 0");
+                    let table = inspect3d::ros::bench::node(repo, &model, &inputs, repeats, rate, 10.0)?;
                     println!("{table}");
                     return Ok(());
                 }
                 #[cfg(feature = "ros")]
                 Suite::Soak => {
                     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+                    let rate = rate.unwrap_or(30.0);
                     if !(minutes > 0.0 && rate > 0.0) {
                         anyhow::bail!("--minutes and --rate must be > 0");
                     }
-                    println!("{}", inspect3d::ros::soak::soak(repo, &repo.join("models/featuretype"), minutes, rate)?);
+                    let model = node_model(model.as_deref(), repo)?;
+                    println!("{}", inspect3d::ros::soak::soak(repo, &model, minutes, rate)?);
                     return Ok(());
                 }
             };
@@ -370,6 +373,13 @@ fn main() -> Result<()> {
             publish(&input, &topic, &frame_id, count, rate, wait_for_subscribers)
         }
     }
+}
+
+/// The model folder a benchmarked node loads, absolute (the node runs in another working directory).
+#[cfg(feature = "ros")]
+fn node_model(model: Option<&Path>, repo: &Path) -> Result<PathBuf> {
+    let model = model.map_or_else(|| repo.join("models/featuretype"), Path::to_path_buf);
+    std::fs::canonicalize(&model).with_context(|| format!("the model folder {} (--model)", model.display()))
 }
 
 enum TrainingSource {

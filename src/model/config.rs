@@ -694,6 +694,16 @@ mod tests {
     }
 
     #[test]
+    fn the_cpu_fast_preset_is_the_default_with_half_the_patches_and_a_quarter_of_the_point_bank() {
+        let c = DetectorConfig::from_json(include_str!("../../config/cpu_fast.json")).unwrap();
+        c.validate().unwrap();
+        let mut expected = DetectorConfig::default();
+        expected.patches.count /= 2;
+        expected.conditioning.point_bank_size /= 4;
+        assert_eq!(c, expected, "docs/evaluation.md measured exactly this configuration");
+    }
+
+    #[test]
     fn partial_json_keeps_defaults_and_typos_are_errors() {
         let c = DetectorConfig::from_json(
             r#"{"sca": {"enabled": false}, "backbone": {"kind": "fpfh", "width": 64, "seed": 1}}"#,

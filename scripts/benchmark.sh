@@ -19,6 +19,11 @@ mkdir -p "$out"
 # A copy of the binary, so that rebuilding during a long run does not change the program mid-table.
 bin="$out/inspect3d"
 cp ./target/release/inspect3d "$bin"
+# Which source the binary was built from, so a table can be traced to a commit (and to uncommitted changes).
+{
+  echo "built $(date -u +%FT%TZ) from commit $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+  git status --porcelain --untracked-files=no 2>/dev/null | sed 's/^/uncommitted: /'
+} >"$out/build.txt"
 config=(); [ -n "${DETECTOR_CONFIG:-}" ] && config=(--config "$DETECTOR_CONFIG")
 parts=(angle_block.STL busted.STL featuretype.STL idler_riser.STL octagonal_pocket.stl plate_holes.STL)
 if [ ! -d "$out/data" ]; then

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, channel};
+use std::sync::mpsc::{Receiver, TrySendError, channel, sync_channel};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -18,6 +18,9 @@ use crate::cloud::pointcloud2::PointCloud2Layout;
 
 /// Longer than the node needs for one scan on a CPU, so a resend is only for a lost message.
 const RESEND_AFTER: Duration = Duration::from_secs(10);
+
+/// Anomaly clouds kept until read; newer ones are dropped while this many wait.
+const UNREAD_CLOUDS: usize = 8;
 
 pub struct InspectorClient {
     publisher: r2r::Publisher<PointCloud2>,
@@ -45,7 +48,9 @@ impl InspectorClient {
             node.subscribe::<PointCloud2>(&format!("{node_name}/anomaly_cloud"), QosProfile::default())?;
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
         let (result_tx, results) = channel();
-        let (cloud_tx, clouds) = channel();
+        // Anomaly clouds are megabytes each: unread ones beyond a few are dropped, so a client that never asks for
+        // them (the benchmarks, the soak) does not hold every one (a 10-minute soak grew to 12 GB before this).
+        let (cloud_tx, clouds) = sync_channel(UNREAD_CLOUDS);
         runtime.spawn(async move {
             while let Some(result) = result_stream.next().await {
                 if result_tx.send((result, Instant::now())).is_err() {
@@ -55,7 +60,7 @@ impl InspectorClient {
         });
         runtime.spawn(async move {
             while let Some(cloud) = cloud_stream.next().await {
-                if cloud_tx.send(cloud).is_err() {
+                if let Err(TrySendError::Disconnected(_)) = cloud_tx.try_send(cloud) {
                     break;
                 }
             }

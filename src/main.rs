@@ -254,6 +254,9 @@ enum Suite {
 const BUNDLED_FRAME: &str = "tests/data/scans/frame_20121214T142255.814212.pcd";
 /// A real CAD part shipped with the project.
 const BUNDLED_PART: &str = "tests/data/meshes/featuretype.STL";
+/// The model shipped with the project (trained on frames of the bundled part).
+#[cfg(feature = "ros")]
+const BUNDLED_MODEL: &str = "models/featuretype";
 
 fn main() -> Result<()> {
     inspect3d::init_logging();
@@ -343,8 +346,7 @@ fn main() -> Result<()> {
                     ];
                     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
                     let model = node_model(model.as_deref(), repo)?;
-                    let rate = rate.unwrap_or(20.0);
-                    anyhow::ensure!(rate > 0.0, "--rate must be > 0");
+                    let rate = positive_rate(rate, 20.0)?;
                     let table = inspect3d::ros::bench::node(repo, &model, &inputs, repeats, rate, 10.0)?;
                     println!("{table}");
                     return Ok(());
@@ -352,10 +354,8 @@ fn main() -> Result<()> {
                 #[cfg(feature = "ros")]
                 Suite::Soak => {
                     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-                    let rate = rate.unwrap_or(30.0);
-                    if !(minutes > 0.0 && rate > 0.0) {
-                        anyhow::bail!("--minutes and --rate must be > 0");
-                    }
+                    let rate = positive_rate(rate, 30.0)?;
+                    anyhow::ensure!(minutes > 0.0, "--minutes must be > 0");
                     let model = node_model(model.as_deref(), repo)?;
                     println!("{}", inspect3d::ros::soak::soak(repo, &model, minutes, rate)?);
                     return Ok(());
@@ -378,8 +378,16 @@ fn main() -> Result<()> {
 /// The model folder a benchmarked node loads, absolute (the node runs in another working directory).
 #[cfg(feature = "ros")]
 fn node_model(model: Option<&Path>, repo: &Path) -> Result<PathBuf> {
-    let model = model.map_or_else(|| repo.join("models/featuretype"), Path::to_path_buf);
+    let model = model.map_or_else(|| repo.join(BUNDLED_MODEL), Path::to_path_buf);
     std::fs::canonicalize(&model).with_context(|| format!("the model folder {} (--model)", model.display()))
+}
+
+/// `--rate`, or the suite's default; refused unless positive.
+#[cfg(feature = "ros")]
+fn positive_rate(rate: Option<f64>, default: f64) -> Result<f64> {
+    let rate = rate.unwrap_or(default);
+    anyhow::ensure!(rate > 0.0, "--rate must be > 0");
+    Ok(rate)
 }
 
 enum TrainingSource {

@@ -707,9 +707,10 @@ fn publish(input: &Path, topic: &str, frame_id: &str, count: u32, rate: f64, wai
         }
         node.spin_once(std::time::Duration::from_millis(50));
     }
+    inspect3d::ros::stop_on_signals();
     let mut sent = 0u32;
     let mut next = Instant::now();
-    while count == 0 || sent < count {
+    while (count == 0 || sent < count) && !inspect3d::ros::stop_requested() {
         // spin_once returns as soon as there is work, so the rate is kept by the clock, not by it.
         while Instant::now() < next {
             node.spin_once(next - Instant::now());

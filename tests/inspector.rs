@@ -117,3 +117,47 @@ fn a_model_activated_while_a_scan_is_prepared_scores_it_with_its_own_geometry() 
     assert_eq!(second.tag, 1);
     assert_same_inspection(scored(&second), &expected, "scan 1 with the second model");
 }
+
+#[test]
+fn without_an_anomaly_cloud_wanted_scans_get_the_same_verdicts_and_a_message_that_cannot_carry_scores_is_refused() {
+    let (tx, rx) = mpsc::channel();
+    let inspector = Inspector::start(4, Some(bundled_model(0)), ThresholdOverrides::default(), move |r| {
+        let _ = tx.send(r);
+    });
+    let scan = pointcloud2::encode(&cell_scan("000_bulge"));
+    // A message that already has a field named like the score, of another type: no score can be added to it.
+    let mut clashing = scan.clone();
+    clashing.fields.push(pointcloud2::PointFieldLayout {
+        name: inspect3d::inspector::SCORE_FIELD.into(),
+        offset: 0,
+        datatype: 2, // UINT8
+        count: 1,
+    });
+    let next = |wanted: bool, tag: usize, msg: &pointcloud2::PointCloud2Layout| {
+        inspector.set_clouds_wanted(wanted);
+        assert!(inspector.submit(tag, msg.clone()).is_none());
+        let report = rx.recv_timeout(Duration::from_secs(300)).expect("a report");
+        assert_eq!(report.tag, tag);
+        report
+    };
+    let with_cloud = next(true, 0, &scan);
+    let without_cloud = next(false, 1, &scan);
+    match (&with_cloud.outcome, &without_cloud.outcome) {
+        (
+            Outcome::Scored { inspection: a, anomaly_cloud: Some(cloud) },
+            Outcome::Scored { inspection: b, anomaly_cloud: None },
+        ) => {
+            assert_same_inspection(b, a, "000_bulge without its anomaly cloud");
+            assert_eq!(cloud.width * cloud.height, scan.width * scan.height);
+        }
+        _ => panic!("expected a scored scan with its anomaly cloud, then one scored without"),
+    }
+    for (tag, wanted) in [(2, true), (3, false)] {
+        let refused = next(wanted, tag, &clashing);
+        assert!(
+            matches!(&refused.outcome, Outcome::InvalidInput(why) if why.contains("another type")),
+            "clouds wanted: {wanted}: {:?}",
+            refused.outcome
+        );
+    }
+}

@@ -30,6 +30,25 @@ fn connect(node: &TestNode) -> InspectorClient {
         .unwrap_or_else(|e| panic!("{e:#}\nnode log:\n{}", node.log_text()))
 }
 
+/// A cell's verdict consumer alone: the node skips the anomaly clouds nobody receives, and sends them again as
+/// soon as someone subscribes (RViz, a bag recording), with the same verdicts either way.
+#[test]
+fn verdicts_come_without_an_anomaly_cloud_subscriber_and_clouds_return_with_one() {
+    let node = TestNode::start(MODEL, &[]);
+    let sent = pointcloud2::encode(&scan("002_sink"));
+    let mut results_only = InspectorClient::connect_for_results(&node.fqn(), &node.input_topic, TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}\nnode log:\n{}", node.log_text()));
+    let (alone, _) = results_only.inspect(&sent, TIMEOUT).unwrap();
+    assert_eq!(alone.status, InspectionResult::REJECT as u8, "{}", alone.message);
+    assert!(results_only.cloud_for(results_only.last_stamp(), Duration::ZERO).is_none());
+
+    let mut viewer = connect(&node);
+    let (watched, _) = viewer.inspect(&sent, TIMEOUT).unwrap();
+    assert_eq!((watched.status, watched.score), (alone.status, alone.score));
+    let cloud = viewer.cloud_for(viewer.last_stamp(), TIMEOUT).expect("the anomaly cloud, once someone subscribes");
+    assert_eq!(cloud.width * cloud.height, sent.width * sent.height);
+}
+
 #[test]
 fn scans_get_verdicts_and_anomaly_clouds_equal_to_the_library() {
     let node = TestNode::start(MODEL, &[]);

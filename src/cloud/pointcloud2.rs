@@ -151,22 +151,18 @@ pub fn encode(cloud: &PointCloud) -> PointCloud2Layout {
     }
 }
 
-/// The input message with extra FLOAT32 fields (e.g. `anomaly_score`): every original field keeps its offset,
-/// type and endianness, the new ones go after the old point record (4-byte aligned), each row keeps its padding.
-/// A field of the same name that is already FLOAT32 × 1 is overwritten in place instead.
-pub fn with_f32_fields(msg: &PointCloud2Layout, extra: &[(&str, &[f32])]) -> Result<PointCloud2Layout> {
+/// Whether [`with_f32_fields`] can add FLOAT32 fields of these names to `msg`, without building the message.
+pub fn check_f32_fields(msg: &PointCloud2Layout, names: &[&str]) -> Result<()> {
     msg.validate()?;
-    let n = msg.width as usize * msg.height as usize;
+    f32_field_layout(msg, names).map(|_| ())
+}
+
+/// The fields and point step of `msg` with FLOAT32 fields `names` added, and where each of them goes in a point.
+fn f32_field_layout(msg: &PointCloud2Layout, names: &[&str]) -> Result<(Vec<PointFieldLayout>, usize, Vec<usize>)> {
     let mut fields = msg.fields.clone();
     let mut point_step = msg.point_step as usize;
-    let mut targets = Vec::with_capacity(extra.len());
-    for (name, values) in extra {
-        if values.len() != n {
-            return Err(CloudError::BadField {
-                name: name.to_string(),
-                problem: format!("{} values for a cloud of {n} points", values.len()),
-            });
-        }
+    let mut targets = Vec::with_capacity(names.len());
+    for name in names {
         match fields.iter().find(|f| f.name == *name) {
             Some(f) if f.datatype == ScalarType::F32.datatype() && f.count == 1 => targets.push(f.offset as usize),
             Some(_) => {
@@ -188,6 +184,23 @@ pub fn with_f32_fields(msg: &PointCloud2Layout, extra: &[(&str, &[f32])]) -> Res
             }
         }
     }
+    Ok((fields, point_step, targets))
+}
+
+/// The input message with extra FLOAT32 fields (e.g. `anomaly_score`): every original field keeps its offset,
+/// type and endianness, the new ones go after the old point record (4-byte aligned), each row keeps its padding.
+/// A field of the same name that is already FLOAT32 × 1 is overwritten in place instead.
+pub fn with_f32_fields(msg: &PointCloud2Layout, extra: &[(&str, &[f32])]) -> Result<PointCloud2Layout> {
+    msg.validate()?;
+    let n = msg.width as usize * msg.height as usize;
+    if let Some((name, values)) = extra.iter().find(|(_, values)| values.len() != n) {
+        return Err(CloudError::BadField {
+            name: name.to_string(),
+            problem: format!("{} values for a cloud of {n} points", values.len()),
+        });
+    }
+    let names: Vec<&str> = extra.iter().map(|(name, _)| *name).collect();
+    let (fields, point_step, targets) = f32_field_layout(msg, &names)?;
     let (old_step, width) = (msg.point_step as usize, msg.width as usize);
     let padding = msg.row_step as usize - width * old_step;
     let row_step = width * point_step + padding;

@@ -92,10 +92,11 @@ impl ThresholdOverrides {
 /// What became of one scan.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Scored: the verdict, and the input message with the FLOAT32 `anomaly_score` field added.
+    /// Scored: the verdict, and the input message with the FLOAT32 `anomaly_score` field added (`None` while
+    /// anomaly clouds are not wanted, see [`Inspector::set_clouds_wanted`]).
     Scored {
         inspection: Box<Inspection>,
-        anomaly_cloud: PointCloud2Layout,
+        anomaly_cloud: Option<PointCloud2Layout>,
     },
     /// The message cannot be scored; says what is wrong with it.
     InvalidInput(String),
@@ -127,7 +128,7 @@ fn inspect_messages<M>(
     scans: &[Scan<M>],
     ready: Option<Ready>,
     overrides: ThresholdOverrides,
-    rgb: bool,
+    clouds: CloudOutput,
 ) -> Vec<Outcome> {
     let Some((generation, model)) = model else {
         return scans.iter().map(|_| Outcome::NoModel).collect();
@@ -150,7 +151,7 @@ fn inspect_messages<M>(
                 return Outcome::InvalidInput(problem);
             }
             match inspections.next() {
-                Some(Ok(inspection)) => with_scores(&scan.msg, inspection, rgb),
+                Some(Ok(inspection)) => with_scores(&scan.msg, inspection, clouds),
                 Some(Err(e)) if e.is_input_problem() => Outcome::InvalidInput(e.to_string()),
                 Some(Err(e)) => Outcome::Failed(e.to_string()),
                 None => Outcome::Failed("the batch returned fewer results than scans".into()),
@@ -159,14 +160,27 @@ fn inspect_messages<M>(
         .collect()
 }
 
-/// The scored outcome: the input message with the score (and, on request, colour) fields added.
-fn with_scores(msg: &PointCloud2Layout, inspection: Inspection, rgb: bool) -> Outcome {
-    let colours = if rgb { packed_colours(&inspection.point_scores) } else { Vec::new() };
-    let mut fields = vec![(SCORE_FIELD, inspection.point_scores.as_slice())];
-    if rgb {
-        fields.push((RGB_FIELD, colours.as_slice()));
-    }
-    match pointcloud2::with_f32_fields(msg, &fields) {
+/// What the scored outcomes carry besides the verdict.
+#[derive(Clone, Copy, Debug)]
+struct CloudOutput {
+    wanted: bool,
+    rgb: bool,
+}
+
+/// The scored outcome: the input message with the score (and, on request, colour) fields added. When no anomaly
+/// cloud is wanted the message is not built, but whether it could be still is checked, so that a scan's verdict
+/// does not depend on who listens.
+fn with_scores(msg: &PointCloud2Layout, inspection: Inspection, clouds: CloudOutput) -> Outcome {
+    let names: &[&str] = if clouds.rgb { &[SCORE_FIELD, RGB_FIELD] } else { &[SCORE_FIELD] };
+    let anomaly_cloud = if clouds.wanted {
+        let colours = if clouds.rgb { packed_colours(&inspection.point_scores) } else { Vec::new() };
+        let values = [inspection.point_scores.as_slice(), colours.as_slice()];
+        let fields: Vec<(&str, &[f32])> = names.iter().copied().zip(values).collect();
+        pointcloud2::with_f32_fields(msg, &fields).map(Some)
+    } else {
+        pointcloud2::check_f32_fields(msg, names).map(|()| None)
+    };
+    match anomaly_cloud {
         Ok(anomaly_cloud) => Outcome::Scored { inspection: Box::new(inspection), anomaly_cloud },
         Err(e) => Outcome::InvalidInput(e.to_string()),
     }
@@ -291,6 +305,8 @@ struct Shared<M> {
     /// The model that scores the next scan.
     active: Mutex<Option<ModelInfo>>,
     overrides: Mutex<ThresholdOverrides>,
+    /// Whether scored outcomes carry the anomaly cloud.
+    clouds_wanted: std::sync::atomic::AtomicBool,
     /// Whether anomaly clouds also get the packed `rgb` field.
     rgb: std::sync::atomic::AtomicBool,
     depth: usize,
@@ -329,6 +345,7 @@ impl<M: Send + 'static> Inspector<M> {
             active: Mutex::new(model.as_ref().map(LoadedModel::info)),
             models: Mutex::new(Models::default()),
             overrides: Mutex::new(overrides),
+            clouds_wanted: std::sync::atomic::AtomicBool::new(true),
             rgb: std::sync::atomic::AtomicBool::new(false),
             depth: queue_depth.max(1),
         });
@@ -405,6 +422,12 @@ impl<M: Send + 'static> Inspector<M> {
         self.shared.rgb.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Builds (or stops building) the anomaly clouds of the next scans. Building one copies the whole input
+    /// message; the node stops while nothing subscribes to them.
+    pub fn set_clouds_wanted(&self, wanted: bool) {
+        self.shared.clouds_wanted.store(wanted, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn set_overrides(&self, overrides: ThresholdOverrides) {
         *lock(&self.shared.overrides) = overrides;
     }
@@ -476,10 +499,13 @@ fn score_scans<M>(shared: &Shared<M>, batches: Receiver<Batch<M>>, mut sink: imp
             model = Some(next);
         }
         let overrides = *lock(&shared.overrides);
-        let rgb = shared.rgb.load(std::sync::atomic::Ordering::Relaxed);
+        let clouds = CloudOutput {
+            wanted: shared.clouds_wanted.load(std::sync::atomic::Ordering::Relaxed),
+            rgb: shared.rgb.load(std::sync::atomic::Ordering::Relaxed),
+        };
         let Batch { scans, ready } = batch;
         // A LibTorch error surfaces as a panic in tch; it must cost these scans, not the node.
-        let inspect = || inspect_messages(model.as_ref(), &scans, ready, overrides, rgb);
+        let inspect = || inspect_messages(model.as_ref(), &scans, ready, overrides, clouds);
         let outcomes = std::panic::catch_unwind(AssertUnwindSafe(inspect)).unwrap_or_else(|panic| {
             let what = panic
                 .downcast_ref::<String>()

@@ -23,8 +23,12 @@ pub struct NodeBenchInput {
 }
 
 /// An inspect3d_node (the binary beside this one) started for a benchmark, with its own name and input topic;
-/// killed when dropped.
-pub(crate) struct BenchNode(Child);
+/// stopped when dropped.
+pub(crate) struct BenchNode {
+    process: Child,
+    name: String,
+    topic: String,
+}
 
 impl BenchNode {
     /// Starts the node with `model` (and `params`, `name:=value` each) and connects a client to it.
@@ -50,25 +54,29 @@ impl BenchNode {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", exe.display()))?;
-        let node = Self(child);
-        let client = InspectorClient::connect(&format!("/{name}"), &topic, timeout)?;
+        let node = Self { process: child, name: format!("/{name}"), topic };
+        let client = InspectorClient::connect(&node.name, &node.topic, timeout)?;
         Ok((node, client))
     }
 
+    /// Another client of this node, for results only: no anomaly-cloud subscriber.
+    fn connect_for_results(&self, timeout: Duration) -> Result<InspectorClient> {
+        InspectorClient::connect_for_results(&self.name, &self.topic, timeout)
+    }
+
     pub(crate) fn pid(&self) -> String {
-        self.0.id().to_string()
+        self.process.id().to_string()
     }
 
     /// Whether the process is still running (false once it exited or crashed).
     pub(crate) fn is_running(&mut self) -> bool {
-        matches!(self.0.try_wait(), Ok(None))
+        matches!(self.process.try_wait(), Ok(None))
     }
 }
 
 impl Drop for BenchNode {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        super::stop_child(&mut self.process, Duration::from_secs(10));
     }
 }
 
@@ -118,7 +126,7 @@ pub fn node(
     let pid = node.pid();
     let mut table = String::from(
         "| input | points (finite) | round trip p50 / p95 ms | node latency p50 / p95 ms | sustained scans/s | \
-         sustained, batched | offered scans/s |\n|---|---:|---:|---:|---:|---:|---:|\n",
+         sustained, no cloud subscriber | sustained, batched | offered scans/s |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let (mut rows, mut offered_rates) = (Vec::new(), Vec::new());
     let layouts: Vec<PointCloud2Layout> = inputs.iter().map(|input| pointcloud2::encode(&input.cloud)).collect();
@@ -145,8 +153,16 @@ pub fn node(
             input.cloud.len(),
         ));
     }
+    // The same floods with results the only output anyone receives, as at a cell without RViz.
+    drop(client);
+    let mut client = node.connect_for_results(timeout)?;
+    for (row, layout) in rows.iter_mut().zip(&layouts) {
+        client.inspect(layout, timeout)?;
+        let (sustained, _) = flood(&mut client, layout, flood_hz, flood_seconds)?;
+        row.push_str(&format!(" | {sustained:.1}"));
+    }
     let memory = peak_memory_mib_of(&pid).map_or("unknown".into(), |m| format!("{m:.0} MiB"));
-    drop(node);
+    drop((client, node));
     // The same floods into a node that lets scans wait: it scores the waiting ones as one batch.
     let depth = format!("queue_depth:={BATCHING_QUEUE_DEPTH}");
     let (_batching, mut client) = BenchNode::start(repo, model, &[depth], timeout)?;
@@ -158,7 +174,8 @@ pub fn node(
     table.push_str(&format!(
         "\nNode peak memory (VmHWM): {memory}. Round trip = publish → result received by this process; node \
          latency = receipt → scored, as in InspectionResult.latency_ms; sustained = scored results per second while \
-         scans were offered at the last column's rate (queue_depth 1: the newest waits, older ones are dropped); \
+         scans were offered at the last column's rate (queue_depth 1: the newest waits, older ones are dropped), \
+         received with the node's anomaly clouds, or without (then the node does not build them); \
          batched = the same into a node with queue_depth {BATCHING_QUEUE_DEPTH}, which scores the scans waiting \
          together as one batch (each waits longer).\n"
     ));

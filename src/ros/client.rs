@@ -34,8 +34,18 @@ pub struct InspectorClient {
 
 impl InspectorClient {
     /// Connects to the node named `node` (e.g. `/inspect3d_node`) through its input topic; waits until the node
-    /// subscribes (at most `timeout`).
+    /// subscribes (at most `timeout`). Receives the node's anomaly clouds as well as its results.
     pub fn connect(node_name: &str, input_topic: &str, timeout: Duration) -> Result<Self> {
+        Self::connect_with(node_name, input_topic, timeout, true)
+    }
+
+    /// [`Self::connect`], receiving results only, as the cell's verdict consumer does: while nothing else
+    /// subscribes to the node's anomaly clouds, the node does not build them.
+    pub fn connect_for_results(node_name: &str, input_topic: &str, timeout: Duration) -> Result<Self> {
+        Self::connect_with(node_name, input_topic, timeout, false)
+    }
+
+    fn connect_with(node_name: &str, input_topic: &str, timeout: Duration, with_clouds: bool) -> Result<Self> {
         let ctx = r2r::Context::create().context("creating the ROS context (is the ROS environment sourced?)")?;
         // Unique, so several clients (tests, a replay beside a benchmark) do not share a node name.
         static CLIENTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -44,8 +54,10 @@ impl InspectorClient {
         let publisher = node.create_publisher::<PointCloud2>(input_topic, QosProfile::sensor_data())?;
         let mut result_stream =
             node.subscribe::<InspectionResult>(&format!("{node_name}/result"), QosProfile::default())?;
-        let mut cloud_stream =
-            node.subscribe::<PointCloud2>(&format!("{node_name}/anomaly_cloud"), QosProfile::default())?;
+        let cloud_stream = match with_clouds {
+            true => Some(node.subscribe::<PointCloud2>(&format!("{node_name}/anomaly_cloud"), QosProfile::default())?),
+            false => None,
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
         let (result_tx, results) = channel();
         // Anomaly clouds are megabytes each: unread ones beyond a few are dropped, so a client that never asks for
@@ -58,13 +70,15 @@ impl InspectorClient {
                 }
             }
         });
-        runtime.spawn(async move {
-            while let Some(cloud) = cloud_stream.next().await {
-                if let Err(TrySendError::Disconnected(_)) = cloud_tx.try_send(cloud) {
-                    break;
+        if let Some(mut cloud_stream) = cloud_stream {
+            runtime.spawn(async move {
+                while let Some(cloud) = cloud_stream.next().await {
+                    if let Err(TrySendError::Disconnected(_)) = cloud_tx.try_send(cloud) {
+                        break;
+                    }
                 }
-            }
-        });
+            });
+        }
         // Ready when the node subscribes to our scans and we see its result publisher; then a moment for the
         // readers to match the writers (best-effort scans sent before that are lost).
         let deadline = Instant::now() + timeout;
@@ -139,7 +153,8 @@ impl InspectorClient {
         self.results.recv_timeout(timeout).ok()
     }
 
-    /// The anomaly cloud stamped `stamp`, within `timeout`.
+    /// The anomaly cloud stamped `stamp`, within `timeout` (`None` at once for a client connected for results
+    /// only).
     pub fn cloud_for(&self, stamp: &Time, timeout: Duration) -> Option<PointCloud2> {
         first_matching(&self.clouds, timeout, |cloud| cloud.header.stamp == *stamp)
     }

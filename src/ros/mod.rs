@@ -59,3 +59,41 @@ pub fn now_stamp() -> r2r::builtin_interfaces::msg::Time {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     r2r::builtin_interfaces::msg::Time { sec: now.as_secs() as i32, nanosec: now.subsec_nanos() }
 }
+
+/// Stops a child process the way a terminal or `ros2 launch` would: SIGTERM, then SIGKILL if it is still running
+/// after `grace`. A ROS process killed outright never destroys its DDS participant, and Fast DDS then leaves the
+/// participant's shared-memory segment (64 MiB with config/fastdds.xml) in /dev/shm until `fastdds shm clean`.
+pub fn stop_child(child: &mut std::process::Child, grace: std::time::Duration) {
+    if matches!(child.try_wait(), Ok(None))
+        && let Ok(pid) = libc::pid_t::try_from(child.id())
+    {
+        // SAFETY: kill() on our own child's pid, which is not yet reaped, so it cannot have been reused.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+static STOP_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn request_stop(_signal: libc::c_int) {
+    STOP_REQUESTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// For a command-line loop that runs until stopped (`inspect3d publish --count 0`): from now on SIGINT and SIGTERM
+/// only make [`stop_requested`] true, so the loop ends and the ROS context is torn down cleanly (see [`stop_child`]).
+pub fn stop_on_signals() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, request_stop as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, request_stop as *const () as libc::sighandler_t);
+    }
+}
+
+pub fn stop_requested() -> bool {
+    STOP_REQUESTED.load(std::sync::atomic::Ordering::Relaxed)
+}

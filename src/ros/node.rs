@@ -252,7 +252,7 @@ fn publish_report(out: &Outputs, report: Report<ScanTag>) {
         _ => &[],
     };
     let markers = defect_markers(&report.tag.header, regions);
-    if let Outcome::Scored { anomaly_cloud, .. } = report.outcome
+    if let Outcome::Scored { anomaly_cloud: Some(anomaly_cloud), .. } = report.outcome
         && let Err(e) = out.clouds.publish(&msg_from_layout(report.tag.header, anomaly_cloud))
     {
         tracing::warn!("publishing the anomaly cloud: {e}");
@@ -417,6 +417,10 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
                     let (header, layout) = layout_from_msg(msg);
                     tracing::debug!(topic, points = layout.width as usize * layout.height as usize, "scan received");
                     let tag = ScanTag { header, topic: topic.clone() };
+                    // Nobody to receive this scan's anomaly cloud (no RViz, no bag recording it): skip building
+                    // and sending ~5 MB per frame. An error counts as a subscriber.
+                    let listeners = outputs.clouds.get_inter_process_subscription_count().unwrap_or(1);
+                    intake.inspector.set_clouds_wanted(listeners > 0);
                     if let Some(dropped) = intake.inspector.submit_on(lane, tag, layout) {
                         publish_report(&outputs, dropped);
                     }

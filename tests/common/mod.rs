@@ -25,13 +25,15 @@ pub fn bundled_good_clouds() -> Vec<inspect3d::train::TrainingCloud> {
         .collect()
 }
 
-/// Kills the child process when dropped, so a failing assertion leaves nothing running.
+/// Stops the child process when dropped (SIGTERM, then SIGKILL), so a failing assertion leaves nothing running,
+/// nor a killed ROS process's shared-memory segment in /dev/shm.
+#[cfg(feature = "ros")]
 pub struct Running(pub Child);
 
+#[cfg(feature = "ros")]
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        inspect3d::ros::stop_child(&mut self.0, Duration::from_secs(10));
     }
 }
 
@@ -74,6 +76,7 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// A running inspect3d_node with its own name and input topic; `extra` are more `-p name:=value` overrides.
+#[cfg(feature = "ros")]
 pub struct TestNode {
     pub process: Running,
     pub name: String,
@@ -82,6 +85,7 @@ pub struct TestNode {
     _log_dir: tempfile::TempDir,
 }
 
+#[cfg(feature = "ros")]
 impl TestNode {
     pub fn start(model_path: &str, extra: &[&str]) -> Self {
         let name = unique("inspector");

@@ -6,6 +6,7 @@ import struct
 import sys
 
 import rclpy
+from rclpy.executors import ExternalShutdownException
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import PointCloud2, PointField
 
@@ -39,7 +40,7 @@ def main():
     node.create_timer(0.2, lambda: pub.publish(msg))
     try:
         rclpy.spin(node)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C, or SIGTERM from the test
         pass
 
 

@@ -748,7 +748,10 @@ fn replay(sources: &[PathBuf], topic: &str, node: &str, heatmaps: Option<&Path>,
     if let Some(dir) = heatmaps {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut client = InspectorClient::connect(node, topic, timeout)?;
+    let mut client = match heatmaps {
+        Some(_) => InspectorClient::connect(node, topic, timeout)?,
+        None => InspectorClient::connect_for_results(node, topic, timeout)?,
+    };
     println!("| scan | points | verdict | score | threshold | anomalous | defect centre (extent) | latency ms |");
     println!("|---|---:|---|---:|---:|---:|---|---:|");
     let mut latencies = Vec::new();

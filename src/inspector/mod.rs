@@ -11,6 +11,7 @@ pub mod config;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -306,9 +307,9 @@ struct Shared<M> {
     active: Mutex<Option<ModelInfo>>,
     overrides: Mutex<ThresholdOverrides>,
     /// Whether scored outcomes carry the anomaly cloud.
-    clouds_wanted: std::sync::atomic::AtomicBool,
+    clouds_wanted: AtomicBool,
     /// Whether anomaly clouds also get the packed `rgb` field.
-    rgb: std::sync::atomic::AtomicBool,
+    rgb: AtomicBool,
     depth: usize,
 }
 
@@ -345,8 +346,8 @@ impl<M: Send + 'static> Inspector<M> {
             active: Mutex::new(model.as_ref().map(LoadedModel::info)),
             models: Mutex::new(Models::default()),
             overrides: Mutex::new(overrides),
-            clouds_wanted: std::sync::atomic::AtomicBool::new(true),
-            rgb: std::sync::atomic::AtomicBool::new(false),
+            clouds_wanted: AtomicBool::new(true),
+            rgb: AtomicBool::new(false),
             depth: queue_depth.max(1),
         });
         if let Some(model) = model {
@@ -419,13 +420,13 @@ impl<M: Send + 'static> Inspector<M> {
 
     /// Adds (or stops adding) the packed `rgb` field to the anomaly clouds of the next scans.
     pub fn set_rgb(&self, on: bool) {
-        self.shared.rgb.store(on, std::sync::atomic::Ordering::Relaxed);
+        self.shared.rgb.store(on, Ordering::Relaxed);
     }
 
     /// Builds (or stops building) the anomaly clouds of the next scans. Building one copies the whole input
     /// message; the node stops while nothing subscribes to them.
     pub fn set_clouds_wanted(&self, wanted: bool) {
-        self.shared.clouds_wanted.store(wanted, std::sync::atomic::Ordering::Relaxed);
+        self.shared.clouds_wanted.store(wanted, Ordering::Relaxed);
     }
 
     pub fn set_overrides(&self, overrides: ThresholdOverrides) {
@@ -500,8 +501,8 @@ fn score_scans<M>(shared: &Shared<M>, batches: Receiver<Batch<M>>, mut sink: imp
         }
         let overrides = *lock(&shared.overrides);
         let clouds = CloudOutput {
-            wanted: shared.clouds_wanted.load(std::sync::atomic::Ordering::Relaxed),
-            rgb: shared.rgb.load(std::sync::atomic::Ordering::Relaxed),
+            wanted: shared.clouds_wanted.load(Ordering::Relaxed),
+            rgb: shared.rgb.load(Ordering::Relaxed),
         };
         let Batch { scans, ready } = batch;
         // A LibTorch error surfaces as a panic in tch; it must cost these scans, not the node.

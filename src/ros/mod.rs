@@ -10,6 +10,11 @@ pub mod node;
 pub mod soak;
 pub mod train_action;
 
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
 use r2r::sensor_msgs::msg::{PointCloud2, PointField};
 use r2r::std_msgs::msg::Header;
 
@@ -63,25 +68,25 @@ pub fn now_stamp() -> r2r::builtin_interfaces::msg::Time {
 /// Stops a child process the way a terminal or `ros2 launch` would: SIGTERM, then SIGKILL if it is still running
 /// after `grace`. A ROS process killed outright never destroys its DDS participant, and Fast DDS then leaves the
 /// participant's shared-memory segment (64 MiB with config/fastdds.xml) in /dev/shm until `fastdds shm clean`.
-pub fn stop_child(child: &mut std::process::Child, grace: std::time::Duration) {
+pub fn stop_child(child: &mut Child, grace: Duration) {
     if matches!(child.try_wait(), Ok(None))
         && let Ok(pid) = libc::pid_t::try_from(child.id())
     {
         // SAFETY: kill() on our own child's pid, which is not yet reaped, so it cannot have been reused.
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = std::time::Instant::now() + grace;
-        while std::time::Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            sleep(Duration::from_millis(20));
         }
     }
     let _ = child.kill();
     let _ = child.wait();
 }
 
-static STOP_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn request_stop(_signal: libc::c_int) {
-    STOP_REQUESTED.store(true, std::sync::atomic::Ordering::Relaxed);
+    STOP_REQUESTED.store(true, Ordering::Relaxed);
 }
 
 /// For a command-line loop that runs until stopped (`inspect3d publish --count 0`): from now on SIGINT and SIGTERM
@@ -94,6 +99,7 @@ pub fn stop_on_signals() {
     }
 }
 
+/// Whether SIGINT or SIGTERM arrived since [`stop_on_signals`].
 pub fn stop_requested() -> bool {
-    STOP_REQUESTED.load(std::sync::atomic::Ordering::Relaxed)
+    STOP_REQUESTED.load(Ordering::Relaxed)
 }

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 
 use crate::cloud::{self, pointcloud2};
 use crate::geometry::{self, Neighborhood, NormalOrientation};
+use crate::model::bank::MemoryBank;
 use crate::model::config::{BackboneConfig, DetectorConfig, NormalSide};
 use crate::model::{Detector, centre_tensor, sca, scoring};
 
@@ -365,6 +366,8 @@ impl BenchInput<'_> {
 
 /// Clouds per throughput row of the detector benchmark.
 const THROUGHPUT_BATCH: usize = 4;
+/// Turned, jittered copies of the scan whose point features make the benchmark's point bank.
+const BANK_COPIES: usize = 4;
 
 /// Per-stage latency of the detector on one cloud (CPU unless LibTorch sees a GPU), peak memory, and the
 /// training step. Weights are untrained (timing does not depend on their values); the Point-MAE row uses the
@@ -390,18 +393,28 @@ pub fn detector(input: &BenchInput, voxel: Option<f32>, repeats: usize, device_g
     // do not change the cost.
     let thresholds = crate::model::Thresholds { cloud: 0.5, point: 0.5 };
     det.thresholds = thresholds;
-    // Full memory banks of the configured sizes, so their searches cost what a trained model's do; the patch
-    // bank only where the configuration scores with it (a trained model has none otherwise).
-    let width = det.backbone.width() as i64;
-    let patch_bank = tch::Tensor::randn([cfg.conditioning.bank_size as i64, width], (tch::Kind::Float, device));
-    if cfg.scoring.source != crate::model::config::ScoreSource::Discriminator {
-        det.conditioning.bank = patch_bank.shallow_clone();
-    }
-    det.conditioning.point_bank =
-        tch::Tensor::randn([cfg.conditioning.point_bank_size as i64, width], (tch::Kind::Float, device));
     // A template to register to (the scan itself, as a trained model's first training cloud would be).
     det.conditioning.template =
         Some(std::sync::Arc::new(crate::model::preprocess::PoseTemplate::from_cloud(&finite.points, &cfg.preprocess)?));
+    // Full memory banks of the configured sizes, so their searches cost what a trained model's do. The point bank
+    // as training keeps one: a coreset of the point features of turned, jittered copies of the scan (its search
+    // depends on how the rows lie). The patch bank, only where the configuration scores with it (a trained model
+    // has none otherwise), of random rows: searched with the full product.
+    let width = det.backbone.width() as i64;
+    let patch_bank = tch::Tensor::randn([cfg.conditioning.bank_size as i64, width], (tch::Kind::Float, device));
+    if cfg.scoring.source != crate::model::config::ScoreSource::Discriminator {
+        det.conditioning.bank = MemoryBank::new(patch_bank.shallow_clone());
+    }
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+    let mut copies = Vec::new();
+    for _ in 0..BANK_COPIES {
+        let turn = crate::model::preprocess::Augmentation::draw(&cfg.preprocess.augment, &mut rng);
+        let copy = det.patch(&finite.points, Some((&turn, &mut rng)))?;
+        copies.push(det.backbone.point_features(&copy)?.narrow(0, 0, copy.cell_count as i64));
+    }
+    let rows =
+        crate::model::conditioning::greedy_coreset(&tch::Tensor::cat(&copies, 0), cfg.conditioning.point_bank_size);
+    det.conditioning.point_bank = MemoryBank::new(rows);
     let (n, k) = (cfg.patches.count, cfg.patches.size);
     let mut table = Table::new(format!(
         "Detector stages on {name} (n = {n}, k = {k}, voxel {voxel}, device {device:?}, geometry {:?})",
@@ -445,9 +458,10 @@ pub fn detector(input: &BenchInput, voxel: Option<f32>, repeats: usize, device_g
         table.stage("discriminator", format!("attention ({} heads) + MLP head", cfg.discriminator.heads), r, || {
             det.heads.discriminator.scores(&adapted, &centre_t)
         });
-    let work = format!("{} entries, nearest of each patch (scoring.source fused or bank)", cfg.conditioning.bank_size);
-    let _ = table
-        .stage("patch memory bank", work, r, || crate::model::conditioning::nearest_distances(&patch_bank, &refined));
+    let work =
+        format!("{} random entries, nearest of each patch (scoring.source fused or bank)", cfg.conditioning.bank_size);
+    let patch_bank = MemoryBank::new(patch_bank);
+    let _ = table.stage("patch memory bank", work, r, || patch_bank.nearest_distances(&refined));
     let scores: Vec<f32> = scores.squeeze_dim(0).to_device(tch::Device::Cpu).try_into()?;
     let radius = cfg.scoring.median_radius_voxels * patched.voxel;
     table.stage(
@@ -472,7 +486,10 @@ pub fn detector(input: &BenchInput, voxel: Option<f32>, repeats: usize, device_g
         });
     }
     if det.conditioning.has_point_bank() {
-        let work = format!("{} entries, nearest of each feature cell", cfg.conditioning.point_bank_size);
+        let work = format!(
+            "{} entries (coreset of {BANK_COPIES} turned copies), nearest of each feature cell",
+            det.conditioning.point_bank.len()
+        );
         let _ = table.stage("point bank", work, r, || det.conditioning.point_bank_distances(&cells));
     }
     table.stage("whole inspection", "cloud → point scores + verdict".into(), r, || det.inspect(&cloud))?;

@@ -705,15 +705,16 @@ fn publish(input: &Path, topic: &str, frame_id: &str, count: u32, rate: f64, wai
         if Instant::now() > deadline {
             bail!("no {wait_for} subscriber(s) on {topic} within 30 s");
         }
-        node.spin_once(std::time::Duration::from_millis(50));
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     inspect3d::ros::stop_on_signals();
     let mut sent = 0u32;
     let mut next = Instant::now();
     while (count == 0 || sent < count) && !inspect3d::ros::stop_requested() {
-        // spin_once returns as soon as there is work, so the rate is kept by the clock, not by it.
-        while Instant::now() < next {
-            node.spin_once(next - Instant::now());
+        // Sleeps, not spin_once: with nothing to wait on (no subscription, no timer), rcl_wait returns at once,
+        // and waiting in it would keep a core busy.
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
         }
         next += period;
         let header = r2r::std_msgs::msg::Header { frame_id: frame_id.into(), stamp: inspect3d::ros::now_stamp() };

@@ -10,7 +10,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::geometry::{self, NeighborIndex, Point};
 use crate::model::Result;
-use crate::model::conditioning::{greedy_coreset, nearest_distances};
+use crate::model::bank::brute_force_distances;
+use crate::model::conditioning::greedy_coreset;
 use crate::train::TrainingCloud;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,7 +131,7 @@ impl MemoryBank {
         if let Some((mean, std)) = &self.standardise {
             queries = (queries - mean) / std;
         }
-        let nearest: Vec<f32> = nearest_distances(&self.bank, &queries).to_device(Device::Cpu).try_into()?;
+        let nearest: Vec<f32> = brute_force_distances(&self.bank, &queries).to_device(Device::Cpu).try_into()?;
         Ok(grid.spread(&nearest))
     }
 }

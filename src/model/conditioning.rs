@@ -11,6 +11,7 @@ use std::sync::Arc;
 use rand::Rng;
 use tch::{Device, Kind, Tensor};
 
+use super::bank::MemoryBank;
 use super::config::PreprocessConfig;
 use super::preprocess::PoseTemplate;
 use super::{ModelError, Result, tensors_from_bytes};
@@ -18,10 +19,6 @@ use crate::geometry::{Point, UnitSphere};
 
 /// Lower bound of a dimension's standard deviation: a constant dimension must not blow up to infinity.
 const MIN_STD: f64 = 1e-4;
-/// Queries per distance block in the bank search (bounds memory to block × bank entries). 128 × 4096 distances
-/// (2 MiB) stay in a core's L2 for the minimum pass: 10–20 % faster than 512 on the 60k scan's point bank,
-/// the same distances bit for bit (measured with 32–512).
-const QUERY_BLOCK: i64 = 128;
 
 /// The median and a high quantile of a score over held-out good patches: `(s - low) / (high - low)` is 0 on a
 /// typical good patch and 1 on the rare good patch.
@@ -51,9 +48,9 @@ pub struct Conditioning {
     pub mean: Tensor,
     pub std: Tensor,
     /// (M, C): training patch features after SCA (the discriminator's input, before the adaptor). May be empty.
-    pub bank: Tensor,
+    pub bank: MemoryBank,
     /// (M, C): a coreset of training voxel points' conditioned features. May be empty.
-    pub point_bank: Tensor,
+    pub point_bank: MemoryBank,
     pub discriminator_reference: Reference,
     pub bank_reference: Reference,
     /// The point head's logits.
@@ -73,8 +70,8 @@ impl Conditioning {
         Self {
             mean: Tensor::zeros([width as i64], (Kind::Float, device)),
             std: Tensor::ones([width as i64], (Kind::Float, device)),
-            bank: Tensor::zeros([0, width as i64], (Kind::Float, device)),
-            point_bank: Tensor::zeros([0, width as i64], (Kind::Float, device)),
+            bank: MemoryBank::empty(width, device),
+            point_bank: MemoryBank::empty(width, device),
             discriminator_reference: Reference::IDENTITY,
             bank_reference: Reference::IDENTITY,
             point_reference: Reference::IDENTITY,
@@ -100,17 +97,17 @@ impl Conditioning {
         let all = Tensor::cat(features, 0);
         let rows = all.size()[0] as usize;
         if rows <= size {
-            self.bank = all;
+            self.bank = MemoryBank::new(all);
             return;
         }
         let picked = rand::seq::index::sample(rng, rows, size).into_iter().map(|i| i as i64).collect::<Vec<_>>();
-        self.bank = all.index_select(0, &Tensor::from_slice(&picked).to_device(all.device()));
+        self.bank = MemoryBank::new(all.index_select(0, &Tensor::from_slice(&picked).to_device(all.device())));
     }
 
     /// Keeps a greedy k-center coreset of at most `size` rows of the point features (each (n, C)): unlike a
     /// random draw it keeps the rare surfaces (edges, small features) that a part has few points of.
     pub fn fit_point_bank(&mut self, features: &[Tensor], size: usize) {
-        self.point_bank = greedy_coreset(&Tensor::cat(features, 0), size);
+        self.point_bank = MemoryBank::new(greedy_coreset(&Tensor::cat(features, 0), size));
     }
 
     /// The references (discriminator, bank, point head, point bank) for a cloud of this capture.
@@ -122,21 +119,21 @@ impl Conditioning {
     }
 
     pub fn has_bank(&self) -> bool {
-        self.bank.size()[0] > 0
+        !self.bank.is_empty()
     }
 
     pub fn has_point_bank(&self) -> bool {
-        self.point_bank.size()[0] > 0
+        !self.point_bank.is_empty()
     }
 
     /// Euclidean distance of each row of `features` (n, C) to its nearest patch-bank row: (n).
     pub fn bank_distances(&self, features: &Tensor) -> Tensor {
-        nearest_distances(&self.bank, features)
+        self.bank.nearest_distances(features)
     }
 
     /// Euclidean distance of each row of `features` (N, C) to its nearest point-bank row: (N).
     pub fn point_bank_distances(&self, features: &Tensor) -> Tensor {
-        nearest_distances(&self.point_bank, features)
+        self.point_bank.nearest_distances(features)
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -151,8 +148,8 @@ impl Conditioning {
         let mut named = vec![
             ("mean", cpu(&self.mean)),
             ("std", cpu(&self.std)),
-            ("bank", cpu(&self.bank)),
-            ("point_bank", cpu(&self.point_bank)),
+            ("bank", cpu(self.bank.rows())),
+            ("point_bank", cpu(self.point_bank.rows())),
             ("references", references),
         ];
         if let Some(t) = &self.template {
@@ -217,8 +214,8 @@ impl Conditioning {
         Ok(Self {
             mean,
             std,
-            bank,
-            point_bank,
+            bank: MemoryBank::new(bank),
+            point_bank: MemoryBank::new(point_bank),
             discriminator_reference: reference(0),
             bank_reference: reference(1),
             point_reference: reference(2),
@@ -227,27 +224,6 @@ impl Conditioning {
             template,
         })
     }
-}
-
-/// Euclidean distance of each row of `queries` (n, C) to its nearest row of `bank` (M, C), in blocks of
-/// queries so the distance matrix never holds more than a block × M entries: (n).
-pub fn nearest_distances(bank: &Tensor, queries: &Tensor) -> Tensor {
-    let _guard = tch::no_grad_guard();
-    // min_j |q − b_j|² = |q|² + min_j (|b_j|² − 2 q·b_j): one fused multiply-add over the block, one pass for
-    // the minimum, and |q|² added after it.
-    let bank_sq = (bank * bank).sum_dim_intlist(1, false, Kind::Float).unsqueeze(0);
-    let bank_t = bank.tr();
-    let n = queries.size()[0];
-    let blocks: Vec<Tensor> = (0..n)
-        .step_by(QUERY_BLOCK as usize)
-        .map(|start| {
-            let q = queries.narrow(0, start, QUERY_BLOCK.min(n - start));
-            let q_sq = (&q * &q).sum_dim_intlist(1, false, Kind::Float);
-            let partial = bank_sq.addmm(&(&q * -2.0), &bank_t);
-            (partial.amin(1, false) + q_sq).clamp_min(0.0).sqrt()
-        })
-        .collect();
-    Tensor::cat(&blocks, 0)
 }
 
 /// Greedy k-center coreset (PatchCore): repeatedly keep the row farthest from those kept, starting from row 0;
@@ -274,6 +250,7 @@ pub fn greedy_coreset(rows: &Tensor, size: usize) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::bank::brute_force_distances;
     use rand::SeedableRng;
 
     #[test]
@@ -285,8 +262,8 @@ mod tests {
         assert!(z.mean_dim(0, false, Kind::Float).abs().max().double_value(&[]) < 1e-4);
         assert!((z.std_dim(0, false, false) - 1.0).abs().max().double_value(&[]) < 1e-3);
         c.fit_bank(&[z.shallow_clone()], 50, &mut rand::rngs::StdRng::seed_from_u64(1));
-        assert_eq!(c.bank.size(), [50, 6]);
-        let d: Vec<f32> = c.bank_distances(&c.bank).try_into().unwrap();
+        assert_eq!(c.bank.rows().size(), [50, 6]);
+        let d: Vec<f32> = c.bank_distances(c.bank.rows()).try_into().unwrap();
         assert!(d.iter().all(|x| *x < 1e-2), "bank rows are their own nearest neighbours: {d:?}");
         let far = Tensor::full([1, 6], 100.0, (Kind::Float, Device::Cpu));
         assert!(c.bank_distances(&far).double_value(&[0]) > 100.0);
@@ -300,7 +277,7 @@ mod tests {
         let rows = Tensor::cat(&[dense, rare], 0);
         let kept = greedy_coreset(&rows, 20);
         assert_eq!(kept.size(), [20, 3]);
-        let covering = |bank: &Tensor| nearest_distances(bank, &rows).max().double_value(&[]);
+        let covering = |bank: &Tensor| brute_force_distances(bank, &rows).max().double_value(&[]);
         let random = rows.narrow(0, 0, 20);
         assert!(covering(&kept) < 0.5, "coreset covering radius {}", covering(&kept));
         assert!(covering(&random) > 5.0, "the first 20 rows miss the rare cluster");
@@ -313,8 +290,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.safetensors");
         let mut c = Conditioning::identity(4, Device::Cpu);
-        c.bank = Tensor::randn([7, 4], (Kind::Float, Device::Cpu));
-        c.point_bank = Tensor::randn([5, 4], (Kind::Float, Device::Cpu));
+        c.bank = MemoryBank::new(Tensor::randn([7, 4], (Kind::Float, Device::Cpu)));
+        c.point_bank = MemoryBank::new(Tensor::randn([5, 4], (Kind::Float, Device::Cpu)));
         c.bank_reference = Reference { low: 0.5, high: 2.0 };
         c.point_bank_reference = Reference { low: 1.5, high: 3.0 };
         c.partial_view_references = Some([0.1, 0.2, 0.3, 0.4].map(|low| Reference { low, high: 1.0 + low }));
@@ -322,8 +299,8 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         let cfg = PreprocessConfig { align: false, ..Default::default() };
         let back = Conditioning::from_bytes(&bytes, 4, &cfg, Device::Cpu).unwrap();
-        assert_eq!(back.bank.size(), [7, 4]);
-        assert_eq!(back.point_bank.size(), [5, 4]);
+        assert_eq!(back.bank.rows().size(), [7, 4]);
+        assert_eq!(back.point_bank.rows().size(), [5, 4]);
         assert_eq!(back.bank_reference, c.bank_reference);
         assert_eq!(back.point_bank_reference, c.point_bank_reference);
         assert_eq!(back.partial_view_references, c.partial_view_references);

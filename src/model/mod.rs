@@ -5,6 +5,7 @@
 
 pub mod adaptor;
 pub mod backbone;
+pub mod bank;
 mod batch;
 pub mod conditioning;
 pub mod config;

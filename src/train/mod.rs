@@ -456,14 +456,14 @@ fn condition(detector: &mut Detector, prepared: Vec<ViewTokens>) -> Result<Vec<S
         // Its own draw, so that a model scored without a bank trains exactly as one scored with it.
         let mut bank_rng = StdRng::seed_from_u64(detector.config.training.seed ^ BANK_SEED);
         detector.conditioning.fit_bank(&clean_features, detector.config.conditioning.bank_size, &mut bank_rng);
-        tracing::info!(entries = detector.conditioning.bank.size()[0], "memory bank");
+        tracing::info!(entries = detector.conditioning.bank.len(), "memory bank");
     }
     let point_bank_size = detector.config.conditioning.point_bank_size;
     if point_bank_size > 0 && samples.iter().any(|s| s.clean && s.points.is_some()) {
         let clean_points: Vec<Tensor> =
             samples.iter().filter(|s| s.clean).filter_map(|s| s.points.as_ref().map(|p| p.0.shallow_clone())).collect();
         detector.conditioning.fit_point_bank(&clean_points, point_bank_size);
-        tracing::info!(entries = detector.conditioning.point_bank.size()[0], "point memory bank (coreset)");
+        tracing::info!(entries = detector.conditioning.point_bank.len(), "point memory bank (coreset)");
     }
     Ok(samples)
 }

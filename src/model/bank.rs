@@ -152,10 +152,10 @@ impl LowerBounds {
         let centred: Vec<f64> =
             x.chunks(c).flat_map(|row| row.iter().zip(&self.mean).map(|(&v, &mu)| f64::from(v) - mu)).collect();
         let mut along = vec![0.0f64; n * d];
-        product_f64(n, c, d, 1.0, &centred, (c, 1), &self.basis, (d, 1), 0.0, &mut along);
+        product((n, c, d), 1.0, Operand::rows(&centred, c), Operand::rows(&self.basis, d), 0.0, &mut along);
         // The rest measured directly, not as |x − μ|² − |Pᵀ(x − μ)|², which cancels where little is left.
         let mut rest = centred;
-        product_f64(n, d, c, -1.0, &along, (d, 1), &self.basis, (1, d), 1.0, &mut rest);
+        product((n, d, c), -1.0, Operand::rows(&along, d), Operand::columns(&self.basis, d), 1.0, &mut rest);
         let mut embedded = Vec::with_capacity(n * (d + 1));
         for (a, r) in along.chunks(d).zip(rest.chunks(c)) {
             embedded.extend(a.iter().map(|&v| v as f32));
@@ -180,7 +180,7 @@ impl LowerBounds {
         let embedded = self.embed(queries);
         // −2 e_k·e_j; adding |e_j|² and |e_k|² gives the bound of row j for query k.
         let mut products = vec![0.0f32; b * m];
-        product_f32(b, e, m, -2.0, &embedded, (e, 1), &self.embedded, (1, e), 0.0, &mut products);
+        product((b, e, m), -2.0, Operand::rows(&embedded, e), Operand::columns(&self.embedded, e), 0.0, &mut products);
         let mut measured = 0;
         let nearest = (0..b)
             .map(|k| {
@@ -293,7 +293,14 @@ fn principal_directions(rows: &[f32], width: usize, d: usize) -> (Vec<f64>, Vec<
     let centred: Vec<f64> =
         rows.chunks(width).flat_map(|row| row.iter().zip(&mean).map(|(&v, &mu)| f64::from(v) - mu)).collect();
     let mut scatter = vec![0.0f64; width * width];
-    product_f64(width, m, width, 1.0, &centred, (1, width), &centred, (width, 1), 0.0, &mut scatter);
+    product(
+        (width, m, width),
+        1.0,
+        Operand::columns(&centred, width),
+        Operand::rows(&centred, width),
+        0.0,
+        &mut scatter,
+    );
     let eigen = nalgebra::SymmetricEigen::new(nalgebra::DMatrix::from_row_slice(width, width, &scatter));
     let mut order: Vec<usize> = (0..width).collect();
     order.sort_by(|&a, &b| eigen.eigenvalues[b].total_cmp(&eigen.eigenvalues[a]));
@@ -302,82 +309,74 @@ fn principal_directions(rows: &[f32], width: usize, d: usize) -> (Vec<f64>, Vec<
     (mean, basis.collect())
 }
 
-/// `c ← alpha · a b + beta · c` for an (m × k) `a` and a (k × n) `b` given by (row, column) strides, into a
-/// row-major (m × n) `c`.
-#[allow(clippy::too_many_arguments)]
-fn product_f32(
-    m: usize,
-    k: usize,
-    n: usize,
-    alpha: f32,
-    a: &[f32],
-    a_strides: (usize, usize),
-    b: &[f32],
-    b_strides: (usize, usize),
-    beta: f32,
-    c: &mut [f32],
-) {
-    assert!(fits(a, m, k, a_strides) && fits(b, k, n, b_strides) && c.len() >= m * n);
-    // SAFETY: the assertion above keeps every element the strides address inside its slice.
+/// A matrix operand: its values and its (row, column) strides.
+struct Operand<'a, T> {
+    values: &'a [T],
+    strides: (usize, usize),
+}
+
+impl<'a, T> Operand<'a, T> {
+    fn rows(values: &'a [T], width: usize) -> Self {
+        Self { values, strides: (width, 1) }
+    }
+
+    /// The transpose of a row-major matrix `width` wide.
+    fn columns(values: &'a [T], width: usize) -> Self {
+        Self { values, strides: (1, width) }
+    }
+
+    /// Whether a (r × c) matrix lies inside the values.
+    fn fits(&self, r: usize, c: usize) -> bool {
+        r == 0 || c == 0 || (r - 1) * self.strides.0 + (c - 1) * self.strides.1 < self.values.len()
+    }
+
+    fn strides(&self) -> (isize, isize) {
+        (self.strides.0 as isize, self.strides.1 as isize)
+    }
+}
+
+/// `matrixmultiply`'s product of one element type: (m, k, n, alpha, a, a's strides, b, b's strides, beta, c, c's
+/// strides).
+type Gemm<T> =
+    unsafe fn(usize, usize, usize, T, *const T, isize, isize, *const T, isize, isize, T, *mut T, isize, isize);
+
+/// The element types `matrixmultiply` multiplies.
+trait Element: Copy {
+    const GEMM: Gemm<Self>;
+}
+
+impl Element for f32 {
+    const GEMM: Gemm<Self> = matrixmultiply::sgemm;
+}
+
+impl Element for f64 {
+    const GEMM: Gemm<Self> = matrixmultiply::dgemm;
+}
+
+/// `c ← alpha · a b + beta · c` for an (m × k) `a` and a (k × n) `b`, into a row-major (m × n) `c`, on the
+/// calling thread.
+fn product<T: Element>((m, k, n): (usize, usize, usize), alpha: T, a: Operand<T>, b: Operand<T>, beta: T, c: &mut [T]) {
+    assert!(a.fits(m, k) && b.fits(k, n) && c.len() >= m * n, "matrix product operands out of bounds");
+    let ((rsa, csa), (rsb, csb)) = (a.strides(), b.strides());
+    // SAFETY: the assertion above keeps every element the dimensions and strides address inside its slice.
     unsafe {
-        matrixmultiply::sgemm(
+        T::GEMM(
             m,
             k,
             n,
             alpha,
-            a.as_ptr(),
-            a_strides.0 as isize,
-            a_strides.1 as isize,
-            b.as_ptr(),
-            b_strides.0 as isize,
-            b_strides.1 as isize,
+            a.values.as_ptr(),
+            rsa,
+            csa,
+            b.values.as_ptr(),
+            rsb,
+            csb,
             beta,
             c.as_mut_ptr(),
             n as isize,
             1,
-        );
+        )
     }
-}
-
-/// [`product_f32`] in double precision.
-#[allow(clippy::too_many_arguments)]
-fn product_f64(
-    m: usize,
-    k: usize,
-    n: usize,
-    alpha: f64,
-    a: &[f64],
-    a_strides: (usize, usize),
-    b: &[f64],
-    b_strides: (usize, usize),
-    beta: f64,
-    c: &mut [f64],
-) {
-    assert!(fits(a, m, k, a_strides) && fits(b, k, n, b_strides) && c.len() >= m * n);
-    // SAFETY: the assertion above keeps every element the strides address inside its slice.
-    unsafe {
-        matrixmultiply::dgemm(
-            m,
-            k,
-            n,
-            alpha,
-            a.as_ptr(),
-            a_strides.0 as isize,
-            a_strides.1 as isize,
-            b.as_ptr(),
-            b_strides.0 as isize,
-            b_strides.1 as isize,
-            beta,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
-}
-
-/// Whether an (r × c) matrix with these strides lies inside `values`.
-fn fits<T>(values: &[T], r: usize, c: usize, (row_stride, column_stride): (usize, usize)) -> bool {
-    r == 0 || c == 0 || (r - 1) * row_stride + (c - 1) * column_stride < values.len()
 }
 
 #[cfg(test)]

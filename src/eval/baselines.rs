@@ -79,7 +79,8 @@ fn features(kind: Baseline, cfg: &BaselineConfig, points: &[Point]) -> Result<(g
     }
 }
 
-pub struct MemoryBank {
+/// A baseline's memory of the training clouds' voxel features, scoring a point by its distance to the nearest.
+pub struct BaselineBank {
     kind: Baseline,
     cfg: BaselineConfig,
     bank: Tensor,
@@ -90,7 +91,7 @@ pub struct MemoryBank {
     raw_index: Option<NeighborIndex>,
 }
 
-impl MemoryBank {
+impl BaselineBank {
     pub fn fit(kind: Baseline, cfg: &BaselineConfig, train: &[TrainingCloud]) -> Result<Self> {
         let mut rows = Vec::new();
         let mut dim = 3;

@@ -15,7 +15,7 @@ use crate::geometry::Point;
 use crate::model::Result;
 use crate::model::config::DetectorConfig;
 use crate::train::{self, Monitor};
-use baselines::{Baseline, BaselineConfig, MemoryBank};
+use baselines::{Baseline, BaselineBank, BaselineConfig};
 use dataset::ClassData;
 
 pub enum Method {
@@ -284,7 +284,7 @@ fn evaluate_baseline(class: &ClassData, kind: Baseline, cfg: &BaselineConfig) ->
         let clouds: Vec<&train::TrainingCloud> = class.train.iter().collect();
         cfg.voxel = train::derive_voxel_size(&clouds, DetectorConfig::default().preprocess.voxel_spacing_factor)?;
     }
-    let bank = MemoryBank::fit(kind, &cfg, &class.train)?;
+    let bank = BaselineBank::fit(kind, &cfg, &class.train)?;
     let start = Instant::now();
     let mut scored = Vec::with_capacity(class.test.len());
     for cloud in &class.test {

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 /// Leading principal directions in the embedding. On the bundled model's point bank (4096 × 105) and the bundled
-/// scans' features, a query measures ~14 rows in full with 32 (~320 with 16, ~55 with 24): the bounding product
+/// scans' features, a query measures ~10 rows in full with 32 (~320 with 16, ~55 with 24): the bounding product
 /// costs a third of the full one.
 const EMBEDDED_DIRECTIONS: usize = 32;
 /// Banks with fewer rows, or not wider than the embedding, are searched by brute force.
@@ -30,7 +30,7 @@ const QUERY_BLOCK: usize = 128;
 /// Rows of good features (M, C) and what searching them on the CPU needs.
 pub struct MemoryBank {
     rows: Tensor,
-    /// `None` on a GPU, or for a bank too small or narrow to gain from it.
+    /// `None` where the bounded search would not gain (see [`LowerBounds::of`]): the full product then.
     bounds: Option<LowerBounds>,
 }
 
@@ -89,85 +89,114 @@ pub fn brute_force_distances(bank: &Tensor, queries: &Tensor) -> Tensor {
     Tensor::cat(&blocks, 0)
 }
 
-/// The bank's embedding: `e(x) = (Pᵀ(x − μ), |(I − PPᵀ)(x − μ)|)` with P the rows' leading principal directions.
-/// P is orthonormal, so |e(x) − e(y)|² = |Pᵀ(x − y)|² + (|r_x| − |r_y|)² ≤ |x − y|²: one (n, 33) × (33, M)
-/// product bounds every squared distance from below. Plain numbers, searched by rayon tasks that each take a
-/// block of queries through its own single-threaded products (no LibTorch threads waiting between blocks).
-struct LowerBounds {
-    /// C, the rows' width, and d + 1, the embedding's.
+/// The embedding `e(x) = (Pᵀ(x − μ), |(I − PPᵀ)(x − μ)|)`, P a bank's leading principal directions. P is
+/// orthonormal, so |e(x) − e(y)|² = |Pᵀ(x − y)|² + (|r_x| − |r_y|)² ≤ |x − y|²: distances never grow.
+struct Embedding {
+    /// C, the rows' width.
     width: usize,
-    embedded_width: usize,
-    /// (M × C), row after row: the rows that are measured in full.
-    rows: Vec<f32>,
     /// (C) and (C × d), double precision.
     mean: Vec<f64>,
     basis: Vec<f64>,
-    /// (M × (d + 1)) and their squared lengths (M).
-    embedded: Vec<f32>,
-    embedded_sq: Vec<f32>,
-    largest_embedded_sq: f64,
 }
 
-impl LowerBounds {
-    /// `None` where the bank is on a GPU, too small, narrow or not finite, or where its embedding would leave too many rows
-    /// to measure (tried on a sample of its own rows, each against the others).
-    fn of(rows: &Tensor) -> Option<Self> {
-        let size = rows.size();
-        let (m, width) = (size[0] as usize, size[1] as usize);
-        if rows.device() != Device::Cpu || m < MIN_PRUNED_ROWS || width <= EMBEDDED_DIRECTIONS + 1 {
-            return None;
-        }
-        let rows: Vec<f32> = rows.to_kind(Kind::Float).contiguous().reshape([-1]).try_into().ok()?;
-        if !rows.iter().all(|v| v.is_finite()) {
-            return None; // no direction is principal in a NaN; the full product gives what it gives
-        }
-        let (mean, basis) = principal_directions(&rows, width, EMBEDDED_DIRECTIONS);
-        let mut bounds = Self {
-            width,
-            embedded_width: EMBEDDED_DIRECTIONS + 1,
-            rows,
-            mean,
-            basis,
-            embedded: Vec::new(),
-            embedded_sq: Vec::new(),
-            largest_embedded_sq: 0.0,
-        };
-        bounds.embedded = bounds.embed(&bounds.rows);
-        bounds.embedded_sq = bounds.embedded.chunks(bounds.embedded_width).map(squared_length).collect();
-        bounds.largest_embedded_sq = bounds.embedded_sq.iter().copied().fold(0.0, f32::max).into();
-        let probes: Vec<usize> = (0..PROBES).map(|k| k * m / PROBES).collect();
-        let probe_rows: Vec<f32> = probes.iter().flat_map(|&j| bounds.row(j).to_vec()).collect();
-        let (_, measured) = bounds.search_block(&probe_rows, Some(&probes));
-        (measured * MAX_MEASURED_SHARE <= PROBES * m).then_some(bounds)
-    }
+/// Width of an embedded row: d directions and the rest's length.
+const EMBEDDED_WIDTH: usize = EMBEDDED_DIRECTIONS + 1;
 
-    fn row(&self, j: usize) -> &[f32] {
-        &self.rows[j * self.width..(j + 1) * self.width]
+impl Embedding {
+    /// The mean and the leading principal directions of `rows` (M × `width`).
+    fn of(rows: &[f32], width: usize) -> Self {
+        let m = rows.len() / width;
+        let mut mean = vec![0.0f64; width];
+        for row in rows.chunks(width) {
+            mean.iter_mut().zip(row).for_each(|(mu, &v)| *mu += f64::from(v));
+        }
+        mean.iter_mut().for_each(|mu| *mu /= m as f64);
+        let centred = centre(rows, &mean);
+        let mut scatter = vec![0.0f64; width * width];
+        let (a, b) = (Operand::columns(&centred, width), Operand::rows(&centred, width));
+        product((width, m, width), 1.0, a, b, 0.0, &mut scatter);
+        let eigen = nalgebra::SymmetricEigen::new(nalgebra::DMatrix::from_row_slice(width, width, &scatter));
+        let mut order: Vec<usize> = (0..width).collect();
+        order.sort_by(|&a, &b| eigen.eigenvalues[b].total_cmp(&eigen.eigenvalues[a]));
+        let leading = &order[..EMBEDDED_DIRECTIONS];
+        let vectors = &eigen.eigenvectors;
+        let basis = (0..width).flat_map(|i| leading.iter().map(move |&k| vectors[(i, k)])).collect();
+        Self { width, mean, basis }
     }
 
     /// `e(x)` of each row of `x` (n × C): (n × (d + 1)).
     fn embed(&self, x: &[f32]) -> Vec<f32> {
-        let (c, d) = (self.width, self.embedded_width - 1);
+        let (c, d) = (self.width, EMBEDDED_DIRECTIONS);
         let n = x.len() / c;
-        let centred: Vec<f64> =
-            x.chunks(c).flat_map(|row| row.iter().zip(&self.mean).map(|(&v, &mu)| f64::from(v) - mu)).collect();
+        let centred = centre(x, &self.mean);
         let mut along = vec![0.0f64; n * d];
         product((n, c, d), 1.0, Operand::rows(&centred, c), Operand::rows(&self.basis, d), 0.0, &mut along);
         // The rest measured directly, not as |x − μ|² − |Pᵀ(x − μ)|², which cancels where little is left.
         let mut rest = centred;
         product((n, d, c), -1.0, Operand::rows(&along, d), Operand::columns(&self.basis, d), 1.0, &mut rest);
-        let mut embedded = Vec::with_capacity(n * (d + 1));
+        let mut embedded = Vec::with_capacity(n * EMBEDDED_WIDTH);
         for (a, r) in along.chunks(d).zip(rest.chunks(c)) {
             embedded.extend(a.iter().map(|&v| v as f32));
             embedded.push(r.iter().map(|v| v * v).sum::<f64>().sqrt() as f32);
         }
         embedded
     }
+}
+
+/// Rows (M × C) less `mean`, in double precision.
+fn centre(rows: &[f32], mean: &[f64]) -> Vec<f64> {
+    rows.chunks(mean.len()).flat_map(|row| row.iter().zip(mean).map(|(&v, &mu)| f64::from(v) - mu)).collect()
+}
+
+/// A bank ready for the bounded search: its rows and their embedding. One (n × 33) · (33 × M) product bounds every
+/// squared distance from below. Plain numbers, searched by rayon tasks that each take a block of queries through
+/// its own single-threaded products (no LibTorch threads waiting between blocks).
+struct LowerBounds {
+    embedding: Embedding,
+    /// (M × C), row after row: the rows that are measured in full.
+    rows: Vec<f32>,
+    /// (M × (d + 1)), their squared lengths (M) and the largest of those.
+    embedded: Vec<f32>,
+    embedded_sq: Vec<f32>,
+    largest_embedded_sq: f64,
+}
+
+impl LowerBounds {
+    /// `None` where the bank is on a GPU, too small, narrow or not finite, or where its embedding would leave too
+    /// many rows to measure (tried on a sample of its own rows, each against the others).
+    fn of(rows: &Tensor) -> Option<Self> {
+        let size = rows.size();
+        let (m, width) = (size[0] as usize, size[1] as usize);
+        if rows.device() != Device::Cpu || m < MIN_PRUNED_ROWS || width <= EMBEDDED_WIDTH {
+            return None;
+        }
+        let rows: Vec<f32> = rows.to_kind(Kind::Float).contiguous().reshape([-1]).try_into().ok()?;
+        if !rows.iter().all(|v| v.is_finite()) {
+            return None; // no direction is principal in a NaN; the full product gives what it gives
+        }
+        let embedding = Embedding::of(&rows, width);
+        let embedded = embedding.embed(&rows);
+        let embedded_sq: Vec<f32> = embedded.chunks(EMBEDDED_WIDTH).map(squared_length).collect();
+        let largest_embedded_sq = embedded_sq.iter().copied().fold(0.0, f32::max).into();
+        let bounds = Self { embedding, rows, embedded, embedded_sq, largest_embedded_sq };
+        let probes: Vec<usize> = (0..PROBES).map(|k| k * m / PROBES).collect();
+        let probe_rows: Vec<f32> = probes.iter().flat_map(|&j| bounds.row(j).to_vec()).collect();
+        let (_, measured) = bounds.search_block(&probe_rows, Some(&probes));
+        (measured * MAX_MEASURED_SHARE <= PROBES * m).then_some(bounds)
+    }
+
+    fn width(&self) -> usize {
+        self.embedding.width
+    }
+
+    fn row(&self, j: usize) -> &[f32] {
+        &self.rows[j * self.width()..(j + 1) * self.width()]
+    }
 
     fn nearest_distances(&self, queries: &Tensor) -> Option<Tensor> {
         let queries: Vec<f32> = queries.to_kind(Kind::Float).contiguous().reshape([-1]).try_into().ok()?;
         let nearest: Vec<f32> = queries
-            .par_chunks(QUERY_BLOCK * self.width)
+            .par_chunks(QUERY_BLOCK * self.width())
             .flat_map_iter(|block| self.search_block(block, None).0)
             .collect();
         Some(Tensor::from_slice(&nearest))
@@ -176,8 +205,9 @@ impl LowerBounds {
     /// The nearest distance of each query of a block (B × C), and how many rows were measured in full. With
     /// `skip`, query k does not see row `skip[k]` (a bank row probing the others).
     fn search_block(&self, queries: &[f32], skip: Option<&[usize]>) -> (Vec<f32>, usize) {
-        let (b, m, e) = (queries.len() / self.width, self.embedded_sq.len(), self.embedded_width);
-        let embedded = self.embed(queries);
+        let (width, m, e) = (self.width(), self.embedded_sq.len(), EMBEDDED_WIDTH);
+        let b = queries.len() / width;
+        let embedded = self.embedding.embed(queries);
         // −2 e_k·e_j; adding |e_j|² and |e_k|² gives the bound of row j for query k.
         let mut products = vec![0.0f32; b * m];
         product((b, e, m), -2.0, Operand::rows(&embedded, e), Operand::columns(&self.embedded, e), 0.0, &mut products);
@@ -188,7 +218,7 @@ impl LowerBounds {
                 if let Some(skip) = skip {
                     row_products[skip[k]] = f32::INFINITY;
                 }
-                let query = &queries[k * self.width..(k + 1) * self.width];
+                let query = &queries[k * width..(k + 1) * width];
                 let query_sq = squared_length(&embedded[k * e..(k + 1) * e]);
                 let (best, count) = self.nearest_squared(query, f64::from(query_sq), row_products);
                 measured += count;
@@ -279,34 +309,6 @@ fn lowest(a: &[f32], b: &[f32]) -> usize {
 
 fn squared_length(x: &[f32]) -> f32 {
     x.iter().map(|v| v * v).sum()
-}
-
-/// The rows' mean (C) and their `d` leading principal directions as the columns of a (C × d) matrix, both in
-/// double precision.
-fn principal_directions(rows: &[f32], width: usize, d: usize) -> (Vec<f64>, Vec<f64>) {
-    let m = rows.len() / width;
-    let mut mean = vec![0.0f64; width];
-    for row in rows.chunks(width) {
-        mean.iter_mut().zip(row).for_each(|(mu, &v)| *mu += f64::from(v));
-    }
-    mean.iter_mut().for_each(|mu| *mu /= m as f64);
-    let centred: Vec<f64> =
-        rows.chunks(width).flat_map(|row| row.iter().zip(&mean).map(|(&v, &mu)| f64::from(v) - mu)).collect();
-    let mut scatter = vec![0.0f64; width * width];
-    product(
-        (width, m, width),
-        1.0,
-        Operand::columns(&centred, width),
-        Operand::rows(&centred, width),
-        0.0,
-        &mut scatter,
-    );
-    let eigen = nalgebra::SymmetricEigen::new(nalgebra::DMatrix::from_row_slice(width, width, &scatter));
-    let mut order: Vec<usize> = (0..width).collect();
-    order.sort_by(|&a, &b| eigen.eigenvalues[b].total_cmp(&eigen.eigenvalues[a]));
-    let basis =
-        (0..width).flat_map(|i| order[..d].iter().map(move |&k| (i, k))).map(|(i, k)| eigen.eigenvectors[(i, k)]);
-    (mean, basis.collect())
 }
 
 /// A matrix operand: its values and its (row, column) strides.

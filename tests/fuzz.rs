@@ -256,7 +256,7 @@ fn cdr_reader_survives_mutated_messages_as_rmw_serialises_them() {
         })
         .collect();
     fuzz_bytes("CDR", 4, corpus, |b| {
-        let stamped = inspect3d::bag::cdr::decode_point_cloud(b).ok()?;
+        let stamped = inspect3d::cloud::cdr::decode_point_cloud(b).ok()?;
         pointcloud2::decode(&stamped.layout).ok()
     });
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use inspect3d::cloud::{PointCloud, pointcloud2, read_cloud};
 use inspect3d::inspector::config::InspectorConfig;
-use inspect3d::inspector::{Inspector, LoadedModel, Outcome, Report, ThresholdOverrides};
+use inspect3d::inspector::{Inspector, LoadedModel, Outcome, Report, SCORE_FIELD, ThresholdOverrides};
 use inspect3d::model::Inspection;
 
 const SCANS: [&str; 6] = ["000_good", "000_bulge", "001_good", "001_missing", "002_sink", "003_dent"];
@@ -148,6 +148,8 @@ fn without_an_anomaly_cloud_wanted_scans_get_the_same_verdicts_and_a_message_tha
             Outcome::Scored { inspection: b, anomaly_cloud: None },
         ) => {
             assert_same_inspection(b, a, "000_bulge without its anomaly cloud");
+            let cloud = cloud.layout(&a.point_scores).unwrap();
+            assert_eq!(cloud, pointcloud2::with_f32_fields(&scan, &[(SCORE_FIELD, &a.point_scores)]).unwrap());
             assert_eq!(cloud.width * cloud.height, scan.width * scan.height);
         }
         _ => panic!("expected a scored scan with its anomaly cloud, then one scored without"),

@@ -3,9 +3,7 @@
 //! optionally zstd-compressed by rosbag2 itself (`--compression-mode file|message --compression-format zstd`).
 //! Reads a topic's messages file by file in recorded order, without loading a bag into memory (MCAP files are
 //! memory-mapped, sqlite rows are fetched in small batches, a compressed file is streamed to a temporary file
-//! first). Pure: no ROS needed ([`cdr`] decodes PointCloud2).
-
-pub mod cdr;
+//! first). Pure: no ROS needed ([`crate::cloud::cdr`] decodes PointCloud2).
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -13,7 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 
-pub use cdr::StampedCloud;
+use crate::cloud::cdr;
+pub use crate::cloud::cdr::StampedCloud;
 
 pub const POINT_CLOUD2: &str = "sensor_msgs/msg/PointCloud2";
 

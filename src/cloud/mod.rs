@@ -1,9 +1,10 @@
 //! Cloud I/O: the in-memory point cloud every stage works on, and its encodings — `sensor_msgs/PointCloud2`
-//! byte layouts, PCD and PLY files. Pure data handling: nothing here knows about ROS or the detector.
+//! byte layouts and their CDR serialization, PCD and PLY files. Pure data handling: nothing here knows about ROS or the detector.
 //!
 //! A [`PointCloud`] keeps every field of its source with the source's scalar type (so a scan can be written back
 //! unchanged) and its organised layout (`height > 1`: row-major, NaN holes stay in their row and column).
 
+pub mod cdr;
 mod lzf;
 pub mod pcd;
 pub mod ply;

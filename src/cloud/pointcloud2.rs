@@ -151,10 +151,78 @@ pub fn encode(cloud: &PointCloud) -> PointCloud2Layout {
     }
 }
 
-/// Whether [`with_f32_fields`] can add FLOAT32 fields of these names to `msg`, without building the message.
-pub fn check_f32_fields(msg: &PointCloud2Layout, names: &[&str]) -> Result<()> {
-    msg.validate()?;
-    f32_field_layout(msg, names).map(|_| ())
+/// `msg`'s layout with FLOAT32 fields added (e.g. `anomaly_score`), before any data is written: every original
+/// field keeps its offset, type and endianness, the new ones go after the old point record (4-byte aligned), each
+/// row keeps its padding. A field of the same name that is already FLOAT32 × 1 is overwritten in place instead.
+#[derive(Clone, Debug)]
+pub struct AddedF32Fields {
+    /// The new message's fields, flags and steps; its `data` stays empty.
+    pub head: PointCloud2Layout,
+    /// Per added field, its name and its offset in the new point record.
+    added: Vec<(String, usize)>,
+    /// The steps of the message the fields are added to.
+    source_steps: (usize, usize),
+}
+
+impl AddedF32Fields {
+    /// Checks `msg` and that FLOAT32 fields `names` can be added to it.
+    pub fn plan(msg: &PointCloud2Layout, names: &[&str]) -> Result<Self> {
+        msg.validate()?;
+        let (fields, point_step, targets) = f32_field_layout(msg, names)?;
+        let (old_step, width) = (msg.point_step as usize, msg.width as usize);
+        let padding = msg.row_step as usize - width * old_step;
+        let head = PointCloud2Layout {
+            height: msg.height,
+            width: msg.width,
+            fields,
+            is_bigendian: msg.is_bigendian,
+            point_step: point_step as u32,
+            row_step: (width * point_step + padding) as u32,
+            data: Vec::new(),
+            is_dense: msg.is_dense,
+        };
+        let added = names.iter().map(|n| n.to_string()).zip(targets).collect();
+        Ok(Self { head, added, source_steps: (old_step, msg.row_step as usize) })
+    }
+
+    /// Appends the new message's data to `out`: `msg`'s (the message planned for) with `values` in the added
+    /// fields, one slice per field in the planned order, one value per point.
+    pub fn write_data(&self, msg: &PointCloud2Layout, values: &[&[f32]], out: &mut Vec<u8>) -> Result<()> {
+        let (old_step, old_row_step) = self.source_steps;
+        let (width, height) = (self.head.width as usize, self.head.height as usize);
+        if (msg.point_step as usize, msg.row_step as usize) != self.source_steps
+            || (msg.width as usize, msg.height as usize) != (width, height)
+            || msg.data.len() != old_row_step * height
+        {
+            return Err(CloudError::BadLayout("not the message these fields were planned for".into()));
+        }
+        let n = width * height;
+        for (k, (name, _)) in self.added.iter().enumerate() {
+            let given = values.get(k).map_or(0, |v| v.len());
+            if given != n {
+                let problem = format!("{given} values for a cloud of {n} points");
+                return Err(CloudError::BadField { name: name.clone(), problem });
+            }
+        }
+        let (point_step, row_step) = (self.head.point_step as usize, self.head.row_step as usize);
+        let start = out.len();
+        out.resize(start + row_step * height, 0);
+        let rows = msg.data.chunks_exact(old_row_step).zip(out[start..].chunks_exact_mut(row_step));
+        for (row, (src, dst)) in rows.enumerate() {
+            let (src_points, src_padding) = src.split_at(width * old_step);
+            let (dst_points, dst_padding) = dst.split_at_mut(width * point_step);
+            dst_padding.copy_from_slice(src_padding);
+            let points = src_points.chunks_exact(old_step).zip(dst_points.chunks_exact_mut(point_step));
+            for (i, (src, dst)) in (row * width..).zip(points) {
+                dst[..old_step].copy_from_slice(src);
+                for (values, (_, offset)) in values.iter().zip(&self.added) {
+                    let bytes = if msg.is_bigendian { values[i].to_be_bytes() } else { values[i].to_le_bytes() };
+                    dst[*offset..offset + 4].copy_from_slice(&bytes);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The fields and point step of `msg` with FLOAT32 fields `names` added, and where each of them goes in a point.
@@ -187,48 +255,14 @@ fn f32_field_layout(msg: &PointCloud2Layout, names: &[&str]) -> Result<(Vec<Poin
     Ok((fields, point_step, targets))
 }
 
-/// The input message with extra FLOAT32 fields (e.g. `anomaly_score`): every original field keeps its offset,
-/// type and endianness, the new ones go after the old point record (4-byte aligned), each row keeps its padding.
-/// A field of the same name that is already FLOAT32 × 1 is overwritten in place instead.
+/// The input message with extra FLOAT32 fields (see [`AddedF32Fields`]), one slice of values per field.
 pub fn with_f32_fields(msg: &PointCloud2Layout, extra: &[(&str, &[f32])]) -> Result<PointCloud2Layout> {
-    msg.validate()?;
-    let n = msg.width as usize * msg.height as usize;
-    if let Some((name, values)) = extra.iter().find(|(_, values)| values.len() != n) {
-        return Err(CloudError::BadField {
-            name: name.to_string(),
-            problem: format!("{} values for a cloud of {n} points", values.len()),
-        });
-    }
     let names: Vec<&str> = extra.iter().map(|(name, _)| *name).collect();
-    let (fields, point_step, targets) = f32_field_layout(msg, &names)?;
-    let (old_step, width) = (msg.point_step as usize, msg.width as usize);
-    let padding = msg.row_step as usize - width * old_step;
-    let row_step = width * point_step + padding;
-    let mut data = vec![0u8; row_step * msg.height as usize];
-    let rows = msg.data.chunks_exact(msg.row_step as usize).zip(data.chunks_exact_mut(row_step));
-    for (row, (src, dst)) in rows.enumerate() {
-        let (src_points, src_padding) = src.split_at(width * old_step);
-        let (dst_points, dst_padding) = dst.split_at_mut(width * point_step);
-        dst_padding.copy_from_slice(src_padding);
-        let points = src_points.chunks_exact(old_step).zip(dst_points.chunks_exact_mut(point_step));
-        for (i, (src, dst)) in (row * width..).zip(points) {
-            dst[..old_step].copy_from_slice(src);
-            for ((_, values), &offset) in extra.iter().zip(&targets) {
-                let bytes = if msg.is_bigendian { values[i].to_be_bytes() } else { values[i].to_le_bytes() };
-                dst[offset..offset + 4].copy_from_slice(&bytes);
-            }
-        }
-    }
-    Ok(PointCloud2Layout {
-        height: msg.height,
-        width: msg.width,
-        fields,
-        is_bigendian: msg.is_bigendian,
-        point_step: point_step as u32,
-        row_step: row_step as u32,
-        data,
-        is_dense: msg.is_dense,
-    })
+    let values: Vec<&[f32]> = extra.iter().map(|(_, values)| *values).collect();
+    let added = AddedF32Fields::plan(msg, &names)?;
+    let mut data = Vec::with_capacity(added.head.row_step as usize * added.head.height as usize);
+    added.write_data(msg, &values, &mut data)?;
+    Ok(PointCloud2Layout { data, ..added.head })
 }
 
 #[cfg(test)]

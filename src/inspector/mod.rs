@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use tch::Device;
 
-use crate::cloud::PointCloud;
-use crate::cloud::pointcloud2::{self, PointCloud2Layout};
+use crate::cloud::pointcloud2::{self, AddedF32Fields, PointCloud2Layout};
+use crate::cloud::{CloudError, PointCloud};
 use crate::model::store::{self, Manifest};
 use crate::model::{Detector, GeometryPart, Inspection, ModelError, PreparedClouds, Thresholds};
 use config::InspectorConfig;
@@ -93,11 +93,11 @@ impl ThresholdOverrides {
 /// What became of one scan.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Scored: the verdict, and the input message with the FLOAT32 `anomaly_score` field added (`None` while
-    /// anomaly clouds are not wanted, see [`Inspector::set_clouds_wanted`]).
+    /// Scored: the verdict, and the anomaly cloud (`None` while anomaly clouds are not wanted, see
+    /// [`Inspector::set_clouds_wanted`]).
     Scored {
         inspection: Box<Inspection>,
-        anomaly_cloud: Option<PointCloud2Layout>,
+        anomaly_cloud: Option<AnomalyCloud>,
     },
     /// The message cannot be scored; says what is wrong with it.
     InvalidInput(String),
@@ -123,10 +123,11 @@ pub struct Report<M> {
 
 /// Scores a batch with a model: one outcome per scan, in order. Scans the geometry thread could not decode (it
 /// panicked) are decoded here; clouds prepared with another model's geometry (one activated while they were
-/// prepared), or not prepared, are prepared again with this model's.
+/// prepared), or not prepared, are prepared again with this model's. A scored scan's message moves into its
+/// anomaly cloud.
 fn inspect_messages<M>(
     model: Option<&(u64, LoadedModel)>,
-    scans: &[Scan<M>],
+    scans: &mut [Scan<M>],
     ready: Option<Ready>,
     overrides: ThresholdOverrides,
     clouds: CloudOutput,
@@ -145,14 +146,14 @@ fn inspect_messages<M>(
     let thresholds = overrides.apply(model.detector.thresholds);
     let mut inspections = model.detector.inspect_prepared(prepared, thresholds).into_iter();
     scans
-        .iter()
+        .iter_mut()
         .zip(decoded)
         .map(|(scan, cloud)| {
             if let Err(problem) = cloud {
                 return Outcome::InvalidInput(problem);
             }
             match inspections.next() {
-                Some(Ok(inspection)) => with_scores(&scan.msg, inspection, clouds),
+                Some(Ok(inspection)) => with_scores(&mut scan.msg, inspection, clouds),
                 Some(Err(e)) if e.is_input_problem() => Outcome::InvalidInput(e.to_string()),
                 Some(Err(e)) => Outcome::Failed(e.to_string()),
                 None => Outcome::Failed("the batch returned fewer results than scans".into()),
@@ -168,21 +169,50 @@ struct CloudOutput {
     rgb: bool,
 }
 
-/// The scored outcome: the input message with the score (and, on request, colour) fields added. When no anomaly
-/// cloud is wanted the message is not built, but whether it could be still is checked, so that a scan's verdict
-/// does not depend on who listens.
-fn with_scores(msg: &PointCloud2Layout, inspection: Inspection, clouds: CloudOutput) -> Outcome {
+/// A scored scan's anomaly cloud, ready to be written out: the input message, which gains a FLOAT32
+/// [`SCORE_FIELD`] (the inspection's point scores) and, on request, an [`RGB_FIELD`]. Kept apart until written,
+/// so that the writer can put the points straight where they go (the node: into the bytes it publishes).
+#[derive(Debug)]
+pub struct AnomalyCloud {
+    input: PointCloud2Layout,
+    added: AddedF32Fields,
+    colours: Option<Vec<f32>>,
+}
+
+impl AnomalyCloud {
+    /// The anomaly cloud's fields, flags and steps (its `data` empty).
+    pub fn head(&self) -> &PointCloud2Layout {
+        &self.added.head
+    }
+
+    /// Appends the anomaly cloud's point data to `out`, `scores` being the inspection's point scores.
+    pub fn write_data(&self, scores: &[f32], out: &mut Vec<u8>) -> Result<(), CloudError> {
+        let colours = self.colours.as_deref();
+        let values: Vec<&[f32]> = std::iter::once(scores).chain(colours).collect();
+        self.added.write_data(&self.input, &values, out)
+    }
+
+    /// The anomaly cloud as a message body.
+    pub fn layout(&self, scores: &[f32]) -> Result<PointCloud2Layout, CloudError> {
+        let mut data = Vec::new();
+        self.write_data(scores, &mut data)?;
+        Ok(PointCloud2Layout { data, ..self.added.head.clone() })
+    }
+}
+
+/// The scored outcome, with the anomaly cloud when wanted. Whether the message can carry the scores is checked
+/// either way, so that a scan's verdict does not depend on who listens.
+fn with_scores(msg: &mut PointCloud2Layout, inspection: Inspection, clouds: CloudOutput) -> Outcome {
     let names: &[&str] = if clouds.rgb { &[SCORE_FIELD, RGB_FIELD] } else { &[SCORE_FIELD] };
-    let anomaly_cloud = if clouds.wanted {
-        let colours = if clouds.rgb { packed_colours(&inspection.point_scores) } else { Vec::new() };
-        let values = [inspection.point_scores.as_slice(), colours.as_slice()];
-        let fields: Vec<(&str, &[f32])> = names.iter().copied().zip(values).collect();
-        pointcloud2::with_f32_fields(msg, &fields).map(Some)
-    } else {
-        pointcloud2::check_f32_fields(msg, names).map(|()| None)
-    };
-    match anomaly_cloud {
-        Ok(anomaly_cloud) => Outcome::Scored { inspection: Box::new(inspection), anomaly_cloud },
+    match AddedF32Fields::plan(msg, names) {
+        Ok(added) => {
+            let anomaly_cloud = clouds.wanted.then(|| AnomalyCloud {
+                input: std::mem::take(msg),
+                added,
+                colours: clouds.rgb.then(|| packed_colours(&inspection.point_scores)),
+            });
+            Outcome::Scored { inspection: Box::new(inspection), anomaly_cloud }
+        }
         Err(e) => Outcome::InvalidInput(e.to_string()),
     }
 }
@@ -504,9 +534,9 @@ fn score_scans<M>(shared: &Shared<M>, batches: Receiver<Batch<M>>, mut sink: imp
             wanted: shared.clouds_wanted.load(Ordering::Relaxed),
             rgb: shared.rgb.load(Ordering::Relaxed),
         };
-        let Batch { scans, ready } = batch;
+        let Batch { mut scans, ready } = batch;
         // A LibTorch error surfaces as a panic in tch; it must cost these scans, not the node.
-        let inspect = || inspect_messages(model.as_ref(), &scans, ready, overrides, clouds);
+        let inspect = || inspect_messages(model.as_ref(), &mut scans, ready, overrides, clouds);
         let outcomes = std::panic::catch_unwind(AssertUnwindSafe(inspect)).unwrap_or_else(|panic| {
             let what = panic
                 .downcast_ref::<String>()

@@ -18,7 +18,9 @@ use r2r::visualization_msgs::msg::{Marker, MarkerArray};
 use r2r::{Parameter, ParameterValue, QosProfile, RosParams};
 use tch::Device;
 
-use super::{layout_from_msg, msg_from_layout, now_stamp, train_action};
+use super::{layout_from_msg, now_stamp, train_action};
+use crate::bag::POINT_CLOUD2;
+use crate::cloud::cdr;
 use crate::inspector::config::{InspectorConfig, ParamValue};
 use crate::inspector::{Inspector, LoadedModel, Outcome, Report, ThresholdOverrides};
 
@@ -224,16 +226,18 @@ fn result_message(report: &Report<ScanTag>) -> InspectionResult {
 #[derive(Clone)]
 struct Outputs {
     results: r2r::Publisher<InspectionResult>,
-    clouds: r2r::Publisher<PointCloud2>,
+    /// Anomaly clouds go out as the CDR bytes [`cdr::encode_point_cloud_into`] writes.
+    clouds: r2r::PublisherUntyped,
     defects: r2r::Publisher<MarkerArray>,
 }
 
 /// Most regions drawn for one scan (strongest first): a noisy scan must not flood a viewer.
 const MAX_MARKED_REGIONS: usize = 32;
 
-/// Publishes a report's verdict, then (when scored) its anomaly cloud, then the defect markers: the regions of a
-/// rejected part, nothing for any other verdict (a dropped scan leaves the markers of the scan shown).
-fn publish_report(out: &Outputs, report: Report<ScanTag>) {
+/// Publishes a report's verdict, then (when scored) its anomaly cloud, serialized into `cloud_bytes` (a buffer
+/// kept from scan to scan), then the defect markers: the regions of a rejected part, nothing for any other verdict
+/// (a dropped scan leaves the markers of the scan shown).
+fn publish_report(out: &Outputs, report: Report<ScanTag>, cloud_bytes: &mut Vec<u8>) {
     // The verdict first: the robot waits on it, not on the (large) anomaly cloud.
     let result = result_message(&report);
     if let Err(e) = out.results.publish(&result) {
@@ -251,11 +255,21 @@ fn publish_report(out: &Outputs, report: Report<ScanTag>) {
         Outcome::Scored { inspection, .. } if !inspection.passed => inspection.regions.as_slice(),
         _ => &[],
     };
-    let markers = defect_markers(&report.tag.header, regions);
-    if let Outcome::Scored { anomaly_cloud: Some(anomaly_cloud), .. } = report.outcome
-        && let Err(e) = out.clouds.publish(&msg_from_layout(report.tag.header, anomaly_cloud))
-    {
-        tracing::warn!("publishing the anomaly cloud: {e}");
+    let header = &report.tag.header;
+    let markers = defect_markers(header, regions);
+    if let Outcome::Scored { inspection, anomaly_cloud: Some(cloud) } = &report.outcome {
+        let stamp = (header.stamp.sec, header.stamp.nanosec);
+        let written = cdr::encode_point_cloud_into(cloud_bytes, stamp, &header.frame_id, cloud.head(), |out| {
+            cloud.write_data(&inspection.point_scores, out)
+        });
+        match written {
+            Ok(()) => {
+                if let Err(e) = out.clouds.publish_raw(cloud_bytes) {
+                    tracing::warn!("publishing the anomaly cloud: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("writing the anomaly cloud: {e}"),
+        }
     }
     if let Err(e) = out.defects.publish(&markers) {
         tracing::warn!("publishing the defect markers: {e}");
@@ -376,13 +390,14 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
     };
     let outputs = Outputs {
         results: node.create_publisher::<InspectionResult>(&config.result_topic, QosProfile::default())?,
-        clouds: node.create_publisher::<PointCloud2>(&config.anomaly_cloud_topic, cloud_qos)?,
+        clouds: node.create_publisher_untyped(&config.anomaly_cloud_topic, POINT_CLOUD2, cloud_qos)?,
         defects: node.create_publisher::<MarkerArray>(&config.defects_topic, QosProfile::default())?,
     };
     let diagnostics_pub = node.create_publisher::<DiagnosticArray>("/diagnostics", QosProfile::default())?;
     let for_dropped = outputs.clone();
+    let mut cloud_bytes = Vec::new();
     let inspector = Inspector::start(config.queue_depth as usize, model, overrides(&config), move |report| {
-        publish_report(&outputs, report)
+        publish_report(&outputs, report, &mut cloud_bytes)
     });
     inspector.set_rgb(config.anomaly_cloud_rgb);
     let state = Arc::new(NodeState { name: name.clone(), inspector, config: Mutex::new(config.clone()), device });
@@ -422,7 +437,8 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
                     let listeners = outputs.clouds.get_inter_process_subscription_count().unwrap_or(1);
                     intake.inspector.set_clouds_wanted(listeners > 0);
                     if let Some(dropped) = intake.inspector.submit_on(lane, tag, layout) {
-                        publish_report(&outputs, dropped);
+                        // A dropped scan has no anomaly cloud to write.
+                        publish_report(&outputs, dropped, &mut Vec::new());
                     }
                 }
             });

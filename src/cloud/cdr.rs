@@ -1,8 +1,10 @@
-//! CDR (XCDR1, as rosbag2 stores ROS 2 messages) decoding of sensor_msgs/msg/PointCloud2, without ROS: a bag can
-//! be read where no ROS is installed (`inspect3d train --bag`). Alignment is relative to the body, after the
-//! 4-byte encapsulation header that says the byte order.
+//! `sensor_msgs/PointCloud2` as CDR (XCDR1), the bytes ROS 2 sends and rosbag2 stores, both ways and without ROS:
+//! a bag can be read where no ROS is installed (`inspect3d train --bag`), and the node writes its anomaly clouds
+//! straight into the bytes it publishes (one pass over the points, into a buffer kept from scan to scan, instead of
+//! a message built, copied into rcl's and serialized again). Alignment is relative to the body, after the 4-byte
+//! encapsulation header that says the byte order.
 
-use crate::cloud::pointcloud2::{PointCloud2Layout, PointFieldLayout};
+use super::pointcloud2::{PointCloud2Layout, PointFieldLayout};
 
 /// A PointCloud2 message's header and body.
 #[derive(Clone, Debug, PartialEq)]
@@ -94,13 +96,94 @@ pub fn decode_point_cloud(bytes: &[u8]) -> Result<StampedCloud, String> {
     })
 }
 
+/// The little-endian encapsulation header (CDR_LE, no options): what ROS 2 publishes on x86 and ARM.
+const LITTLE_ENDIAN_CDR: [u8; 4] = [0, 1, 0, 0];
+
+/// Appends CDR values to a message body (little-endian), aligned relative to the body.
+struct Writer<'a> {
+    out: &'a mut Vec<u8>,
+    /// Where the body starts in `out`.
+    body: usize,
+}
+
+impl Writer<'_> {
+    fn align(&mut self, n: usize) {
+        let at = (self.out.len() - self.body).next_multiple_of(n) + self.body;
+        self.out.resize(at, 0);
+    }
+
+    fn u32(&mut self, v: u32) {
+        self.align(4);
+        self.out.extend(v.to_le_bytes());
+    }
+
+    fn string(&mut self, s: &str) {
+        // The length counts a terminating NUL.
+        self.u32(s.len() as u32 + 1);
+        self.out.extend(s.as_bytes());
+        self.out.push(0);
+    }
+}
+
+/// Serializes a PointCloud2 into `out` (cleared first; its capacity is kept, so a buffer reused from message to
+/// message costs no fresh pages): the header, `head`'s fields, flags and steps, then the point data that
+/// `write_data` appends (`head.data` is not used). `write_data`'s error, if any, is returned and `out` is left
+/// incomplete.
+pub fn encode_point_cloud_into<E>(
+    out: &mut Vec<u8>,
+    stamp: (i32, u32),
+    frame_id: &str,
+    head: &PointCloud2Layout,
+    write_data: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<(), E> {
+    out.clear();
+    out.extend(LITTLE_ENDIAN_CDR);
+    let mut w = Writer { out, body: LITTLE_ENDIAN_CDR.len() };
+    w.u32(stamp.0 as u32);
+    w.u32(stamp.1);
+    w.string(frame_id);
+    w.u32(head.height);
+    w.u32(head.width);
+    w.u32(head.fields.len() as u32);
+    for f in &head.fields {
+        w.string(&f.name);
+        w.u32(f.offset);
+        w.out.push(f.datatype);
+        w.u32(f.count);
+    }
+    w.out.push(u8::from(head.is_bigendian));
+    w.u32(head.point_step);
+    w.u32(head.row_step);
+    // The data's length is known once it is written.
+    w.u32(0);
+    let (length_at, start) = (w.out.len() - 4, w.out.len());
+    write_data(w.out)?;
+    let length = (w.out.len() - start) as u32;
+    w.out[length_at..start].copy_from_slice(&length.to_le_bytes());
+    w.out.push(u8::from(head.is_dense));
+    Ok(())
+}
+
+/// The CDR bytes of a whole message.
+pub fn encode_point_cloud(cloud: &StampedCloud) -> Vec<u8> {
+    let mut out = Vec::with_capacity(cloud.layout.data.len() + 256);
+    let stamp = (cloud.stamp_sec, cloud.stamp_nanosec);
+    let written: Result<(), std::convert::Infallible> =
+        encode_point_cloud_into(&mut out, stamp, &cloud.frame_id, &cloud.layout, |out| {
+            out.extend_from_slice(&cloud.layout.data);
+            Ok(())
+        });
+    let Ok(()) = written;
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cloud::{PointCloud, pointcloud2};
 
-    /// A CDR encoder written from the specification, for round trips (the integration tests read bags written
-    /// by the independent `rosbags` package).
+    /// A CDR encoder written from the specification, in either byte order (the integration tests also read bags
+    /// written by the independent `rosbags` package, and the node's test reads what it publishes).
     fn encode(cloud: &StampedCloud, little: bool) -> Vec<u8> {
         let mut body = Vec::new();
         let u32 = |body: &mut Vec<u8>, v: u32| {
@@ -149,6 +232,27 @@ mod tests {
     }
 
     #[test]
+    fn the_encoder_writes_what_the_specification_says() {
+        let mut odd = sample();
+        // Lengths that leave every alignment case: a 1-byte frame id, a 5-byte field name, 7 bytes of data.
+        odd.frame_id = "c".into();
+        odd.layout.fields[0].name = "xyzab".into();
+        odd.layout.data.truncate(7);
+        for cloud in [sample(), odd] {
+            assert_eq!(encode_point_cloud(&cloud), encode(&cloud, true));
+        }
+        // A reused buffer holds only the last message.
+        let mut out = encode_point_cloud(&sample());
+        let stamp = (1, 2);
+        let written: Result<(), ()> = encode_point_cloud_into(&mut out, stamp, "cam", &sample().layout, |_| Ok(()));
+        assert!(written.is_ok());
+        let empty = decode_point_cloud(&out).unwrap();
+        assert_eq!((empty.stamp_sec, empty.layout.data.len(), empty.layout.width), (1, 0, 2));
+        let failed = encode_point_cloud_into(&mut out, stamp, "cam", &sample().layout, |_| Err("no data"));
+        assert_eq!(failed, Err("no data"));
+    }
+
+    #[test]
     fn truncation_and_garbage_are_errors_not_panics() {
         let bytes = encode(&sample(), true);
         for cut in 0..bytes.len() - 1 {
@@ -163,13 +267,13 @@ mod tests {
     #[test]
     fn equals_what_rmw_serializes() {
         use r2r::WrappedTypesupport;
-        let (_, layout) = (0, sample().layout);
         let header = r2r::std_msgs::msg::Header {
             stamp: r2r::builtin_interfaces::msg::Time { sec: 17, nanosec: 5 },
             frame_id: "cam".into(),
         };
-        let msg = crate::ros::msg_from_layout(header, layout);
+        let msg = crate::ros::msg_from_layout(header, sample().layout);
         let bytes = msg.to_serialized_bytes().unwrap();
         assert_eq!(decode_point_cloud(&bytes).unwrap(), sample());
+        assert_eq!(encode_point_cloud(&sample()), bytes, "byte for byte what Fast DDS serializes");
     }
 }

@@ -697,8 +697,9 @@ fn publish(input: &Path, topic: &str, frame_id: &str, count: u32, rate: f64, wai
     let ctx = r2r::Context::create().context("creating the ROS context (is the ROS environment sourced?)")?;
     let mut node = r2r::Node::create(ctx, "inspect3d_publisher", "").context("creating the node")?;
     let publisher = node
-        .create_publisher::<r2r::sensor_msgs::msg::PointCloud2>(topic, QosProfile::sensor_data())
+        .create_publisher_untyped(topic, inspect3d::bag::POINT_CLOUD2, QosProfile::sensor_data())
         .with_context(|| format!("advertising {topic}"))?;
+    let mut bytes = Vec::new();
     let period = std::time::Duration::from_secs_f64(1.0 / rate);
     let deadline = Instant::now() + std::time::Duration::from_secs(30);
     while publisher.get_inter_process_subscription_count().unwrap_or(0) < wait_for {
@@ -717,8 +718,9 @@ fn publish(input: &Path, topic: &str, frame_id: &str, count: u32, rate: f64, wai
             std::thread::sleep(wait);
         }
         next += period;
-        let header = r2r::std_msgs::msg::Header { frame_id: frame_id.into(), stamp: inspect3d::ros::now_stamp() };
-        publisher.publish(&inspect3d::ros::msg_from_layout(header, layout.clone())).context("publishing")?;
+        let stamp = inspect3d::ros::now_stamp();
+        inspect3d::ros::client::publish_cloud(&publisher, &mut bytes, &layout, frame_id, stamp)
+            .context("publishing")?;
         sent += 1;
     }
     tracing::info!(sent, topic, points = cloud.len(), "published");
@@ -788,10 +790,9 @@ fn replay(sources: &[PathBuf], topic: &str, node: &str, heatmaps: Option<&Path>,
         }
         std::io::stdout().flush()?;
         if let Some(dir) = heatmaps
-            && let Some(cloud_msg) = client.cloud_for(&stamp, std::time::Duration::from_secs(5))
+            && let Some(anomaly) = client.cloud_for(&stamp, std::time::Duration::from_secs(5))
         {
-            let (_, layout) = inspect3d::ros::layout_from_msg(cloud_msg);
-            let scored = pointcloud2::decode(&layout)?;
+            let scored = pointcloud2::decode(&anomaly.layout)?;
             let field = scored.field(inspect3d::inspector::SCORE_FIELD).context("anomaly cloud without scores")?;
             let scores: Vec<f32> = (0..scored.len()).map(|i| field.value(i, 0) as f32).collect();
             let high = result.threshold.max(result.score).max(f32::MIN_POSITIVE);

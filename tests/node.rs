@@ -46,7 +46,7 @@ fn verdicts_come_without_an_anomaly_cloud_subscriber_and_clouds_return_with_one(
     let (watched, _) = viewer.inspect(&sent, TIMEOUT).unwrap();
     assert_eq!((watched.status, watched.score), (alone.status, alone.score));
     let cloud = viewer.cloud_for(viewer.last_stamp(), TIMEOUT).expect("the anomaly cloud, once someone subscribes");
-    assert_eq!(cloud.width * cloud.height, sent.width * sent.height);
+    assert_eq!(cloud.layout.width * cloud.layout.height, sent.width * sent.height);
 }
 
 #[test]
@@ -76,7 +76,8 @@ fn scans_get_verdicts_and_anomaly_clouds_equal_to_the_library() {
         assert_eq!(result.header.frame_id, "camera");
 
         let anomaly = client.cloud_for(client.last_stamp(), TIMEOUT).expect("anomaly cloud");
-        let (_, layout) = inspect3d::ros::layout_from_msg(anomaly);
+        assert_eq!(anomaly.frame_id, "camera");
+        let layout = anomaly.layout;
         assert_eq!((layout.width, layout.height), (640, 480), "organised stays organised");
         assert_eq!(layout.fields[..sent.fields.len()], sent.fields[..], "input fields keep their layout");
         let added = layout.fields.last().unwrap();
@@ -156,7 +157,10 @@ fn defect_markers_mark_each_region_of_a_rejected_part_and_clear_on_a_pass() {
     let off = distance([strongest.x, strongest.y, strongest.z], centre);
     assert!(off <= extent, "strongest region {off:.1} from the defect's centre (its extent {extent:.1})");
     let cloud = client.cloud_for(client.last_stamp(), TIMEOUT).expect("anomaly cloud");
-    assert!(cloud.fields.iter().any(|f| f.name == "rgb" && f.datatype == 7), "anomaly_cloud_rgb adds a FLOAT32 rgb");
+    assert!(
+        cloud.layout.fields.iter().any(|f| f.name == "rgb" && f.datatype == 7),
+        "anomaly_cloud_rgb adds a FLOAT32 rgb"
+    );
 
     let (result, _) = client.inspect(&pointcloud2::encode(&scan("000_good")), TIMEOUT).unwrap();
     assert!(result.passed, "{}", result.message);
@@ -280,7 +284,7 @@ fn diagnostics_report_the_model_counts_and_latency() {
 #[test]
 fn every_received_scan_gets_a_result_even_when_dropped() {
     let node = TestNode::start(MODEL, &["diagnostics_period_s:=0.2"]);
-    let client = connect(&node);
+    let mut client = connect(&node);
     let good = pointcloud2::encode(&scan("000_good"));
     // Eight scans at once: the node scores one, keeps the newest waiting, drops the rest, and answers each.
     let mut stamp = r2r::builtin_interfaces::msg::Time::default();

@@ -164,16 +164,19 @@ pub fn encode_point_cloud_into<E>(
     Ok(())
 }
 
+/// [`encode_point_cloud_into`] of a whole message body, its data as it is.
+pub fn encode_layout_into(out: &mut Vec<u8>, stamp: (i32, u32), frame_id: &str, layout: &PointCloud2Layout) {
+    let copied: Result<(), std::convert::Infallible> = encode_point_cloud_into(out, stamp, frame_id, layout, |out| {
+        out.extend_from_slice(&layout.data);
+        Ok(())
+    });
+    let Ok(()) = copied;
+}
+
 /// The CDR bytes of a whole message.
 pub fn encode_point_cloud(cloud: &StampedCloud) -> Vec<u8> {
     let mut out = Vec::with_capacity(cloud.layout.data.len() + 256);
-    let stamp = (cloud.stamp_sec, cloud.stamp_nanosec);
-    let written: Result<(), std::convert::Infallible> =
-        encode_point_cloud_into(&mut out, stamp, &cloud.frame_id, &cloud.layout, |out| {
-            out.extend_from_slice(&cloud.layout.data);
-            Ok(())
-        });
-    let Ok(()) = written;
+    encode_layout_into(&mut out, (cloud.stamp_sec, cloud.stamp_nanosec), &cloud.frame_id, &cloud.layout);
     out
 }
 

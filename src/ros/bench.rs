@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use r2r::inspect3d_msgs::msg::InspectionResult;
 
 use super::client::{InspectorClient, unique_stamp};
-use crate::bench::peak_memory_mib_of;
+use crate::bench::{cpu_seconds_of, peak_memory_mib_of};
 use crate::cloud::PointCloud;
 use crate::cloud::pointcloud2::{self, PointCloud2Layout};
 use crate::inspector::median_and_p95;
@@ -83,10 +83,27 @@ impl Drop for BenchNode {
 /// The queue depth of the node that measures batched throughput.
 const BATCHING_QUEUE_DEPTH: usize = 4;
 
-/// Offers `layout` at `hz` for `seconds` and collects every result: the scored ones per second (PASS or
-/// REJECT, not the DROPPED answers), and the rate offered.
-fn flood(client: &mut InspectorClient, layout: &PointCloud2Layout, hz: f64, seconds: f64) -> Result<(f64, f64)> {
+/// What a flood measured.
+struct Flood {
+    /// Scored results (PASS or REJECT, not the DROPPED answers) per second.
+    scored_per_second: f64,
+    offered_per_second: f64,
+    /// The node's CPU time (all its threads) per scored scan, ms: what a scan costs whatever else shares the
+    /// cores (this client among them); NaN where /proc cannot tell.
+    node_cpu_ms: f64,
+}
+
+impl Flood {
+    /// The table's cell: the rate, and the CPU per scan in brackets.
+    fn cell(&self) -> String {
+        format!("{:.1} ({:.0} ms)", self.scored_per_second, self.node_cpu_ms)
+    }
+}
+
+/// Offers `layout` at `hz` for `seconds` to the node with process id `pid` and collects every result.
+fn flood(client: &mut InspectorClient, pid: &str, layout: &PointCloud2Layout, hz: f64, seconds: f64) -> Result<Flood> {
     let period = Duration::from_secs_f64(1.0 / hz);
+    let cpu_before = cpu_seconds_of(pid);
     let start = Instant::now();
     let mut next = start;
     let mut sent = 0usize;
@@ -109,7 +126,11 @@ fn flood(client: &mut InspectorClient, layout: &PointCloud2Layout, hz: f64, seco
         }
     }
     let busy = (last - start).as_secs_f64().max(1e-9);
-    Ok((scored as f64 / busy, sent as f64 / seconds))
+    let node_cpu_ms = match (cpu_before, cpu_seconds_of(pid)) {
+        (Some(before), Some(after)) if scored > 0 => (after - before) * 1e3 / scored as f64,
+        _ => f64::NAN,
+    };
+    Ok(Flood { scored_per_second: scored as f64 / busy, offered_per_second: sent as f64 / seconds, node_cpu_ms })
 }
 
 /// Runs the benchmark; `repeats` sequential scans and `flood_seconds` of scans at `flood_hz` per input.
@@ -125,8 +146,9 @@ pub fn node(
     let (node, mut client) = BenchNode::start(repo, model, &[], timeout)?;
     let pid = node.pid();
     let mut table = String::from(
-        "| input | points (finite) | round trip p50 / p95 ms | node latency p50 / p95 ms | sustained scans/s | \
-         sustained, no cloud subscriber | sustained, batched | offered scans/s |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| input | points (finite) | round trip p50 / p95 ms | node latency p50 / p95 ms | sustained scans/s (node CPU \
+         ms per scan) | sustained, no cloud subscriber | sustained, batched | offered scans/s |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let (mut rows, mut offered_rates) = (Vec::new(), Vec::new());
     let layouts: Vec<PointCloud2Layout> = inputs.iter().map(|input| pointcloud2::encode(&input.cloud)).collect();
@@ -143,14 +165,15 @@ pub fn node(
             node_latencies.push(f64::from(result.latency_ms));
         }
         tracing::info!(input = input.name, "sequential done; flooding");
-        let (sustained, offered) = flood(&mut client, layout, flood_hz, flood_seconds)?;
-        offered_rates.push(offered);
+        let sustained = flood(&mut client, &pid, layout, flood_hz, flood_seconds)?;
+        offered_rates.push(sustained.offered_per_second);
         let (rt50, rt95) = median_and_p95(round_trips);
         let (n50, n95) = median_and_p95(node_latencies);
         rows.push(format!(
-            "| {} | {} ({finite}) | {rt50:.0} / {rt95:.0} | {n50:.0} / {n95:.0} | {sustained:.1}",
+            "| {} | {} ({finite}) | {rt50:.0} / {rt95:.0} | {n50:.0} / {n95:.0} | {}",
             input.name,
             input.cloud.len(),
+            sustained.cell(),
         ));
     }
     // The same floods with results the only output anyone receives, as at a cell without RViz.
@@ -158,18 +181,18 @@ pub fn node(
     let mut client = node.connect_for_results(timeout)?;
     for (row, layout) in rows.iter_mut().zip(&layouts) {
         client.inspect(layout, timeout)?;
-        let (sustained, _) = flood(&mut client, layout, flood_hz, flood_seconds)?;
-        row.push_str(&format!(" | {sustained:.1}"));
+        let sustained = flood(&mut client, &pid, layout, flood_hz, flood_seconds)?;
+        row.push_str(&format!(" | {}", sustained.cell()));
     }
     let memory = peak_memory_mib_of(&pid).map_or("unknown".into(), |m| format!("{m:.0} MiB"));
     drop((client, node));
     // The same floods into a node that lets scans wait: it scores the waiting ones as one batch.
     let depth = format!("queue_depth:={BATCHING_QUEUE_DEPTH}");
-    let (_batching, mut client) = BenchNode::start(repo, model, &[depth], timeout)?;
+    let (batching, mut client) = BenchNode::start(repo, model, &[depth], timeout)?;
     for ((row, layout), offered) in rows.iter().zip(&layouts).zip(offered_rates) {
         client.inspect(layout, timeout)?;
-        let (batched, _) = flood(&mut client, layout, flood_hz, flood_seconds)?;
-        table.push_str(&format!("{row} | {batched:.1} | {offered:.1} |\n"));
+        let batched = flood(&mut client, &batching.pid(), layout, flood_hz, flood_seconds)?;
+        table.push_str(&format!("{row} | {} | {offered:.1} |\n", batched.cell()));
     }
     table.push_str(&format!(
         "\nNode peak memory (VmHWM): {memory}. Round trip = publish → result received by this process; node \
@@ -177,7 +200,8 @@ pub fn node(
          scans were offered at the last column's rate (queue_depth 1: the newest waits, older ones are dropped), \
          received with the node's anomaly clouds, or without (then the node does not build them); \
          batched = the same into a node with queue_depth {BATCHING_QUEUE_DEPTH}, which scores the scans waiting \
-         together as one batch (each waits longer).\n"
+         together as one batch (each waits longer). In brackets: the node's CPU time (all its threads) per scored \
+         scan during that flood, what a scan costs whatever else shares the cores (this client does).\n"
     ));
     Ok(table)
 }

@@ -1,5 +1,7 @@
 //! A client of the inspector node over DDS: publishes scans on the node's input topic and collects its results
 //! and anomaly clouds. The demo's `inspect3d replay` and the node benchmark (`inspect3d bench node`) use it.
+//! Scans go out and anomaly clouds come in as CDR bytes, as a camera driver's and `ros2 bag record`'s do: on one
+//! host the client shares the cores with the node it measures, so it costs no more than it must.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,9 +13,9 @@ use futures::StreamExt;
 use r2r::QosProfile;
 use r2r::builtin_interfaces::msg::Time;
 use r2r::inspect3d_msgs::msg::InspectionResult;
-use r2r::sensor_msgs::msg::PointCloud2;
-use r2r::std_msgs::msg::Header;
 
+use crate::bag::POINT_CLOUD2;
+use crate::cloud::cdr::{self, StampedCloud};
 use crate::cloud::pointcloud2::PointCloud2Layout;
 
 /// Longer than the node needs for one scan on a CPU, so a resend is only for a lost message.
@@ -23,9 +25,12 @@ const RESEND_AFTER: Duration = Duration::from_secs(10);
 const UNREAD_CLOUDS: usize = 8;
 
 pub struct InspectorClient {
-    publisher: r2r::Publisher<PointCloud2>,
+    publisher: r2r::PublisherUntyped,
+    /// The scan being sent, serialized (kept from scan to scan).
+    scan_bytes: Vec<u8>,
     results: Receiver<(InspectionResult, Instant)>,
-    clouds: Receiver<PointCloud2>,
+    /// Anomaly clouds as CDR bytes, decoded when asked for.
+    clouds: Receiver<Vec<u8>>,
     last_stamp: Time,
     stop: Arc<AtomicBool>,
     spinner: Option<std::thread::JoinHandle<()>>,
@@ -51,11 +56,13 @@ impl InspectorClient {
         static CLIENTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let name = format!("inspect3d_client_{}_{}", std::process::id(), CLIENTS.fetch_add(1, Ordering::Relaxed));
         let mut node = r2r::Node::create(ctx, &name, "")?;
-        let publisher = node.create_publisher::<PointCloud2>(input_topic, QosProfile::sensor_data())?;
+        let publisher = node.create_publisher_untyped(input_topic, POINT_CLOUD2, QosProfile::sensor_data())?;
         let mut result_stream =
             node.subscribe::<InspectionResult>(&format!("{node_name}/result"), QosProfile::default())?;
         let cloud_stream = match with_clouds {
-            true => Some(node.subscribe::<PointCloud2>(&format!("{node_name}/anomaly_cloud"), QosProfile::default())?),
+            true => {
+                Some(node.subscribe_raw(&format!("{node_name}/anomaly_cloud"), POINT_CLOUD2, QosProfile::default())?)
+            }
             false => None,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
@@ -106,6 +113,7 @@ impl InspectorClient {
         });
         Ok(Self {
             publisher,
+            scan_bytes: Vec::new(),
             results,
             clouds,
             last_stamp: Time::default(),
@@ -116,9 +124,8 @@ impl InspectorClient {
     }
 
     /// Publishes a scan stamped `stamp` (the key that pairs it with its result).
-    pub fn send(&self, layout: &PointCloud2Layout, frame_id: &str, stamp: Time) -> Result<()> {
-        let header = Header { stamp, frame_id: frame_id.into() };
-        self.publisher.publish(&super::msg_from_layout(header, layout.clone())).context("publishing a scan")
+    pub fn send(&mut self, layout: &PointCloud2Layout, frame_id: &str, stamp: Time) -> Result<()> {
+        publish_cloud(&self.publisher, &mut self.scan_bytes, layout, frame_id, stamp).context("publishing a scan")
     }
 
     /// Sends a scan and waits for its result, sending it again while none comes (scans travel best-effort, as a
@@ -154,10 +161,33 @@ impl InspectorClient {
     }
 
     /// The anomaly cloud stamped `stamp`, within `timeout` (`None` at once for a client connected for results
-    /// only).
-    pub fn cloud_for(&self, stamp: &Time, timeout: Duration) -> Option<PointCloud2> {
-        first_matching(&self.clouds, timeout, |cloud| cloud.header.stamp == *stamp)
+    /// only, or if what arrived does not decode).
+    pub fn cloud_for(&self, stamp: &Time, timeout: Duration) -> Option<StampedCloud> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let bytes = self.clouds.recv_timeout(deadline.checked_duration_since(Instant::now())?).ok()?;
+            match cdr::decode_point_cloud(&bytes) {
+                Ok(cloud) if (cloud.stamp_sec, cloud.stamp_nanosec) == (stamp.sec, stamp.nanosec) => {
+                    return Some(cloud);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("an anomaly cloud that does not decode: {e}"),
+            }
+        }
     }
+}
+
+/// Publishes `layout` stamped `stamp` in `frame_id` through an untyped PointCloud2 publisher, serialized into
+/// `bytes` (a buffer kept from message to message).
+pub fn publish_cloud(
+    publisher: &r2r::PublisherUntyped,
+    bytes: &mut Vec<u8>,
+    layout: &PointCloud2Layout,
+    frame_id: &str,
+    stamp: Time,
+) -> r2r::Result<()> {
+    cdr::encode_layout_into(bytes, (stamp.sec, stamp.nanosec), frame_id, layout);
+    publisher.publish_raw(bytes)
 }
 
 /// The first message from `messages` that `wanted` accepts within `timeout`; the others are dropped.

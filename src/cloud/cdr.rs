@@ -6,6 +6,9 @@
 
 use super::pointcloud2::{PointCloud2Layout, PointFieldLayout};
 
+/// The encapsulation header's length.
+const HEADER_LEN: usize = 4;
+
 /// A PointCloud2 message's header and body.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StampedCloud {
@@ -56,7 +59,24 @@ impl<'a> Reader<'a> {
 
 /// Decodes one serialized PointCloud2 (encapsulation header included).
 pub fn decode_point_cloud(bytes: &[u8]) -> Result<StampedCloud, String> {
-    if bytes.len() < 4 {
+    let (mut cloud, data) = decode_without_data(bytes)?;
+    cloud.layout.data = bytes[data].to_vec();
+    Ok(cloud)
+}
+
+/// [`decode_point_cloud`] of a message the caller owns: its point data stays where it is, the bytes before and
+/// after it cut away (no second buffer as large as the message).
+pub fn decode_point_cloud_owned(mut bytes: Vec<u8>) -> Result<StampedCloud, String> {
+    let (mut cloud, data) = decode_without_data(&bytes)?;
+    bytes.truncate(data.end);
+    bytes.drain(..data.start);
+    cloud.layout.data = bytes;
+    Ok(cloud)
+}
+
+/// A message's header and layout, its data left empty, and where the data lies in `bytes`.
+fn decode_without_data(bytes: &[u8]) -> Result<(StampedCloud, std::ops::Range<usize>), String> {
+    if bytes.len() < HEADER_LEN {
         return Err(format!("{} bytes: too short for a CDR message", bytes.len()));
     }
     let little = match bytes[1] {
@@ -64,7 +84,7 @@ pub fn decode_point_cloud(bytes: &[u8]) -> Result<StampedCloud, String> {
         1 => true,
         other => return Err(format!("unknown CDR encapsulation {:#04x}{other:02x}", bytes[0])),
     };
-    let mut r = Reader { body: &bytes[4..], at: 0, little };
+    let mut r = Reader { body: &bytes[HEADER_LEN..], at: 0, little };
     let stamp_sec = r.u32("header.stamp.sec")? as i32;
     let stamp_nanosec = r.u32("header.stamp.nanosec")?;
     let frame_id = r.string("header.frame_id")?;
@@ -86,14 +106,12 @@ pub fn decode_point_cloud(bytes: &[u8]) -> Result<StampedCloud, String> {
     let point_step = r.u32("point_step")?;
     let row_step = r.u32("row_step")?;
     let data_len = r.u32("data")? as usize;
-    let data = r.take(data_len, "data")?.to_vec();
+    let data_start = HEADER_LEN + r.at;
+    r.take(data_len, "data")?;
     let is_dense = r.u8("is_dense")? != 0;
-    Ok(StampedCloud {
-        stamp_sec,
-        stamp_nanosec,
-        frame_id,
-        layout: PointCloud2Layout { height, width, fields, is_bigendian, point_step, row_step, data, is_dense },
-    })
+    let layout =
+        PointCloud2Layout { height, width, fields, is_bigendian, point_step, row_step, data: Vec::new(), is_dense };
+    Ok((StampedCloud { stamp_sec, stamp_nanosec, frame_id, layout }, data_start..data_start + data_len))
 }
 
 /// The little-endian encapsulation header (CDR_LE, no options): what ROS 2 publishes on x86 and ARM.
@@ -138,7 +156,7 @@ pub fn encode_point_cloud_into<E>(
 ) -> Result<(), E> {
     out.clear();
     out.extend(LITTLE_ENDIAN_CDR);
-    let mut w = Writer { out, body: LITTLE_ENDIAN_CDR.len() };
+    let mut w = Writer { out, body: HEADER_LEN };
     w.u32(stamp.0 as u32);
     w.u32(stamp.1);
     w.string(frame_id);
@@ -253,6 +271,15 @@ mod tests {
         assert_eq!((empty.stamp_sec, empty.layout.data.len(), empty.layout.width), (1, 0, 2));
         let failed = encode_point_cloud_into(&mut out, stamp, "cam", &sample().layout, |_| Err("no data"));
         assert_eq!(failed, Err("no data"));
+    }
+
+    #[test]
+    fn an_owned_message_decodes_in_place() {
+        for little in [true, false] {
+            let bytes = encode(&sample(), little);
+            assert_eq!(decode_point_cloud_owned(bytes.clone()), decode_point_cloud(&bytes));
+        }
+        assert!(decode_point_cloud_owned(vec![0, 1]).is_err());
     }
 
     #[test]

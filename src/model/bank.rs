@@ -23,8 +23,8 @@ const BOUND_TOLERANCE: f64 = 1e-5;
 const MAX_MEASURED_SHARE: usize = 16;
 /// Rows that probe the bank when it is built.
 const PROBES: usize = 64;
-/// Queries per block (bounds memory to block × bank rows): 128 × 4096 bounds or distances (2 MiB) stay in a
-/// core's L2 while they are scanned.
+/// Queries per block (bounds memory to block × bank rows: 2 MiB for 4096 rows). Smaller blocks pack the bank's side
+/// of the product more often: 64 took ~10 % more CPU on the bundled bank, 32 half as much again.
 const QUERY_BLOCK: usize = 128;
 
 /// Rows of good features (M, C) and what searching them on the CPU needs.
@@ -148,18 +148,23 @@ fn centre(rows: &[f32], mean: &[f64]) -> Vec<f64> {
     rows.chunks(mean.len()).flat_map(|row| row.iter().zip(mean).map(|(&v, &mu)| f64::from(v) - mu)).collect()
 }
 
-/// A bank ready for the bounded search: its rows and their embedding. One (n × 33) · (33 × M) product bounds every
-/// squared distance from below. Plain numbers, searched by rayon tasks that each take a block of queries through
-/// its own single-threaded products (no LibTorch threads waiting between blocks).
+/// A bank ready for the bounded search: its rows and their embedding. One (n × 34) · (34 × M) product bounds every
+/// squared distance from below: each embedded row carries its squared length as a last column, and each embedded
+/// query (times −2) a 1, so the product gives |e_j|² − 2 e_k·e_j and the bound is that plus |e_k|². Plain numbers,
+/// searched by rayon tasks that each take a block of queries through its own single-threaded products (no LibTorch
+/// threads waiting between blocks).
 struct LowerBounds {
     embedding: Embedding,
     /// (M × C), row after row: the rows that are measured in full.
     rows: Vec<f32>,
-    /// (M × (d + 1)), their squared lengths (M) and the largest of those.
-    embedded: Vec<f32>,
-    embedded_sq: Vec<f32>,
+    /// (M × (d + 2)): each embedded row, then its squared length.
+    augmented: Vec<f32>,
+    /// The largest squared length of an embedded row.
     largest_embedded_sq: f64,
 }
+
+/// Width of an embedded row with its squared length, and of an embedded query with its 1.
+const AUGMENTED_WIDTH: usize = EMBEDDED_WIDTH + 1;
 
 impl LowerBounds {
     /// `None` where the bank is on a GPU, too small, narrow or not finite, or where its embedding would leave too
@@ -176,9 +181,11 @@ impl LowerBounds {
         }
         let embedding = Embedding::of(&rows, width);
         let embedded = embedding.embed(&rows);
-        let embedded_sq: Vec<f32> = embedded.chunks(EMBEDDED_WIDTH).map(squared_length).collect();
-        let largest_embedded_sq = embedded_sq.iter().copied().fold(0.0, f32::max).into();
-        let bounds = Self { embedding, rows, embedded, embedded_sq, largest_embedded_sq };
+        let augmented: Vec<f32> =
+            embedded.chunks(EMBEDDED_WIDTH).flat_map(|e| e.iter().copied().chain([squared_length(e)])).collect();
+        let largest_embedded_sq =
+            augmented.chunks(AUGMENTED_WIDTH).map(|a| a[EMBEDDED_WIDTH]).fold(0.0, f32::max).into();
+        let bounds = Self { embedding, rows, augmented, largest_embedded_sq };
         let probes: Vec<usize> = (0..PROBES).map(|k| k * m / PROBES).collect();
         let probe_rows: Vec<f32> = probes.iter().flat_map(|&j| bounds.row(j).to_vec()).collect();
         let (_, measured) = bounds.search_block(&probe_rows, Some(&probes));
@@ -205,12 +212,14 @@ impl LowerBounds {
     /// The nearest distance of each query of a block (B × C), and how many rows were measured in full. With
     /// `skip`, query k does not see row `skip[k]` (a bank row probing the others).
     fn search_block(&self, queries: &[f32], skip: Option<&[usize]>) -> (Vec<f32>, usize) {
-        let (width, m, e) = (self.width(), self.embedded_sq.len(), EMBEDDED_WIDTH);
-        let b = queries.len() / width;
+        let (width, a) = (self.width(), AUGMENTED_WIDTH);
+        let (b, m) = (queries.len() / width, self.augmented.len() / a);
         let embedded = self.embedding.embed(queries);
-        // −2 e_k·e_j; adding |e_j|² and |e_k|² gives the bound of row j for query k.
+        let scaled: Vec<f32> =
+            embedded.chunks(EMBEDDED_WIDTH).flat_map(|e| e.iter().map(|v| -2.0 * v).chain([1.0])).collect();
+        // |e_j|² − 2 e_k·e_j; adding |e_k|² gives the bound of row j for query k.
         let mut products = vec![0.0f32; b * m];
-        product((b, e, m), -2.0, Operand::rows(&embedded, e), Operand::columns(&self.embedded, e), 0.0, &mut products);
+        product((b, a, m), 1.0, Operand::rows(&scaled, a), Operand::columns(&self.augmented, a), 0.0, &mut products);
         let mut measured = 0;
         let nearest = (0..b)
             .map(|k| {
@@ -219,7 +228,7 @@ impl LowerBounds {
                     row_products[skip[k]] = f32::INFINITY;
                 }
                 let query = &queries[k * width..(k + 1) * width];
-                let query_sq = squared_length(&embedded[k * e..(k + 1) * e]);
+                let query_sq = squared_length(&embedded[k * EMBEDDED_WIDTH..(k + 1) * EMBEDDED_WIDTH]);
                 let (best, count) = self.nearest_squared(query, f64::from(query_sq), row_products);
                 measured += count;
                 best.sqrt() as f32
@@ -229,27 +238,25 @@ impl LowerBounds {
     }
 
     /// The smallest squared distance of `query` to a row, measuring only the rows whose bound (`query_sq` +
-    /// |e_j|² + `products[j]`) does not exceed the best so far; and how many were measured. NaN for a query with a
-    /// NaN or an infinity (as the full product gives).
+    /// `products[j]`) does not exceed the best so far; and how many were measured. NaN for a query with a NaN or an
+    /// infinity (as the full product gives).
     fn nearest_squared(&self, query: &[f32], query_sq: f64, products: &[f32]) -> (f64, usize) {
         if !query.iter().all(|v| v.is_finite()) {
             return (f64::NAN, 0);
         }
         // Start from the row with the smallest bound: usually the nearest, so that few others beat it.
-        let first = lowest(products, &self.embedded_sq);
+        let first = lowest(products);
         let mut best = self.squared_distance(query, first);
         let allowance = BOUND_TOLERANCE * (query_sq + self.largest_embedded_sq);
         // The f32 rounding of the cut is far inside the allowance.
         let mut cut = (best + allowance - query_sq) as f32;
         let mut measured = 1;
-        let chunks = products.chunks(LANES).zip(self.embedded_sq.chunks(LANES));
-        for (chunk_index, (products, lengths)) in chunks.enumerate() {
+        for (chunk_index, chunk) in products.chunks(LANES).enumerate() {
             // A branch-free test of the whole chunk first: most chunks hold no row to measure.
-            let bounds = products.iter().zip(lengths).map(|(p, e)| p + e);
-            if bounds.clone().map(|v| u32::from(v <= cut)).fold(0, |any, hit| any | hit) == 0 {
+            if chunk.iter().map(|&v| u32::from(v <= cut)).fold(0, |any, hit| any | hit) == 0 {
                 continue;
             }
-            for (offset, v) in bounds.enumerate() {
+            for (offset, &v) in chunk.iter().enumerate() {
                 let j = chunk_index * LANES + offset;
                 if v <= cut && j != first {
                     measured += 1;
@@ -284,21 +291,21 @@ impl LowerBounds {
 /// Lanes of the branch-free passes over a row of bounds (what the compiler turns into vector instructions).
 const LANES: usize = 16;
 
-/// The index of the smallest `a[j] + b[j]` (the first of equals; NaN ignored; 0 if all are NaN), over
-/// independent lanes the compiler vectorises.
-fn lowest(a: &[f32], b: &[f32]) -> usize {
+/// The index of the smallest value (the first of equals; NaN ignored; 0 if all are NaN), over independent lanes
+/// the compiler vectorises.
+fn lowest(values: &[f32]) -> usize {
     let mut low = [f32::INFINITY; LANES];
     let mut at = [0u32; LANES];
-    let whole = a.len().min(b.len()) / LANES * LANES;
-    for (chunk_index, (a, b)) in a[..whole].chunks_exact(LANES).zip(b[..whole].chunks_exact(LANES)).enumerate() {
+    let whole = values.len() / LANES * LANES;
+    for (chunk_index, chunk) in values[..whole].chunks_exact(LANES).enumerate() {
         for lane in 0..LANES {
-            let v = a[lane] + b[lane];
+            let v = chunk[lane];
             let better = v < low[lane];
             low[lane] = if better { v } else { low[lane] };
             at[lane] = if better { (chunk_index * LANES + lane) as u32 } else { at[lane] };
         }
     }
-    let tail = a[whole..].iter().zip(&b[whole..]).enumerate().map(|(k, (x, y))| (x + y, whole + k));
+    let tail = values[whole..].iter().enumerate().map(|(k, &v)| (v, whole + k));
     let lanes = low.into_iter().zip(at.into_iter().map(|j| j as usize));
     lanes
         .chain(tail)

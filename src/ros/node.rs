@@ -12,13 +12,12 @@ use futures::StreamExt;
 use indexmap::IndexMap;
 use r2r::diagnostic_msgs::msg::{DiagnosticArray, DiagnosticStatus, KeyValue};
 use r2r::inspect3d_msgs::msg::InspectionResult;
-use r2r::sensor_msgs::msg::PointCloud2;
 use r2r::std_msgs::msg::Header;
 use r2r::visualization_msgs::msg::{Marker, MarkerArray};
 use r2r::{Parameter, ParameterValue, QosProfile, RosParams};
 use tch::Device;
 
-use super::{layout_from_msg, now_stamp, train_action};
+use super::{now_stamp, train_action};
 use crate::bag::POINT_CLOUD2;
 use crate::cloud::cdr;
 use crate::inspector::config::{InspectorConfig, ParamValue};
@@ -404,8 +403,9 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
 
     let mut inputs = Vec::new();
     for topic in config.inputs() {
+        // As CDR bytes, decoded where they are: no message struct, no second copy of the points.
         let scans = node
-            .subscribe::<PointCloud2>(topic, QosProfile::sensor_data())
+            .subscribe_raw(topic, POINT_CLOUD2, QosProfile::sensor_data())
             .with_context(|| format!("subscribing to {topic}"))?;
         inputs.push((topic.to_string(), scans));
     }
@@ -428,10 +428,20 @@ pub fn run(check_only: bool) -> Result<Option<InspectorConfig>> {
         for (lane, (topic, mut scans)) in inputs.into_iter().enumerate() {
             let (intake, outputs) = (state.clone(), for_dropped.clone());
             tokio::spawn(async move {
-                while let Some(msg) = scans.next().await {
-                    let (header, layout) = layout_from_msg(msg);
+                while let Some(bytes) = scans.next().await {
+                    let scan = match cdr::decode_point_cloud_owned(bytes) {
+                        Ok(scan) => scan,
+                        // A message not even its header can be read from (no stamp to answer with): what rcl
+                        // would have refused to take from a typed subscription.
+                        Err(e) => {
+                            tracing::warn!(topic, "a message on the input topic is not a PointCloud2: {e}");
+                            continue;
+                        }
+                    };
+                    let layout = scan.layout;
                     tracing::debug!(topic, points = layout.width as usize * layout.height as usize, "scan received");
-                    let tag = ScanTag { header, topic: topic.clone() };
+                    let stamp = r2r::builtin_interfaces::msg::Time { sec: scan.stamp_sec, nanosec: scan.stamp_nanosec };
+                    let tag = ScanTag { header: Header { stamp, frame_id: scan.frame_id }, topic: topic.clone() };
                     // Nobody to receive this scan's anomaly cloud (no RViz, no bag recording it): skip building
                     // and sending ~5 MB per frame. An error counts as a subscriber.
                     let listeners = outputs.clouds.get_inter_process_subscription_count().unwrap_or(1);

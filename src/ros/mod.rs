@@ -1,8 +1,7 @@
-//! The ROS 2 layer (r2r). Thin on purpose: it moves message contents into the pure types of [`crate::cloud`]
-//! and back, and leaves every computation to the library: [`node`] is the inspector node with its training
-//! action ([`train_action`]), [`client`]
-//! talks to it over DDS (demo replay, benchmarks: [`bench`] for latency and throughput, [`soak`] for hostile
-//! input over time).
+//! The ROS 2 layer (r2r). Thin on purpose: it moves message contents (the clouds: their CDR bytes) into the pure
+//! types of [`crate::cloud`] and back, and leaves every computation to the library: [`node`] is the inspector node
+//! with its training action ([`train_action`]), [`client`] talks to it over DDS (demo replay, benchmarks: [`bench`]
+//! for latency and throughput, [`soak`] for hostile input over time).
 
 pub mod bench;
 pub mod client;

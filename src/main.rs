@@ -697,7 +697,7 @@ fn publish(input: &Path, topic: &str, frame_id: &str, count: u32, rate: f64, wai
     let ctx = r2r::Context::create().context("creating the ROS context (is the ROS environment sourced?)")?;
     let mut node = r2r::Node::create(ctx, "inspect3d_publisher", "").context("creating the node")?;
     let publisher = node
-        .create_publisher_untyped(topic, inspect3d::bag::POINT_CLOUD2, QosProfile::sensor_data())
+        .create_publisher_untyped(topic, inspect3d::cloud::cdr::POINT_CLOUD2, QosProfile::sensor_data())
         .with_context(|| format!("advertising {topic}"))?;
     let mut bytes = Vec::new();
     let period = std::time::Duration::from_secs_f64(1.0 / rate);

@@ -12,9 +12,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::cloud::cdr;
-pub use crate::cloud::cdr::StampedCloud;
-
-pub const POINT_CLOUD2: &str = "sensor_msgs/msg/PointCloud2";
+pub use crate::cloud::cdr::{POINT_CLOUD2, StampedCloud};
 
 #[derive(Debug, Error)]
 pub enum BagError {

@@ -6,6 +6,9 @@
 
 use super::pointcloud2::{PointCloud2Layout, PointFieldLayout};
 
+/// The ROS 2 type name of the messages this module reads and writes.
+pub const POINT_CLOUD2: &str = "sensor_msgs/msg/PointCloud2";
+
 /// The encapsulation header's length.
 const HEADER_LEN: usize = 4;
 

@@ -14,8 +14,7 @@ use r2r::QosProfile;
 use r2r::builtin_interfaces::msg::Time;
 use r2r::inspect3d_msgs::msg::InspectionResult;
 
-use crate::bag::POINT_CLOUD2;
-use crate::cloud::cdr::{self, StampedCloud};
+use crate::cloud::cdr::{self, POINT_CLOUD2, StampedCloud};
 use crate::cloud::pointcloud2::PointCloud2Layout;
 
 /// Longer than the node needs for one scan on a CPU, so a resend is only for a lost message.
@@ -166,7 +165,8 @@ impl InspectorClient {
         let deadline = Instant::now() + timeout;
         loop {
             let bytes = self.clouds.recv_timeout(deadline.checked_duration_since(Instant::now())?).ok()?;
-            match cdr::decode_point_cloud(&bytes) {
+            // Decoded where the bytes lie: a cloud passed over costs no copy of its points.
+            match cdr::decode_point_cloud_owned(bytes) {
                 Ok(cloud) if (cloud.stamp_sec, cloud.stamp_nanosec) == (stamp.sec, stamp.nanosec) => {
                     return Some(cloud);
                 }

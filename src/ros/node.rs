@@ -18,8 +18,7 @@ use r2r::{Parameter, ParameterValue, QosProfile, RosParams};
 use tch::Device;
 
 use super::{now_stamp, train_action};
-use crate::bag::POINT_CLOUD2;
-use crate::cloud::cdr;
+use crate::cloud::cdr::{self, POINT_CLOUD2};
 use crate::inspector::config::{InspectorConfig, ParamValue};
 use crate::inspector::{Inspector, LoadedModel, Outcome, Report, ThresholdOverrides};
 

@@ -212,16 +212,33 @@ impl AddedF32Fields {
             let (src_points, src_padding) = src.split_at(width * old_step);
             let (dst_points, dst_padding) = dst.split_at_mut(width * point_step);
             dst_padding.copy_from_slice(src_padding);
-            let points = src_points.chunks_exact(old_step).zip(dst_points.chunks_exact_mut(point_step));
-            for (i, (src, dst)) in (row * width..).zip(points) {
-                dst[..old_step].copy_from_slice(src);
-                for (values, (_, offset)) in values.iter().zip(&self.added) {
-                    let bytes = if msg.is_bigendian { values[i].to_be_bytes() } else { values[i].to_le_bytes() };
+            // A point of a common size is copied as one fixed-size value, not by a call to memcpy per point.
+            match old_step {
+                12 => copy_points::<12>(src_points, dst_points, point_step),
+                16 => copy_points::<16>(src_points, dst_points, point_step),
+                32 => copy_points::<32>(src_points, dst_points, point_step),
+                _ => src_points
+                    .chunks_exact(old_step)
+                    .zip(dst_points.chunks_exact_mut(point_step))
+                    .for_each(|(src, dst)| dst[..old_step].copy_from_slice(src)),
+            }
+            for (values, (_, offset)) in values.iter().zip(&self.added) {
+                let row_values = &values[row * width..(row + 1) * width];
+                for (value, dst) in row_values.iter().zip(dst_points.chunks_exact_mut(point_step)) {
+                    let bytes = if msg.is_bigendian { value.to_be_bytes() } else { value.to_le_bytes() };
                     dst[*offset..offset + 4].copy_from_slice(&bytes);
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// Copies each `STEP`-byte point of `src` to the start of its `step`-byte slot in `dst`.
+fn copy_points<const STEP: usize>(src: &[u8], dst: &mut [u8], step: usize) {
+    for (src, dst) in src.chunks_exact(STEP).zip(dst.chunks_exact_mut(step)) {
+        let point: &[u8; STEP] = src.try_into().expect("chunks of STEP bytes");
+        dst[..STEP].copy_from_slice(point);
     }
 }
 

@@ -102,7 +102,7 @@ fn a_model_activated_while_a_scan_is_prepared_scores_it_with_its_own_geometry() 
             }
             let _ = tx.send(r);
         });
-    // Scan 0 holds the scoring thread in its report; scan 1 goes to the geometry thread, which prepares it with
+    // Scan 0 holds the scoring thread in its report; scan 1 goes to a geometry worker, which prepares it with
     // the first model's geometry and then waits for the scoring thread.
     assert!(inspector.submit(0, pointcloud2::encode(&cell_scan("000_good"))).is_none());
     wait_until("scan 0 is scored", || inspector.stats().scored() == 1);

@@ -1,18 +1,18 @@
 //! The inspection service, free of ROS: a bounded queue of incoming scans (when full, the oldest is dropped,
-//! counted, and handed back to the caller as a DROPPED report: every scan gets an answer), two threads that
-//! score them with the active model as a pipeline (the scans waiting together in one batch: several cameras'):
-//! one decodes the next scans and runs their geometry while the other runs the learned stages of the previous
-//! ones and reports them, so both cores stay busy; the active model itself (swapped between scans, so a new
-//! model scores the next scan), operator threshold overrides and running statistics. The ROS node (`crate::ros::node`) feeds it messages and publishes what it
-//! reports; tests drive it directly.
+//! counted, and handed back to the caller as a DROPPED report: every scan gets an answer), threads that score
+//! them with the active model as a pipeline (the scans waiting together in one batch: several cameras'): two
+//! geometry workers each decode the next scans and run their geometry, side by side, while the scoring thread
+//! runs the learned stages of the previous ones and reports them in the order they arrived, so the cores stay
+//! busy through each stage's serial steps; the active model itself (swapped between scans, so a new model
+//! scores the next scan), operator threshold overrides and running statistics. The ROS node
+//! (`crate::ros::node`) feeds it messages and publishes what it reports; tests drive it directly.
 
 pub mod config;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -121,7 +121,7 @@ pub struct Report<M> {
     pub latency_ms: f64,
 }
 
-/// Scores a batch with a model: one outcome per scan, in order. Scans the geometry thread could not decode (it
+/// Scores a batch with a model: one outcome per scan, in order. Scans a geometry worker could not decode (it
 /// panicked) are decoded here; clouds prepared with another model's geometry (one activated while they were
 /// prepared), or not prepared, are prepared again with this model's. A scored scan's message moves into its
 /// anomaly cloud.
@@ -244,6 +244,9 @@ impl Stats {
 pub const LATENCY_WINDOW: Duration = Duration::from_secs(60);
 /// The most waiting scans the worker scores in one batch (memory grows with the batch).
 const MAX_BATCH: usize = 8;
+/// Threads preparing scans side by side: while one runs a serial step of its geometry, the other's parallel
+/// steps use the cores it leaves.
+const GEOMETRY_WORKERS: usize = 2;
 /// At most this many latencies are kept within the window (above 160 Hz the window is shorter).
 const LATENCY_SAMPLES: usize = 10_000;
 
@@ -267,6 +270,8 @@ struct Scan<M> {
 
 struct State<M> {
     queue: VecDeque<Scan<M>>,
+    /// Batches taken from the queue so far: each batch's number, which orders the reports.
+    taken: u64,
     closed: bool,
     stats: Stats,
     /// When each recent scan was scored, and its latency.
@@ -283,12 +288,75 @@ impl<M> State<M> {
     }
 }
 
-/// Scans taken from the queue together, with what the geometry thread made of them: what it hands the scoring
-/// thread. `ready` is `None` where the geometry thread panicked: the scoring thread then does that work again
-/// and reports what goes wrong.
+/// Scans taken from the queue together, with what a geometry worker made of them: what it hands the scoring
+/// thread. `ready` is `None` where the worker panicked: the scoring thread then does that work again and
+/// reports what goes wrong.
 struct Batch<M> {
     scans: Vec<Scan<M>>,
     ready: Option<Ready>,
+}
+
+/// Prepared batches on their way to the scoring thread, which takes them in the order their scans left the
+/// queue, whichever geometry worker finishes first.
+struct Handoff<M> {
+    state: Mutex<HandoffState<M>>,
+    changed: Condvar,
+}
+
+struct HandoffState<M> {
+    prepared: BTreeMap<u64, Batch<M>>,
+    /// The number of the batch the scoring thread takes next.
+    next: u64,
+    /// Geometry workers still running; none and nothing prepared: the scoring thread ends.
+    workers: usize,
+    /// The scoring thread has ended (it panicked): nobody will take a batch.
+    scoring_ended: bool,
+}
+
+impl<M> Handoff<M> {
+    /// Hands batch `number` over and waits until the scoring thread takes it: no slack, newer scans wait in the
+    /// queue, where the newest wins. False once nobody will take it.
+    fn deliver(&self, number: u64, batch: Batch<M>) -> bool {
+        let mut state = lock(&self.state);
+        state.prepared.insert(number, batch);
+        self.changed.notify_all();
+        while state.next <= number && !state.scoring_ended {
+            state = self.changed.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        !state.scoring_ended
+    }
+
+    /// The next batch in order; `None` once every geometry worker has ended and delivered what it took.
+    fn take(&self) -> Option<Batch<M>> {
+        let mut state = lock(&self.state);
+        loop {
+            let next = state.next;
+            if let Some(batch) = state.prepared.remove(&next) {
+                state.next += 1;
+                self.changed.notify_all();
+                return Some(batch);
+            }
+            if state.workers == 0 {
+                return None;
+            }
+            state = self.changed.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    fn worker_ended(&self) {
+        lock(&self.state).workers -= 1;
+        self.changed.notify_all();
+    }
+}
+
+/// Tells the geometry workers, when dropped, that the scoring thread has ended.
+struct ScoringEnds<'a, M>(&'a Handoff<M>);
+
+impl<M> Drop for ScoringEnds<'_, M> {
+    fn drop(&mut self) {
+        lock(&self.0.state).scoring_ended = true;
+        self.0.changed.notify_all();
+    }
 }
 
 /// Scans decoded and through their geometry.
@@ -331,7 +399,7 @@ struct Shared<M> {
     state: Mutex<State<M>>,
     work: Condvar,
     /// The next model to use (the scoring thread takes it before its next batch) and the geometry that the
-    /// geometry thread prepares scans with.
+    /// geometry workers prepare scans with.
     models: Mutex<Models>,
     /// The model that scores the next scan.
     active: Mutex<Option<ModelInfo>>,
@@ -352,7 +420,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The running service: submit scans, receive reports through the sink given to [`Inspector::start`].
 pub struct Inspector<M: Send + 'static> {
     shared: Arc<Shared<M>>,
-    /// The geometry thread, then the scoring thread.
+    /// The geometry workers, then the scoring thread.
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -368,6 +436,7 @@ impl<M: Send + 'static> Inspector<M> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
+                taken: 0,
                 closed: false,
                 stats: Stats::default(),
                 latencies: VecDeque::new(),
@@ -383,20 +452,31 @@ impl<M: Send + 'static> Inspector<M> {
         if let Some(model) = model {
             lock(&shared.models).activate(model);
         }
-        // No slack between the threads: a prepared batch waits for the scoring thread, and newer scans wait in
-        // the queue, where the newest wins.
-        let (handoff, batches) = std::sync::mpsc::sync_channel(0);
-        let (geometry_shared, scoring_shared) = (shared.clone(), shared.clone());
-        let threads = vec![
-            std::thread::Builder::new()
-                .name("inspect3d-geometry".into())
-                .spawn(move || prepare_scans(&geometry_shared, &handoff))
-                .expect("spawning the geometry thread"),
+        let handoff = Arc::new(Handoff {
+            state: Mutex::new(HandoffState {
+                prepared: BTreeMap::new(),
+                next: 0,
+                workers: GEOMETRY_WORKERS,
+                scoring_ended: false,
+            }),
+            changed: Condvar::new(),
+        });
+        let mut threads: Vec<JoinHandle<()>> = (0..GEOMETRY_WORKERS)
+            .map(|k| {
+                let (shared, handoff) = (shared.clone(), handoff.clone());
+                std::thread::Builder::new()
+                    .name(format!("inspect3d-geometry-{k}"))
+                    .spawn(move || prepare_scans(&shared, &handoff))
+                    .expect("spawning a geometry thread")
+            })
+            .collect();
+        let scoring_shared = shared.clone();
+        threads.push(
             std::thread::Builder::new()
                 .name("inspect3d-scoring".into())
-                .spawn(move || score_scans(&scoring_shared, batches, sink))
+                .spawn(move || score_scans(&scoring_shared, &handoff, sink))
                 .expect("spawning the scoring thread"),
-        ];
+        );
         Self { shared, threads: Mutex::new(threads) }
     }
 
@@ -480,7 +560,8 @@ impl<M: Send + 'static> Inspector<M> {
             state.queue.clear();
         }
         self.shared.work.notify_all();
-        // The geometry thread stops at once; the scoring thread when it has reported what it was handed.
+        // The geometry workers stop once they have handed over what they took; the scoring thread when it has
+        // reported all of it.
         for thread in lock(&self.threads).drain(..) {
             let _ = thread.join();
         }
@@ -493,8 +574,9 @@ impl<M: Send + 'static> Drop for Inspector<M> {
     }
 }
 
-/// The waiting scans (several cameras' latest, up to a batch), once there are any; `None` once closed.
-fn take_waiting<M>(shared: &Shared<M>) -> Option<Vec<Scan<M>>> {
+/// The waiting scans (several cameras' latest, up to a batch) and the batch's number, once there are any; `None`
+/// once closed.
+fn take_waiting<M>(shared: &Shared<M>) -> Option<(u64, Vec<Scan<M>>)> {
     let mut state = lock(&shared.state);
     loop {
         if state.closed {
@@ -502,7 +584,9 @@ fn take_waiting<M>(shared: &Shared<M>) -> Option<Vec<Scan<M>>> {
         }
         if !state.queue.is_empty() {
             let n = state.queue.len().min(MAX_BATCH);
-            return Some(state.queue.drain(..n).collect());
+            let number = state.taken;
+            state.taken += 1;
+            return Some((number, state.queue.drain(..n).collect()));
         }
         state = shared.work.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
     }
@@ -511,21 +595,24 @@ fn take_waiting<M>(shared: &Shared<M>) -> Option<Vec<Scan<M>>> {
 /// The pipeline's first stage: decodes the waiting scans and runs their geometry with the active model's, then
 /// hands them to the scoring thread (waiting for it to finish the previous batch). Scored together, scans
 /// waiting together finish sooner than one after another.
-fn prepare_scans<M>(shared: &Shared<M>, handoff: &SyncSender<Batch<M>>) {
-    while let Some(scans) = take_waiting(shared) {
+fn prepare_scans<M>(shared: &Shared<M>, handoff: &Handoff<M>) {
+    while let Some((number, scans)) = take_waiting(shared) {
         let geometry = lock(&shared.models).geometry.clone();
         let ready = std::panic::catch_unwind(AssertUnwindSafe(|| prepare(&scans, geometry))).ok();
-        if handoff.send(Batch { scans, ready }).is_err() {
-            return;
+        if !handoff.deliver(number, Batch { scans, ready }) {
+            break;
         }
     }
+    handoff.worker_ended();
 }
 
 /// The pipeline's second stage: the learned stages and the verdicts of each prepared batch, reported in order.
-/// Ends when the geometry thread does.
-fn score_scans<M>(shared: &Shared<M>, batches: Receiver<Batch<M>>, mut sink: impl FnMut(Report<M>)) {
+/// Ends when the geometry workers have.
+fn score_scans<M>(shared: &Shared<M>, handoff: &Handoff<M>, mut sink: impl FnMut(Report<M>)) {
+    // However this thread ends (a sink that panics included), no worker waits for it any longer.
+    let _ending = ScoringEnds(handoff);
     let mut model: Option<(u64, LoadedModel)> = None;
-    for batch in batches {
+    while let Some(batch) = handoff.take() {
         if let Some(next) = lock(&shared.models).pending.take() {
             model = Some(next);
         }
@@ -602,9 +689,9 @@ mod tests {
         inspector.shutdown();
     }
 
-    /// A queue of depth 1 whose sink blocks the scoring thread on scan 0's report until released, with scan
-    /// 100 taken by the geometry thread and waiting for the scoring thread: later scans pile up in the queue.
-    /// The receiver sees each report's tag.
+    /// A queue of depth 1 whose sink blocks the scoring thread on scan 0's report until released, with scans
+    /// 100 and 101 taken by the geometry workers and waiting for the scoring thread: later scans pile up in the
+    /// queue. The receiver sees each report's tag.
     fn held_at_first_scan() -> (Inspector<u32>, mpsc::Sender<()>, mpsc::Receiver<u32>) {
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let (tx, rx) = mpsc::channel();
@@ -618,9 +705,11 @@ mod tests {
         while inspector.stats().no_model == 0 {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        assert!(inspector.submit(100, message(&[[0.0, 0.0, 1.0]])).is_none());
-        while inspector.stats().waiting > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(5));
+        for tag in [100, 101] {
+            assert!(inspector.submit(tag, message(&[[0.0, 0.0, 1.0]])).is_none());
+            while inspector.stats().waiting > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
         }
         (inspector, release_tx, rx)
     }
@@ -632,8 +721,8 @@ mod tests {
             (1..4).filter_map(|tag| inspector.submit(tag, message(&[[0.0, 0.0, 1.0]]))).map(|r| r.tag).collect();
         assert_eq!(dropped, vec![1, 2], "each dropped scan is handed back at once");
         release_tx.send(()).unwrap();
-        let seen: Vec<u32> = (0..3).map(|_| rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap()).collect();
-        assert_eq!(seen, vec![0, 100, 3], "the scan being prepared, then the newest");
+        let seen: Vec<u32> = (0..4).map(|_| rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap()).collect();
+        assert_eq!(seen, vec![0, 100, 101, 3], "the scans being prepared, in order, then the newest");
         assert_eq!(inspector.stats().dropped, 2);
     }
 
@@ -649,8 +738,47 @@ mod tests {
             .collect();
         assert_eq!(dropped, vec![1, 2, 10]);
         release_tx.send(()).unwrap();
-        let seen: Vec<u32> = (0..4).map(|_| rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap()).collect();
-        assert_eq!(seen, vec![0, 100, 3, 11], "the newest of each input, in arrival order");
+        let seen: Vec<u32> = (0..5).map(|_| rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap()).collect();
+        assert_eq!(seen, vec![0, 100, 101, 3, 11], "the newest of each input, in arrival order");
+    }
+
+    #[test]
+    fn batches_reach_the_scoring_thread_in_the_order_they_were_taken() {
+        let handoff = Arc::new(Handoff::<u32> {
+            state: Mutex::new(HandoffState { prepared: BTreeMap::new(), next: 0, workers: 2, scoring_ended: false }),
+            changed: Condvar::new(),
+        });
+        let batch = |tag| Batch {
+            scans: vec![Scan { lane: 0, tag, msg: message(&[]), received: Instant::now() }],
+            ready: None,
+        };
+        // Batch 1 is ready first; batch 0's worker is still busy.
+        let second = {
+            let handoff = handoff.clone();
+            std::thread::spawn(move || {
+                let taken = handoff.deliver(1, batch(1));
+                handoff.worker_ended();
+                taken
+            })
+        };
+        while lock(&handoff.state).prepared.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let first = {
+            let handoff = handoff.clone();
+            std::thread::spawn(move || {
+                let taken = handoff.deliver(0, batch(0));
+                handoff.worker_ended();
+                taken
+            })
+        };
+        let tags: Vec<u32> = std::iter::from_fn(|| handoff.take()).map(|b| b.scans[0].tag).collect();
+        assert_eq!(tags, vec![0, 1]);
+        assert!(first.join().unwrap() && second.join().unwrap(), "both taken");
+        // A worker whose batch nobody will take (the scoring thread ended) stops waiting.
+        handoff.state.lock().unwrap().workers = 1;
+        drop(ScoringEnds(&handoff));
+        assert!(!handoff.deliver(2, batch(2)));
     }
 
     #[test]

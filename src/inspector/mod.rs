@@ -314,6 +314,11 @@ struct HandoffState<M> {
 }
 
 impl<M> Handoff<M> {
+    fn new(workers: usize) -> Self {
+        let state = HandoffState { prepared: BTreeMap::new(), next: 0, workers, scoring_ended: false };
+        Self { state: Mutex::new(state), changed: Condvar::new() }
+    }
+
     /// Hands batch `number` over and waits until the scoring thread takes it: no slack, newer scans wait in the
     /// queue, where the newest wins. False once nobody will take it.
     fn deliver(&self, number: u64, batch: Batch<M>) -> bool {
@@ -452,15 +457,7 @@ impl<M: Send + 'static> Inspector<M> {
         if let Some(model) = model {
             lock(&shared.models).activate(model);
         }
-        let handoff = Arc::new(Handoff {
-            state: Mutex::new(HandoffState {
-                prepared: BTreeMap::new(),
-                next: 0,
-                workers: GEOMETRY_WORKERS,
-                scoring_ended: false,
-            }),
-            changed: Condvar::new(),
-        });
+        let handoff = Arc::new(Handoff::new(GEOMETRY_WORKERS));
         let mut threads: Vec<JoinHandle<()>> = (0..GEOMETRY_WORKERS)
             .map(|k| {
                 let (shared, handoff) = (shared.clone(), handoff.clone());
@@ -744,10 +741,7 @@ mod tests {
 
     #[test]
     fn batches_reach_the_scoring_thread_in_the_order_they_were_taken() {
-        let handoff = Arc::new(Handoff::<u32> {
-            state: Mutex::new(HandoffState { prepared: BTreeMap::new(), next: 0, workers: 2, scoring_ended: false }),
-            changed: Condvar::new(),
-        });
+        let handoff = Arc::new(Handoff::<u32>::new(2));
         let batch = |tag| Batch {
             scans: vec![Scan { lane: 0, tag, msg: message(&[]), received: Instant::now() }],
             ready: None,

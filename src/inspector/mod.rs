@@ -746,26 +746,21 @@ mod tests {
             scans: vec![Scan { lane: 0, tag, msg: message(&[]), received: Instant::now() }],
             ready: None,
         };
-        // Batch 1 is ready first; batch 0's worker is still busy.
-        let second = {
+        // A worker delivering batch `number`, then ending; it returns whether its batch was taken.
+        let worker = |number: u64| {
             let handoff = handoff.clone();
             std::thread::spawn(move || {
-                let taken = handoff.deliver(1, batch(1));
+                let taken = handoff.deliver(number, batch(number as u32));
                 handoff.worker_ended();
                 taken
             })
         };
+        // Batch 1 is ready first; batch 0's worker is still busy.
+        let second = worker(1);
         while lock(&handoff.state).prepared.is_empty() {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        let first = {
-            let handoff = handoff.clone();
-            std::thread::spawn(move || {
-                let taken = handoff.deliver(0, batch(0));
-                handoff.worker_ended();
-                taken
-            })
-        };
+        let first = worker(0);
         let tags: Vec<u32> = std::iter::from_fn(|| handoff.take()).map(|b| b.scans[0].tag).collect();
         assert_eq!(tags, vec![0, 1]);
         assert!(first.join().unwrap() && second.join().unwrap(), "both taken");

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use inspect3d::cloud::read_cloud;
+use inspect3d::cloud::{PointCloud, read_cloud};
 use inspect3d::model::config::DetectorConfig;
 use inspect3d::model::store;
 use inspect3d::train;
@@ -51,4 +51,33 @@ fn training_with_the_device_geometry_learns_what_the_host_learns() {
     assert!(close(host_summary.final_loss, device_summary.final_loss), "{host_summary:?} vs {device_summary:?}");
     assert!(close(host.thresholds.cloud, device.thresholds.cloud), "{:?} vs {:?}", host.thresholds, device.thresholds);
     assert!(close(host.thresholds.point, device.thresholds.point), "{:?} vs {:?}", host.thresholds, device.thresholds);
+}
+
+/// Scans scored in one batch with the device geometry (their FPS one batched loop, on CPU tensors here) get what
+/// each gets alone; a scan too small to sample costs only its own result.
+#[test]
+fn a_batch_on_the_device_geometry_gives_each_scan_its_own_verdict() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (detector, _) = store::load(&root.join("models/featuretype"), tch::Device::Cpu).unwrap();
+    let detector = detector.with_device_geometry(true);
+    let mut clouds: Vec<PointCloud> = ["000_bulge", "001_good"]
+        .iter()
+        .map(|name| read_cloud(&root.join(format!("tests/data/cell_scans/{name}.pcd"))).unwrap())
+        .collect();
+    clouds.insert(1, PointCloud::from_xyz(&[[0.0, 0.0, 1.0]; 10]));
+    let batch: Vec<&PointCloud> = clouds.iter().collect();
+    let together = detector.inspect_batch(&batch, detector.thresholds);
+    assert!(together[1].as_ref().is_err_and(|e| e.is_input_problem()), "the small scan is named");
+    for k in [0, 2] {
+        let (alone, batched) = (detector.inspect(&clouds[k]).unwrap(), together[k].as_ref().unwrap());
+        assert_eq!((alone.passed, alone.anomalous_points), (batched.passed, batched.anomalous_points), "scan {k}");
+        assert!((alone.cloud_score - batched.cloud_score).abs() < 1e-4, "scan {k}");
+        let worst = alone
+            .point_scores
+            .iter()
+            .zip(&batched.point_scores)
+            .map(|(a, b)| if a.is_nan() && b.is_nan() { 0.0 } else { (a - b).abs() })
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "scan {k}: point scores differ by {worst}");
+    }
 }

@@ -556,19 +556,44 @@ impl Compute {
     }
 
     pub fn farthest_point_sampling(&self, points: &[Point], count: usize, start: usize) -> Result<Vec<u32>> {
+        let mut one = self.farthest_point_sampling_batch(&[points], count, &[start])?;
+        Ok(one.pop().unwrap_or_default())
+    }
+
+    /// [`Self::farthest_point_sampling`] of several clouds (`starts` one per cloud). On a device they share one
+    /// loop of `count` steps, padded to the largest: FPS is a few small kernels per step, which one cloud does not
+    /// keep a GPU busy with.
+    pub fn farthest_point_sampling_batch(
+        &self,
+        clouds: &[&[Point]],
+        count: usize,
+        starts: &[usize],
+    ) -> Result<Vec<Vec<u32>>> {
         match *self {
-            Self::Host => Ok(super::farthest_point_sampling(points, count, start)),
+            Self::Host => Ok(clouds
+                .iter()
+                .zip(starts)
+                .map(|(points, &s)| super::farthest_point_sampling(points, count, s))
+                .collect()),
+            Self::Tensors(_) if clouds.is_empty() => Ok(Vec::new()),
             Self::Tensors(device) => {
-                let n = points.len() as i64;
-                let chosen = farthest_point_sampling(
-                    &points_tensor(points, device).unsqueeze(0),
-                    &[n],
-                    count as i64,
-                    &[start as i64],
-                );
-                let mut chosen = host_indices(&chosen)?;
-                chosen.truncate(count.min(points.len()));
-                Ok(chosen)
+                let longest = clouds.iter().map(|c| c.len()).max().unwrap_or(0);
+                let mut padded = Vec::with_capacity(clouds.len() * longest * 3);
+                for points in clouds {
+                    padded.extend(points.as_flattened());
+                    padded.resize(padded.len() + (longest - points.len()) * 3, 0.0);
+                }
+                let points =
+                    Tensor::from_slice(&padded).view([clouds.len() as i64, longest as i64, 3]).to_device(device);
+                let lengths: Vec<i64> = clouds.iter().map(|c| c.len() as i64).collect();
+                let starts: Vec<i64> = starts.iter().map(|&s| s as i64).collect();
+                let chosen = host_indices(&farthest_point_sampling(&points, &lengths, count as i64, &starts))?;
+                // Row b holds cloud b's samples, then (past its length) repeats of the padding's choice.
+                Ok(clouds
+                    .iter()
+                    .enumerate()
+                    .map(|(b, points)| chosen[b * count..b * count + count.min(points.len())].to_vec())
+                    .collect())
             }
         }
     }
@@ -715,6 +740,11 @@ mod tests {
         assert_eq!(rows[1], super::super::farthest_point_sampling(&b, 256, 17), "padding is never chosen");
         let few = CPU.farthest_point_sampling(&a[..10], 50, 0).unwrap();
         assert_eq!(few, super::super::farthest_point_sampling(&a[..10], 50, 0), "no more samples than points");
+        let clouds = [&a[..], &b[..10], &b[..]];
+        let both = CPU.farthest_point_sampling_batch(&clouds, 256, &[5, 0, 17]).unwrap();
+        assert_eq!(both, Compute::Host.farthest_point_sampling_batch(&clouds, 256, &[5, 0, 17]).unwrap());
+        assert_eq!(both.iter().map(Vec::len).collect::<Vec<_>>(), [256, 10, 256]);
+        assert_eq!(CPU.farthest_point_sampling_batch(&clouds, 0, &[5, 0, 17]).unwrap(), vec![Vec::<u32>::new(); 3]);
     }
 
     #[test]

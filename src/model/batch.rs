@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use super::config::DetectorConfig;
-use super::preprocess::{self, PatchedCloud, PoseTemplate, Sampling};
+use super::preprocess::{self, Centres, PatchedCloud, PoseTemplate, Sampling, View};
 use super::{
     Detector, Features, Inspection, ModelError, RawScores, Result, StageTimes, Thresholds, UNIT_MISMATCH_RATIO,
     Unscored, backbone, centre_tensor, ms, scoring,
@@ -89,10 +89,28 @@ impl GeometryPart {
         points: &[Point],
         augment: Option<(&preprocess::Augmentation, &mut dyn rand::RngCore)>,
     ) -> Result<PatchedCloud> {
+        let view = self.view(points, augment)?;
+        self.patch_view(view, Centres::Sample(self.config.patches.count))
+    }
+
+    fn template(&self) -> Option<&PoseTemplate> {
+        self.template.as_deref().filter(|_| self.config.preprocess.align)
+    }
+
+    /// Step 0 ([`preprocess::prepare_view`]) with this model's configuration and template.
+    fn view(
+        &self,
+        points: &[Point],
+        augment: Option<(&preprocess::Augmentation, &mut dyn rand::RngCore)>,
+    ) -> Result<View> {
         let c = &self.config;
-        let template = self.template.as_deref().filter(|_| c.preprocess.align);
-        let view = preprocess::prepare_view(points, &c.preprocess, c.patches.size, template, augment, self.compute)?;
-        preprocess::patch_view(view, &c.preprocess, c.patches.count, c.patches.size, template, Sampling::Cells)
+        preprocess::prepare_view(points, &c.preprocess, c.patches.size, self.template(), augment, self.compute)
+    }
+
+    /// Step 1 ([`preprocess::patch_view`]) with this model's configuration and template.
+    fn patch_view(&self, view: View, centres: Centres) -> Result<PatchedCloud> {
+        let c = &self.config;
+        preprocess::patch_view(view, &c.preprocess, centres, c.patches.size, self.template(), Sampling::Cells)
     }
 
     /// The samples' per-point feature rows, where the model scores points by their own features (`None`
@@ -114,9 +132,48 @@ impl GeometryPart {
         Ok(Prepared { inliers, patched, point_rows, preprocess_ms, rows_ms: ms(t) })
     }
 
-    /// The geometry of several clouds (finite points, sensor frame), concurrently.
+    /// The geometry of several clouds (finite points, sensor frame), concurrently. On a device their FPS runs as
+    /// one batch, between the steps before it and those after.
     fn prepare_all(&self, clouds: &[&[Point]]) -> Vec<Result<Prepared>> {
-        clouds.par_iter().map(|points| self.prepare(points)).collect()
+        if self.compute == Compute::Host || clouds.len() < 2 {
+            return clouds.par_iter().map(|points| self.prepare(points)).collect();
+        }
+        let viewed: Vec<Result<(geometry::Inliers, View, f64)>> = clouds
+            .par_iter()
+            .map(|points| {
+                let t = Instant::now();
+                let inliers = self.inliers(points)?;
+                let view = self.view(&inliers.kept_points(points), None)?;
+                Ok((inliers, view, ms(t)))
+            })
+            .collect();
+        let t = Instant::now();
+        let views: Vec<&[Point]> = viewed.iter().flatten().map(|(_, view, _)| view.points.as_slice()).collect();
+        let starts: Vec<usize> = views.iter().map(|points| preprocess::sampling_start(points)).collect();
+        let sampled = self.compute.farthest_point_sampling_batch(&views, self.config.patches.count, &starts);
+        let fps_ms = ms(t) / views.len().max(1) as f64;
+        let mut centres = match sampled {
+            Ok(centres) => centres.into_iter(),
+            Err(e) => {
+                let failed = e.to_string();
+                return viewed.into_iter().map(|v| v.and_then(|_| Err(ModelError::Batch(failed.clone())))).collect();
+            }
+        };
+        // One list of centres per view, in order.
+        let chosen: Vec<Result<_>> =
+            viewed.into_iter().map(|v| v.map(|v| (v, centres.next().unwrap_or_default()))).collect();
+        chosen
+            .into_par_iter()
+            .map(|item| {
+                let ((inliers, view, view_ms), centres) = item?;
+                let t = Instant::now();
+                let patched = self.patch_view(view, Centres::Chosen(centres))?;
+                let preprocess_ms = view_ms + fps_ms + ms(t);
+                let t = Instant::now();
+                let point_rows = self.point_rows(&patched)?;
+                Ok(Prepared { inliers, patched, point_rows, preprocess_ms, rows_ms: ms(t) })
+            })
+            .collect()
     }
 
     /// The geometry of several clouds, each checked first (finite, plausible): what

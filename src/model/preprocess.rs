@@ -410,7 +410,7 @@ pub fn patch_cloud(
     augment: Option<(&Augmentation, &mut dyn rand::RngCore)>,
 ) -> Result<PatchedCloud> {
     let view = prepare_view(finite_points, cfg, patch_size, template, augment, Compute::Host)?;
-    patch_view(view, cfg, patch_count, patch_size, template, Sampling::Cells)
+    patch_view(view, cfg, Centres::Sample(patch_count), patch_size, template, Sampling::Cells)
 }
 
 /// Where an FPFH radius holds many more than ~30 voxel points, its descriptors are computed on a copy of the
@@ -540,12 +540,31 @@ pub fn surface_context(
         .collect())
 }
 
+/// Where step 1 finds its patch centres.
+pub enum Centres {
+    /// Farthest-point sampling of this many from [`sampling_start`], on the view alone.
+    Sample(usize),
+    /// Already sampled (indices of the view's points): several views' FPS in one batch
+    /// ([`Compute::farthest_point_sampling_batch`]).
+    Chosen(Vec<u32>),
+}
+
+/// Where FPS starts on a view's points: the point farthest from the centre, so a cloud always gives the same
+/// patches, whatever order its points arrive in.
+pub fn sampling_start(points: &[Point]) -> usize {
+    points
+        .iter()
+        .enumerate()
+        .max_by(|a, b| geometry::dot(*a.1, *a.1).total_cmp(&geometry::dot(*b.1, *b.1)))
+        .map_or(0, |(i, _)| i)
+}
+
 /// Step 1's geometry on a prepared view: FPS centres, kNN patches, normals, the SCA descriptors and the
 /// surface context (against `template` when scans are registered).
 pub fn patch_view(
     view: View,
     cfg: &PreprocessConfig,
-    patch_count: usize,
+    centres: Centres,
     patch_size: usize,
     template: Option<&PoseTemplate>,
     sampling: Sampling,
@@ -554,17 +573,13 @@ pub fn patch_view(
         return Err(ModelError::TooFewPoints { points: view.points.len(), needed: patch_size, voxel: cfg.voxel_size });
     }
     let View { grid, frame, points, viewpoint, voxel, compute } = view;
-    // A deterministic start (the point farthest from the centre) so a cloud always gives the same patches,
-    // whatever order its points arrive in.
-    let start = points
-        .iter()
-        .enumerate()
-        .max_by(|a, b| geometry::dot(*a.1, *a.1).total_cmp(&geometry::dot(*b.1, *b.1)))
-        .map_or(0, |(i, _)| i);
     // FPS is serial: the tree and the normals take the other core meanwhile; likewise the SCA descriptors and
     // the samples' surface context below.
     let (centres, indexed) = rayon::join(
-        || compute.farthest_point_sampling(&points, patch_count, start),
+        || match centres {
+            Centres::Sample(count) => compute.farthest_point_sampling(&points, count, sampling_start(&points)),
+            Centres::Chosen(chosen) => Ok(chosen),
+        },
         || -> Result<_> {
             let index = NeighborIndex::new(&points)?;
             let side = orientation(cfg.normals_face, viewpoint);
@@ -701,7 +716,7 @@ mod tests {
         }
         assert_eq!(cloud.context.len(), cloud.samples.len());
         let view = prepare_view(&pts, &cfg, 16, None, None, Compute::Host).unwrap();
-        let every = patch_view(view, &cfg, 64, 16, None, Sampling::EveryPoint).unwrap();
+        let every = patch_view(view, &cfg, Centres::Sample(64), 16, None, Sampling::EveryPoint).unwrap();
         assert_eq!(every.samples, (0..every.points.len() as u32).collect::<Vec<_>>());
         assert_eq!(every.centre_samples, every.centres);
     }

@@ -21,7 +21,7 @@ pub mod pseudo_defects;
 use crate::geometry::Point;
 use crate::model::conditioning::Reference;
 use crate::model::config::{DetectorConfig, GeneratorKind, ScoreSource};
-use crate::model::preprocess::{self, Augmentation, PatchedCloud, Sampling};
+use crate::model::preprocess::{self, Augmentation, Centres, PatchedCloud, Sampling};
 use crate::model::store::TrainingSummary;
 use crate::model::{Detector, Heads, LayerInit, ModelError, Placement, RawScores, Result, sca, scoring};
 
@@ -342,15 +342,18 @@ fn prepare_views(
                 None => preprocess::prepare_view(points, &cfg.preprocess, size, template, None, compute),
             }
             .map_err(named)?;
+            let patch = |view| {
+                let centres = Centres::Sample(count);
+                preprocess::patch_view(view, &cfg.preprocess, centres, size, template, Sampling::EveryPoint)
+                    .map_err(named)
+            };
             if geometric {
                 let index = crate::geometry::NeighborIndex::new(&view.points)?;
                 let normals = view.normals(&cfg.preprocess, &index);
                 for _ in 0..pd.copies_per_view {
                     let defective = pseudo_defects::make(&view.points, &normals, &index, view.voxel, pd, rng);
                     let copy = view.with_points(defective.points);
-                    let patched =
-                        preprocess::patch_view(copy, &cfg.preprocess, count, size, template, Sampling::EveryPoint)
-                            .map_err(named)?;
+                    let patched = patch(copy)?;
                     let shares = patched.patch_shares(&defective.touched);
                     let targets = shares.iter().map(|&s| if s >= pd.patch_share { 1.0 } else { 0.0 }).collect();
                     // Patches only grazed by a defect are neither clearly good nor clearly bad: left out.
@@ -359,8 +362,7 @@ fn prepare_views(
                     out.push(view_tokens(detector, &patched, Some((targets, weights)), &defective.touched, rng)?);
                 }
             }
-            let patched = preprocess::patch_view(view, &cfg.preprocess, count, size, template, Sampling::EveryPoint)
-                .map_err(named)?;
+            let patched = patch(view)?;
             let untouched = vec![false; patched.points.len()];
             out.push(view_tokens(detector, &patched, None, &untouched, rng)?);
             let elapsed = start.elapsed().as_secs_f32();

@@ -1,8 +1,8 @@
 //! Device geometry: the per-scan geometry of steps 0–1 and of the scores' way back to the points — voxel grid with
-//! back-index, farthest-point sampling (a batch of clouds at once), kNN grouping, PCA normals, FPFH at chosen
-//! points, the spread of patch scores and the median filter — as tensor code on a LibTorch device, so that a
-//! detector on CUDA runs them on the GPU. Each function follows the definition of its host twin in this module's
-//! siblings; the tests hold them to it on CPU tensors. Searches look at the points of the 27 grid cells around
+//! back-index, farthest-point sampling (a batch of clouds at once), kNN grouping, radius searches (which the model's
+//! surface context builds on), PCA normals, FPFH at chosen points, the spread of patch scores and the median filter
+//! — as tensor code on a LibTorch device, so that a detector on CUDA runs them on the GPU. Each function follows
+//! the definition of its host twin in this module's siblings; the tests hold them to it on CPU tensors. Searches look at the points of the 27 grid cells around
 //! each query, padded into one tensor per block of queries: the GPU's way, not two CPU cores'.
 //!
 //! [`Compute`] picks host or device per call and keeps the host's types at its edges, so the pipeline can switch.
@@ -28,7 +28,8 @@ pub fn points_tensor(points: &[Point], device: Device) -> Tensor {
     Tensor::from_slice(points.as_flattened()).view([-1, 3]).to_device(device)
 }
 
-fn host_floats(t: &Tensor) -> Result<Vec<f32>> {
+/// A tensor's values as f32, row after row.
+pub fn host_floats(t: &Tensor) -> Result<Vec<f32>> {
     t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view(-1).try_into().map_err(tensor_error)
 }
 
@@ -43,7 +44,8 @@ pub fn host_points(t: &Tensor) -> Result<Vec<Point>> {
     Ok(host_floats(t)?.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect())
 }
 
-fn indices_tensor(indices: &[u32], device: Device) -> Tensor {
+/// Point indices as an int64 tensor on `device`.
+pub fn indices_tensor(indices: &[u32], device: Device) -> Tensor {
     let wide: Vec<i64> = indices.iter().map(|&i| i64::from(i)).collect();
     Tensor::from_slice(&wide).to_device(device)
 }
@@ -87,7 +89,8 @@ impl Neighbors {
         }
     }
 
-    fn valid(&self) -> Tensor {
+    /// Which entries are neighbours (the rest is padding).
+    pub fn valid(&self) -> Tensor {
         self.index.ge(0)
     }
 
@@ -256,6 +259,13 @@ fn within_grid(grid: &CellGrid, queries: &Tensor, radius: f32) -> Neighbors {
         })
         .collect();
     Neighbors::concatenated(parts, grid.points.device())
+}
+
+/// Every point of `points` within `radius` (inclusive) of each of `queries` (Q × 3), nearest first.
+pub fn within(points: &Tensor, queries: &Tensor, radius: f32) -> Result<Neighbors> {
+    let radius = positive("neighbourhood radius", radius)?;
+    let grid = CellGrid::new(points, radius).ok_or(GeometryError::Empty)?;
+    Ok(within_grid(&grid, queries, radius))
 }
 
 /// Per group (`group` of each value, the groups numbered in ascending order, `counts` of each), the largest of

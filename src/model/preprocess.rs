@@ -478,8 +478,24 @@ fn centre_descriptors(
 ///   the part's, whatever its histogram looks like.
 ///
 /// The template's counts are over the template points in `expected` (all where `None`; see
-/// [`PoseTemplate::expected`]). Without a template the counts are 1 and the template numbers 0.
+/// [`PoseTemplate::expected`]). Without a template the counts are 1 and the template numbers 0. `compute`: on the
+/// host, or as tensor code on a device ([`device_surface_context`]).
 pub fn surface_context(
+    compute: Compute,
+    points: &[Point],
+    normals: &[Point],
+    index: &NeighborIndex,
+    voxel: f32,
+    template: Option<(&PoseTemplate, Option<&[bool]>)>,
+    at: &[u32],
+) -> Result<Vec<[f32; CONTEXT_DIMS]>> {
+    match compute {
+        Compute::Host => host_surface_context(points, normals, index, voxel, template, at),
+        Compute::Tensors(device) => device_surface_context(device, points, normals, voxel, template, at),
+    }
+}
+
+fn host_surface_context(
     points: &[Point],
     normals: &[Point],
     index: &NeighborIndex,
@@ -538,6 +554,72 @@ pub fn surface_context(
             out
         })
         .collect())
+}
+
+/// [`surface_context`] as tensor code on `device`: the same numbers, up to the order in which the centroid's sums
+/// round and, where two template points are equally near, which one is taken.
+fn device_surface_context(
+    device: tch::Device,
+    points: &[Point],
+    normals: &[Point],
+    voxel: f32,
+    template: Option<(&PoseTemplate, Option<&[bool]>)>,
+    at: &[u32],
+) -> Result<Vec<[f32; CONTEXT_DIMS]>> {
+    use crate::geometry::device::{host_floats, indices_tensor, knn, points_tensor, within};
+    use tch::{Kind, Tensor};
+    if at.is_empty() {
+        return Ok(Vec::new());
+    }
+    let [near, far] = CONTEXT_RADII_VOXELS.map(|r| r * voxel);
+    let within_near = |found: &crate::geometry::device::Neighbors| found.squared_distance.le(f64::from(near * near));
+    let count = |mask: &Tensor| mask.sum_dim_intlist(1, false, Kind::Float);
+    let cloud = points_tensor(points, device);
+    let at = indices_tensor(at, device);
+    let centres = cloud.index_select(0, &at);
+    let q = centres.size()[0];
+    let scan = within(&cloud, &centres, far)?;
+    let (found_near, found_far) = (within_near(&scan), scan.valid());
+    let members = cloud.index_select(0, &scan.index.clamp_min(0).view(-1)).view([q, -1, 3]);
+    let sum = (members * found_near.unsqueeze(2).to_kind(Kind::Float)).sum_dim_intlist(1, false, Kind::Float);
+    let mean = sum / count(&found_near).clamp_min(1.0).unsqueeze(1);
+    let offset_radii = (mean - &centres).square().sum_dim_intlist(1, false, Kind::Float).sqrt() / f64::from(near);
+    let mut columns = vec![offset_radii];
+    match template {
+        None => {
+            columns.extend([1.0, 1.0, 0.0, 0.0, 0.0].map(|v| Tensor::full([q], v, (Kind::Float, device))));
+        }
+        Some((t, expected)) => {
+            let template_points = points_tensor(&t.placed_points, device);
+            let around = within(&template_points, &centres, far)?;
+            let mut counted = around.valid();
+            if let Some(expected) = expected {
+                let flags: Vec<u8> = expected.iter().map(|&e| u8::from(e)).collect();
+                let flags = Tensor::from_slice(&flags).to_device(device).to_kind(Kind::Bool);
+                counted =
+                    counted.logical_and(&flags.index_select(0, &around.index.clamp_min(0).view(-1)).view([q, -1]));
+            }
+            for (found, expected) in [(&found_near, counted.logical_and(&within_near(&around))), (&found_far, counted)]
+            {
+                let (found, expected) = (count(found), count(&expected));
+                let ratio = (found / &expected).clamp_max(2.0);
+                columns.push(ratio.where_self(&expected.gt(0.0), &Tensor::full_like(&expected, 2.0)));
+            }
+            let nearest = knn(&template_points, &centres, 1, far);
+            let i = nearest.index.view(-1);
+            let template_normals = points_tensor(&t.normals, device).index_select(0, &i);
+            let offset = &centres - template_points.index_select(0, &i);
+            let cap = f64::from(TEMPLATE_DISTANCE_CAP_VOXELS);
+            let along = (offset * &template_normals).sum_dim_intlist(1, false, Kind::Float).abs();
+            let normal = points_tensor(normals, device).index_select(0, &at);
+            let agreement = (normal * template_normals).sum_dim_intlist(1, false, Kind::Float).abs().clamp_max(1.0);
+            columns.push((nearest.squared_distance.view(-1).sqrt() / f64::from(voxel)).clamp_max(cap));
+            columns.push((along / f64::from(voxel)).clamp_max(cap));
+            columns.push(1.0 - agreement);
+        }
+    }
+    let values = host_floats(&Tensor::stack(&columns, 1))?;
+    Ok(values.chunks_exact(CONTEXT_DIMS).map(|c| std::array::from_fn(|k| c[k])).collect())
 }
 
 /// Where step 1 finds its patch centres.
@@ -599,7 +681,7 @@ pub fn patch_view(
             let all_round = template.is_none_or(|t| !cfg.heads_see_capture() || t.is_all_round(&index, voxel));
             tracing::debug!(all_round, "capture");
             let template = template.map(|t| (t, expected.as_deref()));
-            let context = surface_context(&points, &normals, &index, voxel, template, &cells.samples)?;
+            let context = surface_context(compute, &points, &normals, &index, voxel, template, &cells.samples)?;
             Ok((cells, context, all_round))
         },
     );
@@ -792,6 +874,47 @@ mod tests {
         assert!(mean(&on_bump) > 1.5, "the bump's top is off the template's plane: {} voxels", mean(&on_bump));
         assert!(mean(&elsewhere) < 0.5, "the rest lies on it: {} voxels", mean(&elsewhere));
     }
+    #[test]
+    fn the_device_surface_context_is_the_hosts() {
+        // The box centred on the origin; a camera's view of its upper half, with a bump on the top face.
+        let pts: Vec<Point> = box_surface().iter().map(|&p| geometry::sub(p, [10.0, 7.0, 6.5])).collect();
+        let cfg = PreprocessConfig { voxel_size: 0.5, ..Default::default() };
+        let template = PoseTemplate::from_cloud(&pts, &cfg).unwrap();
+        let view: Vec<Point> = pts
+            .iter()
+            .filter(|p| p[2] > 0.0)
+            .map(|&p| {
+                let d2 = p[0] * p[0] + p[1] * p[1];
+                if p[2] > 6.4 && d2 < 4.0 { [p[0], p[1], p[2] + 1.5 * (1.0 - d2 / 4.0)] } else { p }
+            })
+            .collect();
+        let cloud = patch_cloud(&view, &cfg, 64, 16, Some(&template), None).unwrap();
+        let expected = template.expected(&cloud.index, [0.0; 3], cloud.voxel);
+        assert!(expected.is_some(), "a view expects part of the template");
+        for (case, t) in [None, Some((&template, None)), Some((&template, expected.as_deref()))].into_iter().enumerate()
+        {
+            let context = |compute| {
+                surface_context(compute, &cloud.points, &cloud.normals, &cloud.index, cloud.voxel, t, &cloud.samples)
+                    .unwrap()
+            };
+            let (host, device) = (context(Compute::Host), context(Compute::Tensors(tch::Device::Cpu)));
+            assert_eq!(host.len(), device.len());
+            for (h, d) in host.iter().zip(&device) {
+                for k in 0..CONTEXT_DIMS {
+                    assert!(
+                        (h[k] - d[k]).abs() <= 1e-4 * h[k].abs().max(1.0),
+                        "case {case}, number {k}: {h:?} vs {d:?}"
+                    );
+                }
+            }
+            // Not all alike: the bump, the border and the template's counts show in them.
+            let spread = |k: usize| {
+                host.iter().map(|c| c[k]).fold(f32::INFINITY, f32::min) < host.iter().map(|c| c[k]).fold(0.0, f32::max)
+            };
+            assert!(spread(0) && (t.is_none() || (1..CONTEXT_DIMS).all(spread)), "case {case}");
+        }
+    }
+
     #[test]
     fn the_capture_input_tells_a_view_from_an_all_round_scan() {
         let pts = box_surface();

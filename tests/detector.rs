@@ -2,6 +2,8 @@
 //! a scan with a bulge scores higher where the bulge is; the model folder round-trips and refuses tampering;
 //! the CLI trains, infers and describes a model.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -329,12 +331,7 @@ fn a_batch_gives_each_scan_the_verdict_it_gets_alone() {
         };
         assert_eq!(alone.passed, batched.passed, "cloud {k}");
         assert!((alone.cloud_score - batched.cloud_score).abs() < 1e-4, "cloud {k}");
-        let worst = alone
-            .point_scores
-            .iter()
-            .zip(&batched.point_scores)
-            .map(|(a, b)| if a.is_nan() && b.is_nan() { 0.0 } else { (a - b).abs() })
-            .fold(0f32, f32::max);
+        let worst = common::largest_score_difference(&alone.point_scores, &batched.point_scores);
         assert!(worst < 1e-3, "cloud {k}: point scores differ by {worst}");
     }
 }

@@ -24,12 +24,7 @@ fn the_device_geometry_gives_the_hosts_verdicts() {
         let (a, b) = (host.inspect(&cloud).unwrap(), device.inspect(&cloud).unwrap());
         assert_eq!((a.passed, a.anomalous_points), (b.passed, b.anomalous_points), "{name}");
         assert!((a.cloud_score - b.cloud_score).abs() < 1e-4, "{name}: {} vs {}", a.cloud_score, b.cloud_score);
-        let worst = a
-            .point_scores
-            .iter()
-            .zip(&b.point_scores)
-            .map(|(x, y)| if x.is_nan() && y.is_nan() { 0.0 } else { (x - y).abs() })
-            .fold(0f32, f32::max);
+        let worst = common::largest_score_difference(&a.point_scores, &b.point_scores);
         assert!(worst < 1e-4, "{name}: point scores differ by {worst}");
     }
 }
@@ -72,12 +67,7 @@ fn a_batch_on_the_device_geometry_gives_each_scan_its_own_verdict() {
         let (alone, batched) = (detector.inspect(&clouds[k]).unwrap(), together[k].as_ref().unwrap());
         assert_eq!((alone.passed, alone.anomalous_points), (batched.passed, batched.anomalous_points), "scan {k}");
         assert!((alone.cloud_score - batched.cloud_score).abs() < 1e-4, "scan {k}");
-        let worst = alone
-            .point_scores
-            .iter()
-            .zip(&batched.point_scores)
-            .map(|(a, b)| if a.is_nan() && b.is_nan() { 0.0 } else { (a - b).abs() })
-            .fold(0f32, f32::max);
+        let worst = common::largest_score_difference(&alone.point_scores, &batched.point_scores);
         assert!(worst < 1e-4, "scan {k}: point scores differ by {worst}");
     }
 }

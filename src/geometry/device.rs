@@ -2,8 +2,9 @@
 //! back-index, farthest-point sampling (a batch of clouds at once), kNN grouping, radius searches (which the model's
 //! surface context builds on), PCA normals, FPFH at chosen points, the spread of patch scores and the median filter
 //! — as tensor code on a LibTorch device, so that a detector on CUDA runs them on the GPU. Each function follows
-//! the definition of its host twin in this module's siblings; the tests hold them to it on CPU tensors. Searches look at the points of the 27 grid cells around
-//! each query, padded into one tensor per block of queries: the GPU's way, not two CPU cores'.
+//! the definition of its host twin in this module's siblings; the tests hold them to it on CPU tensors. Searches
+//! look at the points of the 27 grid cells around each query, padded into one tensor per block of queries: the
+//! GPU's way, not two CPU cores'.
 //!
 //! [`Compute`] picks host or device per call and keeps the host's types at its edges, so the pipeline can switch.
 

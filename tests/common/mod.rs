@@ -13,6 +13,13 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The largest difference between two inspections' point scores of one scan; points neither scored (NaN in
+/// both) count as equal.
+pub fn largest_score_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "scores of the same points");
+    a.iter().zip(b).map(|(x, y)| if x.is_nan() && y.is_nan() { 0.0 } else { (x - y).abs() }).fold(0f32, f32::max)
+}
+
 /// The two good bundled cell scans (tests/data/cell_scans), as training clouds.
 pub fn bundled_good_clouds() -> Vec<inspect3d::train::TrainingCloud> {
     ["000_good", "001_good"]

@@ -326,7 +326,7 @@ impl<M> Handoff<M> {
         state.prepared.insert(number, batch);
         self.changed.notify_all();
         while state.next <= number && !state.scoring_ended {
-            state = self.changed.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+            state = wait(&self.changed, state);
         }
         !state.scoring_ended
     }
@@ -344,7 +344,7 @@ impl<M> Handoff<M> {
             if state.workers == 0 {
                 return None;
             }
-            state = self.changed.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+            state = wait(&self.changed, state);
         }
     }
 
@@ -420,6 +420,11 @@ struct Shared<M> {
 /// between statements, and the node must keep running.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// [`Condvar::wait`], likewise past a poisoned lock.
+fn wait<'a, T>(changed: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+    changed.wait(guard).unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The running service: submit scans, receive reports through the sink given to [`Inspector::start`].
@@ -585,7 +590,7 @@ fn take_waiting<M>(shared: &Shared<M>) -> Option<(u64, Vec<Scan<M>>)> {
             state.taken += 1;
             return Some((number, state.queue.drain(..n).collect()));
         }
-        state = shared.work.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        state = wait(&shared.work, state);
     }
 }
 

@@ -126,7 +126,11 @@ impl GeometryPart {
         let t = Instant::now();
         let inliers = self.inliers(points)?;
         let patched = self.patch(&inliers.kept_points(points), None)?;
-        let preprocess_ms = ms(t);
+        self.with_rows(inliers, patched, ms(t))
+    }
+
+    /// A patched cloud with its per-point feature rows, timed.
+    fn with_rows(&self, inliers: geometry::Inliers, patched: PatchedCloud, preprocess_ms: f64) -> Result<Prepared> {
         let t = Instant::now();
         let point_rows = self.point_rows(&patched)?;
         Ok(Prepared { inliers, patched, point_rows, preprocess_ms, rows_ms: ms(t) })
@@ -168,10 +172,7 @@ impl GeometryPart {
                 let ((inliers, view, view_ms), centres) = item?;
                 let t = Instant::now();
                 let patched = self.patch_view(view, Centres::Chosen(centres))?;
-                let preprocess_ms = view_ms + fps_ms + ms(t);
-                let t = Instant::now();
-                let point_rows = self.point_rows(&patched)?;
-                Ok(Prepared { inliers, patched, point_rows, preprocess_ms, rows_ms: ms(t) })
+                self.with_rows(inliers, patched, view_ms + fps_ms + ms(t))
             })
             .collect()
     }

@@ -575,8 +575,7 @@ fn device_surface_context(
     let within_near = |found: &crate::geometry::device::Neighbors| found.squared_distance.le(f64::from(near * near));
     let count = |mask: &Tensor| mask.sum_dim_intlist(1, false, Kind::Float);
     let cloud = points_tensor(points, device);
-    let at = indices_tensor(at, device);
-    let centres = cloud.index_select(0, &at);
+    let centres = cloud.index_select(0, &indices_tensor(at, device));
     let q = centres.size()[0];
     let scan = within(&cloud, &centres, far)?;
     let (found_near, found_far) = (within_near(&scan), scan.valid());
@@ -611,8 +610,11 @@ fn device_surface_context(
             let offset = &centres - template_points.index_select(0, &i);
             let cap = f64::from(TEMPLATE_DISTANCE_CAP_VOXELS);
             let along = (offset * &template_normals).sum_dim_intlist(1, false, Kind::Float).abs();
-            let normal = points_tensor(normals, device).index_select(0, &at);
-            let agreement = (normal * template_normals).sum_dim_intlist(1, false, Kind::Float).abs().clamp_max(1.0);
+            let sampled_normals: Vec<Point> = at.iter().map(|&i| normals[i as usize]).collect();
+            let agreement = (points_tensor(&sampled_normals, device) * template_normals)
+                .sum_dim_intlist(1, false, Kind::Float)
+                .abs()
+                .clamp_max(1.0);
             columns.push((nearest.squared_distance.view(-1).sqrt() / f64::from(voxel)).clamp_max(cap));
             columns.push((along / f64::from(voxel)).clamp_max(cap));
             columns.push(1.0 - agreement);

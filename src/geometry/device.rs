@@ -1,17 +1,21 @@
-//! Device geometry: the per-scan geometry of steps 0–1 and of the scores' way back to the points — voxel grid with
-//! back-index, farthest-point sampling (a batch of clouds at once), kNN grouping, radius searches (which the model's
-//! surface context builds on), PCA normals, FPFH at chosen points, the spread of patch scores and the median filter
-//! — as tensor code on a LibTorch device, so that a detector on CUDA runs them on the GPU. Each function follows
-//! the definition of its host twin in this module's siblings; the tests hold them to it on CPU tensors. Searches
-//! look at the points of the 27 grid cells around each query, padded into one tensor per block of queries: the
-//! GPU's way, not two CPU cores'.
+//! Device geometry: the per-scan geometry of steps 0–1 and of the scores' way back to the points — outlier removal
+//! (the robust box, floating groups), registration (ICP's correspondences and sums), voxel grid with back-index
+//! (and each voxel's central member, for the coarse copies), farthest-point sampling (a batch of clouds at once),
+//! kNN grouping, radius searches (which the model's surface context builds on), PCA normals, FPFH at chosen points,
+//! the spread of patch scores and the median filter — as tensor code on a LibTorch device, so that a detector on
+//! CUDA runs them on the GPU. Each function follows the definition of its host twin in this module's siblings; the
+//! tests hold them to it on CPU tensors. Searches look at the points of the 27 grid cells around each query, padded
+//! into one tensor per block of queries: the GPU's way, not two CPU cores'.
 //!
 //! [`Compute`] picks host or device per call and keeps the host's types at its edges, so the pipeline can switch.
 
 use tch::{Device, Kind, Tensor};
 
+use super::outliers::{RobustBox, quantile_ranks};
+use super::registration::{NormalEquations, Registration, Rigid, Template, icp_steps};
 use super::{
-    FPFH_BINS, Fpfh, GeometryError, NeighborIndex, Neighborhood, NormalOrientation, Point, Result, VoxelGrid, positive,
+    FPFH_BINS, Fpfh, GeometryError, Inliers, NeighborIndex, Neighborhood, NormalOrientation, OutlierRule, Point,
+    Result, VoxelGrid, positive,
 };
 
 /// Elements of one block of a search (queries × candidates): 64 MiB per f32 temporary.
@@ -32,6 +36,14 @@ pub fn points_tensor(points: &[Point], device: Device) -> Tensor {
 /// A tensor's values as f32, row after row.
 pub fn host_floats(t: &Tensor) -> Result<Vec<f32>> {
     t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view(-1).try_into().map_err(tensor_error)
+}
+
+fn host_doubles(t: &Tensor) -> Result<Vec<f64>> {
+    t.to_device(Device::Cpu).to_kind(Kind::Double).contiguous().view(-1).try_into().map_err(tensor_error)
+}
+
+fn host_flags(t: &Tensor) -> Result<Vec<bool>> {
+    Vec::<bool>::try_from(&t.to_device(Device::Cpu).contiguous()).map_err(tensor_error)
 }
 
 fn host_indices(t: &Tensor) -> Result<Vec<u32>> {
@@ -310,6 +322,115 @@ pub fn voxel_downsample(points: &Tensor, voxel_size: f32) -> Result<(Tensor, Ten
     Ok(((sums / counts).to_kind(Kind::Float), representative))
 }
 
+/// As [`VoxelGrid::central_members`]: per voxel (`centroids` M × 3, `representative` of each of the N points), the
+/// member nearest its centroid, in f64 and summed in the host's order, the first on ties. Returns M int64.
+pub fn central_members(points: &Tensor, centroids: &Tensor, representative: &Tensor) -> Tensor {
+    let (n, voxels, device) = (points.size()[0], centroids.size()[0], points.device());
+    let offsets = points.to_kind(Kind::Double) - centroids.to_kind(Kind::Double).index_select(0, representative);
+    let squares = offsets.square();
+    let distance = squares.select(1, 0) + squares.select(1, 1) + squares.select(1, 2);
+    let nearest = Tensor::full([voxels], f64::INFINITY, (Kind::Double, device)).index_reduce(
+        0,
+        representative,
+        &distance,
+        "amin",
+        true,
+    );
+    let at_nearest = distance.eq_tensor(&nearest.index_select(0, representative));
+    let candidates = Tensor::arange(n, (Kind::Int64, device)).where_scalarother(&at_nearest, n);
+    Tensor::full([voxels], n, (Kind::Int64, device)).index_reduce(0, representative, &candidates, "amin", true)
+}
+
+/// As [`super::inside_robust_box`]: each axis's quantiles by `kthvalue`, the box from those six numbers on the host,
+/// the flags on the device. Returns (N bool, the quantile box's diagonal).
+pub fn inside_robust_box(points: &Tensor, rule: &OutlierRule) -> Result<(Tensor, f64)> {
+    let (n, device) = (points.size()[0], points.device());
+    if n == 0 {
+        return Err(GeometryError::Empty);
+    }
+    let (lo_at, hi_at) = quantile_ranks(n as usize, rule.quantile.clamp(0.0, 0.5));
+    let quantile = |rank: usize| host_floats(&points.kthvalue(rank as i64 + 1, 0, false).0);
+    let (low, high) = (quantile(lo_at)?, quantile(hi_at)?);
+    let robust = RobustBox::new(std::array::from_fn(|a| (low[a], high[a])), rule.margin);
+    let wide = points.to_kind(Kind::Double);
+    let (low, high) =
+        (Tensor::from_slice(&robust.low).to_device(device), Tensor::from_slice(&robust.high).to_device(device));
+    Ok((wide.ge_tensor(&low).logical_and(&wide.le_tensor(&high)).all_dim(1, false), robust.diagonal))
+}
+
+/// As the host's floating groups: per point, the size of its group when points within `link` are joined. Labels
+/// start as each point's index and settle on the lowest of each group: each round takes the lowest label around a
+/// point, then the label of that label (so a long chain settles in a few rounds, not one per link).
+pub fn group_sizes(points: &Tensor, link: f32) -> Result<Tensor> {
+    let (n, device) = (points.size()[0], points.device());
+    let neighbours = within(points, points, link)?;
+    let own = Tensor::arange(n, (Kind::Int64, device)).unsqueeze(1).expand_as(&neighbours.index);
+    let linked = neighbours.index.where_self(&neighbours.valid(), &own).view([-1]);
+    let mut label = Tensor::arange(n, (Kind::Int64, device));
+    loop {
+        let lowest = label.index_select(0, &linked).view([n, -1]).amin(1, false).minimum(&label);
+        let next = lowest.index_select(0, &lowest);
+        if next.equal(&label) {
+            return Ok(label.bincount::<Tensor>(None, n).index_select(0, &label));
+        }
+        label = next;
+    }
+}
+
+/// As the floating-group step of [`super::drop_floating_groups`]: which points lie in groups of fewer than
+/// `min_group` voxel points (voxels of `voxel`, linked within `link`).
+pub fn in_floating_groups(points: &Tensor, voxel: f32, link: f32, min_group: usize) -> Result<Tensor> {
+    let (centroids, representative) = voxel_downsample(points, voxel)?;
+    Ok(group_sizes(&centroids, link)?.index_select(0, &representative).lt(min_group as i64))
+}
+
+/// Point-to-plane ICP as [`super::register`] defines it, each step's correspondences and sums on the device. Every
+/// correspondence is searched each step (the host keeps those that surely hold, which finds the same ones).
+pub fn register(
+    source: &[Point],
+    template: &Template,
+    [start_distance, end_distance]: [f32; 2],
+    iterations: usize,
+    device: Device,
+) -> Result<Registration> {
+    let moving = points_tensor(source, device);
+    let (points, normals) = (points_tensor(template.points, device), points_tensor(template.normals, device));
+    let mut failed = None;
+    let registration = icp_steps(source, template, [start_distance, end_distance], iterations, |transform, cutoff| {
+        let sums = correspondence_sums(&moving, &points, &normals, transform, cutoff);
+        sums.unwrap_or_else(|e| {
+            failed = Some(e);
+            NormalEquations::default()
+        })
+    });
+    failed.map_or(Ok(registration), Err)
+}
+
+/// One ICP step on the device: `source` moved by `transform`, each point's nearest template point within `cutoff`,
+/// and the point-to-plane sums over those pairs (in f64, the residual in f32 first, as the host takes them).
+fn correspondence_sums(
+    source: &Tensor,
+    points: &Tensor,
+    normals: &Tensor,
+    transform: &Rigid,
+    cutoff: f32,
+) -> Result<NormalEquations> {
+    let device = source.device();
+    let rotation = Tensor::from_slice(transform.rotation.as_flattened()).view([3, 3]).to_device(device);
+    let moved = source.matmul(&rotation.tr()) + Tensor::from_slice(&transform.translation).to_device(device);
+    let nearest = knn(points, &moved, 1, cutoff);
+    let close = nearest.squared_distance.view(-1).le(f64::from(cutoff * cutoff)).nonzero().view(-1);
+    let pair = nearest.index.view(-1).index_select(0, &close);
+    let (q, n) = (moved.index_select(0, &close), normals.index_select(0, &pair));
+    let residual = dot(&(&q - points.index_select(0, &pair)), &n).to_kind(Kind::Double);
+    let (q, n) = (q.to_kind(Kind::Double), n.to_kind(Kind::Double));
+    let rows = Tensor::cat(&[cross(&q, &n), n], 1);
+    let ata = host_doubles(&rows.tr().matmul(&rows))?;
+    let atb = host_doubles(&(-(&rows * residual.unsqueeze(1)).sum_dim_intlist(0, false, Kind::Double)))?;
+    let residual2 = f64::try_from(residual.square().sum(Kind::Double)).map_err(tensor_error)?;
+    Ok(NormalEquations::from_sums(&ata, &atb, close.size()[0] as usize, residual2))
+}
+
 /// Each point's cell among the distinct rows of `keys` (N × 3 integer cell coordinates, numbered in sorted order)
 /// and each cell's count. Rows are folded into one integer where the box of cells allows it: unique over N
 /// numbers is many times cheaper than over N rows.
@@ -566,6 +687,61 @@ impl Compute {
         }
     }
 
+    pub fn inside_robust_box(&self, points: &[Point], rule: &OutlierRule) -> Result<Inliers> {
+        match *self {
+            Self::Host => super::inside_robust_box(points, rule),
+            Self::Tensors(device) => {
+                let (keep, diagonal) = inside_robust_box(&points_tensor(points, device), rule)?;
+                Ok(Inliers::from_flags(host_flags(&keep)?, diagonal))
+            }
+        }
+    }
+
+    pub fn drop_floating_groups(&self, points: &[Point], inliers: Inliers, rule: &OutlierRule) -> Result<Inliers> {
+        match *self {
+            Self::Host => super::drop_floating_groups(points, inliers, rule),
+            Self::Tensors(device) => {
+                super::outliers::drop_floating_groups_with(points, inliers, rule, |kept, voxel| {
+                    let link = voxel * rule.link_voxels;
+                    host_flags(&in_floating_groups(&points_tensor(kept, device), voxel, link, rule.min_group)?)
+                })
+            }
+        }
+    }
+
+    /// As [`super::register`].
+    pub fn register(
+        &self,
+        source: &[Point],
+        template: &Template,
+        distances: [f32; 2],
+        iterations: usize,
+    ) -> Result<Registration> {
+        match *self {
+            Self::Host => Ok(super::register(source, template, distances[0], distances[1], iterations)),
+            Self::Tensors(device) => register(source, template, distances, iterations, device),
+        }
+    }
+
+    /// The voxel grid and, per voxel, its [central member](VoxelGrid::central_members), from one copy of the points.
+    pub fn voxel_centres(&self, points: &[Point], voxel_size: f32) -> Result<(VoxelGrid, Vec<u32>)> {
+        match *self {
+            Self::Host => {
+                let grid = super::voxel_downsample(points, voxel_size)?;
+                let central = grid.central_members(points);
+                Ok((grid, central))
+            }
+            Self::Tensors(device) => {
+                let points = points_tensor(points, device);
+                let (centroids, representative) = voxel_downsample(&points, voxel_size)?;
+                let central = host_indices(&central_members(&points, &centroids, &representative))?;
+                let grid =
+                    VoxelGrid { points: host_points(&centroids)?, representative: host_indices(&representative)? };
+                Ok((grid, central))
+            }
+        }
+    }
+
     pub fn farthest_point_sampling(&self, points: &[Point], count: usize, start: usize) -> Result<Vec<u32>> {
         let mut one = self.farthest_point_sampling_batch(&[points], count, &[start])?;
         Ok(one.pop().unwrap_or_default())
@@ -738,6 +914,67 @@ mod tests {
         assert_eq!(host_points(&centroids).unwrap(), host.points, "f64 sums give the same f32 centroids");
         assert!(voxel_downsample(&points_tensor(&[[f32::NAN, 0.0, 0.0]], Device::Cpu), 1.0).is_err());
         assert!(voxel_downsample(&points_tensor(&pts, Device::Cpu), 0.0).is_err());
+    }
+
+    #[test]
+    fn outlier_removal_is_the_hosts() {
+        let mut pts = surface(6000, 6);
+        pts.extend([[0.0, 0.0, 1e30], [3e38, -3e38, 0.0], [0.0, 0.0, -40.0]]); // absurd and far
+        pts.extend((0..4).map(|k| [0.2 + 0.01 * k as f32, 0.5, 0.0])); // a small group floating inside
+        pts.extend((0..6).map(|k| [-0.3 + 0.12 * k as f32, 0.0, 0.0])); // a chain of 6, linked 2.4 voxels apart
+        pts.extend((0..30).map(|k| [1.0 + 0.02 * k as f32, 0.0, 0.0])); // a spike attached to the surface
+        let rule = OutlierRule { quantile: 0.01, margin: 0.5, voxel: 0.05, link_voxels: 3.0, min_group: 5 };
+        let steps = |compute: Compute| {
+            let boxed = compute.inside_robust_box(&pts, &rule).unwrap();
+            (boxed.clone(), compute.drop_floating_groups(&pts, boxed, &rule).unwrap())
+        };
+        let ((boxed, inliers), (host_boxed, host_inliers)) = (steps(CPU), steps(Compute::Host));
+        assert_eq!(boxed, host_boxed);
+        assert_eq!(inliers, host_inliers);
+        assert_eq!((boxed.removed, inliers.removed), (3, 7), "the far points, then the small group; the chain stays");
+    }
+
+    #[test]
+    fn registration_is_the_hosts() {
+        let target = surface(4000, 7);
+        let index = NeighborIndex::new(&target).unwrap();
+        let orientation = NormalOrientation::AwayFromCentroid;
+        let normals = super::super::estimate_normals(&target, &index, Neighborhood::Knn(12), orientation);
+        let isolation = super::super::registration::isolation(&target, &index);
+        let template = Template { points: &target, normals: &normals, index: &index, isolation: &isolation };
+        // The part turned by 3° and moved, its bottom unseen, every 10th point raised about the last cut-off.
+        let (cos, sin) = (3f32.to_radians().cos(), 3f32.to_radians().sin());
+        let scan: Vec<Point> = surface(4000, 8)
+            .iter()
+            .filter(|p| p[2] > -0.6)
+            .enumerate()
+            .map(
+                |(i, p)| if i % 10 == 0 { p.map(|c| c * (1.0 + 0.031 / super::super::dot(*p, *p).sqrt())) } else { *p },
+            )
+            .map(|p| [cos * p[0] - sin * p[1] + 0.03, sin * p[0] + cos * p[1] - 0.02, p[2] + 0.01])
+            .collect();
+        let host = Compute::Host.register(&scan, &template, [0.3, 0.03], 20).unwrap();
+        let device = CPU.register(&scan, &template, [0.3, 0.03], 20).unwrap();
+        assert!((host.transform.angle_degrees() - 3.0).abs() < 0.2, "host {}°", host.transform.angle_degrees());
+        assert_eq!(device.overlap, host.overlap, "the same correspondences");
+        assert!((device.rms - host.rms).abs() < 1e-6 * host.rms.max(1e-3), "rms {} against {}", device.rms, host.rms);
+        let moved = |r: &Registration| scan.iter().flat_map(|&p| r.transform.apply(p)).collect::<Vec<f32>>();
+        assert!(max_difference(&moved(&device), &moved(&host)) < 1e-5);
+    }
+
+    #[test]
+    fn central_members_are_the_hosts_ties_included() {
+        let mut pts = surface(5000, 5);
+        // Pairs alone in their voxels, their centroid exactly halfway: the first must win on the device too.
+        for i in 0..50 {
+            let x = 3.0 + i as f32 * 0.5;
+            pts.extend([[x + 0.0234375, 3.0078125, 3.0078125], [x + 0.0078125, 3.0078125, 3.0078125]]);
+        }
+        let (grid, central) = CPU.voxel_centres(&pts, 0.05).unwrap();
+        let (host_grid, host_central) = Compute::Host.voxel_centres(&pts, 0.05).unwrap();
+        assert_eq!((grid.points, grid.representative), (host_grid.points, host_grid.representative));
+        assert_eq!(central, host_central);
+        assert!(central.contains(&5000) && central.contains(&5098), "each pair's first point");
     }
 
     #[test]

@@ -39,43 +39,70 @@ impl Inliers {
     }
 }
 
+/// Where the `q` and 1 − `q` quantiles of `n` values sit in sorted order.
+pub(crate) fn quantile_ranks(n: usize, q: f32) -> (usize, usize) {
+    let last = n - 1;
+    let lo_at = ((last as f32) * q).floor() as usize;
+    let hi_at = ((last as f32) * (1.0 - q)).ceil() as usize;
+    (lo_at, hi_at.min(last))
+}
+
 /// The `q` and 1 − `q` quantiles of one coordinate (finite points only).
 fn quantile_range(points: &[Point], axis: usize, q: f32) -> (f32, f32) {
     let mut v: Vec<f32> = points.iter().map(|p| p[axis]).collect();
-    let last = v.len() - 1;
-    let lo_at = ((last as f32) * q).floor() as usize;
-    let hi_at = ((last as f32) * (1.0 - q)).ceil() as usize;
+    let (lo_at, hi_at) = quantile_ranks(v.len(), q);
     let lo = *v.select_nth_unstable_by(lo_at, f32::total_cmp).1;
-    let hi = *v.select_nth_unstable_by(hi_at.min(last), f32::total_cmp).1;
+    let hi = *v.select_nth_unstable_by(hi_at, f32::total_cmp).1;
     (lo, hi)
+}
+
+/// The robust box: each axis's quantile range widened by the margin, in f64.
+pub(crate) struct RobustBox {
+    pub low: [f64; 3],
+    pub high: [f64; 3],
+    /// Diagonal of the quantile box (before the margin).
+    pub diagonal: f64,
+}
+
+impl RobustBox {
+    /// From each axis's (low, high) quantiles. An infinite `margin` keeps every point.
+    pub fn new(ranges: [(f32, f32); 3], margin: f32) -> Self {
+        let spans = ranges.map(|(lo, hi)| f64::from(hi) - f64::from(lo));
+        let diagonal = spans.iter().map(|s| s * s).sum::<f64>().sqrt();
+        // A flat part has a zero span on one axis: it still gets a tenth of the part's size as room there.
+        // An infinite margin keeps everything (outlier removal off) and only measures.
+        let room =
+            spans.map(|s| if margin.is_finite() { f64::from(margin) * s.max(diagonal * 0.1) } else { f64::INFINITY });
+        Self {
+            low: std::array::from_fn(|a| f64::from(ranges[a].0) - room[a]),
+            high: std::array::from_fn(|a| f64::from(ranges[a].1) + room[a]),
+            diagonal,
+        }
+    }
+
+    fn contains(&self, p: &Point) -> bool {
+        (0..3).all(|a| (self.low[a]..=self.high[a]).contains(&f64::from(p[a])))
+    }
 }
 
 /// Flags the points inside the robust box (the first step; cheap, and enough to measure the part's size). An
 /// infinite `rule.margin` keeps every point.
 pub fn inside_robust_box(points: &[Point], rule: &OutlierRule) -> Result<Inliers> {
-    let (quantile, margin) = (rule.quantile, rule.margin);
     if points.is_empty() {
         return Err(super::GeometryError::Empty);
     }
     let mut ranges = [(0.0, 0.0); 3];
-    ranges.par_iter_mut().enumerate().for_each(|(a, r)| *r = quantile_range(points, a, quantile.clamp(0.0, 0.5)));
-    let spans = ranges.map(|(lo, hi)| f64::from(hi) - f64::from(lo));
-    let robust_diagonal = spans.iter().map(|s| s * s).sum::<f64>().sqrt();
-    // A flat part has a zero span on one axis: it still gets a tenth of the part's size as room there.
-    // An infinite margin keeps everything (outlier removal off) and only measures.
-    let room = spans
-        .map(|s| if margin.is_finite() { f64::from(margin) * s.max(robust_diagonal * 0.1) } else { f64::INFINITY });
-    let keep: Vec<bool> = points
-        .iter()
-        .map(|p| {
-            (0..3).all(|a| {
-                let c = f64::from(p[a]);
-                c >= f64::from(ranges[a].0) - room[a] && c <= f64::from(ranges[a].1) + room[a]
-            })
-        })
-        .collect();
-    let removed = keep.iter().filter(|k| !**k).count();
-    Ok(Inliers { keep, removed, robust_diagonal: robust_diagonal as f32 })
+    let q = rule.quantile.clamp(0.0, 0.5);
+    ranges.par_iter_mut().enumerate().for_each(|(a, r)| *r = quantile_range(points, a, q));
+    let robust = RobustBox::new(ranges, rule.margin);
+    Ok(Inliers::from_flags(points.iter().map(|p| robust.contains(p)).collect(), robust.diagonal))
+}
+
+impl Inliers {
+    pub(crate) fn from_flags(keep: Vec<bool>, robust_diagonal: f64) -> Self {
+        let removed = keep.iter().filter(|k| !**k).count();
+        Self { keep, removed, robust_diagonal: robust_diagonal as f32 }
+    }
 }
 
 /// Flying pixels are a small minority of a scan: a grouping that would remove more than this share of the
@@ -84,21 +111,29 @@ const MAX_FLOATING_SHARE: f32 = 0.05;
 
 /// The second step: of the points still kept, those in groups of fewer than `rule.min_group` voxel points are
 /// dropped too (unless that would be more than [`MAX_FLOATING_SHARE`] of them).
-pub fn drop_floating_groups(points: &[Point], mut inliers: Inliers, rule: &OutlierRule) -> Result<Inliers> {
+pub fn drop_floating_groups(points: &[Point], inliers: Inliers, rule: &OutlierRule) -> Result<Inliers> {
+    drop_floating_groups_with(points, inliers, rule, |kept, voxel| {
+        let grid = voxel_downsample(kept, voxel)?;
+        let group_size = group_sizes(&grid.points, voxel * rule.link_voxels)?;
+        Ok(grid.representative.iter().map(|&r| group_size[r as usize] < rule.min_group).collect())
+    })
+}
+
+/// [`drop_floating_groups`] with `floating(kept points, voxel)` flagging the kept points in small groups.
+pub(crate) fn drop_floating_groups_with(
+    points: &[Point],
+    mut inliers: Inliers,
+    rule: &OutlierRule,
+    floating: impl FnOnce(&[Point], f32) -> Result<Vec<bool>>,
+) -> Result<Inliers> {
     let voxel = positive("outlier voxel", rule.voxel)?;
     let kept: Vec<usize> = (0..points.len()).filter(|&i| inliers.keep[i]).collect();
     if kept.is_empty() || rule.min_group <= 1 {
         return Ok(inliers);
     }
     let kept_points: Vec<Point> = kept.iter().map(|&i| points[i]).collect();
-    let grid = voxel_downsample(&kept_points, voxel)?;
-    let group_size = group_sizes(&grid.points, voxel * rule.link_voxels)?;
-    let floating: Vec<usize> = kept
-        .iter()
-        .zip(&grid.representative)
-        .filter(|(_, r)| group_size[**r as usize] < rule.min_group)
-        .map(|(i, _)| *i)
-        .collect();
+    let flags = floating(&kept_points, voxel)?;
+    let floating: Vec<usize> = kept.iter().zip(flags).filter(|(_, f)| *f).map(|(i, _)| *i).collect();
     if floating.len() as f32 > MAX_FLOATING_SHARE * kept.len() as f32 {
         tracing::debug!(
             floating = floating.len(),

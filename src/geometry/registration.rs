@@ -154,7 +154,7 @@ const CHUNK: usize = 512;
 
 /// The point-to-plane least-squares system of one ICP step, summed over correspondences.
 #[derive(Default)]
-struct NormalEquations {
+pub(crate) struct NormalEquations {
     ata: Matrix6<f64>,
     atb: Vector6<f64>,
     used: usize,
@@ -164,6 +164,13 @@ struct NormalEquations {
 }
 
 impl NormalEquations {
+    /// From sums made elsewhere (the device's): AᵀA row after row, Aᵀb, the correspondences used and their
+    /// squared residuals.
+    pub(crate) fn from_sums(ata: &[f64], atb: &[f64], used: usize, residual2: f64) -> Self {
+        let ata = Matrix6::from_row_slice(ata);
+        Self { ata, atb: Vector6::from_column_slice(atb), used, residual2, searches: used }
+    }
+
     /// Adds the correspondence of the moved source point `q` with template point `t` (normal `n`).
     fn add(&mut self, q: Point, t: Point, n: Point) {
         let r = dot([q[0] - t[0], q[1] - t[1], q[2] - t[2]], n) as f64;
@@ -205,21 +212,15 @@ pub fn register(
 fn icp(
     source: &[Point],
     template: &Template,
-    [start_distance, end_distance]: [f32; 2],
+    distances: [f32; 2],
     iterations: usize,
     keep: bool,
 ) -> (Registration, usize) {
-    let mut transform = start(source, template, start_distance);
-    let mut result = Registration { transform, overlap: 0.0, rms: f32::INFINITY };
-    let iterations = iterations.max(1);
     // Each source point's template point, and how far the point may move from where it was searched.
     let mut found = vec![Correspondence::NONE; source.len()];
     let mut searches = 0;
-    for it in 0..iterations {
-        // The cut-off shrinks geometrically from the start distance to the end distance.
-        let f = it as f32 / (iterations - 1).max(1) as f32;
-        let cutoff = start_distance * (end_distance / start_distance).powf(f);
-        let NormalEquations { ata, atb, used, residual2, searches: made } = source
+    let registration = icp_steps(source, template, distances, iterations, |transform, cutoff| {
+        let sums = source
             .par_chunks(CHUNK)
             .zip(found.par_chunks_mut(CHUNK))
             .map(|(chunk, found)| {
@@ -235,7 +236,29 @@ fn icp(
                 sums
             })
             .reduce(NormalEquations::default, NormalEquations::sum);
-        searches += made;
+        searches += sums.searches;
+        sums
+    });
+    (registration, searches)
+}
+
+/// ICP's loop: from the [`start`], `iterations` steps with the cut-off shrinking geometrically from the start
+/// distance to the end distance; `step(transform, cutoff)` sums the normal equations of the source moved by
+/// `transform` over its correspondences within `cutoff`.
+pub(crate) fn icp_steps(
+    source: &[Point],
+    template: &Template,
+    [start_distance, end_distance]: [f32; 2],
+    iterations: usize,
+    mut step: impl FnMut(&Rigid, f32) -> NormalEquations,
+) -> Registration {
+    let mut transform = start(source, template, start_distance);
+    let mut result = Registration { transform, overlap: 0.0, rms: f32::INFINITY };
+    let iterations = iterations.max(1);
+    for it in 0..iterations {
+        let f = it as f32 / (iterations - 1).max(1) as f32;
+        let cutoff = start_distance * (end_distance / start_distance).powf(f);
+        let NormalEquations { ata, atb, used, residual2, .. } = step(&transform, cutoff);
         if used < 6 {
             break;
         }
@@ -250,7 +273,7 @@ fn icp(
         transform = step.after(&transform);
         result.transform = transform;
     }
-    (result, searches)
+    result
 }
 
 #[cfg(test)]

@@ -31,6 +31,21 @@ impl VoxelGrid {
         }
         first
     }
+
+    /// For each voxel point, the input point of its voxel nearest to it (the centroid). Distances are taken in
+    /// f64, where they are exact enough for every device to order them alike, and ties (a voxel of two points
+    /// has its centroid halfway) go to the first: the choice does not depend on how a search orders its points.
+    pub fn central_members(&self, input: &[Point]) -> Vec<u32> {
+        let mut best = vec![(f64::INFINITY, u32::MAX); self.points.len()];
+        for (i, (&r, p)) in self.representative.iter().zip(input).enumerate() {
+            let c = self.points[r as usize];
+            let d = (0..3).map(|a| f64::from(p[a]) - f64::from(c[a])).fold(0.0, |s, x| s + x * x);
+            if d < best[r as usize].0 {
+                best[r as usize] = (d, i as u32);
+            }
+        }
+        best.into_iter().map(|(_, i)| i).collect()
+    }
 }
 
 /// Integer grid coordinates, hashed by one multiply per axis: std's SipHash costs more than the rest of a grid
@@ -114,6 +129,16 @@ mod tests {
         assert!((grid.points[0][0] - 0.2).abs() < 1e-6);
         assert_eq!(grid.spread(&[10, 20, 30]), vec![10, 10, 20, 30]);
         assert_eq!(grid.first_members(), vec![0, 2, 3]);
+    }
+
+    #[test]
+    fn the_central_member_is_the_nearest_to_the_centroid_and_the_first_on_a_tie() {
+        // Voxel 0: centroid 0.35, nearest the third point; voxel 1: two points, centroid exactly halfway.
+        let pts = [[0.1; 3], [0.5; 3], [0.45; 3], [1.25, 0.5, 0.5], [1.75, 0.5, 0.5]];
+        let grid = voxel_downsample(&pts, 1.0).unwrap();
+        assert_eq!(grid.central_members(&pts), vec![2, 3]);
+        let swapped = [pts[0], pts[1], pts[2], pts[4], pts[3]];
+        assert_eq!(voxel_downsample(&swapped, 1.0).unwrap().central_members(&swapped), vec![2, 3]);
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl GeometryPart {
             link_voxels: o.link_voxels,
             min_group: if o.enabled { o.min_group } else { 0 },
         };
-        let boxed = geometry::inside_robust_box(points, &rule)?;
+        let boxed = self.compute.inside_robust_box(points, &rule)?;
         // The unit is checked on the robust box, before the voxel-sized steps that a wrong unit would derail.
         if let Some(template) = &self.template {
             let part = 2.0 * template.frame.scale;
@@ -75,7 +75,7 @@ impl GeometryPart {
                 return Err(ModelError::UnitMismatch { scan: boxed.robust_diagonal, part, ratio });
             }
         }
-        let inliers = geometry::drop_floating_groups(points, boxed, &rule)?;
+        let inliers = self.compute.drop_floating_groups(points, boxed, &rule)?;
         if inliers.removed == points.len() {
             return Err(ModelError::AllOutliers(points.len()));
         }

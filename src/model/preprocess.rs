@@ -117,7 +117,7 @@ impl PatchedCloud {
     /// FPFH of each sample over `radius` (normalised frame), on a [`CoarseCopy`] where the radius holds many
     /// more than ~30 points: each sample takes the descriptor of its nearest coarse point.
     pub fn sample_descriptors(&self, radius: f32) -> Result<Vec<Fpfh>> {
-        match CoarseCopy::for_radius(&self.points, &self.normals, &self.index, self.voxel, radius)? {
+        match CoarseCopy::for_radius(self.compute, &self.points, &self.normals, self.voxel, radius)? {
             None => Ok(self.compute.fpfh_at(&self.points, &self.normals, &self.index, radius, &self.samples)?),
             Some(copy) => {
                 let coarse_of = |s: u32| copy.representative[s as usize];
@@ -232,7 +232,7 @@ impl PoseTemplate {
         let mut all = base.points.clone();
         for cloud in others {
             let grid = geometry::voxel_downsample(cloud, cfg.voxel_size)?;
-            let pose = base.register(&grid.points).transform;
+            let pose = base.register(&grid.points, Compute::Host)?.transform;
             all.extend(grid.points.iter().map(|&p| pose.apply(p)));
         }
         let fused = geometry::voxel_downsample(&all, cfg.voxel_size)?;
@@ -283,8 +283,8 @@ impl PoseTemplate {
         covered.count() as f32 >= ALL_ROUND_COVERAGE * self.placed_points.len().div_ceil(8) as f32
     }
 
-    /// The rigid transform that takes `points` (sensor frame) onto the template.
-    pub fn register(&self, points: &[Point]) -> geometry::Registration {
+    /// The rigid transform that takes `points` (sensor frame) onto the template, found by `compute`.
+    pub fn register(&self, points: &[Point], compute: Compute) -> Result<geometry::Registration> {
         let step = points.len().div_ceil(ALIGN_MAX_POINTS).max(1);
         let sample: Vec<Point> = points.iter().step_by(step).copied().collect();
         let template = geometry::Template {
@@ -293,13 +293,8 @@ impl PoseTemplate {
             index: &self.index,
             isolation: &self.isolation,
         };
-        geometry::register(
-            &sample,
-            &template,
-            ALIGN_START_VOXELS * self.voxel,
-            ALIGN_END_VOXELS * self.voxel,
-            ALIGN_ITERATIONS,
-        )
+        let distances = [ALIGN_START_VOXELS * self.voxel, ALIGN_END_VOXELS * self.voxel];
+        Ok(compute.register(&sample, &template, distances, ALIGN_ITERATIONS)?)
     }
 }
 
@@ -374,7 +369,7 @@ pub fn prepare_view(
     }
     let (frame, mut points, mut viewpoint) = match template {
         Some(t) => {
-            let registration = t.register(&sensor_points);
+            let registration = t.register(&sensor_points, compute)?;
             let pose = registration.transform;
             tracing::debug!(
                 rms_voxels = registration.rms / cfg.voxel_size,
@@ -416,7 +411,8 @@ pub fn patch_cloud(
 /// Where an FPFH radius holds many more than ~30 voxel points, its descriptors are computed on a copy of the
 /// cloud coarsened to a third of the radius: FPFH's cost grows with the square of the points per radius (every
 /// neighbour's own histogram over its own neighbours), its normalised histograms barely change with thinning,
-/// and every scale and every scan density then costs about the same.
+/// and every scale and every scan density then costs about the same. Each coarse point takes the normal of its
+/// voxel's central member: a choice that host and device make alike.
 struct CoarseCopy {
     points: Vec<Point>,
     normals: Vec<Point>,
@@ -428,9 +424,9 @@ struct CoarseCopy {
 impl CoarseCopy {
     /// `None` where the radius is small enough to use the voxel points themselves.
     fn for_radius(
+        compute: Compute,
         points: &[Point],
         normals: &[Point],
-        index: &NeighborIndex,
         voxel: f32,
         radius: f32,
     ) -> Result<Option<Self>> {
@@ -438,8 +434,8 @@ impl CoarseCopy {
         if coarse_voxel <= voxel * 1.2 {
             return Ok(None);
         }
-        let grid = geometry::voxel_downsample(points, coarse_voxel)?;
-        let normals = grid.points.par_iter().map(|p| normals[index.nearest(p).index as usize]).collect();
+        let (grid, central) = compute.voxel_centres(points, coarse_voxel)?;
+        let normals = central.iter().map(|&i| normals[i as usize]).collect();
         let index = NeighborIndex::new(&grid.points)?;
         Ok(Some(Self { points: grid.points, normals, index, representative: grid.representative }))
     }
@@ -456,7 +452,7 @@ fn centre_descriptors(
     centres: &[u32],
     radius: f32,
 ) -> Result<Vec<Fpfh>> {
-    let Some(copy) = CoarseCopy::for_radius(points, normals, index, voxel, radius)? else {
+    let Some(copy) = CoarseCopy::for_radius(compute, points, normals, voxel, radius)? else {
         return Ok(compute.fpfh_at(points, normals, index, radius, centres)?);
     };
     let (mut coarse_points, mut coarse_normals) = (copy.points, copy.normals);

@@ -52,6 +52,10 @@ fn host_indices(t: &Tensor) -> Result<Vec<u32>> {
     Ok(wide.into_iter().map(|i| i as u32).collect())
 }
 
+fn host_grid(centroids: &Tensor, representative: &Tensor) -> Result<VoxelGrid> {
+    Ok(VoxelGrid { points: host_points(centroids)?, representative: host_indices(representative)? })
+}
+
 /// An N × 3 tensor's rows as points.
 pub fn host_points(t: &Tensor) -> Result<Vec<Point>> {
     Ok(host_floats(t)?.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect())
@@ -389,14 +393,14 @@ pub fn in_floating_groups(points: &Tensor, voxel: f32, link: f32, min_group: usi
 pub fn register(
     source: &[Point],
     template: &Template,
-    [start_distance, end_distance]: [f32; 2],
+    distances: [f32; 2],
     iterations: usize,
     device: Device,
 ) -> Result<Registration> {
     let moving = points_tensor(source, device);
     let (points, normals) = (points_tensor(template.points, device), points_tensor(template.normals, device));
     let mut failed = None;
-    let registration = icp_steps(source, template, [start_distance, end_distance], iterations, |transform, cutoff| {
+    let registration = icp_steps(source, template, distances, iterations, |transform, cutoff| {
         let sums = correspondence_sums(&moving, &points, &normals, transform, cutoff);
         sums.unwrap_or_else(|e| {
             failed = Some(e);
@@ -682,7 +686,24 @@ impl Compute {
             Self::Host => super::voxel_downsample(points, voxel_size),
             Self::Tensors(device) => {
                 let (centroids, representative) = voxel_downsample(&points_tensor(points, device), voxel_size)?;
-                Ok(VoxelGrid { points: host_points(&centroids)?, representative: host_indices(&representative)? })
+                host_grid(&centroids, &representative)
+            }
+        }
+    }
+
+    /// The voxel grid and, per voxel, its [central member](VoxelGrid::central_members), from one copy of the points.
+    pub fn voxel_centres(&self, points: &[Point], voxel_size: f32) -> Result<(VoxelGrid, Vec<u32>)> {
+        match *self {
+            Self::Host => {
+                let grid = super::voxel_downsample(points, voxel_size)?;
+                let central = grid.central_members(points);
+                Ok((grid, central))
+            }
+            Self::Tensors(device) => {
+                let points = points_tensor(points, device);
+                let (centroids, representative) = voxel_downsample(&points, voxel_size)?;
+                let central = host_indices(&central_members(&points, &centroids, &representative))?;
+                Ok((host_grid(&centroids, &representative)?, central))
             }
         }
     }
@@ -720,25 +741,6 @@ impl Compute {
         match *self {
             Self::Host => Ok(super::register(source, template, distances[0], distances[1], iterations)),
             Self::Tensors(device) => register(source, template, distances, iterations, device),
-        }
-    }
-
-    /// The voxel grid and, per voxel, its [central member](VoxelGrid::central_members), from one copy of the points.
-    pub fn voxel_centres(&self, points: &[Point], voxel_size: f32) -> Result<(VoxelGrid, Vec<u32>)> {
-        match *self {
-            Self::Host => {
-                let grid = super::voxel_downsample(points, voxel_size)?;
-                let central = grid.central_members(points);
-                Ok((grid, central))
-            }
-            Self::Tensors(device) => {
-                let points = points_tensor(points, device);
-                let (centroids, representative) = voxel_downsample(&points, voxel_size)?;
-                let central = host_indices(&central_members(&points, &centroids, &representative))?;
-                let grid =
-                    VoxelGrid { points: host_points(&centroids)?, representative: host_indices(&representative)? };
-                Ok((grid, central))
-            }
         }
     }
 
@@ -944,13 +946,12 @@ mod tests {
         let template = Template { points: &target, normals: &normals, index: &index, isolation: &isolation };
         // The part turned by 3° and moved, its bottom unseen, every 10th point raised about the last cut-off.
         let (cos, sin) = (3f32.to_radians().cos(), 3f32.to_radians().sin());
+        let raise = |p: Point| p.map(|c| c * (1.0 + 0.031 / super::super::dot(p, p).sqrt()));
         let scan: Vec<Point> = surface(4000, 8)
-            .iter()
+            .into_iter()
             .filter(|p| p[2] > -0.6)
             .enumerate()
-            .map(
-                |(i, p)| if i % 10 == 0 { p.map(|c| c * (1.0 + 0.031 / super::super::dot(*p, *p).sqrt())) } else { *p },
-            )
+            .map(|(i, p)| if i % 10 == 0 { raise(p) } else { p })
             .map(|p| [cos * p[0] - sin * p[1] + 0.03, sin * p[0] + cos * p[1] - 0.02, p[2] + 0.01])
             .collect();
         let host = Compute::Host.register(&scan, &template, [0.3, 0.03], 20).unwrap();

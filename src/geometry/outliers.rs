@@ -34,6 +34,11 @@ pub struct Inliers {
 }
 
 impl Inliers {
+    pub(crate) fn from_flags(keep: Vec<bool>, robust_diagonal: f64) -> Self {
+        let removed = keep.iter().filter(|k| !**k).count();
+        Self { keep, removed, robust_diagonal: robust_diagonal as f32 }
+    }
+
     pub fn kept_points(&self, points: &[Point]) -> Vec<Point> {
         points.iter().zip(&self.keep).filter(|(_, k)| **k).map(|(p, _)| *p).collect()
     }
@@ -96,13 +101,6 @@ pub fn inside_robust_box(points: &[Point], rule: &OutlierRule) -> Result<Inliers
     ranges.par_iter_mut().enumerate().for_each(|(a, r)| *r = quantile_range(points, a, q));
     let robust = RobustBox::new(ranges, rule.margin);
     Ok(Inliers::from_flags(points.iter().map(|p| robust.contains(p)).collect(), robust.diagonal))
-}
-
-impl Inliers {
-    pub(crate) fn from_flags(keep: Vec<bool>, robust_diagonal: f64) -> Self {
-        let removed = keep.iter().filter(|k| !**k).count();
-        Self { keep, removed, robust_diagonal: robust_diagonal as f32 }
-    }
 }
 
 /// Flying pixels are a small minority of a scan: a grouping that would remove more than this share of the

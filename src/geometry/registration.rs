@@ -165,10 +165,10 @@ pub(crate) struct NormalEquations {
 
 impl NormalEquations {
     /// From sums made elsewhere (the device's): AᵀA row after row, Aᵀb, the correspondences used and their
-    /// squared residuals.
+    /// squared residuals (searches not counted).
     pub(crate) fn from_sums(ata: &[f64], atb: &[f64], used: usize, residual2: f64) -> Self {
         let ata = Matrix6::from_row_slice(ata);
-        Self { ata, atb: Vector6::from_column_slice(atb), used, residual2, searches: used }
+        Self { ata, atb: Vector6::from_column_slice(atb), used, residual2, searches: 0 }
     }
 
     /// Adds the correspondence of the moved source point `q` with template point `t` (normal `n`).

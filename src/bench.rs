@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::cloud::{self, pointcloud2};
+use crate::geometry::device::Compute;
 use crate::geometry::{self, Neighborhood, NormalOrientation};
 use crate::model::bank::MemoryBank;
 use crate::model::config::{BackboneConfig, DetectorConfig, NormalSide};
+use crate::model::preprocess::{ALIGN_END_VOXELS, ALIGN_ITERATIONS, ALIGN_MAX_POINTS, ALIGN_START_VOXELS};
 use crate::model::{Detector, centre_tensor, sca, scoring};
 
 pub struct Stage {
@@ -200,12 +202,44 @@ pub fn geometry(input: &BenchInput, cfg: &GeometryBench) -> Result<Table> {
     table.stage("median filter", format!("{} points, r {}", points.len(), length(cfg.median_radius)), r, || {
         geometry::median_filter(points, &scores, &index, cfg.median_radius)
     })?;
+    outliers_and_registration(&mut table, Compute::Host, &finite.points, points, &normals, &index, cfg)?;
     table.notes.push(format!(
         "Peak memory (VmHWM): {:.0} MiB. Normals, FPFH and the median filter run on {} threads.",
         peak_memory_mib().unwrap_or(f64::NAN),
         rayon::current_num_threads()
     ));
     Ok(table)
+}
+
+/// Two stages that run before the voxel points' geometry, by `compute` with its copies: outlier removal of the
+/// finite points (the detector's default rule) and the registration of the voxel points, turned 1° and moved a
+/// voxel, to themselves as the template (at most [`ALIGN_MAX_POINTS`] of them, as the detector registers a scan).
+fn outliers_and_registration(
+    table: &mut Table,
+    compute: Compute,
+    finite: &[geometry::Point],
+    points: &[geometry::Point],
+    normals: &[geometry::Point],
+    index: &geometry::NeighborIndex,
+    cfg: &GeometryBench,
+) -> Result<()> {
+    let r = cfg.repeats;
+    let rule = DetectorConfig::default().preprocess.outliers.rule(cfg.voxel);
+    table.stage("outlier removal", format!("{} points, link {} voxels", finite.len(), rule.link_voxels), r, || {
+        compute.drop_floating_groups(finite, compute.inside_robust_box(finite, &rule)?, &rule)
+    })?;
+    let isolation = geometry::registration::isolation(points, index);
+    let template = geometry::Template { points, normals, index, isolation: &isolation };
+    let (sin, cos) = 1f32.to_radians().sin_cos();
+    let turned = [[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]];
+    let pose = geometry::Rigid { rotation: turned, translation: [cfg.voxel, 0.0, 0.0] };
+    let step = points.len().div_ceil(ALIGN_MAX_POINTS).max(1);
+    let source: Vec<geometry::Point> = points.iter().step_by(step).map(|&p| pose.apply(p)).collect();
+    let distances = [ALIGN_START_VOXELS * cfg.voxel, ALIGN_END_VOXELS * cfg.voxel];
+    let detail = format!("{} points to {}, {ALIGN_ITERATIONS} steps", source.len(), points.len());
+    table
+        .stage("registration (ICP)", detail, r, || compute.register(&source, &template, distances, ALIGN_ITERATIONS))?;
+    Ok(())
 }
 
 /// The same stages as [`geometry`] as tensor code (`geometry::device`) on CUDA where LibTorch sees a GPU, else on
@@ -258,6 +292,13 @@ pub fn device_geometry(input: &BenchInput, cfg: &GeometryBench) -> Result<Table>
     let _ = table.stage("median filter", format!("{n} points, r {}", length(cfg.median_radius)), r, || {
         device::median_filter(&points, &scores, cfg.median_radius).map(|m| m.to_device(tch::Device::Cpu))
     })?;
+    // Registration's template: the voxel points with their normals, on the host (as the detector keeps it).
+    let grid = geometry::voxel_downsample(&host_points, cfg.voxel)?;
+    let index = geometry::NeighborIndex::new(&grid.points)?;
+    let neighbours = Neighborhood::Knn(cfg.normal_max_nn);
+    let host_normals = geometry::estimate_normals(&grid.points, &index, neighbours, orientation);
+    let compute = Compute::Tensors(torch_device);
+    outliers_and_registration(&mut table, compute, &host_points, &grid.points, &host_normals, &index, cfg)?;
     table.stage("copy out", format!("{} scores", host_points.len()), r, || {
         Vec::<f32>::try_from(scores.index_select(0, &representative).to_device(tch::Device::Cpu))
     })?;

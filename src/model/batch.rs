@@ -57,14 +57,7 @@ impl GeometryPart {
         if points.len() < needed {
             return Err(ModelError::TooFewInputPoints { points: points.len(), needed });
         }
-        let o = &cfg.outliers;
-        let rule = geometry::OutlierRule {
-            quantile: o.quantile,
-            margin: if o.enabled { o.margin } else { f32::INFINITY },
-            voxel: cfg.voxel_size,
-            link_voxels: o.link_voxels,
-            min_group: if o.enabled { o.min_group } else { 0 },
-        };
+        let rule = cfg.outliers.rule(cfg.voxel_size);
         let boxed = self.compute.inside_robust_box(points, &rule)?;
         // The unit is checked on the robust box, before the voxel-sized steps that a wrong unit would derail.
         if let Some(template) = &self.template {

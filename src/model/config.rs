@@ -214,6 +214,19 @@ pub struct OutlierConfig {
     pub min_group: usize,
 }
 
+impl OutlierConfig {
+    /// The rule at voxel edge `voxel`; off, it removes nothing (the box still measures the part).
+    pub fn rule(&self, voxel: f32) -> crate::geometry::OutlierRule {
+        crate::geometry::OutlierRule {
+            quantile: self.quantile,
+            margin: if self.enabled { self.margin } else { f32::INFINITY },
+            voxel,
+            link_voxels: self.link_voxels,
+            min_group: if self.enabled { self.min_group } else { 0 },
+        }
+    }
+}
+
 impl Default for OutlierConfig {
     fn default() -> Self {
         Self { enabled: true, quantile: 0.01, margin: 1.0, link_voxels: 3.0, min_group: 5 }

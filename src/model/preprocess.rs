@@ -187,11 +187,11 @@ pub fn standard_normal(rng: &mut impl Rng) -> f32 {
 
 /// Correspondence cut-offs of the registration, in template voxels: a fixtured part is misplaced by a few
 /// millimetres at most, and the last iterations pair points about a spacing apart.
-const ALIGN_START_VOXELS: f32 = 8.0;
-const ALIGN_END_VOXELS: f32 = 1.5;
-const ALIGN_ITERATIONS: usize = 20;
+pub const ALIGN_START_VOXELS: f32 = 8.0;
+pub const ALIGN_END_VOXELS: f32 = 1.5;
+pub const ALIGN_ITERATIONS: usize = 20;
 /// At most this many points of a scan register it (every k-th voxel point): registration needs shape, not density.
-const ALIGN_MAX_POINTS: usize = 4000;
+pub const ALIGN_MAX_POINTS: usize = 4000;
 
 /// The part as training first saw it: voxel points (sensor frame of that cloud) with normals, and its unit-
 /// sphere frame. Scans are registered to it and normalised with its frame, so a patch position means the same

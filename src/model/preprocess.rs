@@ -123,7 +123,8 @@ impl PatchedCloud {
                 let coarse_of = |s: u32| copy.representative[s as usize];
                 let (slot, needed) =
                     geometry::fpfh::distinct(self.samples.iter().map(|&s| coarse_of(s)), copy.points.len());
-                let coarse = self.compute.fpfh_at(&copy.points, &copy.normals, &copy.index, radius, &needed)?;
+                let index = NeighborIndex::new(&copy.points)?;
+                let coarse = self.compute.fpfh_at(&copy.points, &copy.normals, &index, radius, &needed)?;
                 Ok(self.samples.iter().map(|&s| coarse[slot[coarse_of(s) as usize] as usize]).collect())
             }
         }
@@ -416,7 +417,6 @@ pub fn patch_cloud(
 struct CoarseCopy {
     points: Vec<Point>,
     normals: Vec<Point>,
-    index: NeighborIndex,
     /// Per voxel point, its coarse point.
     representative: Vec<u32>,
 }
@@ -436,8 +436,7 @@ impl CoarseCopy {
         }
         let (grid, central) = compute.voxel_centres(points, coarse_voxel)?;
         let normals = central.iter().map(|&i| normals[i as usize]).collect();
-        let index = NeighborIndex::new(&grid.points)?;
-        Ok(Some(Self { points: grid.points, normals, index, representative: grid.representative }))
+        Ok(Some(Self { points: grid.points, normals, representative: grid.representative }))
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::cloud::{self, pointcloud2};
-use crate::geometry::device::Compute;
+use crate::geometry::device::{Compute, Stage as GeometryStage};
 use crate::geometry::{self, Neighborhood, NormalOrientation};
 use crate::model::bank::MemoryBank;
 use crate::model::config::{BackboneConfig, DetectorConfig, NormalSide};
@@ -297,7 +297,7 @@ pub fn device_geometry(input: &BenchInput, cfg: &GeometryBench) -> Result<Table>
     let index = geometry::NeighborIndex::new(&grid.points)?;
     let neighbours = Neighborhood::Knn(cfg.normal_max_nn);
     let host_normals = geometry::estimate_normals(&grid.points, &index, neighbours, orientation);
-    let compute = Compute::Tensors(torch_device);
+    let compute = Compute::tensors(torch_device);
     outliers_and_registration(&mut table, compute, &host_points, &grid.points, &host_normals, &index, cfg)?;
     table.stage("copy out", format!("{} scores", host_points.len()), r, || {
         Vec::<f32>::try_from(scores.index_select(0, &representative).to_device(tch::Device::Cpu))
@@ -417,16 +417,21 @@ impl BenchInput<'_> {
     }
 }
 
-/// Clouds per throughput row of the detector benchmark.
-const THROUGHPUT_BATCH: usize = 4;
 /// Turned, jittered copies of the scan whose point features make the benchmark's point bank.
 const BANK_COPIES: usize = 4;
 
 /// Per-stage latency of the detector on one cloud (CPU unless LibTorch sees a GPU), peak memory, and the
 /// training step. Weights are untrained (timing does not depend on their values); the Point-MAE row uses the
 /// public release's size (C = 384, 12 blocks, 6 heads) with random weights.
-/// `voxel` in the cloud's unit; `None` derives it from the cloud as training does.
-pub fn detector(input: &BenchInput, voxel: Option<f32>, repeats: usize, device_geometry: bool) -> Result<Table> {
+/// `voxel` in the cloud's unit; `None` derives it from the cloud as training does. The throughput rows inspect
+/// `batch` copies of the cloud.
+pub fn detector(
+    input: &BenchInput,
+    voxel: Option<f32>,
+    repeats: usize,
+    device_geometry: bool,
+    batch: usize,
+) -> Result<Table> {
     let r = repeats;
     let device = tch::Device::cuda_if_available();
     let (cloud, name) = input.load()?;
@@ -546,20 +551,33 @@ pub fn detector(input: &BenchInput, voxel: Option<f32>, repeats: usize, device_g
         let _ = table.stage("point bank", work, r, || det.conditioning.point_bank_distances(&cells));
     }
     table.stage("whole inspection", "cloud → point scores + verdict".into(), r, || det.inspect(&cloud))?;
-    let batch: Vec<&cloud::PointCloud> = vec![&cloud; THROUGHPUT_BATCH];
-    let one_by_one = format!("{THROUGHPUT_BATCH} clouds, one at a time");
-    table.stage("throughput, one at a time", one_by_one, r, || {
-        batch.iter().map(|c| det.inspect(c)).collect::<Result<Vec<_>, _>>()
+    if device_geometry {
+        // Each stage back on the host in turn, then every one: what each costs or saves on the device within the
+        // whole inspection, so one run on a GPU shows which to keep there.
+        let on_device = det.compute;
+        for stage in GeometryStage::ALL {
+            det.compute = on_device.with_host(stage);
+            let name = format!("whole inspection, {} on the host", stage.name());
+            table.stage(&name, "the rest of the geometry as tensor code".into(), r, || det.inspect(&cloud))?;
+        }
+        det.compute = Compute::Host;
+        let name = "whole inspection, geometry on the host";
+        table.stage(name, "the learned stages still on the detector's device".into(), r, || det.inspect(&cloud))?;
+        det.compute = on_device;
+    }
+    let clouds: Vec<&cloud::PointCloud> = vec![&cloud; batch];
+    table.stage("throughput, one at a time", format!("{batch} clouds, one at a time"), r, || {
+        clouds.iter().map(|c| det.inspect(c)).collect::<Result<Vec<_>, _>>()
     })?;
-    table.stage("throughput, batched", format!("the same {THROUGHPUT_BATCH} clouds, one inspect_batch"), r, || {
-        det.inspect_batch(&batch, thresholds).into_iter().collect::<Result<Vec<_>, _>>()
+    table.stage("throughput, batched", format!("the same {batch} clouds, one inspect_batch"), r, || {
+        det.inspect_batch(&clouds, thresholds).into_iter().collect::<Result<Vec<_>, _>>()
     })?;
     let rate = |name: &str| {
         let s = table.stages.iter().find(|s| s.name == name).map_or(f64::NAN, |s| s.median().as_secs_f64());
-        THROUGHPUT_BATCH as f64 / s
+        batch as f64 / s
     };
     table.notes.push(format!(
-        "Throughput ({THROUGHPUT_BATCH} clouds): {:.2} scans/s one at a time, {:.2} scans/s batched ({:.2}×).",
+        "Throughput ({batch} clouds): {:.2} scans/s one at a time, {:.2} scans/s batched ({:.2}×).",
         rate("throughput, one at a time"),
         rate("throughput, batched"),
         rate("throughput, batched") / rate("throughput, one at a time")

@@ -169,6 +169,9 @@ enum Command {
         /// the detector's geometry that way.
         #[arg(long)]
         device_geometry: bool,
+        /// detector: clouds in each throughput row (one at a time, and in one batch).
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
         /// soak: how long to run.
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
@@ -286,11 +289,15 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Report { merge, out } => merge_reports(&merge, &out),
-        Command::Bench { suite, input, voxel, repeats, compare, device_geometry, minutes, rate, model } => {
+        Command::Bench { suite, input, voxel, repeats, compare, device_geometry, batch, minutes, rate, model } => {
             anyhow::ensure!(
                 compare.is_none() || matches!(suite, Suite::Geometry),
                 "--compare applies to the geometry suite only"
             );
+            anyhow::ensure!(batch > 0, "--batch must be at least 1");
+            // Only the node and soak suites (ROS) read these.
+            #[cfg(not(feature = "ros"))]
+            let _ = (minutes, rate, model);
             let bundled = |file: &str| Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
             let table = match suite {
                 Suite::Geometry => {
@@ -322,7 +329,7 @@ fn main() -> Result<()> {
                         Some(path) => (BenchInput::File(path), voxel),
                         None => (BenchInput::SimulatedPart { mesh: &mesh, points: 60_000 }, voxel.or(Some(0.75))),
                     };
-                    inspect3d::bench::detector(&source, voxel, repeats, device_geometry)?
+                    inspect3d::bench::detector(&source, voxel, repeats, device_geometry, batch)?
                 }
                 #[cfg(feature = "ros")]
                 Suite::Node => {

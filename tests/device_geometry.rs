@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 
 use inspect3d::cloud::{PointCloud, read_cloud};
+use inspect3d::geometry::device::{Compute, Stage};
 use inspect3d::model::config::DetectorConfig;
 use inspect3d::model::store;
 use inspect3d::train;
@@ -26,6 +27,30 @@ fn the_device_geometry_gives_the_hosts_verdicts() {
         assert!((a.cloud_score - b.cloud_score).abs() < 1e-4, "{name}: {} vs {}", a.cloud_score, b.cloud_score);
         let worst = common::largest_score_difference(&a.point_scores, &b.point_scores);
         assert!(worst < 1e-4, "{name}: point scores differ by {worst}");
+    }
+}
+
+/// A placement that keeps some stages on the host and runs the rest as tensor code (what a GPU may do with the
+/// small, serial stages) gives the same verdicts too: every other stage on the host, then the others, so each stage
+/// hands its results across to and from the other side.
+#[test]
+fn stages_split_between_host_and_device_give_the_hosts_verdicts() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (host, _) = store::load(&root.join("models/featuretype"), tch::Device::Cpu).unwrap();
+    let (mut split, _) = store::load(&root.join("models/featuretype"), tch::Device::Cpu).unwrap();
+    let cloud = read_cloud(&root.join("tests/data/cell_scans/000_bulge.pcd")).unwrap();
+    let expected = host.inspect(&cloud).unwrap();
+    for parity in [0, 1] {
+        split.compute = Stage::ALL
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| k % 2 == parity)
+            .fold(Compute::tensors(tch::Device::Cpu), |compute, (_, &stage)| compute.with_host(stage));
+        let got = split.inspect(&cloud).unwrap();
+        assert_eq!((got.passed, got.anomalous_points), (expected.passed, expected.anomalous_points), "{parity}");
+        assert!((got.cloud_score - expected.cloud_score).abs() < 1e-4, "{parity}");
+        let worst = common::largest_score_difference(&got.point_scores, &expected.point_scores);
+        assert!(worst < 1e-4, "placement {parity}: point scores differ by {worst}");
     }
 }
 

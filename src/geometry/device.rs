@@ -285,13 +285,13 @@ pub fn within(points: &Tensor, queries: &Tensor, radius: f32) -> Result<Neighbor
     Ok(within_grid(&grid, queries, radius))
 }
 
-/// Per group (`group` of each value, the groups numbered in ascending order, `counts` of each), the largest of
-/// its `values`: two stable sorts, by value then by group, leave each group's largest last in its run.
-fn last_of_each(group: &Tensor, values: &Tensor, counts: &Tensor) -> Tensor {
+/// Per group (`group` of each value, groups in ascending order of their numbers, `counts` of each), the place of its
+/// lowest value, the first on ties: two stable sorts, by value then by group, leave it first in its group's run.
+fn lowest_of_each(group: &Tensor, values: &Tensor, counts: &Tensor) -> Tensor {
     let by_value = values.argsort_stable(true, 0, false);
     let by_group = group.index_select(0, &by_value).argsort_stable(true, 0, false);
-    let last = counts.cumsum(0, Kind::Int64) - 1;
-    values.index_select(0, &by_value.index_select(0, &by_group).index_select(0, &last))
+    let first = counts.cumsum(0, Kind::Int64) - counts;
+    by_value.index_select(0, &by_group.index_select(0, &first))
 }
 
 /// Voxel-grid downsampling as [`super::voxel_downsample`] defines it: the centroid of each occupied voxel (f64
@@ -312,7 +312,7 @@ pub fn voxel_downsample(points: &Tensor, voxel_size: f32) -> Result<(Tensor, Ten
     let keys = (&wide * (1.0 / f64::from(size))).floor().to_kind(Kind::Int64);
     let (cell, counts) = cells_of(&keys);
     let cells = counts.size()[0];
-    let first = last_of_each(&cell, &Tensor::arange(n, (Kind::Int64, device)).neg(), &counts).neg();
+    let first = lowest_of_each(&cell, &Tensor::arange(n, (Kind::Int64, device)), &counts);
     // Sorted cells renumbered by their first point.
     let by_first = first.argsort(0, false);
     let rank = Tensor::zeros([cells], (Kind::Int64, device)).scatter(
@@ -329,20 +329,11 @@ pub fn voxel_downsample(points: &Tensor, voxel_size: f32) -> Result<(Tensor, Ten
 /// As [`VoxelGrid::central_members`]: per voxel (`centroids` M × 3, `representative` of each of the N points), the
 /// member nearest its centroid, in f64 and summed in the host's order, the first on ties. Returns M int64.
 pub fn central_members(points: &Tensor, centroids: &Tensor, representative: &Tensor) -> Tensor {
-    let (n, voxels, device) = (points.size()[0], centroids.size()[0], points.device());
+    let voxels = centroids.size()[0];
     let offsets = points.to_kind(Kind::Double) - centroids.to_kind(Kind::Double).index_select(0, representative);
     let squares = offsets.square();
     let distance = squares.select(1, 0) + squares.select(1, 1) + squares.select(1, 2);
-    let nearest = Tensor::full([voxels], f64::INFINITY, (Kind::Double, device)).index_reduce(
-        0,
-        representative,
-        &distance,
-        "amin",
-        true,
-    );
-    let at_nearest = distance.eq_tensor(&nearest.index_select(0, representative));
-    let candidates = Tensor::arange(n, (Kind::Int64, device)).where_scalarother(&at_nearest, n);
-    Tensor::full([voxels], n, (Kind::Int64, device)).index_reduce(0, representative, &candidates, "amin", true)
+    lowest_of_each(representative, &distance, &representative.bincount::<Tensor>(None, voxels))
 }
 
 /// As [`super::inside_robust_box`]: each axis's quantiles by `kthvalue`, the box from those six numbers on the host,
@@ -469,11 +460,17 @@ pub fn farthest_point_sampling(points: &Tensor, lengths: &[i64], count: i64, sta
     let mut current = Tensor::from_slice(&starts).to_device(device);
     let chosen_mark = Tensor::full([batch, 1], f64::NEG_INFINITY, (Kind::Float, device));
     let mut chosen = Vec::with_capacity(count.max(0) as usize);
+    // Eight kernels a step (a GPU's cost here is their launches, `count` times over): the offsets squared in one
+    // pass over B × N × 3, summed x + y then + z as before, and the chosen point marked in place.
     for _ in 0..count {
         chosen.push(current.shallow_clone());
         let centre = points.gather(1, &current.view([batch, 1, 1]).expand([batch, 1, 3], false), false);
-        let axis = |a: i64| (points.select(2, a) - centre.select(2, a)).square();
-        nearest = nearest.minimum(&(axis(0) + axis(1) + axis(2))).scatter(1, &current.unsqueeze(1), &chosen_mark);
+        let mut squares = points - centre;
+        let _ = squares.square_();
+        let mut distance = squares.select(2, 0) + squares.select(2, 1);
+        let _ = distance.g_add_(&squares.select(2, 2));
+        nearest = nearest.minimum(&distance);
+        let _ = nearest.scatter_(1, &current.unsqueeze(1), &chosen_mark);
         current = nearest.argmax(1, false);
     }
     if chosen.is_empty() {
@@ -630,7 +627,7 @@ pub fn spread_patch_scores(points: &Tensor, centres: &Tensor, groups: &Tensor, p
     let scores = Tensor::full([n], f64::NEG_INFINITY, (Kind::Float, device)).index_copy(
         0,
         &covered,
-        &last_of_each(&members, &per_member, &counts),
+        &per_member.index_select(0, &lowest_of_each(&members, &per_member.neg(), &counts)),
     );
     let uncovered = scores.isneginf().nonzero().view(-1);
     if uncovered.size()[0] == 0 {
@@ -672,19 +669,115 @@ fn surface_reach(k: usize, spacing: f32) -> f32 {
     1.5 * spacing * (k as f32 / std::f32::consts::PI).sqrt()
 }
 
-/// Where a scan's geometry runs: the host's code (k-d trees, rayon) or the tensor code above on a device. Takes
-/// and gives the host's types, so a stage switches without its callers knowing.
+/// A stage of a scan's geometry that [`Compute`] can run on a device or on the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The robust box and the floating groups.
+    Outliers,
+    /// Voxel grids (the scan's, the feature cells').
+    Voxels,
+    /// ICP's correspondences and sums.
+    Registration,
+    /// Farthest-point sampling of the patch centres.
+    Sampling,
+    Normals,
+    /// The kNN patches.
+    Grouping,
+    /// FPFH, with the coarse copies it is taken on.
+    Fpfh,
+    /// The model's surface context (radius counts, the template's surface).
+    Context,
+    /// Patch scores spread to the voxel points, and the median filter.
+    Projection,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 9] = [
+        Stage::Outliers,
+        Stage::Voxels,
+        Stage::Registration,
+        Stage::Sampling,
+        Stage::Normals,
+        Stage::Grouping,
+        Stage::Fpfh,
+        Stage::Context,
+        Stage::Projection,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Outliers => "outliers",
+            Stage::Voxels => "voxels",
+            Stage::Registration => "registration",
+            Stage::Sampling => "sampling",
+            Stage::Normals => "normals",
+            Stage::Grouping => "grouping",
+            Stage::Fpfh => "fpfh",
+            Stage::Context => "context",
+            Stage::Projection => "projection",
+        }
+    }
+
+    const fn bit(self) -> u16 {
+        1 << self as u16
+    }
+}
+
+/// A set of [`Stage`]s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stages(u16);
+
+impl Stages {
+    pub const NONE: Stages = Stages(0);
+
+    pub const fn with(self, stage: Stage) -> Self {
+        Self(self.0 | stage.bit())
+    }
+
+    pub const fn contains(self, stage: Stage) -> bool {
+        self.0 & stage.bit() != 0
+    }
+}
+
+/// Where a scan's geometry runs: the host's code (k-d trees, rayon) or the tensor code above on a device, stage by
+/// stage (a GPU may lose some small, serial stages to its host). Takes and gives the host's types, so a stage
+/// switches without its callers knowing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compute {
     Host,
-    Tensors(Device),
+    /// Tensor code on `device`, but for the stages in `host`.
+    Tensors {
+        device: Device,
+        host: Stages,
+    },
 }
 
 impl Compute {
+    /// Every stage as tensor code on `device`.
+    pub const fn tensors(device: Device) -> Self {
+        Self::Tensors { device, host: Stages::NONE }
+    }
+
+    /// This placement with `stage` on the host.
+    pub const fn with_host(self, stage: Stage) -> Self {
+        match self {
+            Self::Host => Self::Host,
+            Self::Tensors { device, host } => Self::Tensors { device, host: host.with(stage) },
+        }
+    }
+
+    /// The device `stage` runs on; `None`: the host.
+    pub fn device_for(self, stage: Stage) -> Option<Device> {
+        match self {
+            Self::Tensors { device, host } if !host.contains(stage) => Some(device),
+            _ => None,
+        }
+    }
+
     pub fn voxel_downsample(&self, points: &[Point], voxel_size: f32) -> Result<VoxelGrid> {
-        match *self {
-            Self::Host => super::voxel_downsample(points, voxel_size),
-            Self::Tensors(device) => {
+        match self.device_for(Stage::Voxels) {
+            None => super::voxel_downsample(points, voxel_size),
+            Some(device) => {
                 let (centroids, representative) = voxel_downsample(&points_tensor(points, device), voxel_size)?;
                 host_grid(&centroids, &representative)
             }
@@ -693,13 +786,13 @@ impl Compute {
 
     /// The voxel grid and, per voxel, its [central member](VoxelGrid::central_members), from one copy of the points.
     pub fn voxel_centres(&self, points: &[Point], voxel_size: f32) -> Result<(VoxelGrid, Vec<u32>)> {
-        match *self {
-            Self::Host => {
+        match self.device_for(Stage::Fpfh) {
+            None => {
                 let grid = super::voxel_downsample(points, voxel_size)?;
                 let central = grid.central_members(points);
                 Ok((grid, central))
             }
-            Self::Tensors(device) => {
+            Some(device) => {
                 let points = points_tensor(points, device);
                 let (centroids, representative) = voxel_downsample(&points, voxel_size)?;
                 let central = host_indices(&central_members(&points, &centroids, &representative))?;
@@ -709,9 +802,9 @@ impl Compute {
     }
 
     pub fn inside_robust_box(&self, points: &[Point], rule: &OutlierRule) -> Result<Inliers> {
-        match *self {
-            Self::Host => super::inside_robust_box(points, rule),
-            Self::Tensors(device) => {
+        match self.device_for(Stage::Outliers) {
+            None => super::inside_robust_box(points, rule),
+            Some(device) => {
                 let (keep, diagonal) = inside_robust_box(&points_tensor(points, device), rule)?;
                 Ok(Inliers::from_flags(host_flags(&keep)?, diagonal))
             }
@@ -719,14 +812,12 @@ impl Compute {
     }
 
     pub fn drop_floating_groups(&self, points: &[Point], inliers: Inliers, rule: &OutlierRule) -> Result<Inliers> {
-        match *self {
-            Self::Host => super::drop_floating_groups(points, inliers, rule),
-            Self::Tensors(device) => {
-                super::outliers::drop_floating_groups_with(points, inliers, rule, |kept, voxel| {
-                    let link = voxel * rule.link_voxels;
-                    host_flags(&in_floating_groups(&points_tensor(kept, device), voxel, link, rule.min_group)?)
-                })
-            }
+        match self.device_for(Stage::Outliers) {
+            None => super::drop_floating_groups(points, inliers, rule),
+            Some(device) => super::outliers::drop_floating_groups_with(points, inliers, rule, |kept, voxel| {
+                let link = voxel * rule.link_voxels;
+                host_flags(&in_floating_groups(&points_tensor(kept, device), voxel, link, rule.min_group)?)
+            }),
         }
     }
 
@@ -738,9 +829,9 @@ impl Compute {
         distances: [f32; 2],
         iterations: usize,
     ) -> Result<Registration> {
-        match *self {
-            Self::Host => Ok(super::register(source, template, distances[0], distances[1], iterations)),
-            Self::Tensors(device) => register(source, template, distances, iterations, device),
+        match self.device_for(Stage::Registration) {
+            None => Ok(super::register(source, template, distances[0], distances[1], iterations)),
+            Some(device) => register(source, template, distances, iterations, device),
         }
     }
 
@@ -758,14 +849,14 @@ impl Compute {
         count: usize,
         starts: &[usize],
     ) -> Result<Vec<Vec<u32>>> {
-        match *self {
-            Self::Host => Ok(clouds
+        match self.device_for(Stage::Sampling) {
+            None => Ok(clouds
                 .iter()
                 .zip(starts)
                 .map(|(points, &s)| super::farthest_point_sampling(points, count, s))
                 .collect()),
-            Self::Tensors(_) if clouds.is_empty() => Ok(Vec::new()),
-            Self::Tensors(device) => {
+            Some(_) if clouds.is_empty() => Ok(Vec::new()),
+            Some(device) => {
                 let longest = clouds.iter().map(|c| c.len()).max().unwrap_or(0);
                 let mut padded = Vec::with_capacity(clouds.len() * longest * 3);
                 for points in clouds {
@@ -796,9 +887,9 @@ impl Compute {
         spacing: f32,
         orientation: NormalOrientation,
     ) -> Result<Vec<Point>> {
-        match *self {
-            Self::Host => Ok(super::estimate_normals(points, index, Neighborhood::Knn(k), orientation)),
-            Self::Tensors(device) => {
+        match self.device_for(Stage::Normals) {
+            None => Ok(super::estimate_normals(points, index, Neighborhood::Knn(k), orientation)),
+            Some(device) => {
                 let points = points_tensor(points, device);
                 host_points(&normals(&points, k as i64, surface_reach(k, spacing), orientation))
             }
@@ -815,9 +906,9 @@ impl Compute {
         k: usize,
         spacing: f32,
     ) -> Result<Vec<u32>> {
-        match *self {
-            Self::Host => Ok(index.group(centres, k)),
-            Self::Tensors(device) => {
+        match self.device_for(Stage::Grouping) {
+            None => Ok(index.group(centres, k)),
+            Some(device) => {
                 let (points, centres) = (points_tensor(points, device), points_tensor(centres, device));
                 host_indices(&knn(&points, &centres, k as i64, surface_reach(k, spacing)).index)
             }
@@ -832,9 +923,9 @@ impl Compute {
         radius: f32,
         queries: &[u32],
     ) -> Result<Vec<Fpfh>> {
-        match *self {
-            Self::Host => super::fpfh_at(points, normals, index, radius, queries),
-            Self::Tensors(device) => {
+        match self.device_for(Stage::Fpfh) {
+            None => super::fpfh_at(points, normals, index, radius, queries),
+            Some(device) => {
                 let (points, normals) = (points_tensor(points, device), points_tensor(normals, device));
                 let hist = fpfh_at(&points, &normals, radius, &indices_tensor(queries, device))?;
                 let flat = host_floats(&hist)?;
@@ -852,9 +943,9 @@ impl Compute {
         patch_size: usize,
         patch_scores: &[f32],
     ) -> Result<Vec<f32>> {
-        match *self {
-            Self::Host => super::projection::spread_patch_scores(points, centres, groups, patch_size, patch_scores),
-            Self::Tensors(device) => {
+        match self.device_for(Stage::Projection) {
+            None => super::projection::spread_patch_scores(points, centres, groups, patch_size, patch_scores),
+            Some(device) => {
                 let groups = indices_tensor(groups, device).view([-1, patch_size as i64]);
                 let (points, centres) = (points_tensor(points, device), points_tensor(centres, device));
                 let scores = Tensor::from_slice(patch_scores).to_device(device);
@@ -870,9 +961,9 @@ impl Compute {
         index: &NeighborIndex,
         radius: f32,
     ) -> Result<Vec<f32>> {
-        match *self {
-            Self::Host => super::median_filter(points, values, index, radius),
-            Self::Tensors(device) => {
+        match self.device_for(Stage::Projection) {
+            None => super::median_filter(points, values, index, radius),
+            Some(device) => {
                 let values = Tensor::from_slice(values).to_device(device);
                 host_floats(&median_filter(&points_tensor(points, device), &values, radius)?)
             }
@@ -887,7 +978,7 @@ mod tests {
     use super::super::{unit_sphere_points, voxel_downsample as host_voxels};
     use super::*;
 
-    const CPU: Compute = Compute::Tensors(Device::Cpu);
+    const CPU: Compute = Compute::tensors(Device::Cpu);
 
     /// A bumpy sphere, jittered: no exact distance ties, curvature for the normals and FPFH to see.
     fn surface(n: usize, seed: u64) -> Vec<Point> {
@@ -904,6 +995,16 @@ mod tests {
     fn max_difference(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
         a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn a_stage_put_on_the_host_runs_there_and_only_it() {
+        let split = CPU.with_host(Stage::Registration).with_host(Stage::Sampling);
+        for stage in Stage::ALL {
+            let on_host = matches!(stage, Stage::Registration | Stage::Sampling);
+            assert_eq!(split.device_for(stage), (!on_host).then_some(Device::Cpu), "{}", stage.name());
+            assert_eq!(Compute::Host.with_host(stage).device_for(stage), None);
+        }
     }
 
     #[test]

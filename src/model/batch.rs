@@ -18,7 +18,7 @@ use super::{
     Unscored, backbone, centre_tensor, ms, scoring,
 };
 use crate::cloud::{FinitePoints, PointCloud};
-use crate::geometry::device::Compute;
+use crate::geometry::device::{Compute, Stage};
 use crate::geometry::{self, Point};
 
 /// What the geometry of a cloud needs of a detector: configuration, template and feature radii, no tensors.
@@ -132,7 +132,7 @@ impl GeometryPart {
     /// The geometry of several clouds (finite points, sensor frame), concurrently. On a device their FPS runs as
     /// one batch, between the steps before it and those after.
     fn prepare_all(&self, clouds: &[&[Point]]) -> Vec<Result<Prepared>> {
-        if self.compute == Compute::Host || clouds.len() < 2 {
+        if self.compute.device_for(Stage::Sampling).is_none() || clouds.len() < 2 {
             return clouds.par_iter().map(|points| self.prepare(points)).collect();
         }
         let viewed: Vec<Result<(geometry::Inliers, View, f64)>> = clouds

@@ -392,7 +392,7 @@ impl Detector {
     /// default: on two CPU cores its k-d trees beat the tensor code's padded searches about tenfold
     /// (docs/benchmarks.md); on a GPU, measure first (`scripts/gpu_check.sh`).
     pub fn with_device_geometry(self, on: bool) -> Self {
-        let compute = if on { Compute::Tensors(self.device) } else { Compute::Host };
+        let compute = if on { Compute::tensors(self.device) } else { Compute::Host };
         Self { compute, ..self }
     }
 

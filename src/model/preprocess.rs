@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::config::{AugmentConfig, NormalSide, PreprocessConfig};
 use super::{ModelError, Result};
-use crate::geometry::device::Compute;
+use crate::geometry::device::{Compute, Stage};
 use crate::geometry::visibility::{self, CELL_CAMERA_DISTANCE, Camera};
 use crate::geometry::{
     self, Fpfh, NeighborIndex, Neighborhood, NormalOrientation, Point, RadiusSearch, UnitSphere, VoxelGrid,
@@ -484,9 +484,9 @@ pub fn surface_context(
     template: Option<(&PoseTemplate, Option<&[bool]>)>,
     at: &[u32],
 ) -> Result<Vec<[f32; CONTEXT_DIMS]>> {
-    match compute {
-        Compute::Host => host_surface_context(points, normals, index, voxel, template, at),
-        Compute::Tensors(device) => device_surface_context(device, points, normals, voxel, template, at),
+    match compute.device_for(Stage::Context) {
+        None => host_surface_context(points, normals, index, voxel, template, at),
+        Some(device) => device_surface_context(device, points, normals, voxel, template, at),
     }
 }
 
@@ -894,7 +894,7 @@ mod tests {
                 surface_context(compute, &cloud.points, &cloud.normals, &cloud.index, cloud.voxel, t, &cloud.samples)
                     .unwrap()
             };
-            let (host, device) = (context(Compute::Host), context(Compute::Tensors(tch::Device::Cpu)));
+            let (host, device) = (context(Compute::Host), context(Compute::tensors(tch::Device::Cpu)));
             assert_eq!(host.len(), device.len());
             for (h, d) in host.iter().zip(&device) {
                 for k in 0..CONTEXT_DIMS {

@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # The GPU check (docs/toolchain.md, "GPU check"): run on a machine with an NVIDIA GPU and PyTorch's LibTorch,
-# with .gpu/inspect3d built for that LibTorch (`--no-default-features --features cuda`). Compares CPU and CUDA
+# with .gpu/inspect3d built for that LibTorch by scripts/build_gpu_check.sh. Compares CPU and CUDA
 # verdicts and per-point scores of the bundled model on the bundled scans (CUDA with the host's geometry and with
-# the device geometry, `--device-geometry`), times training on both, and runs the detector benchmark on both and
-# the geometry benchmark's device table. Writes everything to ${OUT:-out/gpu}/log.txt.
+# the device geometry, `--device-geometry`), runs the detector benchmark on both (with the device geometry, also
+# each geometry stage back on the host in turn) and the geometry benchmark's device table, and times training on
+# both: the issue's numbers first, so a run cut short keeps them. Writes everything to ${OUT:-out/gpu}/log.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-out/gpu}
 mkdir -p "$out/work"
 exec > >(tee "$out/log.txt") 2>&1
 torch_lib=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
-export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" RUST_LOG=warn
 bin=${INSPECT3D_BIN:-.gpu/inspect3d}
+# scripts/build_gpu_check.sh puts the libraries the binary needs beyond LibTorch's beside it, in lib/.
+export LD_LIBRARY_PATH="$torch_lib:$(dirname "$bin")/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" RUST_LOG=warn
+if ldd "$bin" | grep "not found"; then echo "$bin: libraries not found (above)"; exit 1; fi
+"$bin" --version
 gpu=${GPU_DEVICE:-cuda}  # cpu for a dry run without a GPU
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
@@ -50,7 +54,18 @@ for cpu_json in sorted(work.glob("*_cpu.json")):
 PY
 done
 
-echo "== 2. training (config/detector.json, 10 simulated frames): CPU vs CUDA"
+echo "== 2. detector benchmark on CUDA (host geometry, then device geometry), then on CPU (CUDA hidden): the"
+echo "   bundled 640x480 frame (issue 11's <= 10 ms per frame, >= 100 scans/s batched: 32 frames a batch), then the 60k scan"
+frame=tests/data/cell_scans/000_good.pcd
+"$bin" bench detector --repeats 5 --input "$frame" --batch 32
+"$bin" bench detector --repeats 5 --input "$frame" --batch 32 --device-geometry
+CUDA_VISIBLE_DEVICES= "$bin" bench detector --repeats 5 --input "$frame" --batch 32
+"$bin" bench detector --repeats 7
+"$bin" bench detector --repeats 3 --device-geometry
+CUDA_VISIBLE_DEVICES= "$bin" bench detector --repeats 7
+echo "== 3. geometry stages: host, and as tensor code on CUDA"
+"$bin" bench geometry --repeats 7 --device-geometry
+echo "== 4. training (config/detector.json, 10 simulated frames): CPU vs CUDA"
 "$bin" synth --meshes tests/data/meshes/featuretype.STL --out "$out/work/bench" \
   --config <(echo '{"train": 10, "test_good": 1, "test_defective": 1, "modes": ["camera"], "seed": 7}') >/dev/null
 for device in cpu "$gpu"; do
@@ -60,10 +75,4 @@ for device in cpu "$gpu"; do
   echo " | $device wall $(python3 -c "print(round($EPOCHREALTIME - $start, 1))") s"
 done
 
-echo "== 3. detector benchmark on CUDA (host geometry, then device geometry), then on CPU (CUDA hidden)"
-"$bin" bench detector --repeats 7
-"$bin" bench detector --repeats 7 --device-geometry
-CUDA_VISIBLE_DEVICES= "$bin" bench detector --repeats 7
-echo "== 4. geometry stages: host, and as tensor code on CUDA"
-"$bin" bench geometry --repeats 7 --device-geometry
 echo "== done"

@@ -7,7 +7,8 @@
 //! tests hold them to it on CPU tensors. Searches look at the points of the 27 grid cells around each query, padded
 //! into one tensor per block of queries: the GPU's way, not two CPU cores'.
 //!
-//! [`Compute`] picks host or device per call and keeps the host's types at its edges, so the pipeline can switch.
+//! [`Compute`] places each [`Stage`] on the host or the device and keeps the host's types at its edges, so the pipeline
+//! can switch stage by stage.
 
 use tch::{Device, Kind, Tensor};
 

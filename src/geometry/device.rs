@@ -279,6 +279,35 @@ fn within_grid(grid: &CellGrid, queries: &Tensor, radius: f32) -> Neighbors {
     Neighbors::concatenated(parts, grid.points.device())
 }
 
+/// Each query's nearest point within `radius` (inclusive): index −1 and distance +∞ where there is none. [`knn`]'s
+/// cell search with k = 1, without its search of every point for a query whose cells hold nothing near: that only
+/// finds points farther than a cell, and the cells are at least `radius` wide.
+pub fn nearest_within(points: &Tensor, queries: &Tensor, radius: f32) -> Result<Neighbors> {
+    let radius = positive("neighbourhood radius", radius)?;
+    let grid = CellGrid::new(points, radius).ok_or(GeometryError::Empty)?;
+    let reach = f64::from(radius * radius);
+    let parts = blocks(queries.size()[0], 1, grid.block_rows())
+        .map(|(start, rows)| {
+            let block = queries.narrow(0, start, rows);
+            let candidates = grid.candidates(&block);
+            if candidates.size()[1] == 0 {
+                let none = |value: f64, kind: Kind| Tensor::full([rows, 1], value, (kind, block.device()));
+                return Neighbors {
+                    index: none(-1.0, Kind::Int64),
+                    squared_distance: none(f64::INFINITY, Kind::Float),
+                };
+            }
+            let (squared_distance, slot) = grid.candidate_distances(&block, &candidates).topk(1, 1, false, true);
+            let outside = squared_distance.gt(reach);
+            Neighbors {
+                index: candidates.gather(1, &slot, false).masked_fill(&outside, -1),
+                squared_distance: squared_distance.masked_fill(&outside, f64::INFINITY),
+            }
+        })
+        .collect();
+    Ok(Neighbors::concatenated(parts, grid.points.device()))
+}
+
 /// Every point of `points` within `radius` (inclusive) of each of `queries` (Q × 3), nearest first.
 pub fn within(points: &Tensor, queries: &Tensor, radius: f32) -> Result<Neighbors> {
     let radius = positive("neighbourhood radius", radius)?;
@@ -414,8 +443,8 @@ fn correspondence_sums(
     let device = source.device();
     let rotation = Tensor::from_slice(transform.rotation.as_flattened()).view([3, 3]).to_device(device);
     let moved = source.matmul(&rotation.tr()) + Tensor::from_slice(&transform.translation).to_device(device);
-    let nearest = knn(points, &moved, 1, cutoff);
-    let close = nearest.squared_distance.view(-1).le(f64::from(cutoff * cutoff)).nonzero().view(-1);
+    let nearest = nearest_within(points, &moved, cutoff)?;
+    let close = nearest.index.view(-1).ge(0).nonzero().view(-1);
     let pair = nearest.index.view(-1).index_select(0, &close);
     let (q, n) = (moved.index_select(0, &close), normals.index_select(0, &pair));
     let residual = dot(&(&q - points.index_select(0, &pair)), &n).to_kind(Kind::Double);
@@ -1096,6 +1125,33 @@ mod tests {
         assert_eq!(both, Compute::Host.farthest_point_sampling_batch(&clouds, 256, &[5, 0, 17]).unwrap());
         assert_eq!(both.iter().map(Vec::len).collect::<Vec<_>>(), [256, 10, 256]);
         assert_eq!(CPU.farthest_point_sampling_batch(&clouds, 0, &[5, 0, 17]).unwrap(), vec![Vec::<u32>::new(); 3]);
+    }
+
+    #[test]
+    fn the_nearest_within_a_radius_is_the_hosts_nearest_or_none() {
+        let pts = surface(2000, 4);
+        let index = NeighborIndex::new(&pts).unwrap();
+        // On the surface, off it within reach, and far off it (no point within the radius: none, not a search of
+        // every point).
+        let queries: Vec<Point> = (0..300).map(|i| pts[i * 5].map(|c| c * [1.0, 1.02, 1.5][i % 3])).collect();
+        let radius = 0.08;
+        let found =
+            nearest_within(&points_tensor(&pts, Device::Cpu), &points_tensor(&queries, Device::Cpu), radius).unwrap();
+        let (found, squared) = (host_indices(&found.index).unwrap(), host_floats(&found.squared_distance).unwrap());
+        let mut nones = 0;
+        for (k, q) in queries.iter().enumerate() {
+            let nearest = index.nearest(q);
+            if nearest.squared_distance <= radius * radius {
+                assert_eq!(squared[k], nearest.squared_distance, "query {k}");
+            } else {
+                assert_eq!((found[k], squared[k]), (u32::MAX, f32::INFINITY), "query {k}");
+                nones += 1;
+            }
+        }
+        assert_eq!(nones, 100, "every third query lies far off the surface");
+        let far = points_tensor(&[[9.0, 9.0, 9.0]], Device::Cpu);
+        let none = nearest_within(&points_tensor(&pts, Device::Cpu), &far, radius).unwrap();
+        assert_eq!(host_indices(&none.index).unwrap(), vec![u32::MAX]);
     }
 
     #[test]

@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 gpu=$root/.gpu
 torch_version=${GPU_TORCH_VERSION:-2.11.0}
+[ -f .deps/env.sh ] || { echo "build_gpu_check.sh: run scripts/setup.sh first (no .deps/env.sh)" >&2; exit 1; }
 mkdir -p "$gpu"
 # shellcheck disable=SC1091
 source .deps/env.sh

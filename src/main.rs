@@ -169,9 +169,9 @@ enum Command {
         /// the detector's geometry that way.
         #[arg(long)]
         device_geometry: bool,
-        /// detector: clouds in each throughput row (one at a time, and in one batch).
-        #[arg(long, default_value_t = 4)]
-        batch: usize,
+        /// detector: clouds in each throughput row (one at a time, and in one batch). Default 4.
+        #[arg(long)]
+        batch: Option<usize>,
         /// soak: how long to run.
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
@@ -294,6 +294,11 @@ fn main() -> Result<()> {
                 compare.is_none() || matches!(suite, Suite::Geometry),
                 "--compare applies to the geometry suite only"
             );
+            anyhow::ensure!(
+                batch.is_none() || matches!(suite, Suite::Detector),
+                "--batch applies to the detector suite only"
+            );
+            let batch = batch.unwrap_or(4);
             anyhow::ensure!(batch > 0, "--batch must be at least 1");
             // Only the node and soak suites (ROS) read these.
             #[cfg(not(feature = "ros"))]

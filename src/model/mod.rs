@@ -320,7 +320,7 @@ pub struct Detector {
     pub thresholds: Thresholds,
     pub device: Device,
     /// Where the per-scan geometry runs: the host (the default) or tensor code on `device`
-    /// ([`Self::with_device_geometry`]).
+    /// ([`Self::with_device_geometry`]), stage by stage ([`Compute::with_host`]).
     pub compute: Compute,
 }
 

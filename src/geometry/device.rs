@@ -282,7 +282,7 @@ fn within_grid(grid: &CellGrid, queries: &Tensor, radius: f32) -> Neighbors {
 /// Each query's nearest point within `radius` (inclusive): index −1 and distance +∞ where there is none. [`knn`]'s
 /// cell search with k = 1, without its search of every point for a query whose cells hold nothing near: that only
 /// finds points farther than a cell, and the cells are at least `radius` wide.
-pub fn nearest_within(points: &Tensor, queries: &Tensor, radius: f32) -> Result<Neighbors> {
+fn nearest_within(points: &Tensor, queries: &Tensor, radius: f32) -> Result<Neighbors> {
     let radius = positive("neighbourhood radius", radius)?;
     let grid = CellGrid::new(points, radius).ok_or(GeometryError::Empty)?;
     let reach = f64::from(radius * radius);

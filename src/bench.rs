@@ -12,7 +12,7 @@ use crate::geometry::device::{Compute, Stage as GeometryStage};
 use crate::geometry::{self, Neighborhood, NormalOrientation};
 use crate::model::bank::MemoryBank;
 use crate::model::config::{BackboneConfig, DetectorConfig, NormalSide};
-use crate::model::preprocess::{ALIGN_END_VOXELS, ALIGN_ITERATIONS, ALIGN_MAX_POINTS, ALIGN_START_VOXELS};
+use crate::model::preprocess::{ALIGN_ITERATIONS, align};
 use crate::model::{Detector, centre_tensor, sca, scoring};
 
 pub struct Stage {
@@ -213,7 +213,7 @@ pub fn geometry(input: &BenchInput, cfg: &GeometryBench) -> Result<Table> {
 
 /// Two stages that run before the voxel points' geometry, by `compute` with its copies: outlier removal of the
 /// finite points (the detector's default rule) and the registration of the voxel points, turned 1° and moved a
-/// voxel, to themselves as the template (at most [`ALIGN_MAX_POINTS`] of them, as the detector registers a scan).
+/// voxel, to themselves as the template, as the detector registers a scan ([`align`]).
 fn outliers_and_registration(
     table: &mut Table,
     compute: Compute,
@@ -233,12 +233,9 @@ fn outliers_and_registration(
     let (sin, cos) = 1f32.to_radians().sin_cos();
     let turned = [[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]];
     let pose = geometry::Rigid { rotation: turned, translation: [cfg.voxel, 0.0, 0.0] };
-    let step = points.len().div_ceil(ALIGN_MAX_POINTS).max(1);
-    let source: Vec<geometry::Point> = points.iter().step_by(step).map(|&p| pose.apply(p)).collect();
-    let distances = [ALIGN_START_VOXELS * cfg.voxel, ALIGN_END_VOXELS * cfg.voxel];
-    let detail = format!("{} points to {}, {ALIGN_ITERATIONS} steps", source.len(), points.len());
-    table
-        .stage("registration (ICP)", detail, r, || compute.register(&source, &template, distances, ALIGN_ITERATIONS))?;
+    let moved: Vec<geometry::Point> = points.iter().map(|&p| pose.apply(p)).collect();
+    let detail = format!("{} voxel points, sampled as the detector does, {ALIGN_ITERATIONS} steps", points.len());
+    table.stage("registration (ICP)", detail, r, || align(&moved, &template, cfg.voxel, compute))?;
     Ok(())
 }
 

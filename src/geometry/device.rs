@@ -203,6 +203,12 @@ impl<'a> CellGrid<'a> {
         (axis(0) + axis(1) + axis(2)).masked_fill(&candidates.lt(0), f64::INFINITY)
     }
 
+    /// Each query's `k` nearest candidates (at most its row's width), nearest first.
+    fn nearest_candidates(&self, queries: &Tensor, candidates: &Tensor, k: i64) -> Neighbors {
+        let (squared_distance, slot) = self.candidate_distances(queries, candidates).topk(k, 1, false, true);
+        Neighbors { index: candidates.gather(1, &slot, false), squared_distance }
+    }
+
     /// Rows of queries per block, given the candidates a query has at most (27 cells of the fullest).
     fn block_rows(&self) -> i64 {
         let fullest = i64::try_from(&self.counts.max()).unwrap_or(1);
@@ -242,9 +248,7 @@ pub fn knn(points: &Tensor, queries: &Tensor, k: i64, reach: f32) -> Neighbors {
             if candidates.size()[1] < k {
                 return every(&block);
             }
-            let d2 = grid.candidate_distances(&block, &candidates);
-            let (squared_distance, slot) = d2.topk(k, 1, false, true);
-            let index = candidates.gather(1, &slot, false);
+            let Neighbors { index, squared_distance } = grid.nearest_candidates(&block, &candidates, k);
             // Exact where the k-th lies within one cell edge: nothing nearer can be outside the 27 cells.
             let unsure = squared_distance.select(1, k - 1).gt(grid.cell * grid.cell).nonzero().view(-1);
             if unsure.size()[0] == 0 {
@@ -297,11 +301,11 @@ fn nearest_within(points: &Tensor, queries: &Tensor, radius: f32) -> Result<Neig
                     squared_distance: none(f64::INFINITY, Kind::Float),
                 };
             }
-            let (squared_distance, slot) = grid.candidate_distances(&block, &candidates).topk(1, 1, false, true);
-            let outside = squared_distance.gt(reach);
+            let nearest = grid.nearest_candidates(&block, &candidates, 1);
+            let outside = nearest.squared_distance.gt(reach);
             Neighbors {
-                index: candidates.gather(1, &slot, false).masked_fill(&outside, -1),
-                squared_distance: squared_distance.masked_fill(&outside, f64::INFINITY),
+                index: nearest.index.masked_fill(&outside, -1),
+                squared_distance: nearest.squared_distance.masked_fill(&outside, f64::INFINITY),
             }
         })
         .collect();
@@ -374,9 +378,10 @@ pub fn inside_robust_box(points: &Tensor, rule: &OutlierRule) -> Result<(Tensor,
         return Err(GeometryError::Empty);
     }
     let (lo_at, hi_at) = quantile_ranks(n as usize, rule.quantile.clamp(0.0, 0.5));
-    let quantile = |rank: usize| host_floats(&points.kthvalue(rank as i64 + 1, 0, false).0);
-    let (low, high) = (quantile(lo_at)?, quantile(hi_at)?);
-    let robust = RobustBox::new(std::array::from_fn(|a| (low[a], high[a])), rule.margin);
+    let quantile = |rank: usize| points.kthvalue(rank as i64 + 1, 0, false).0;
+    // One read for both rows (low x y z, high x y z).
+    let both = host_floats(&Tensor::stack(&[quantile(lo_at), quantile(hi_at)], 0))?;
+    let robust = RobustBox::new(std::array::from_fn(|a| (both[a], both[3 + a])), rule.margin);
     let wide = points.to_kind(Kind::Double);
     let (low, high) =
         (Tensor::from_slice(&robust.low).to_device(device), Tensor::from_slice(&robust.high).to_device(device));
@@ -945,16 +950,21 @@ impl Compute {
         }
     }
 
+    /// FPFH at `queries`. `index`: the points' k-d tree where the caller has one; the host's code builds one where
+    /// it is `None`, the device's needs none.
     pub fn fpfh_at(
         &self,
         points: &[Point],
         normals: &[Point],
-        index: &NeighborIndex,
+        index: Option<&NeighborIndex>,
         radius: f32,
         queries: &[u32],
     ) -> Result<Vec<Fpfh>> {
         match self.device_for(Stage::Fpfh) {
-            None => super::fpfh_at(points, normals, index, radius, queries),
+            None => match index {
+                Some(index) => super::fpfh_at(points, normals, index, radius, queries),
+                None => super::fpfh_at(points, normals, &NeighborIndex::new(points)?, radius, queries),
+            },
             Some(device) => {
                 let (points, normals) = (points_tensor(points, device), points_tensor(normals, device));
                 let hist = fpfh_at(&points, &normals, radius, &indices_tensor(queries, device))?;
@@ -1186,14 +1196,14 @@ mod tests {
         normals[7] = [0.0; 3]; // a point without a normal takes part in no pair
         let queries: Vec<u32> = (0..3000).step_by(7).chain([7, 7, 2999]).collect();
         for radius in [0.08, 0.15] {
-            let host = Compute::Host.fpfh_at(&pts, &normals, &index, radius, &queries).unwrap();
-            let ours = CPU.fpfh_at(&pts, &normals, &index, radius, &queries).unwrap();
+            let host = Compute::Host.fpfh_at(&pts, &normals, Some(&index), radius, &queries).unwrap();
+            let ours = CPU.fpfh_at(&pts, &normals, None, radius, &queries).unwrap();
             // Weighted sums in another order: the last digits of f32 histograms that sum to 100 per angle.
             let worst = max_difference(host.as_flattened(), ours.as_flattened());
             assert!(worst < 1e-3, "radius {radius}: {worst}");
             assert!(host.iter().flatten().any(|&h| h > 0.0));
         }
-        assert!(CPU.fpfh_at(&pts, &normals, &index, -1.0, &queries).is_err());
+        assert!(CPU.fpfh_at(&pts, &normals, None, -1.0, &queries).is_err());
     }
 
     #[test]

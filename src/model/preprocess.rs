@@ -110,21 +110,19 @@ impl PatchedCloud {
         let points: Vec<Point> = keep.iter().map(|&i| self.points[i as usize]).collect();
         let normals: Vec<Point> = keep.iter().map(|&i| self.normals[i as usize]).collect();
         let queries: Vec<u32> = self.centres.iter().map(|c| keep.binary_search(c).map_or(0, |k| k as u32)).collect();
-        let index = NeighborIndex::new(&points)?;
-        Ok(self.compute.fpfh_at(&points, &normals, &index, radius, &queries)?)
+        Ok(self.compute.fpfh_at(&points, &normals, None, radius, &queries)?)
     }
 
     /// FPFH of each sample over `radius` (normalised frame), on a [`CoarseCopy`] where the radius holds many
     /// more than ~30 points: each sample takes the descriptor of its nearest coarse point.
     pub fn sample_descriptors(&self, radius: f32) -> Result<Vec<Fpfh>> {
         match CoarseCopy::for_radius(self.compute, &self.points, &self.normals, self.voxel, radius)? {
-            None => Ok(self.compute.fpfh_at(&self.points, &self.normals, &self.index, radius, &self.samples)?),
+            None => Ok(self.compute.fpfh_at(&self.points, &self.normals, Some(&self.index), radius, &self.samples)?),
             Some(copy) => {
                 let coarse_of = |s: u32| copy.representative[s as usize];
                 let (slot, needed) =
                     geometry::fpfh::distinct(self.samples.iter().map(|&s| coarse_of(s)), copy.points.len());
-                let index = NeighborIndex::new(&copy.points)?;
-                let coarse = self.compute.fpfh_at(&copy.points, &copy.normals, &index, radius, &needed)?;
+                let coarse = self.compute.fpfh_at(&copy.points, &copy.normals, None, radius, &needed)?;
                 Ok(self.samples.iter().map(|&s| coarse[slot[coarse_of(s) as usize] as usize]).collect())
             }
         }
@@ -188,11 +186,25 @@ pub fn standard_normal(rng: &mut impl Rng) -> f32 {
 
 /// Correspondence cut-offs of the registration, in template voxels: a fixtured part is misplaced by a few
 /// millimetres at most, and the last iterations pair points about a spacing apart.
-pub const ALIGN_START_VOXELS: f32 = 8.0;
-pub const ALIGN_END_VOXELS: f32 = 1.5;
+const ALIGN_START_VOXELS: f32 = 8.0;
+const ALIGN_END_VOXELS: f32 = 1.5;
 pub const ALIGN_ITERATIONS: usize = 20;
 /// At most this many points of a scan register it (every k-th voxel point): registration needs shape, not density.
-pub const ALIGN_MAX_POINTS: usize = 4000;
+const ALIGN_MAX_POINTS: usize = 4000;
+
+/// The registration of a scan's voxel points (sensor frame) to `template`, whose voxel edge is `voxel`, as the
+/// detector runs it: every k-th point (at most [`ALIGN_MAX_POINTS`]), the cut-offs and steps above, by `compute`.
+pub fn align(
+    points: &[Point],
+    template: &geometry::Template,
+    voxel: f32,
+    compute: Compute,
+) -> Result<geometry::Registration> {
+    let step = points.len().div_ceil(ALIGN_MAX_POINTS).max(1);
+    let sample: Vec<Point> = points.iter().step_by(step).copied().collect();
+    let distances = [ALIGN_START_VOXELS * voxel, ALIGN_END_VOXELS * voxel];
+    Ok(compute.register(&sample, template, distances, ALIGN_ITERATIONS)?)
+}
 
 /// The part as training first saw it: voxel points (sensor frame of that cloud) with normals, and its unit-
 /// sphere frame. Scans are registered to it and normalised with its frame, so a patch position means the same
@@ -286,16 +298,13 @@ impl PoseTemplate {
 
     /// The rigid transform that takes `points` (sensor frame) onto the template, found by `compute`.
     pub fn register(&self, points: &[Point], compute: Compute) -> Result<geometry::Registration> {
-        let step = points.len().div_ceil(ALIGN_MAX_POINTS).max(1);
-        let sample: Vec<Point> = points.iter().step_by(step).copied().collect();
         let template = geometry::Template {
             points: &self.points,
             normals: &self.normals,
             index: &self.index,
             isolation: &self.isolation,
         };
-        let distances = [ALIGN_START_VOXELS * self.voxel, ALIGN_END_VOXELS * self.voxel];
-        Ok(compute.register(&sample, &template, distances, ALIGN_ITERATIONS)?)
+        align(points, &template, self.voxel, compute)
     }
 }
 
@@ -452,15 +461,14 @@ fn centre_descriptors(
     radius: f32,
 ) -> Result<Vec<Fpfh>> {
     let Some(copy) = CoarseCopy::for_radius(compute, points, normals, voxel, radius)? else {
-        return Ok(compute.fpfh_at(points, normals, index, radius, centres)?);
+        return Ok(compute.fpfh_at(points, normals, Some(index), radius, centres)?);
     };
     let (mut coarse_points, mut coarse_normals) = (copy.points, copy.normals);
     let first = coarse_points.len() as u32;
     coarse_points.extend(centres.iter().map(|&c| points[c as usize]));
     coarse_normals.extend(centres.iter().map(|&c| normals[c as usize]));
     let queries: Vec<u32> = (first..coarse_points.len() as u32).collect();
-    let index = NeighborIndex::new(&coarse_points)?;
-    Ok(compute.fpfh_at(&coarse_points, &coarse_normals, &index, radius, &queries)?)
+    Ok(compute.fpfh_at(&coarse_points, &coarse_normals, None, radius, &queries)?)
 }
 
 /// At each voxel point `at` (normalised frame, `voxel` its edge), what FPFH cannot see:

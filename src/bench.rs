@@ -14,6 +14,7 @@ use crate::model::bank::MemoryBank;
 use crate::model::config::{BackboneConfig, DetectorConfig, NormalSide};
 use crate::model::preprocess::{ALIGN_ITERATIONS, align};
 use crate::model::{Detector, centre_tensor, sca, scoring};
+use crate::transfers::Copies;
 
 pub struct Stage {
     pub name: String,
@@ -91,6 +92,25 @@ impl fmt::Display for Table {
         }
         Ok(())
     }
+}
+
+/// The host ↔ device copies of one inspection of `cloud`.
+fn copies_of(det: &Detector, cloud: &cloud::PointCloud) -> Result<Copies> {
+    let before = Copies::so_far();
+    det.inspect(cloud)?;
+    Ok(Copies::so_far().since(before))
+}
+
+fn copies_note(placement: &str, copies: Copies) -> String {
+    let kib = |bytes: usize| bytes as f64 / 1024.0;
+    format!(
+        "Copies in one inspection, {placement}: {} to the device ({:.0} KiB), {} to the host ({:.0} KiB) \
+         (counted on any device: on a GPU each is a transfer, each to the host a wait for the kernels before it).",
+        copies.to_device,
+        kib(copies.to_device_bytes),
+        copies.to_host,
+        kib(copies.to_host_bytes)
+    )
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`), in MiB.
@@ -560,8 +580,11 @@ pub fn detector(
         det.compute = Compute::Host;
         let name = "whole inspection, geometry on the host";
         table.stage(name, "the learned stages still on the detector's device".into(), r, || det.inspect(&cloud))?;
+        table.notes.push(copies_note("geometry on the host", copies_of(&det, &cloud)?));
         det.compute = on_device;
     }
+    let placement = if device_geometry { "geometry as tensor code" } else { "geometry on the host" };
+    table.notes.push(copies_note(placement, copies_of(&det, &cloud)?));
     let clouds: Vec<&cloud::PointCloud> = vec![&cloud; batch];
     table.stage("throughput, one at a time", format!("{batch} clouds, one at a time"), r, || {
         clouds.iter().map(|c| det.inspect(c)).collect::<Result<Vec<_>, _>>()

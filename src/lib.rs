@@ -10,6 +10,7 @@
 //! - [`eval`]: Real3D-AD's evaluation protocol, metrics and baselines;
 //! - [`synth`]: simulated scans of real parts (meshes, surface sampling, labelled defects);
 //! - [`bench`]: the benchmark tables printed by `inspect3d bench`;
+//! - [`transfers`]: host ↔ device copies of tensors, counted;
 //! - [`ros`] (feature `ros`): the thin ROS 2 layer (r2r message conversion); nothing below it knows about ROS.
 
 pub mod bag;
@@ -23,6 +24,7 @@ pub mod model;
 pub mod ros;
 pub mod synth;
 pub mod train;
+pub mod transfers;
 
 /// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`); colours only on a terminal and
 /// without `NO_COLOR` (no-color.org), so logs written to files and pipes stay plain text.

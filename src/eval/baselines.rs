@@ -6,13 +6,14 @@
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::geometry::{self, NeighborIndex, Point};
 use crate::model::Result;
 use crate::model::bank::brute_force_distances;
 use crate::model::conditioning::greedy_coreset;
 use crate::train::TrainingCloud;
+use crate::transfers::Transfer;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Baseline {
@@ -132,7 +133,7 @@ impl BaselineBank {
         if let Some((mean, std)) = &self.standardise {
             queries = (queries - mean) / std;
         }
-        let nearest: Vec<f32> = brute_force_distances(&self.bank, &queries).to_device(Device::Cpu).try_into()?;
+        let nearest: Vec<f32> = brute_force_distances(&self.bank, &queries).download().try_into()?;
         Ok(grid.spread(&nearest))
     }
 }

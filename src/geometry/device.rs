@@ -8,9 +8,12 @@
 //! into one tensor per block of queries: the GPU's way, not two CPU cores'.
 //!
 //! [`Compute`] places each [`Stage`] on the host or the device and keeps the host's types at its edges, so the pipeline
-//! can switch stage by stage.
+//! can switch stage by stage: a copy in and out around each device stage. Within a stage, reads back to the host
+//! (each a wait for the device's queue) are kept to what sizes the next tensors; `crate::transfers` counts both.
 
 use tch::{Device, Kind, Tensor};
+
+use crate::transfers::Transfer;
 
 use super::outliers::{RobustBox, quantile_ranks};
 use super::registration::{NormalEquations, Registration, Rigid, Template, icp_steps};
@@ -31,26 +34,30 @@ fn tensor_error(e: tch::TchError) -> GeometryError {
 
 /// Points as an N × 3 float tensor on `device`.
 pub fn points_tensor(points: &[Point], device: Device) -> Tensor {
-    Tensor::from_slice(points.as_flattened()).view([-1, 3]).to_device(device)
+    Tensor::from_slice(points.as_flattened()).view([-1, 3]).upload(device)
 }
 
 /// A tensor's values as f32, row after row.
 pub fn host_floats(t: &Tensor) -> Result<Vec<f32>> {
-    t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view(-1).try_into().map_err(tensor_error)
+    t.download().to_kind(Kind::Float).contiguous().view(-1).try_into().map_err(tensor_error)
 }
 
 fn host_doubles(t: &Tensor) -> Result<Vec<f64>> {
-    t.to_device(Device::Cpu).to_kind(Kind::Double).contiguous().view(-1).try_into().map_err(tensor_error)
+    t.download().to_kind(Kind::Double).contiguous().view(-1).try_into().map_err(tensor_error)
 }
 
 fn host_flags(t: &Tensor) -> Result<Vec<bool>> {
-    Vec::<bool>::try_from(&t.to_device(Device::Cpu).contiguous()).map_err(tensor_error)
+    Vec::<bool>::try_from(&t.download().contiguous()).map_err(tensor_error)
 }
 
 fn host_indices(t: &Tensor) -> Result<Vec<u32>> {
-    let wide: Vec<i64> =
-        t.to_device(Device::Cpu).to_kind(Kind::Int64).contiguous().view(-1).try_into().map_err(tensor_error)?;
+    let wide: Vec<i64> = t.download().to_kind(Kind::Int64).contiguous().view(-1).try_into().map_err(tensor_error)?;
     Ok(wide.into_iter().map(|i| i as u32).collect())
+}
+
+/// A device count (or any integer scalar), read on the host.
+fn host_count(t: &Tensor) -> Option<i64> {
+    i64::try_from(&t.download()).ok()
 }
 
 fn host_grid(centroids: &Tensor, representative: &Tensor) -> Result<VoxelGrid> {
@@ -65,7 +72,7 @@ pub fn host_points(t: &Tensor) -> Result<Vec<Point>> {
 /// Point indices as an int64 tensor on `device`.
 pub fn indices_tensor(indices: &[u32], device: Device) -> Tensor {
     let wide: Vec<i64> = indices.iter().map(|&i| i64::from(i)).collect();
-    Tensor::from_slice(&wide).to_device(device)
+    Tensor::from_slice(&wide).upload(device)
 }
 
 /// a·b over the last axis (of size 3), summed x, y, z in that order as the host does, so the same inputs round
@@ -133,9 +140,17 @@ impl Neighbors {
 struct CellGrid<'a> {
     points: &'a Tensor,
     cell: f64,
-    /// The box of cells (with a margin of one), as the lowest cell and the strides that fold a cell into a code.
+    /// The box of cells (with a margin of one), as the lowest cell and the strides that fold a cell into a code
+    /// (on the host, and on the device to test the queries' cells against).
     low: Tensor,
     span: [i64; 3],
+    span_on_device: Tensor,
+    /// The 27 cells around a cell, as offsets (1 × 27 × 3).
+    offsets: Tensor,
+    /// The most points in one cell, and the rows of queries per block of a search that it leaves (a query has at
+    /// most 27 cells of the fullest).
+    fullest: i64,
+    block_rows: i64,
     /// Occupied cells' codes (ascending), the first place in `order` of each and its count.
     codes: Tensor,
     starts: Tensor,
@@ -152,15 +167,16 @@ impl<'a> CellGrid<'a> {
         if !(cell.is_finite() && cell > 0.0) || points.size()[0] == 0 {
             return None;
         }
+        let device = points.device();
         let mut cell = f64::from(cell);
-        let (keys, low, span) = loop {
+        let (keys, low, span, span_on_device) = loop {
             let keys = (points.to_kind(Kind::Double) / cell).floor().to_kind(Kind::Int64);
             let low = keys.amin(0, false) - 1;
-            let high: Vec<i64> = (keys.amax(0, false) + 1).try_into().ok()?;
-            let low_host: Vec<i64> = (&low).try_into().ok()?;
-            let span: [i64; 3] = std::array::from_fn(|a| high[a] - low_host[a] + 1);
+            let span_on_device = keys.amax(0, false) + 2 - &low;
+            let on_host: Vec<i64> = (&span_on_device.download()).try_into().ok()?;
+            let span: [i64; 3] = on_host.try_into().ok()?;
             if span[0].checked_mul(span[1]).and_then(|xy| xy.checked_mul(span[2])).is_some() {
-                break (keys, low, span);
+                break (keys, low, span, span_on_device);
             }
             cell *= 2.0;
         };
@@ -168,26 +184,50 @@ impl<'a> CellGrid<'a> {
         let order = code.argsort(0, false);
         let (codes, _, counts) = code.index_select(0, &order).unique_consecutive(false, true, 0);
         let starts = counts.cumsum(0, Kind::Int64) - &counts;
-        Some(Self { points, cell, low, span, codes, starts, counts, order })
+        // Built where they are used: three kernels, not a copy.
+        let o = Tensor::arange(27, (Kind::Int64, device));
+        let offsets = Tensor::stack(
+            &[
+                o.divide_scalar_mode(9, "floor") - 1,
+                o.divide_scalar_mode(3, "floor").remainder(3) - 1,
+                o.remainder(3) - 1,
+            ],
+            1,
+        )
+        .view([1, 27, 3]);
+        let fullest = host_count(&counts.max()).unwrap_or(1);
+        let block_rows = (SEARCH_BLOCK_ELEMENTS / (27 * fullest).max(1)).max(1);
+        Some(Self {
+            points,
+            cell,
+            low,
+            span,
+            span_on_device,
+            offsets,
+            fullest,
+            block_rows,
+            codes,
+            starts,
+            counts,
+            order,
+        })
     }
 
-    /// Every point of the 27 cells around each query: Q × C indices, −1 where a query's cells hold fewer than the
-    /// block's most.
+    /// Every point of the 27 cells around each query: Q × 27·fullest indices, −1 past each cell's own. Padded to
+    /// the grid's fullest cell, not the block's: no read of the block's counts (on a GPU, a wait for its kernels),
+    /// and a search of the whole cloud has the fullest cell among its queries' anyway.
     fn candidates(&self, queries: &Tensor) -> Tensor {
         let device = queries.device();
         let q = queries.size()[0];
-        let offsets: Vec<i64> = (0..27).flat_map(|o| [o / 9 - 1, (o / 3) % 3 - 1, o % 3 - 1]).collect();
-        let offsets = Tensor::from_slice(&offsets).to_device(device).view([1, 27, 3]);
         let keys = (queries.to_kind(Kind::Double) / self.cell).floor().to_kind(Kind::Int64) - &self.low;
-        let around = keys.unsqueeze(1) + offsets;
-        let span = Tensor::from_slice(&self.span).to_device(device);
-        let inside = around.ge(0).logical_and(&around.lt_tensor(&span)).all_dim(2, false);
+        let around = keys.unsqueeze(1) + &self.offsets;
+        let inside = around.ge(0).logical_and(&around.lt_tensor(&self.span_on_device)).all_dim(2, false);
         let code = fold(&around.clamp_min(0), self.span);
         let last = self.codes.size()[0] - 1;
         let place = code.searchsorted(&self.codes, false, false, "left", None::<Tensor>).clamp_max(last);
         let found = inside.logical_and(&self.codes.index_select(0, &place.view(-1)).view([q, 27]).eq_tensor(&code));
         let count = self.counts.index_select(0, &place.view(-1)).view([q, 27]) * found;
-        let width = i64::try_from(&count.max()).unwrap_or(0);
+        let width = self.fullest;
         let step = Tensor::arange(width, (Kind::Int64, device)).view([1, 1, width]);
         let slot =
             (self.starts.index_select(0, &place.view(-1)).view([q, 27, 1]) + &step).clamp_max(self.order.size()[0] - 1);
@@ -207,12 +247,6 @@ impl<'a> CellGrid<'a> {
     fn nearest_candidates(&self, queries: &Tensor, candidates: &Tensor, k: i64) -> Neighbors {
         let (squared_distance, slot) = self.candidate_distances(queries, candidates).topk(k, 1, false, true);
         Neighbors { index: candidates.gather(1, &slot, false), squared_distance }
-    }
-
-    /// Rows of queries per block, given the candidates a query has at most (27 cells of the fullest).
-    fn block_rows(&self) -> i64 {
-        let fullest = i64::try_from(&self.counts.max()).unwrap_or(1);
-        (SEARCH_BLOCK_ELEMENTS / (27 * fullest).max(1)).max(1)
     }
 }
 
@@ -241,7 +275,7 @@ pub fn knn(points: &Tensor, queries: &Tensor, k: i64, reach: f32) -> Neighbors {
     let Some(grid) = CellGrid::new(points, reach) else {
         return every(queries);
     };
-    let parts = blocks(q, 1, grid.block_rows())
+    let parts = blocks(q, 1, grid.block_rows)
         .map(|(start, rows)| {
             let block = queries.narrow(0, start, rows);
             let candidates = grid.candidates(&block);
@@ -267,14 +301,13 @@ pub fn knn(points: &Tensor, queries: &Tensor, k: i64, reach: f32) -> Neighbors {
 /// Every point within `radius` (inclusive, as the host's searches) of each query, nearest first.
 fn within_grid(grid: &CellGrid, queries: &Tensor, radius: f32) -> Neighbors {
     let reach = f64::from(radius * radius);
-    let parts = blocks(queries.size()[0], 1, grid.block_rows())
+    let parts = blocks(queries.size()[0], 1, grid.block_rows)
         .map(|(start, rows)| {
             let block = queries.narrow(0, start, rows);
             let candidates = grid.candidates(&block);
             let d2 = grid.candidate_distances(&block, &candidates);
             let outside = d2.gt(reach);
-            let widest =
-                i64::try_from(&outside.logical_not().sum_dim_intlist(1, false, Kind::Int64).max()).unwrap_or(0);
+            let widest = host_count(&outside.logical_not().sum_dim_intlist(1, false, Kind::Int64).max()).unwrap_or(0);
             let (squared_distance, slot) = d2.masked_fill(&outside, f64::INFINITY).topk(widest, 1, false, true);
             let index = candidates.gather(1, &slot, false).masked_fill(&squared_distance.isinf(), -1);
             Neighbors { index, squared_distance }
@@ -283,25 +316,15 @@ fn within_grid(grid: &CellGrid, queries: &Tensor, radius: f32) -> Neighbors {
     Neighbors::concatenated(parts, grid.points.device())
 }
 
-/// Each query's nearest point within `radius` (inclusive): index −1 and distance +∞ where there is none. [`knn`]'s
-/// cell search with k = 1, without its search of every point for a query whose cells hold nothing near: that only
-/// finds points farther than a cell, and the cells are at least `radius` wide.
-fn nearest_within(points: &Tensor, queries: &Tensor, radius: f32) -> Result<Neighbors> {
-    let radius = positive("neighbourhood radius", radius)?;
-    let grid = CellGrid::new(points, radius).ok_or(GeometryError::Empty)?;
+/// Each query's nearest point of `grid` within `radius` (inclusive; the grid's cells at least that wide): index −1
+/// and distance +∞ where there is none. [`knn`]'s cell search with k = 1, without its search of every point for a
+/// query whose cells hold nothing near: that only finds points farther than a cell.
+fn nearest_within(grid: &CellGrid, queries: &Tensor, radius: f32) -> Neighbors {
     let reach = f64::from(radius * radius);
-    let parts = blocks(queries.size()[0], 1, grid.block_rows())
+    let parts = blocks(queries.size()[0], 1, grid.block_rows)
         .map(|(start, rows)| {
             let block = queries.narrow(0, start, rows);
-            let candidates = grid.candidates(&block);
-            if candidates.size()[1] == 0 {
-                let none = |value: f64, kind: Kind| Tensor::full([rows, 1], value, (kind, block.device()));
-                return Neighbors {
-                    index: none(-1.0, Kind::Int64),
-                    squared_distance: none(f64::INFINITY, Kind::Float),
-                };
-            }
-            let nearest = grid.nearest_candidates(&block, &candidates, 1);
+            let nearest = grid.nearest_candidates(&block, &grid.candidates(&block), 1);
             let outside = nearest.squared_distance.gt(reach);
             Neighbors {
                 index: nearest.index.masked_fill(&outside, -1),
@@ -309,7 +332,7 @@ fn nearest_within(points: &Tensor, queries: &Tensor, radius: f32) -> Result<Neig
             }
         })
         .collect();
-    Ok(Neighbors::concatenated(parts, grid.points.device()))
+    Neighbors::concatenated(parts, grid.points.device())
 }
 
 /// Every point of `points` within `radius` (inclusive) of each of `queries` (Q × 3), nearest first.
@@ -337,8 +360,8 @@ pub fn voxel_downsample(points: &Tensor, voxel_size: f32) -> Result<(Tensor, Ten
         return Err(GeometryError::Empty);
     }
     let finite = points.isfinite().all_dim(1, false);
-    if !bool::try_from(&finite.all()).map_err(tensor_error)? {
-        let index = i64::try_from(&finite.logical_not().to_kind(Kind::Int64).argmax(0, false)).unwrap_or(0);
+    if host_count(&finite.all().to_kind(Kind::Int64)) != Some(1) {
+        let index = host_count(&finite.logical_not().to_kind(Kind::Int64).argmax(0, false)).unwrap_or(0);
         let point = host_points(&points.narrow(0, index, 1))?.first().copied().unwrap_or([f32::NAN; 3]);
         return Err(GeometryError::NonFinite { index: index as usize, point });
     }
@@ -383,8 +406,9 @@ pub fn inside_robust_box(points: &Tensor, rule: &OutlierRule) -> Result<(Tensor,
     let both = host_floats(&Tensor::stack(&[quantile(lo_at), quantile(hi_at)], 0))?;
     let robust = RobustBox::new(std::array::from_fn(|a| (both[a], both[3 + a])), rule.margin);
     let wide = points.to_kind(Kind::Double);
-    let (low, high) =
-        (Tensor::from_slice(&robust.low).to_device(device), Tensor::from_slice(&robust.high).to_device(device));
+    let bounds: Vec<f64> = robust.low.iter().chain(&robust.high).copied().collect();
+    let bounds = Tensor::from_slice(&bounds).upload(device);
+    let (low, high) = (bounds.narrow(0, 0, 3), bounds.narrow(0, 3, 3));
     Ok((wide.ge_tensor(&low).logical_and(&wide.le_tensor(&high)).all_dim(1, false), robust.diagonal))
 }
 
@@ -425,9 +449,23 @@ pub fn register(
 ) -> Result<Registration> {
     let moving = points_tensor(source, device);
     let (points, normals) = (points_tensor(template.points, device), points_tensor(template.normals, device));
+    // The template's grids: cells of the first cut-off, halved until they fit a step's, each built once and
+    // searched by every step it fits (at most twice that step's cut-off wide): 3 builds, and their reads, for the
+    // 20 steps of the detector's 8 → 1.5 voxels.
+    let mut grids: Vec<(f32, CellGrid)> = Vec::new();
     let mut failed = None;
     let registration = icp_steps(source, template, distances, iterations, |transform, cutoff| {
-        let sums = correspondence_sums(&moving, &points, &normals, transform, cutoff);
+        let sums = positive("ICP cut-off", cutoff).and_then(|cutoff| {
+            let cell = fitting_cell(distances[0], cutoff);
+            let at = match grids.iter().position(|(c, _)| *c == cell) {
+                Some(at) => at,
+                None => {
+                    grids.push((cell, CellGrid::new(&points, cell).ok_or(GeometryError::Empty)?));
+                    grids.len() - 1
+                }
+            };
+            correspondence_sums(&moving, &grids[at].1, &normals, transform, cutoff)
+        });
         sums.unwrap_or_else(|e| {
             failed = Some(e);
             NormalEquations::default()
@@ -436,29 +474,46 @@ pub fn register(
     failed.map_or(Ok(registration), Err)
 }
 
+/// The cell of the grid that serves `cutoff`: `largest` halved while it stays at least `cutoff` (`cutoff` where that
+/// is the larger).
+fn fitting_cell(largest: f32, cutoff: f32) -> f32 {
+    let mut cell = largest;
+    while cell / 2.0 >= cutoff {
+        cell /= 2.0;
+    }
+    cell.max(cutoff)
+}
+
 /// One ICP step on the device: `source` moved by `transform`, each point's nearest template point within `cutoff`,
 /// and the point-to-plane sums over those pairs (in f64, the residual in f32 first, as the host takes them).
 fn correspondence_sums(
     source: &Tensor,
-    points: &Tensor,
+    template: &CellGrid,
     normals: &Tensor,
     transform: &Rigid,
     cutoff: f32,
 ) -> Result<NormalEquations> {
-    let device = source.device();
-    let rotation = Tensor::from_slice(transform.rotation.as_flattened()).view([3, 3]).to_device(device);
-    let moved = source.matmul(&rotation.tr()) + Tensor::from_slice(&transform.translation).to_device(device);
-    let nearest = nearest_within(points, &moved, cutoff)?;
+    let pose: Vec<f32> = transform.rotation.as_flattened().iter().chain(&transform.translation).copied().collect();
+    let pose = Tensor::from_slice(&pose).upload(source.device());
+    let (rotation, translation) = (pose.narrow(0, 0, 9).view([3, 3]), pose.narrow(0, 9, 3));
+    let moved = source.matmul(&rotation.tr()) + translation;
+    let (points, nearest) = (template.points, nearest_within(template, &moved, cutoff));
     let close = nearest.index.view(-1).ge(0).nonzero().view(-1);
     let pair = nearest.index.view(-1).index_select(0, &close);
     let (q, n) = (moved.index_select(0, &close), normals.index_select(0, &pair));
     let residual = dot(&(&q - points.index_select(0, &pair)), &n).to_kind(Kind::Double);
     let (q, n) = (q.to_kind(Kind::Double), n.to_kind(Kind::Double));
     let rows = Tensor::cat(&[cross(&q, &n), n], 1);
-    let ata = host_doubles(&rows.tr().matmul(&rows))?;
-    let atb = host_doubles(&(-(&rows * residual.unsqueeze(1)).sum_dim_intlist(0, false, Kind::Double)))?;
-    let residual2 = f64::try_from(residual.square().sum(Kind::Double)).map_err(tensor_error)?;
-    Ok(NormalEquations::from_sums(&ata, &atb, close.size()[0] as usize, residual2))
+    // One read of every sum: A^T A (36), A^T b (6), the squared residual (1).
+    let sums = host_doubles(&Tensor::cat(
+        &[
+            rows.tr().matmul(&rows).view(-1),
+            -(&rows * residual.unsqueeze(1)).sum_dim_intlist(0, false, Kind::Double),
+            residual.square().sum(Kind::Double).view(1),
+        ],
+        0,
+    ))?;
+    Ok(NormalEquations::from_sums(&sums[..36], &sums[36..42], close.size()[0] as usize, sums[42]))
 }
 
 /// Each point's cell among the distinct rows of `keys` (N × 3 integer cell coordinates, numbered in sorted order)
@@ -466,7 +521,7 @@ fn correspondence_sums(
 /// numbers is many times cheaper than over N rows.
 fn cells_of(keys: &Tensor) -> (Tensor, Tensor) {
     let low = keys.amin(0, true);
-    let span: Vec<i64> = (keys.amax(0, false) - low.squeeze_dim(0) + 1).try_into().unwrap_or_default();
+    let span: Vec<i64> = (&(keys.amax(0, false) - low.squeeze_dim(0) + 1).download()).try_into().unwrap_or_default();
     let foldable = match span.as_slice() {
         [x, y, z] => x.checked_mul(*y).and_then(|xy| xy.checked_mul(*z)).map(|_| [*x, *y, *z]),
         _ => None,
@@ -487,12 +542,12 @@ pub fn farthest_point_sampling(points: &Tensor, lengths: &[i64], count: i64, sta
     let (batch, n, device) = (points.size()[0], points.size()[1], points.device());
     let real = Tensor::arange(n, (Kind::Int64, device))
         .unsqueeze(0)
-        .lt_tensor(&Tensor::from_slice(lengths).to_device(device).unsqueeze(1));
+        .lt_tensor(&Tensor::from_slice(lengths).upload(device).unsqueeze(1));
     // Chosen and padding points are at −∞: never the farthest; a chosen point's duplicates (0) stay eligible.
     let mut nearest = Tensor::full([batch, n], f64::INFINITY, (Kind::Float, device))
         .masked_fill(&real.logical_not(), f64::NEG_INFINITY);
     let starts: Vec<i64> = starts.iter().zip(lengths).map(|(&s, &len)| s.clamp(0, (len - 1).max(0))).collect();
-    let mut current = Tensor::from_slice(&starts).to_device(device);
+    let mut current = Tensor::from_slice(&starts).upload(device);
     let chosen_mark = Tensor::full([batch, 1], f64::NEG_INFINITY, (Kind::Float, device));
     let mut chosen = Vec::with_capacity(count.max(0) as usize);
     // Eight kernels a step (a GPU's cost here is their launches, `count` times over): the offsets squared in one
@@ -530,7 +585,7 @@ pub fn normals(points: &Tensor, k: i64, reach: f32, orientation: NormalOrientati
     let (_, vectors) = covariance.linalg_eigh("L");
     let normal = vectors.select(2, 0);
     let towards = match orientation {
-        NormalOrientation::TowardsViewpoint(v) => Tensor::from_slice(&v).to_device(device).unsqueeze(0) - points,
+        NormalOrientation::TowardsViewpoint(v) => Tensor::from_slice(&v).upload(device).unsqueeze(0) - points,
         NormalOrientation::AwayFromCentroid => points - points.mean_dim(0, true, Kind::Float),
     };
     let away = dot(&normal, &towards.to_kind(Kind::Double)).lt(0.0).unsqueeze(1);
@@ -898,8 +953,7 @@ impl Compute {
                     padded.extend(points.as_flattened());
                     padded.resize(padded.len() + (longest - points.len()) * 3, 0.0);
                 }
-                let points =
-                    Tensor::from_slice(&padded).view([clouds.len() as i64, longest as i64, 3]).to_device(device);
+                let points = Tensor::from_slice(&padded).view([clouds.len() as i64, longest as i64, 3]).upload(device);
                 let lengths: Vec<i64> = clouds.iter().map(|c| c.len() as i64).collect();
                 let starts: Vec<i64> = starts.iter().map(|&s| s as i64).collect();
                 let chosen = host_indices(&farthest_point_sampling(&points, &lengths, count as i64, &starts))?;
@@ -988,7 +1042,7 @@ impl Compute {
             Some(device) => {
                 let groups = indices_tensor(groups, device).view([-1, patch_size as i64]);
                 let (points, centres) = (points_tensor(points, device), points_tensor(centres, device));
-                let scores = Tensor::from_slice(patch_scores).to_device(device);
+                let scores = Tensor::from_slice(patch_scores).upload(device);
                 host_floats(&spread_patch_scores(&points, &centres, &groups, &scores))
             }
         }
@@ -1004,7 +1058,7 @@ impl Compute {
         match self.device_for(Stage::Projection) {
             None => super::median_filter(points, values, index, radius),
             Some(device) => {
-                let values = Tensor::from_slice(values).to_device(device);
+                let values = Tensor::from_slice(values).upload(device);
                 host_floats(&median_filter(&points_tensor(points, device), &values, radius)?)
             }
         }
@@ -1145,23 +1199,43 @@ mod tests {
         // every point).
         let queries: Vec<Point> = (0..300).map(|i| pts[i * 5].map(|c| c * [1.0, 1.02, 1.5][i % 3])).collect();
         let radius = 0.08;
-        let found =
-            nearest_within(&points_tensor(&pts, Device::Cpu), &points_tensor(&queries, Device::Cpu), radius).unwrap();
-        let (found, squared) = (host_indices(&found.index).unwrap(), host_floats(&found.squared_distance).unwrap());
-        let mut nones = 0;
-        for (k, q) in queries.iter().enumerate() {
-            let nearest = index.nearest(q);
-            if nearest.squared_distance <= radius * radius {
-                assert_eq!(squared[k], nearest.squared_distance, "query {k}");
-            } else {
-                assert_eq!((found[k], squared[k]), (u32::MAX, f32::INFINITY), "query {k}");
-                nones += 1;
+        let points = points_tensor(&pts, Device::Cpu);
+        // Cells of the radius, and twice as wide (as ICP's later steps search the grids of earlier ones).
+        for cell in [radius, 2.0 * radius] {
+            let grid = CellGrid::new(&points, cell).unwrap();
+            let found = nearest_within(&grid, &points_tensor(&queries, Device::Cpu), radius);
+            let (found, squared) = (host_indices(&found.index).unwrap(), host_floats(&found.squared_distance).unwrap());
+            let mut nones = 0;
+            for (k, q) in queries.iter().enumerate() {
+                let nearest = index.nearest(q);
+                if nearest.squared_distance <= radius * radius {
+                    assert_eq!(squared[k], nearest.squared_distance, "query {k}");
+                } else {
+                    assert_eq!((found[k], squared[k]), (u32::MAX, f32::INFINITY), "query {k}");
+                    nones += 1;
+                }
+            }
+            assert_eq!(nones, 100, "every third query lies far off the surface");
+            let far = points_tensor(&[[9.0, 9.0, 9.0]], Device::Cpu);
+            let none = nearest_within(&grid, &far, radius);
+            assert_eq!(host_indices(&none.index).unwrap(), vec![u32::MAX]);
+        }
+    }
+
+    #[test]
+    fn each_icp_cutoff_has_a_grid_at_most_twice_as_wide() {
+        let (start, end) = (8.0f32, 1.5f32);
+        let mut cells: Vec<f32> = Vec::new();
+        for it in 0..20 {
+            let cutoff = start * (end / start).powf(it as f32 / 19.0);
+            let cell = fitting_cell(start, cutoff);
+            assert!(cell >= cutoff && cell < 2.0 * cutoff, "cut-off {cutoff}: cell {cell}");
+            if !cells.contains(&cell) {
+                cells.push(cell);
             }
         }
-        assert_eq!(nones, 100, "every third query lies far off the surface");
-        let far = points_tensor(&[[9.0, 9.0, 9.0]], Device::Cpu);
-        let none = nearest_within(&points_tensor(&pts, Device::Cpu), &far, radius).unwrap();
-        assert_eq!(host_indices(&none.index).unwrap(), vec![u32::MAX]);
+        assert_eq!(cells, [8.0, 4.0, 2.0], "three grids for the detector's 20 steps");
+        assert_eq!(fitting_cell(1.0, 3.0), 3.0, "a cut-off above the first is its own cell");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use super::config::BackboneConfig;
 use super::preprocess::{CONTEXT_DIMS, PatchedCloud};
 use super::{LayerInit, ModelError, Result, copy_into, tensors_from_bytes};
 use crate::geometry::{FPFH_BINS, Fpfh};
+use crate::transfers::Transfer;
 
 /// What a model's tokens came from; stored in the manifest and checked on load.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -313,7 +314,7 @@ impl Backbone {
     /// Feature rows (as [`point_feature_rows`] gives them) as an (S, C) tensor on the backbone's device.
     pub fn rows_tensor(&self, rows: &[f32]) -> Tensor {
         let width = self.width() as i64;
-        Tensor::from_slice(rows).reshape([rows.len() as i64 / width, width]).to_device(self.vs.device())
+        Tensor::from_slice(rows).reshape([rows.len() as i64 / width, width]).upload(self.vs.device())
     }
 
     /// Tokens of one patched cloud: (n, C), no gradient.
@@ -325,9 +326,9 @@ impl Backbone {
             Source::PointMae(model) => {
                 let groups = Tensor::from_slice(&cloud.relative_groups())
                     .reshape([1, n, cloud.patch_size as i64, 3])
-                    .to_device(device);
+                    .upload(device);
                 let centres: Vec<f32> = cloud.centre_points().into_iter().flatten().collect();
-                let centres = Tensor::from_slice(&centres).reshape([1, n, 3]).to_device(device);
+                let centres = Tensor::from_slice(&centres).reshape([1, n, 3]).upload(device);
                 Ok(model.forward(&groups, &centres).squeeze_dim(0))
             }
             Source::Fpfh { projection, radius_scales } => {
@@ -338,7 +339,7 @@ impl Backbone {
                     // Hellinger (square-root) scaling: histograms compare better than raw counts.
                     rows.extend(a.iter().chain(b.iter()).map(|v| (v / 100.0).sqrt()));
                 }
-                let x = Tensor::from_slice(&rows).reshape([n, 2 * FPFH_BINS as i64]).to_device(device);
+                let x = Tensor::from_slice(&rows).reshape([n, 2 * FPFH_BINS as i64]).upload(device);
                 Ok(x.matmul(projection))
             }
             Source::MultiscaleFpfh { .. } => {
@@ -366,7 +367,7 @@ pub fn point_feature_rows(radii_voxels: &[f32], cloud: &PatchedCloud) -> Result<
 /// The rows of a cloud's patch centres among its samples' point features.
 pub fn centre_rows(cloud: &PatchedCloud, device: Device) -> Tensor {
     let rows: Vec<i64> = cloud.centre_samples.iter().map(|&s| i64::from(s)).collect();
-    Tensor::from_slice(&rows).to_device(device)
+    Tensor::from_slice(&rows).upload(device)
 }
 
 /// Multi-scale FPFH tokens: 33 numbers per radius, then the surface context.

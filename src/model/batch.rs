@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::config::DetectorConfig;
 use super::preprocess::{self, Centres, PatchedCloud, PoseTemplate, Sampling, View};
@@ -20,6 +20,7 @@ use super::{
 use crate::cloud::{FinitePoints, PointCloud};
 use crate::geometry::device::{Compute, Stage};
 use crate::geometry::{self, Point};
+use crate::transfers::Transfer;
 
 /// What the geometry of a cloud needs of a detector: configuration, template and feature radii, no tensors.
 /// Owned (the template shared), so a thread without the detector can hold it ([`Detector::geometry`]).
@@ -211,7 +212,7 @@ fn split(all: &[f32], lengths: impl IntoIterator<Item = usize>) -> Vec<Vec<f32>>
 }
 
 fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view(-1).try_into()?)
+    Ok(t.download().to_kind(Kind::Float).contiguous().view(-1).try_into()?)
 }
 
 impl Detector {

@@ -16,6 +16,7 @@ use super::config::PreprocessConfig;
 use super::preprocess::PoseTemplate;
 use super::{ModelError, Result, tensors_from_bytes};
 use crate::geometry::{Point, UnitSphere};
+use crate::transfers::Transfer;
 
 /// Lower bound of a dimension's standard deviation: a constant dimension must not blow up to infinity.
 const MIN_STD: f64 = 1e-4;
@@ -101,7 +102,7 @@ impl Conditioning {
             return;
         }
         let picked = rand::seq::index::sample(rng, rows, size).into_iter().map(|i| i as i64).collect::<Vec<_>>();
-        self.bank = MemoryBank::new(all.index_select(0, &Tensor::from_slice(&picked).to_device(all.device())));
+        self.bank = MemoryBank::new(all.index_select(0, &Tensor::from_slice(&picked).upload(all.device())));
     }
 
     /// Keeps a greedy k-center coreset of at most `size` rows of the point features (each (n, C)): unlike a
@@ -144,7 +145,7 @@ impl Conditioning {
             .flat_map(|r| [r.low, r.high])
             .collect();
         let references = Tensor::from_slice(&references);
-        let cpu = |t: &Tensor| t.to_device(Device::Cpu).contiguous();
+        let cpu = |t: &Tensor| t.download().contiguous();
         let mut named = vec![
             ("mean", cpu(&self.mean)),
             ("std", cpu(&self.std)),
@@ -176,7 +177,7 @@ impl Conditioning {
             if !shape(&t.size()) {
                 return Err(format!("'{name}' has shape {:?} (token width {width})", t.size()));
             }
-            Ok(t.to_kind(Kind::Float).to_device(device))
+            Ok(t.to_kind(Kind::Float).upload(device))
         };
         let w = width as i64;
         let mean = get("mean", &|s| s == [w])?;
@@ -197,12 +198,12 @@ impl Conditioning {
         };
         let template = if tensors.contains_key("template_points") {
             let flat: Vec<f32> = get("template_points", &|s| s.len() == 2 && s[1] == 3 && s[0] > 0)?
-                .to_device(Device::Cpu)
+                .download()
                 .reshape([-1])
                 .try_into()
                 .map_err(|e| format!("{e}"))?;
             let f: Vec<f32> =
-                get("template_frame", &|s| s == [4])?.to_device(Device::Cpu).try_into().map_err(|e| format!("{e}"))?;
+                get("template_frame", &|s| s == [4])?.download().try_into().map_err(|e| format!("{e}"))?;
             let points: Vec<Point> = flat.chunks(3).map(|c| [c[0], c[1], c[2]]).collect();
             let frame = UnitSphere { centre: [f[0], f[1], f[2]], scale: f[3] };
             Some(Arc::new(PoseTemplate::new(points, frame, preprocess).map_err(|e| format!("template: {e}"))?))
@@ -244,7 +245,7 @@ pub fn greedy_coreset(rows: &Tensor, size: usize) -> Tensor {
         chosen.push(next);
         nearest = nearest.minimum(&squared_distance_to(next));
     }
-    rows.index_select(0, &Tensor::from_slice(&chosen).to_device(rows.device()))
+    rows.index_select(0, &Tensor::from_slice(&chosen).upload(rows.device()))
 }
 
 #[cfg(test)]

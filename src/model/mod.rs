@@ -29,6 +29,7 @@ use thiserror::Error;
 use crate::cloud::{CloudError, PointCloud};
 use crate::geometry::device::Compute;
 use crate::geometry::{self, GeometryError, Point};
+use crate::transfers::Transfer;
 use adaptor::Adaptor;
 use backbone::Backbone;
 use conditioning::{Conditioning, Reference};
@@ -358,7 +359,7 @@ pub(crate) fn copy_into(vs: &mut nn::VarStore, tensors: &HashMap<String, Tensor>
         return Err(format!("{} tensors missing, e.g. {}", missing.len(), shown.join(", ")));
     }
     for (name, dst) in variables.iter_mut() {
-        dst.copy_(&tensors[name].to_kind(Kind::Float).to_device(dst.device()));
+        dst.copy_(&tensors[name].to_kind(Kind::Float).upload(dst.device()));
     }
     Ok(())
 }
@@ -366,7 +367,7 @@ pub(crate) fn copy_into(vs: &mut nn::VarStore, tensors: &HashMap<String, Tensor>
 /// Centres of a patched cloud as a (1, n, 3) tensor.
 pub fn centre_tensor(cloud: &PatchedCloud, device: Device) -> Tensor {
     let flat: Vec<f32> = cloud.centre_points().into_iter().flatten().collect();
-    Tensor::from_slice(&flat).reshape([1, cloud.patch_count() as i64, 3]).to_device(device)
+    Tensor::from_slice(&flat).reshape([1, cloud.patch_count() as i64, 3]).upload(device)
 }
 
 impl Detector {

@@ -12,6 +12,7 @@ use crate::geometry::visibility::{self, CELL_CAMERA_DISTANCE, Camera};
 use crate::geometry::{
     self, Fpfh, NeighborIndex, Neighborhood, NormalOrientation, Point, RadiusSearch, UnitSphere, VoxelGrid,
 };
+use crate::transfers::Transfer;
 
 pub struct PatchedCloud {
     /// Voxel grid of the finite input points (sensor frame), with each input point's voxel.
@@ -597,7 +598,7 @@ fn device_surface_context(
             let mut counted = around.valid();
             if let Some(expected) = expected {
                 let flags: Vec<u8> = expected.iter().map(|&e| u8::from(e)).collect();
-                let flags = Tensor::from_slice(&flags).to_device(device).to_kind(Kind::Bool);
+                let flags = Tensor::from_slice(&flags).upload(device).to_kind(Kind::Bool);
                 counted =
                     counted.logical_and(&flags.index_select(0, &around.index.clamp_min(0).view(-1)).view([q, -1]));
             }

@@ -10,6 +10,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::{Fusion, ScaConfig};
 use crate::geometry::{self, FPFH_BINS, Fpfh, Point};
+use crate::transfers::Transfer;
 
 /// Sinkhorn: the transport plan for `log_kernel` (already divided by its temperature) with row marginals `a`
 /// and column marginals `b` (1-D, or batched with a leading dimension). Entries of −∞ stay 0.
@@ -82,7 +83,7 @@ pub fn aggregate(cfg: &ScaConfig, z: &Tensor, centres: &[Point], descriptors: &[
     let prototypes: Vec<i64> =
         geometry::farthest_point_sampling(centres, m, start).into_iter().map(i64::from).collect();
     let m = prototypes.len() as i64;
-    let proto_index = Tensor::from_slice(&prototypes).to_device(device);
+    let proto_index = Tensor::from_slice(&prototypes).upload(device);
     let centres_t = to_tensor(centres.iter().flat_map(|p| p.iter().copied()), [n, 3], device);
     let g = to_tensor(descriptors.iter().flat_map(|h| h.iter().copied()), [n, FPFH_BINS as i64], device);
     let positions = centres_t.index_select(0, &proto_index);
@@ -152,7 +153,7 @@ pub fn aggregate(cfg: &ScaConfig, z: &Tensor, centres: &[Point], descriptors: &[
 }
 
 fn to_tensor(values: impl Iterator<Item = f32>, shape: [i64; 2], device: Device) -> Tensor {
-    Tensor::from_slice(&values.collect::<Vec<f32>>()).reshape(shape).to_device(device)
+    Tensor::from_slice(&values.collect::<Vec<f32>>()).reshape(shape).upload(device)
 }
 
 #[cfg(test)]

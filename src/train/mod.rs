@@ -24,6 +24,7 @@ use crate::model::config::{DetectorConfig, GeneratorKind, ScoreSource};
 use crate::model::preprocess::{self, Augmentation, Centres, PatchedCloud, Sampling};
 use crate::model::store::TrainingSummary;
 use crate::model::{Detector, Heads, LayerInit, ModelError, Placement, RawScores, Result, sca, scoring};
+use crate::transfers::Transfer;
 
 /// Mixed into the training seed for the patch bank's draw.
 const BANK_SEED: u64 = 0xBA4C;
@@ -400,8 +401,8 @@ fn view_tokens(
         others.shuffle(rng);
         picked.extend(others.into_iter().take(budget.saturating_sub(picked.len()).max(budget / 2)));
         let labels: Vec<f32> = picked.iter().map(|&s| f32::from(u8::from(touched_sample(s as usize)))).collect();
-        let rows = all.index_select(0, &Tensor::from_slice(&picked).to_device(device));
-        (tokens, Some((rows, Tensor::from_slice(&labels).to_device(device))))
+        let rows = all.index_select(0, &Tensor::from_slice(&picked).upload(device));
+        (tokens, Some((rows, Tensor::from_slice(&labels).upload(device))))
     } else {
         (detector.backbone.tokens(patched)?, None)
     };
@@ -438,15 +439,15 @@ fn condition(detector: &mut Detector, prepared: Vec<ViewTokens>) -> Result<Vec<S
         let features = sca::aggregate(&detector.config.sca, &tokens, &view.centre_points, &view.descriptors);
         let n = view.centre_points.len();
         let flat: Vec<f32> = view.centre_points.iter().flatten().copied().collect();
-        let centres = Tensor::from_slice(&flat).reshape([n as i64, 3]).to_device(device);
+        let centres = Tensor::from_slice(&flat).reshape([n as i64, 3]).upload(device);
         let centres = detector.heads.with_capture(&centres, view.all_round);
         let clean = view.targets.is_none();
         let (targets, weights) = view.targets.unwrap_or_else(|| (vec![0.0; n], vec![1.0; n]));
         samples.push(Sample {
             features,
             centres,
-            targets: Tensor::from_slice(&targets).to_device(device),
-            weights: Tensor::from_slice(&weights).to_device(device),
+            targets: Tensor::from_slice(&targets).upload(device),
+            weights: Tensor::from_slice(&weights).upload(device),
             clean,
             points,
             all_round: view.all_round,
@@ -555,7 +556,7 @@ fn fit_heads(
                         // Feature noise on the clean views' tokens only; it adds negatives, never hides a
                         // geometric label.
                         let clean: Vec<f32> = batch.iter().map(|&i| f32::from(u8::from(samples[i].clean))).collect();
-                        let clean = Tensor::from_slice(&clean).to_device(q.device()).reshape([-1, 1]);
+                        let clean = Tensor::from_slice(&clean).upload(q.device()).reshape([-1, 1]);
                         let (corrupted, mask) = heads.generator.corrupt(&q);
                         let mask = mask * &clean;
                         targets = targets.maximum(&mask);

@@ -1,0 +1,68 @@
+//! Host ↔ device copies of tensors, counted. On a GPU each copy is a transfer, and each copy to the host also waits
+//! for every kernel queued before it: how many an inspection makes is one of its costs (`bench detector` shows
+//! them). Every call counts, whatever the device, so a run on CPU tensors shows what a GPU run would copy.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tch::{Device, Tensor};
+
+static TO_DEVICE: AtomicUsize = AtomicUsize::new(0);
+static TO_DEVICE_BYTES: AtomicUsize = AtomicUsize::new(0);
+static TO_HOST: AtomicUsize = AtomicUsize::new(0);
+static TO_HOST_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+fn bytes(t: &Tensor) -> usize {
+    t.numel() * t.kind().elt_size_in_bytes()
+}
+
+/// Counted copies between the host and a device.
+pub trait Transfer {
+    /// This tensor (built on the host) on `device`.
+    fn upload(&self, device: Device) -> Tensor;
+    /// This tensor on the host, to be read there.
+    fn download(&self) -> Tensor;
+}
+
+impl Transfer for Tensor {
+    fn upload(&self, device: Device) -> Tensor {
+        TO_DEVICE.fetch_add(1, Ordering::Relaxed);
+        TO_DEVICE_BYTES.fetch_add(bytes(self), Ordering::Relaxed);
+        self.to_device(device)
+    }
+
+    fn download(&self) -> Tensor {
+        TO_HOST.fetch_add(1, Ordering::Relaxed);
+        TO_HOST_BYTES.fetch_add(bytes(self), Ordering::Relaxed);
+        self.to_device(Device::Cpu)
+    }
+}
+
+/// Copies made by this process so far; the difference of two is what ran between them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Copies {
+    pub to_device: usize,
+    pub to_device_bytes: usize,
+    pub to_host: usize,
+    pub to_host_bytes: usize,
+}
+
+impl Copies {
+    pub fn so_far() -> Self {
+        Self {
+            to_device: TO_DEVICE.load(Ordering::Relaxed),
+            to_device_bytes: TO_DEVICE_BYTES.load(Ordering::Relaxed),
+            to_host: TO_HOST.load(Ordering::Relaxed),
+            to_host_bytes: TO_HOST_BYTES.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The copies made since `earlier`.
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            to_device: self.to_device - earlier.to_device,
+            to_device_bytes: self.to_device_bytes - earlier.to_device_bytes,
+            to_host: self.to_host - earlier.to_host,
+            to_host_bytes: self.to_host_bytes - earlier.to_host_bytes,
+        }
+    }
+}

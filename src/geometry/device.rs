@@ -498,22 +498,24 @@ fn correspondence_sums(
     let (rotation, translation) = (pose.narrow(0, 0, 9).view([3, 3]), pose.narrow(0, 9, 3));
     let moved = source.matmul(&rotation.tr()) + translation;
     let (points, nearest) = (template.points, nearest_within(template, &moved, cutoff));
-    let close = nearest.index.view(-1).ge(0).nonzero().view(-1);
-    let pair = nearest.index.view(-1).index_select(0, &close);
-    let (q, n) = (moved.index_select(0, &close), normals.index_select(0, &pair));
-    let residual = dot(&(&q - points.index_select(0, &pair)), &n).to_kind(Kind::Double);
-    let (q, n) = (q.to_kind(Kind::Double), n.to_kind(Kind::Double));
-    let rows = Tensor::cat(&[cross(&q, &n), n], 1);
-    // One read of every sum: A^T A (36), A^T b (6), the squared residual (1).
+    // Points without a pair take part as rows of zeros: selecting the pairs (`nonzero`) would wait for the device.
+    let far = nearest.index.view(-1).lt(0);
+    let pair = nearest.index.view(-1).clamp_min(0);
+    let n = normals.index_select(0, &pair);
+    let residual = dot(&(&moved - points.index_select(0, &pair)), &n).to_kind(Kind::Double).masked_fill(&far, 0.0);
+    let (q, n) = (moved.to_kind(Kind::Double), n.to_kind(Kind::Double));
+    let rows = Tensor::cat(&[cross(&q, &n), n], 1).masked_fill(&far.unsqueeze(1), 0.0);
+    // One read of every sum: A^T A (36), A^T b (6), the squared residual (1), the pairs (1).
     let sums = host_doubles(&Tensor::cat(
         &[
             rows.tr().matmul(&rows).view(-1),
             -(&rows * residual.unsqueeze(1)).sum_dim_intlist(0, false, Kind::Double),
             residual.square().sum(Kind::Double).view(1),
+            far.logical_not().sum(Kind::Double).view(1),
         ],
         0,
     ))?;
-    Ok(NormalEquations::from_sums(&sums[..36], &sums[36..42], close.size()[0] as usize, sums[42]))
+    Ok(NormalEquations::from_sums(&sums[..36], &sums[36..42], sums[43] as usize, sums[42]))
 }
 
 /// Each point's cell among the distinct rows of `keys` (N × 3 integer cell coordinates, numbered in sorted order)

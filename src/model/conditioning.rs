@@ -241,7 +241,7 @@ pub fn greedy_coreset(rows: &Tensor, size: usize) -> Tensor {
     let mut chosen = vec![0i64];
     let mut nearest = squared_distance_to(0);
     for _ in 1..size {
-        let next = nearest.argmax(0, false).int64_value(&[]);
+        let next = nearest.argmax(0, false).download().int64_value(&[]);
         chosen.push(next);
         nearest = nearest.minimum(&squared_distance_to(next));
     }

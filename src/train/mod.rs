@@ -591,7 +591,7 @@ fn fit_heads(
                 None => loss,
             };
             opt.backward_step_clip_norm(&loss, tc.gradient_clip);
-            sum += loss.double_value(&[]);
+            sum += loss.download().double_value(&[]);
             count += 1;
             let steps_done = epoch * steps_per_epoch + b + 1;
             let per_step = train_start.elapsed().as_secs_f32() / steps_done as f32;

@@ -173,9 +173,8 @@ impl<'a> CellGrid<'a> {
             let keys = (points.to_kind(Kind::Double) / cell).floor().to_kind(Kind::Int64);
             let low = keys.amin(0, false) - 1;
             let span_on_device = keys.amax(0, false) + 2 - &low;
-            let on_host: Vec<i64> = (&span_on_device.download()).try_into().ok()?;
-            let span: [i64; 3] = on_host.try_into().ok()?;
-            if span[0].checked_mul(span[1]).and_then(|xy| xy.checked_mul(span[2])).is_some() {
+            let span = host_span(&span_on_device)?;
+            if foldable(span) {
                 break (keys, low, span, span_on_device);
             }
             cell *= 2.0;
@@ -248,6 +247,16 @@ impl<'a> CellGrid<'a> {
         let (squared_distance, slot) = self.candidate_distances(queries, candidates).topk(k, 1, false, true);
         Neighbors { index: candidates.gather(1, &slot, false), squared_distance }
     }
+}
+
+/// A box of cells' extent per axis, read on the host.
+fn host_span(span: &Tensor) -> Option<[i64; 3]> {
+    Vec::<i64>::try_from(&span.download()).ok()?.try_into().ok()
+}
+
+/// Whether the cells of a box of `span` can be numbered by one i64 each ([`fold`]).
+fn foldable(span: [i64; 3]) -> bool {
+    span[0].checked_mul(span[1]).and_then(|xy| xy.checked_mul(span[2])).is_some()
 }
 
 /// Cell coordinates (… × 3, each within `span`) folded into one integer each.
@@ -523,12 +532,8 @@ fn correspondence_sums(
 /// numbers is many times cheaper than over N rows.
 fn cells_of(keys: &Tensor) -> (Tensor, Tensor) {
     let low = keys.amin(0, true);
-    let span: Vec<i64> = (&(keys.amax(0, false) - low.squeeze_dim(0) + 1).download()).try_into().unwrap_or_default();
-    let foldable = match span.as_slice() {
-        [x, y, z] => x.checked_mul(*y).and_then(|xy| xy.checked_mul(*z)).map(|_| [*x, *y, *z]),
-        _ => None,
-    };
-    let Some(span) = foldable else {
+    let span = host_span(&(keys.amax(0, false) - low.squeeze_dim(0) + 1)).filter(|&span| foldable(span));
+    let Some(span) = span else {
         let (_, cell, counts) = keys.unique_dim(0, true, true, true);
         return (cell, counts);
     };

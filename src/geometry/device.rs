@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 use crate::transfers::Transfer;
 
 use super::outliers::{RobustBox, quantile_ranks};
-use super::registration::{NormalEquations, Registration, Rigid, Template, icp_steps};
+use super::registration::{Registration, Rigid, Template, cutoffs, start};
 use super::{
     FPFH_BINS, Fpfh, GeometryError, Inliers, NeighborIndex, Neighborhood, NormalOrientation, OutlierRule, Point,
     Result, VoxelGrid, positive,
@@ -40,10 +40,6 @@ pub fn points_tensor(points: &[Point], device: Device) -> Tensor {
 /// A tensor's values as f32, row after row.
 pub fn host_floats(t: &Tensor) -> Result<Vec<f32>> {
     t.download().to_kind(Kind::Float).contiguous().view(-1).try_into().map_err(tensor_error)
-}
-
-fn host_doubles(t: &Tensor) -> Result<Vec<f64>> {
-    t.download().to_kind(Kind::Double).contiguous().view(-1).try_into().map_err(tensor_error)
 }
 
 fn host_flags(t: &Tensor) -> Result<Vec<bool>> {
@@ -447,8 +443,11 @@ pub fn in_floating_groups(points: &Tensor, voxel: f32, link: f32, min_group: usi
     Ok(group_sizes(&centroids, link)?.index_select(0, &representative).lt(min_group as i64))
 }
 
-/// Point-to-plane ICP as [`super::register`] defines it, each step's correspondences and sums on the device. Every
-/// correspondence is searched each step (the host keeps those that surely hold, which finds the same ones).
+/// Point-to-plane ICP as [`super::register`] defines it, every step on the device: the correspondences, the sums,
+/// the 6 × 6 solve and the pose. One copy of the start pose in and one read of the result: a step that read its
+/// sums to solve them on the host would wait for the device twice (the sums, the next pose), 20 steps over. Where
+/// the host stops (fewer than 6 pairs, no solution) the device's pose stops changing. Every correspondence is
+/// searched each step (the host keeps those that surely hold, which finds the same ones).
 pub fn register(
     source: &[Point],
     template: &Template,
@@ -458,29 +457,67 @@ pub fn register(
 ) -> Result<Registration> {
     let moving = points_tensor(source, device);
     let (points, normals) = (points_tensor(template.points, device), points_tensor(template.normals, device));
+    // What the host's loop returns, as it stands after each step: the pose (rotation row after row, translation),
+    // the overlap and the rms.
+    let first = start(source, template, distances[0]);
+    let values: Vec<f32> =
+        first.rotation.as_flattened().iter().chain(&first.translation).chain(&[0.0, f32::INFINITY]).copied().collect();
+    let mut result = Tensor::from_slice(&values).upload(device);
+    let (mut rotation, mut translation) = (result.narrow(0, 0, 9).view([3, 3]), result.narrow(0, 9, 3));
+    let mut live = Tensor::ones([], (Kind::Bool, device));
     // The template's grids: cells of the first cut-off, halved until they fit a step's, each built once and
     // searched by every step it fits (at most twice that step's cut-off wide): 3 builds, and their reads, for the
     // 20 steps of the detector's 8 → 1.5 voxels.
     let mut grids: Vec<(f32, CellGrid)> = Vec::new();
-    let mut failed = None;
-    let registration = icp_steps(source, template, distances, iterations, |transform, cutoff| {
-        let sums = positive("ICP cut-off", cutoff).and_then(|cutoff| {
-            let cell = fitting_cell(distances[0], cutoff);
-            let at = match grids.iter().position(|(c, _)| *c == cell) {
-                Some(at) => at,
-                None => {
-                    grids.push((cell, CellGrid::new(&points, cell).ok_or(GeometryError::Empty)?));
-                    grids.len() - 1
-                }
-            };
-            correspondence_sums(&moving, &grids[at].1, &normals, transform, cutoff)
-        });
-        sums.unwrap_or_else(|e| {
-            failed = Some(e);
-            NormalEquations::default()
-        })
-    });
-    failed.map_or(Ok(registration), Err)
+    for cutoff in cutoffs(distances, iterations) {
+        let cutoff = positive("ICP cut-off", cutoff)?;
+        let cell = fitting_cell(distances[0], cutoff);
+        let at = match grids.iter().position(|(c, _)| *c == cell) {
+            Some(at) => at,
+            None => {
+                grids.push((cell, CellGrid::new(&points, cell).ok_or(GeometryError::Empty)?));
+                grids.len() - 1
+            }
+        };
+        let sums = correspondence_sums(&moving, &grids[at].1, &normals, &rotation, &translation, cutoff);
+        let (ata, atb) = (sums.narrow(0, 0, 36).view([6, 6]), sums.narrow(0, 36, 6).view([6, 1]));
+        let (residual2, used) = (sums.get(42), sums.get(43));
+        live = live.logical_and(&used.ge(6.0));
+        let overlap = used.to_kind(Kind::Float) / source.len() as f64;
+        let rms = (residual2 / &used).sqrt().to_kind(Kind::Float);
+        let measured = Tensor::cat(&[rotation.view(-1), translation.shallow_clone(), overlap.view(1), rms.view(1)], 0);
+        result = measured.where_self(&live, &result);
+        let (factor, info) = ata.linalg_cholesky_ex(false, false);
+        let x = atb.cholesky_solve(&factor, false).view(-1);
+        live = live.logical_and(&info.eq(0));
+        let turn = euler_rotation(&x.narrow(0, 0, 3)).to_kind(Kind::Float);
+        let moved_rotation = turn.matmul(&rotation);
+        let moved_translation = turn.matmul(&translation) + x.narrow(0, 3, 3).to_kind(Kind::Float);
+        rotation = moved_rotation.where_self(&live, &rotation);
+        translation = moved_translation.where_self(&live, &translation);
+        let moved_pose = Tensor::cat(&[rotation.view(-1), translation.shallow_clone()], 0);
+        result = Tensor::cat(&[moved_pose, result.narrow(0, 12, 2)], 0);
+    }
+    let values = host_floats(&result)?;
+    let rotation = std::array::from_fn(|i| std::array::from_fn(|j| values[3 * i + j]));
+    let transform = Rigid { rotation, translation: [values[9], values[10], values[11]] };
+    Ok(Registration { transform, overlap: values[12], rms: values[13] })
+}
+
+/// The rotation of roll, pitch and yaw (`angles`, f64) as the host's `Rotation3::from_euler_angles` makes it:
+/// yaw about z after pitch about y after roll about x.
+fn euler_rotation(angles: &Tensor) -> Tensor {
+    let options = (angles.kind(), angles.device());
+    let (one, zero) = (Tensor::ones([1], options), Tensor::zeros([1], options));
+    let (cos, sin) = (angles.cos(), angles.sin());
+    let minus_sin = -&sin;
+    let matrix = |entries: [&Tensor; 9]| Tensor::cat(&entries, 0).view([3, 3]);
+    let [x, y, z] =
+        [0, 1, 2].map(|axis| (cos.narrow(0, axis, 1), sin.narrow(0, axis, 1), minus_sin.narrow(0, axis, 1)));
+    let roll = matrix([&one, &zero, &zero, &zero, &x.0, &x.2, &zero, &x.1, &x.0]);
+    let pitch = matrix([&y.0, &zero, &y.1, &zero, &one, &zero, &y.2, &zero, &y.0]);
+    let yaw = matrix([&z.0, &z.2, &zero, &z.1, &z.0, &zero, &zero, &zero, &one]);
+    yaw.matmul(&pitch).matmul(&roll)
 }
 
 /// The cell of the grid that serves `cutoff`: `largest` halved while it stays at least `cutoff` (`cutoff` where that
@@ -493,18 +530,17 @@ fn fitting_cell(largest: f32, cutoff: f32) -> f32 {
     cell.max(cutoff)
 }
 
-/// One ICP step on the device: `source` moved by `transform`, each point's nearest template point within `cutoff`,
-/// and the point-to-plane sums over those pairs (in f64, the residual in f32 first, as the host takes them).
+/// One ICP step on the device: `source` moved by `rotation` and `translation`, each point's nearest template point
+/// within `cutoff`, and the point-to-plane sums over those pairs (in f64, the residual in f32 first, as the host takes
+/// them): A^T A (36), A^T b (6), the squared residual (1), the pairs (1).
 fn correspondence_sums(
     source: &Tensor,
     template: &CellGrid,
     normals: &Tensor,
-    transform: &Rigid,
+    rotation: &Tensor,
+    translation: &Tensor,
     cutoff: f32,
-) -> Result<NormalEquations> {
-    let pose: Vec<f32> = transform.rotation.as_flattened().iter().chain(&transform.translation).copied().collect();
-    let pose = Tensor::from_slice(&pose).upload(source.device());
-    let (rotation, translation) = (pose.narrow(0, 0, 9).view([3, 3]), pose.narrow(0, 9, 3));
+) -> Tensor {
     let moved = source.matmul(&rotation.tr()) + translation;
     let (points, nearest) = (template.points, nearest_within(template, &moved, cutoff));
     // Points without a pair take part as rows of zeros: selecting the pairs (`nonzero`) would wait for the device.
@@ -514,8 +550,7 @@ fn correspondence_sums(
     let residual = dot(&(&moved - points.index_select(0, &pair)), &n).to_kind(Kind::Double).masked_fill(&far, 0.0);
     let (q, n) = (moved.to_kind(Kind::Double), n.to_kind(Kind::Double));
     let rows = Tensor::cat(&[cross(&q, &n), n], 1).masked_fill(&far.unsqueeze(1), 0.0);
-    // One read of every sum: A^T A (36), A^T b (6), the squared residual (1), the pairs (1).
-    let sums = host_doubles(&Tensor::cat(
+    Tensor::cat(
         &[
             rows.tr().matmul(&rows).view(-1),
             -(&rows * residual.unsqueeze(1)).sum_dim_intlist(0, false, Kind::Double),
@@ -523,8 +558,7 @@ fn correspondence_sums(
             far.logical_not().sum(Kind::Double).view(1),
         ],
         0,
-    ))?;
-    Ok(NormalEquations::from_sums(&sums[..36], &sums[36..42], sums[43] as usize, sums[42]))
+    )
 }
 
 /// Each point's cell among the distinct rows of `keys` (N × 3 integer cell coordinates, numbered in sorted order)
@@ -1226,6 +1260,28 @@ mod tests {
             let far = points_tensor(&[[9.0, 9.0, 9.0]], Device::Cpu);
             let none = nearest_within(&grid, &far, radius);
             assert_eq!(host_indices(&none.index).unwrap(), vec![u32::MAX]);
+        }
+    }
+
+    #[test]
+    fn registration_stops_where_the_hosts_does() {
+        // A flat template: its normals leave the turn about z and the slides along x and y unconstrained, so the
+        // first step's equations have no unique solution and both keep the start (with that step's overlap).
+        let plane: Vec<Point> = (0..900).map(|i| [(i % 30) as f32 * 0.1, (i / 30) as f32 * 0.1, 0.0]).collect();
+        let index = NeighborIndex::new(&plane).unwrap();
+        let normals = vec![[0.0, 0.0, 1.0]; plane.len()];
+        let isolation = super::super::registration::isolation(&plane, &index);
+        let template = Template { points: &plane, normals: &normals, index: &index, isolation: &isolation };
+        let lifted: Vec<Point> = plane.iter().map(|p| [p[0], p[1], p[2] + 0.02]).collect();
+        // Too few points to pair: no step at all.
+        let few = &lifted[..5];
+        for scan in [&lifted[..], few] {
+            let host = Compute::Host.register(scan, &template, [0.3, 0.03], 20).unwrap();
+            let device = CPU.register(scan, &template, [0.3, 0.03], 20).unwrap();
+            assert_eq!(host.overlap > 0.0, scan.len() > 5, "{} points: a step measured", scan.len());
+            assert_eq!(device.transform, host.transform, "{} points", scan.len());
+            assert_eq!(device.overlap, host.overlap, "{} points", scan.len());
+            assert_eq!(device.rms.to_bits(), host.rms.to_bits(), "{} points", scan.len());
         }
     }
 

@@ -94,7 +94,7 @@ const START_SAMPLE: usize = 256;
 /// of its points nearer the template (each distance capped at `cutoff`). A scan in the template's frame (a
 /// fixtured part) is nearly in place already, and a single view's centroid is not the part's: only one side is
 /// seen, so the centroids would pull it off by a good share of the part. A scan in another frame needs them.
-fn start(source: &[Point], template: &Template, cutoff: f32) -> Rigid {
+pub(crate) fn start(source: &[Point], template: &Template, cutoff: f32) -> Rigid {
     let (cs, ct) = (centroid(source), centroid(template.points));
     let centred = Rigid { translation: [ct[0] - cs[0], ct[1] - cs[1], ct[2] - cs[2]], ..Rigid::IDENTITY };
     let step = source.len().div_ceil(START_SAMPLE).max(1);
@@ -154,7 +154,7 @@ const CHUNK: usize = 512;
 
 /// The point-to-plane least-squares system of one ICP step, summed over correspondences.
 #[derive(Default)]
-pub(crate) struct NormalEquations {
+struct NormalEquations {
     ata: Matrix6<f64>,
     atb: Vector6<f64>,
     used: usize,
@@ -164,13 +164,6 @@ pub(crate) struct NormalEquations {
 }
 
 impl NormalEquations {
-    /// From sums made elsewhere (the device's): AᵀA row after row, Aᵀb, the correspondences used and their
-    /// squared residuals (searches not counted).
-    pub(crate) fn from_sums(ata: &[f64], atb: &[f64], used: usize, residual2: f64) -> Self {
-        let ata = Matrix6::from_row_slice(ata);
-        Self { ata, atb: Vector6::from_column_slice(atb), used, residual2, searches: 0 }
-    }
-
     /// Adds the correspondence of the moved source point `q` with template point `t` (normal `n`).
     fn add(&mut self, q: Point, t: Point, n: Point) {
         let r = dot([q[0] - t[0], q[1] - t[1], q[2] - t[2]], n) as f64;
@@ -242,22 +235,29 @@ fn icp(
     (registration, searches)
 }
 
-/// ICP's loop: from the [`start`], `iterations` steps with the cut-off shrinking geometrically from the start
-/// distance to the end distance; `step(transform, cutoff)` sums the normal equations of the source moved by
-/// `transform` over its correspondences within `cutoff`.
-pub(crate) fn icp_steps(
+/// ICP's correspondence cut-offs, one per step: shrinking geometrically from the start distance to the end distance
+/// over `iterations` steps (at least one).
+pub(crate) fn cutoffs([start_distance, end_distance]: [f32; 2], iterations: usize) -> impl Iterator<Item = f32> {
+    let iterations = iterations.max(1);
+    (0..iterations).map(move |it| {
+        let f = it as f32 / (iterations - 1).max(1) as f32;
+        start_distance * (end_distance / start_distance).powf(f)
+    })
+}
+
+/// ICP's loop: from the [`start`], a step per [`cutoffs`]; `step(transform, cutoff)` sums the normal equations of
+/// the source moved by `transform` over its correspondences within `cutoff`. Stops where fewer than 6 pairs are
+/// left or the equations have no unique solution (the device's twin, `device::register`, freezes instead).
+fn icp_steps(
     source: &[Point],
     template: &Template,
-    [start_distance, end_distance]: [f32; 2],
+    distances: [f32; 2],
     iterations: usize,
     mut step: impl FnMut(&Rigid, f32) -> NormalEquations,
 ) -> Registration {
-    let mut transform = start(source, template, start_distance);
+    let mut transform = start(source, template, distances[0]);
     let mut result = Registration { transform, overlap: 0.0, rms: f32::INFINITY };
-    let iterations = iterations.max(1);
-    for it in 0..iterations {
-        let f = it as f32 / (iterations - 1).max(1) as f32;
-        let cutoff = start_distance * (end_distance / start_distance).powf(f);
+    for cutoff in cutoffs(distances, iterations) {
         let NormalEquations { ata, atb, used, residual2, .. } = step(&transform, cutoff);
         if used < 6 {
             break;

@@ -249,7 +249,10 @@ fn outliers_and_registration(
         compute.drop_floating_groups(finite, compute.inside_robust_box(finite, &rule)?, &rule)
     })?;
     let isolation = geometry::registration::isolation(points, index);
-    let template = geometry::Template { points, normals, index, isolation: &isolation };
+    // As the detector keeps its template: the copy on the device made once, by the first registration.
+    let (shared_points, shared_normals) = (geometry::SharedPoints::from(points), geometry::SharedPoints::from(normals));
+    let template =
+        geometry::Template { points: &shared_points, normals: &shared_normals, index, isolation: &isolation };
     let (sin, cos) = 1f32.to_radians().sin_cos();
     let turned = [[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]];
     let pose = geometry::Rigid { rotation: turned, translation: [cfg.voxel, 0.0, 0.0] };

@@ -17,6 +17,7 @@ use crate::transfers::Transfer;
 
 use super::outliers::{RobustBox, quantile_ranks};
 use super::registration::{Registration, Rigid, Template, cutoffs, start};
+use super::shared::SharedPoints;
 use super::{
     FPFH_BINS, Fpfh, GeometryError, Inliers, NeighborIndex, Neighborhood, NormalOrientation, OutlierRule, Point,
     Result, VoxelGrid, positive,
@@ -456,7 +457,7 @@ pub fn register(
     device: Device,
 ) -> Result<Registration> {
     let moving = points_tensor(source, device);
-    let (points, normals) = (points_tensor(template.points, device), points_tensor(template.normals, device));
+    let (points, normals) = (template.points.on(device), template.normals.on(device));
     // What the host's loop returns, as it stands after each step: the pose (rotation row after row, translation),
     // the overlap and the rms.
     let first = start(source, template, distances[0]);
@@ -581,14 +582,14 @@ fn cells_of(keys: &Tensor) -> (Tensor, Tensor) {
 /// B × `count` indices, of which each cloud's first min(`count`, length) are its samples.
 pub fn farthest_point_sampling(points: &Tensor, lengths: &[i64], count: i64, starts: &[i64]) -> Tensor {
     let (batch, n, device) = (points.size()[0], points.size()[1], points.device());
-    let real = Tensor::arange(n, (Kind::Int64, device))
-        .unsqueeze(0)
-        .lt_tensor(&Tensor::from_slice(lengths).upload(device).unsqueeze(1));
+    let starts = starts.iter().zip(lengths).map(|(&s, &len)| s.clamp(0, (len - 1).max(0)));
+    // The lengths and the starts go up in one copy.
+    let given = Tensor::from_slice(&lengths.iter().copied().chain(starts).collect::<Vec<i64>>()).upload(device);
+    let real = Tensor::arange(n, (Kind::Int64, device)).unsqueeze(0).lt_tensor(&given.narrow(0, 0, batch).unsqueeze(1));
     // Chosen and padding points are at −∞: never the farthest; a chosen point's duplicates (0) stay eligible.
     let mut nearest = Tensor::full([batch, n], f64::INFINITY, (Kind::Float, device))
         .masked_fill(&real.logical_not(), f64::NEG_INFINITY);
-    let starts: Vec<i64> = starts.iter().zip(lengths).map(|(&s, &len)| s.clamp(0, (len - 1).max(0))).collect();
-    let mut current = Tensor::from_slice(&starts).upload(device);
+    let mut current = given.narrow(0, batch, batch);
     let chosen_mark = Tensor::full([batch, 1], f64::NEG_INFINITY, (Kind::Float, device));
     let mut chosen = Vec::with_capacity(count.max(0) as usize);
     // Eight kernels a step (a GPU's cost here is their launches, `count` times over): the offsets squared in one
@@ -905,18 +906,18 @@ impl Compute {
         }
     }
 
-    pub fn voxel_downsample(&self, points: &[Point], voxel_size: f32) -> Result<VoxelGrid> {
+    pub fn voxel_downsample(&self, points: &SharedPoints, voxel_size: f32) -> Result<VoxelGrid> {
         match self.device_for(Stage::Voxels) {
             None => super::voxel_downsample(points, voxel_size),
             Some(device) => {
-                let (centroids, representative) = voxel_downsample(&points_tensor(points, device), voxel_size)?;
+                let (centroids, representative) = voxel_downsample(&points.on(device), voxel_size)?;
                 host_grid(&centroids, &representative)
             }
         }
     }
 
-    /// The voxel grid and, per voxel, its [central member](VoxelGrid::central_members), from one copy of the points.
-    pub fn voxel_centres(&self, points: &[Point], voxel_size: f32) -> Result<(VoxelGrid, Vec<u32>)> {
+    /// The voxel grid and, per voxel, its [central member](VoxelGrid::central_members).
+    pub fn voxel_centres(&self, points: &SharedPoints, voxel_size: f32) -> Result<(VoxelGrid, Vec<u32>)> {
         match self.device_for(Stage::Fpfh) {
             None => {
                 let grid = super::voxel_downsample(points, voxel_size)?;
@@ -924,7 +925,7 @@ impl Compute {
                 Ok((grid, central))
             }
             Some(device) => {
-                let points = points_tensor(points, device);
+                let points = points.on(device);
                 let (centroids, representative) = voxel_downsample(&points, voxel_size)?;
                 let central = host_indices(&central_members(&points, &centroids, &representative))?;
                 Ok((host_grid(&centroids, &representative)?, central))
@@ -966,9 +967,18 @@ impl Compute {
         }
     }
 
-    pub fn farthest_point_sampling(&self, points: &[Point], count: usize, start: usize) -> Result<Vec<u32>> {
-        let mut one = self.farthest_point_sampling_batch(&[points], count, &[start])?;
-        Ok(one.pop().unwrap_or_default())
+    pub fn farthest_point_sampling(&self, points: &SharedPoints, count: usize, start: usize) -> Result<Vec<u32>> {
+        match self.device_for(Stage::Sampling) {
+            None => Ok(super::farthest_point_sampling(points, count, start)),
+            Some(device) => {
+                let (length, start) = (points.len() as i64, start as i64);
+                let chosen =
+                    farthest_point_sampling(&points.on(device).unsqueeze(0), &[length], count as i64, &[start]);
+                let mut chosen = host_indices(&chosen)?;
+                chosen.truncate(count.min(points.len()));
+                Ok(chosen)
+            }
+        }
     }
 
     /// [`Self::farthest_point_sampling`] of several clouds (`starts` one per cloud). On a device they share one
@@ -1008,20 +1018,21 @@ impl Compute {
         }
     }
 
-    /// Normals over the `k` nearest points, of points about `spacing` apart.
+    /// Normals over the `k` nearest points, of points about `spacing` apart (made on the device, they stay there
+    /// too).
     pub fn normals(
         &self,
-        points: &[Point],
+        points: &SharedPoints,
         index: &NeighborIndex,
         k: usize,
         spacing: f32,
         orientation: NormalOrientation,
-    ) -> Result<Vec<Point>> {
+    ) -> Result<SharedPoints<'static>> {
         match self.device_for(Stage::Normals) {
-            None => Ok(super::estimate_normals(points, index, Neighborhood::Knn(k), orientation)),
+            None => Ok(super::estimate_normals(points, index, Neighborhood::Knn(k), orientation).into()),
             Some(device) => {
-                let points = points_tensor(points, device);
-                host_points(&normals(&points, k as i64, surface_reach(k, spacing), orientation))
+                let reach = surface_reach(k, spacing);
+                SharedPoints::from_device(normals(&points.on(device), k as i64, reach, orientation))
             }
         }
     }
@@ -1030,16 +1041,17 @@ impl Compute {
     /// apart.
     pub fn group(
         &self,
-        points: &[Point],
+        points: &SharedPoints,
         index: &NeighborIndex,
-        centres: &[Point],
+        centres: &[u32],
         k: usize,
         spacing: f32,
     ) -> Result<Vec<u32>> {
         match self.device_for(Stage::Grouping) {
-            None => Ok(index.group(centres, k)),
+            None => Ok(index.group(&centres.iter().map(|&c| points[c as usize]).collect::<Vec<_>>(), k)),
             Some(device) => {
-                let (points, centres) = (points_tensor(points, device), points_tensor(centres, device));
+                let points = points.on(device);
+                let centres = points.index_select(0, &indices_tensor(centres, device));
                 host_indices(&knn(&points, &centres, k as i64, surface_reach(k, spacing)).index)
             }
         }
@@ -1049,8 +1061,8 @@ impl Compute {
     /// it is `None`, the device's needs none.
     pub fn fpfh_at(
         &self,
-        points: &[Point],
-        normals: &[Point],
+        points: &SharedPoints,
+        normals: &SharedPoints,
         index: Option<&NeighborIndex>,
         radius: f32,
         queries: &[u32],
@@ -1061,28 +1073,33 @@ impl Compute {
                 None => super::fpfh_at(points, normals, &NeighborIndex::new(points)?, radius, queries),
             },
             Some(device) => {
-                let (points, normals) = (points_tensor(points, device), points_tensor(normals, device));
-                let hist = fpfh_at(&points, &normals, radius, &indices_tensor(queries, device))?;
+                let hist = fpfh_at(&points.on(device), &normals.on(device), radius, &indices_tensor(queries, device))?;
                 let flat = host_floats(&hist)?;
                 Ok(flat.chunks_exact(FPFH_BINS).map(|h| std::array::from_fn(|b| h[b])).collect())
             }
         }
     }
 
-    /// As [`super::projection::spread_patch_scores`].
+    /// As [`super::projection::spread_patch_scores`], with the patch centres given as indices into `points`.
     pub fn spread_patch_scores(
         &self,
-        points: &[Point],
-        centres: &[Point],
+        points: &SharedPoints,
+        centres: &[u32],
         groups: &[u32],
         patch_size: usize,
         patch_scores: &[f32],
     ) -> Result<Vec<f32>> {
         match self.device_for(Stage::Projection) {
-            None => super::projection::spread_patch_scores(points, centres, groups, patch_size, patch_scores),
+            None => {
+                let centres: Vec<Point> = centres.iter().map(|&c| points[c as usize]).collect();
+                super::projection::spread_patch_scores(points, &centres, groups, patch_size, patch_scores)
+            }
             Some(device) => {
-                let groups = indices_tensor(groups, device).view([-1, patch_size as i64]);
-                let (points, centres) = (points_tensor(points, device), points_tensor(centres, device));
+                // The groups and the centres (indices both) go up in one copy.
+                let indices = indices_tensor(&[groups, centres].concat(), device);
+                let groups = indices.narrow(0, 0, groups.len() as i64).view([-1, patch_size as i64]);
+                let points = points.on(device);
+                let centres = points.index_select(0, &indices.narrow(0, groups.numel() as i64, centres.len() as i64));
                 let scores = Tensor::from_slice(patch_scores).upload(device);
                 host_floats(&spread_patch_scores(&points, &centres, &groups, &scores))
             }
@@ -1091,7 +1108,7 @@ impl Compute {
 
     pub fn median_filter(
         &self,
-        points: &[Point],
+        points: &SharedPoints,
         values: &[f32],
         index: &NeighborIndex,
         radius: f32,
@@ -1100,7 +1117,7 @@ impl Compute {
             None => super::median_filter(points, values, index, radius),
             Some(device) => {
                 let values = Tensor::from_slice(values).upload(device);
-                host_floats(&median_filter(&points_tensor(points, device), &values, radius)?)
+                host_floats(&median_filter(&points.on(device), &values, radius)?)
             }
         }
     }
@@ -1114,6 +1131,10 @@ mod tests {
     use super::*;
 
     const CPU: Compute = Compute::tensors(Device::Cpu);
+
+    fn shared(points: &[Point]) -> SharedPoints<'_> {
+        SharedPoints::from(points)
+    }
 
     /// A bumpy sphere, jittered: no exact distance ties, curvature for the normals and FPFH to see.
     fn surface(n: usize, seed: u64) -> Vec<Point> {
@@ -1179,7 +1200,8 @@ mod tests {
         let orientation = NormalOrientation::AwayFromCentroid;
         let normals = super::super::estimate_normals(&target, &index, Neighborhood::Knn(12), orientation);
         let isolation = super::super::registration::isolation(&target, &index);
-        let template = Template { points: &target, normals: &normals, index: &index, isolation: &isolation };
+        let (points, normals) = (shared(&target), shared(&normals));
+        let template = Template { points: &points, normals: &normals, index: &index, isolation: &isolation };
         // The part turned by 3° and moved, its bottom unseen, every 10th point raised about the last cut-off.
         let (cos, sin) = (3f32.to_radians().cos(), 3f32.to_radians().sin());
         let raise = |p: Point| p.map(|c| c * (1.0 + 0.031 / super::super::dot(p, p).sqrt()));
@@ -1207,8 +1229,8 @@ mod tests {
             let x = 3.0 + i as f32 * 0.5;
             pts.extend([[x + 0.0234375, 3.0078125, 3.0078125], [x + 0.0078125, 3.0078125, 3.0078125]]);
         }
-        let (grid, central) = CPU.voxel_centres(&pts, 0.05).unwrap();
-        let (host_grid, host_central) = Compute::Host.voxel_centres(&pts, 0.05).unwrap();
+        let (grid, central) = CPU.voxel_centres(&shared(&pts), 0.05).unwrap();
+        let (host_grid, host_central) = Compute::Host.voxel_centres(&shared(&pts), 0.05).unwrap();
         assert_eq!((grid.points, grid.representative), (host_grid.points, host_grid.representative));
         assert_eq!(central, host_central);
         assert!(central.contains(&5000) && central.contains(&5098), "each pair's first point");
@@ -1223,7 +1245,7 @@ mod tests {
         let rows: Vec<Vec<u32>> = (0..2).map(|r| host_indices(&chosen.get(r)).unwrap()).collect();
         assert_eq!(rows[0], super::super::farthest_point_sampling(&a, 256, 5));
         assert_eq!(rows[1], super::super::farthest_point_sampling(&b, 256, 17), "padding is never chosen");
-        let few = CPU.farthest_point_sampling(&a[..10], 50, 0).unwrap();
+        let few = CPU.farthest_point_sampling(&shared(&a[..10]), 50, 0).unwrap();
         assert_eq!(few, super::super::farthest_point_sampling(&a[..10], 50, 0), "no more samples than points");
         let clouds = [&a[..], &b[..10], &b[..]];
         let both = CPU.farthest_point_sampling_batch(&clouds, 256, &[5, 0, 17]).unwrap();
@@ -1271,7 +1293,8 @@ mod tests {
         let index = NeighborIndex::new(&plane).unwrap();
         let normals = vec![[0.0, 0.0, 1.0]; plane.len()];
         let isolation = super::super::registration::isolation(&plane, &index);
-        let template = Template { points: &plane, normals: &normals, index: &index, isolation: &isolation };
+        let (points, normals) = (shared(&plane), shared(&normals));
+        let template = Template { points: &points, normals: &normals, index: &index, isolation: &isolation };
         let lifted: Vec<Point> = plane.iter().map(|p| [p[0], p[1], p[2] + 0.02]).collect();
         // Too few points to pair: no step at all.
         let few = &lifted[..5];
@@ -1305,10 +1328,12 @@ mod tests {
     fn knn_groups_and_normals_are_the_hosts() {
         let pts = surface(4000, 4);
         let index = NeighborIndex::new(&pts).unwrap();
-        let centres: Vec<Point> = pts.iter().step_by(37).copied().collect();
+        let centres: Vec<u32> = (0..pts.len() as u32).step_by(37).collect();
+        let centre_points: Vec<Point> = centres.iter().map(|&c| pts[c as usize]).collect();
         // The sphere's points are about 0.056 apart; at a spacing of 0.001 every query leaves the cells for all
         // points, at 0.056 the cells serve almost all, at 1.0 the cells hold every point.
-        let host = index.group(&centres, 32);
+        let host = index.group(&centre_points, 32);
+        let pts = shared(&pts);
         for spacing in [0.001, 0.056, 1.0] {
             let ours = CPU.group(&pts, &index, &centres, 32, spacing).unwrap();
             assert_eq!(ours, host, "spacing {spacing}: no ties on a jittered surface, the same members in order");
@@ -1321,16 +1346,18 @@ mod tests {
             }
         }
         let few = NeighborIndex::new(&pts[..2]).unwrap();
-        let zero = CPU.normals(&pts[..2], &few, 16, 0.056, NormalOrientation::AwayFromCentroid);
-        assert_eq!(zero.unwrap(), vec![[0.0; 3]; 2], "too few points: no normal");
+        let zero = CPU.normals(&shared(&pts[..2]), &few, 16, 0.056, NormalOrientation::AwayFromCentroid);
+        assert_eq!(zero.unwrap().to_vec(), vec![[0.0; 3]; 2], "too few points: no normal");
     }
 
     #[test]
     fn fpfh_is_the_hosts() {
-        let pts = surface(3000, 5);
+        let pts = SharedPoints::from(surface(3000, 5));
         let index = NeighborIndex::new(&pts).unwrap();
-        let mut normals = Compute::Host.normals(&pts, &index, 16, 0.1, NormalOrientation::AwayFromCentroid).unwrap();
+        let normals = Compute::Host.normals(&pts, &index, 16, 0.1, NormalOrientation::AwayFromCentroid).unwrap();
+        let mut normals = normals.to_vec();
         normals[7] = [0.0; 3]; // a point without a normal takes part in no pair
+        let normals = shared(&normals);
         let queries: Vec<u32> = (0..3000).step_by(7).chain([7, 7, 2999]).collect();
         for radius in [0.08, 0.15] {
             let host = Compute::Host.fpfh_at(&pts, &normals, Some(&index), radius, &queries).unwrap();
@@ -1345,7 +1372,7 @@ mod tests {
 
     #[test]
     fn spread_and_median_filter_are_the_hosts() {
-        let pts = surface(2500, 6);
+        let pts = SharedPoints::from(surface(2500, 6));
         let index = NeighborIndex::new(&pts).unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(6);
         let mut values: Vec<f32> = (0..pts.len()).map(|_| rng.gen_range(0.0..1.0)).collect();
@@ -1358,10 +1385,10 @@ mod tests {
             assert!(same, "radius {radius}: order statistics are exact");
         }
         // A point far out: cells of the radius would be too many to number, larger ones still find every neighbour.
-        let mut far = pts.clone();
+        let mut far = pts.to_vec();
         far.push([3e6, -3e6, 3e6]);
         values.push(0.5);
-        let index = NeighborIndex::new(&far).unwrap();
+        let (index, far) = (NeighborIndex::new(&far).unwrap(), shared(&far));
         let host = Compute::Host.median_filter(&far, &values, &index, 0.02).unwrap();
         let ours = CPU.median_filter(&far, &values, &index, 0.02).unwrap();
         assert!(host.iter().zip(&ours).all(|(a, b)| a == b || (a.is_nan() && b.is_nan())), "with a far point");
@@ -1372,8 +1399,8 @@ mod tests {
         let centre_points: Vec<Point> = centres.iter().map(|&c| pts[c as usize]).collect();
         let groups = index.group(&centre_points, 20);
         let patch_scores: Vec<f32> = (0..40).map(|p| (p * 7 % 13) as f32).collect();
-        let host = Compute::Host.spread_patch_scores(&pts, &centre_points, &groups, 20, &patch_scores).unwrap();
-        let ours = CPU.spread_patch_scores(&pts, &centre_points, &groups, 20, &patch_scores).unwrap();
+        let host = Compute::Host.spread_patch_scores(&pts, &centres, &groups, 20, &patch_scores).unwrap();
+        let ours = CPU.spread_patch_scores(&pts, &centres, &groups, 20, &patch_scores).unwrap();
         assert_eq!(ours, host);
     }
 }

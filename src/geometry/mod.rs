@@ -18,6 +18,7 @@ pub mod outliers;
 pub mod projection;
 pub mod registration;
 pub mod sampling;
+pub mod shared;
 pub mod visibility;
 pub mod voxel;
 
@@ -31,6 +32,7 @@ pub use normals::{NormalOrientation, SurfaceEstimate, estimate_normals, estimate
 pub use outliers::{Inliers, OutlierRule, drop_floating_groups, inside_robust_box};
 pub use registration::{Registration, Rigid, Template, register};
 pub use sampling::farthest_point_sampling;
+pub use shared::SharedPoints;
 pub use voxel::{VoxelGrid, voxel_downsample};
 
 use thiserror::Error;

@@ -7,7 +7,7 @@
 use nalgebra::{Matrix3, Matrix6, Rotation3, Vector3, Vector6};
 use rayon::prelude::*;
 
-use super::{NeighborIndex, Point, dot, squared_distance};
+use super::{NeighborIndex, Point, SharedPoints, dot, squared_distance};
 
 /// `p ↦ R p + t`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -53,8 +53,8 @@ impl Rigid {
 
 /// A template to register to: points, their normals, an index over them, and each point's [`isolation`].
 pub struct Template<'a> {
-    pub points: &'a [Point],
-    pub normals: &'a [Point],
+    pub points: &'a SharedPoints<'a>,
+    pub normals: &'a SharedPoints<'a>,
     pub index: &'a NeighborIndex,
     pub isolation: &'a [f32],
 }
@@ -306,9 +306,9 @@ mod tests {
 
     /// The part's points with what registration needs of a template.
     struct TestTemplate {
-        points: Vec<Point>,
+        points: SharedPoints<'static>,
         index: NeighborIndex,
-        normals: Vec<Point>,
+        normals: SharedPoints<'static>,
         isolation: Vec<f32>,
     }
 
@@ -317,7 +317,7 @@ mod tests {
             let index = NeighborIndex::new(&points).unwrap();
             let normals = estimate_normals(&points, &index, Neighborhood::Knn(12), NormalOrientation::AwayFromCentroid);
             let isolation = isolation(&points, &index);
-            Self { points, index, normals, isolation }
+            Self { points: points.into(), index, normals: normals.into(), isolation }
         }
 
         fn template(&self) -> Template<'_> {

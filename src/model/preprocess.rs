@@ -10,7 +10,8 @@ use super::{ModelError, Result};
 use crate::geometry::device::{Compute, Stage};
 use crate::geometry::visibility::{self, CELL_CAMERA_DISTANCE, Camera};
 use crate::geometry::{
-    self, Fpfh, NeighborIndex, Neighborhood, NormalOrientation, Point, RadiusSearch, UnitSphere, VoxelGrid,
+    self, Fpfh, NeighborIndex, Neighborhood, NormalOrientation, Point, RadiusSearch, SharedPoints, UnitSphere,
+    VoxelGrid,
 };
 use crate::transfers::Transfer;
 
@@ -20,14 +21,14 @@ pub struct PatchedCloud {
     /// Sensor frame ↔ normalised frame.
     pub frame: UnitSphere,
     /// Voxel points in the normalised (and, in training, augmented) frame.
-    pub points: Vec<Point>,
+    pub points: SharedPoints<'static>,
     pub index: NeighborIndex,
     /// Patch centres: indices into `points`, FPS order.
     pub centres: Vec<u32>,
     /// `centres.len() × patch_size` indices into `points`, patch after patch.
     pub groups: Vec<u32>,
     pub patch_size: usize,
-    pub normals: Vec<Point>,
+    pub normals: SharedPoints<'static>,
     /// SCA's geometric descriptor g_i: FPFH at each centre, over `fpfh_radius` (normalised frame).
     pub descriptors: Vec<Fpfh>,
     pub fpfh_radius: f32,
@@ -111,7 +112,7 @@ impl PatchedCloud {
         let points: Vec<Point> = keep.iter().map(|&i| self.points[i as usize]).collect();
         let normals: Vec<Point> = keep.iter().map(|&i| self.normals[i as usize]).collect();
         let queries: Vec<u32> = self.centres.iter().map(|c| keep.binary_search(c).map_or(0, |k| k as u32)).collect();
-        Ok(self.compute.fpfh_at(&points, &normals, None, radius, &queries)?)
+        Ok(self.compute.fpfh_at(&points.into(), &normals.into(), None, radius, &queries)?)
     }
 
     /// FPFH of each sample over `radius` (normalised frame), on a [`CoarseCopy`] where the radius holds many
@@ -211,14 +212,14 @@ pub fn align(
 /// sphere frame. Scans are registered to it and normalised with its frame, so a patch position means the same
 /// place on the part in every scan.
 pub struct PoseTemplate {
-    pub points: Vec<Point>,
+    pub points: SharedPoints<'static>,
     pub frame: UnitSphere,
-    normals: Vec<Point>,
+    normals: SharedPoints<'static>,
     index: NeighborIndex,
     isolation: Vec<f32>,
     voxel: f32,
     /// The template in its own normalised frame (where registered scans are), and indexed.
-    placed_points: Vec<Point>,
+    placed_points: SharedPoints<'static>,
     placed: NeighborIndex,
 }
 
@@ -229,6 +230,7 @@ impl PoseTemplate {
         let isolation = geometry::registration::isolation(&points, &index);
         let placed_points = frame.apply_all(&points);
         let placed = NeighborIndex::new(&placed_points)?;
+        let (points, normals, placed_points) = (points.into(), normals.into(), placed_points.into());
         Ok(Self { points, frame, normals, index, isolation, voxel: cfg.voxel_size, placed_points, placed })
     }
 
@@ -243,7 +245,7 @@ impl PoseTemplate {
     /// first cloud's frame is kept.
     pub fn fused(first: &[Point], others: &[&[Point]], cfg: &PreprocessConfig) -> Result<Self> {
         let base = Self::from_cloud(first, cfg)?;
-        let mut all = base.points.clone();
+        let mut all = base.points.to_vec();
         for cloud in others {
             let grid = geometry::voxel_downsample(cloud, cfg.voxel_size)?;
             let pose = base.register(&grid.points, Compute::Host)?.transform;
@@ -359,7 +361,7 @@ pub fn prepare_view(
     augment: Option<(&Augmentation, &mut dyn rand::RngCore)>,
     compute: Compute,
 ) -> Result<View> {
-    let grid = compute.voxel_downsample(finite_points, cfg.voxel_size)?;
+    let grid = compute.voxel_downsample(&finite_points.into(), cfg.voxel_size)?;
     if grid.points.len() > cfg.max_voxel_points {
         return Err(ModelError::TooManyVoxels {
             points: grid.points.len(),
@@ -425,8 +427,8 @@ pub fn patch_cloud(
 /// and every scale and every scan density then costs about the same. Each coarse point takes the normal of its
 /// voxel's central member: a choice that host and device make alike.
 struct CoarseCopy {
-    points: Vec<Point>,
-    normals: Vec<Point>,
+    points: SharedPoints<'static>,
+    normals: SharedPoints<'static>,
     /// Per voxel point, its coarse point.
     representative: Vec<u32>,
 }
@@ -435,8 +437,8 @@ impl CoarseCopy {
     /// `None` where the radius is small enough to use the voxel points themselves.
     fn for_radius(
         compute: Compute,
-        points: &[Point],
-        normals: &[Point],
+        points: &SharedPoints,
+        normals: &SharedPoints,
         voxel: f32,
         radius: f32,
     ) -> Result<Option<Self>> {
@@ -445,8 +447,8 @@ impl CoarseCopy {
             return Ok(None);
         }
         let (grid, central) = compute.voxel_centres(points, coarse_voxel)?;
-        let normals = central.iter().map(|&i| normals[i as usize]).collect();
-        Ok(Some(Self { points: grid.points, normals, representative: grid.representative }))
+        let normals: Vec<Point> = central.iter().map(|&i| normals[i as usize]).collect();
+        Ok(Some(Self { points: grid.points.into(), normals: normals.into(), representative: grid.representative }))
     }
 }
 
@@ -454,8 +456,8 @@ impl CoarseCopy {
 /// each histogram is still taken at its centre) where the radius holds many points.
 fn centre_descriptors(
     compute: Compute,
-    points: &[Point],
-    normals: &[Point],
+    points: &SharedPoints,
+    normals: &SharedPoints,
     index: &NeighborIndex,
     voxel: f32,
     centres: &[u32],
@@ -464,12 +466,12 @@ fn centre_descriptors(
     let Some(copy) = CoarseCopy::for_radius(compute, points, normals, voxel, radius)? else {
         return Ok(compute.fpfh_at(points, normals, Some(index), radius, centres)?);
     };
-    let (mut coarse_points, mut coarse_normals) = (copy.points, copy.normals);
+    let (mut coarse_points, mut coarse_normals) = (copy.points.to_vec(), copy.normals.to_vec());
     let first = coarse_points.len() as u32;
     coarse_points.extend(centres.iter().map(|&c| points[c as usize]));
     coarse_normals.extend(centres.iter().map(|&c| normals[c as usize]));
     let queries: Vec<u32> = (first..coarse_points.len() as u32).collect();
-    Ok(compute.fpfh_at(&coarse_points, &coarse_normals, None, radius, &queries)?)
+    Ok(compute.fpfh_at(&coarse_points.into(), &coarse_normals.into(), None, radius, &queries)?)
 }
 
 /// At each voxel point `at` (normalised frame, `voxel` its edge), what FPFH cannot see:
@@ -486,8 +488,8 @@ fn centre_descriptors(
 /// host, or as tensor code on a device ([`device_surface_context`]).
 pub fn surface_context(
     compute: Compute,
-    points: &[Point],
-    normals: &[Point],
+    points: &SharedPoints,
+    normals: &SharedPoints,
     index: &NeighborIndex,
     voxel: f32,
     template: Option<(&PoseTemplate, Option<&[bool]>)>,
@@ -564,13 +566,13 @@ fn host_surface_context(
 /// round and, where two template points are equally near, which one is taken.
 fn device_surface_context(
     device: tch::Device,
-    points: &[Point],
-    normals: &[Point],
+    points: &SharedPoints,
+    normals: &SharedPoints,
     voxel: f32,
     template: Option<(&PoseTemplate, Option<&[bool]>)>,
     at: &[u32],
 ) -> Result<Vec<[f32; CONTEXT_DIMS]>> {
-    use crate::geometry::device::{host_floats, indices_tensor, knn, points_tensor, within};
+    use crate::geometry::device::{host_floats, indices_tensor, knn, within};
     use tch::{Kind, Tensor};
     if at.is_empty() {
         return Ok(Vec::new());
@@ -578,8 +580,8 @@ fn device_surface_context(
     let [near, far] = CONTEXT_RADII_VOXELS.map(|r| r * voxel);
     let within_near = |found: &crate::geometry::device::Neighbors| found.squared_distance.le(f64::from(near * near));
     let count = |mask: &Tensor| mask.sum_dim_intlist(1, false, Kind::Float);
-    let cloud = points_tensor(points, device);
-    let centres = cloud.index_select(0, &indices_tensor(at, device));
+    let (cloud, at) = (points.on(device), indices_tensor(at, device));
+    let centres = cloud.index_select(0, &at);
     let q = centres.size()[0];
     let scan = within(&cloud, &centres, far)?;
     let (found_near, found_far) = (within_near(&scan), scan.valid());
@@ -593,7 +595,7 @@ fn device_surface_context(
             columns.extend([1.0, 1.0, 0.0, 0.0, 0.0].map(|v| Tensor::full([q], v, (Kind::Float, device))));
         }
         Some((t, expected)) => {
-            let template_points = points_tensor(&t.placed_points, device);
+            let template_points = t.placed_points.on(device);
             let around = within(&template_points, &centres, far)?;
             let mut counted = around.valid();
             if let Some(expected) = expected {
@@ -610,12 +612,11 @@ fn device_surface_context(
             }
             let nearest = knn(&template_points, &centres, 1, far);
             let i = nearest.index.view(-1);
-            let template_normals = points_tensor(&t.normals, device).index_select(0, &i);
+            let template_normals = t.normals.on(device).index_select(0, &i);
             let offset = &centres - template_points.index_select(0, &i);
             let cap = f64::from(TEMPLATE_DISTANCE_CAP_VOXELS);
             let along = (offset * &template_normals).sum_dim_intlist(1, false, Kind::Float).abs();
-            let sampled_normals: Vec<Point> = at.iter().map(|&i| normals[i as usize]).collect();
-            let agreement = (points_tensor(&sampled_normals, device) * template_normals)
+            let agreement = (normals.on(device).index_select(0, &at) * template_normals)
                 .sum_dim_intlist(1, false, Kind::Float)
                 .abs()
                 .clamp_max(1.0);
@@ -661,6 +662,7 @@ pub fn patch_view(
         return Err(ModelError::TooFewPoints { points: view.points.len(), needed: patch_size, voxel: cfg.voxel_size });
     }
     let View { grid, frame, points, viewpoint, voxel, compute } = view;
+    let points = SharedPoints::from(points);
     // FPS is serial: the tree and the normals take the other core meanwhile; likewise the SCA descriptors and
     // the samples' surface context below.
     let (centres, indexed) = rayon::join(
@@ -676,8 +678,7 @@ pub fn patch_view(
         },
     );
     let (centres, (index, normals)) = (centres?, indexed?);
-    let centre_points: Vec<Point> = centres.iter().map(|&c| points[c as usize]).collect();
-    let groups = compute.group(&points, &index, &centre_points, patch_size, voxel)?;
+    let groups = compute.group(&points, &index, &centres, patch_size, voxel)?;
     let (descriptors, sampled) = rayon::join(
         || centre_descriptors(compute, &points, &normals, &index, voxel, &centres, cfg.fpfh_radius),
         || -> Result<_> {
@@ -723,7 +724,7 @@ struct FeatureSamples {
 }
 
 impl FeatureSamples {
-    fn of(compute: Compute, points: &[Point], voxel: f32, centres: &[u32], sampling: Sampling) -> Result<Self> {
+    fn of(compute: Compute, points: &SharedPoints, voxel: f32, centres: &[u32], sampling: Sampling) -> Result<Self> {
         Ok(match sampling {
             Sampling::EveryPoint => {
                 let every: Vec<u32> = (0..points.len() as u32).collect();

@@ -22,8 +22,7 @@ pub fn project_to_points(
 
 /// Each voxel point's score: the maximum over the patches that contain it, else its nearest patch's.
 pub fn spread_patch_scores(cloud: &PatchedCloud, patch_scores: &[f32]) -> crate::geometry::Result<Vec<f32>> {
-    let centres = cloud.centre_points();
-    cloud.compute.spread_patch_scores(&cloud.points, &centres, &cloud.groups, cloud.patch_size, patch_scores)
+    cloud.compute.spread_patch_scores(&cloud.points, &cloud.centres, &cloud.groups, cloud.patch_size, patch_scores)
 }
 
 /// A group of anomalous points linked to each other.

@@ -458,13 +458,14 @@ pub fn register(
 ) -> Result<Registration> {
     let moving = points_tensor(source, device);
     let (points, normals) = (template.points.on(device), template.normals.on(device));
-    // What the host's loop returns, as it stands after each step: the pose (rotation row after row, translation),
-    // the overlap and the rms.
+    // The pose (rotation row after row, translation) and, as the host's loop last measured them, the overlap and
+    // the rms: the pose the host returns is always the current one.
     let first = start(source, template, distances[0]);
     let values: Vec<f32> =
         first.rotation.as_flattened().iter().chain(&first.translation).chain(&[0.0, f32::INFINITY]).copied().collect();
-    let mut result = Tensor::from_slice(&values).upload(device);
-    let (mut rotation, mut translation) = (result.narrow(0, 0, 9).view([3, 3]), result.narrow(0, 9, 3));
+    let values = Tensor::from_slice(&values).upload(device);
+    let (mut rotation, mut translation) = (values.narrow(0, 0, 9).view([3, 3]), values.narrow(0, 9, 3));
+    let mut measured = values.narrow(0, 12, 2);
     let mut live = Tensor::ones([], (Kind::Bool, device));
     // The template's grids: cells of the first cut-off, halved until they fit a step's, each built once and
     // searched by every step it fits (at most twice that step's cut-off wide): 3 builds, and their reads, for the
@@ -486,8 +487,7 @@ pub fn register(
         live = live.logical_and(&used.ge(6.0));
         let overlap = used.to_kind(Kind::Float) / source.len() as f64;
         let rms = (residual2 / &used).sqrt().to_kind(Kind::Float);
-        let measured = Tensor::cat(&[rotation.view(-1), translation.shallow_clone(), overlap.view(1), rms.view(1)], 0);
-        result = measured.where_self(&live, &result);
+        measured = Tensor::cat(&[overlap.view(1), rms.view(1)], 0).where_self(&live, &measured);
         let (factor, info) = ata.linalg_cholesky_ex(false, false);
         let x = atb.cholesky_solve(&factor, false).view(-1);
         live = live.logical_and(&info.eq(0));
@@ -496,10 +496,8 @@ pub fn register(
         let moved_translation = turn.matmul(&translation) + x.narrow(0, 3, 3).to_kind(Kind::Float);
         rotation = moved_rotation.where_self(&live, &rotation);
         translation = moved_translation.where_self(&live, &translation);
-        let moved_pose = Tensor::cat(&[rotation.view(-1), translation.shallow_clone()], 0);
-        result = Tensor::cat(&[moved_pose, result.narrow(0, 12, 2)], 0);
     }
-    let values = host_floats(&result)?;
+    let values = host_floats(&Tensor::cat(&[rotation.view(-1), translation, measured], 0))?;
     let rotation = std::array::from_fn(|i| std::array::from_fn(|j| values[3 * i + j]));
     let transform = Rigid { rotation, translation: [values[9], values[10], values[11]] };
     Ok(Registration { transform, overlap: values[12], rms: values[13] })
@@ -609,6 +607,18 @@ pub fn farthest_point_sampling(points: &Tensor, lengths: &[i64], count: i64, sta
         return Tensor::zeros([batch, 0], (Kind::Int64, device));
     }
     Tensor::stack(&chosen, 1)
+}
+
+/// [`farthest_point_sampling`] of a batch already on the device, read back as each cloud's samples.
+fn samples_per_cloud(points: &Tensor, lengths: &[usize], count: usize, starts: &[usize]) -> Result<Vec<Vec<u32>>> {
+    let wide = |values: &[usize]| values.iter().map(|&v| v as i64).collect::<Vec<i64>>();
+    let chosen = host_indices(&farthest_point_sampling(points, &wide(lengths), count as i64, &wide(starts)))?;
+    // Row b holds cloud b's samples, then (past its length) repeats of the padding's choice.
+    Ok(lengths
+        .iter()
+        .enumerate()
+        .map(|(b, &length)| chosen[b * count..b * count + count.min(length)].to_vec())
+        .collect())
 }
 
 /// PCA normals over the `k` nearest points as [`super::estimate_normals`] computes them (f64 covariance; the
@@ -971,12 +981,8 @@ impl Compute {
         match self.device_for(Stage::Sampling) {
             None => Ok(super::farthest_point_sampling(points, count, start)),
             Some(device) => {
-                let (length, start) = (points.len() as i64, start as i64);
-                let chosen =
-                    farthest_point_sampling(&points.on(device).unsqueeze(0), &[length], count as i64, &[start]);
-                let mut chosen = host_indices(&chosen)?;
-                chosen.truncate(count.min(points.len()));
-                Ok(chosen)
+                let mut one = samples_per_cloud(&points.on(device).unsqueeze(0), &[points.len()], count, &[start])?;
+                Ok(one.pop().unwrap_or_default())
             }
         }
     }
@@ -1005,15 +1011,8 @@ impl Compute {
                     padded.resize(padded.len() + (longest - points.len()) * 3, 0.0);
                 }
                 let points = Tensor::from_slice(&padded).view([clouds.len() as i64, longest as i64, 3]).upload(device);
-                let lengths: Vec<i64> = clouds.iter().map(|c| c.len() as i64).collect();
-                let starts: Vec<i64> = starts.iter().map(|&s| s as i64).collect();
-                let chosen = host_indices(&farthest_point_sampling(&points, &lengths, count as i64, &starts))?;
-                // Row b holds cloud b's samples, then (past its length) repeats of the padding's choice.
-                Ok(clouds
-                    .iter()
-                    .enumerate()
-                    .map(|(b, points)| chosen[b * count..b * count + count.min(points.len())].to_vec())
-                    .collect())
+                let lengths: Vec<usize> = clouds.iter().map(|c| c.len()).collect();
+                samples_per_cloud(&points, &lengths, count, starts)
             }
         }
     }

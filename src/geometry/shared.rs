@@ -41,6 +41,11 @@ impl<'a> SharedPoints<'a> {
             }
         }
     }
+
+    /// The host's points, moved out where they are owned (the device copy is dropped).
+    pub fn into_vec(self) -> Vec<Point> {
+        self.host.into_owned()
+    }
 }
 
 impl Deref for SharedPoints<'_> {

@@ -466,7 +466,7 @@ fn centre_descriptors(
     let Some(copy) = CoarseCopy::for_radius(compute, points, normals, voxel, radius)? else {
         return Ok(compute.fpfh_at(points, normals, Some(index), radius, centres)?);
     };
-    let (mut coarse_points, mut coarse_normals) = (copy.points.to_vec(), copy.normals.to_vec());
+    let (mut coarse_points, mut coarse_normals) = (copy.points.into_vec(), copy.normals.into_vec());
     let first = coarse_points.len() as u32;
     coarse_points.extend(centres.iter().map(|&c| points[c as usize]));
     coarse_normals.extend(centres.iter().map(|&c| normals[c as usize]));

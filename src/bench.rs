@@ -276,11 +276,10 @@ pub fn device_geometry(input: &BenchInput, cfg: &GeometryBench) -> Result<Table>
     let input_points = table.stage("copy in", format!("{} points", host_points.len()), r, || {
         device::points_tensor(&host_points, torch_device)
     });
-    let (points, representative) = table.stage("voxel grid", String::new(), r, || {
-        let (points, representative) = device::voxel_downsample(&input_points, cfg.voxel)?;
-        let _ = device::host_points(&points)?;
-        Ok::<_, geometry::GeometryError>((points, representative))
+    let voxels = table.stage("voxel grid", String::new(), r, || {
+        Ok::<_, geometry::GeometryError>(device::voxel_grid(&input_points, cfg.voxel, |_| Vec::new())?.0)
     })?;
+    let (points, representative) = (voxels.centroids, voxels.representative);
     let n = points.size()[0];
     if let Some(stage) = table.stages.last_mut() {
         stage.detail = format!("{} → {n} points", host_points.len());

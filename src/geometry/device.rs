@@ -9,7 +9,9 @@
 //!
 //! [`Compute`] places each [`Stage`] on the host or the device and keeps the host's types at its edges, so the pipeline
 //! can switch stage by stage: a copy in and out around each device stage. Within a stage, reads back to the host
-//! (each a wait for the device's queue) are kept to what sizes the next tensors; `crate::transfers` counts both.
+//! (each a wait for the device's queue) are kept to what sizes the next tensors; a stage's results come back in one
+//! read, with the checks that vouch for them (finite points, an exact numbering of cells) rather than before them.
+//! `crate::transfers` counts both directions.
 
 use tch::{Device, Kind, Tensor};
 
@@ -57,8 +59,29 @@ fn host_count(t: &Tensor) -> Option<i64> {
     i64::try_from(&t.download()).ok()
 }
 
-fn host_grid(centroids: &Tensor, representative: &Tensor) -> Result<VoxelGrid> {
-    Ok(VoxelGrid { points: host_points(centroids)?, representative: host_indices(representative)? })
+/// Several tensors read in one copy (on a GPU, one wait instead of one each), each as f64 values row after row:
+/// exact for f32 values, flags and every index below 2^53.
+fn read_together(parts: &[&Tensor]) -> Result<Vec<Vec<f64>>> {
+    let flat: Vec<Tensor> = parts.iter().map(|t| t.to_kind(Kind::Double).reshape([-1])).collect();
+    let all: Vec<f64> = Tensor::cat(&flat, 0).download().try_into().map_err(tensor_error)?;
+    let mut rest = all.as_slice();
+    Ok(parts
+        .iter()
+        .map(|t| {
+            let (part, after) = rest.split_at((t.numel()).min(rest.len()));
+            rest = after;
+            part.to_vec()
+        })
+        .collect())
+}
+
+/// Values read by [`read_together`] as points (three at a time) and as indices.
+fn as_points(values: &[f64]) -> Vec<Point> {
+    values.chunks_exact(3).map(|c| [c[0] as f32, c[1] as f32, c[2] as f32]).collect()
+}
+
+fn as_indices(values: &[f64]) -> Vec<u32> {
+    values.iter().map(|&i| i as u32).collect()
 }
 
 /// An N × 3 tensor's rows as points.
@@ -137,49 +160,48 @@ impl Neighbors {
 struct CellGrid<'a> {
     points: &'a Tensor,
     cell: f64,
-    /// The box of cells (with a margin of one), as the lowest cell and the strides that fold a cell into a code
-    /// (on the host, and on the device to test the queries' cells against).
+    /// The box of cells (with a margin of one), as its lowest cell and its extent per axis.
     low: Tensor,
-    span: [i64; 3],
-    span_on_device: Tensor,
+    span: Tensor,
     /// The 27 cells around a cell, as offsets (1 × 27 × 3).
     offsets: Tensor,
     /// The most points in one cell, and the rows of queries per block of a search that it leaves (a query has at
     /// most 27 cells of the fullest).
     fullest: i64,
     block_rows: i64,
-    /// Occupied cells' codes (ascending), the first place in `order` of each and its count.
-    codes: Tensor,
-    starts: Tensor,
-    counts: Tensor,
-    /// Point indices, cell after cell.
+    /// Each point's cell code, ascending, and the point indices in that order.
+    sorted_codes: Tensor,
     order: Tensor,
 }
 
 impl<'a> CellGrid<'a> {
     /// Cells of edge `cell` at least (larger where the cloud's box would hold too many cells to number: a larger
-    /// cell still holds every point within `cell`). `None` where `cell` is not a finite positive size, or for no
-    /// points.
+    /// cell still holds every point within `cell`). `None` where `cell` is not a finite positive size, for no
+    /// points, or for non-finite ones. One read: the fullest cell's count, which sizes the searches, with whether the cells could be
+    /// numbered; no `unique` (on a GPU, another wait): a cell's points are found in the sorted codes.
     fn new(points: &'a Tensor, cell: f32) -> Option<Self> {
         if !(cell.is_finite() && cell > 0.0) || points.size()[0] == 0 {
             return None;
         }
         let device = points.device();
         let mut cell = f64::from(cell);
-        let (keys, low, span, span_on_device) = loop {
+        let (low, span, fullest, sorted_codes, order) = loop {
             let keys = (points.to_kind(Kind::Double) / cell).floor().to_kind(Kind::Int64);
             let low = keys.amin(0, false) - 1;
-            let span_on_device = keys.amax(0, false) + 2 - &low;
-            let span = host_span(&span_on_device)?;
-            if foldable(span) {
-                break (keys, low, span, span_on_device);
+            let span = keys.amax(0, false) + 2 - &low;
+            let code = fold(&(keys - &low), &span);
+            let order = code.argsort(0, false);
+            let sorted_codes = code.index_select(0, &order);
+            let fullest = (cell_ends(&sorted_codes, &sorted_codes) - cell_starts(&sorted_codes, &sorted_codes)).max();
+            let [fullest, numbered] = read_together(&[&fullest, &foldable(&span)]).ok()?.try_into().ok()?;
+            if numbered.first() == Some(&1.0) {
+                break (low, span, fullest.first().map_or(1, |&f| f as i64), sorted_codes, order);
             }
             cell *= 2.0;
+            if !cell.is_finite() {
+                return None; // Non-finite points: no cell numbers them.
+            }
         };
-        let code = fold(&(keys - &low), span);
-        let order = code.argsort(0, false);
-        let (codes, _, counts) = code.index_select(0, &order).unique_consecutive(false, true, 0);
-        let starts = counts.cumsum(0, Kind::Int64) - &counts;
         // Built where they are used: three kernels, not a copy.
         let o = Tensor::arange(27, (Kind::Int64, device));
         let offsets = Tensor::stack(
@@ -191,22 +213,8 @@ impl<'a> CellGrid<'a> {
             1,
         )
         .view([1, 27, 3]);
-        let fullest = host_count(&counts.max()).unwrap_or(1);
         let block_rows = (SEARCH_BLOCK_ELEMENTS / (27 * fullest).max(1)).max(1);
-        Some(Self {
-            points,
-            cell,
-            low,
-            span,
-            span_on_device,
-            offsets,
-            fullest,
-            block_rows,
-            codes,
-            starts,
-            counts,
-            order,
-        })
+        Some(Self { points, cell, low, span, offsets, fullest, block_rows, sorted_codes, order })
     }
 
     /// Every point of the 27 cells around each query: Q × 27·fullest indices, −1 past each cell's own. Padded to
@@ -217,16 +225,13 @@ impl<'a> CellGrid<'a> {
         let q = queries.size()[0];
         let keys = (queries.to_kind(Kind::Double) / self.cell).floor().to_kind(Kind::Int64) - &self.low;
         let around = keys.unsqueeze(1) + &self.offsets;
-        let inside = around.ge(0).logical_and(&around.lt_tensor(&self.span_on_device)).all_dim(2, false);
-        let code = fold(&around.clamp_min(0), self.span);
-        let last = self.codes.size()[0] - 1;
-        let place = code.searchsorted(&self.codes, false, false, "left", None::<Tensor>).clamp_max(last);
-        let found = inside.logical_and(&self.codes.index_select(0, &place.view(-1)).view([q, 27]).eq_tensor(&code));
-        let count = self.counts.index_select(0, &place.view(-1)).view([q, 27]) * found;
+        let inside = around.ge(0).logical_and(&around.lt_tensor(&self.span)).all_dim(2, false);
+        let code = fold(&around.clamp_min(0), &self.span);
+        let start = cell_starts(&self.sorted_codes, &code);
+        let count = (cell_ends(&self.sorted_codes, &code) - &start) * inside;
         let width = self.fullest;
         let step = Tensor::arange(width, (Kind::Int64, device)).view([1, 1, width]);
-        let slot =
-            (self.starts.index_select(0, &place.view(-1)).view([q, 27, 1]) + &step).clamp_max(self.order.size()[0] - 1);
+        let slot = (start.unsqueeze(2) + &step).clamp_max(self.order.size()[0] - 1);
         let index = self.order.index_select(0, &slot.view(-1)).view([q, 27, width]);
         index.masked_fill(&step.ge_tensor(&count.unsqueeze(2)), -1).view([q, 27 * width])
     }
@@ -246,19 +251,27 @@ impl<'a> CellGrid<'a> {
     }
 }
 
-/// A box of cells' extent per axis, read on the host.
-fn host_span(span: &Tensor) -> Option<[i64; 3]> {
-    Vec::<i64>::try_from(&span.download()).ok()?.try_into().ok()
+/// Where each of `codes` begins among `sorted` (ascending), and where it ends: the two differ by its count.
+fn cell_starts(sorted: &Tensor, codes: &Tensor) -> Tensor {
+    codes.searchsorted(sorted, false, false, "left", None::<Tensor>)
 }
 
-/// Whether the cells of a box of `span` can be numbered by one i64 each ([`fold`]).
-fn foldable(span: [i64; 3]) -> bool {
-    span[0].checked_mul(span[1]).and_then(|xy| xy.checked_mul(span[2])).is_some()
+fn cell_ends(sorted: &Tensor, codes: &Tensor) -> Tensor {
+    codes.searchsorted(sorted, false, true, "right", None::<Tensor>)
 }
 
-/// Cell coordinates (… × 3, each within `span`) folded into one integer each.
-fn fold(cells: &Tensor, span: [i64; 3]) -> Tensor {
-    cells.select(-1, 0) * (span[1] * span[2]) + cells.select(-1, 1) * span[2] + cells.select(-1, 2)
+/// 1 where the cells of a box of `span` (3, on the device) can be numbered by one i64 each ([`fold`]), else 0:
+/// decided on the device and read with the results it vouches for, so nothing waits on it first. (The product in
+/// f64, against 2^62: a margin for its rounding.)
+fn foldable(span: &Tensor) -> Tensor {
+    span.to_kind(Kind::Double).prod(Kind::Double).lt(4.611_686_018_427_388e18).to_kind(Kind::Int64)
+}
+
+/// Cell coordinates (… × 3, each within `span`, a device tensor of 3) folded into one integer each, in the rows'
+/// lexicographic order: exact where [`foldable`].
+fn fold(cells: &Tensor, span: &Tensor) -> Tensor {
+    let (y, z) = (span.select(0, 1), span.select(0, 2));
+    cells.select(-1, 0) * (&y * &z) + cells.select(-1, 1) * &z + cells.select(-1, 2)
 }
 
 /// The `k` nearest points of each query, nearest first (fewer when there are fewer points). `reach`: a distance
@@ -357,23 +370,35 @@ fn lowest_of_each(group: &Tensor, values: &Tensor, counts: &Tensor) -> Tensor {
     by_value.index_select(0, &by_group.index_select(0, &first))
 }
 
-/// Voxel-grid downsampling as [`super::voxel_downsample`] defines it: the centroid of each occupied voxel (f64
-/// sums), voxels in order of first occurrence, and each input point's voxel. Returns (M × 3, N int64).
-pub fn voxel_downsample(points: &Tensor, voxel_size: f32) -> Result<(Tensor, Tensor)> {
+/// How [`voxel_downsample`] numbers the occupied voxels: each folded into one integer (many times cheaper; exact
+/// for a box of fewer than 2^62 voxels) or by their rows (any box).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Numbering {
+    Folded,
+    Rows,
+}
+
+/// A voxel grid made on the device as [`super::voxel_downsample`] defines it: the centroid of each occupied voxel
+/// (f64 sums; M × 3), voxels in order of first occurrence, and each input point's voxel (N int64). It is the host's
+/// only where its checks say so; [`read_voxels`] reads them with the results, so nothing waits on them first.
+pub struct DeviceVoxels {
+    pub centroids: Tensor,
+    pub representative: Tensor,
+    /// The first non-finite point's index (−1: none), and 1 where the voxels' numbering is exact.
+    checks: Tensor,
+}
+
+pub fn voxel_downsample(points: &Tensor, voxel_size: f32, numbering: Numbering) -> Result<DeviceVoxels> {
     let size = positive("voxel size", voxel_size)?;
     let n = points.size()[0];
     if n == 0 {
         return Err(GeometryError::Empty);
     }
-    let finite = points.isfinite().all_dim(1, false);
-    if host_count(&finite.all().to_kind(Kind::Int64)) != Some(1) {
-        let index = host_count(&finite.logical_not().to_kind(Kind::Int64).argmax(0, false)).unwrap_or(0);
-        let point = host_points(&points.narrow(0, index, 1))?.first().copied().unwrap_or([f32::NAN; 3]);
-        return Err(GeometryError::NonFinite { index: index as usize, point });
-    }
     let (device, wide) = (points.device(), points.to_kind(Kind::Double));
+    let not_finite = points.isfinite().all_dim(1, false).logical_not();
+    let first_not_finite = (not_finite.to_kind(Kind::Int64).argmax(0, false) + 1) * not_finite.any() - 1;
     let keys = (&wide * (1.0 / f64::from(size))).floor().to_kind(Kind::Int64);
-    let (cell, counts) = cells_of(&keys);
+    let (cell, counts, exact) = cells_of(&keys, numbering);
     let cells = counts.size()[0];
     let first = lowest_of_each(&cell, &Tensor::arange(n, (Kind::Int64, device)), &counts);
     // Sorted cells renumbered by their first point.
@@ -386,7 +411,54 @@ pub fn voxel_downsample(points: &Tensor, voxel_size: f32) -> Result<(Tensor, Ten
     let representative = rank.index_select(0, &cell);
     let sums = Tensor::zeros([cells, 3], (Kind::Double, device)).index_add(0, &representative, &wide);
     let counts = counts.index_select(0, &by_first).to_kind(Kind::Double).unsqueeze(1);
-    Ok(((sums / counts).to_kind(Kind::Float), representative))
+    Ok(DeviceVoxels {
+        centroids: (sums / counts).to_kind(Kind::Float),
+        representative,
+        checks: Tensor::stack(&[first_not_finite, exact], 0),
+    })
+}
+
+/// The voxel grid of `points` with what `read` reads of it, which must include its checks (returned first): a
+/// non-finite point is an error, and a box of too many voxels to fold has the grid made again by rows (a second
+/// read, for a box of 2^62 voxels or more: a cloud with an absurd point).
+fn read_voxels<T>(
+    points: &Tensor,
+    voxel_size: f32,
+    read: impl Fn(&DeviceVoxels) -> Result<(Vec<f64>, T)>,
+) -> Result<(DeviceVoxels, T)> {
+    let mut numbering = Numbering::Folded;
+    loop {
+        let voxels = voxel_downsample(points, voxel_size, numbering)?;
+        let (checks, values) = read(&voxels)?;
+        if let Some(&first) = checks.first().filter(|&&first| first >= 0.0) {
+            let point = host_points(&points.narrow(0, first as i64, 1))?.first().copied().unwrap_or([f32::NAN; 3]);
+            return Err(GeometryError::NonFinite { index: first as usize, point });
+        }
+        if checks.get(1) == Some(&1.0) || numbering == Numbering::Rows {
+            return Ok((voxels, values));
+        }
+        numbering = Numbering::Rows;
+    }
+}
+
+/// The voxel grid of `points` on the device and on the host, and what `derive` makes of it on the device: all read
+/// in one copy.
+pub fn voxel_grid(
+    points: &Tensor,
+    voxel_size: f32,
+    derive: impl Fn(&DeviceVoxels) -> Vec<Tensor>,
+) -> Result<(DeviceVoxels, VoxelGrid, Vec<Vec<f64>>)> {
+    let (voxels, (grid, derived)) = read_voxels(points, voxel_size, |voxels| {
+        let derived = derive(voxels);
+        let parts: Vec<&Tensor> =
+            [&voxels.checks, &voxels.centroids, &voxels.representative].into_iter().chain(&derived).collect();
+        let mut read = read_together(&parts)?.into_iter();
+        let mut next = || read.next().unwrap_or_default();
+        let (checks, centroids, representative) = (next(), next(), next());
+        let grid = VoxelGrid { points: as_points(&centroids), representative: as_indices(&representative) };
+        Ok((checks, (grid, read.collect())))
+    })?;
+    Ok((voxels, grid, derived))
 }
 
 /// As [`VoxelGrid::central_members`]: per voxel (`centroids` M × 3, `representative` of each of the N points), the
@@ -440,8 +512,9 @@ pub fn group_sizes(points: &Tensor, link: f32) -> Result<Tensor> {
 /// As the floating-group step of [`super::drop_floating_groups`]: which points lie in groups of fewer than
 /// `min_group` voxel points (voxels of `voxel`, linked within `link`).
 pub fn in_floating_groups(points: &Tensor, voxel: f32, link: f32, min_group: usize) -> Result<Tensor> {
-    let (centroids, representative) = voxel_downsample(points, voxel)?;
-    Ok(group_sizes(&centroids, link)?.index_select(0, &representative).lt(min_group as i64))
+    // The checks are read before the grouping: it must not start from a grid that is not the host's.
+    let (voxels, ()) = read_voxels(points, voxel, |voxels| Ok((read_together(&[&voxels.checks])?.concat(), ())))?;
+    Ok(group_sizes(&voxels.centroids, link)?.index_select(0, &voxels.representative).lt(min_group as i64))
 }
 
 /// Point-to-plane ICP as [`super::register`] defines it, every step on the device: the correspondences, the sums,
@@ -560,19 +633,20 @@ fn correspondence_sums(
     )
 }
 
-/// Each point's cell among the distinct rows of `keys` (N × 3 integer cell coordinates, numbered in sorted order)
-/// and each cell's count. Rows are folded into one integer where the box of cells allows it: unique over N
-/// numbers is many times cheaper than over N rows.
-fn cells_of(keys: &Tensor) -> (Tensor, Tensor) {
-    let low = keys.amin(0, true);
-    let span = host_span(&(keys.amax(0, false) - low.squeeze_dim(0) + 1)).filter(|&span| foldable(span));
-    let Some(span) = span else {
+/// Each point's cell among the distinct rows of `keys` (N × 3 integer cell coordinates, numbered in sorted order),
+/// each cell's count, and 1 where that numbering is exact: folded rows ([`fold`]) are unique over N numbers, many
+/// times cheaper than over N rows, where the box of cells allows it.
+fn cells_of(keys: &Tensor, numbering: Numbering) -> (Tensor, Tensor, Tensor) {
+    let device = keys.device();
+    if numbering == Numbering::Rows {
         let (_, cell, counts) = keys.unique_dim(0, true, true, true);
-        return (cell, counts);
-    };
-    let (distinct, cell) = fold(&(keys - low), span).internal_unique(true, true);
-    let ones = Tensor::ones_like(&cell);
-    (cell.shallow_clone(), Tensor::zeros([distinct.size()[0]], (Kind::Int64, keys.device())).index_add(0, &cell, &ones))
+        return (cell, counts, Tensor::ones([], (Kind::Int64, device)));
+    }
+    let low = keys.amin(0, false);
+    let span = keys.amax(0, false) - &low + 1;
+    let (distinct, cell) = fold(&(keys - low), &span).internal_unique(true, true);
+    let counts = Tensor::zeros([distinct.size()[0]], (Kind::Int64, device)).index_add(0, &cell, &cell.ones_like());
+    (cell, counts, foldable(&span))
 }
 
 /// Farthest-point sampling of a batch of clouds at once (`points` B × N × 3, each cloud's first `lengths[b]` rows
@@ -919,10 +993,7 @@ impl Compute {
     pub fn voxel_downsample(&self, points: &SharedPoints, voxel_size: f32) -> Result<VoxelGrid> {
         match self.device_for(Stage::Voxels) {
             None => super::voxel_downsample(points, voxel_size),
-            Some(device) => {
-                let (centroids, representative) = voxel_downsample(&points.on(device), voxel_size)?;
-                host_grid(&centroids, &representative)
-            }
+            Some(device) => Ok(voxel_grid(&points.on(device), voxel_size, |_| Vec::new())?.1),
         }
     }
 
@@ -936,9 +1007,10 @@ impl Compute {
             }
             Some(device) => {
                 let points = points.on(device);
-                let (centroids, representative) = voxel_downsample(&points, voxel_size)?;
-                let central = host_indices(&central_members(&points, &centroids, &representative))?;
-                Ok((host_grid(&centroids, &representative)?, central))
+                let (_, grid, central) = voxel_grid(&points, voxel_size, |voxels| {
+                    vec![central_members(&points, &voxels.centroids, &voxels.representative)]
+                })?;
+                Ok((grid, as_indices(&central.concat())))
             }
         }
     }
@@ -1166,12 +1238,29 @@ mod tests {
     fn voxel_grid_is_the_hosts() {
         let mut pts = surface(5000, 1);
         pts.extend(pts[..100].to_vec()); // repeated points land in the same voxels
+        let grid = |pts: &[Point], size: f32| voxel_grid(&points_tensor(pts, Device::Cpu), size, |_| Vec::new());
         let host = host_voxels(&pts, 0.05).unwrap();
-        let (centroids, representative) = voxel_downsample(&points_tensor(&pts, Device::Cpu), 0.05).unwrap();
-        assert_eq!(host_indices(&representative).unwrap(), host.representative);
-        assert_eq!(host_points(&centroids).unwrap(), host.points, "f64 sums give the same f32 centroids");
-        assert!(voxel_downsample(&points_tensor(&[[f32::NAN, 0.0, 0.0]], Device::Cpu), 1.0).is_err());
-        assert!(voxel_downsample(&points_tensor(&pts, Device::Cpu), 0.0).is_err());
+        let (voxels, device, _) = grid(&pts, 0.05).unwrap();
+        assert_eq!(device.representative, host.representative);
+        assert_eq!(device.points, host.points, "f64 sums give the same f32 centroids");
+        assert_eq!(host_points(&voxels.centroids).unwrap(), host.points);
+        // Two far points: a box of more voxels than one i64 numbers, so the grid is made again by rows.
+        pts.extend([[4e5, -4e5, 4e5], [-4e5, 4e5, -4e5]]);
+        let folded = voxel_downsample(&points_tensor(&pts, Device::Cpu), 0.05, Numbering::Folded).unwrap();
+        assert_eq!(read_together(&[&folded.checks]).unwrap(), [[-1.0, 0.0]], "all finite; folding is not exact");
+        let reads = std::cell::Cell::new(0);
+        let checked = |voxels: &DeviceVoxels| {
+            reads.set(reads.get() + 1);
+            Ok((read_together(&[&voxels.checks])?.concat(), ()))
+        };
+        read_voxels(&points_tensor(&pts, Device::Cpu), 0.05, checked).unwrap();
+        assert_eq!(reads.get(), 2, "made again by rows");
+        let (by_rows, host) = (grid(&pts, 0.05).unwrap().1, host_voxels(&pts, 0.05).unwrap());
+        assert_eq!((by_rows.points, by_rows.representative), (host.points, host.representative));
+        let mut bad = pts.clone();
+        bad[7] = [1.0, f32::NAN, 0.0];
+        assert!(matches!(grid(&bad, 1.0), Err(GeometryError::NonFinite { index: 7, .. })), "named where it is");
+        assert!(grid(&pts, 0.0).is_err());
     }
 
     #[test]

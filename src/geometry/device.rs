@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::transfers::Transfer;
 
-use super::outliers::{RobustBox, quantile_ranks};
+use super::outliers::quantile_ranks;
 use super::registration::{Registration, Rigid, Template, cutoffs, start};
 use super::shared::SharedPoints;
 use super::{
@@ -59,20 +59,29 @@ fn host_count(t: &Tensor) -> Option<i64> {
     i64::try_from(&t.download()).ok()
 }
 
-/// Several tensors read in one copy (on a GPU, one wait instead of one each), each as f64 values row after row:
-/// exact for f32 values, flags and every index below 2^53.
+/// Several tensors read in one copy (on a GPU, one wait instead of one each): their bytes side by side, so none is
+/// widened on the way. Each comes back as f64 values row after row: exact for f32 and f64 values, flags and every
+/// index below 2^53.
 fn read_together(parts: &[&Tensor]) -> Result<Vec<Vec<f64>>> {
-    let flat: Vec<Tensor> = parts.iter().map(|t| t.to_kind(Kind::Double).reshape([-1])).collect();
-    let all: Vec<f64> = Tensor::cat(&flat, 0).download().try_into().map_err(tensor_error)?;
+    let bytes: Vec<Tensor> =
+        parts.iter().map(|t| t.contiguous().reshape([-1]).view_dtype(Kind::Uint8).reshape([-1])).collect();
+    let all: Vec<u8> = Tensor::cat(&bytes, 0).download().try_into().map_err(tensor_error)?;
     let mut rest = all.as_slice();
-    Ok(parts
+    parts
         .iter()
         .map(|t| {
-            let (part, after) = rest.split_at((t.numel()).min(rest.len()));
+            let (part, after) = rest.split_at((t.numel() * t.kind().elt_size_in_bytes()).min(rest.len()));
             rest = after;
-            part.to_vec()
+            let words = |size: usize| part.chunks_exact(size);
+            Ok(match t.kind() {
+                Kind::Float => words(4).map(|w| f64::from(f32::from_ne_bytes([w[0], w[1], w[2], w[3]]))).collect(),
+                Kind::Double => words(8).map(|w| f64::from_ne_bytes(std::array::from_fn(|k| w[k]))).collect(),
+                Kind::Int64 => words(8).map(|w| i64::from_ne_bytes(std::array::from_fn(|k| w[k])) as f64).collect(),
+                Kind::Bool | Kind::Uint8 => part.iter().map(|&b| f64::from(b)).collect(),
+                kind => return Err(GeometryError::Tensor(format!("no reading of {kind:?} tensors"))),
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Values read by [`read_together`] as points (three at a time) and as indices.
@@ -82,6 +91,10 @@ fn as_points(values: &[f64]) -> Vec<Point> {
 
 fn as_indices(values: &[f64]) -> Vec<u32> {
     values.iter().map(|&i| i as u32).collect()
+}
+
+fn as_flags(values: &[f64]) -> Vec<bool> {
+    values.iter().map(|&v| v != 0.0).collect()
 }
 
 /// An N × 3 tensor's rows as points.
@@ -471,23 +484,29 @@ pub fn central_members(points: &Tensor, centroids: &Tensor, representative: &Ten
     lowest_of_each(representative, &distance, &representative.bincount::<Tensor>(None, voxels))
 }
 
-/// As [`super::inside_robust_box`]: each axis's quantiles by `kthvalue`, the box from those six numbers on the host,
-/// the flags on the device. Returns (N bool, the quantile box's diagonal).
-pub fn inside_robust_box(points: &Tensor, rule: &OutlierRule) -> Result<(Tensor, f64)> {
-    let (n, device) = (points.size()[0], points.device());
+/// As [`super::inside_robust_box`]: each axis's quantiles by `kthvalue`, and the box from them as
+/// [`super::outliers::RobustBox::new`] makes it, in f64 on the device (nothing read before the flags). Returns (N bool, the quantile
+/// box's diagonal as a scalar tensor).
+pub fn inside_robust_box(points: &Tensor, rule: &OutlierRule) -> Result<(Tensor, Tensor)> {
+    let n = points.size()[0];
     if n == 0 {
         return Err(GeometryError::Empty);
     }
     let (lo_at, hi_at) = quantile_ranks(n as usize, rule.quantile.clamp(0.0, 0.5));
-    let quantile = |rank: usize| points.kthvalue(rank as i64 + 1, 0, false).0;
-    // One read for both rows (low x y z, high x y z).
-    let both = host_floats(&Tensor::stack(&[quantile(lo_at), quantile(hi_at)], 0))?;
-    let robust = RobustBox::new(std::array::from_fn(|a| (both[a], both[3 + a])), rule.margin);
+    let quantile = |rank: usize| points.kthvalue(rank as i64 + 1, 0, false).0.to_kind(Kind::Double);
+    let (low, high) = (quantile(lo_at), quantile(hi_at));
+    let spans = &high - &low;
+    let squares = spans.square();
+    let diagonal = (squares.get(0) + squares.get(1) + squares.get(2)).sqrt();
+    // A flat part's zero span still gets a tenth of the part's size as room; an infinite margin keeps every point.
+    let room = if rule.margin.is_finite() {
+        spans.maximum(&(&diagonal * 0.1)) * f64::from(rule.margin)
+    } else {
+        spans.full_like(f64::INFINITY)
+    };
     let wide = points.to_kind(Kind::Double);
-    let bounds: Vec<f64> = robust.low.iter().chain(&robust.high).copied().collect();
-    let bounds = Tensor::from_slice(&bounds).upload(device);
-    let (low, high) = (bounds.narrow(0, 0, 3), bounds.narrow(0, 3, 3));
-    Ok((wide.ge_tensor(&low).logical_and(&wide.le_tensor(&high)).all_dim(1, false), robust.diagonal))
+    let inside = wide.ge_tensor(&(low - &room)).logical_and(&wide.le_tensor(&(high + room))).all_dim(1, false);
+    Ok((inside, diagonal))
 }
 
 /// As the host's floating groups: per point, the size of its group when points within `link` are joined. Labels
@@ -1020,7 +1039,8 @@ impl Compute {
             None => super::inside_robust_box(points, rule),
             Some(device) => {
                 let (keep, diagonal) = inside_robust_box(&points_tensor(points, device), rule)?;
-                Ok(Inliers::from_flags(host_flags(&keep)?, diagonal))
+                let read = read_together(&[&keep, &diagonal])?;
+                Ok(Inliers::from_flags(as_flags(&read[0]), read[1].first().copied().unwrap_or(0.0)))
             }
         }
     }
@@ -1279,6 +1299,9 @@ mod tests {
         assert_eq!(boxed, host_boxed);
         assert_eq!(inliers, host_inliers);
         assert_eq!((boxed.removed, inliers.removed), (3, 7), "the far points, then the small group; the chain stays");
+        let off = OutlierRule { margin: f32::INFINITY, ..rule };
+        assert_eq!(CPU.inside_robust_box(&pts, &off).unwrap(), Compute::Host.inside_robust_box(&pts, &off).unwrap());
+        assert_eq!(CPU.inside_robust_box(&pts, &off).unwrap().removed, 0, "an infinite margin keeps every point");
     }
 
     #[test]

@@ -211,8 +211,14 @@ fn split(all: &[f32], lengths: impl IntoIterator<Item = usize>) -> Vec<Vec<f32>>
         .collect()
 }
 
-fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.download().to_kind(Kind::Float).contiguous().view(-1).try_into()?)
+/// Tensors read to the host in one copy, each as its own values.
+fn read_together(parts: &[Tensor]) -> Result<Vec<Vec<f32>>> {
+    if parts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let flat: Vec<Tensor> = parts.iter().map(|t| t.to_kind(Kind::Float).reshape([-1])).collect();
+    let all: Vec<f32> = Tensor::cat(&flat, 0).download().try_into()?;
+    Ok(split(&all, parts.iter().map(Tensor::numel)))
 }
 
 impl Detector {
@@ -278,54 +284,72 @@ impl Detector {
         if clouds.is_empty() {
             return Ok(Vec::new());
         }
-        let mut logits = vec![Vec::new(); clouds.len()];
+        // Every output is made first and read to the host in one copy: on a GPU, one wait rather than one per head.
+        let mut outputs = Vec::new();
         let mut patch_counts: Vec<usize> = clouds.iter().map(|(c, _)| c.patch_count()).collect();
         patch_counts.sort_unstable();
         patch_counts.dedup();
-        for n in patch_counts {
-            let members: Vec<usize> = (0..clouds.len()).filter(|&k| clouds[k].0.patch_count() == n).collect();
-            let features = Tensor::stack(&members.iter().map(|&k| &clouds[k].1.patches).collect::<Vec<_>>(), 0);
-            let centres = members
-                .iter()
-                .map(|&k| self.heads.with_capture(&centre_tensor(clouds[k].0, self.device), clouds[k].0.all_round))
-                .collect::<Vec<_>>();
-            let centres = Tensor::cat(&centres, 0);
-            let all = to_vec(&self.heads.logits(&features, &centres))?;
-            for (piece, k) in split(&all, members.iter().map(|_| n)).into_iter().zip(members) {
-                logits[k] = piece;
-            }
-        }
-        let distances = if self.conditioning.has_bank() {
-            let patches = Tensor::cat(&clouds.iter().map(|(_, f)| &f.patches).collect::<Vec<_>>(), 0);
-            split(&to_vec(&self.conditioning.bank_distances(&patches))?, clouds.iter().map(|(c, _)| c.patch_count()))
-        } else {
-            vec![Vec::new(); clouds.len()]
+        let groups: Vec<(Vec<usize>, usize)> = patch_counts
+            .into_iter()
+            .map(|n| {
+                let members: Vec<usize> = (0..clouds.len()).filter(|&k| clouds[k].0.patch_count() == n).collect();
+                let features = Tensor::stack(&members.iter().map(|&k| &clouds[k].1.patches).collect::<Vec<_>>(), 0);
+                let centres = members
+                    .iter()
+                    .map(|&k| self.heads.with_capture(&centre_tensor(clouds[k].0, self.device), clouds[k].0.all_round))
+                    .collect::<Vec<_>>();
+                outputs.push(self.heads.logits(&features, &Tensor::cat(&centres, 0)));
+                (members, n)
+            })
+            .collect();
+        let mut output = |t: Tensor| {
+            outputs.push(t);
+            outputs.len() - 1
         };
+        let bank = self.conditioning.has_bank().then(|| {
+            let patches = Tensor::cat(&clouds.iter().map(|(_, f)| &f.patches).collect::<Vec<_>>(), 0);
+            output(self.conditioning.bank_distances(&patches))
+        });
         // Point-level scores once per feature cell (its first sample), spread to the cell's voxel points.
         let per_cloud_cells: Option<Vec<Tensor>> =
             clouds.iter().map(|(c, f)| f.points.as_ref().map(|p| p.narrow(0, 0, c.cell_count as i64))).collect();
-        let per_cell = |values: Vec<f32>| -> Vec<Vec<f32>> {
-            split(&values, clouds.iter().map(|(c, _)| c.cell_count))
-                .iter()
-                .zip(clouds)
-                .map(|(v, (c, _))| c.spread_cells(v))
-                .collect()
-        };
-        let point_logits = match (&self.heads.point_head, &per_cloud_cells) {
+        let point_head = match (&self.heads.point_head, &per_cloud_cells) {
             (Some(head), Some(per_cloud)) => {
                 let _guard = tch::no_grad_guard();
                 let inputs: Vec<Tensor> =
                     per_cloud.iter().zip(clouds).map(|(x, (c, _))| self.heads.with_capture(x, c.all_round)).collect();
-                per_cell(to_vec(&head.forward(&Tensor::cat(&inputs, 0)))?)
+                Some(output(head.forward(&Tensor::cat(&inputs, 0))))
             }
-            _ => vec![Vec::new(); clouds.len()],
+            _ => None,
         };
-        let point_distances = match &per_cloud_cells {
+        let point_bank = match &per_cloud_cells {
             Some(per_cloud) if self.conditioning.has_point_bank() => {
-                per_cell(to_vec(&self.conditioning.point_bank_distances(&Tensor::cat(per_cloud, 0)))?)
+                Some(output(self.conditioning.point_bank_distances(&Tensor::cat(per_cloud, 0))))
             }
-            _ => vec![Vec::new(); clouds.len()],
+            _ => None,
         };
+        let read = read_together(&outputs)?;
+        let mut logits = vec![Vec::new(); clouds.len()];
+        for ((members, n), all) in groups.into_iter().zip(&read) {
+            for (piece, k) in split(all, members.iter().map(|_| n)).into_iter().zip(members) {
+                logits[k] = piece;
+            }
+        }
+        let per_cell = |at: Option<usize>| -> Vec<Vec<f32>> {
+            match at {
+                Some(at) => split(&read[at], clouds.iter().map(|(c, _)| c.cell_count))
+                    .iter()
+                    .zip(clouds)
+                    .map(|(v, (c, _))| c.spread_cells(v))
+                    .collect(),
+                None => vec![Vec::new(); clouds.len()],
+            }
+        };
+        let distances = match bank {
+            Some(at) => split(&read[at], clouds.iter().map(|(c, _)| c.patch_count())),
+            None => vec![Vec::new(); clouds.len()],
+        };
+        let (point_logits, point_distances) = (per_cell(point_head), per_cell(point_bank));
         Ok(logits
             .into_iter()
             .zip(distances)

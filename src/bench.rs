@@ -303,13 +303,17 @@ pub fn device_geometry(input: &BenchInput, cfg: &GeometryBench) -> Result<Table>
         let _ = normals.to_device(tch::Device::Cpu);
         normals
     });
+    // Each search stage builds its grid, as the detector does for a new cloud.
+    let grid = |radius: f32| device::CellGrid::new(&points, radius).ok_or(geometry::GeometryError::Empty);
     let _ =
         table.stage("FPFH at centres", format!("{} centres, r {}", cfg.centres, length(cfg.fpfh_radius)), r, || {
-            device::fpfh_at(&points, &normals, cfg.fpfh_radius, &centres).map(|h| h.to_device(tch::Device::Cpu))
+            let hist = device::fpfh_at(&grid(cfg.fpfh_radius)?, &normals, cfg.fpfh_radius, &centres);
+            Ok::<_, geometry::GeometryError>(hist.to_device(tch::Device::Cpu))
         })?;
     let scores = tch::Tensor::arange(n, (tch::Kind::Float, torch_device)).remainder(97);
     let _ = table.stage("median filter", format!("{n} points, r {}", length(cfg.median_radius)), r, || {
-        device::median_filter(&points, &scores, cfg.median_radius).map(|m| m.to_device(tch::Device::Cpu))
+        device::median_filter(&grid(cfg.median_radius)?, &scores, cfg.median_radius)
+            .map(|m| m.to_device(tch::Device::Cpu))
     })?;
     // Registration's template: the voxel points with their normals, on the host (as the detector keeps it).
     let grid = geometry::voxel_downsample(&host_points, cfg.voxel)?;

@@ -170,8 +170,8 @@ impl Neighbors {
 
 /// Points bucketed in a cubic grid, so a search looks only at the 27 cells around each query: every point within
 /// one cell edge of a query is among them.
-struct CellGrid<'a> {
-    points: &'a Tensor,
+pub struct CellGrid {
+    points: Tensor,
     cell: f64,
     /// The box of cells (with a margin of one), as its lowest cell and its extent per axis.
     low: Tensor,
@@ -187,12 +187,12 @@ struct CellGrid<'a> {
     order: Tensor,
 }
 
-impl<'a> CellGrid<'a> {
+impl CellGrid {
     /// Cells of edge `cell` at least (larger where the cloud's box would hold too many cells to number: a larger
     /// cell still holds every point within `cell`). `None` where `cell` is not a finite positive size, for no
     /// points, or for non-finite ones. One read: the fullest cell's count, which sizes the searches, with whether the cells could be
     /// numbered; no `unique` (on a GPU, another wait): a cell's points are found in the sorted codes.
-    fn new(points: &'a Tensor, cell: f32) -> Option<Self> {
+    pub fn new(points: &Tensor, cell: f32) -> Option<Self> {
         if !(cell.is_finite() && cell > 0.0) || points.size()[0] == 0 {
             return None;
         }
@@ -227,7 +227,34 @@ impl<'a> CellGrid<'a> {
         )
         .view([1, 27, 3]);
         let block_rows = (SEARCH_BLOCK_ELEMENTS / (27 * fullest).max(1)).max(1);
-        Some(Self { points, cell, low, span, offsets, fullest, block_rows, sorted_codes, order })
+        Some(Self {
+            points: points.shallow_clone(),
+            cell,
+            low,
+            span,
+            offsets,
+            fullest,
+            block_rows,
+            sorted_codes,
+            order,
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.points.device()
+    }
+
+    /// The same grid (its tensors shared, not copied).
+    pub fn shallow_clone(&self) -> Self {
+        Self {
+            points: self.points.shallow_clone(),
+            low: self.low.shallow_clone(),
+            span: self.span.shallow_clone(),
+            offsets: self.offsets.shallow_clone(),
+            sorted_codes: self.sorted_codes.shallow_clone(),
+            order: self.order.shallow_clone(),
+            ..*self
+        }
     }
 
     /// Every point of the 27 cells around each query: Q × 27·fullest indices, −1 past each cell's own. Padded to
@@ -292,27 +319,34 @@ fn fold(cells: &Tensor, span: &Tensor) -> Tensor {
 /// queries search only the cells of that edge around them, the rest (and every query where `reach` is not a
 /// positive number) all the points.
 pub fn knn(points: &Tensor, queries: &Tensor, k: i64, reach: f32) -> Neighbors {
-    let (n, q) = (points.size()[0], queries.size()[0]);
-    let k = k.min(n);
-    let every = |queries: &Tensor| {
-        let parts = blocks(queries.size()[0], n, SEARCH_BLOCK_ELEMENTS)
-            .map(|(start, rows)| {
-                let (squared_distance, index) =
-                    squared_distances(&queries.narrow(0, start, rows), points).topk(k, 1, false, true);
-                Neighbors { index, squared_distance }
-            })
-            .collect();
-        Neighbors::concatenated(parts, points.device())
-    };
-    let Some(grid) = CellGrid::new(points, reach) else {
-        return every(queries);
-    };
-    let parts = blocks(q, 1, grid.block_rows)
+    match CellGrid::new(points, reach) {
+        Some(grid) => knn_in(&grid, queries, k),
+        None => every_knn(points, queries, k),
+    }
+}
+
+/// The `k` nearest of every point, block after block of queries.
+fn every_knn(points: &Tensor, queries: &Tensor, k: i64) -> Neighbors {
+    let k = k.min(points.size()[0]);
+    let parts = blocks(queries.size()[0], points.size()[0], SEARCH_BLOCK_ELEMENTS)
+        .map(|(start, rows)| {
+            let (squared_distance, index) =
+                squared_distances(&queries.narrow(0, start, rows), points).topk(k, 1, false, true);
+            Neighbors { index, squared_distance }
+        })
+        .collect();
+    Neighbors::concatenated(parts, points.device())
+}
+
+/// [`knn`] in a grid already built (its cells of edge `reach`).
+pub fn knn_in(grid: &CellGrid, queries: &Tensor, k: i64) -> Neighbors {
+    let k = k.min(grid.points.size()[0]);
+    let parts = blocks(queries.size()[0], 1, grid.block_rows)
         .map(|(start, rows)| {
             let block = queries.narrow(0, start, rows);
             let candidates = grid.candidates(&block);
             if candidates.size()[1] < k {
-                return every(&block);
+                return every_knn(&grid.points, &block, k);
             }
             let Neighbors { index, squared_distance } = grid.nearest_candidates(&block, &candidates, k);
             // Exact where the k-th lies within one cell edge: nothing nearer can be outside the 27 cells.
@@ -320,18 +354,19 @@ pub fn knn(points: &Tensor, queries: &Tensor, k: i64, reach: f32) -> Neighbors {
             if unsure.size()[0] == 0 {
                 return Neighbors { index, squared_distance };
             }
-            let redone = every(&block.index_select(0, &unsure));
+            let redone = every_knn(&grid.points, &block.index_select(0, &unsure), k);
             Neighbors {
                 index: index.index_copy(0, &unsure, &redone.index),
                 squared_distance: squared_distance.index_copy(0, &unsure, &redone.squared_distance),
             }
         })
         .collect();
-    Neighbors::concatenated(parts, points.device())
+    Neighbors::concatenated(parts, grid.points.device())
 }
 
-/// Every point within `radius` (inclusive, as the host's searches) of each query, nearest first.
-fn within_grid(grid: &CellGrid, queries: &Tensor, radius: f32) -> Neighbors {
+/// Every point of `grid` within `radius` (inclusive, as the host's searches; the grid's cells at least that wide) of
+/// each query (Q × 3), nearest first.
+pub fn within(grid: &CellGrid, queries: &Tensor, radius: f32) -> Neighbors {
     let reach = f64::from(radius * radius);
     let parts = blocks(queries.size()[0], 1, grid.block_rows)
         .map(|(start, rows)| {
@@ -365,13 +400,6 @@ fn nearest_within(grid: &CellGrid, queries: &Tensor, radius: f32) -> Neighbors {
         })
         .collect();
     Neighbors::concatenated(parts, grid.points.device())
-}
-
-/// Every point of `points` within `radius` (inclusive) of each of `queries` (Q × 3), nearest first.
-pub fn within(points: &Tensor, queries: &Tensor, radius: f32) -> Result<Neighbors> {
-    let radius = positive("neighbourhood radius", radius)?;
-    let grid = CellGrid::new(points, radius).ok_or(GeometryError::Empty)?;
-    Ok(within_grid(&grid, queries, radius))
 }
 
 /// Per group (`group` of each value, groups in ascending order of their numbers, `counts` of each), the place of its
@@ -514,7 +542,8 @@ pub fn inside_robust_box(points: &Tensor, rule: &OutlierRule) -> Result<(Tensor,
 /// point, then the label of that label (so a long chain settles in a few rounds, not one per link).
 pub fn group_sizes(points: &Tensor, link: f32) -> Result<Tensor> {
     let (n, device) = (points.size()[0], points.device());
-    let neighbours = within(points, points, link)?;
+    let link = positive("link distance", link)?;
+    let neighbours = within(&CellGrid::new(points, link).ok_or(GeometryError::Empty)?, points, link);
     let own = Tensor::arange(n, (Kind::Int64, device)).unsqueeze(1).expand_as(&neighbours.index);
     let linked = neighbours.index.where_self(&neighbours.valid(), &own).view([-1]);
     let mut label = Tensor::arange(n, (Kind::Int64, device));
@@ -549,7 +578,7 @@ pub fn register(
     device: Device,
 ) -> Result<Registration> {
     let moving = points_tensor(source, device);
-    let (points, normals) = (template.points.on(device), template.normals.on(device));
+    let normals = template.normals.on(device);
     // The pose (rotation row after row, translation) and, as the host's loop last measured them, the overlap and
     // the rms: the pose the host returns is always the current one.
     let first = start(source, template, distances[0]);
@@ -559,21 +588,13 @@ pub fn register(
     let (mut rotation, mut translation) = (values.narrow(0, 0, 9).view([3, 3]), values.narrow(0, 9, 3));
     let mut measured = values.narrow(0, 12, 2);
     let mut live = Tensor::ones([], (Kind::Bool, device));
-    // The template's grids: cells of the first cut-off, halved until they fit a step's, each built once and
-    // searched by every step it fits (at most twice that step's cut-off wide): 3 builds, and their reads, for the
-    // 20 steps of the detector's 8 → 1.5 voxels.
-    let mut grids: Vec<(f32, CellGrid)> = Vec::new();
     for cutoff in cutoffs(distances, iterations) {
         let cutoff = positive("ICP cut-off", cutoff)?;
-        let cell = fitting_cell(distances[0], cutoff);
-        let at = match grids.iter().position(|(c, _)| *c == cell) {
-            Some(at) => at,
-            None => {
-                grids.push((cell, CellGrid::new(&points, cell).ok_or(GeometryError::Empty)?));
-                grids.len() - 1
-            }
-        };
-        let sums = correspondence_sums(&moving, &grids[at].1, &normals, &rotation, &translation, cutoff);
+        // The template's grids: cells of the first cut-off, halved until they fit a step's, each searched by
+        // every step it fits (at most twice that step's cut-off wide): 3 for the 20 steps of the detector's
+        // 8 → 1.5 voxels, built at the first scan and kept with the template's points for the rest.
+        let grid = template.points.grid(device, fitting_cell(distances[0], cutoff)).ok_or(GeometryError::Empty)?;
+        let sums = correspondence_sums(&moving, &grid, &normals, &rotation, &translation, cutoff);
         let (ata, atb) = (sums.narrow(0, 0, 36).view([6, 6]), sums.narrow(0, 36, 6).view([6, 1]));
         let (residual2, used) = (sums.get(42), sums.get(43));
         live = live.logical_and(&used.ge(6.0));
@@ -633,7 +654,7 @@ fn correspondence_sums(
     cutoff: f32,
 ) -> Tensor {
     let moved = source.matmul(&rotation.tr()) + translation;
-    let (points, nearest) = (template.points, nearest_within(template, &moved, cutoff));
+    let (points, nearest) = (&template.points, nearest_within(template, &moved, cutoff));
     // Points without a pair take part as rows of zeros: selecting the pairs (`nonzero`) would wait for the device.
     let far = nearest.index.view(-1).lt(0);
     let pair = nearest.index.view(-1).clamp_min(0);
@@ -782,12 +803,12 @@ fn pair_slots(p1: &Tensor, n1: &Tensor, p2: &Tensor, n2: &Tensor) -> (Tensor, Te
 
 /// The SPFH of each of `centres` (indices into the grid's points) over its neighbours within `radius`: R × 33.
 fn spfh(grid: &CellGrid, normals: &Tensor, centres: &Tensor, radius: f32) -> Tensor {
-    let (points, device) = (grid.points, grid.points.device());
+    let (points, device) = (&grid.points, grid.points.device());
     let (wide_points, wide_normals) = (points.to_kind(Kind::Double), normals.to_kind(Kind::Double));
     let parts: Vec<Tensor> = blocks(centres.size()[0], 1, PAIR_BLOCK_ELEMENTS / 64)
         .map(|(start, rows)| {
             let own = centres.narrow(0, start, rows);
-            let near = within_grid(grid, &points.index_select(0, &own), radius);
+            let near = within(grid, &points.index_select(0, &own), radius);
             let width = near.index.size()[1];
             let others = near.index.clamp_min(0).view(-1);
             let gather = |t: &Tensor| t.index_select(0, &others).view([rows, width, 3]);
@@ -817,16 +838,14 @@ fn spfh(grid: &CellGrid, normals: &Tensor, centres: &Tensor, radius: f32) -> Ten
 
 /// FPFH of each of `queries` (indices into `points`) over `radius`, as [`super::fpfh_at`] defines it: the
 /// 1/d²-weighted sum of the neighbours' SPFHs, each angle's histogram normalised to 100. Q × 33.
-pub fn fpfh_at(points: &Tensor, normals: &Tensor, radius: f32, queries: &Tensor) -> Result<Tensor> {
-    let radius = positive("FPFH radius", radius)?;
-    let (n, device) = (points.size()[0], points.device());
-    let grid = CellGrid::new(points, radius).ok_or(GeometryError::Empty)?;
-    let near = within_grid(&grid, &points.index_select(0, queries), radius);
+pub fn fpfh_at(grid: &CellGrid, normals: &Tensor, radius: f32, queries: &Tensor) -> Tensor {
+    let (n, device) = (grid.points.size()[0], grid.points.device());
+    let near = within(grid, &grid.points.index_select(0, queries), radius);
     let (q, width) = (near.index.size()[0], near.index.size()[1]);
     // Each neighbour's SPFH once, however many queries share it.
     let (needed, _) = Tensor::cat(&[queries.shallow_clone(), near.index.masked_select(&near.valid())], 0)
         .internal_unique(true, false);
-    let spfhs = spfh(&grid, normals, &needed, radius);
+    let spfhs = spfh(grid, normals, &needed, radius);
     let slot = Tensor::zeros([n], (Kind::Int64, device)).scatter(
         0,
         &needed,
@@ -842,12 +861,12 @@ pub fn fpfh_at(points: &Tensor, normals: &Tensor, radius: f32, queries: &Tensor)
         })
         .collect();
     if parts.is_empty() {
-        return Ok(Tensor::zeros([0, FPFH_BINS as i64], (Kind::Float, device)));
+        return Tensor::zeros([0, FPFH_BINS as i64], (Kind::Float, device));
     }
     let hist = Tensor::cat(&parts, 0).view([q, 3, BINS_PER_ANGLE]);
     let sum = hist.sum_dim_intlist(2, true, Kind::Float);
     let scaled = &hist * (sum.ones_like() * 100.0 / &sum);
-    Ok(scaled.where_self(&sum.ne(0.0), &hist).view([q, FPFH_BINS as i64]))
+    scaled.where_self(&sum.ne(0.0), &hist).view([q, FPFH_BINS as i64])
 }
 
 /// Each voxel point's score from one score per patch (`groups` P × k indices, `patch_scores` P), as
@@ -874,12 +893,10 @@ pub fn spread_patch_scores(points: &Tensor, centres: &Tensor, groups: &Tensor, p
 
 /// The median of the finite values within `radius` of each point, itself included (the mean of the middle two
 /// for an even count; its own value where none is finite), as [`super::median_filter`] defines it.
-pub fn median_filter(points: &Tensor, values: &Tensor, radius: f32) -> Result<Tensor> {
-    let radius = positive("median filter radius", radius)?;
-    let grid = CellGrid::new(points, radius).ok_or(GeometryError::Empty)?;
-    let parts: Vec<Tensor> = blocks(points.size()[0], 1, PAIR_BLOCK_ELEMENTS)
+pub fn median_filter(grid: &CellGrid, values: &Tensor, radius: f32) -> Result<Tensor> {
+    let parts: Vec<Tensor> = blocks(grid.points.size()[0], 1, PAIR_BLOCK_ELEMENTS)
         .map(|(start, rows)| {
-            let near = within_grid(&grid, &points.narrow(0, start, rows), radius);
+            let near = within(grid, &grid.points.narrow(0, start, rows), radius);
             let window = values.index_select(0, &near.index.clamp_min(0).view(-1)).view([rows, -1]);
             let kept = near.valid().logical_and(&window.isfinite());
             let (sorted, _) = window.masked_fill(&kept.logical_not(), f64::INFINITY).sort(1, false);
@@ -902,6 +919,12 @@ pub fn median_filter(points: &Tensor, values: &Tensor, radius: f32) -> Result<Te
 /// reach of [`knn`]'s cell search.
 fn surface_reach(k: usize, spacing: f32) -> f32 {
     1.5 * spacing * (k as f32 / std::f32::consts::PI).sqrt()
+}
+
+/// The grid of `points`' device copy for searches within `radius` (`what`, named where it is not a positive size):
+/// built once per radius and kept with the points ([`SharedPoints::grid`]).
+pub fn search_grid(points: &SharedPoints, device: Device, what: &'static str, radius: f32) -> Result<CellGrid> {
+    points.grid(device, positive(what, radius)?).ok_or(GeometryError::Empty)
 }
 
 /// A stage of a scan's geometry that [`Compute`] can run on a device or on the host.
@@ -1164,7 +1187,8 @@ impl Compute {
                 None => super::fpfh_at(points, normals, &NeighborIndex::new(points)?, radius, queries),
             },
             Some(device) => {
-                let hist = fpfh_at(&points.on(device), &normals.on(device), radius, &indices_tensor(queries, device))?;
+                let grid = search_grid(points, device, "FPFH radius", radius)?;
+                let hist = fpfh_at(&grid, &normals.on(device), radius, &indices_tensor(queries, device));
                 let flat = host_floats(&hist)?;
                 Ok(flat.chunks_exact(FPFH_BINS).map(|h| std::array::from_fn(|b| h[b])).collect())
             }
@@ -1208,7 +1232,11 @@ impl Compute {
             None => super::median_filter(points, values, index, radius),
             Some(device) => {
                 let values = Tensor::from_slice(values).upload(device);
-                host_floats(&median_filter(&points.on(device), &values, radius)?)
+                host_floats(&median_filter(
+                    &search_grid(points, device, "median filter radius", radius)?,
+                    &values,
+                    radius,
+                )?)
             }
         }
     }
@@ -1433,6 +1461,20 @@ mod tests {
         }
         assert_eq!(cells, [8.0, 4.0, 2.0], "three grids for the detector's 20 steps");
         assert_eq!(fitting_cell(1.0, 3.0), 3.0, "a cut-off above the first is its own cell");
+    }
+
+    #[test]
+    fn shared_points_build_one_grid_per_cell() {
+        let pts = surface(2000, 9);
+        let points = shared(&pts);
+        let (a, again, wider) =
+            (points.grid(Device::Cpu, 0.1), points.grid(Device::Cpu, 0.1), points.grid(Device::Cpu, 0.2));
+        let codes = |grid: Option<CellGrid>| grid.map(|g| g.sorted_codes.data_ptr());
+        let first = codes(a);
+        assert!(first.is_some());
+        assert_eq!(first, codes(again), "the same grid, not a second build");
+        assert_ne!(first, codes(wider));
+        assert!(points.grid(Device::Cpu, 0.0).is_none());
     }
 
     #[test]

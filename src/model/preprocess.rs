@@ -572,7 +572,7 @@ fn device_surface_context(
     template: Option<(&PoseTemplate, Option<&[bool]>)>,
     at: &[u32],
 ) -> Result<Vec<[f32; CONTEXT_DIMS]>> {
-    use crate::geometry::device::{host_floats, indices_tensor, knn, within};
+    use crate::geometry::device::{host_floats, indices_tensor, knn_in, search_grid, within};
     use tch::{Kind, Tensor};
     if at.is_empty() {
         return Ok(Vec::new());
@@ -583,7 +583,7 @@ fn device_surface_context(
     let (cloud, at) = (points.on(device), indices_tensor(at, device));
     let centres = cloud.index_select(0, &at);
     let q = centres.size()[0];
-    let scan = within(&cloud, &centres, far)?;
+    let scan = within(&search_grid(points, device, "context radius", far)?, &centres, far);
     let (found_near, found_far) = (within_near(&scan), scan.valid());
     let members = cloud.index_select(0, &scan.index.clamp_min(0).view(-1)).view([q, -1, 3]);
     let sum = (members * found_near.unsqueeze(2).to_kind(Kind::Float)).sum_dim_intlist(1, false, Kind::Float);
@@ -595,8 +595,9 @@ fn device_surface_context(
             columns.extend([1.0, 1.0, 0.0, 0.0, 0.0].map(|v| Tensor::full([q], v, (Kind::Float, device))));
         }
         Some((t, expected)) => {
-            let template_points = t.placed_points.on(device);
-            let around = within(&template_points, &centres, far)?;
+            let (template_points, template_grid) =
+                (t.placed_points.on(device), search_grid(&t.placed_points, device, "context radius", far)?);
+            let around = within(&template_grid, &centres, far);
             let mut counted = around.valid();
             if let Some(expected) = expected {
                 let flags: Vec<u8> = expected.iter().map(|&e| u8::from(e)).collect();
@@ -610,7 +611,7 @@ fn device_surface_context(
                 let ratio = (found / &expected).clamp_max(2.0);
                 columns.push(ratio.where_self(&expected.gt(0.0), &Tensor::full_like(&expected, 2.0)));
             }
-            let nearest = knn(&template_points, &centres, 1, far);
+            let nearest = knn_in(&template_grid, &centres, 1);
             let i = nearest.index.view(-1);
             let template_normals = t.normals.on(device).index_select(0, &i);
             let offset = &centres - template_points.index_select(0, &i);

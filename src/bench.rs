@@ -105,7 +105,8 @@ fn copies_note(placement: &str, copies: Copies) -> String {
     let kib = |bytes: usize| bytes as f64 / 1024.0;
     format!(
         "Copies in one inspection, {placement}: {} to the device ({:.0} KiB), {} to the host ({:.0} KiB) \
-         (counted on any device: on a GPU each is a transfer, each to the host a wait for the kernels before it).",
+         (counted on any device: on a GPU each is a transfer; each to the host waits for the kernels queued before \
+         it, each to the device is queued from pinned memory).",
         copies.to_device,
         kib(copies.to_device_bytes),
         copies.to_host,

@@ -1,6 +1,7 @@
 //! Host ↔ device copies of tensors, counted. On a GPU each copy is a transfer, and each copy to the host also waits
 //! for every kernel queued before it: how many an inspection makes is one of its costs (`bench detector` shows
-//! them). Every call counts, whatever the device, so a run on CPU tensors shows what a GPU run would copy.
+//! them). Copies to a CUDA device go from pinned memory without blocking, so they do not wait. Every call counts,
+//! whatever the device, so a run on CPU tensors shows what a GPU run would copy.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -27,6 +28,16 @@ impl Transfer for Tensor {
     fn upload(&self, device: Device) -> Tensor {
         TO_DEVICE.fetch_add(1, Ordering::Relaxed);
         TO_DEVICE_BYTES.fetch_add(bytes(self), Ordering::Relaxed);
+        if device.is_cuda() {
+            // LibTorch follows a blocking copy from pageable memory with a wait for the stream: every kernel queued
+            // before it. Copied from pinned memory without blocking, the copy is queued like a kernel and nothing
+            // waits (the pinned buffer is kept by LibTorch until the copy has run).
+            let queued =
+                self.f_pin_memory(device).and_then(|pinned| pinned.f_to_device_(device, self.kind(), true, false));
+            if let Ok(queued) = queued {
+                return queued;
+            }
+        }
         self.to_device(device)
     }
 

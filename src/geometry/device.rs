@@ -190,8 +190,9 @@ pub struct CellGrid {
 impl CellGrid {
     /// Cells of edge `cell` at least (larger where the cloud's box would hold too many cells to number: a larger
     /// cell still holds every point within `cell`). `None` where `cell` is not a finite positive size, for no
-    /// points, or for non-finite ones. One read: the fullest cell's count, which sizes the searches, with whether the cells could be
-    /// numbered; no `unique` (on a GPU, another wait): a cell's points are found in the sorted codes.
+    /// points, or for non-finite ones. One read: the fullest cell's count, which sizes the searches, with whether
+    /// the cells could be numbered. No `unique` (on a GPU, another wait): a cell's points are found in the sorted
+    /// codes.
     pub fn new(points: &Tensor, cell: f32) -> Option<Self> {
         if !(cell.is_finite() && cell > 0.0) || points.size()[0] == 0 {
             return None;
@@ -414,7 +415,7 @@ fn lowest_of_each(group: &Tensor, values: &Tensor, counts: &Tensor) -> Tensor {
 /// How [`voxel_downsample`] numbers the occupied voxels: each folded into one integer (many times cheaper; exact
 /// for a box of fewer than 2^62 voxels) or by their rows (any box).
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Numbering {
+enum Numbering {
     Folded,
     Rows,
 }
@@ -429,7 +430,7 @@ pub struct DeviceVoxels {
     checks: Tensor,
 }
 
-pub fn voxel_downsample(points: &Tensor, voxel_size: f32, numbering: Numbering) -> Result<DeviceVoxels> {
+fn voxel_downsample(points: &Tensor, voxel_size: f32, numbering: Numbering) -> Result<DeviceVoxels> {
     let size = positive("voxel size", voxel_size)?;
     let n = points.size()[0];
     if n == 0 {
@@ -513,8 +514,8 @@ pub fn central_members(points: &Tensor, centroids: &Tensor, representative: &Ten
 }
 
 /// As [`super::inside_robust_box`]: each axis's quantiles by `kthvalue`, and the box from them as
-/// [`super::outliers::RobustBox::new`] makes it, in f64 on the device (nothing read before the flags). Returns (N bool, the quantile
-/// box's diagonal as a scalar tensor).
+/// [`super::outliers::RobustBox::new`] makes it, in f64 on the device (nothing read before the flags). Returns
+/// (N bool, the quantile box's diagonal as a scalar tensor).
 pub fn inside_robust_box(points: &Tensor, rule: &OutlierRule) -> Result<(Tensor, Tensor)> {
     let n = points.size()[0];
     if n == 0 {

@@ -30,11 +30,9 @@ impl<'a> SharedPoints<'a> {
 
     /// Points made on the device (an N × 3 float tensor), read to the host once.
     pub fn from_device(points: Tensor) -> super::Result<SharedPoints<'static>> {
-        Ok(SharedPoints {
-            host: Cow::Owned(host_points(&points)?),
-            copy: Mutex::new(Some(points)),
-            grids: Mutex::new(Vec::new()),
-        })
+        let mut shared = SharedPoints::new(host_points(&points)?);
+        shared.copy = Mutex::new(Some(points));
+        Ok(shared)
     }
 
     /// The points as an N × 3 float tensor on `device`: the copy made before, or one made now and kept.

@@ -15,7 +15,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::transfers::Transfer;
+use crate::transfers::{self, Transfer};
 
 use super::outliers::quantile_ranks;
 use super::registration::{Registration, Rigid, Template, cutoffs, start};
@@ -59,29 +59,9 @@ fn host_count(t: &Tensor) -> Option<i64> {
     i64::try_from(&t.download()).ok()
 }
 
-/// Several tensors read in one copy (on a GPU, one wait instead of one each): their bytes side by side, so none is
-/// widened on the way. Each comes back as f64 values row after row: exact for f32 and f64 values, flags and every
-/// index below 2^53.
+/// [`transfers::read_together`], its error this module's.
 fn read_together(parts: &[&Tensor]) -> Result<Vec<Vec<f64>>> {
-    let bytes: Vec<Tensor> =
-        parts.iter().map(|t| t.contiguous().reshape([-1]).view_dtype(Kind::Uint8).reshape([-1])).collect();
-    let all: Vec<u8> = Tensor::cat(&bytes, 0).download().try_into().map_err(tensor_error)?;
-    let mut rest = all.as_slice();
-    parts
-        .iter()
-        .map(|t| {
-            let (part, after) = rest.split_at((t.numel() * t.kind().elt_size_in_bytes()).min(rest.len()));
-            rest = after;
-            let words = |size: usize| part.chunks_exact(size);
-            Ok(match t.kind() {
-                Kind::Float => words(4).map(|w| f64::from(f32::from_ne_bytes([w[0], w[1], w[2], w[3]]))).collect(),
-                Kind::Double => words(8).map(|w| f64::from_ne_bytes(std::array::from_fn(|k| w[k]))).collect(),
-                Kind::Int64 => words(8).map(|w| i64::from_ne_bytes(std::array::from_fn(|k| w[k])) as f64).collect(),
-                Kind::Bool | Kind::Uint8 => part.iter().map(|&b| f64::from(b)).collect(),
-                kind => return Err(GeometryError::Tensor(format!("no reading of {kind:?} tensors"))),
-            })
-        })
-        .collect()
+    transfers::read_together(parts).map_err(tensor_error)
 }
 
 /// Values read by [`read_together`] as points (three at a time) and as indices.

@@ -20,7 +20,6 @@ use super::{
 use crate::cloud::{FinitePoints, PointCloud};
 use crate::geometry::device::{Compute, Stage};
 use crate::geometry::{self, Point};
-use crate::transfers::Transfer;
 
 /// What the geometry of a cloud needs of a detector: configuration, template and feature radii, no tensors.
 /// Owned (the template shared), so a thread without the detector can hold it ([`Detector::geometry`]).
@@ -211,16 +210,6 @@ fn split(all: &[f32], lengths: impl IntoIterator<Item = usize>) -> Vec<Vec<f32>>
         .collect()
 }
 
-/// Tensors read to the host in one copy, each as its own values.
-fn read_together(parts: &[Tensor]) -> Result<Vec<Vec<f32>>> {
-    if parts.is_empty() {
-        return Ok(Vec::new());
-    }
-    let flat: Vec<Tensor> = parts.iter().map(|t| t.to_kind(Kind::Float).reshape([-1])).collect();
-    let all: Vec<f32> = Tensor::cat(&flat, 0).download().try_into()?;
-    Ok(split(&all, parts.iter().map(Tensor::numel)))
-}
-
 impl Detector {
     /// The detector's geometry, for a thread that does not hold the detector.
     pub fn geometry(&self) -> GeometryPart {
@@ -328,7 +317,11 @@ impl Detector {
             }
             _ => None,
         };
-        let read = read_together(&outputs)?;
+        let outputs: Vec<Tensor> = outputs.iter().map(|t| t.to_kind(Kind::Float)).collect();
+        let read: Vec<Vec<f32>> = crate::transfers::read_together(&outputs.iter().collect::<Vec<_>>())?
+            .into_iter()
+            .map(|values| values.into_iter().map(|v| v as f32).collect())
+            .collect();
         let mut logits = vec![Vec::new(); clouds.len()];
         for ((members, n), all) in groups.into_iter().zip(&read) {
             for (piece, k) in split(all, members.iter().map(|_| n)).into_iter().zip(members) {

@@ -55,14 +55,14 @@ pub fn read_together(parts: &[&Tensor]) -> Result<Vec<Vec<f64>>, TchError> {
     if parts.is_empty() {
         return Ok(Vec::new());
     }
-    let bytes: Vec<Tensor> =
+    let flat: Vec<Tensor> =
         parts.iter().map(|t| t.contiguous().reshape([-1]).view_dtype(Kind::Uint8).reshape([-1])).collect();
-    let all: Vec<u8> = Tensor::cat(&bytes, 0).download().try_into()?;
+    let all: Vec<u8> = Tensor::cat(&flat, 0).download().try_into()?;
     let mut rest = all.as_slice();
     parts
         .iter()
         .map(|t| {
-            let (part, after) = rest.split_at((t.numel() * t.kind().elt_size_in_bytes()).min(rest.len()));
+            let (part, after) = rest.split_at(bytes(t).min(rest.len()));
             rest = after;
             let words = |size: usize| part.chunks_exact(size);
             Ok(match t.kind() {

@@ -278,19 +278,18 @@ impl Detector {
         let mut patch_counts: Vec<usize> = clouds.iter().map(|(c, _)| c.patch_count()).collect();
         patch_counts.sort_unstable();
         patch_counts.dedup();
-        let groups: Vec<(Vec<usize>, usize)> = patch_counts
-            .into_iter()
-            .map(|n| {
-                let members: Vec<usize> = (0..clouds.len()).filter(|&k| clouds[k].0.patch_count() == n).collect();
-                let features = Tensor::stack(&members.iter().map(|&k| &clouds[k].1.patches).collect::<Vec<_>>(), 0);
-                let centres = members
-                    .iter()
-                    .map(|&k| self.heads.with_capture(&centre_tensor(clouds[k].0, self.device), clouds[k].0.all_round))
-                    .collect::<Vec<_>>();
-                outputs.push(self.heads.logits(&features, &Tensor::cat(&centres, 0)));
-                (members, n)
-            })
-            .collect();
+        // The discriminator's logits first, one output per group of clouds with the same patch count.
+        let mut groups: Vec<(Vec<usize>, usize)> = Vec::new();
+        for n in patch_counts {
+            let members: Vec<usize> = (0..clouds.len()).filter(|&k| clouds[k].0.patch_count() == n).collect();
+            let features = Tensor::stack(&members.iter().map(|&k| &clouds[k].1.patches).collect::<Vec<_>>(), 0);
+            let centres = members
+                .iter()
+                .map(|&k| self.heads.with_capture(&centre_tensor(clouds[k].0, self.device), clouds[k].0.all_round))
+                .collect::<Vec<_>>();
+            outputs.push(self.heads.logits(&features, &Tensor::cat(&centres, 0)));
+            groups.push((members, n));
+        }
         let mut output = |t: Tensor| {
             outputs.push(t);
             outputs.len() - 1

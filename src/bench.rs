@@ -104,13 +104,15 @@ fn copies_of(det: &Detector, cloud: &cloud::PointCloud) -> Result<Copies> {
 fn copies_note(placement: &str, copies: Copies) -> String {
     let kib = |bytes: usize| bytes as f64 / 1024.0;
     format!(
-        "Copies in one inspection, {placement}: {} to the device ({:.0} KiB), {} to the host ({:.0} KiB) \
-         (counted on any device: on a GPU each is a transfer; each to the host waits for the kernels queued before \
-         it, each to the device is queued from pinned memory).",
+        "Copies in one inspection, {placement}: {} to the device ({:.0} KiB), {} to the host ({:.0} KiB), and {} \
+         ops sized by the data (counted on any device: on a GPU each copy is a transfer; each to the host, and each \
+         op sized by the data, waits for the kernels queued before it; each to the device is queued from pinned \
+         memory).",
         copies.to_device,
         kib(copies.to_device_bytes),
         copies.to_host,
-        kib(copies.to_host_bytes)
+        kib(copies.to_host_bytes),
+        copies.sized_by_data
     )
 }
 

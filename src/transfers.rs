@@ -2,6 +2,10 @@
 //! for every kernel queued before it: how many an inspection makes is one of its costs (`bench detector` shows
 //! them). Copies to a CUDA device go from pinned memory without blocking, so they do not wait. Every call counts,
 //! whatever the device, so a run on CPU tensors shows what a GPU run would copy.
+//!
+//! An op whose output size depends on the data (`nonzero`, `unique`, `masked_select`), whose answer is a host value
+//! (`equal`) or that checks its result on the host (`linalg_eigh`'s errors) reads from the device inside LibTorch:
+//! a wait like a copy to the host, without its bytes. [`sized_by_data`] counts those.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -11,6 +15,7 @@ static TO_DEVICE: AtomicUsize = AtomicUsize::new(0);
 static TO_DEVICE_BYTES: AtomicUsize = AtomicUsize::new(0);
 static TO_HOST: AtomicUsize = AtomicUsize::new(0);
 static TO_HOST_BYTES: AtomicUsize = AtomicUsize::new(0);
+static SIZED_BY_DATA: AtomicUsize = AtomicUsize::new(0);
 
 fn bytes(t: &Tensor) -> usize {
     t.numel() * t.kind().elt_size_in_bytes()
@@ -48,6 +53,12 @@ impl Transfer for Tensor {
     }
 }
 
+/// `op`, which reads from the device inside LibTorch (see the module's header), counted.
+pub fn sized_by_data<T>(op: impl FnOnce() -> T) -> T {
+    SIZED_BY_DATA.fetch_add(1, Ordering::Relaxed);
+    op()
+}
+
 /// Several tensors read to the host in one copy (on a GPU, one wait instead of one each): their bytes side by side,
 /// so none is widened on the way. Each comes back as f64 values row after row: exact for f32 and f64 values, flags
 /// and every index below 2^53.
@@ -83,6 +94,8 @@ pub struct Copies {
     pub to_device_bytes: usize,
     pub to_host: usize,
     pub to_host_bytes: usize,
+    /// Ops that read a size or an answer from the device ([`sized_by_data`]).
+    pub sized_by_data: usize,
 }
 
 impl Copies {
@@ -92,6 +105,7 @@ impl Copies {
             to_device_bytes: TO_DEVICE_BYTES.load(Ordering::Relaxed),
             to_host: TO_HOST.load(Ordering::Relaxed),
             to_host_bytes: TO_HOST_BYTES.load(Ordering::Relaxed),
+            sized_by_data: SIZED_BY_DATA.load(Ordering::Relaxed),
         }
     }
 
@@ -102,6 +116,7 @@ impl Copies {
             to_device_bytes: self.to_device_bytes - earlier.to_device_bytes,
             to_host: self.to_host - earlier.to_host,
             to_host_bytes: self.to_host_bytes - earlier.to_host_bytes,
+            sized_by_data: self.sized_by_data - earlier.sized_by_data,
         }
     }
 }

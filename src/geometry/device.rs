@@ -11,7 +11,9 @@
 //! can switch stage by stage: a copy in and out around each device stage. Within a stage, reads back to the host
 //! (each a wait for the device's queue) are kept to what sizes the next tensors; a stage's results come back in one
 //! read, with the checks that vouch for them (finite points, an exact numbering of cells) rather than before them.
-//! `crate::transfers` counts both directions.
+//! Ops that read from the device inside LibTorch (`nonzero`, `unique`, `bincount`, `equal`) wait as a read does:
+//! where a bound the host knows will do, the tensors are sized by it instead. `crate::transfers` counts both
+//! directions and those ops.
 
 use tch::{Device, Kind, Tensor};
 
@@ -331,7 +333,9 @@ pub fn knn_in(grid: &CellGrid, queries: &Tensor, k: i64) -> Neighbors {
             }
             let Neighbors { index, squared_distance } = grid.nearest_candidates(&block, &candidates, k);
             // Exact where the k-th lies within one cell edge: nothing nearer can be outside the 27 cells.
-            let unsure = squared_distance.select(1, k - 1).gt(grid.cell * grid.cell).nonzero().view(-1);
+            let unsure =
+                transfers::sized_by_data(|| squared_distance.select(1, k - 1).gt(grid.cell * grid.cell).nonzero());
+            let unsure = unsure.view(-1);
             if unsure.size()[0] == 0 {
                 return Neighbors { index, squared_distance };
             }
@@ -381,6 +385,12 @@ fn nearest_within(grid: &CellGrid, queries: &Tensor, radius: f32) -> Neighbors {
         })
         .collect();
     Neighbors::concatenated(parts, grid.points.device())
+}
+
+/// How often each of 0..`bins` occurs among `values` (int64, each below `bins`). Not `bincount`: on a GPU it reads
+/// the largest value to size its output.
+fn occurrences(values: &Tensor, bins: i64) -> Tensor {
+    Tensor::zeros([bins], (Kind::Int64, values.device())).index_add(0, values, &values.ones_like())
 }
 
 /// Per group (`group` of each value, groups in ascending order of their numbers, `counts` of each), the place of its
@@ -490,7 +500,7 @@ pub fn central_members(points: &Tensor, centroids: &Tensor, representative: &Ten
     let offsets = points.to_kind(Kind::Double) - centroids.to_kind(Kind::Double).index_select(0, representative);
     let squares = offsets.square();
     let distance = squares.select(1, 0) + squares.select(1, 1) + squares.select(1, 2);
-    lowest_of_each(representative, &distance, &representative.bincount::<Tensor>(None, voxels))
+    lowest_of_each(representative, &distance, &occurrences(representative, voxels))
 }
 
 /// As [`super::inside_robust_box`]: each axis's quantiles by `kthvalue`, and the box from them as
@@ -527,14 +537,23 @@ pub fn group_sizes(points: &Tensor, link: f32) -> Result<Tensor> {
     let neighbours = within(&CellGrid::new(points, link).ok_or(GeometryError::Empty)?, points, link);
     let own = Tensor::arange(n, (Kind::Int64, device)).unsqueeze(1).expand_as(&neighbours.index);
     let linked = neighbours.index.where_self(&neighbours.valid(), &own).view([-1]);
-    let mut label = Tensor::arange(n, (Kind::Int64, device));
+    let round = |label: &Tensor| {
+        let lowest = label.index_select(0, &linked).view([n, -1]).amin(1, false).minimum(label);
+        lowest.index_select(0, &lowest)
+    };
+    // Labels only fall, so a round that changes nothing has settled them, and rounds after it change nothing either.
+    // Each check is a wait for the device: the rounds between checks double (the bundled frame's groups settle
+    // after 14 rounds: 4 checks, not 15).
+    let (mut label, mut rounds) = (Tensor::arange(n, (Kind::Int64, device)), 1);
     loop {
-        let lowest = label.index_select(0, &linked).view([n, -1]).amin(1, false).minimum(&label);
-        let next = lowest.index_select(0, &lowest);
-        if next.equal(&label) {
-            return Ok(label.bincount::<Tensor>(None, n).index_select(0, &label));
+        for _ in 1..rounds {
+            label = round(&label);
         }
-        label = next;
+        let next = round(&label);
+        if transfers::sized_by_data(|| next.equal(&label)) {
+            return Ok(occurrences(&label, n).index_select(0, &label));
+        }
+        (label, rounds) = (next, rounds * 2);
     }
 }
 
@@ -660,13 +679,13 @@ fn correspondence_sums(
 fn cells_of(keys: &Tensor, numbering: Numbering) -> (Tensor, Tensor, Tensor) {
     let device = keys.device();
     if numbering == Numbering::Rows {
-        let (_, cell, counts) = keys.unique_dim(0, true, true, true);
+        let (_, cell, counts) = transfers::sized_by_data(|| keys.unique_dim(0, true, true, true));
         return (cell, counts, Tensor::ones([], (Kind::Int64, device)));
     }
     let low = keys.amin(0, false);
     let span = keys.amax(0, false) - &low + 1;
-    let (distinct, cell) = fold(&(keys - low), &span).internal_unique(true, true);
-    let counts = Tensor::zeros([distinct.size()[0]], (Kind::Int64, device)).index_add(0, &cell, &cell.ones_like());
+    let (distinct, cell) = transfers::sized_by_data(|| fold(&(keys - low), &span).internal_unique(true, true));
+    let counts = occurrences(&cell, distinct.size()[0]);
     (cell, counts, foldable(&span))
 }
 
@@ -729,7 +748,7 @@ pub fn normals(points: &Tensor, k: i64, reach: f32, orientation: NormalOrientati
     let members = points.to_kind(Kind::Double).index_select(0, &near.index.view(-1)).view([n, k, 3]);
     let centred = &members - members.mean_dim(1, true, Kind::Double);
     let covariance = centred.transpose(1, 2).matmul(&centred);
-    let (_, vectors) = covariance.linalg_eigh("L");
+    let (_, vectors) = transfers::sized_by_data(|| covariance.linalg_eigh("L"));
     let normal = vectors.select(2, 0);
     let towards = match orientation {
         NormalOrientation::TowardsViewpoint(v) => Tensor::from_slice(&v).upload(device).unsqueeze(0) - points,
@@ -823,9 +842,13 @@ pub fn fpfh_at(grid: &CellGrid, normals: &Tensor, radius: f32, queries: &Tensor)
     let (n, device) = (grid.points.size()[0], grid.points.device());
     let near = within(grid, &grid.points.index_select(0, queries), radius);
     let (q, width) = (near.index.size()[0], near.index.size()[1]);
-    // Each neighbour's SPFH once, however many queries share it.
-    let (needed, _) = Tensor::cat(&[queries.shallow_clone(), near.index.masked_select(&near.valid())], 0)
-        .internal_unique(true, false);
+    // Each neighbour's SPFH once, however many queries share it: the points needed first (ascending), then others,
+    // up to a count the host knows (selecting exactly the needed ones would wait for the device to size them).
+    let mut mark = Tensor::zeros([n + 1], (Kind::Bool, device));
+    let _ = mark.index_fill_(0, &near.index.where_scalarother(&near.valid(), n).view(-1), 1);
+    let _ = mark.index_fill_(0, queries, 1);
+    let count = n.min(q * (width + 1));
+    let needed = mark.narrow(0, 0, n).argsort_stable(true, 0, true).narrow(0, 0, count);
     let spfhs = spfh(grid, normals, &needed, radius);
     let slot = Tensor::zeros([n], (Kind::Int64, device)).scatter(
         0,
@@ -856,20 +879,19 @@ pub fn fpfh_at(grid: &CellGrid, normals: &Tensor, radius: f32, queries: &Tensor)
 pub fn spread_patch_scores(points: &Tensor, centres: &Tensor, groups: &Tensor, patch_scores: &Tensor) -> Tensor {
     let (n, device) = (points.size()[0], points.device());
     let k = groups.size()[1];
-    let per_member = patch_scores.unsqueeze(1).expand([-1, k], false).reshape([-1]);
-    let members = groups.reshape([-1]);
-    let (covered, _, counts) = members.sort(0, false).0.unique_consecutive(false, true, 0);
-    let scores = Tensor::full([n], f64::NEG_INFINITY, (Kind::Float, device)).index_copy(
+    // A NaN score is no patch's maximum (`f32::max` passes it over, as the host does).
+    let per_member = patch_scores.nan_to_num(f64::NEG_INFINITY, None, None).unsqueeze(1).expand([-1, k], false);
+    let scores = Tensor::full([n], f64::NEG_INFINITY, (Kind::Float, device)).internal_scatter_reduce(
         0,
-        &covered,
-        &per_member.index_select(0, &lowest_of_each(&members, &per_member.neg(), &counts)),
+        &groups.reshape([-1]),
+        &per_member.reshape([-1]),
+        "amax",
+        true,
     );
-    let uncovered = scores.isneginf().nonzero().view(-1);
-    if uncovered.size()[0] == 0 {
-        return scores;
-    }
-    let nearest = knn(centres, &points.index_select(0, &uncovered), 1, 0.0).index.view(-1);
-    scores.index_copy(0, &uncovered, &patch_scores.index_select(0, &nearest))
+    // Every point's nearest centre, not only the uncovered ones': selecting those would wait for the device to count
+    // them, and P centres per point are few.
+    let nearest = every_knn(centres, points, 1).index.view(-1);
+    scores.where_self(&scores.isneginf().logical_not(), &patch_scores.index_select(0, &nearest))
 }
 
 /// The median of the finite values within `radius` of each point, itself included (the mean of the middle two
@@ -1532,9 +1554,15 @@ mod tests {
         let centres: Vec<u32> = super::super::farthest_point_sampling(&pts, 40, 0);
         let centre_points: Vec<Point> = centres.iter().map(|&c| pts[c as usize]).collect();
         let groups = index.group(&centre_points, 20);
-        let patch_scores: Vec<f32> = (0..40).map(|p| (p * 7 % 13) as f32).collect();
+        let mut patch_scores: Vec<f32> = (0..40).map(|p| (p * 7 % 13) as f32).collect();
         let host = Compute::Host.spread_patch_scores(&pts, &centres, &groups, 20, &patch_scores).unwrap();
         let ours = CPU.spread_patch_scores(&pts, &centres, &groups, 20, &patch_scores).unwrap();
         assert_eq!(ours, host);
+        // A NaN patch score is no member's maximum; its own centre's uncovered neighbours take it.
+        patch_scores[0] = f32::NAN;
+        let host = Compute::Host.spread_patch_scores(&pts, &centres, &groups, 20, &patch_scores).unwrap();
+        let ours = CPU.spread_patch_scores(&pts, &centres, &groups, 20, &patch_scores).unwrap();
+        assert!(host.iter().any(|s| s.is_nan()), "points nearest the NaN patch's centre take it");
+        assert!(ours.iter().zip(&host).all(|(a, b)| a.to_bits() == b.to_bits()), "NaN where the host has it");
     }
 }

@@ -450,6 +450,43 @@ fn voxel_downsample(points: &Tensor, voxel_size: f32, numbering: Numbering) -> R
     })
 }
 
+/// How the voxels of `points` (finite) can be numbered, decided from the host's copy (no read): folded where the
+/// box of voxels, keyed as [`voxel_downsample`] keys it, is well below 2^62, else by rows.
+fn numbering_on_host(points: &[Point], voxel_size: f32) -> Numbering {
+    let inverse = 1.0 / f64::from(voxel_size);
+    let (mut low, mut high) = ([f64::INFINITY; 3], [f64::NEG_INFINITY; 3]);
+    for p in points {
+        for axis in 0..3 {
+            let key = (f64::from(p[axis]) * inverse).floor();
+            (low[axis], high[axis]) = (low[axis].min(key), high[axis].max(key));
+        }
+    }
+    let voxels: f64 = (0..3).map(|axis| high[axis] - low[axis] + 1.0).product();
+    if voxels < 2.305_843_009_213_694e18 { Numbering::Folded } else { Numbering::Rows }
+}
+
+/// FPFH over `radius` as a [coarse copy](crate::model::preprocess) of `points` (voxels of `coarse_voxel`, each
+/// coarse point with its voxel's central member's normal) gives it to `queries` (indices into `points`): each
+/// query takes its coarse point's histogram. Q × 33, nothing read: the points are finite voxel points (their copy
+/// on the host says how to number the coarse voxels), and the histogram of every coarse point is taken (selecting
+/// the queries' own would wait for the device to count them; they are most of them).
+pub fn coarse_fpfh(
+    points: &SharedPoints,
+    normals: &SharedPoints,
+    device: Device,
+    coarse_voxel: f32,
+    radius: f32,
+    queries: &Tensor,
+) -> Result<Tensor> {
+    let fine = points.on(device);
+    let voxels = voxel_downsample(&fine, coarse_voxel, numbering_on_host(points, coarse_voxel))?;
+    let central = central_members(&fine, &voxels.centroids, &voxels.representative);
+    let coarse_normals = normals.on(device).index_select(0, &central);
+    let grid = CellGrid::new(&voxels.centroids, positive("FPFH radius", radius)?).ok_or(GeometryError::Empty)?;
+    let every = Tensor::arange(voxels.centroids.size()[0], (Kind::Int64, device));
+    Ok(fpfh_at(&grid, &coarse_normals, radius, &every).index_select(0, &voxels.representative.index_select(0, queries)))
+}
+
 /// The voxel grid of `points` with what `read` reads of it, which must include its checks (returned first): a
 /// non-finite point is an error, and a box of too many voxels to fold has the grid made again by rows (a second
 /// read, for a box of 2^62 voxels or more: a cloud with an absurd point).

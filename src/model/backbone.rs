@@ -12,11 +12,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Tensor, nn, nn::Module, nn::ModuleT};
+use tch::{Device, Kind, Tensor, nn, nn::Module, nn::ModuleT};
 
 use super::config::BackboneConfig;
 use super::preprocess::{CONTEXT_DIMS, PatchedCloud};
 use super::{LayerInit, ModelError, Result, copy_into, tensors_from_bytes};
+use crate::geometry::device::{Stage, indices_tensor};
 use crate::geometry::{FPFH_BINS, Fpfh};
 use crate::transfers::Transfer;
 
@@ -302,19 +303,13 @@ impl Backbone {
         }
     }
 
-    /// Multi-scale tokens of every sample point (S, C; `PatchedCloud::samples`): see [`point_feature_rows`]. An
-    /// error for the other token sources.
+    /// Multi-scale tokens of every sample point (S, C; `PatchedCloud::samples`) on the backbone's device: see
+    /// [`point_features`]. An error for the other token sources.
     pub fn point_features(&self, cloud: &PatchedCloud) -> Result<Tensor> {
         let Some(radii) = self.point_feature_radii() else {
             return Err(ModelError::Config(format!("{} tokens have no per-point features", self.identity.kind)));
         };
-        Ok(self.rows_tensor(&point_feature_rows(radii, cloud)?))
-    }
-
-    /// Feature rows (as [`point_feature_rows`] gives them) as an (S, C) tensor on the backbone's device.
-    pub fn rows_tensor(&self, rows: &[f32]) -> Tensor {
-        let width = self.width() as i64;
-        Tensor::from_slice(rows).reshape([rows.len() as i64 / width, width]).upload(self.vs.device())
+        point_features(radii, cloud, self.vs.device())
     }
 
     /// Tokens of one patched cloud: (n, C), no gradient.
@@ -349,19 +344,38 @@ impl Backbone {
     }
 }
 
-/// Multi-scale tokens of every sample point, row after row: the FPFH of each radius (voxels), Hellinger-scaled,
-/// then the surface context. Plain numbers, no tensors: any thread may compute them. The scales are computed
-/// side by side: each has serial steps (its coarse copy's grid and tree) that leave a core to the others.
-pub fn point_feature_rows(radii_voxels: &[f32], cloud: &PatchedCloud) -> Result<Vec<f32>> {
+/// Multi-scale tokens of every sample point (S, C on `device`): the FPFH of each radius (voxels), Hellinger-scaled,
+/// then the surface context. Where the cloud's FPFH and context ran on a device they are joined there, nothing read.
+/// Otherwise they are rows on the host, copied up once; the scales are computed side by side there: each has serial
+/// steps (its coarse copy's grid and tree) that leave a core to the others.
+pub fn point_features(radii_voxels: &[f32], cloud: &PatchedCloud, device: Device) -> Result<Tensor> {
     use rayon::prelude::*;
+    if let (Some(on), Some(context)) = (cloud.compute.device_for(Stage::Fpfh), cloud.context.on_device()) {
+        let samples = indices_tensor(&cloud.samples, on);
+        let mut columns = radii_voxels
+            .iter()
+            .map(|r| Ok(hellinger(&cloud.sample_descriptors_on(on, &samples, r * cloud.voxel)?)))
+            .collect::<Result<Vec<Tensor>>>()?;
+        columns.push(context);
+        return Ok(Tensor::cat(&columns, 1).to_device(device));
+    }
     let scales: Vec<Vec<Fpfh>> =
         radii_voxels.par_iter().map(|r| cloud.sample_descriptors(r * cloud.voxel)).collect::<Result<_>>()?;
-    let mut rows: Vec<f32> = Vec::with_capacity(cloud.samples.len() * multiscale_width(scales.len()));
+    let context = cloud.context.rows()?;
+    let width = multiscale_width(scales.len());
+    let mut rows: Vec<f32> = Vec::with_capacity(cloud.samples.len() * width);
     for p in 0..cloud.samples.len() {
         rows.extend(scales.iter().flat_map(|s| s[p].iter()).map(|v| (v / 100.0).sqrt()));
-        rows.extend(cloud.context[p]);
+        rows.extend(context[p]);
     }
-    Ok(rows)
+    Ok(Tensor::from_slice(&rows).reshape([cloud.samples.len() as i64, width as i64]).upload(device))
+}
+
+/// Hellinger (square-root) scaling of FPFH histograms (each bin out of 100), rounded as the host's rows round it:
+/// a division in f32, not a product with 0.01, and the root in f64 rounded to f32 (LibTorch's f32 root on a CPU is
+/// within an ulp, not exact; a root in f64 rounds to the exact f32 one).
+fn hellinger(histograms: &Tensor) -> Tensor {
+    (histograms / histograms.full_like(100.0)).to_kind(Kind::Double).sqrt().to_kind(Kind::Float)
 }
 
 /// The rows of a cloud's patch centres among its samples' point features.

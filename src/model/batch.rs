@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::config::DetectorConfig;
 use super::preprocess::{self, Centres, PatchedCloud, PoseTemplate, Sampling, View};
@@ -29,6 +29,8 @@ pub struct GeometryPart {
     template: Option<Arc<PoseTemplate>>,
     point_feature_radii: Option<Vec<f32>>,
     compute: Compute,
+    /// The model's: where the point features go.
+    device: Device,
 }
 
 /// Clouds after their geometry, before any learned stage: the first half of [`Detector::inspect_batch`]
@@ -43,7 +45,7 @@ struct Prepared {
     inliers: geometry::Inliers,
     patched: PatchedCloud,
     /// The samples' per-point feature rows, when the model scores points by their own features.
-    point_rows: Option<Vec<f32>>,
+    point_rows: Option<Tensor>,
     preprocess_ms: f64,
     rows_ms: f64,
 }
@@ -106,11 +108,13 @@ impl GeometryPart {
         preprocess::patch_view(view, &c.preprocess, centres, c.patches.size, self.template(), Sampling::Cells)
     }
 
-    /// The samples' per-point feature rows, where the model scores points by their own features (`None`
-    /// otherwise, and where the backbone has none: the learned stages then name the problem).
-    pub(crate) fn point_rows(&self, patched: &PatchedCloud) -> Result<Option<Vec<f32>>> {
+    /// The samples' per-point features on the model's device, where the model scores points by their own features
+    /// (`None` otherwise, and where the backbone has none: the learned stages then name the problem).
+    pub(crate) fn point_rows(&self, patched: &PatchedCloud) -> Result<Option<Tensor>> {
         match &self.point_feature_radii {
-            Some(radii) if self.config.uses_point_features() => Ok(Some(backbone::point_feature_rows(radii, patched)?)),
+            Some(radii) if self.config.uses_point_features() => {
+                Ok(Some(backbone::point_features(radii, patched, self.device)?))
+            }
             _ => Ok(None),
         }
     }
@@ -218,6 +222,7 @@ impl Detector {
             template: self.conditioning.template.clone(),
             point_feature_radii: self.backbone.point_feature_radii().map(<[f32]>::to_vec),
             compute: self.compute,
+            device: self.device,
         }
     }
 
@@ -235,7 +240,7 @@ impl Detector {
             .into_iter()
             .map(|p| {
                 let p = p?;
-                let (features, backbone_ms, sca_ms) = self.features_of(&p.patched, p.point_rows.as_deref())?;
+                let (features, backbone_ms, sca_ms) = self.features_of(&p.patched, p.point_rows.as_ref())?;
                 Ok((p, features, backbone_ms, sca_ms))
             })
             .collect();

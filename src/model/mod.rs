@@ -427,17 +427,17 @@ impl Detector {
     pub fn features(&self, cloud: &PatchedCloud) -> Result<(Features, f64, f64)> {
         let t = Instant::now();
         let rows = self.geometry().point_rows(cloud)?;
-        let (features, _, sca_ms) = self.features_of(cloud, rows.as_deref())?;
+        let (features, _, sca_ms) = self.features_of(cloud, rows.as_ref())?;
         Ok((features, ms(t) - sca_ms, sca_ms))
     }
 
     /// [`Self::features`] with the samples' per-point feature rows already computed (`None` where the model does
     /// not score points by their own features).
-    fn features_of(&self, cloud: &PatchedCloud, point_rows: Option<&[f32]>) -> Result<(Features, f64, f64)> {
+    fn features_of(&self, cloud: &PatchedCloud, point_rows: Option<&Tensor>) -> Result<(Features, f64, f64)> {
         let t = Instant::now();
         let (tokens, points) = match point_rows {
             Some(rows) if self.config.uses_point_features() => {
-                let points = self.condition(self.backbone.rows_tensor(rows));
+                let points = self.condition(rows.shallow_clone());
                 (points.index_select(0, &backbone::centre_rows(cloud, self.device)), Some(points))
             }
             _ if self.config.uses_point_features() => {

@@ -2,8 +2,12 @@
 //! augmentation → FPS patch centres → kNN patches → normals → FPFH descriptors. Produces a [`PatchedCloud`]
 //! that the backbone, SCA and scoring read, and that remembers how to map results back to every input point.
 
+use std::borrow::Cow;
+use std::sync::{Mutex, PoisonError};
+
 use rand::Rng;
 use rayon::prelude::*;
+use tch::Tensor;
 
 use super::config::{AugmentConfig, NormalSide, PreprocessConfig};
 use super::{ModelError, Result};
@@ -43,12 +47,41 @@ pub struct PatchedCloud {
     /// Per patch centre, its index in `samples`.
     pub centre_samples: Vec<u32>,
     /// Per sample, what FPFH cannot see: [`CONTEXT_DIMS`] numbers (see [`surface_context`]).
-    pub context: Vec<[f32; CONTEXT_DIMS]>,
+    pub context: SampleContext,
     /// Whether the scan has [`ALL_ROUND_COVERAGE`] of the registered template (taken all round) or is a partial
     /// view; all round without a template or without the capture input. The heads' capture input (1 or 0).
     pub all_round: bool,
     /// Where this cloud's geometry (voxel grid, FPS, grouping, normals, FPFH, projection) runs.
     pub compute: Compute,
+}
+
+/// The samples' [`surface_context`]: rows on the host, or an S × [`CONTEXT_DIMS`] tensor on the device it was made
+/// on, where the point features take it as it is (nothing read).
+pub enum SampleContext {
+    Host(Vec<[f32; CONTEXT_DIMS]>),
+    /// Locked: a tensor may move between threads but not be shared by them.
+    Device(Mutex<Tensor>),
+}
+
+impl SampleContext {
+    /// The rows, read from the device where they are there.
+    pub fn rows(&self) -> Result<Cow<'_, [[f32; CONTEXT_DIMS]]>> {
+        match self {
+            Self::Host(rows) => Ok(Cow::Borrowed(rows)),
+            Self::Device(values) => {
+                let values = geometry::device::host_floats(&values.lock().unwrap_or_else(PoisonError::into_inner))?;
+                Ok(Cow::Owned(values.chunks_exact(CONTEXT_DIMS).map(|c| std::array::from_fn(|k| c[k])).collect()))
+            }
+        }
+    }
+
+    /// The device's tensor (shared, not copied); `None` for rows on the host.
+    pub fn on_device(&self) -> Option<Tensor> {
+        match self {
+            Self::Host(_) => None,
+            Self::Device(values) => Some(values.lock().unwrap_or_else(PoisonError::into_inner).shallow_clone()),
+        }
+    }
 }
 
 /// Edge of the cells that share one set of per-point features, in voxels. Per-point features (multi-scale FPFH
@@ -128,6 +161,24 @@ impl PatchedCloud {
                 Ok(self.samples.iter().map(|&s| coarse[slot[coarse_of(s) as usize] as usize]).collect())
             }
         }
+    }
+
+    /// [`Self::sample_descriptors`] where the FPFH stage runs on `device`, kept there: S × 33 (`samples` the
+    /// samples' indices on it). Nothing is read: the point features take them as they are.
+    pub fn sample_descriptors_on(
+        &self,
+        device: tch::Device,
+        samples: &tch::Tensor,
+        radius: f32,
+    ) -> Result<tch::Tensor> {
+        use crate::geometry::device::{coarse_fpfh, fpfh_at, search_grid};
+        Ok(match coarse_voxel(self.voxel, radius) {
+            None => {
+                let grid = search_grid(&self.points, device, "FPFH radius", radius)?;
+                fpfh_at(&grid, &self.normals.on(device), radius, samples)
+            }
+            Some(coarse) => coarse_fpfh(&self.points, &self.normals, device, coarse, radius, samples)?,
+        })
     }
 
     /// Per voxel point, its cell's value of `per_cell` (one value per cell sample, the first `cell_count`).
@@ -442,14 +493,20 @@ impl CoarseCopy {
         voxel: f32,
         radius: f32,
     ) -> Result<Option<Self>> {
-        let coarse_voxel = radius / 3.0;
-        if coarse_voxel <= voxel * 1.2 {
+        let Some(coarse_voxel) = coarse_voxel(voxel, radius) else {
             return Ok(None);
-        }
+        };
         let (grid, central) = compute.voxel_centres(points, coarse_voxel)?;
         let normals: Vec<Point> = central.iter().map(|&i| normals[i as usize]).collect();
         Ok(Some(Self { points: grid.points.into(), normals: normals.into(), representative: grid.representative }))
     }
+}
+
+/// The voxel edge of the [`CoarseCopy`] for FPFH over `radius` of points `voxel` apart; `None` where the radius is
+/// small enough to use the voxel points themselves.
+fn coarse_voxel(voxel: f32, radius: f32) -> Option<f32> {
+    let coarse = radius / 3.0;
+    (coarse > voxel * 1.2).then_some(coarse)
 }
 
 /// SCA's descriptor: FPFH at each centre over `radius`, on a [`CoarseCopy`] (with the centres added to it, so
@@ -494,11 +551,13 @@ pub fn surface_context(
     voxel: f32,
     template: Option<(&PoseTemplate, Option<&[bool]>)>,
     at: &[u32],
-) -> Result<Vec<[f32; CONTEXT_DIMS]>> {
-    match compute.device_for(Stage::Context) {
-        None => host_surface_context(points, normals, index, voxel, template, at),
-        Some(device) => device_surface_context(device, points, normals, voxel, template, at),
-    }
+) -> Result<SampleContext> {
+    Ok(match compute.device_for(Stage::Context) {
+        None => SampleContext::Host(host_surface_context(points, normals, index, voxel, template, at)?),
+        Some(device) => {
+            SampleContext::Device(Mutex::new(device_surface_context(device, points, normals, voxel, template, at)?))
+        }
+    })
 }
 
 fn host_surface_context(
@@ -562,8 +621,8 @@ fn host_surface_context(
         .collect())
 }
 
-/// [`surface_context`] as tensor code on `device`: the same numbers, up to the order in which the centroid's sums
-/// round and, where two template points are equally near, which one is taken.
+/// [`surface_context`] as tensor code on `device` (S × [`CONTEXT_DIMS`]): the same numbers, up to the order in
+/// which the centroid's sums round and, where two template points are equally near, which one is taken.
 fn device_surface_context(
     device: tch::Device,
     points: &SharedPoints,
@@ -571,11 +630,11 @@ fn device_surface_context(
     voxel: f32,
     template: Option<(&PoseTemplate, Option<&[bool]>)>,
     at: &[u32],
-) -> Result<Vec<[f32; CONTEXT_DIMS]>> {
-    use crate::geometry::device::{host_floats, indices_tensor, knn_in, search_grid, within};
-    use tch::{Kind, Tensor};
+) -> Result<Tensor> {
+    use crate::geometry::device::{indices_tensor, knn_in, search_grid, within};
+    use tch::Kind;
     if at.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Tensor::zeros([0, CONTEXT_DIMS as i64], (Kind::Float, device)));
     }
     let [near, far] = CONTEXT_RADII_VOXELS.map(|r| r * voxel);
     let within_near = |found: &crate::geometry::device::Neighbors| found.squared_distance.le(f64::from(near * near));
@@ -626,8 +685,7 @@ fn device_surface_context(
             columns.push(1.0 - agreement);
         }
     }
-    let values = host_floats(&Tensor::stack(&columns, 1))?;
-    Ok(values.chunks_exact(CONTEXT_DIMS).map(|c| std::array::from_fn(|k| c[k])).collect())
+    Ok(Tensor::stack(&columns, 1))
 }
 
 /// Where step 1 finds its patch centres.
@@ -804,7 +862,7 @@ mod tests {
         for (k, &c) in cloud.centres.iter().enumerate() {
             assert_eq!(cloud.samples[cloud.centre_samples[k] as usize], c, "each centre has its own features");
         }
-        assert_eq!(cloud.context.len(), cloud.samples.len());
+        assert_eq!(cloud.context.rows().unwrap().len(), cloud.samples.len());
         let view = prepare_view(&pts, &cfg, 16, None, None, Compute::Host).unwrap();
         let every = patch_view(view, &cfg, Centres::Sample(64), 16, None, Sampling::EveryPoint).unwrap();
         assert_eq!(every.samples, (0..every.points.len() as u32).collect::<Vec<_>>());
@@ -868,7 +926,7 @@ mod tests {
             .collect();
         let cloud = patch_cloud(&bumped, &cfg, 64, 16, Some(&fused), None).unwrap();
         let (mut on_bump, mut elsewhere) = (Vec::new(), Vec::new());
-        for (&s, c) in cloud.samples.iter().zip(&cloud.context) {
+        for (&s, c) in cloud.samples.iter().zip(cloud.context.rows().unwrap().iter()) {
             let q = cloud.frame.invert(cloud.points[s as usize]);
             let d2 = (q[0] - 10.0).powi(2) + (q[1] - 7.0).powi(2);
             if q[2] > 13.5 && d2 < 1.0 {
@@ -903,6 +961,7 @@ mod tests {
         {
             let context = |compute| {
                 surface_context(compute, &cloud.points, &cloud.normals, &cloud.index, cloud.voxel, t, &cloud.samples)
+                    .and_then(|context| Ok(context.rows()?.into_owned()))
                     .unwrap()
             };
             let (host, device) = (context(Compute::Host), context(Compute::tensors(tch::Device::Cpu)));
@@ -921,6 +980,31 @@ mod tests {
             };
             assert!(spread(0) && (t.is_none() || (1..CONTEXT_DIMS).all(spread)), "case {case}");
         }
+    }
+
+    #[test]
+    fn point_features_joined_on_the_device_are_the_rows_read_back() {
+        let pts = box_surface();
+        let cfg = PreprocessConfig { voxel_size: 0.5, ..Default::default() };
+        let template = PoseTemplate::from_cloud(&pts, &cfg).unwrap();
+        let features = |compute: Compute| {
+            let view = prepare_view(&pts, &cfg, 16, Some(&template), None, compute).unwrap();
+            let cloud = patch_view(view, &cfg, Centres::Sample(64), 16, Some(&template), Sampling::Cells).unwrap();
+            // 3 voxels on the voxel points themselves, 5 and 8 on coarse copies.
+            let features = crate::model::backbone::point_features(&[3.0, 5.0, 8.0], &cloud, tch::Device::Cpu);
+            let rows = crate::geometry::device::host_floats(&features.unwrap()).unwrap();
+            (rows, cloud.context.rows().unwrap().into_owned())
+        };
+        let on_device = Compute::tensors(tch::Device::Cpu);
+        let ((joined, context), (read_back, _)) = (features(on_device), features(on_device.with_host(Stage::Context)));
+        let width = 3 * geometry::FPFH_BINS + CONTEXT_DIMS;
+        assert_eq!(joined.len(), context.len() * width);
+        for (s, (a, b)) in joined.chunks(width).zip(read_back.chunks(width)).enumerate() {
+            let (fpfh, rest) = a.split_at(3 * geometry::FPFH_BINS);
+            assert_eq!(fpfh, &b[..fpfh.len()], "sample {s}: the histograms, to the bit");
+            assert_eq!(rest, context[s].as_slice(), "sample {s}: the device's context, as it reads back");
+        }
+        assert!(joined.iter().any(|&v| v > 0.0 && v < 1.0), "Hellinger-scaled histograms");
     }
 
     #[test]
@@ -964,7 +1048,7 @@ mod tests {
         // The count ratio within 3 voxels at the view's lower border and on the hole's rim, with and without.
         let ratio = |cfg: &PreprocessConfig, near: &dyn Fn(Point) -> bool| {
             let cloud = patch_cloud(&view, cfg, 64, 16, Some(&template), None).unwrap();
-            let picked: Vec<f32> = (cloud.samples.iter().zip(&cloud.context))
+            let picked: Vec<f32> = (cloud.samples.iter().zip(cloud.context.rows().unwrap().iter()))
                 .filter(|(s, _)| near(cloud.frame.invert(cloud.points[**s as usize])))
                 .map(|(_, c)| c[1])
                 .collect();

@@ -389,7 +389,7 @@ fn nearest_within(grid: &CellGrid, queries: &Tensor, radius: f32) -> Neighbors {
 
 /// How often each of 0..`bins` occurs among `values` (int64, each below `bins`). Not `bincount`: on a GPU it reads
 /// the largest value to size its output.
-fn occurrences(values: &Tensor, bins: i64) -> Tensor {
+pub fn occurrences(values: &Tensor, bins: i64) -> Tensor {
     Tensor::zeros([bins], (Kind::Int64, values.device())).index_add(0, values, &values.ones_like())
 }
 
@@ -465,12 +465,25 @@ fn numbering_on_host(points: &[Point], voxel_size: f32) -> Numbering {
     if voxels < 2.305_843_009_213_694e18 { Numbering::Folded } else { Numbering::Rows }
 }
 
-/// FPFH over `radius` as a [coarse copy](crate::model::preprocess) of `points` (voxels of `coarse_voxel`, each
-/// coarse point with its voxel's central member's normal) gives it to `queries` (indices into `points`): each
-/// query takes its coarse point's histogram. Q × 33, nothing read: the points are finite voxel points (their copy
-/// on the host says how to number the coarse voxels), and the histogram of every coarse point is taken (selecting
-/// the queries' own would wait for the device to count them; they are most of them).
-pub fn coarse_fpfh(
+/// A coarse copy of `points` (finite voxel points) on `device` for FPFH over wide radii: the centroids of voxels of
+/// `coarse_voxel`, each with its voxel's central member's normal, and each point's coarse point. Nothing read: the
+/// host's copy of the points says how to number the voxels.
+fn coarse_copy(
+    points: &SharedPoints,
+    normals: &SharedPoints,
+    device: Device,
+    coarse_voxel: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let fine = points.on(device);
+    let voxels = voxel_downsample(&fine, coarse_voxel, numbering_on_host(points, coarse_voxel))?;
+    let central = central_members(&fine, &voxels.centroids, &voxels.representative);
+    Ok((voxels.centroids, normals.on(device).index_select(0, &central), voxels.representative))
+}
+
+/// FPFH over `radius` on a coarse copy of `points` ([`coarse_copy`]), each of `queries` (indices into `points`)
+/// taking its coarse point's: Q × 33. The histogram of every coarse point is taken (selecting the queries' own would
+/// wait for the device to count them; they are most of them).
+pub fn fpfh_of_coarse_points(
     points: &SharedPoints,
     normals: &SharedPoints,
     device: Device,
@@ -478,13 +491,30 @@ pub fn coarse_fpfh(
     radius: f32,
     queries: &Tensor,
 ) -> Result<Tensor> {
-    let fine = points.on(device);
-    let voxels = voxel_downsample(&fine, coarse_voxel, numbering_on_host(points, coarse_voxel))?;
-    let central = central_members(&fine, &voxels.centroids, &voxels.representative);
-    let coarse_normals = normals.on(device).index_select(0, &central);
-    let grid = CellGrid::new(&voxels.centroids, positive("FPFH radius", radius)?).ok_or(GeometryError::Empty)?;
-    let every = Tensor::arange(voxels.centroids.size()[0], (Kind::Int64, device));
-    Ok(fpfh_at(&grid, &coarse_normals, radius, &every).index_select(0, &voxels.representative.index_select(0, queries)))
+    let (coarse, coarse_normals, coarse_of) = coarse_copy(points, normals, device, coarse_voxel)?;
+    let grid = CellGrid::new(&coarse, positive("FPFH radius", radius)?).ok_or(GeometryError::Empty)?;
+    let every = Tensor::arange(coarse.size()[0], (Kind::Int64, device));
+    Ok(fpfh_at(&grid, &coarse_normals, radius, &every).index_select(0, &coarse_of.index_select(0, queries)))
+}
+
+/// FPFH over `radius` at each of `queries` (indices into `points`) added to a coarse copy of `points`
+/// ([`coarse_copy`]): each histogram is still taken at its own point, over the coarse points (and the other
+/// queries) around it. Q × 33.
+pub fn fpfh_among_coarse_points(
+    points: &SharedPoints,
+    normals: &SharedPoints,
+    device: Device,
+    coarse_voxel: f32,
+    radius: f32,
+    queries: &Tensor,
+) -> Result<Tensor> {
+    let (coarse, coarse_normals, _) = coarse_copy(points, normals, device, coarse_voxel)?;
+    let first = coarse.size()[0];
+    let joined = Tensor::cat(&[coarse, points.on(device).index_select(0, queries)], 0);
+    let joined_normals = Tensor::cat(&[coarse_normals, normals.on(device).index_select(0, queries)], 0);
+    let grid = CellGrid::new(&joined, positive("FPFH radius", radius)?).ok_or(GeometryError::Empty)?;
+    let added = Tensor::arange_start(first, first + queries.size()[0], (Kind::Int64, device));
+    Ok(fpfh_at(&grid, &joined_normals, radius, &added))
 }
 
 /// The voxel grid of `points` with what `read` reads of it, which must include its checks (returned first): a

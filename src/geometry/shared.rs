@@ -3,6 +3,9 @@
 //! once for all of its patch step (sampling, normals, grouping, FPFH, context, projection), and a model's template
 //! once for all of its scans. A result made on the device starts with its copy there. The search grids over the copy
 //! are kept with it likewise: one per radius, however many stages (or scans, for a template) search at it.
+//!
+//! Rows that a stage makes per point or per sample (descriptors, context) stay where the stage ran: on the host, or
+//! on its device until the host asks for them ([`SharedRows`]).
 
 use std::borrow::Cow;
 use std::ops::Deref;
@@ -10,8 +13,10 @@ use std::sync::{Mutex, PoisonError};
 
 use tch::{Device, Tensor};
 
+use crate::transfers::Transfer;
+
 use super::Point;
-use super::device::{CellGrid, host_points, points_tensor};
+use super::device::{CellGrid, host_floats, host_points, points_tensor};
 
 /// Points on the host and, once a device stage has needed them, on that device, with the search grids built over
 /// that copy. Both sit behind mutexes: rayon's arms share the points, and a tensor may be sent between threads but
@@ -84,5 +89,61 @@ impl From<Vec<Point>> for SharedPoints<'static> {
 impl<'a> From<&'a [Point]> for SharedPoints<'a> {
     fn from(points: &'a [Point]) -> Self {
         Self::new(points)
+    }
+}
+
+/// Rows of `W` numbers (one per point or sample) where the stage that made them ran: the host's, or a device's
+/// N × `W` float tensor, read or copied only where another place asks for them.
+pub enum SharedRows<const W: usize> {
+    Host(Vec<[f32; W]>),
+    /// Locked: a tensor may move between threads but not be shared by them.
+    Device(Mutex<Tensor>),
+}
+
+impl<const W: usize> SharedRows<W> {
+    /// Rows made on a device.
+    pub fn device(rows: Tensor) -> Self {
+        Self::Device(Mutex::new(rows))
+    }
+
+    /// The rows on the host, read from the device where they are there.
+    pub fn rows(&self) -> super::Result<Cow<'_, [[f32; W]]>> {
+        match self {
+            Self::Host(rows) => Ok(Cow::Borrowed(rows)),
+            Self::Device(rows) => {
+                let values = host_floats(&rows.lock().unwrap_or_else(PoisonError::into_inner))?;
+                Ok(Cow::Owned(values.chunks_exact(W).map(|r| std::array::from_fn(|k| r[k])).collect()))
+            }
+        }
+    }
+
+    /// The device's tensor (shared, not copied); `None` for rows on the host.
+    pub fn on_device(&self) -> Option<Tensor> {
+        match self {
+            Self::Host(_) => None,
+            Self::Device(rows) => Some(rows.lock().unwrap_or_else(PoisonError::into_inner).shallow_clone()),
+        }
+    }
+
+    /// The rows as an N × `W` float tensor on `device`: the device's own, or the host's copied up.
+    pub fn on(&self, device: Device) -> Tensor {
+        match self {
+            Self::Host(rows) => {
+                Tensor::from_slice(rows.as_flattened()).view([rows.len() as i64, W as i64]).upload(device)
+            }
+            Self::Device(rows) => {
+                let rows = rows.lock().unwrap_or_else(PoisonError::into_inner);
+                if rows.device() == device { rows.shallow_clone() } else { rows.to_device(device) }
+            }
+        }
+    }
+}
+
+impl<const W: usize> Clone for SharedRows<W> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Host(rows) => Self::Host(rows.clone()),
+            Self::Device(rows) => Self::device(rows.lock().unwrap_or_else(PoisonError::into_inner).shallow_clone()),
+        }
     }
 }

@@ -328,7 +328,7 @@ impl Backbone {
             }
             Source::Fpfh { projection, radius_scales } => {
                 let mut rows: Vec<f32> = Vec::with_capacity(cloud.patch_count() * 2 * FPFH_BINS);
-                let base = cloud.descriptors.clone();
+                let base = cloud.descriptors.rows()?;
                 let wide = cloud.descriptors_at_radius(radius_scales[1] * cloud.fpfh_radius, WIDE_FPFH_STRIDE)?;
                 for (a, b) in base.iter().zip(&wide) {
                     // Hellinger (square-root) scaling: histograms compare better than raw counts.

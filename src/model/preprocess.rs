@@ -2,9 +2,6 @@
 //! augmentation → FPS patch centres → kNN patches → normals → FPFH descriptors. Produces a [`PatchedCloud`]
 //! that the backbone, SCA and scoring read, and that remembers how to map results back to every input point.
 
-use std::borrow::Cow;
-use std::sync::{Mutex, PoisonError};
-
 use rand::Rng;
 use rayon::prelude::*;
 use tch::Tensor;
@@ -14,8 +11,8 @@ use super::{ModelError, Result};
 use crate::geometry::device::{Compute, Stage};
 use crate::geometry::visibility::{self, CELL_CAMERA_DISTANCE, Camera};
 use crate::geometry::{
-    self, Fpfh, NeighborIndex, Neighborhood, NormalOrientation, Point, RadiusSearch, SharedPoints, UnitSphere,
-    VoxelGrid,
+    self, FPFH_BINS, Fpfh, NeighborIndex, Neighborhood, NormalOrientation, Point, RadiusSearch, SharedPoints,
+    SharedRows, UnitSphere, VoxelGrid,
 };
 use crate::transfers::Transfer;
 
@@ -34,7 +31,7 @@ pub struct PatchedCloud {
     pub patch_size: usize,
     pub normals: SharedPoints<'static>,
     /// SCA's geometric descriptor g_i: FPFH at each centre, over `fpfh_radius` (normalised frame).
-    pub descriptors: Vec<Fpfh>,
+    pub descriptors: SharedRows<FPFH_BINS>,
     pub fpfh_radius: f32,
     /// The voxel edge in the normalised frame: geometric sizes given in voxels are multiples of it.
     pub voxel: f32,
@@ -47,41 +44,12 @@ pub struct PatchedCloud {
     /// Per patch centre, its index in `samples`.
     pub centre_samples: Vec<u32>,
     /// Per sample, what FPFH cannot see: [`CONTEXT_DIMS`] numbers (see [`surface_context`]).
-    pub context: SampleContext,
+    pub context: SharedRows<CONTEXT_DIMS>,
     /// Whether the scan has [`ALL_ROUND_COVERAGE`] of the registered template (taken all round) or is a partial
     /// view; all round without a template or without the capture input. The heads' capture input (1 or 0).
     pub all_round: bool,
     /// Where this cloud's geometry (voxel grid, FPS, grouping, normals, FPFH, projection) runs.
     pub compute: Compute,
-}
-
-/// The samples' [`surface_context`]: rows on the host, or an S × [`CONTEXT_DIMS`] tensor on the device it was made
-/// on, where the point features take it as it is (nothing read).
-pub enum SampleContext {
-    Host(Vec<[f32; CONTEXT_DIMS]>),
-    /// Locked: a tensor may move between threads but not be shared by them.
-    Device(Mutex<Tensor>),
-}
-
-impl SampleContext {
-    /// The rows, read from the device where they are there.
-    pub fn rows(&self) -> Result<Cow<'_, [[f32; CONTEXT_DIMS]]>> {
-        match self {
-            Self::Host(rows) => Ok(Cow::Borrowed(rows)),
-            Self::Device(values) => {
-                let values = geometry::device::host_floats(&values.lock().unwrap_or_else(PoisonError::into_inner))?;
-                Ok(Cow::Owned(values.chunks_exact(CONTEXT_DIMS).map(|c| std::array::from_fn(|k| c[k])).collect()))
-            }
-        }
-    }
-
-    /// The device's tensor (shared, not copied); `None` for rows on the host.
-    pub fn on_device(&self) -> Option<Tensor> {
-        match self {
-            Self::Host(_) => None,
-            Self::Device(values) => Some(values.lock().unwrap_or_else(PoisonError::into_inner).shallow_clone()),
-        }
-    }
 }
 
 /// Edge of the cells that share one set of per-point features, in voxels. Per-point features (multi-scale FPFH
@@ -171,13 +139,13 @@ impl PatchedCloud {
         samples: &tch::Tensor,
         radius: f32,
     ) -> Result<tch::Tensor> {
-        use crate::geometry::device::{coarse_fpfh, fpfh_at, search_grid};
+        use crate::geometry::device::{fpfh_at, fpfh_of_coarse_points, search_grid};
         Ok(match coarse_voxel(self.voxel, radius) {
             None => {
                 let grid = search_grid(&self.points, device, "FPFH radius", radius)?;
                 fpfh_at(&grid, &self.normals.on(device), radius, samples)
             }
-            Some(coarse) => coarse_fpfh(&self.points, &self.normals, device, coarse, radius, samples)?,
+            Some(coarse) => fpfh_of_coarse_points(&self.points, &self.normals, device, coarse, radius, samples)?,
         })
     }
 
@@ -510,8 +478,30 @@ fn coarse_voxel(voxel: f32, radius: f32) -> Option<f32> {
 }
 
 /// SCA's descriptor: FPFH at each centre over `radius`, on a [`CoarseCopy`] (with the centres added to it, so
-/// each histogram is still taken at its centre) where the radius holds many points.
+/// each histogram is still taken at its centre) where the radius holds many points. Made on the device where FPFH
+/// runs there, and kept there.
 fn centre_descriptors(
+    compute: Compute,
+    points: &SharedPoints,
+    normals: &SharedPoints,
+    index: &NeighborIndex,
+    voxel: f32,
+    centres: &[u32],
+    radius: f32,
+) -> Result<SharedRows<FPFH_BINS>> {
+    use crate::geometry::device::{fpfh_among_coarse_points, fpfh_at, indices_tensor, search_grid};
+    let Some(device) = compute.device_for(Stage::Fpfh) else {
+        return Ok(SharedRows::Host(centre_descriptor_rows(compute, points, normals, index, voxel, centres, radius)?));
+    };
+    let centres = indices_tensor(centres, device);
+    Ok(SharedRows::device(match coarse_voxel(voxel, radius) {
+        None => fpfh_at(&search_grid(points, device, "FPFH radius", radius)?, &normals.on(device), radius, &centres),
+        Some(coarse) => fpfh_among_coarse_points(points, normals, device, coarse, radius, &centres)?,
+    }))
+}
+
+/// [`centre_descriptors`] as rows on the host, each stage by `compute` (and read back where that is a device).
+fn centre_descriptor_rows(
     compute: Compute,
     points: &SharedPoints,
     normals: &SharedPoints,
@@ -551,12 +541,10 @@ pub fn surface_context(
     voxel: f32,
     template: Option<(&PoseTemplate, Option<&[bool]>)>,
     at: &[u32],
-) -> Result<SampleContext> {
+) -> Result<SharedRows<CONTEXT_DIMS>> {
     Ok(match compute.device_for(Stage::Context) {
-        None => SampleContext::Host(host_surface_context(points, normals, index, voxel, template, at)?),
-        Some(device) => {
-            SampleContext::Device(Mutex::new(device_surface_context(device, points, normals, voxel, template, at)?))
-        }
+        None => SharedRows::Host(host_surface_context(points, normals, index, voxel, template, at)?),
+        Some(device) => SharedRows::device(device_surface_context(device, points, normals, voxel, template, at)?),
     })
 }
 
@@ -983,8 +971,19 @@ mod tests {
     }
 
     #[test]
-    fn point_features_joined_on_the_device_are_the_rows_read_back() {
+    fn point_features_and_descriptors_kept_on_the_device_are_the_rows_read_back() {
         let pts = box_surface();
+        let on_device = Compute::tensors(tch::Device::Cpu);
+        // SCA's radius on a coarse copy at 0.4, on the voxel points themselves at 0.1 (a unit-sphere frame).
+        for fpfh_radius in [0.4, 0.1] {
+            let cfg = PreprocessConfig { voxel_size: 0.5, fpfh_radius, ..Default::default() };
+            let view = prepare_view(&pts, &cfg, 16, None, None, on_device).unwrap();
+            let c = patch_view(view, &cfg, Centres::Sample(64), 16, None, Sampling::Cells).unwrap();
+            assert!(c.descriptors.on_device().is_some(), "made and kept on the device");
+            let read_back =
+                centre_descriptor_rows(on_device, &c.points, &c.normals, &c.index, c.voxel, &c.centres, fpfh_radius);
+            assert_eq!(c.descriptors.rows().unwrap().into_owned(), read_back.unwrap(), "radius {fpfh_radius}");
+        }
         let cfg = PreprocessConfig { voxel_size: 0.5, ..Default::default() };
         let template = PoseTemplate::from_cloud(&pts, &cfg).unwrap();
         let features = |compute: Compute| {
@@ -995,7 +994,6 @@ mod tests {
             let rows = crate::geometry::device::host_floats(&features.unwrap()).unwrap();
             (rows, cloud.context.rows().unwrap().into_owned())
         };
-        let on_device = Compute::tensors(tch::Device::Cpu);
         let ((joined, context), (read_back, _)) = (features(on_device), features(on_device.with_host(Stage::Context)));
         let width = 3 * geometry::FPFH_BINS + CONTEXT_DIMS;
         assert_eq!(joined.len(), context.len() * width);

@@ -9,7 +9,8 @@
 use tch::{Device, Kind, Tensor};
 
 use super::config::{Fusion, ScaConfig};
-use crate::geometry::{self, FPFH_BINS, Fpfh, Point};
+use crate::geometry::device::occurrences;
+use crate::geometry::{self, FPFH_BINS, Point, SharedRows};
 use crate::transfers::Transfer;
 
 /// Sinkhorn: the transport plan for `log_kernel` (already divided by its temperature) with row marginals `a`
@@ -59,8 +60,9 @@ fn fuse(cfg: &ScaConfig, geometric: &Tensor, feature: &Tensor) -> Tensor {
     }
 }
 
-/// Refines tokens `z` (n × C) of patches with centres `centres` (normalised frame) and FPFH `descriptors`.
-pub fn aggregate(cfg: &ScaConfig, z: &Tensor, centres: &[Point], descriptors: &[Fpfh]) -> Tensor {
+/// Refines tokens `z` (n × C) of patches with centres `centres` (normalised frame) and FPFH `descriptors` (on the
+/// host or already on `z`'s device).
+pub fn aggregate(cfg: &ScaConfig, z: &Tensor, centres: &[Point], descriptors: &SharedRows<FPFH_BINS>) -> Tensor {
     let _guard = tch::no_grad_guard();
     if !cfg.enabled {
         return z.shallow_clone();
@@ -85,12 +87,12 @@ pub fn aggregate(cfg: &ScaConfig, z: &Tensor, centres: &[Point], descriptors: &[
     let m = prototypes.len() as i64;
     let proto_index = Tensor::from_slice(&prototypes).upload(device);
     let centres_t = to_tensor(centres.iter().flat_map(|p| p.iter().copied()), [n, 3], device);
-    let g = to_tensor(descriptors.iter().flat_map(|h| h.iter().copied()), [n, FPFH_BINS as i64], device);
+    let g = descriptors.on(device);
     let positions = centres_t.index_select(0, &proto_index);
     let mut proto_g = g.index_select(0, &proto_index);
     let mut proto_z = z.index_select(0, &proto_index);
     let nearest = squared_distances(&centres_t, &positions).argmin(1, false);
-    let mu = nearest.bincount::<Tensor>(None, m).to_kind(Kind::Float).clamp_min(1.0);
+    let mu = occurrences(&nearest, m).to_kind(Kind::Float).clamp_min(1.0);
     let mu = &mu / mu.sum(Kind::Float);
 
     // 2. Assignment of patches to prototypes by transport, then centroid updates.
@@ -159,6 +161,7 @@ fn to_tensor(values: impl Iterator<Item = f32>, shape: [i64; 2], device: Device)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::geometry::Fpfh;
 
     fn max_abs(t: &Tensor) -> f64 {
         t.abs().max().double_value(&[])
@@ -226,14 +229,14 @@ mod tests {
     fn permuting_patches_permutes_the_output() {
         let (z, centres, descriptors) = cloud(60, 1);
         let cfg = ScaConfig { snapping: 0.3, ..Default::default() };
-        let out = aggregate(&cfg, &z, &centres, &descriptors);
+        let out = aggregate(&cfg, &z, &centres, &SharedRows::Host(descriptors.clone()));
         let perm: Vec<usize> = (0..60).map(|i| (i * 17 + 5) % 60).collect();
         let perm_t = Tensor::from_slice(&perm.iter().map(|&p| p as i64).collect::<Vec<_>>());
         let out_p = aggregate(
             &cfg,
             &z.index_select(0, &perm_t),
             &perm.iter().map(|&p| centres[p]).collect::<Vec<_>>(),
-            &perm.iter().map(|&p| descriptors[p]).collect::<Vec<_>>(),
+            &SharedRows::Host(perm.iter().map(|&p| descriptors[p]).collect()),
         );
         assert!(max_abs(&(out.index_select(0, &perm_t) - out_p)) < 1e-4);
     }
@@ -241,6 +244,7 @@ mod tests {
     #[test]
     fn every_switch_gives_finite_tokens_and_off_is_identity() {
         let (z, centres, descriptors) = cloud(50, 2);
+        let descriptors = SharedRows::Host(descriptors);
         let switches = [
             ScaConfig::default(),
             ScaConfig { global_step: false, ..Default::default() },
@@ -263,12 +267,13 @@ mod tests {
         let z = Tensor::ones([12, 8], (Kind::Float, Device::Cpu));
         let flat: Vec<Point> = (0..12).map(|i| [i as f32 * 0.1, 0.0, 0.0]).collect();
         let same = vec![[0.5f32; 3]; 12];
-        let zero = vec![[0f32; FPFH_BINS]; 12];
+        let zero = SharedRows::Host(vec![[0f32; FPFH_BINS]; 12]);
         for centres in [&flat, &same] {
             let out = aggregate(&ScaConfig::default(), &z, centres, &zero);
             assert!(bool::try_from(out.isfinite().all()).unwrap());
         }
-        let one = aggregate(&ScaConfig::default(), &z.narrow(0, 0, 1), &flat[..1], &zero[..1]);
+        let one =
+            aggregate(&ScaConfig::default(), &z.narrow(0, 0, 1), &flat[..1], &SharedRows::Host(vec![[0.0; FPFH_BINS]]));
         assert!(bool::try_from(one.isfinite().all()).unwrap());
     }
 }

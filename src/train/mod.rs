@@ -127,7 +127,7 @@ const MIN_VOXEL_SHARE_OF_DIAGONAL: f32 = 1.0 / 200.0;
 struct ViewTokens {
     tokens: Tensor,
     centre_points: Vec<Point>,
-    descriptors: Vec<crate::geometry::Fpfh>,
+    descriptors: crate::geometry::SharedRows<{ crate::geometry::FPFH_BINS }>,
     /// None for a clean view (every patch good).
     targets: Option<(Vec<f32>, Vec<f32>)>,
     points: Option<(Tensor, Tensor)>,

@@ -29,6 +29,8 @@ use super::{
 
 /// Elements of one block of a search (queries × candidates): 64 MiB per f32 temporary.
 const SEARCH_BLOCK_ELEMENTS: i64 = 1 << 24;
+/// FPFH takes every point's SPFH where its queries are at least this share (1 in 8) of the points.
+const EVERY_POINT_SHARE: i64 = 8;
 /// Elements of one block of pair work (points × neighbours), each pair holding a few dozen f64 temporaries.
 const PAIR_BLOCK_ELEMENTS: i64 = 1 << 18;
 const BINS_PER_ANGLE: i64 = (FPFH_BINS / 3) as i64;
@@ -868,15 +870,19 @@ fn pair_slots(p1: &Tensor, n1: &Tensor, p2: &Tensor, n2: &Tensor) -> (Tensor, Te
     (slots, ok)
 }
 
-/// The SPFH of each of `centres` (indices into the grid's points) over its neighbours within `radius`: R × 33.
-fn spfh(grid: &CellGrid, normals: &Tensor, centres: &Tensor, radius: f32) -> Tensor {
+/// The SPFH of each of `centres` (indices into the grid's points) over `near`, its neighbours within the radius
+/// (row after row, as [`within`] finds them): R × 33.
+fn spfh(grid: &CellGrid, normals: &Tensor, centres: &Tensor, near: &Neighbors) -> Tensor {
     let (points, device) = (&grid.points, grid.points.device());
     let (wide_points, wide_normals) = (points.to_kind(Kind::Double), normals.to_kind(Kind::Double));
+    let width = near.index.size()[1];
     let parts: Vec<Tensor> = blocks(centres.size()[0], 1, PAIR_BLOCK_ELEMENTS / 64)
         .map(|(start, rows)| {
             let own = centres.narrow(0, start, rows);
-            let near = within(grid, &points.index_select(0, &own), radius);
-            let width = near.index.size()[1];
+            let near = Neighbors {
+                index: near.index.narrow(0, start, rows),
+                squared_distance: near.squared_distance.narrow(0, start, rows),
+            };
             let others = near.index.clamp_min(0).view(-1);
             let gather = |t: &Tensor| t.index_select(0, &others).view([rows, width, 3]);
             let at_own = |t: &Tensor| t.index_select(0, &own).unsqueeze(1);
@@ -906,17 +912,31 @@ fn spfh(grid: &CellGrid, normals: &Tensor, centres: &Tensor, radius: f32) -> Ten
 /// FPFH of each of `queries` (indices into `points`) over `radius`, as [`super::fpfh_at`] defines it: the
 /// 1/d²-weighted sum of the neighbours' SPFHs, each angle's histogram normalised to 100. Q × 33.
 pub fn fpfh_at(grid: &CellGrid, normals: &Tensor, radius: f32, queries: &Tensor) -> Tensor {
-    let (n, device) = (grid.points.size()[0], grid.points.device());
-    let near = within(grid, &grid.points.index_select(0, queries), radius);
-    let (q, width) = (near.index.size()[0], near.index.size()[1]);
-    // Each neighbour's SPFH once, however many queries share it: the points needed first (ascending), then others,
-    // up to a count the host knows (selecting exactly the needed ones would wait for the device to size them).
-    let mut mark = Tensor::zeros([n + 1], (Kind::Bool, device));
-    let _ = mark.index_fill_(0, &near.index.where_scalarother(&near.valid(), n).view(-1), 1);
-    let _ = mark.index_fill_(0, queries, 1);
-    let count = n.min(q * (width + 1));
-    let needed = mark.narrow(0, 0, n).argsort_stable(true, 0, true).narrow(0, 0, count);
-    let spfhs = spfh(grid, normals, &needed, radius);
+    let (n, q, device) = (grid.points.size()[0], queries.size()[0], grid.points.device());
+    // Each neighbour's SPFH once, however many queries share it, over neighbourhoods found in one search (each search
+    // reads its width back). Where the queries are a good share of the points, their neighbours are nearly all of
+    // them: every point's SPFH is taken, and the queries' neighbourhoods are rows of that search.
+    let (needed, near_needed, near) = if q * EVERY_POINT_SHARE >= n {
+        let every = within(grid, &grid.points, radius);
+        let near = Neighbors {
+            index: every.index.index_select(0, queries),
+            squared_distance: every.squared_distance.index_select(0, queries),
+        };
+        (Tensor::arange(n, (Kind::Int64, device)), every, near)
+    } else {
+        // The points needed first (ascending), then others up to a count the host knows (selecting exactly the
+        // needed ones would wait for the device to size them).
+        let near = within(grid, &grid.points.index_select(0, queries), radius);
+        let mut mark = Tensor::zeros([n + 1], (Kind::Bool, device));
+        let _ = mark.index_fill_(0, &near.index.where_scalarother(&near.valid(), n).view(-1), 1);
+        let _ = mark.index_fill_(0, queries, 1);
+        let count = n.min(q * (near.index.size()[1] + 1));
+        let needed = mark.narrow(0, 0, n).argsort_stable(true, 0, true).narrow(0, 0, count);
+        let near_needed = within(grid, &grid.points.index_select(0, &needed), radius);
+        (needed, near_needed, near)
+    };
+    let width = near.index.size()[1];
+    let spfhs = spfh(grid, normals, &needed, &near_needed);
     let slot = Tensor::zeros([n], (Kind::Int64, device)).scatter(
         0,
         &needed,
@@ -1581,15 +1601,19 @@ mod tests {
         let mut normals = normals.to_vec();
         normals[7] = [0.0; 3]; // a point without a normal takes part in no pair
         let normals = shared(&normals);
-        let queries: Vec<u32> = (0..3000).step_by(7).chain([7, 7, 2999]).collect();
-        for radius in [0.08, 0.15] {
-            let host = Compute::Host.fpfh_at(&pts, &normals, Some(&index), radius, &queries).unwrap();
-            let ours = CPU.fpfh_at(&pts, &normals, None, radius, &queries).unwrap();
-            // Weighted sums in another order: the last digits of f32 histograms that sum to 100 per angle.
-            let worst = max_difference(host.as_flattened(), ours.as_flattened());
-            assert!(worst < 1e-3, "radius {radius}: {worst}");
-            assert!(host.iter().flatten().any(|&h| h > 0.0));
+        // Queries a good share of the points (every point's SPFH is taken), and a few (only their neighbours').
+        for step in [7, 50] {
+            let queries: Vec<u32> = (0..3000).step_by(step).chain([7, 7, 2999]).collect();
+            for radius in [0.08, 0.15] {
+                let host = Compute::Host.fpfh_at(&pts, &normals, Some(&index), radius, &queries).unwrap();
+                let ours = CPU.fpfh_at(&pts, &normals, None, radius, &queries).unwrap();
+                // Weighted sums in another order: the last digits of f32 histograms that sum to 100 per angle.
+                let worst = max_difference(host.as_flattened(), ours.as_flattened());
+                assert!(worst < 1e-3, "every {step}th, radius {radius}: {worst}");
+                assert!(host.iter().flatten().any(|&h| h > 0.0));
+            }
         }
+        let queries = [0, 1];
         assert!(CPU.fpfh_at(&pts, &normals, None, -1.0, &queries).is_err());
     }
 

@@ -8,12 +8,14 @@
 //! into one tensor per block of queries: the GPU's way, not two CPU cores'.
 //!
 //! [`Compute`] places each [`Stage`] on the host or the device and keeps the host's types at its edges, so the pipeline
-//! can switch stage by stage: a copy in and out around each device stage. Within a stage, reads back to the host
-//! (each a wait for the device's queue) are kept to what sizes the next tensors; a stage's results come back in one
-//! read, with the checks that vouch for them (finite points, an exact numbering of cells) rather than before them.
-//! Ops that read from the device inside LibTorch (`nonzero`, `unique`, `bincount`, `equal`) wait as a read does:
-//! where a bound the host knows will do, the tensors are sized by it instead. `crate::transfers` counts both
-//! directions and those ops.
+//! can switch stage by stage: a copy in and out around each device stage. The FPFH and the surface context that only
+//! the learned stages read stay on the device instead ([`super::SharedRows`]: the point features and SCA's
+//! descriptors; [`fpfh_of_coarse_points`] and [`fpfh_among_coarse_points`] where the radius is wide). Within a stage,
+//! reads back to the host (each a wait for the device's queue) are kept to what sizes the next tensors; a stage's
+//! results come back in one read, with the checks that vouch for them (finite points, an exact numbering of cells)
+//! rather than before them. Ops that read from the device inside LibTorch (`nonzero`, `unique`, `bincount`,
+//! `equal`) wait as a read does: where a bound the host knows will do, the tensors are sized by it instead.
+//! `crate::transfers` counts both directions and those ops.
 
 use tch::{Device, Kind, Tensor};
 

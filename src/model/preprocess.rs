@@ -133,12 +133,7 @@ impl PatchedCloud {
 
     /// [`Self::sample_descriptors`] where the FPFH stage runs on `device`, kept there: S × 33 (`samples` the
     /// samples' indices on it). Nothing is read: the point features take them as they are.
-    pub fn sample_descriptors_on(
-        &self,
-        device: tch::Device,
-        samples: &tch::Tensor,
-        radius: f32,
-    ) -> Result<tch::Tensor> {
+    pub fn sample_descriptors_on(&self, device: tch::Device, samples: &Tensor, radius: f32) -> Result<Tensor> {
         use crate::geometry::device::{fpfh_at, fpfh_of_coarse_points, search_grid};
         Ok(match coarse_voxel(self.voxel, radius) {
             None => {

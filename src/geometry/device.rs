@@ -968,8 +968,11 @@ pub fn fpfh_at(grid: &CellGrid, normals: &Tensor, radius: f32, queries: &Tensor)
 pub fn spread_patch_scores(points: &Tensor, centres: &Tensor, groups: &Tensor, patch_scores: &Tensor) -> Tensor {
     let (n, device) = (points.size()[0], points.device());
     let k = groups.size()[1];
-    // A NaN score is no patch's maximum (`f32::max` passes it over, as the host does).
-    let per_member = patch_scores.nan_to_num(f64::NEG_INFINITY, None, None).unsqueeze(1).expand([-1, k], false);
+    // A NaN score is no patch's maximum (`f32::max` passes it over, as the host does); infinities stay as they are.
+    let per_member = patch_scores
+        .nan_to_num(f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY)
+        .unsqueeze(1)
+        .expand([-1, k], false);
     let scores = Tensor::full([n], f64::NEG_INFINITY, (Kind::Float, device)).internal_scatter_reduce(
         0,
         &groups.reshape([-1]),
@@ -1651,11 +1654,14 @@ mod tests {
         let host = Compute::Host.spread_patch_scores(&pts, &centres, &groups, 20, &patch_scores).unwrap();
         let ours = CPU.spread_patch_scores(&pts, &centres, &groups, 20, &patch_scores).unwrap();
         assert_eq!(ours, host);
-        // A NaN patch score is no member's maximum; its own centre's uncovered neighbours take it.
+        // A NaN patch score is no member's maximum; its own centre's uncovered neighbours take it. An infinite one
+        // stays infinite.
         patch_scores[0] = f32::NAN;
+        patch_scores[1] = f32::INFINITY;
         let host = Compute::Host.spread_patch_scores(&pts, &centres, &groups, 20, &patch_scores).unwrap();
         let ours = CPU.spread_patch_scores(&pts, &centres, &groups, 20, &patch_scores).unwrap();
         assert!(host.iter().any(|s| s.is_nan()), "points nearest the NaN patch's centre take it");
+        assert!(host.contains(&f32::INFINITY), "the infinite patch's members take it");
         assert!(ours.iter().zip(&host).all(|(a, b)| a.to_bits() == b.to_bits()), "NaN where the host has it");
     }
 }

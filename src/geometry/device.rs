@@ -133,6 +133,11 @@ impl Neighbors {
         }
     }
 
+    /// The rows that `pick` takes of both tensors alike.
+    fn rows(&self, pick: impl Fn(&Tensor) -> Tensor) -> Self {
+        Self { index: pick(&self.index), squared_distance: pick(&self.squared_distance) }
+    }
+
     /// Which entries are neighbours (the rest is padding).
     pub fn valid(&self) -> Tensor {
         self.index.ge(0)
@@ -457,15 +462,10 @@ fn voxel_downsample(points: &Tensor, voxel_size: f32, numbering: Numbering) -> R
 /// How the voxels of `points` (finite) can be numbered, decided from the host's copy (no read): folded where the
 /// box of voxels, keyed as [`voxel_downsample`] keys it, is well below 2^62, else by rows.
 fn numbering_on_host(points: &[Point], voxel_size: f32) -> Numbering {
-    let inverse = 1.0 / f64::from(voxel_size);
-    let (mut low, mut high) = ([f64::INFINITY; 3], [f64::NEG_INFINITY; 3]);
-    for p in points {
-        for axis in 0..3 {
-            let key = (f64::from(p[axis]) * inverse).floor();
-            (low[axis], high[axis]) = (low[axis].min(key), high[axis].max(key));
-        }
-    }
-    let voxels: f64 = (0..3).map(|axis| high[axis] - low[axis] + 1.0).product();
+    // Keying is monotone, so the box's corners give the lowest and highest keys.
+    let key = |coordinate: f32| (f64::from(coordinate) * (1.0 / f64::from(voxel_size))).floor();
+    let (low, high) = super::bounds(points);
+    let voxels: f64 = (0..3).map(|axis| key(high[axis]) - key(low[axis]) + 1.0).product();
     if voxels < 2.305_843_009_213_694e18 { Numbering::Folded } else { Numbering::Rows }
 }
 
@@ -881,10 +881,7 @@ fn spfh(grid: &CellGrid, normals: &Tensor, centres: &Tensor, near: &Neighbors) -
     let parts: Vec<Tensor> = blocks(centres.size()[0], 1, PAIR_BLOCK_ELEMENTS / 64)
         .map(|(start, rows)| {
             let own = centres.narrow(0, start, rows);
-            let near = Neighbors {
-                index: near.index.narrow(0, start, rows),
-                squared_distance: near.squared_distance.narrow(0, start, rows),
-            };
+            let near = near.rows(|t| t.narrow(0, start, rows));
             let others = near.index.clamp_min(0).view(-1);
             let gather = |t: &Tensor| t.index_select(0, &others).view([rows, width, 3]);
             let at_own = |t: &Tensor| t.index_select(0, &own).unsqueeze(1);
@@ -920,10 +917,7 @@ pub fn fpfh_at(grid: &CellGrid, normals: &Tensor, radius: f32, queries: &Tensor)
     // them: every point's SPFH is taken, and the queries' neighbourhoods are rows of that search.
     let (needed, near_needed, near) = if q * EVERY_POINT_SHARE >= n {
         let every = within(grid, &grid.points, radius);
-        let near = Neighbors {
-            index: every.index.index_select(0, queries),
-            squared_distance: every.squared_distance.index_select(0, queries),
-        };
+        let near = every.rows(|t| t.index_select(0, queries));
         (Tensor::arange(n, (Kind::Int64, device)), every, near)
     } else {
         // The points needed first (ascending), then others up to a count the host knows (selecting exactly the

@@ -14,8 +14,8 @@ use tch::{Device, Kind, Tensor};
 use super::config::DetectorConfig;
 use super::preprocess::{self, Centres, PatchedCloud, PoseTemplate, Sampling, View};
 use super::{
-    Detector, Features, Inspection, ModelError, RawScores, Result, StageTimes, Thresholds, UNIT_MISMATCH_RATIO,
-    Unscored, backbone, centre_tensor, ms, scoring,
+    Detector, DeviceScores, Features, HostScores, Inspection, ModelError, RawScores, Result, StageTimes, Thresholds,
+    UNIT_MISMATCH_RATIO, Unscored, backbone, centre_tensor, ms, scoring,
 };
 use crate::cloud::{FinitePoints, PointCloud};
 use crate::geometry::device::{Compute, Stage};
@@ -201,19 +201,6 @@ pub(super) fn left_unscored<T>() -> Result<T> {
     Err(ModelError::Batch("cloud left unscored".into()))
 }
 
-/// Splits `all` into consecutive pieces of the given lengths.
-fn split(all: &[f32], lengths: impl IntoIterator<Item = usize>) -> Vec<Vec<f32>> {
-    let mut start = 0;
-    lengths
-        .into_iter()
-        .map(|n| {
-            let piece = all[start..start + n].to_vec();
-            start += n;
-            piece
-        })
-        .collect()
-}
-
 impl Detector {
     /// The detector's geometry, for a thread that does not hold the detector.
     pub fn geometry(&self) -> GeometryPart {
@@ -278,7 +265,8 @@ impl Detector {
         if clouds.is_empty() {
             return Ok(Vec::new());
         }
-        // Every output is made first and read to the host in one copy: on a GPU, one wait rather than one per head.
+        // Every output is made first, then read to the host in one copy (on a GPU, one wait rather than one per head),
+        // or kept on the device where the projection runs there.
         let mut outputs = Vec::new();
         let mut patch_counts: Vec<usize> = clouds.iter().map(|(c, _)| c.patch_count()).collect();
         patch_counts.sort_unstable();
@@ -303,7 +291,7 @@ impl Detector {
             let patches = Tensor::cat(&clouds.iter().map(|(_, f)| &f.patches).collect::<Vec<_>>(), 0);
             output(self.conditioning.bank_distances(&patches))
         });
-        // Point-level scores once per feature cell (its first sample), spread to the cell's voxel points.
+        // Point-level scores once per feature cell (its first sample), for the cell's voxel points.
         let per_cloud_cells: Option<Vec<Tensor>> =
             clouds.iter().map(|(c, f)| f.points.as_ref().map(|p| p.narrow(0, 0, c.cell_count as i64))).collect();
         let point_head = match (&self.heads.point_head, &per_cloud_cells) {
@@ -321,41 +309,54 @@ impl Detector {
             }
             _ => None,
         };
-        let outputs: Vec<Tensor> = outputs.iter().map(|t| t.to_kind(Kind::Float)).collect();
-        let read: Vec<Vec<f32>> = crate::transfers::read_together(&outputs.iter().collect::<Vec<_>>())?
-            .into_iter()
-            .map(|values| values.into_iter().map(|v| v as f32).collect())
-            .collect();
-        let mut logits = vec![Vec::new(); clouds.len()];
-        for ((members, n), all) in groups.into_iter().zip(&read) {
-            for (piece, k) in split(all, members.iter().map(|_| n)).into_iter().zip(members) {
-                logits[k] = piece;
+        // Each cloud's piece of the outputs: (output, start, length).
+        let mut logits_at = vec![(0, 0, 0); clouds.len()];
+        for (at, (members, n)) in groups.iter().enumerate() {
+            for (j, &k) in members.iter().enumerate() {
+                logits_at[k] = (at, j * n, *n);
             }
         }
-        let per_cell = |at: Option<usize>| -> Vec<Vec<f32>> {
-            match at {
-                Some(at) => split(&read[at], clouds.iter().map(|(c, _)| c.cell_count))
-                    .iter()
-                    .zip(clouds)
-                    .map(|(v, (c, _))| c.spread_cells(v))
-                    .collect(),
-                None => vec![Vec::new(); clouds.len()],
-            }
+        let consecutive = |at: Option<usize>, length: fn(&PatchedCloud) -> usize| {
+            let mut end = 0;
+            let pieces = clouds.iter().map(|(c, _)| {
+                let n = length(c);
+                end += n;
+                at.map(|at| (at, end - n, n))
+            });
+            pieces.collect::<Vec<_>>()
         };
-        let distances = match bank {
-            Some(at) => split(&read[at], clouds.iter().map(|(c, _)| c.patch_count())),
-            None => vec![Vec::new(); clouds.len()],
+        let distances_at = consecutive(bank, PatchedCloud::patch_count);
+        let point_logits_at = consecutive(point_head, |c| c.cell_count);
+        let point_distances_at = consecutive(point_bank, |c| c.cell_count);
+        let outputs: Vec<Tensor> = outputs.iter().map(|t| t.to_kind(Kind::Float).reshape([-1])).collect();
+        if self.compute.device_for(Stage::Projection).is_some() {
+            // The projection runs on the device too: nothing is read here.
+            let piece = |(at, start, n): (usize, usize, usize)| outputs[at].narrow(0, start as i64, n as i64);
+            return Ok((0..clouds.len())
+                .map(|k| {
+                    RawScores::Device(DeviceScores {
+                        logits: piece(logits_at[k]),
+                        distances: distances_at[k].map(piece),
+                        point_logits: point_logits_at[k].map(piece),
+                        point_distances: point_distances_at[k].map(piece),
+                    })
+                })
+                .collect());
+        }
+        let read = crate::transfers::read_together(&outputs.iter().collect::<Vec<_>>())?;
+        let piece = |at: Option<(usize, usize, usize)>| -> Vec<f32> {
+            at.map_or_else(Vec::new, |(at, start, n)| read[at][start..start + n].iter().map(|&v| v as f32).collect())
         };
-        let (point_logits, point_distances) = (per_cell(point_head), per_cell(point_bank));
-        Ok(logits
-            .into_iter()
-            .zip(distances)
-            .zip(point_logits.into_iter().zip(point_distances))
-            .map(|((logits, distances), (point_logits, point_distances))| RawScores {
-                logits,
-                distances,
-                point_logits,
-                point_distances,
+        Ok((0..clouds.len())
+            .map(|k| {
+                let cloud = clouds[k].0;
+                let per_point = |at: Option<_>| if at.is_some() { cloud.spread_cells(&piece(at)) } else { Vec::new() };
+                RawScores::Host(HostScores {
+                    logits: piece(Some(logits_at[k])),
+                    distances: piece(distances_at[k]),
+                    point_logits: per_point(point_logits_at[k]),
+                    point_distances: per_point(point_distances_at[k]),
+                })
             })
             .collect())
     }

@@ -19,6 +19,7 @@ pub mod store;
 
 pub use batch::{GeometryPart, PreparedClouds};
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -32,8 +33,8 @@ use crate::geometry::{self, GeometryError, Point};
 use crate::transfers::Transfer;
 use adaptor::Adaptor;
 use backbone::Backbone;
-use conditioning::{Conditioning, Reference};
-use config::{DetectorConfig, ScoreSource, ScoringConfig};
+use conditioning::Conditioning;
+use config::{DetectorConfig, ScoringConfig};
 use discriminator::Discriminator;
 use generator::Generator;
 use point_head::PointHead;
@@ -256,13 +257,60 @@ pub struct Features {
     pub points: Option<Tensor>,
 }
 
-/// The heads' raw outputs for one cloud, before normalisation.
-pub struct RawScores {
+/// The heads' raw outputs for one cloud, before normalisation: read to the host with the batch's, or, where the
+/// projection runs on the heads' device, kept there so that only the point scores come back
+/// ([`scoring::voxel_scores`]).
+pub enum RawScores {
+    Host(HostScores),
+    Device(DeviceScores),
+}
+
+/// The heads' raw outputs on the host.
+#[derive(Clone, Default)]
+pub struct HostScores {
+    /// Per patch, the discriminator's logit.
     pub logits: Vec<f32>,
+    /// Per patch, the distance to the nearest bank feature (empty without a bank).
     pub distances: Vec<f32>,
+    /// Per voxel point, its cell's point-head logit (empty without the head).
     pub point_logits: Vec<f32>,
-    /// Per voxel point, the distance to the nearest point-bank feature (empty without a point bank).
+    /// Per voxel point, its cell's distance to the nearest point-bank feature (empty without a point bank).
     pub point_distances: Vec<f32>,
+}
+
+/// The heads' raw outputs as 1-D float tensors on their device: per patch, and per feature cell (the first
+/// `cell_count` samples) for the point level.
+pub struct DeviceScores {
+    pub logits: Tensor,
+    pub distances: Option<Tensor>,
+    pub point_logits: Option<Tensor>,
+    pub point_distances: Option<Tensor>,
+}
+
+impl RawScores {
+    /// The outputs on the host, the point-level ones spread to the voxel points: read in one copy where they are on
+    /// the device.
+    pub fn on_host(&self, cloud: &PatchedCloud) -> Result<Cow<'_, HostScores>> {
+        let outputs = match self {
+            Self::Host(scores) => return Ok(Cow::Borrowed(scores)),
+            Self::Device(outputs) => outputs,
+        };
+        let parts = [
+            Some(&outputs.logits),
+            outputs.distances.as_ref(),
+            outputs.point_logits.as_ref(),
+            outputs.point_distances.as_ref(),
+        ];
+        let mut read =
+            crate::transfers::read_together(&parts.iter().flatten().copied().collect::<Vec<_>>())?.into_iter();
+        let [logits, distances, point_logits, point_distances] = parts.map(|part| match part {
+            Some(_) => read.next().unwrap_or_default().into_iter().map(|v| v as f32).collect(),
+            None => Vec::new(),
+        });
+        let per_point = |cells: Vec<f32>| if cells.is_empty() { cells } else { cloud.spread_cells(&cells) };
+        let (point_logits, point_distances) = (per_point(point_logits), per_point(point_distances));
+        Ok(Cow::Owned(HostScores { logits, distances, point_logits, point_distances }))
+    }
 }
 
 /// A cloud's inliers, patches and raw head outputs: what scoring it needs, before any scoring choice.
@@ -460,54 +508,10 @@ impl Detector {
         self.raw_scores_batch(&[(cloud, features)])?.pop().map_or_else(batch::left_unscored, Ok)
     }
 
-    /// Voxel-point scores in (0, 1) from raw scores: the configured patch score (discriminator, bank or both,
-    /// each normalised by its held-out good patches) projected to the voxel points (max over the patches that
-    /// contain a point), averaged (`scoring.point_weight`) with the point-level score (the point head's and the
-    /// point bank's normalised scores, `scoring.point_bank_weight`), median-filtered. The paper's configuration
-    /// (discriminator only, nothing per point) keeps the discriminator's probability as it is.
+    /// Voxel-point scores in (0, 1) from raw scores ([`scoring::voxel_scores`], with the references of the cloud's
+    /// capture).
     pub fn voxel_scores(&self, cloud: &PatchedCloud, raw: &RawScores, scoring: &ScoringConfig) -> Result<Vec<f32>> {
-        let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
-        let [d, b, point, point_bank] = self.conditioning.references(cloud.all_round);
-        let radius = scoring.median_radius_voxels * cloud.voxel;
-        let point_level = Self::point_level_scores(raw, scoring, point, point_bank);
-        let probability_only = scoring.source == ScoreSource::Discriminator && point_level.is_empty();
-        if probability_only {
-            let patch: Vec<f32> = raw.logits.iter().map(|&l| sigmoid(l)).collect();
-            return Ok(scoring::project_to_points(cloud, &patch, radius)?);
-        }
-        let patch: Vec<f32> = match scoring.source {
-            ScoreSource::Bank if !raw.distances.is_empty() => raw.distances.iter().map(|&x| b.normalise(x)).collect(),
-            ScoreSource::Fused if !raw.distances.is_empty() => {
-                raw.logits.iter().zip(&raw.distances).map(|(&l, &x)| 0.5 * (d.normalise(l) + b.normalise(x))).collect()
-            }
-            _ => raw.logits.iter().map(|&l| d.normalise(l)).collect(),
-        };
-        let mut voxel = scoring::spread_patch_scores(cloud, &patch)?;
-        if !point_level.is_empty() {
-            let w = scoring.point_weight;
-            for (v, p) in voxel.iter_mut().zip(point_level) {
-                *v = (1.0 - w) * *v + w * p;
-            }
-        }
-        // Normalised scores are 0 on a typical good point and 1 on the rarest good ones: 1 maps to 0.5.
-        let filtered = cloud.compute.median_filter(&cloud.points, &voxel, &cloud.index, radius)?;
-        Ok(filtered.into_iter().map(|u| sigmoid(4.0 * (u - 1.0))).collect())
-    }
-
-    /// Per voxel point, the point-level score: the point head's and the point bank's normalised scores, mixed by
-    /// `scoring.point_bank_weight` where there are both. Empty when the model has neither.
-    fn point_level_scores(raw: &RawScores, scoring: &ScoringConfig, head: Reference, bank: Reference) -> Vec<f32> {
-        let head = raw.point_logits.iter().map(|&l| head.normalise(l));
-        let bank = raw.point_distances.iter().map(|&x| bank.normalise(x));
-        match (raw.point_logits.is_empty(), raw.point_distances.is_empty()) {
-            (true, true) => Vec::new(),
-            (false, true) => head.collect(),
-            (true, false) => bank.collect(),
-            (false, false) => {
-                let b = scoring.point_bank_weight;
-                head.zip(bank).map(|(h, k)| (1.0 - b) * h + b * k).collect()
-            }
-        }
+        scoring::voxel_scores(cloud, raw, self.conditioning.references(cloud.all_round), scoring)
     }
 
     /// The raw patch scores of finite points (sensor frame), with the patched cloud they belong to.

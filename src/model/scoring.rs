@@ -4,11 +4,127 @@
 //! score), and threshold calibration.
 
 use serde::Serialize;
+use tch::{Device, Tensor};
 
-use super::Thresholds;
-use super::config::{ObjectScore, ScoringConfig};
+use super::conditioning::Reference;
+use super::config::{ObjectScore, ScoreSource, ScoringConfig};
 use super::preprocess::PatchedCloud;
+use super::{DeviceScores, HostScores, RawScores, Thresholds};
+use crate::geometry::device::{self, Stage};
 use crate::geometry::{self, Point};
+
+/// Voxel-point scores in (0, 1) from raw scores: the configured patch score (discriminator, bank or both, each
+/// normalised by its held-out good patches) projected to the voxel points (max over the patches that contain a
+/// point), averaged (`scoring.point_weight`) with the point-level score (the point head's and the point bank's
+/// normalised scores, `scoring.point_bank_weight`), median-filtered. The paper's configuration (discriminator only,
+/// nothing per point) keeps the discriminator's probability as it is. `references`: the discriminator's, the
+/// bank's, the point head's and the point bank's. Outputs kept on the heads' device are scored there, and only the
+/// filtered scores come back.
+pub fn voxel_scores(
+    cloud: &PatchedCloud,
+    raw: &RawScores,
+    references: [Reference; 4],
+    scoring: &ScoringConfig,
+) -> super::Result<Vec<f32>> {
+    match (raw, cloud.compute.device_for(Stage::Projection)) {
+        (RawScores::Device(outputs), Some(on)) => device_voxel_scores(cloud, outputs, references, scoring, on),
+        _ => host_voxel_scores(cloud, &*raw.on_host(cloud)?, references, scoring),
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Normalised scores are 0 on a typical good point and 1 on the rarest good ones: 1 maps to 0.5.
+fn calibrated(normalised: f32) -> f32 {
+    sigmoid(4.0 * (normalised - 1.0))
+}
+
+fn host_voxel_scores(
+    cloud: &PatchedCloud,
+    raw: &HostScores,
+    [d, b, point, point_bank]: [Reference; 4],
+    scoring: &ScoringConfig,
+) -> super::Result<Vec<f32>> {
+    let radius = scoring.median_radius_voxels * cloud.voxel;
+    let head = raw.point_logits.iter().map(|&l| point.normalise(l));
+    let bank = raw.point_distances.iter().map(|&x| point_bank.normalise(x));
+    let point_level: Vec<f32> = match (raw.point_logits.is_empty(), raw.point_distances.is_empty()) {
+        (true, true) => Vec::new(),
+        (false, true) => head.collect(),
+        (true, false) => bank.collect(),
+        (false, false) => {
+            let w = scoring.point_bank_weight;
+            head.zip(bank).map(|(h, k)| (1.0 - w) * h + w * k).collect()
+        }
+    };
+    if scoring.source == ScoreSource::Discriminator && point_level.is_empty() {
+        let patch: Vec<f32> = raw.logits.iter().map(|&l| sigmoid(l)).collect();
+        return Ok(project_to_points(cloud, &patch, radius)?);
+    }
+    let patch: Vec<f32> = match scoring.source {
+        ScoreSource::Bank if !raw.distances.is_empty() => raw.distances.iter().map(|&x| b.normalise(x)).collect(),
+        ScoreSource::Fused if !raw.distances.is_empty() => {
+            raw.logits.iter().zip(&raw.distances).map(|(&l, &x)| 0.5 * (d.normalise(l) + b.normalise(x))).collect()
+        }
+        _ => raw.logits.iter().map(|&l| d.normalise(l)).collect(),
+    };
+    let mut voxel = spread_patch_scores(cloud, &patch)?;
+    if !point_level.is_empty() {
+        let w = scoring.point_weight;
+        for (v, p) in voxel.iter_mut().zip(point_level) {
+            *v = (1.0 - w) * *v + w * p;
+        }
+    }
+    let filtered = cloud.compute.median_filter(&cloud.points, &voxel, &cloud.index, radius)?;
+    Ok(filtered.into_iter().map(calibrated).collect())
+}
+
+/// [`host_voxel_scores`] as tensor code on `on`, op for op: the same values for the same inputs (but the paper's
+/// probability, whose sigmoid is LibTorch's). Reads the filtered scores only.
+fn device_voxel_scores(
+    cloud: &PatchedCloud,
+    raw: &DeviceScores,
+    [d, b, point, point_bank]: [Reference; 4],
+    scoring: &ScoringConfig,
+    on: Device,
+) -> super::Result<Vec<f32>> {
+    let radius = scoring.median_radius_voxels * cloud.voxel;
+    let normalised = |x: &Tensor, r: Reference| (x.to_device(on) - f64::from(r.low)) / f64::from(r.high - r.low);
+    let point_level = match (&raw.point_logits, &raw.point_distances) {
+        (None, None) => None,
+        (Some(head), None) => Some(normalised(head, point)),
+        (None, Some(bank)) => Some(normalised(bank, point_bank)),
+        (Some(head), Some(bank)) => {
+            let w = scoring.point_bank_weight;
+            Some(normalised(head, point) * f64::from(1.0 - w) + normalised(bank, point_bank) * f64::from(w))
+        }
+    };
+    let probability_only = scoring.source == ScoreSource::Discriminator && point_level.is_none();
+    let patch = match (scoring.source, &raw.distances) {
+        _ if probability_only => raw.logits.to_device(on).sigmoid(),
+        (ScoreSource::Bank, Some(x)) => normalised(x, b),
+        (ScoreSource::Fused, Some(x)) => (normalised(&raw.logits, d) + normalised(x, b)) * 0.5,
+        _ => normalised(&raw.logits, d),
+    };
+    // The patches' indices and, for the point level, each voxel point's cell go up in one copy.
+    let cells: &[u32] = if point_level.is_some() { &cloud.cell_of } else { &[] };
+    let indices = device::indices_tensor(&[&cloud.groups, &cloud.centres, cells].concat(), on);
+    let (members, patches) = (cloud.groups.len() as i64, cloud.centres.len() as i64);
+    let groups = indices.narrow(0, 0, members).view([patches, -1]);
+    let points = cloud.points.on(on);
+    let centres = points.index_select(0, &indices.narrow(0, members, patches));
+    let mut voxel = device::spread_patch_scores(&points, &centres, &groups, &patch);
+    if let Some(per_cell) = point_level {
+        let w = scoring.point_weight;
+        let per_point = per_cell.index_select(0, &indices.narrow(0, members + patches, cells.len() as i64));
+        voxel = voxel * f64::from(1.0 - w) + per_point * f64::from(w);
+    }
+    let grid = device::search_grid(&cloud.points, on, "median filter radius", radius)?;
+    let filtered = device::host_floats(&device::median_filter(&grid, &voxel, radius)?)?;
+    Ok(if probability_only { filtered } else { filtered.into_iter().map(calibrated).collect() })
+}
 
 /// Scores of the voxel points (normalised frame) from one score per patch, median-filtered.
 pub fn project_to_points(
@@ -230,7 +346,53 @@ pub fn best_f1_threshold(scores: &[f32], labels: &[bool]) -> Option<(f32, f64)> 
 
 #[cfg(test)]
 mod tests {
+    use rand::{Rng, SeedableRng};
+
     use super::*;
+    use crate::geometry::device::Compute;
+    use crate::model::Detector;
+    use crate::model::config::{DetectorConfig, PatchConfig};
+
+    /// The projection as tensor code (CPU tensors here) gives every voxel point the host's score, to the bit, for each
+    /// score source and point level; the paper's probability within LibTorch's sigmoid's rounding.
+    #[test]
+    fn scores_projected_on_the_device_are_the_hosts() {
+        let mut config = DetectorConfig { patches: PatchConfig { count: 64, size: 32 }, ..Default::default() };
+        config.preprocess.voxel_size = 0.04;
+        let detector = Detector::new(config, Device::Cpu).unwrap().with_device_geometry(true);
+        let mut cloud = detector.patch(&geometry::unit_sphere_points(4000), None).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut draw = |n: usize| Tensor::from_slice(&(0..n).map(|_| rng.gen_range(-3f32..3.0)).collect::<Vec<_>>());
+        let (patches, cells) = (cloud.patch_count(), cloud.cell_count);
+        let (logits, distances) = (draw(patches), draw(patches));
+        let (point_logits, point_distances) = (draw(cells), draw(cells));
+        let references = [(0.1, 1.2), (-0.3, 2.0), (0.5, 1.5), (0.0, 0.7)].map(|(low, high)| Reference { low, high });
+        for source in [ScoreSource::Discriminator, ScoreSource::Bank, ScoreSource::Fused] {
+            for (head, bank) in [(false, false), (true, false), (false, true), (true, true)] {
+                let raw = RawScores::Device(DeviceScores {
+                    logits: logits.shallow_clone(),
+                    distances: Some(distances.shallow_clone()),
+                    point_logits: head.then(|| point_logits.shallow_clone()),
+                    point_distances: bank.then(|| point_distances.shallow_clone()),
+                });
+                let scoring = ScoringConfig { source, ..Default::default() };
+                cloud.compute = Compute::tensors(Device::Cpu);
+                let on_device = voxel_scores(&cloud, &raw, references, &scoring).unwrap();
+                cloud.compute = Compute::Host;
+                let on_host = voxel_scores(&cloud, &raw, references, &scoring).unwrap();
+                let case = format!("{source:?}, point head {head}, point bank {bank}");
+                let pairs = || on_device.iter().zip(&on_host);
+                assert_eq!(on_device.len(), on_host.len(), "{case}");
+                if source == ScoreSource::Discriminator && !head && !bank {
+                    let worst = pairs().map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                    assert!(worst < 1e-6, "{case}: {worst}");
+                } else {
+                    let differing = pairs().filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                    assert_eq!(differing, 0, "{case}: {differing} of {} scores differ", on_host.len());
+                }
+            }
+        }
+    }
 
     #[test]
     fn decision_and_defect_region() {

@@ -23,7 +23,7 @@ use crate::model::conditioning::Reference;
 use crate::model::config::{DetectorConfig, GeneratorKind, ScoreSource};
 use crate::model::preprocess::{self, Augmentation, Centres, PatchedCloud, Sampling};
 use crate::model::store::TrainingSummary;
-use crate::model::{Detector, Heads, LayerInit, ModelError, Placement, RawScores, Result, sca, scoring};
+use crate::model::{Detector, Heads, HostScores, LayerInit, ModelError, Placement, RawScores, Result, sca, scoring};
 use crate::transfers::Transfer;
 
 /// Mixed into the training seed for the patch bank's draw.
@@ -473,17 +473,18 @@ fn condition(detector: &mut Detector, prepared: Vec<ViewTokens>) -> Result<Vec<S
 
 /// The references (discriminator, bank, point head, point bank) of held-out clouds' raw scores; a score that
 /// none of them has keeps `unchanged`'s.
-fn references(raw: &[&(PatchedCloud, RawScores)], unchanged: [Reference; 4]) -> [Reference; 4] {
-    let getters: [fn(&RawScores) -> &Vec<f32>; 4] =
+fn references(raw: &[&(PatchedCloud, RawScores)], unchanged: [Reference; 4]) -> Result<[Reference; 4]> {
+    let raw = raw.iter().map(|(cloud, scores)| scores.on_host(cloud)).collect::<Result<Vec<_>>>()?;
+    let getters: [fn(&HostScores) -> &Vec<f32>; 4] =
         [|r| &r.logits, |r| &r.distances, |r| &r.point_logits, |r| &r.point_distances];
     let mut out = unchanged;
     for (reference, get) in out.iter_mut().zip(getters) {
-        let pooled: Vec<f32> = raw.iter().flat_map(|r| get(&r.1).iter().copied()).collect();
+        let pooled: Vec<f32> = raw.iter().flat_map(|r| get(r).iter().copied()).collect();
         if !pooled.is_empty() {
             *reference = Reference::from_scores(&pooled);
         }
     }
-    out
+    Ok(out)
 }
 
 /// Patch-wise BCE with positives and negatives weighing the same, whatever their counts (pseudo-defective
@@ -667,9 +668,9 @@ fn calibrate(
     let c = &mut detector.conditioning;
     c.partial_view_references = None;
     [c.discriminator_reference, c.bank_reference, c.point_reference, c.point_bank_reference] =
-        references(&own_kind, c.references(true));
+        references(&own_kind, c.references(true))?;
     if by_kind {
-        c.partial_view_references = Some(references(&partial_views, c.references(true)));
+        c.partial_view_references = Some(references(&partial_views, c.references(true))?);
     }
     let (mut cloud_scores, mut point_scores) = (Vec::new(), Vec::new());
     for (patched, raw) in &raw {

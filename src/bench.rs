@@ -525,7 +525,7 @@ pub fn detector(
     let mae = Detector::new(mae_cfg, device)?;
     let _ = table
         .stage("backbone: Point-MAE", "C = 384, 12 blocks, 6 heads".into(), r, || mae.backbone.tokens(&patched))?;
-    let centres = patched.centre_points();
+    let centres = patched.shared_centre_points(device);
     let refined = table.stage(
         "SCA",
         format!("{} prototypes, {} Sinkhorn iterations", (0.1 * n as f32).round(), cfg.sca.sinkhorn_iterations),

@@ -23,7 +23,7 @@ use crate::transfers::{self, Transfer};
 
 use super::outliers::quantile_ranks;
 use super::registration::{Registration, Rigid, Template, cutoffs, start};
-use super::shared::SharedPoints;
+use super::shared::{SharedIndices, SharedPoints};
 use super::{
     FPFH_BINS, Fpfh, GeometryError, Inliers, NeighborIndex, Neighborhood, NormalOrientation, OutlierRule, Point,
     Result, VoxelGrid, positive,
@@ -794,15 +794,20 @@ pub fn farthest_point_sampling(points: &Tensor, lengths: &[i64], count: i64, sta
     Tensor::stack(&chosen, 1)
 }
 
-/// [`farthest_point_sampling`] of a batch already on the device, read back as each cloud's samples.
-fn samples_per_cloud(points: &Tensor, lengths: &[usize], count: usize, starts: &[usize]) -> Result<Vec<Vec<u32>>> {
+/// [`farthest_point_sampling`] of a batch already on the device: each cloud's samples, read back and kept there.
+fn samples_per_cloud(points: &Tensor, lengths: &[usize], count: usize, starts: &[usize]) -> Result<Vec<SharedIndices>> {
     let wide = |values: &[usize]| values.iter().map(|&v| v as i64).collect::<Vec<i64>>();
-    let chosen = host_indices(&farthest_point_sampling(points, &wide(lengths), count as i64, &wide(starts)))?;
+    let chosen = farthest_point_sampling(points, &wide(lengths), count as i64, &wide(starts));
+    let read = host_indices(&chosen)?;
     // Row b holds cloud b's samples, then (past its length) repeats of the padding's choice.
     Ok(lengths
         .iter()
         .enumerate()
-        .map(|(b, &length)| chosen[b * count..b * count + count.min(length)].to_vec())
+        .map(|(b, &length)| {
+            let taken = count.min(length);
+            let host = read[b * count..b * count + taken].to_vec();
+            SharedIndices::from_device(chosen.get(b as i64).narrow(0, 0, taken as i64), host)
+        })
         .collect())
 }
 
@@ -978,6 +983,21 @@ pub fn spread_patch_scores(points: &Tensor, centres: &Tensor, groups: &Tensor, p
     // them, and P centres per point are few.
     let nearest = every_knn(centres, points, 1).index.view(-1);
     scores.where_self(&scores.isneginf().logical_not(), &patch_scores.index_select(0, &nearest))
+}
+
+/// [`spread_patch_scores`] of the voxel points, centres (indices into them) and groups (k indices per patch) of a
+/// cloud, on `device`.
+pub fn spread_on(
+    device: Device,
+    points: &SharedPoints,
+    centres: &SharedIndices,
+    groups: &SharedIndices,
+    patch_size: usize,
+    patch_scores: &Tensor,
+) -> Tensor {
+    let points = points.on(device);
+    let centres = points.index_select(0, &centres.on(device));
+    spread_patch_scores(&points, &centres, &groups.on(device).view([-1, patch_size as i64]), patch_scores)
 }
 
 /// The median of the finite values within `radius` of each point, itself included (the mean of the middle two
@@ -1181,9 +1201,9 @@ impl Compute {
         }
     }
 
-    pub fn farthest_point_sampling(&self, points: &SharedPoints, count: usize, start: usize) -> Result<Vec<u32>> {
+    pub fn farthest_point_sampling(&self, points: &SharedPoints, count: usize, start: usize) -> Result<SharedIndices> {
         match self.device_for(Stage::Sampling) {
-            None => Ok(super::farthest_point_sampling(points, count, start)),
+            None => Ok(super::farthest_point_sampling(points, count, start).into()),
             Some(device) => {
                 let mut one = samples_per_cloud(&points.on(device).unsqueeze(0), &[points.len()], count, &[start])?;
                 Ok(one.pop().unwrap_or_default())
@@ -1199,12 +1219,12 @@ impl Compute {
         clouds: &[&[Point]],
         count: usize,
         starts: &[usize],
-    ) -> Result<Vec<Vec<u32>>> {
+    ) -> Result<Vec<SharedIndices>> {
         match self.device_for(Stage::Sampling) {
             None => Ok(clouds
                 .iter()
                 .zip(starts)
-                .map(|(points, &s)| super::farthest_point_sampling(points, count, s))
+                .map(|(points, &s)| super::farthest_point_sampling(points, count, s).into())
                 .collect()),
             Some(_) if clouds.is_empty() => Ok(Vec::new()),
             Some(device) => {
@@ -1241,21 +1261,22 @@ impl Compute {
     }
 
     /// The `k` nearest points of each centre, row after row, as [`NeighborIndex::group`], of points about `spacing`
-    /// apart.
+    /// apart (made on the device, they stay there too).
     pub fn group(
         &self,
         points: &SharedPoints,
         index: &NeighborIndex,
-        centres: &[u32],
+        centres: &SharedIndices,
         k: usize,
         spacing: f32,
-    ) -> Result<Vec<u32>> {
+    ) -> Result<SharedIndices> {
         match self.device_for(Stage::Grouping) {
-            None => Ok(index.group(&centres.iter().map(|&c| points[c as usize]).collect::<Vec<_>>(), k)),
+            None => Ok(index.group(&centres.iter().map(|&c| points[c as usize]).collect::<Vec<_>>(), k).into()),
             Some(device) => {
                 let points = points.on(device);
-                let centres = points.index_select(0, &indices_tensor(centres, device));
-                host_indices(&knn(&points, &centres, k as i64, surface_reach(k, spacing)).index)
+                let centres = points.index_select(0, &centres.on(device));
+                let groups = knn(&points, &centres, k as i64, surface_reach(k, spacing)).index;
+                Ok(SharedIndices::from_device(groups.shallow_clone(), host_indices(&groups)?))
             }
         }
     }
@@ -1288,8 +1309,8 @@ impl Compute {
     pub fn spread_patch_scores(
         &self,
         points: &SharedPoints,
-        centres: &[u32],
-        groups: &[u32],
+        centres: &SharedIndices,
+        groups: &SharedIndices,
         patch_size: usize,
         patch_scores: &[f32],
     ) -> Result<Vec<f32>> {
@@ -1299,13 +1320,8 @@ impl Compute {
                 super::projection::spread_patch_scores(points, &centres, groups, patch_size, patch_scores)
             }
             Some(device) => {
-                // The groups and the centres (indices both) go up in one copy.
-                let indices = indices_tensor(&[groups, centres].concat(), device);
-                let groups = indices.narrow(0, 0, groups.len() as i64).view([-1, patch_size as i64]);
-                let points = points.on(device);
-                let centres = points.index_select(0, &indices.narrow(0, groups.numel() as i64, centres.len() as i64));
                 let scores = Tensor::from_slice(patch_scores).upload(device);
-                host_floats(&spread_patch_scores(&points, &centres, &groups, &scores))
+                host_floats(&spread_on(device, points, centres, groups, patch_size, &scores))
             }
         }
     }
@@ -1478,7 +1494,7 @@ mod tests {
         let clouds = [&a[..], &b[..10], &b[..]];
         let both = CPU.farthest_point_sampling_batch(&clouds, 256, &[5, 0, 17]).unwrap();
         assert_eq!(both, Compute::Host.farthest_point_sampling_batch(&clouds, 256, &[5, 0, 17]).unwrap());
-        assert_eq!(both.iter().map(Vec::len).collect::<Vec<_>>(), [256, 10, 256]);
+        assert_eq!(both.iter().map(|samples| samples.len()).collect::<Vec<_>>(), [256, 10, 256]);
         assert_eq!(CPU.farthest_point_sampling_batch(&clouds, 0, &[5, 0, 17]).unwrap(), vec![Vec::<u32>::new(); 3]);
     }
 
@@ -1570,7 +1586,7 @@ mod tests {
     fn knn_groups_and_normals_are_the_hosts() {
         let pts = surface(4000, 4);
         let index = NeighborIndex::new(&pts).unwrap();
-        let centres: Vec<u32> = (0..pts.len() as u32).step_by(37).collect();
+        let centres = SharedIndices::from((0..pts.len() as u32).step_by(37).collect::<Vec<_>>());
         let centre_points: Vec<Point> = centres.iter().map(|&c| pts[c as usize]).collect();
         // The sphere's points are about 0.056 apart; at a spacing of 0.001 every query leaves the cells for all
         // points, at 0.056 the cells serve almost all, at 1.0 the cells hold every point.
@@ -1641,9 +1657,9 @@ mod tests {
         let index = NeighborIndex::new(&pts).unwrap();
         values.pop();
 
-        let centres: Vec<u32> = super::super::farthest_point_sampling(&pts, 40, 0);
+        let centres = SharedIndices::from(super::super::farthest_point_sampling(&pts, 40, 0));
         let centre_points: Vec<Point> = centres.iter().map(|&c| pts[c as usize]).collect();
-        let groups = index.group(&centre_points, 20);
+        let groups = SharedIndices::from(index.group(&centre_points, 20));
         let mut patch_scores: Vec<f32> = (0..40).map(|p| (p * 7 % 13) as f32).collect();
         let host = Compute::Host.spread_patch_scores(&pts, &centres, &groups, 20, &patch_scores).unwrap();
         let ours = CPU.spread_patch_scores(&pts, &centres, &groups, 20, &patch_scores).unwrap();

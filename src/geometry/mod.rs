@@ -32,7 +32,7 @@ pub use normals::{NormalOrientation, SurfaceEstimate, estimate_normals, estimate
 pub use outliers::{Inliers, OutlierRule, drop_floating_groups, inside_robust_box};
 pub use registration::{Registration, Rigid, Template, register};
 pub use sampling::farthest_point_sampling;
-pub use shared::{SharedPoints, SharedRows};
+pub use shared::{SharedIndices, SharedPoints, SharedRows};
 pub use voxel::{VoxelGrid, voxel_downsample};
 
 use thiserror::Error;

@@ -4,8 +4,10 @@
 //! once for all of its scans. A result made on the device starts with its copy there. The search grids over the copy
 //! are kept with it likewise: one per radius, however many stages (or scans, for a template) search at it.
 //!
-//! Rows that a stage makes per point or per sample (descriptors, context) stay where the stage ran: on the host, or
-//! on its device until the host asks for them ([`SharedRows`]).
+//! Indices that a stage makes (FPS's samples, the patches' members) keep the device's copy beside the host's, and
+//! indices made on the host go up at most once ([`SharedIndices`]). Rows that a stage makes per point or per sample
+//! (descriptors, context) stay where the stage ran: on the host, or on its device until the host asks for them
+//! ([`SharedRows`]).
 
 use std::borrow::Cow;
 use std::ops::Deref;
@@ -16,7 +18,7 @@ use tch::{Device, Tensor};
 use crate::transfers::Transfer;
 
 use super::Point;
-use super::device::{CellGrid, host_floats, host_points, points_tensor};
+use super::device::{CellGrid, host_floats, host_points, indices_tensor, points_tensor};
 
 /// Points on the host and, once a device stage has needed them, on that device, with the search grids built over
 /// that copy. Both sit behind mutexes: rayon's arms share the points, and a tensor may be sent between threads but
@@ -40,6 +42,13 @@ impl<'a> SharedPoints<'a> {
         Ok(shared)
     }
 
+    /// Points on the host with their copy (N × 3 floats) on a device already made.
+    pub fn with_copy(host: Vec<Point>, copy: Tensor) -> SharedPoints<'static> {
+        let shared = SharedPoints::new(host);
+        *shared.copy.lock().unwrap_or_else(PoisonError::into_inner) = Some(copy);
+        shared
+    }
+
     /// The points as an N × 3 float tensor on `device`: the copy made before, or one made now and kept.
     pub fn on(&self, device: Device) -> Tensor {
         let mut copy = self.copy.lock().unwrap_or_else(PoisonError::into_inner);
@@ -51,6 +60,12 @@ impl<'a> SharedPoints<'a> {
                 points
             }
         }
+    }
+
+    /// The copy on `device` where there is one (nothing is copied).
+    pub fn copy_on(&self, device: Device) -> Option<Tensor> {
+        let copy = self.copy.lock().unwrap_or_else(PoisonError::into_inner);
+        copy.as_ref().filter(|points| points.device() == device).map(Tensor::shallow_clone)
     }
 
     /// The cell grid of edge `cell` (at least) over the copy on `device`: built the first time a search needs it and
@@ -89,6 +104,80 @@ impl From<Vec<Point>> for SharedPoints<'static> {
 impl<'a> From<&'a [Point]> for SharedPoints<'a> {
     fn from(points: &'a [Point]) -> Self {
         Self::new(points)
+    }
+}
+
+/// Indices into a cloud's points (samples, patch centres, patch members) on the host and, where a device stage made
+/// them or needed them, on that device as int64: kept from the stage that made them, or copied up once.
+#[derive(Default)]
+pub struct SharedIndices {
+    host: Vec<u32>,
+    copy: Mutex<Option<Tensor>>,
+}
+
+impl SharedIndices {
+    /// Indices made on the device (int64, any shape: taken row after row), with their host copy already read.
+    pub fn from_device(indices: Tensor, host: Vec<u32>) -> Self {
+        Self { host, copy: Mutex::new(Some(indices.view(-1))) }
+    }
+
+    /// The indices as a 1-D int64 tensor on `device`: the copy made or kept before, or one made now and kept.
+    pub fn on(&self, device: Device) -> Tensor {
+        let mut copy = self.copy.lock().unwrap_or_else(PoisonError::into_inner);
+        match copy.as_ref() {
+            Some(indices) if indices.device() == device => indices.shallow_clone(),
+            _ => {
+                let indices = indices_tensor(&self.host, device);
+                *copy = Some(indices.shallow_clone());
+                indices
+            }
+        }
+    }
+
+    /// The copy on `device` where there is one (nothing is copied).
+    pub fn copy_on(&self, device: Device) -> Option<Tensor> {
+        let copy = self.copy.lock().unwrap_or_else(PoisonError::into_inner);
+        copy.as_ref().filter(|indices| indices.device() == device).map(Tensor::shallow_clone)
+    }
+}
+
+impl Deref for SharedIndices {
+    type Target = [u32];
+
+    fn deref(&self) -> &[u32] {
+        &self.host
+    }
+}
+
+impl From<Vec<u32>> for SharedIndices {
+    fn from(host: Vec<u32>) -> Self {
+        Self { host, copy: Mutex::new(None) }
+    }
+}
+
+impl Clone for SharedIndices {
+    fn clone(&self) -> Self {
+        let copy = self.copy.lock().unwrap_or_else(PoisonError::into_inner);
+        Self { host: self.host.clone(), copy: Mutex::new(copy.as_ref().map(Tensor::shallow_clone)) }
+    }
+}
+
+/// The same indices, wherever their copies are.
+impl PartialEq for SharedIndices {
+    fn eq(&self, other: &Self) -> bool {
+        self.host == other.host
+    }
+}
+
+impl PartialEq<Vec<u32>> for SharedIndices {
+    fn eq(&self, other: &Vec<u32>) -> bool {
+        &self.host == other
+    }
+}
+
+impl std::fmt::Debug for SharedIndices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.host.fmt(f)
     }
 }
 
@@ -145,5 +234,27 @@ impl<const W: usize> Clone for SharedRows<W> {
             Self::Host(rows) => Self::Host(rows.clone()),
             Self::Device(rows) => Self::device(rows.lock().unwrap_or_else(PoisonError::into_inner).shallow_clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_made_on_a_device_keep_their_tensor_and_host_indices_go_up_once() {
+        let made = Tensor::from_slice(&[4i64, 1, 3, 0]).view([2, 2]);
+        let shared = SharedIndices::from_device(made.shallow_clone(), vec![4, 1, 3, 0]);
+        let kept = shared.copy_on(Device::Cpu).expect("kept from the stage that made it");
+        assert_eq!(kept.data_ptr(), made.data_ptr(), "the stage's own tensor, not a copy");
+        assert_eq!(shared.on(Device::Cpu).data_ptr(), made.data_ptr());
+        assert_eq!(*shared, [4, 1, 3, 0]);
+
+        let host = SharedIndices::from(vec![2, 7]);
+        assert!(host.copy_on(Device::Cpu).is_none(), "nothing copied before a stage asks");
+        let up = host.on(Device::Cpu);
+        assert_eq!(Vec::<i64>::try_from(&up).unwrap(), [2, 7]);
+        assert_eq!(host.on(Device::Cpu).data_ptr(), up.data_ptr(), "copied once, then kept");
+        assert_eq!(host.clone().copy_on(Device::Cpu).map(|t| t.data_ptr()), Some(up.data_ptr()));
     }
 }

@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor, nn, nn::Module, nn::ModuleT};
 use super::config::BackboneConfig;
 use super::preprocess::{CONTEXT_DIMS, PatchedCloud};
 use super::{LayerInit, ModelError, Result, copy_into, tensors_from_bytes};
-use crate::geometry::device::{Stage, indices_tensor};
+use crate::geometry::device::Stage;
 use crate::geometry::{FPFH_BINS, Fpfh};
 use crate::transfers::Transfer;
 
@@ -351,7 +351,7 @@ impl Backbone {
 pub fn point_features(radii_voxels: &[f32], cloud: &PatchedCloud, device: Device) -> Result<Tensor> {
     use rayon::prelude::*;
     if let (Some(on), Some(context)) = (cloud.compute.device_for(Stage::Fpfh), cloud.context.on_device()) {
-        let samples = indices_tensor(&cloud.samples, on);
+        let samples = cloud.samples.on(on);
         let mut columns = radii_voxels
             .iter()
             .map(|r| Ok(hellinger(&cloud.sample_descriptors_on(on, &samples, r * cloud.voxel)?)))

@@ -414,8 +414,7 @@ pub(crate) fn copy_into(vs: &mut nn::VarStore, tensors: &HashMap<String, Tensor>
 
 /// Centres of a patched cloud as a (1, n, 3) tensor.
 pub fn centre_tensor(cloud: &PatchedCloud, device: Device) -> Tensor {
-    let flat: Vec<f32> = cloud.centre_points().into_iter().flatten().collect();
-    Tensor::from_slice(&flat).reshape([1, cloud.patch_count() as i64, 3]).upload(device)
+    cloud.shared_centre_points(device).on(device).unsqueeze(0)
 }
 
 impl Detector {
@@ -467,7 +466,7 @@ impl Detector {
 
     /// SCA over (conditioned) tokens: (n, C).
     pub fn aggregate(&self, tokens: &Tensor, cloud: &PatchedCloud) -> Tensor {
-        sca::aggregate(&self.config.sca, tokens, &cloud.centre_points(), &cloud.descriptors)
+        sca::aggregate(&self.config.sca, tokens, &cloud.shared_centre_points(tokens.device()), &cloud.descriptors)
     }
 
     /// Patch features after SCA (n, C) and, with a point head, every voxel point's conditioned features (N, C);

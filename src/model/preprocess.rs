@@ -11,8 +11,8 @@ use super::{ModelError, Result};
 use crate::geometry::device::{Compute, Stage};
 use crate::geometry::visibility::{self, CELL_CAMERA_DISTANCE, Camera};
 use crate::geometry::{
-    self, FPFH_BINS, Fpfh, NeighborIndex, Neighborhood, NormalOrientation, Point, RadiusSearch, SharedPoints,
-    SharedRows, UnitSphere, VoxelGrid,
+    self, FPFH_BINS, Fpfh, NeighborIndex, Neighborhood, NormalOrientation, Point, RadiusSearch, SharedIndices,
+    SharedPoints, SharedRows, UnitSphere, VoxelGrid,
 };
 use crate::transfers::Transfer;
 
@@ -25,9 +25,9 @@ pub struct PatchedCloud {
     pub points: SharedPoints<'static>,
     pub index: NeighborIndex,
     /// Patch centres: indices into `points`, FPS order.
-    pub centres: Vec<u32>,
+    pub centres: SharedIndices,
     /// `centres.len() × patch_size` indices into `points`, patch after patch.
-    pub groups: Vec<u32>,
+    pub groups: SharedIndices,
     pub patch_size: usize,
     pub normals: SharedPoints<'static>,
     /// SCA's geometric descriptor g_i: FPFH at each centre, over `fpfh_radius` (normalised frame).
@@ -37,10 +37,10 @@ pub struct PatchedCloud {
     pub voxel: f32,
     /// The voxel points that per-point features are taken at: the first point of each cell of a grid of
     /// [`FEATURE_CELL_VOXELS`] voxels (the first `cell_count`), then the patch centres not among them.
-    pub samples: Vec<u32>,
+    pub samples: SharedIndices,
     pub cell_count: usize,
     /// Per voxel point, the index in `samples` of its cell's point, whose point-level scores it takes.
-    pub cell_of: Vec<u32>,
+    pub cell_of: SharedIndices,
     /// Per patch centre, its index in `samples`.
     pub centre_samples: Vec<u32>,
     /// Per sample, what FPFH cannot see: [`CONTEXT_DIMS`] numbers (see [`surface_context`]).
@@ -89,6 +89,16 @@ impl PatchedCloud {
         self.centres.iter().map(|&c| self.points[c as usize]).collect()
     }
 
+    /// The centres' coordinates, with their copy on `device` taken there where the points and the centres already
+    /// are (the same numbers; otherwise the first stage to need it copies it up).
+    pub fn shared_centre_points(&self, device: tch::Device) -> SharedPoints<'static> {
+        let host = self.centre_points();
+        match (self.points.copy_on(device), self.centres.copy_on(device)) {
+            (Some(points), Some(centres)) => SharedPoints::with_copy(host, points.index_select(0, &centres)),
+            _ => host.into(),
+        }
+    }
+
     /// Patch members relative to their centre: `patch_count × patch_size × 3`, the backbone's input.
     pub fn relative_groups(&self) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.groups.len() * 3);
@@ -107,7 +117,7 @@ impl PatchedCloud {
     /// the square of the neighbours per radius, drops by about stride².
     pub fn descriptors_at_radius(&self, radius: f32, stride: usize) -> Result<Vec<Fpfh>> {
         let mut keep: Vec<u32> = (0..self.points.len() as u32).step_by(stride.max(1)).collect();
-        keep.extend(&self.centres);
+        keep.extend(self.centres.iter());
         keep.sort_unstable();
         keep.dedup();
         let points: Vec<Point> = keep.iter().map(|&i| self.points[i as usize]).collect();
@@ -481,14 +491,14 @@ fn centre_descriptors(
     normals: &SharedPoints,
     index: &NeighborIndex,
     voxel: f32,
-    centres: &[u32],
+    centres: &SharedIndices,
     radius: f32,
 ) -> Result<SharedRows<FPFH_BINS>> {
-    use crate::geometry::device::{fpfh_among_coarse_points, fpfh_at, indices_tensor, search_grid};
+    use crate::geometry::device::{fpfh_among_coarse_points, fpfh_at, search_grid};
     let Some(device) = compute.device_for(Stage::Fpfh) else {
         return Ok(SharedRows::Host(centre_descriptor_rows(compute, points, normals, index, voxel, centres, radius)?));
     };
-    let centres = indices_tensor(centres, device);
+    let centres = centres.on(device);
     Ok(SharedRows::device(match coarse_voxel(voxel, radius) {
         None => fpfh_at(&search_grid(points, device, "FPFH radius", radius)?, &normals.on(device), radius, &centres),
         Some(coarse) => fpfh_among_coarse_points(points, normals, device, coarse, radius, &centres)?,
@@ -535,7 +545,7 @@ pub fn surface_context(
     index: &NeighborIndex,
     voxel: f32,
     template: Option<(&PoseTemplate, Option<&[bool]>)>,
-    at: &[u32],
+    at: &SharedIndices,
 ) -> Result<SharedRows<CONTEXT_DIMS>> {
     Ok(match compute.device_for(Stage::Context) {
         None => SharedRows::Host(host_surface_context(points, normals, index, voxel, template, at)?),
@@ -612,9 +622,9 @@ fn device_surface_context(
     normals: &SharedPoints,
     voxel: f32,
     template: Option<(&PoseTemplate, Option<&[bool]>)>,
-    at: &[u32],
+    at: &SharedIndices,
 ) -> Result<Tensor> {
-    use crate::geometry::device::{indices_tensor, knn_in, search_grid, within};
+    use crate::geometry::device::{knn_in, search_grid, within};
     use tch::Kind;
     if at.is_empty() {
         return Ok(Tensor::zeros([0, CONTEXT_DIMS as i64], (Kind::Float, device)));
@@ -622,7 +632,7 @@ fn device_surface_context(
     let [near, far] = CONTEXT_RADII_VOXELS.map(|r| r * voxel);
     let within_near = |found: &crate::geometry::device::Neighbors| found.squared_distance.le(f64::from(near * near));
     let count = |mask: &Tensor| mask.sum_dim_intlist(1, false, Kind::Float);
-    let (cloud, at) = (points.on(device), indices_tensor(at, device));
+    let (cloud, at) = (points.on(device), at.on(device));
     let centres = cloud.index_select(0, &at);
     let q = centres.size()[0];
     let scan = within(&search_grid(points, device, "context radius", far)?, &centres, far);
@@ -677,7 +687,7 @@ pub enum Centres {
     Sample(usize),
     /// Already sampled (indices of the view's points): several views' FPS in one batch
     /// ([`Compute::farthest_point_sampling_batch`]).
-    Chosen(Vec<u32>),
+    Chosen(SharedIndices),
 }
 
 /// Where FPS starts on a view's points: the point farthest from the centre, so a cloud always gives the same
@@ -759,9 +769,9 @@ pub fn patch_view(
 
 /// The points that carry per-point features (see the fields of the same names in [`PatchedCloud`]).
 struct FeatureSamples {
-    samples: Vec<u32>,
+    samples: SharedIndices,
     cell_count: usize,
-    cell_of: Vec<u32>,
+    cell_of: SharedIndices,
     centre_samples: Vec<u32>,
 }
 
@@ -771,9 +781,9 @@ impl FeatureSamples {
             Sampling::EveryPoint => {
                 let every: Vec<u32> = (0..points.len() as u32).collect();
                 Self {
-                    samples: every.clone(),
+                    samples: every.clone().into(),
                     cell_count: points.len(),
-                    cell_of: every,
+                    cell_of: every.into(),
                     centre_samples: centres.to_vec(),
                 }
             }
@@ -793,7 +803,7 @@ impl FeatureSamples {
                         }
                     })
                     .collect();
-                Self { samples, cell_count, cell_of: cells.representative, centre_samples }
+                Self { samples: samples.into(), cell_count, cell_of: cells.representative.into(), centre_samples }
             }
         })
     }
@@ -849,7 +859,7 @@ mod tests {
         let view = prepare_view(&pts, &cfg, 16, None, None, Compute::Host).unwrap();
         let every = patch_view(view, &cfg, Centres::Sample(64), 16, None, Sampling::EveryPoint).unwrap();
         assert_eq!(every.samples, (0..every.points.len() as u32).collect::<Vec<_>>());
-        assert_eq!(every.centre_samples, every.centres);
+        assert_eq!(every.centres, every.centre_samples);
     }
 
     #[test]

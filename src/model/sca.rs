@@ -6,11 +6,11 @@
 //! One reading choice: "Sinkhorn-normalised" similarity matrices (steps 3 and 4) are made doubly stochastic
 //! (rows and columns summing to 1) before their element-wise product and row softmax.
 
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::config::{Fusion, ScaConfig};
 use crate::geometry::device::occurrences;
-use crate::geometry::{self, FPFH_BINS, Point, SharedRows};
+use crate::geometry::{self, FPFH_BINS, SharedPoints, SharedRows};
 use crate::transfers::Transfer;
 
 /// Sinkhorn: the transport plan for `log_kernel` (already divided by its temperature) with row marginals `a`
@@ -61,8 +61,8 @@ fn fuse(cfg: &ScaConfig, geometric: &Tensor, feature: &Tensor) -> Tensor {
 }
 
 /// Refines tokens `z` (n × C) of patches with centres `centres` (normalised frame) and FPFH `descriptors` (on the
-/// host or already on `z`'s device).
-pub fn aggregate(cfg: &ScaConfig, z: &Tensor, centres: &[Point], descriptors: &SharedRows<FPFH_BINS>) -> Tensor {
+/// host or already on `z`'s device; the centres on both).
+pub fn aggregate(cfg: &ScaConfig, z: &Tensor, centres: &SharedPoints, descriptors: &SharedRows<FPFH_BINS>) -> Tensor {
     let _guard = tch::no_grad_guard();
     if !cfg.enabled {
         return z.shallow_clone();
@@ -86,7 +86,7 @@ pub fn aggregate(cfg: &ScaConfig, z: &Tensor, centres: &[Point], descriptors: &S
         geometry::farthest_point_sampling(centres, m, start).into_iter().map(i64::from).collect();
     let m = prototypes.len() as i64;
     let proto_index = Tensor::from_slice(&prototypes).upload(device);
-    let centres_t = to_tensor(centres.iter().flat_map(|p| p.iter().copied()), [n, 3], device);
+    let centres_t = centres.on(device);
     let g = descriptors.on(device);
     let positions = centres_t.index_select(0, &proto_index);
     let mut proto_g = g.index_select(0, &proto_index);
@@ -154,14 +154,12 @@ pub fn aggregate(cfg: &ScaConfig, z: &Tensor, centres: &[Point], descriptors: &S
     out
 }
 
-fn to_tensor(values: impl Iterator<Item = f32>, shape: [i64; 2], device: Device) -> Tensor {
-    Tensor::from_slice(&values.collect::<Vec<f32>>()).reshape(shape).upload(device)
-}
-
 #[cfg(test)]
 mod tests {
+    use tch::Device;
+
     use super::*;
-    use crate::geometry::Fpfh;
+    use crate::geometry::{Fpfh, Point};
 
     fn max_abs(t: &Tensor) -> f64 {
         t.abs().max().double_value(&[])
@@ -229,13 +227,13 @@ mod tests {
     fn permuting_patches_permutes_the_output() {
         let (z, centres, descriptors) = cloud(60, 1);
         let cfg = ScaConfig { snapping: 0.3, ..Default::default() };
-        let out = aggregate(&cfg, &z, &centres, &SharedRows::Host(descriptors.clone()));
+        let out = aggregate(&cfg, &z, &centres.as_slice().into(), &SharedRows::Host(descriptors.clone()));
         let perm: Vec<usize> = (0..60).map(|i| (i * 17 + 5) % 60).collect();
         let perm_t = Tensor::from_slice(&perm.iter().map(|&p| p as i64).collect::<Vec<_>>());
         let out_p = aggregate(
             &cfg,
             &z.index_select(0, &perm_t),
-            &perm.iter().map(|&p| centres[p]).collect::<Vec<_>>(),
+            &perm.iter().map(|&p| centres[p]).collect::<Vec<_>>().into(),
             &SharedRows::Host(perm.iter().map(|&p| descriptors[p]).collect()),
         );
         assert!(max_abs(&(out.index_select(0, &perm_t) - out_p)) < 1e-4);
@@ -244,7 +242,7 @@ mod tests {
     #[test]
     fn every_switch_gives_finite_tokens_and_off_is_identity() {
         let (z, centres, descriptors) = cloud(50, 2);
-        let descriptors = SharedRows::Host(descriptors);
+        let (centres, descriptors) = (SharedPoints::from(centres), SharedRows::Host(descriptors));
         let switches = [
             ScaConfig::default(),
             ScaConfig { global_step: false, ..Default::default() },
@@ -269,11 +267,15 @@ mod tests {
         let same = vec![[0.5f32; 3]; 12];
         let zero = SharedRows::Host(vec![[0f32; FPFH_BINS]; 12]);
         for centres in [&flat, &same] {
-            let out = aggregate(&ScaConfig::default(), &z, centres, &zero);
+            let out = aggregate(&ScaConfig::default(), &z, &centres.as_slice().into(), &zero);
             assert!(bool::try_from(out.isfinite().all()).unwrap());
         }
-        let one =
-            aggregate(&ScaConfig::default(), &z.narrow(0, 0, 1), &flat[..1], &SharedRows::Host(vec![[0.0; FPFH_BINS]]));
+        let one = aggregate(
+            &ScaConfig::default(),
+            &z.narrow(0, 0, 1),
+            &flat[..1].into(),
+            &SharedRows::Host(vec![[0.0; FPFH_BINS]]),
+        );
         assert!(bool::try_from(one.isfinite().all()).unwrap());
     }
 }

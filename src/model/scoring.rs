@@ -108,18 +108,10 @@ fn device_voxel_scores(
         (ScoreSource::Fused, Some(x)) => (normalised(&raw.logits, d) + normalised(x, b)) * 0.5,
         _ => normalised(&raw.logits, d),
     };
-    // The patches' indices and, for the point level, each voxel point's cell go up in one copy.
-    let cells: &[u32] = if point_level.is_some() { &cloud.cell_of } else { &[] };
-    let indices = device::indices_tensor(&[&cloud.groups, &cloud.centres, cells].concat(), on);
-    let (members, patches) = (cloud.groups.len() as i64, cloud.centres.len() as i64);
-    let groups = indices.narrow(0, 0, members).view([patches, -1]);
-    let points = cloud.points.on(on);
-    let centres = points.index_select(0, &indices.narrow(0, members, patches));
-    let mut voxel = device::spread_patch_scores(&points, &centres, &groups, &patch);
+    let mut voxel = device::spread_on(on, &cloud.points, &cloud.centres, &cloud.groups, cloud.patch_size, &patch);
     if let Some(per_cell) = point_level {
         let w = scoring.point_weight;
-        let per_point = per_cell.index_select(0, &indices.narrow(0, members + patches, cells.len() as i64));
-        voxel = voxel * f64::from(1.0 - w) + per_point * f64::from(w);
+        voxel = voxel * f64::from(1.0 - w) + per_cell.index_select(0, &cloud.cell_of.on(on)) * f64::from(w);
     }
     let grid = device::search_grid(&cloud.points, on, "median filter radius", radius)?;
     let filtered = device::host_floats(&device::median_filter(&grid, &voxel, radius)?)?;

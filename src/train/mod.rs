@@ -436,7 +436,8 @@ fn condition(detector: &mut Detector, prepared: Vec<ViewTokens>) -> Result<Vec<S
     for view in prepared {
         let tokens = detector.condition(view.tokens);
         let points = view.points.map(|(rows, labels)| (detector.condition(rows), labels));
-        let features = sca::aggregate(&detector.config.sca, &tokens, &view.centre_points, &view.descriptors);
+        let centres = view.centre_points.as_slice().into();
+        let features = sca::aggregate(&detector.config.sca, &tokens, &centres, &view.descriptors);
         let n = view.centre_points.len();
         let flat: Vec<f32> = view.centre_points.iter().flatten().copied().collect();
         let centres = Tensor::from_slice(&flat).reshape([n as i64, 3]).upload(device);

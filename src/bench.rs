@@ -249,7 +249,7 @@ fn outliers_and_registration(
     let r = cfg.repeats;
     let rule = DetectorConfig::default().preprocess.outliers.rule(cfg.voxel);
     table.stage("outlier removal", format!("{} points, link {} voxels", finite.len(), rule.link_voxels), r, || {
-        compute.drop_floating_groups(finite, compute.inside_robust_box(finite, &rule)?, &rule)
+        compute.inliers(&finite.into(), &rule, |_| Ok::<_, geometry::GeometryError>(()))
     })?;
     let isolation = geometry::registration::isolation(points, index);
     // As the detector keeps its template: the copy on the device made once, by the first registration.
@@ -261,7 +261,7 @@ fn outliers_and_registration(
     let pose = geometry::Rigid { rotation: turned, translation: [cfg.voxel, 0.0, 0.0] };
     let moved: Vec<geometry::Point> = points.iter().map(|&p| pose.apply(p)).collect();
     let detail = format!("{} voxel points, sampled as the detector does, {ALIGN_ITERATIONS} steps", points.len());
-    table.stage("registration (ICP)", detail, r, || align(&moved, &template, cfg.voxel, compute))?;
+    table.stage("registration (ICP)", detail, r, || align(&moved.as_slice().into(), &template, cfg.voxel, compute))?;
     Ok(())
 }
 

@@ -26,7 +26,7 @@ use super::registration::{Registration, Rigid, Template, cutoffs, start};
 use super::shared::{SharedIndices, SharedPoints};
 use super::{
     FPFH_BINS, Fpfh, GeometryError, Inliers, NeighborIndex, Neighborhood, NormalOrientation, OutlierRule, Point,
-    Result, VoxelGrid, positive,
+    Result, UnitSphere, VoxelGrid, positive,
 };
 
 /// Elements of one block of a search (queries × candidates): 64 MiB per f32 temporary.
@@ -574,6 +574,12 @@ pub fn central_members(points: &Tensor, centroids: &Tensor, representative: &Ten
     lowest_of_each(representative, &distance, &occurrences(representative, voxels))
 }
 
+/// The positions of the `count` true flags, which the host has counted: sized by it, not by the data, so nothing
+/// waits.
+fn where_true(flags: &Tensor, count: usize) -> Tensor {
+    flags.nonzero_static(count as i64, -1).view(-1)
+}
+
 /// As [`super::inside_robust_box`]: each axis's quantiles by `kthvalue`, and the box from them as
 /// [`super::outliers::RobustBox::new`] makes it, in f64 on the device (nothing read before the flags). Returns
 /// (N bool, the quantile box's diagonal as a scalar tensor).
@@ -642,13 +648,13 @@ pub fn in_floating_groups(points: &Tensor, voxel: f32, link: f32, min_group: usi
 /// the host stops (fewer than 6 pairs, no solution) the device's pose stops changing. Every correspondence is
 /// searched each step (the host keeps those that surely hold, which finds the same ones).
 pub fn register(
-    source: &[Point],
+    source: &SharedPoints,
     template: &Template,
     distances: [f32; 2],
     iterations: usize,
     device: Device,
 ) -> Result<Registration> {
-    let moving = points_tensor(source, device);
+    let moving = source.on(device);
     let normals = template.normals.on(device);
     // The pose (rotation row after row, translation) and, as the host's loop last measured them, the overlap and
     // the rms: the pose the host returns is always the current one.
@@ -689,6 +695,30 @@ pub fn register(
 
 /// The rotation of roll, pitch and yaw (`angles`, f64) as the host's `Rotation3::from_euler_angles` makes it:
 /// yaw about z after pitch about y after roll about x.
+/// Every point (N × 3) as `frame.apply(pose.apply(p))` (or `frame.apply(p)` without a pose) computes it on the host,
+/// op for op (the sums left to right, the division by a tensor: CUDA multiplies by a number's reciprocal), so the
+/// numbers are the host's to the bit.
+pub fn placed(points: &Tensor, pose: Option<&Rigid>, frame: &UnitSphere) -> Tensor {
+    let column = |axis: i64| points.select(1, axis);
+    let axes: Vec<Tensor> = (0..3)
+        .map(|a| {
+            let moved = match pose {
+                Some(pose) => {
+                    let (r, t) = (pose.rotation[a], pose.translation[a]);
+                    column(0) * f64::from(r[0])
+                        + column(1) * f64::from(r[1])
+                        + column(2) * f64::from(r[2])
+                        + f64::from(t)
+                }
+                None => column(a as i64),
+            };
+            let shifted = moved - f64::from(frame.centre[a]);
+            &shifted / shifted.full_like(f64::from(frame.scale))
+        })
+        .collect();
+    Tensor::stack(&axes, 1)
+}
+
 fn euler_rotation(angles: &Tensor) -> Tensor {
     let options = (angles.kind(), angles.device());
     let (one, zero) = (Tensor::ones([1], options), Tensor::zeros([1], options));
@@ -1148,6 +1178,22 @@ impl Compute {
         }
     }
 
+    /// [`Self::voxel_downsample`] with the voxel points apart: made on the device, they keep their copy there.
+    pub fn voxel_points(&self, points: &SharedPoints, voxel_size: f32) -> Result<(VoxelGrid, SharedPoints<'static>)> {
+        match self.device_for(Stage::Voxels) {
+            None => {
+                let grid = super::voxel_downsample(points, voxel_size)?;
+                let voxel_points = grid.points.clone().into();
+                Ok((grid, voxel_points))
+            }
+            Some(device) => {
+                let (voxels, grid, _) = voxel_grid(&points.on(device), voxel_size, |_| Vec::new())?;
+                let voxel_points = SharedPoints::with_copy(grid.points.clone(), voxels.centroids);
+                Ok((grid, voxel_points))
+            }
+        }
+    }
+
     /// The voxel grid and, per voxel, its [central member](VoxelGrid::central_members).
     pub fn voxel_centres(&self, points: &SharedPoints, voxel_size: f32) -> Result<(VoxelGrid, Vec<u32>)> {
         match self.device_for(Stage::Fpfh) {
@@ -1166,31 +1212,48 @@ impl Compute {
         }
     }
 
-    pub fn inside_robust_box(&self, points: &[Point], rule: &OutlierRule) -> Result<Inliers> {
-        match self.device_for(Stage::Outliers) {
-            None => super::inside_robust_box(points, rule),
-            Some(device) => {
-                let (keep, diagonal) = inside_robust_box(&points_tensor(points, device), rule)?;
-                let read = read_together(&[&keep, &diagonal])?;
-                Ok(Inliers::from_flags(as_flags(&read[0]), read[1].first().copied().unwrap_or(0.0)))
+    /// Outlier removal ([`super::inside_robust_box`], `check` on its result, then [`super::drop_floating_groups`]),
+    /// with the points kept. On a device the kept points are taken from the points' copy there, by the counts the
+    /// host has read: the scan's points go up once for all of its geometry.
+    pub fn inliers<E: From<GeometryError>>(
+        &self,
+        points: &SharedPoints,
+        rule: &OutlierRule,
+        check: impl FnOnce(&Inliers) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(Inliers, SharedPoints<'static>), E> {
+        let Some(device) = self.device_for(Stage::Outliers) else {
+            let boxed = super::inside_robust_box(points, rule)?;
+            check(&boxed)?;
+            let inliers = super::drop_floating_groups(points, boxed, rule)?;
+            let kept = inliers.kept_points(points).into();
+            return Ok((inliers, kept));
+        };
+        let all = points.on(device);
+        let (keep, diagonal) = inside_robust_box(&all, rule)?;
+        let read = read_together(&[&keep, &diagonal])?;
+        let boxed = Inliers::from_flags(as_flags(&read[0]), read[1].first().copied().unwrap_or(0.0));
+        check(&boxed)?;
+        let in_box = all.index_select(0, &where_true(&keep, points.len() - boxed.removed));
+        let mut floating = None;
+        let inliers = super::outliers::drop_floating_groups_with(points, boxed, rule, |_, voxel| {
+            let flags = in_floating_groups(&in_box, voxel, voxel * rule.link_voxels, rule.min_group)?;
+            floating = Some(flags.shallow_clone());
+            host_flags(&flags)
+        })?;
+        let kept_points = inliers.kept_points(points);
+        let kept = match floating {
+            Some(flags) if kept_points.len() < in_box.size()[0] as usize => {
+                in_box.index_select(0, &where_true(&flags.logical_not(), kept_points.len()))
             }
-        }
-    }
-
-    pub fn drop_floating_groups(&self, points: &[Point], inliers: Inliers, rule: &OutlierRule) -> Result<Inliers> {
-        match self.device_for(Stage::Outliers) {
-            None => super::drop_floating_groups(points, inliers, rule),
-            Some(device) => super::outliers::drop_floating_groups_with(points, inliers, rule, |kept, voxel| {
-                let link = voxel * rule.link_voxels;
-                host_flags(&in_floating_groups(&points_tensor(kept, device), voxel, link, rule.min_group)?)
-            }),
-        }
+            _ => in_box,
+        };
+        Ok((inliers, SharedPoints::with_copy(kept_points, kept)))
     }
 
     /// As [`super::register`].
     pub fn register(
         &self,
-        source: &[Point],
+        source: &SharedPoints,
         template: &Template,
         distances: [f32; 2],
         iterations: usize,
@@ -1378,6 +1441,27 @@ mod tests {
     }
 
     #[test]
+    fn points_placed_on_the_device_are_the_hosts_to_the_bit() {
+        let pts = surface(3000, 7);
+        let (c, s) = (0.3f32.cos(), 0.3f32.sin());
+        let pose = Rigid {
+            rotation: [[c, -s, 0.0], [s * 0.9, c * 0.9, -0.436], [s * 0.436, c * 0.436, 0.9]],
+            translation: [0.3, -1.2, 2.5],
+        };
+        let frame = UnitSphere { centre: [0.1, 0.2, -0.3], scale: 1.7 };
+        let on_device = points_tensor(&pts, Device::Cpu);
+        for pose in [Some(&pose), None] {
+            let host: Vec<Point> = pts.iter().map(|&p| frame.apply(pose.map_or(p, |pose| pose.apply(p)))).collect();
+            assert_eq!(
+                host_points(&placed(&on_device, pose, &frame)).unwrap(),
+                host,
+                "with a pose: {}",
+                pose.is_some()
+            );
+        }
+    }
+
+    #[test]
     fn a_stage_put_on_the_host_runs_there_and_only_it() {
         let split = CPU.with_host(Stage::Registration).with_host(Stage::Sampling);
         for stage in Stage::ALL {
@@ -1424,17 +1508,32 @@ mod tests {
         pts.extend((0..6).map(|k| [-0.3 + 0.12 * k as f32, 0.0, 0.0])); // a chain of 6, linked 2.4 voxels apart
         pts.extend((0..30).map(|k| [1.0 + 0.02 * k as f32, 0.0, 0.0])); // a spike attached to the surface
         let rule = OutlierRule { quantile: 0.01, margin: 0.5, voxel: 0.05, link_voxels: 3.0, min_group: 5 };
-        let steps = |compute: Compute| {
-            let boxed = compute.inside_robust_box(&pts, &rule).unwrap();
-            (boxed.clone(), compute.drop_floating_groups(&pts, boxed, &rule).unwrap())
+        let steps = |compute: Compute, rule: &OutlierRule| {
+            let mut boxed = None;
+            let (inliers, kept) = compute
+                .inliers(&shared(&pts), rule, |first: &Inliers| -> Result<()> {
+                    boxed = Some(first.clone());
+                    Ok(())
+                })
+                .unwrap();
+            let copy = kept.copy_on(Device::Cpu).map(|copy| host_points(&copy).unwrap());
+            (boxed.unwrap(), inliers, kept.to_vec(), copy)
         };
-        let ((boxed, inliers), (host_boxed, host_inliers)) = (steps(CPU), steps(Compute::Host));
-        assert_eq!(boxed, host_boxed);
-        assert_eq!(inliers, host_inliers);
+        let (boxed, inliers, kept, copy) = steps(CPU, &rule);
+        let (host_boxed, host_inliers, host_kept, no_copy) = steps(Compute::Host, &rule);
+        assert_eq!((&boxed, &inliers), (&host_boxed, &host_inliers));
         assert_eq!((boxed.removed, inliers.removed), (3, 7), "the far points, then the small group; the chain stays");
-        let off = OutlierRule { margin: f32::INFINITY, ..rule };
-        assert_eq!(CPU.inside_robust_box(&pts, &off).unwrap(), Compute::Host.inside_robust_box(&pts, &off).unwrap());
-        assert_eq!(CPU.inside_robust_box(&pts, &off).unwrap().removed, 0, "an infinite margin keeps every point");
+        assert_eq!(
+            (&kept, copy.as_ref()),
+            (&host_kept, Some(&host_kept)),
+            "the kept points, and their copy on the device"
+        );
+        assert_eq!(no_copy, None);
+        let off = OutlierRule { margin: f32::INFINITY, min_group: 1, ..rule };
+        let (boxed, inliers, kept, copy) = steps(CPU, &off);
+        let (host_boxed, host_inliers, ..) = steps(Compute::Host, &off);
+        assert_eq!((&boxed, &inliers), (&host_boxed, &host_inliers));
+        assert_eq!((inliers.removed, copy), (0, Some(kept)), "an infinite margin keeps every point");
     }
 
     #[test]
@@ -1456,8 +1555,8 @@ mod tests {
             .map(|(i, p)| if i % 10 == 0 { raise(p) } else { p })
             .map(|p| [cos * p[0] - sin * p[1] + 0.03, sin * p[0] + cos * p[1] - 0.02, p[2] + 0.01])
             .collect();
-        let host = Compute::Host.register(&scan, &template, [0.3, 0.03], 20).unwrap();
-        let device = CPU.register(&scan, &template, [0.3, 0.03], 20).unwrap();
+        let host = Compute::Host.register(&shared(&scan), &template, [0.3, 0.03], 20).unwrap();
+        let device = CPU.register(&shared(&scan), &template, [0.3, 0.03], 20).unwrap();
         assert!((host.transform.angle_degrees() - 3.0).abs() < 0.2, "host {}°", host.transform.angle_degrees());
         assert_eq!(device.overlap, host.overlap, "the same correspondences");
         assert!((device.rms - host.rms).abs() < 1e-6 * host.rms.max(1e-3), "rms {} against {}", device.rms, host.rms);
@@ -1543,8 +1642,8 @@ mod tests {
         // Too few points to pair: no step at all.
         let few = &lifted[..5];
         for scan in [&lifted[..], few] {
-            let host = Compute::Host.register(scan, &template, [0.3, 0.03], 20).unwrap();
-            let device = CPU.register(scan, &template, [0.3, 0.03], 20).unwrap();
+            let host = Compute::Host.register(&shared(scan), &template, [0.3, 0.03], 20).unwrap();
+            let device = CPU.register(&shared(scan), &template, [0.3, 0.03], 20).unwrap();
             assert_eq!(host.overlap > 0.0, scan.len() > 5, "{} points: a step measured", scan.len());
             assert_eq!(device.transform, host.transform, "{} points", scan.len());
             assert_eq!(device.overlap, host.overlap, "{} points", scan.len());

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::cloud::{FinitePoints, PointCloud};
 use crate::geometry::device::{Compute, Stage};
-use crate::geometry::{self, Point};
+use crate::geometry::{self, Point, SharedPoints};
 
 /// What the geometry of a cloud needs of a detector: configuration, template and feature radii, no tensors.
 /// Owned (the template shared), so a thread without the detector can hold it ([`Detector::geometry`]).
@@ -54,34 +54,42 @@ impl GeometryPart {
     /// The finite points (sensor frame) worth scoring: outliers removed when the configuration says so, and the
     /// scan checked against the part the model learnt (its unit and size), before any costly work.
     pub(crate) fn inliers(&self, points: &[Point]) -> Result<geometry::Inliers> {
+        Ok(self.kept(&points.into())?.0)
+    }
+
+    /// [`Self::inliers`] with the points kept (and their copy on the device, where outlier removal ran there).
+    fn kept(&self, points: &SharedPoints) -> Result<(geometry::Inliers, SharedPoints<'static>)> {
         let cfg = &self.config.preprocess;
         let needed = self.config.patches.size;
         if points.len() < needed {
             return Err(ModelError::TooFewInputPoints { points: points.len(), needed });
         }
         let rule = cfg.outliers.rule(cfg.voxel_size);
-        let boxed = self.compute.inside_robust_box(points, &rule)?;
         // The unit is checked on the robust box, before the voxel-sized steps that a wrong unit would derail.
-        if let Some(template) = &self.template {
-            let part = 2.0 * template.frame.scale;
-            let ratio = boxed.robust_diagonal / part;
-            if !(1.0 / UNIT_MISMATCH_RATIO..=UNIT_MISMATCH_RATIO).contains(&ratio) {
+        let unit_check = |boxed: &geometry::Inliers| match &self.template {
+            Some(template) => {
+                let part = 2.0 * template.frame.scale;
+                let ratio = boxed.robust_diagonal / part;
+                if (1.0 / UNIT_MISMATCH_RATIO..=UNIT_MISMATCH_RATIO).contains(&ratio) {
+                    return Ok(());
+                }
                 let ratio = if ratio >= 1.0 { ratio } else { 1.0 / ratio };
-                return Err(ModelError::UnitMismatch { scan: boxed.robust_diagonal, part, ratio });
+                Err(ModelError::UnitMismatch { scan: boxed.robust_diagonal, part, ratio })
             }
-        }
-        let inliers = self.compute.drop_floating_groups(points, boxed, &rule)?;
+            None => Ok(()),
+        };
+        let (inliers, kept) = self.compute.inliers(points, &rule, unit_check)?;
         if inliers.removed == points.len() {
             return Err(ModelError::AllOutliers(points.len()));
         }
-        Ok(inliers)
+        Ok((inliers, kept))
     }
 
     /// Steps 0–1 on the finite points of a cloud (registered to the template when the model aligns),
     /// optionally augmented (training).
     pub(crate) fn patch(
         &self,
-        points: &[Point],
+        points: &SharedPoints,
         augment: Option<(&preprocess::Augmentation, &mut dyn rand::RngCore)>,
     ) -> Result<PatchedCloud> {
         let view = self.view(points, augment)?;
@@ -95,7 +103,7 @@ impl GeometryPart {
     /// Step 0 ([`preprocess::prepare_view`]) with this model's configuration and template.
     fn view(
         &self,
-        points: &[Point],
+        points: &SharedPoints,
         augment: Option<(&preprocess::Augmentation, &mut dyn rand::RngCore)>,
     ) -> Result<View> {
         let c = &self.config;
@@ -121,8 +129,8 @@ impl GeometryPart {
 
     fn prepare(&self, points: &[Point]) -> Result<Prepared> {
         let t = Instant::now();
-        let inliers = self.inliers(points)?;
-        let patched = self.patch(&inliers.kept_points(points), None)?;
+        let (inliers, kept) = self.kept(&points.into())?;
+        let patched = self.patch(&kept, None)?;
         self.with_rows(inliers, patched, ms(t))
     }
 
@@ -143,13 +151,13 @@ impl GeometryPart {
             .par_iter()
             .map(|points| {
                 let t = Instant::now();
-                let inliers = self.inliers(points)?;
-                let view = self.view(&inliers.kept_points(points), None)?;
+                let (inliers, kept) = self.kept(&(*points).into())?;
+                let view = self.view(&kept, None)?;
                 Ok((inliers, view, ms(t)))
             })
             .collect();
         let t = Instant::now();
-        let views: Vec<&[Point]> = viewed.iter().flatten().map(|(_, view, _)| view.points.as_slice()).collect();
+        let views: Vec<&[Point]> = viewed.iter().flatten().map(|(_, view, _)| &*view.points).collect();
         let starts: Vec<usize> = views.iter().map(|points| preprocess::sampling_start(points)).collect();
         let sampled = self.compute.farthest_point_sampling_batch(&views, self.config.patches.count, &starts);
         let fps_ms = ms(t) / views.len().max(1) as f64;

@@ -451,7 +451,7 @@ impl Detector {
         points: &[Point],
         augment: Option<(&preprocess::Augmentation, &mut dyn rand::RngCore)>,
     ) -> Result<PatchedCloud> {
-        self.geometry().patch(points, augment)
+        self.geometry().patch(&points.into(), augment)
     }
 
     /// Standardises token rows with the training statistics, when the configuration says so.

@@ -8,7 +8,7 @@ use tch::Tensor;
 
 use super::config::{AugmentConfig, NormalSide, PreprocessConfig};
 use super::{ModelError, Result};
-use crate::geometry::device::{Compute, Stage};
+use crate::geometry::device::{self, Compute, Stage};
 use crate::geometry::visibility::{self, CELL_CAMERA_DISTANCE, Camera};
 use crate::geometry::{
     self, FPFH_BINS, Fpfh, NeighborIndex, Neighborhood, NormalOrientation, Point, RadiusSearch, SharedIndices,
@@ -221,13 +221,18 @@ const ALIGN_MAX_POINTS: usize = 4000;
 /// The registration of a scan's voxel points (sensor frame) to `template`, whose voxel edge is `voxel`, as the
 /// detector runs it: every k-th point (at most [`ALIGN_MAX_POINTS`]), the cut-offs and steps above, by `compute`.
 pub fn align(
-    points: &[Point],
+    points: &SharedPoints,
     template: &geometry::Template,
     voxel: f32,
     compute: Compute,
 ) -> Result<geometry::Registration> {
     let step = points.len().div_ceil(ALIGN_MAX_POINTS).max(1);
     let sample: Vec<Point> = points.iter().step_by(step).copied().collect();
+    // The same rows of the points' copy where registration runs, if they have one there.
+    let sample = match compute.device_for(Stage::Registration).and_then(|device| points.copy_on(device)) {
+        Some(copy) => SharedPoints::with_copy(sample, copy.slice(0, 0, None, step as i64)),
+        None => sample.into(),
+    };
     let distances = [ALIGN_START_VOXELS * voxel, ALIGN_END_VOXELS * voxel];
     Ok(compute.register(&sample, template, distances, ALIGN_ITERATIONS)?)
 }
@@ -272,7 +277,7 @@ impl PoseTemplate {
         let mut all = base.points.to_vec();
         for cloud in others {
             let grid = geometry::voxel_downsample(cloud, cfg.voxel_size)?;
-            let pose = base.register(&grid.points, Compute::Host)?.transform;
+            let pose = base.register(&grid.points.as_slice().into(), Compute::Host)?.transform;
             all.extend(grid.points.iter().map(|&p| pose.apply(p)));
         }
         let fused = geometry::voxel_downsample(&all, cfg.voxel_size)?;
@@ -324,7 +329,7 @@ impl PoseTemplate {
     }
 
     /// The rigid transform that takes `points` (sensor frame) onto the template, found by `compute`.
-    pub fn register(&self, points: &[Point], compute: Compute) -> Result<geometry::Registration> {
+    pub fn register(&self, points: &SharedPoints, compute: Compute) -> Result<geometry::Registration> {
         let template = geometry::Template {
             points: &self.points,
             normals: &self.normals,
@@ -339,7 +344,8 @@ impl PoseTemplate {
 pub struct View {
     pub grid: VoxelGrid,
     pub frame: UnitSphere,
-    pub points: Vec<Point>,
+    /// On the host and, where the voxel grid ran on a device, there too (placed there as on the host).
+    pub points: SharedPoints<'static>,
     /// The sensor (the cloud frame's origin) in the same frame.
     pub viewpoint: Point,
     /// The voxel edge in the normalised frame.
@@ -363,7 +369,8 @@ impl View {
     /// for training only: its grid maps each new point to itself, not to the input.
     pub fn with_points(&self, points: Vec<Point>) -> Self {
         let grid = VoxelGrid { points: points.clone(), representative: (0..points.len() as u32).collect() };
-        Self { grid, frame: self.frame, points, viewpoint: self.viewpoint, voxel: self.voxel, compute: self.compute }
+        let (frame, viewpoint, voxel, compute) = (self.frame, self.viewpoint, self.voxel, self.compute);
+        Self { grid, frame, points: points.into(), viewpoint, voxel, compute }
     }
 }
 
@@ -378,14 +385,14 @@ fn orientation(side: NormalSide, viewpoint: Point) -> NormalOrientation {
 /// given) and the template's unit sphere, or the cloud's own; then augmentation. `compute` runs the voxel grid
 /// and, later, the patch step's geometry.
 pub fn prepare_view(
-    finite_points: &[Point],
+    finite_points: &SharedPoints,
     cfg: &PreprocessConfig,
     patch_size: usize,
     template: Option<&PoseTemplate>,
     augment: Option<(&Augmentation, &mut dyn rand::RngCore)>,
     compute: Compute,
 ) -> Result<View> {
-    let grid = compute.voxel_downsample(&finite_points.into(), cfg.voxel_size)?;
+    let (grid, voxel_points) = compute.voxel_points(finite_points, cfg.voxel_size)?;
     if grid.points.len() > cfg.max_voxel_points {
         return Err(ModelError::TooManyVoxels {
             points: grid.points.len(),
@@ -398,13 +405,18 @@ pub fn prepare_view(
     }
     // The sensor sits at the sensor frame's origin; it moves with the pose, the registration and the
     // normalisation.
-    let (mut sensor_points, mut sensor) = (grid.points.clone(), [0.0f32; 3]);
-    if let Some((aug, _)) = &augment {
-        let pivot = UnitSphere::fit(&sensor_points)?.centre;
-        sensor_points.iter_mut().for_each(|p| *p = aug.turn(*p, pivot));
-        sensor = aug.turn(sensor, pivot);
-    }
-    let (frame, mut points, mut viewpoint) = match template {
+    let mut sensor = [0.0f32; 3];
+    let sensor_points = match &augment {
+        Some((aug, _)) => {
+            let mut turned = voxel_points.into_vec();
+            let pivot = UnitSphere::fit(&turned)?.centre;
+            turned.iter_mut().for_each(|p| *p = aug.turn(*p, pivot));
+            sensor = aug.turn(sensor, pivot);
+            SharedPoints::from(turned)
+        }
+        None => voxel_points,
+    };
+    let (frame, pose) = match template {
         Some(t) => {
             let registration = t.register(&sensor_points, compute)?;
             let pose = registration.transform;
@@ -415,20 +427,24 @@ pub fn prepare_view(
                 shift_voxels = geometry::dot(pose.translation, pose.translation).sqrt() / cfg.voxel_size,
                 "registered"
             );
-            let placed: Vec<Point> = sensor_points.iter().map(|&p| t.frame.apply(pose.apply(p))).collect();
-            (t.frame, placed, t.frame.apply(pose.apply(sensor)))
+            (t.frame, Some(pose))
         }
-        None => {
-            let frame = UnitSphere::fit(&sensor_points)?;
-            (frame, frame.apply_all(&sensor_points), frame.apply(sensor))
-        }
+        None => (UnitSphere::fit(&sensor_points)?, None),
     };
+    let place = |p: Point| frame.apply(pose.map_or(p, |pose| pose.apply(p)));
+    let (mut placed, mut viewpoint) = (sensor_points.iter().map(|&p| place(p)).collect::<Vec<_>>(), place(sensor));
     let mut voxel = cfg.voxel_size / frame.scale;
     if let Some((aug, mut rng)) = augment {
-        aug.apply(&mut points, &mut rng);
+        aug.apply(&mut placed, &mut rng);
         viewpoint = viewpoint.map(|c| c * aug.scale);
         voxel *= aug.scale;
     }
+    // The voxel grid's copy on the device (none for an augmented view) is placed there as on the host.
+    let copy = compute.device_for(Stage::Voxels).and_then(|device| sensor_points.copy_on(device));
+    let points = match copy {
+        Some(copy) => SharedPoints::with_copy(placed, device::placed(&copy, pose.as_ref(), &frame)),
+        None => placed.into(),
+    };
     Ok(View { grid, frame, points, viewpoint, voxel, compute })
 }
 
@@ -441,7 +457,7 @@ pub fn patch_cloud(
     template: Option<&PoseTemplate>,
     augment: Option<(&Augmentation, &mut dyn rand::RngCore)>,
 ) -> Result<PatchedCloud> {
-    let view = prepare_view(finite_points, cfg, patch_size, template, augment, Compute::Host)?;
+    let view = prepare_view(&finite_points.into(), cfg, patch_size, template, augment, Compute::Host)?;
     patch_view(view, cfg, Centres::Sample(patch_count), patch_size, template, Sampling::Cells)
 }
 
@@ -714,7 +730,6 @@ pub fn patch_view(
         return Err(ModelError::TooFewPoints { points: view.points.len(), needed: patch_size, voxel: cfg.voxel_size });
     }
     let View { grid, frame, points, viewpoint, voxel, compute } = view;
-    let points = SharedPoints::from(points);
     // FPS is serial: the tree and the normals take the other core meanwhile; likewise the SCA descriptors and
     // the samples' surface context below.
     let (centres, indexed) = rayon::join(
@@ -856,7 +871,7 @@ mod tests {
             assert_eq!(cloud.samples[cloud.centre_samples[k] as usize], c, "each centre has its own features");
         }
         assert_eq!(cloud.context.rows().unwrap().len(), cloud.samples.len());
-        let view = prepare_view(&pts, &cfg, 16, None, None, Compute::Host).unwrap();
+        let view = prepare_view(&pts.as_slice().into(), &cfg, 16, None, None, Compute::Host).unwrap();
         let every = patch_view(view, &cfg, Centres::Sample(64), 16, None, Sampling::EveryPoint).unwrap();
         assert_eq!(every.samples, (0..every.points.len() as u32).collect::<Vec<_>>());
         assert_eq!(every.centres, every.centre_samples);
@@ -982,7 +997,7 @@ mod tests {
         // SCA's radius on a coarse copy at 0.4, on the voxel points themselves at 0.1 (a unit-sphere frame).
         for fpfh_radius in [0.4, 0.1] {
             let cfg = PreprocessConfig { voxel_size: 0.5, fpfh_radius, ..Default::default() };
-            let view = prepare_view(&pts, &cfg, 16, None, None, on_device).unwrap();
+            let view = prepare_view(&pts.as_slice().into(), &cfg, 16, None, None, on_device).unwrap();
             let c = patch_view(view, &cfg, Centres::Sample(64), 16, None, Sampling::Cells).unwrap();
             assert!(c.descriptors.on_device().is_some(), "made and kept on the device");
             let read_back =
@@ -992,7 +1007,7 @@ mod tests {
         let cfg = PreprocessConfig { voxel_size: 0.5, ..Default::default() };
         let template = PoseTemplate::from_cloud(&pts, &cfg).unwrap();
         let features = |compute: Compute| {
-            let view = prepare_view(&pts, &cfg, 16, Some(&template), None, compute).unwrap();
+            let view = prepare_view(&pts.as_slice().into(), &cfg, 16, Some(&template), None, compute).unwrap();
             let cloud = patch_view(view, &cfg, Centres::Sample(64), 16, Some(&template), Sampling::Cells).unwrap();
             // 3 voxels on the voxel points themselves, 5 and 8 on coarse copies.
             let features = crate::model::backbone::point_features(&[3.0, 5.0, 8.0], &cloud, tch::Device::Cpu);

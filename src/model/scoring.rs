@@ -91,7 +91,11 @@ fn device_voxel_scores(
     on: Device,
 ) -> super::Result<Vec<f32>> {
     let radius = scoring.median_radius_voxels * cloud.voxel;
-    let normalised = |x: &Tensor, r: Reference| (x.to_device(on) - f64::from(r.low)) / f64::from(r.high - r.low);
+    // Divided by a tensor, not a number: CUDA multiplies by a number's reciprocal, which rounds unlike the host.
+    let normalised = |x: &Tensor, r: Reference| {
+        let shifted = x.to_device(on) - f64::from(r.low);
+        &shifted / shifted.full_like(f64::from(r.high - r.low))
+    };
     let point_level = match (&raw.point_logits, &raw.point_distances) {
         (None, None) => None,
         (Some(head), None) => Some(normalised(head, point)),

@@ -337,10 +337,15 @@ fn prepare_views(
             let template = detector.conditioning.template.as_deref().filter(|_| cfg.preprocess.align);
             let compute = detector.compute;
             let view = match &aug {
-                Some(a) => {
-                    preprocess::prepare_view(points, &cfg.preprocess, size, template, Some((a, &mut *rng)), compute)
-                }
-                None => preprocess::prepare_view(points, &cfg.preprocess, size, template, None, compute),
+                Some(a) => preprocess::prepare_view(
+                    &points.into(),
+                    &cfg.preprocess,
+                    size,
+                    template,
+                    Some((a, &mut *rng)),
+                    compute,
+                ),
+                None => preprocess::prepare_view(&points.into(), &cfg.preprocess, size, template, None, compute),
             }
             .map_err(named)?;
             let patch = |view| {

@@ -857,7 +857,10 @@ pub fn normals(points: &Tensor, k: i64, reach: f32, orientation: NormalOrientati
     let (_, vectors) = transfers::sized_by_data(|| covariance.linalg_eigh("L"));
     let normal = vectors.select(2, 0);
     let towards = match orientation {
-        NormalOrientation::TowardsViewpoint(v) => Tensor::from_slice(&v).upload(device).unsqueeze(0) - points,
+        // v − p axis by axis, v a number: the host's values, and nothing to copy up.
+        NormalOrientation::TowardsViewpoint(v) => {
+            Tensor::stack(&[0, 1, 2].map(|a| points.select(1, a).neg() + f64::from(v[a as usize])), 1)
+        }
         NormalOrientation::AwayFromCentroid => points - points.mean_dim(0, true, Kind::Float),
     };
     let away = dot(&normal, &towards.to_kind(Kind::Double)).lt(0.0).unsqueeze(1);
@@ -1279,7 +1282,7 @@ impl Compute {
     /// keep a GPU busy with.
     pub fn farthest_point_sampling_batch(
         &self,
-        clouds: &[&[Point]],
+        clouds: &[&SharedPoints],
         count: usize,
         starts: &[usize],
     ) -> Result<Vec<SharedIndices>> {
@@ -1292,12 +1295,23 @@ impl Compute {
             Some(_) if clouds.is_empty() => Ok(Vec::new()),
             Some(device) => {
                 let longest = clouds.iter().map(|c| c.len()).max().unwrap_or(0);
-                let mut padded = Vec::with_capacity(clouds.len() * longest * 3);
-                for points in clouds {
-                    padded.extend(points.as_flattened());
-                    padded.resize(padded.len() + (longest - points.len()) * 3, 0.0);
-                }
-                let points = Tensor::from_slice(&padded).view([clouds.len() as i64, longest as i64, 3]).upload(device);
+                let copies: Option<Vec<Tensor>> = clouds.iter().map(|c| c.copy_on(device)).collect();
+                // Padded with zeros: on the device where every cloud has its copy there, else on the host, copied once.
+                let points = match copies {
+                    Some(copies) => {
+                        let pad = |copy: Tensor| copy.constant_pad_nd([0, 0, 0, longest as i64 - copy.size()[0]]);
+                        Tensor::stack(&copies.into_iter().map(pad).collect::<Vec<_>>(), 0)
+                    }
+                    None => {
+                        let mut padded = Vec::with_capacity(clouds.len() * longest * 3);
+                        for points in clouds {
+                            padded.extend(points.as_flattened());
+                            padded.resize(padded.len() + (longest - points.len()) * 3, 0.0);
+                        }
+                        let shape = [clouds.len() as i64, longest as i64, 3];
+                        Tensor::from_slice(&padded).view(shape).upload(device)
+                    }
+                };
                 let lengths: Vec<usize> = clouds.iter().map(|c| c.len()).collect();
                 samples_per_cloud(&points, &lengths, count, starts)
             }
@@ -1590,10 +1604,23 @@ mod tests {
         assert_eq!(rows[1], super::super::farthest_point_sampling(&b, 256, 17), "padding is never chosen");
         let few = CPU.farthest_point_sampling(&shared(&a[..10]), 50, 0).unwrap();
         assert_eq!(few, super::super::farthest_point_sampling(&a[..10], 50, 0), "no more samples than points");
-        let clouds = [&a[..], &b[..10], &b[..]];
-        let both = CPU.farthest_point_sampling_batch(&clouds, 256, &[5, 0, 17]).unwrap();
-        assert_eq!(both, Compute::Host.farthest_point_sampling_batch(&clouds, 256, &[5, 0, 17]).unwrap());
-        assert_eq!(both.iter().map(|samples| samples.len()).collect::<Vec<_>>(), [256, 10, 256]);
+        let clouds = [shared(&a), shared(&b[..10]), shared(&b)];
+        let clouds: Vec<&SharedPoints> = clouds.iter().collect();
+        let expected = Compute::Host.farthest_point_sampling_batch(&clouds, 256, &[5, 0, 17]).unwrap();
+        assert_eq!(expected.iter().map(|samples| samples.len()).collect::<Vec<_>>(), [256, 10, 256]);
+        // Padded on the host and copied up, then (every cloud's points on the device now) padded there.
+        for copies in ["none", "every cloud's"] {
+            let both = CPU.farthest_point_sampling_batch(&clouds, 256, &[5, 0, 17]).unwrap();
+            assert_eq!(both, expected, "device copies: {copies}");
+            for samples in &both {
+                let kept = samples.copy_on(Device::Cpu).expect("kept on the device");
+                assert_eq!(
+                    Vec::<i64>::try_from(&kept).unwrap(),
+                    samples.iter().map(|&s| i64::from(s)).collect::<Vec<_>>()
+                );
+            }
+            clouds.iter().for_each(|points| drop(points.on(Device::Cpu)));
+        }
         assert_eq!(CPU.farthest_point_sampling_batch(&clouds, 0, &[5, 0, 17]).unwrap(), vec![Vec::<u32>::new(); 3]);
     }
 

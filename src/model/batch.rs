@@ -157,7 +157,7 @@ impl GeometryPart {
             })
             .collect();
         let t = Instant::now();
-        let views: Vec<&[Point]> = viewed.iter().flatten().map(|(_, view, _)| &*view.points).collect();
+        let views: Vec<&SharedPoints> = viewed.iter().flatten().map(|(_, view, _)| &view.points).collect();
         let starts: Vec<usize> = views.iter().map(|points| preprocess::sampling_start(points)).collect();
         let sampled = self.compute.farthest_point_sampling_batch(&views, self.config.patches.count, &starts);
         let fps_ms = ms(t) / views.len().max(1) as f64;

@@ -23,7 +23,7 @@ use crate::transfers::{self, Transfer};
 
 use super::outliers::quantile_ranks;
 use super::registration::{Registration, Rigid, Template, cutoffs, start};
-use super::shared::{SharedIndices, SharedPoints};
+use super::shared::{SharedIndices, SharedPoints, SharedRows};
 use super::{
     FPFH_BINS, Fpfh, GeometryError, Inliers, NeighborIndex, Neighborhood, NormalOrientation, OutlierRule, Point,
     Result, UnitSphere, VoxelGrid, positive,
@@ -474,7 +474,7 @@ fn numbering_on_host(points: &[Point], voxel_size: f32) -> Numbering {
 /// host's copy of the points says how to number the voxels.
 fn coarse_copy(
     points: &SharedPoints,
-    normals: &SharedPoints,
+    normals: &SharedRows<3>,
     device: Device,
     coarse_voxel: f32,
 ) -> Result<(Tensor, Tensor, Tensor)> {
@@ -489,7 +489,7 @@ fn coarse_copy(
 /// wait for the device to count them; they are most of them).
 pub fn fpfh_of_coarse_points(
     points: &SharedPoints,
-    normals: &SharedPoints,
+    normals: &SharedRows<3>,
     device: Device,
     coarse_voxel: f32,
     radius: f32,
@@ -506,7 +506,7 @@ pub fn fpfh_of_coarse_points(
 /// queries) around it. Q × 33.
 pub fn fpfh_among_coarse_points(
     points: &SharedPoints,
-    normals: &SharedPoints,
+    normals: &SharedRows<3>,
     device: Device,
     coarse_voxel: f32,
     radius: f32,
@@ -1327,12 +1327,12 @@ impl Compute {
         k: usize,
         spacing: f32,
         orientation: NormalOrientation,
-    ) -> Result<SharedPoints<'static>> {
+    ) -> Result<SharedRows<3>> {
         match self.device_for(Stage::Normals) {
-            None => Ok(super::estimate_normals(points, index, Neighborhood::Knn(k), orientation).into()),
+            None => Ok(SharedRows::Host(super::estimate_normals(points, index, Neighborhood::Knn(k), orientation))),
             Some(device) => {
                 let reach = surface_reach(k, spacing);
-                SharedPoints::from_device(normals(&points.on(device), k as i64, reach, orientation))
+                Ok(SharedRows::device(normals(&points.on(device), k as i64, reach, orientation)))
             }
         }
     }
@@ -1363,16 +1363,19 @@ impl Compute {
     pub fn fpfh_at(
         &self,
         points: &SharedPoints,
-        normals: &SharedPoints,
+        normals: &SharedRows<3>,
         index: Option<&NeighborIndex>,
         radius: f32,
         queries: &[u32],
     ) -> Result<Vec<Fpfh>> {
         match self.device_for(Stage::Fpfh) {
-            None => match index {
-                Some(index) => super::fpfh_at(points, normals, index, radius, queries),
-                None => super::fpfh_at(points, normals, &NeighborIndex::new(points)?, radius, queries),
-            },
+            None => {
+                let normals = normals.rows()?;
+                match index {
+                    Some(index) => super::fpfh_at(points, &normals, index, radius, queries),
+                    None => super::fpfh_at(points, &normals, &NeighborIndex::new(points)?, radius, queries),
+                }
+            }
             Some(device) => {
                 let grid = search_grid(points, device, "FPFH radius", radius)?;
                 let hist = fpfh_at(&grid, &normals.on(device), radius, &indices_tensor(queries, device));
@@ -1723,15 +1726,18 @@ mod tests {
             assert_eq!(ours, host, "spacing {spacing}: no ties on a jittered surface, the same members in order");
         }
         for orientation in [NormalOrientation::AwayFromCentroid, NormalOrientation::TowardsViewpoint([3.0, 0.0, 0.0])] {
-            let host = Compute::Host.normals(&pts, &index, 16, 0.056, orientation).unwrap();
+            let host =
+                Compute::Host.normals(&pts, &index, 16, 0.056, orientation).unwrap().rows().unwrap().into_owned();
             for spacing in [0.001, 0.056] {
                 let ours = CPU.normals(&pts, &index, 16, spacing, orientation).unwrap();
+                assert!(ours.on_device().is_some(), "kept on the device");
+                let ours = ours.rows().unwrap();
                 assert!(max_difference(host.as_flattened(), ours.as_flattened()) < 1e-5, "same side, same direction");
             }
         }
         let few = NeighborIndex::new(&pts[..2]).unwrap();
         let zero = CPU.normals(&shared(&pts[..2]), &few, 16, 0.056, NormalOrientation::AwayFromCentroid);
-        assert_eq!(zero.unwrap().to_vec(), vec![[0.0; 3]; 2], "too few points: no normal");
+        assert_eq!(zero.unwrap().rows().unwrap().to_vec(), vec![[0.0; 3]; 2], "too few points: no normal");
     }
 
     #[test]
@@ -1739,9 +1745,9 @@ mod tests {
         let pts = SharedPoints::from(surface(3000, 5));
         let index = NeighborIndex::new(&pts).unwrap();
         let normals = Compute::Host.normals(&pts, &index, 16, 0.1, NormalOrientation::AwayFromCentroid).unwrap();
-        let mut normals = normals.to_vec();
+        let mut normals = normals.rows().unwrap().into_owned();
         normals[7] = [0.0; 3]; // a point without a normal takes part in no pair
-        let normals = shared(&normals);
+        let normals = SharedRows::Host(normals);
         // Queries a good share of the points (every point's SPFH is taken), and a few (only their neighbours').
         for step in [7, 50] {
             let queries: Vec<u32> = (0..3000).step_by(step).chain([7, 7, 2999]).collect();

@@ -29,7 +29,7 @@ pub struct PatchedCloud {
     /// `centres.len() × patch_size` indices into `points`, patch after patch.
     pub groups: SharedIndices,
     pub patch_size: usize,
-    pub normals: SharedPoints<'static>,
+    pub normals: SharedRows<3>,
     /// SCA's geometric descriptor g_i: FPFH at each centre, over `fpfh_radius` (normalised frame).
     pub descriptors: SharedRows<FPFH_BINS>,
     pub fpfh_radius: f32,
@@ -121,9 +121,10 @@ impl PatchedCloud {
         keep.sort_unstable();
         keep.dedup();
         let points: Vec<Point> = keep.iter().map(|&i| self.points[i as usize]).collect();
-        let normals: Vec<Point> = keep.iter().map(|&i| self.normals[i as usize]).collect();
+        let all_normals = self.normals.rows()?;
+        let normals: Vec<Point> = keep.iter().map(|&i| all_normals[i as usize]).collect();
         let queries: Vec<u32> = self.centres.iter().map(|c| keep.binary_search(c).map_or(0, |k| k as u32)).collect();
-        Ok(self.compute.fpfh_at(&points.into(), &normals.into(), None, radius, &queries)?)
+        Ok(self.compute.fpfh_at(&points.into(), &SharedRows::Host(normals), None, radius, &queries)?)
     }
 
     /// FPFH of each sample over `radius` (normalised frame), on a [`CoarseCopy`] where the radius holds many
@@ -468,7 +469,7 @@ pub fn patch_cloud(
 /// voxel's central member: a choice that host and device make alike.
 struct CoarseCopy {
     points: SharedPoints<'static>,
-    normals: SharedPoints<'static>,
+    normals: SharedRows<3>,
     /// Per voxel point, its coarse point.
     representative: Vec<u32>,
 }
@@ -478,7 +479,7 @@ impl CoarseCopy {
     fn for_radius(
         compute: Compute,
         points: &SharedPoints,
-        normals: &SharedPoints,
+        normals: &SharedRows<3>,
         voxel: f32,
         radius: f32,
     ) -> Result<Option<Self>> {
@@ -486,8 +487,9 @@ impl CoarseCopy {
             return Ok(None);
         };
         let (grid, central) = compute.voxel_centres(points, coarse_voxel)?;
-        let normals: Vec<Point> = central.iter().map(|&i| normals[i as usize]).collect();
-        Ok(Some(Self { points: grid.points.into(), normals: normals.into(), representative: grid.representative }))
+        let all_normals = normals.rows()?;
+        let normals = SharedRows::Host(central.iter().map(|&i| all_normals[i as usize]).collect());
+        Ok(Some(Self { points: grid.points.into(), normals, representative: grid.representative }))
     }
 }
 
@@ -504,7 +506,7 @@ fn coarse_voxel(voxel: f32, radius: f32) -> Option<f32> {
 fn centre_descriptors(
     compute: Compute,
     points: &SharedPoints,
-    normals: &SharedPoints,
+    normals: &SharedRows<3>,
     index: &NeighborIndex,
     voxel: f32,
     centres: &SharedIndices,
@@ -525,7 +527,7 @@ fn centre_descriptors(
 fn centre_descriptor_rows(
     compute: Compute,
     points: &SharedPoints,
-    normals: &SharedPoints,
+    normals: &SharedRows<3>,
     index: &NeighborIndex,
     voxel: f32,
     centres: &[u32],
@@ -534,12 +536,13 @@ fn centre_descriptor_rows(
     let Some(copy) = CoarseCopy::for_radius(compute, points, normals, voxel, radius)? else {
         return Ok(compute.fpfh_at(points, normals, Some(index), radius, centres)?);
     };
-    let (mut coarse_points, mut coarse_normals) = (copy.points.into_vec(), copy.normals.into_vec());
+    let (mut coarse_points, mut coarse_normals) = (copy.points.into_vec(), copy.normals.rows()?.into_owned());
     let first = coarse_points.len() as u32;
+    let all_normals = normals.rows()?;
     coarse_points.extend(centres.iter().map(|&c| points[c as usize]));
-    coarse_normals.extend(centres.iter().map(|&c| normals[c as usize]));
+    coarse_normals.extend(centres.iter().map(|&c| all_normals[c as usize]));
     let queries: Vec<u32> = (first..coarse_points.len() as u32).collect();
-    Ok(compute.fpfh_at(&coarse_points.into(), &coarse_normals.into(), None, radius, &queries)?)
+    Ok(compute.fpfh_at(&coarse_points.into(), &SharedRows::Host(coarse_normals), None, radius, &queries)?)
 }
 
 /// At each voxel point `at` (normalised frame, `voxel` its edge), what FPFH cannot see:
@@ -557,14 +560,14 @@ fn centre_descriptor_rows(
 pub fn surface_context(
     compute: Compute,
     points: &SharedPoints,
-    normals: &SharedPoints,
+    normals: &SharedRows<3>,
     index: &NeighborIndex,
     voxel: f32,
     template: Option<(&PoseTemplate, Option<&[bool]>)>,
     at: &SharedIndices,
 ) -> Result<SharedRows<CONTEXT_DIMS>> {
     Ok(match compute.device_for(Stage::Context) {
-        None => SharedRows::Host(host_surface_context(points, normals, index, voxel, template, at)?),
+        None => SharedRows::Host(host_surface_context(points, &normals.rows()?, index, voxel, template, at)?),
         Some(device) => SharedRows::device(device_surface_context(device, points, normals, voxel, template, at)?),
     })
 }
@@ -635,7 +638,7 @@ fn host_surface_context(
 fn device_surface_context(
     device: tch::Device,
     points: &SharedPoints,
-    normals: &SharedPoints,
+    normals: &SharedRows<3>,
     voxel: f32,
     template: Option<(&PoseTemplate, Option<&[bool]>)>,
     at: &SharedIndices,

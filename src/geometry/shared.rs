@@ -1,13 +1,13 @@
 //! Points that both the host's geometry and the device's read: kept on the host, and copied to a device at most once.
-//! The first device stage that needs them makes the copy and every later stage takes it, so a view's points go up
-//! once for all of its patch step (sampling, normals, grouping, FPFH, context, projection), and a model's template
-//! once for all of its scans. A result made on the device starts with its copy there. The search grids over the copy
+//! The first device stage that needs them makes the copy and every later stage takes it; a result made on the device
+//! (the kept points, the voxel points, the registered points) starts with its copy there. So a scan's points go up
+//! once for all of its geometry, and a model's template once for all of its scans. The search grids over the copy
 //! are kept with it likewise: one per radius, however many stages (or scans, for a template) search at it.
 //!
 //! Indices that a stage makes (FPS's samples, the patches' members) keep the device's copy beside the host's, and
 //! indices made on the host go up at most once ([`SharedIndices`]). Rows that a stage makes per point or per sample
-//! (descriptors, context) stay where the stage ran: on the host, or on its device until the host asks for them
-//! ([`SharedRows`]).
+//! (normals, descriptors, context) stay where the stage ran: on the host, or on its device until the host asks for
+//! them ([`SharedRows`]).
 
 use std::borrow::Cow;
 use std::ops::Deref;
@@ -18,54 +18,70 @@ use tch::{Device, Tensor};
 use crate::transfers::Transfer;
 
 use super::Point;
-use super::device::{CellGrid, host_floats, host_points, indices_tensor, points_tensor};
+use super::device::{CellGrid, host_floats, indices_tensor, points_tensor};
+
+/// One device's copy of a tensor: made the first time a stage asks, or kept from the stage that made it. Behind a
+/// mutex: rayon's arms share its owner, and a tensor may be sent between threads but not shared.
+#[derive(Default)]
+struct DeviceCopy(Mutex<Option<Tensor>>);
+
+impl DeviceCopy {
+    fn kept(copy: Tensor) -> Self {
+        Self(Mutex::new(Some(copy)))
+    }
+
+    /// The copy on `device`: the one there, or `make`'s, kept from now on.
+    fn on(&self, device: Device, make: impl FnOnce() -> Tensor) -> Tensor {
+        let mut copy = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match copy.as_ref() {
+            Some(kept) if kept.device() == device => kept.shallow_clone(),
+            _ => {
+                let made = make();
+                *copy = Some(made.shallow_clone());
+                made
+            }
+        }
+    }
+
+    /// The copy on `device` where there is one.
+    fn get(&self, device: Device) -> Option<Tensor> {
+        let copy = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        copy.as_ref().filter(|kept| kept.device() == device).map(Tensor::shallow_clone)
+    }
+
+    /// The same copy (not copied again), for a clone of its owner.
+    fn shared(&self) -> Self {
+        Self(Mutex::new(self.0.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(Tensor::shallow_clone)))
+    }
+}
 
 /// Points on the host and, once a device stage has needed them, on that device, with the search grids built over
-/// that copy. Both sit behind mutexes: rayon's arms share the points, and a tensor may be sent between threads but
-/// not shared.
+/// that copy (behind a mutex, as the copy).
 pub struct SharedPoints<'a> {
     host: Cow<'a, [Point]>,
-    copy: Mutex<Option<Tensor>>,
+    copy: DeviceCopy,
     /// By cell edge.
     grids: Mutex<Vec<(f32, CellGrid)>>,
 }
 
 impl<'a> SharedPoints<'a> {
     pub fn new(host: impl Into<Cow<'a, [Point]>>) -> Self {
-        Self { host: host.into(), copy: Mutex::new(None), grids: Mutex::new(Vec::new()) }
-    }
-
-    /// Points made on the device (an N × 3 float tensor), read to the host once.
-    pub fn from_device(points: Tensor) -> super::Result<SharedPoints<'static>> {
-        let mut shared = SharedPoints::new(host_points(&points)?);
-        shared.copy = Mutex::new(Some(points));
-        Ok(shared)
+        Self { host: host.into(), copy: DeviceCopy::default(), grids: Mutex::new(Vec::new()) }
     }
 
     /// Points on the host with their copy (N × 3 floats) on a device already made.
     pub fn with_copy(host: Vec<Point>, copy: Tensor) -> SharedPoints<'static> {
-        let shared = SharedPoints::new(host);
-        *shared.copy.lock().unwrap_or_else(PoisonError::into_inner) = Some(copy);
-        shared
+        SharedPoints { copy: DeviceCopy::kept(copy), ..SharedPoints::new(host) }
     }
 
     /// The points as an N × 3 float tensor on `device`: the copy made before, or one made now and kept.
     pub fn on(&self, device: Device) -> Tensor {
-        let mut copy = self.copy.lock().unwrap_or_else(PoisonError::into_inner);
-        match copy.as_ref() {
-            Some(points) if points.device() == device => points.shallow_clone(),
-            _ => {
-                let points = points_tensor(&self.host, device);
-                *copy = Some(points.shallow_clone());
-                points
-            }
-        }
+        self.copy.on(device, || points_tensor(&self.host, device))
     }
 
     /// The copy on `device` where there is one (nothing is copied).
     pub fn copy_on(&self, device: Device) -> Option<Tensor> {
-        let copy = self.copy.lock().unwrap_or_else(PoisonError::into_inner);
-        copy.as_ref().filter(|points| points.device() == device).map(Tensor::shallow_clone)
+        self.copy.get(device)
     }
 
     /// The cell grid of edge `cell` (at least) over the copy on `device`: built the first time a search needs it and
@@ -112,32 +128,23 @@ impl<'a> From<&'a [Point]> for SharedPoints<'a> {
 #[derive(Default)]
 pub struct SharedIndices {
     host: Vec<u32>,
-    copy: Mutex<Option<Tensor>>,
+    copy: DeviceCopy,
 }
 
 impl SharedIndices {
     /// Indices made on the device (int64, any shape: taken row after row), with their host copy already read.
     pub fn from_device(indices: Tensor, host: Vec<u32>) -> Self {
-        Self { host, copy: Mutex::new(Some(indices.view(-1))) }
+        Self { host, copy: DeviceCopy::kept(indices.view(-1)) }
     }
 
     /// The indices as a 1-D int64 tensor on `device`: the copy made or kept before, or one made now and kept.
     pub fn on(&self, device: Device) -> Tensor {
-        let mut copy = self.copy.lock().unwrap_or_else(PoisonError::into_inner);
-        match copy.as_ref() {
-            Some(indices) if indices.device() == device => indices.shallow_clone(),
-            _ => {
-                let indices = indices_tensor(&self.host, device);
-                *copy = Some(indices.shallow_clone());
-                indices
-            }
-        }
+        self.copy.on(device, || indices_tensor(&self.host, device))
     }
 
     /// The copy on `device` where there is one (nothing is copied).
     pub fn copy_on(&self, device: Device) -> Option<Tensor> {
-        let copy = self.copy.lock().unwrap_or_else(PoisonError::into_inner);
-        copy.as_ref().filter(|indices| indices.device() == device).map(Tensor::shallow_clone)
+        self.copy.get(device)
     }
 }
 
@@ -151,14 +158,13 @@ impl Deref for SharedIndices {
 
 impl From<Vec<u32>> for SharedIndices {
     fn from(host: Vec<u32>) -> Self {
-        Self { host, copy: Mutex::new(None) }
+        Self { host, copy: DeviceCopy::default() }
     }
 }
 
 impl Clone for SharedIndices {
     fn clone(&self) -> Self {
-        let copy = self.copy.lock().unwrap_or_else(PoisonError::into_inner);
-        Self { host: self.host.clone(), copy: Mutex::new(copy.as_ref().map(Tensor::shallow_clone)) }
+        Self { host: self.host.clone(), copy: self.copy.shared() }
     }
 }
 

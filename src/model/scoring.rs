@@ -1,7 +1,8 @@
 //! Method step 7: from patch scores to point scores (each point takes the maximum over the patches containing
 //! it, uncovered points their nearest patch's score, then a 3D median filter), the cloud score (the maximum or
 //! the mean of the top share), the decision, the defect region (the linked anomalous group around the top
-//! score), and threshold calibration.
+//! score), and threshold calibration. Where the geometry runs on the heads' device, the point scores are made
+//! there too, and only they come back.
 
 use serde::Serialize;
 use tch::{Device, Tensor};

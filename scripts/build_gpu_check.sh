@@ -63,6 +63,9 @@ for name in ["torch_api_generated.cpp", "torch_api_generated.h"]:
 PY
 
 # --- 3. the binary (CUDA linked, no ROS layer: the check needs neither a node nor DDS) -----------------------
+# The patch rewrites Cargo.lock's torch-sys entry: the project's lock is put back however the build ends.
+cp Cargo.lock "$gpu/Cargo.lock.project"
+trap 'cp "$gpu/Cargo.lock.project" "$root/Cargo.lock"' EXIT
 LIBTORCH="$gpu/torch" LIBTORCH_BYPASS_VERSION_CHECK=1 cargo build --release --no-default-features --features cuda \
   --bin inspect3d --target-dir "$gpu/target" --config "patch.crates-io.torch-sys.path=\"$gpu/torch-sys\""
 cp "$gpu/target/release/inspect3d" "$gpu/inspect3d"

@@ -51,14 +51,10 @@ struct Prepared {
 }
 
 impl GeometryPart {
-    /// The finite points (sensor frame) worth scoring: outliers removed when the configuration says so, and the
-    /// scan checked against the part the model learnt (its unit and size), before any costly work.
-    pub(crate) fn inliers(&self, points: &[Point]) -> Result<geometry::Inliers> {
-        Ok(self.kept(&points.into())?.0)
-    }
-
-    /// [`Self::inliers`] with the points kept (and their copy on the device, where outlier removal ran there).
-    fn kept(&self, points: &SharedPoints) -> Result<(geometry::Inliers, SharedPoints<'static>)> {
+    /// The finite points (sensor frame) worth scoring, and which they are: outliers removed when the configuration
+    /// says so, and the scan checked against the part the model learnt (its unit and size), before any costly work.
+    /// The kept points keep their copy on the device where outlier removal ran there.
+    pub(crate) fn inliers(&self, points: &SharedPoints) -> Result<(geometry::Inliers, SharedPoints<'static>)> {
         let cfg = &self.config.preprocess;
         let needed = self.config.patches.size;
         if points.len() < needed {
@@ -129,7 +125,7 @@ impl GeometryPart {
 
     fn prepare(&self, points: &[Point]) -> Result<Prepared> {
         let t = Instant::now();
-        let (inliers, kept) = self.kept(&points.into())?;
+        let (inliers, kept) = self.inliers(&points.into())?;
         let patched = self.patch(&kept, None)?;
         self.with_rows(inliers, patched, ms(t))
     }
@@ -151,7 +147,7 @@ impl GeometryPart {
             .par_iter()
             .map(|points| {
                 let t = Instant::now();
-                let (inliers, kept) = self.kept(&(*points).into())?;
+                let (inliers, kept) = self.inliers(&(*points).into())?;
                 let view = self.view(&kept, None)?;
                 Ok((inliers, view, ms(t)))
             })
@@ -357,14 +353,8 @@ impl Detector {
         };
         Ok((0..clouds.len())
             .map(|k| {
-                let cloud = clouds[k].0;
-                let per_point = |at: Option<_>| if at.is_some() { cloud.spread_cells(&piece(at)) } else { Vec::new() };
-                RawScores::Host(HostScores {
-                    logits: piece(Some(logits_at[k])),
-                    distances: piece(distances_at[k]),
-                    point_logits: per_point(point_logits_at[k]),
-                    point_distances: per_point(point_distances_at[k]),
-                })
+                let pieces = [Some(logits_at[k]), distances_at[k], point_logits_at[k], point_distances_at[k]];
+                RawScores::Host(HostScores::of_cells(clouds[k].0, pieces.map(piece)))
             })
             .collect())
     }

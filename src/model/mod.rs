@@ -303,13 +303,20 @@ impl RawScores {
         ];
         let mut read =
             crate::transfers::read_together(&parts.iter().flatten().copied().collect::<Vec<_>>())?.into_iter();
-        let [logits, distances, point_logits, point_distances] = parts.map(|part| match part {
+        let read = parts.map(|part| match part {
             Some(_) => read.next().unwrap_or_default().into_iter().map(|v| v as f32).collect(),
             None => Vec::new(),
         });
+        Ok(Cow::Owned(HostScores::of_cells(cloud, read)))
+    }
+}
+
+impl HostScores {
+    /// One cloud's outputs read to the host: the logits and distances per patch, then the point level's per feature
+    /// cell (each empty where the model has none), which every voxel point takes from its cell.
+    fn of_cells(cloud: &PatchedCloud, [logits, distances, point_logits, point_distances]: [Vec<f32>; 4]) -> Self {
         let per_point = |cells: Vec<f32>| if cells.is_empty() { cells } else { cloud.spread_cells(&cells) };
-        let (point_logits, point_distances) = (per_point(point_logits), per_point(point_distances));
-        Ok(Cow::Owned(HostScores { logits, distances, point_logits, point_distances }))
+        Self { logits, distances, point_logits: per_point(point_logits), point_distances: per_point(point_distances) }
     }
 }
 
@@ -521,10 +528,10 @@ impl Detector {
         Ok((patched, raw))
     }
 
-    /// The finite points (sensor frame) worth scoring: outliers removed when the configuration says so, and the
-    /// scan checked against the part the model learnt (its unit and size), before any costly work.
-    pub fn inliers(&self, points: &[Point]) -> Result<geometry::Inliers> {
-        self.geometry().inliers(points)
+    /// The finite points (sensor frame) worth scoring, and which they are: outliers removed when the configuration
+    /// says so, and the scan checked against the part the model learnt (its unit and size), before any costly work.
+    pub fn inliers(&self, points: &[Point]) -> Result<(geometry::Inliers, geometry::SharedPoints<'static>)> {
+        self.geometry().inliers(&points.into())
     }
 
     /// Scores finite points (sensor frame): one score per point (NaN for outliers), and the stage times.

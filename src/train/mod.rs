@@ -18,7 +18,7 @@ use tch::{Kind, Reduction, Tensor, nn, nn::OptimizerConfig};
 pub mod camera_views;
 pub mod pseudo_defects;
 
-use crate::geometry::Point;
+use crate::geometry::{Point, SharedPoints};
 use crate::model::conditioning::Reference;
 use crate::model::config::{DetectorConfig, GeneratorKind, ScoreSource};
 use crate::model::preprocess::{self, Augmentation, Centres, PatchedCloud, Sampling};
@@ -214,11 +214,12 @@ pub fn train(
     let cleaned = clouds
         .iter()
         .map(|c| {
-            let inliers = detector.inliers(&c.points).map_err(|e| ModelError::Training(format!("{}: {e}", c.name)))?;
+            let named = |e| ModelError::Training(format!("{}: {e}", c.name));
+            let (inliers, kept) = detector.inliers(&c.points).map_err(named)?;
             if inliers.removed > 0 {
                 tracing::debug!(cloud = %c.name, removed = inliers.removed, "outliers removed");
             }
-            Ok(TrainingCloud { name: c.name.clone(), points: inliers.kept_points(&c.points) })
+            Ok(TrainingCloud { name: c.name.clone(), points: kept.into_vec() })
         })
         .collect::<Result<Vec<_>>>()?;
     let clouds = &cleaned[..];
@@ -441,12 +442,11 @@ fn condition(detector: &mut Detector, prepared: Vec<ViewTokens>) -> Result<Vec<S
     for view in prepared {
         let tokens = detector.condition(view.tokens);
         let points = view.points.map(|(rows, labels)| (detector.condition(rows), labels));
-        let centres = view.centre_points.as_slice().into();
+        let centres = SharedPoints::from(view.centre_points.as_slice());
         let features = sca::aggregate(&detector.config.sca, &tokens, &centres, &view.descriptors);
         let n = view.centre_points.len();
-        let flat: Vec<f32> = view.centre_points.iter().flatten().copied().collect();
-        let centres = Tensor::from_slice(&flat).reshape([n as i64, 3]).upload(device);
-        let centres = detector.heads.with_capture(&centres, view.all_round);
+        // The copy SCA made of the centres, if it made one.
+        let centres = detector.heads.with_capture(&centres.on(device), view.all_round);
         let clean = view.targets.is_none();
         let (targets, weights) = view.targets.unwrap_or_else(|| (vec![0.0; n], vec![1.0; n]));
         samples.push(Sample {
